@@ -1,0 +1,57 @@
+# RS Lab: setup, test, demo, package, install.  `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON_SYSTEM := /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE := $(VENV)/lib/python3.11/site-packages
+PLUGIN_NAME := rslab
+QGIS_PLUGINS := $(HOME)/.local/share/QGIS/QGIS3/profiles/default/python/plugins
+PYTEST_ARGS ?=
+export QT_QPA_PLATFORM ?= offscreen
+export FLWR_TELEMETRY_ENABLED := 0
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: help setup test demo bench package install uninstall clean
+
+help:
+	@echo "make setup    Debian packages (as root), .venv with --system-site-packages, pinned pip packages"
+	@echo "make test     setup, then the whole test suite headless"
+	@echo "make demo     the main job on bundled sample data (arrives with change detection)"
+	@echo "make bench    the benchmarks in bench/"
+	@echo "make install  link this checkout into the default QGIS profile as '$(PLUGIN_NAME)' and enable it"
+	@echo "make package  dist/$(PLUGIN_NAME)-VERSION.zip for the QGIS plugin repository"
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: requirements.txt requirements-dev.txt constraints.txt core/dependencies.py scripts/system_packages.sh
+	bash scripts/system_packages.sh
+	$(PYTHON_SYSTEM) core/dependencies.py install $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt -c constraints.txt
+	ln -sfn "$(CURDIR)" "$(SITE)/$(PLUGIN_NAME)"
+	$(PY) -c "import numpy, sys; assert numpy.__version__.startswith('1.'), numpy.__version__; import torch, qgis.core, rasterio, $(PLUGIN_NAME).core"
+	touch $@
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: setup
+	@echo "make demo runs change detection on the bundled sample pair; it arrives with the change-detection issue (#3)."
+
+bench: setup
+	$(PY) bench/tiling.py
+
+install:
+	mkdir -p "$(QGIS_PLUGINS)"
+	ln -sfn "$(CURDIR)" "$(QGIS_PLUGINS)/$(PLUGIN_NAME)"
+	QT_QPA_PLATFORM=offscreen /usr/bin/qgis_process.bin plugins enable $(PLUGIN_NAME)
+	@echo "RS Lab linked into $(QGIS_PLUGINS)/$(PLUGIN_NAME) and enabled"
+
+uninstall:
+	rm -f "$(QGIS_PLUGINS)/$(PLUGIN_NAME)"
+
+package:
+	$(PYTHON_SYSTEM) scripts/package.py dist
+
+clean:
+	rm -rf $(VENV) dist .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

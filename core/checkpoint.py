@@ -1,0 +1,157 @@
+"""One checkpoint format for every task: weights plus a model card.
+
+A checkpoint is a file written by `torch.save` holding only plain data::
+
+    {"format": "rslab-checkpoint", "version": 1,
+     "card": "<model card as JSON text>", "state_dict": {name: tensor}}
+
+and it is read with `torch.load(..., weights_only=True)`, which refuses
+pickled code: a checkpoint from a stranger cannot run anything on open. The
+model card names the architecture (looked up in models.registry, never
+imported from the file) and its constructor arguments, the input bands and
+their normalisation, class names, training data and metrics, and bit widths
+where the model is quantised.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+from .errors import RSLabError
+from .outputs import PendingOutputs
+
+FORMAT = "rslab-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to rebuild, feed and judge a model, without its weights."""
+
+    task: str
+    architecture: str
+    arguments: Dict[str, Any] = field(default_factory=dict)
+    bands: List[str] = field(default_factory=list)
+    normalisation: Dict[str, List[float]] = field(default_factory=dict)
+    class_names: List[str] = field(default_factory=list)
+    training: Dict[str, Any] = field(default_factory=dict)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    bit_widths: Optional[Dict[str, Dict[str, int]]] = None
+    description: str = ""
+    created: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise RSLabError("a model card needs a task")
+        if not self.architecture:
+            raise RSLabError("a model card needs an architecture name")
+        if self.normalisation:
+            lengths = {len(v) for v in self.normalisation.values()}
+            if self.bands and lengths != {len(self.bands)}:
+                raise RSLabError(
+                    f"the normalisation has {sorted(lengths)} values per statistic but the card lists "
+                    f"{len(self.bands)} bands"
+                )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RSLabError(f"the model card is not valid JSON: {exc}") from exc
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RSLabError(f"the model card has fields this RS Lab does not know: {', '.join(unknown)}")
+        return cls(**data)
+
+    def summary(self) -> Dict[str, Any]:
+        """The parts of the card worth putting in a job report."""
+        return {
+            "task": self.task,
+            "architecture": self.architecture,
+            "bands": self.bands,
+            "training_data": self.training.get("data"),
+            "metrics": self.metrics,
+            "quantised": self.bit_widths is not None,
+        }
+
+
+@dataclass
+class Checkpoint:
+    card: ModelCard
+    state_dict: Dict[str, Any]
+    path: str = ""
+
+
+def save_checkpoint(path: str, state_dict: Mapping[str, Any], card: ModelCard) -> None:
+    """Write weights and card to `path` (atomically: a temporary file renamed on success)."""
+    import torch
+
+    if not card.created:
+        card.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    payload = {"format": FORMAT, "version": VERSION, "card": card.to_json(), "state_dict": tensors}
+    with PendingOutputs() as pending:
+        torch.save(payload, pending.temp(path))
+
+
+def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
+    """Read a checkpoint safely; with `task`, refuse checkpoints of another task."""
+    import pickle
+
+    import torch
+
+    if not path or not os.path.isfile(path):
+        raise RSLabError(f"checkpoint file not found: {path}")
+    name = os.path.basename(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RSLabError(
+            f"{name} holds Python objects other than weights (it may run code when opened), "
+            "so RS Lab refuses to load it"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise RSLabError(f"{name} is not a readable checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise RSLabError(f"{name} is not an RS Lab checkpoint (no '{FORMAT}' header)")
+    if payload.get("version", 0) > VERSION:
+        raise RSLabError(
+            f"{name} is checkpoint format version {payload.get('version')}; this RS Lab reads up to {VERSION}"
+        )
+    card = ModelCard.from_json(payload.get("card", ""))
+    if task is not None and card.task != task:
+        raise RSLabError(f"{name} is a {card.task!r} checkpoint; this job needs a {task!r} model")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise RSLabError(f"{name} has no weights")
+    return Checkpoint(card=card, state_dict=state, path=path)
+
+
+def read_card(path: str) -> ModelCard:
+    """The model card of a checkpoint (the weights are read too: the format is one file)."""
+    return load_checkpoint(path).card
+
+
+def build_model(checkpoint: Checkpoint) -> Any:
+    """Instantiate the card's architecture from the registry and load the weights (strictly)."""
+    from ..models import registry
+
+    model = registry.build(checkpoint.card.architecture, checkpoint.card.arguments)
+    try:
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+    except RuntimeError as exc:
+        raise RSLabError(
+            f"the weights in {os.path.basename(checkpoint.path) or 'the checkpoint'} do not fit "
+            f"architecture {checkpoint.card.architecture!r}: {str(exc).splitlines()[0]}"
+        ) from exc
+    model.eval()
+    return model

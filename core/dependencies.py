@@ -1,0 +1,154 @@
+"""Finding and installing the Python packages RS Lab needs, for QGIS and for `make setup`.
+
+QGIS desktop and qgis_process run the system Python, not the project's
+.venv. So packages live in a virtual environment made with
+`--system-site-packages` from the same interpreter (numpy, GDAL, PyQt5 stay
+Debian's), and the plugin *appends* that environment's site-packages to
+sys.path at load: Debian's numpy always comes first and is never upgraded or
+shadowed. Two environments are looked for: the checkout's `.venv` (what
+`make setup` builds) and a plugin-private one under the QGIS profile (what
+the plugin's install button builds; never QGIS's own site-packages).
+
+This module uses only the standard library, so `make setup` runs it as a
+script before anything is installed:
+
+    /usr/bin/python3 core/dependencies.py install .venv
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
+REQUIREMENTS = PLUGIN_DIR / "requirements.txt"
+CONSTRAINTS = PLUGIN_DIR / "constraints.txt"
+
+# pip name -> import name, where they differ.
+_IMPORT_NAMES = {"torch-pruning": "torch_pruning", "onnxruntime": "onnxruntime", "flwr": "flwr"}
+
+
+@dataclass(frozen=True)
+class Requirement:
+    spec: str  # as in requirements.txt, e.g. "torch==2.13.0"
+    name: str  # distribution name, e.g. "torch"
+    module: str  # import name, e.g. "torch"
+
+
+def read_requirements(path: Path = REQUIREMENTS) -> List[Requirement]:
+    """The requirements file as Requirement objects (comments and blanks skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].strip().lower()
+        out.append(Requirement(spec=line, name=name, module=_IMPORT_NAMES.get(name, name.replace("-", "_"))))
+    return out
+
+
+def missing(requirements: Optional[Iterable[Requirement]] = None) -> List[Requirement]:
+    """Requirements whose module cannot be imported in this process."""
+    reqs = read_requirements() if requirements is None else requirements
+    return [r for r in reqs if importlib.util.find_spec(r.module) is None]
+
+
+def site_packages(env_dir: Path) -> Optional[Path]:
+    """The env's site-packages for *this* Python's major.minor, or None if it has none."""
+    candidate = Path(env_dir) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    return candidate if candidate.is_dir() else None
+
+
+def activate(env_dirs: Sequence[Path]) -> List[str]:
+    """Append the site-packages of each existing env to sys.path; return those added."""
+    added = []
+    for env in env_dirs:
+        sp = site_packages(Path(env))
+        if sp is not None and str(sp) not in sys.path:
+            sys.path.append(str(sp))
+            added.append(str(sp))
+    if added:
+        importlib.invalidate_caches()
+    return added
+
+
+def default_envs(private_env: Optional[Path] = None) -> List[Path]:
+    """Where the plugin looks: the checkout's .venv, then the plugin-private env."""
+    envs = [PLUGIN_DIR / ".venv"]
+    if private_env is not None:
+        envs.append(Path(private_env))
+    return envs
+
+
+def system_python() -> str:
+    """The interpreter QGIS embeds, as a program path (sys.executable is qgis itself inside QGIS)."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for folder in (Path(sys.base_exec_prefix) / "bin", Path("/usr/bin")):
+        for name in (f"python{version}", "python3"):
+            candidate = folder / name
+            if candidate.exists():
+                return str(candidate)
+    return sys.executable
+
+
+def install_commands(
+    env_dir: Path,
+    python: Optional[str] = None,
+    requirements: Path = REQUIREMENTS,
+    constraints: Path = CONSTRAINTS,
+) -> List[List[str]]:
+    """Commands that create (if needed) `env_dir` and install the requirements into it."""
+    env_dir = Path(env_dir)
+    commands = []
+    if not (env_dir / "bin" / "python").exists():
+        commands.append([python or system_python(), "-m", "venv", "--system-site-packages", str(env_dir)])
+    commands.append(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+         "--no-warn-script-location", "-r", str(requirements), "-c", str(constraints)]
+    )
+    return commands
+
+
+def run_commands(
+    commands: Sequence[Sequence[str]],
+    log: Callable[[str], None] = print,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> int:
+    """Run commands one after another, streaming their output lines to `log`.
+
+    Returns the first non-zero exit code (0 when all succeed). A cancel
+    terminates the running command and returns -1.
+    """
+    for command in commands:
+        log("$ " + " ".join(command))
+        proc = subprocess.Popen(
+            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log(line.rstrip())
+            if cancelled():
+                proc.terminate()
+                proc.wait()
+                log("cancelled")
+                return -1
+        code = proc.wait()
+        if code != 0:
+            return code
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 2 or argv[0] != "install":
+        print("usage: python3 core/dependencies.py install ENV_DIR", file=sys.stderr)
+        return 2
+    return run_commands(install_commands(Path(argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,60 @@
+"""Which device a job runs on, and how many CPU threads torch may use.
+
+Jobs run on CUDA when torch sees a GPU and on the CPU otherwise. On the CPU
+torch's default (one thread per logical core, plus inter-op threads) fights
+with QGIS's own rendering threads, so we use the physical-ish core count
+(all logical cores minus one, at least one) unless RSLAB_THREADS says
+otherwise. Every job result records the device string this returns.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+_configured_threads: Optional[int] = None
+
+
+def cpu_threads() -> int:
+    """Threads torch should use on the CPU (RSLAB_THREADS overrides)."""
+    env = os.environ.get("RSLAB_THREADS", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value > 0:
+            return value
+    count = os.cpu_count() or 1
+    return max(1, count - 1) if count > 2 else count
+
+
+def select_device(preferred: str = "auto") -> Any:
+    """Return the torch.device for a job: 'auto' picks CUDA when available.
+
+    Also sets torch's CPU thread count once per process.
+    """
+    import torch
+
+    global _configured_threads
+    threads = cpu_threads()
+    if _configured_threads != threads:
+        torch.set_num_threads(threads)
+        _configured_threads = threads
+    if preferred == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preferred.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import RSLabError
+
+        raise RSLabError("a CUDA device was requested but torch sees no GPU; use 'auto' or 'cpu'")
+    return torch.device(preferred)
+
+
+def describe_device(device: Any) -> str:
+    """A short human string: 'cuda:0 (NVIDIA H100)' or 'cpu (3 threads)'."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,171 @@
+"""Convert a MATLAB .mat hyperspectral cube (and its ground truth) into GeoTIFFs.
+
+The hyperspectral benchmark scenes (ABU, HYDICE, ...) ship as .mat files
+holding an H x W x B array and often an H x W ground-truth map. This job
+writes them as a B-band GeoTIFF and a one-band GeoTIFF that QGIS and every
+other RS Lab job can open. Band count and dtype are kept (int8 and 64-bit
+integers, which GDAL 3.6 cannot store, are widened or narrowed only where no
+value changes); NaN pixels of float cubes become the nodata value. MATLAB
+v7.3 files are HDF5 and need h5py.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from .errors import RSLabError
+from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
+from .outputs import PendingOutputs
+from .raster_io import gdal_env, open_output
+
+# numpy dtypes GDAL 3.6 GeoTIFF stores as they are.
+_NATIVE = {"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
+
+
+@dataclass(frozen=True)
+class ImportCubeParams:
+    cube_key: str = "data"
+    gt_key: str = "map"
+
+    def __post_init__(self) -> None:
+        if not self.cube_key or not self.cube_key.strip():
+            raise RSLabError("the cube variable name (CUBE_KEY) cannot be empty")
+
+
+@dataclass
+class ImportCubeResult(JobResult):
+    cube_path: str = ""
+    gt_path: Optional[str] = None
+    width: int = 0
+    height: int = 0
+    bands: int = 0
+    dtype: str = ""
+    nodata: Optional[float] = None
+    note: str = ""
+
+
+def read_mat_variables(path: str) -> Dict[str, Any]:
+    """All array variables of a .mat file (v5 via scipy, v7.3 via h5py), H x W x B as MATLAB shows them."""
+    if not os.path.isfile(path):
+        raise RSLabError(f"MATLAB file not found: {path}")
+    name = os.path.basename(path)
+    with open(path, "rb") as handle:
+        head = handle.read(128)
+    if head[:8] == b"\x89HDF\r\n\x1a\n" or head[512:520] == b"\x89HDF\r\n\x1a\n" or b"MATLAB 7.3" in head:
+        return _read_hdf5_mat(path)
+    if not head.startswith(b"MATLAB"):
+        raise RSLabError(f"{name} is not a MATLAB .mat file")
+    import scipy.io
+
+    try:
+        content = scipy.io.loadmat(path)
+    except (ValueError, NotImplementedError, OSError) as exc:
+        raise RSLabError(f"{name} could not be read as a MATLAB file: {exc}") from exc
+    return {k: v for k, v in content.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+
+
+def _read_hdf5_mat(path: str) -> Dict[str, Any]:
+    try:
+        import h5py
+    except ImportError as exc:
+        raise RSLabError(
+            f"{os.path.basename(path)} is a MATLAB v7.3 (HDF5) file; reading it needs h5py "
+            "(Debian: apt install python3-h5py), or save it in MATLAB with -v7"
+        ) from exc
+    out = {}
+    with h5py.File(path, "r") as handle:
+        for key, item in handle.items():
+            if isinstance(item, h5py.Dataset) and item.ndim >= 2:
+                # MATLAB stores column-major: HDF5 sees the axes reversed.
+                out[key] = np.asarray(item).transpose(tuple(range(item.ndim - 1, -1, -1)))
+    return out
+
+
+def _storable(array: np.ndarray, what: str) -> tuple:
+    """(array, note): array in a dtype GDAL stores, converted only where no value changes."""
+    dtype = array.dtype
+    if dtype.name in _NATIVE:
+        return array, ""
+    if dtype == np.bool_:
+        return array.astype(np.uint8), f"{what}: bool stored as uint8"
+    if dtype == np.int8:
+        return array.astype(np.int16), f"{what}: int8 stored as int16 (GDAL 3.6 has no int8)"
+    if dtype == np.float16:
+        return array.astype(np.float32), f"{what}: float16 stored as float32"
+    if dtype.kind in "iu":
+        for target in (np.uint8, np.uint16, np.int16, np.uint32, np.int32):
+            info = np.iinfo(target)
+            if array.size == 0 or (array.min() >= info.min and array.max() <= info.max):
+                return array.astype(target), f"{what}: {dtype.name} stored as {np.dtype(target).name} (values fit)"
+        raise RSLabError(f"{what} holds {dtype.name} values beyond the 32-bit range GeoTIFF can store")
+    raise RSLabError(f"{what} has dtype {dtype.name}, which is not a numeric raster type")
+
+
+def _variable(variables: Dict[str, Any], key: str, name: str, role: str) -> np.ndarray:
+    if key not in variables:
+        known = ", ".join(f"{k} {tuple(v.shape)}" for k, v in variables.items()) or "no arrays"
+        raise RSLabError(f"{name} has no variable {key!r} for the {role}; it holds: {known}")
+    return variables[key]
+
+
+def import_cube(
+    input_path: str,
+    output_cube: str,
+    output_gt: Optional[str] = None,
+    params: ImportCubeParams = ImportCubeParams(),
+    progress: Optional[ProgressFn] = None,
+    cancelled: Optional[CancelledFn] = None,
+) -> ImportCubeResult:
+    """Write the cube (and, when `output_gt` is given, the ground truth) as GeoTIFFs."""
+    monitor = JobMonitor(progress, cancelled)
+    name = os.path.basename(input_path)
+    monitor.step(0.0, f"reading {name}")
+    with monitor.timed("read"):
+        variables = read_mat_variables(input_path)
+    cube = _variable(variables, params.cube_key, name, "cube")
+    if cube.ndim == 2:
+        cube = cube[:, :, None]
+    if cube.ndim != 3:
+        raise RSLabError(f"{params.cube_key!r} in {name} has shape {cube.shape}; a cube must be H x W x B")
+    height, width, bands = cube.shape
+    if height == 0 or width == 0 or bands == 0:
+        raise RSLabError(f"{params.cube_key!r} in {name} is empty ({height} x {width} x {bands})")
+    cube, note = _storable(cube, "cube")
+    nodata = None
+    if cube.dtype.kind == "f" and np.isnan(cube).any():
+        nodata = float("nan")
+
+    gt = None
+    if output_gt:
+        if not params.gt_key:
+            raise RSLabError("a ground-truth output was asked for but no ground-truth variable (GT_KEY) was named")
+        gt = np.squeeze(_variable(variables, params.gt_key, name, "ground truth"))
+        if gt.shape != (height, width):
+            raise RSLabError(
+                f"ground truth {params.gt_key!r} is {gt.shape} but the cube is {height} x {width}; they must match"
+            )
+        gt, gt_note = _storable(gt, "ground truth")
+        note = "; ".join(n for n in (note, gt_note) if n)
+
+    result = ImportCubeResult(
+        timings=monitor.timings, cube_path=output_cube, gt_path=output_gt if gt is not None else None,
+        width=width, height=height, bands=bands, dtype=cube.dtype.name, nodata=nodata, note=note,
+    )
+    profile = {"driver": "GTiff", "width": width, "height": height, "interleave": "band",
+               "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    with gdal_env(), PendingOutputs() as pending, monitor.timed("write"):
+        with open_output(pending.temp(output_cube), dict(profile, count=bands, dtype=cube.dtype.name, nodata=nodata)) as dst:
+            chunk = 16
+            for start in range(0, bands, chunk):
+                monitor.step(0.05 + 0.9 * start / bands, f"writing bands {start + 1}-{min(start + chunk, bands)}")
+                stop = min(start + chunk, bands)
+                dst.write(np.moveaxis(cube[:, :, start:stop], 2, 0), indexes=list(range(start + 1, stop + 1)))
+        if gt is not None:
+            with open_output(pending.temp(output_gt), dict(profile, count=1, dtype=gt.dtype.name, nodata=None)) as dst:
+                dst.write(gt[None])
+        monitor.check()
+    monitor.step(1.0, f"wrote {bands} bands")
+    return result

@@ -1,0 +1,94 @@
+"""The job contract shared by every long-running function in core.
+
+A job is a plain function::
+
+    result = job(inputs..., params, progress=None, cancelled=None)
+
+`progress(fraction, message)` and `cancelled() -> bool` are optional
+callables: a QgsTask passes `setProgress`/`isCanceled`, a Processing
+algorithm passes its feedback, a test passes nothing. `JobMonitor` wraps the
+two so job code can say `monitor.step(0.3, "reading")` and
+`monitor.check()` without testing for None everywhere, and hand a slice of
+its progress range to a sub-step with `monitor.sub(start, end)`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+from .errors import JobCancelled
+
+ProgressFn = Callable[[float, str], None]
+CancelledFn = Callable[[], bool]
+
+
+class JobMonitor:
+    """Progress reporting and cancellation checks for one job (or a slice of it)."""
+
+    def __init__(
+        self,
+        progress: Optional[ProgressFn] = None,
+        cancelled: Optional[CancelledFn] = None,
+        start: float = 0.0,
+        end: float = 1.0,
+    ) -> None:
+        self._progress = progress
+        self._cancelled = cancelled
+        self._start = start
+        self._end = end
+        self.timings: Dict[str, float] = {}
+
+    def step(self, fraction: float, message: str = "") -> None:
+        """Report `fraction` (0..1 of this monitor's range) and check for cancel."""
+        self.check()
+        if self._progress is not None:
+            fraction = min(max(fraction, 0.0), 1.0)
+            self._progress(self._start + fraction * (self._end - self._start), message)
+
+    def check(self) -> None:
+        """Raise JobCancelled if the caller asked to stop."""
+        if self._cancelled is not None and self._cancelled():
+            raise JobCancelled()
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled is not None and bool(self._cancelled())
+
+    def sub(self, start: float, end: float) -> "JobMonitor":
+        """A monitor whose 0..1 maps onto [start, end] of this one's range."""
+        span = self._end - self._start
+        child = JobMonitor(
+            self._progress,
+            self._cancelled,
+            self._start + start * span,
+            self._start + end * span,
+        )
+        child.timings = self.timings
+        return child
+
+    def timed(self, name: str) -> "_Timer":
+        """Context manager that adds the elapsed seconds to `timings[name]`."""
+        return _Timer(self.timings, name)
+
+
+class _Timer:
+    def __init__(self, timings: Dict[str, float], name: str) -> None:
+        self._timings = timings
+        self._name = name
+        self._t0 = 0.0
+
+    def __enter__(self) -> "_Timer":
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self._t0
+        self._timings[self._name] = self._timings.get(self._name, 0.0) + elapsed
+
+
+@dataclass
+class JobResult:
+    """Fields every job result carries: which device ran it and how long it took."""
+
+    device: str = "cpu"
+    timings: Dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,188 @@
+"""Opening rasters with clear errors, describing them, and output profiles.
+
+Every job opens its inputs through `open_raster`, so a missing file, a file
+GDAL cannot read, or an empty raster gives the same actionable RSLabError
+everywhere. Non-georeferenced images (PNG, plain TIFF) are supported: their
+outputs are written without a geotransform so that QGIS places them exactly
+where it places the input.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from .errors import RSLabError
+
+# GDAL's block cache defaults to 5 % of RAM; windowed jobs need far less, and
+# a big cache would hide whether memory really stays bounded.
+GDAL_CACHE_MB = 256
+
+
+@contextlib.contextmanager
+def gdal_env() -> Iterator[None]:
+    """GDAL settings for windowed jobs (bounded block cache, quiet warnings)."""
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_PAM_ENABLED="NO"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            yield
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a job needs to know about a raster without reading its pixels."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: Optional[float]
+    crs: Optional[Any]
+    transform: Affine
+    georeferenced: bool
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return (self.height, self.width)
+
+
+def _is_georeferenced(ds: Any) -> bool:
+    if ds.crs is not None:
+        return True
+    if ds.gcps[0] or ds.rpcs:
+        return True
+    return ds.transform != Affine.identity()
+
+
+def open_raster(path: str) -> Any:
+    """Open `path` for reading, raising RSLabError with a clear reason if we cannot."""
+    if not path:
+        raise RSLabError("no raster path was given")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise RSLabError(f"raster file not found: {path}")
+    if os.path.isdir(path):
+        raise RSLabError(f"{path} is a folder, not a raster file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise RSLabError(f"{os.path.basename(path)} is not a raster GDAL can read ({exc})") from exc
+    if ds.width == 0 or ds.height == 0 or ds.count == 0:
+        ds.close()
+        raise RSLabError(f"{os.path.basename(path)} is empty ({ds.width} x {ds.height} x {ds.count})")
+    return ds
+
+
+def describe(ds: Any) -> RasterInfo:
+    """RasterInfo for an open rasterio dataset."""
+    return RasterInfo(
+        path=ds.name,
+        width=ds.width,
+        height=ds.height,
+        count=ds.count,
+        dtype=ds.dtypes[0],
+        nodata=ds.nodata,
+        crs=ds.crs,
+        transform=ds.transform,
+        georeferenced=_is_georeferenced(ds),
+    )
+
+
+def raster_info(path: str) -> RasterInfo:
+    """Open, describe and close."""
+    with gdal_env(), open_raster(path) as ds:
+        return describe(ds)
+
+
+def check_window(info: RasterInfo, window: Window) -> None:
+    """Raise RSLabError unless `window` is non-empty and inside the raster."""
+    if window.width <= 0 or window.height <= 0:
+        raise RSLabError(f"window {window.width} x {window.height} is empty; windows need at least one pixel")
+    if (
+        window.col_off < 0
+        or window.row_off < 0
+        or window.col_off + window.width > info.width
+        or window.row_off + window.height > info.height
+    ):
+        raise RSLabError(
+            f"window (col {window.col_off}, row {window.row_off}, {window.width} x {window.height}) "
+            f"lies outside the {info.width} x {info.height} raster"
+        )
+
+
+def read_window(ds: Any, window: Window) -> Tuple[np.ndarray, np.ndarray]:
+    """Read all bands of `window`: (bands, h, w) array and an (h, w) valid mask.
+
+    A pixel is invalid when GDAL's dataset mask says so (nodata value, alpha
+    band, mask band) or when any of its bands is NaN or infinite.
+    """
+    data = ds.read(window=window)
+    valid = ds.dataset_mask(window=window) > 0
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    return data, valid
+
+
+def output_profile(
+    info: RasterInfo,
+    count: int,
+    dtype: str,
+    nodata: Optional[float],
+    compress: str = "deflate",
+) -> Dict[str, Any]:
+    """A tiled GeoTIFF profile on the grid of `info` (CRS, transform, size kept)."""
+    profile: Dict[str, Any] = {
+        "driver": "GTiff",
+        "width": info.width,
+        "height": info.height,
+        "count": count,
+        "dtype": dtype,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": compress,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if info.width < 256 or info.height < 256:
+        # GeoTIFF tiles must be multiples of 16; small rasters use strips.
+        profile.update(tiled=False)
+        profile.pop("blockxsize")
+        profile.pop("blockysize")
+    if info.georeferenced:
+        profile["crs"] = info.crs
+        profile["transform"] = info.transform
+    return profile
+
+
+def open_output(path: str, profile: Dict[str, Any]) -> Any:
+    """Open a GeoTIFF for writing, with an RSLabError if GDAL refuses."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path, "w", **profile)
+    except RasterioIOError as exc:
+        raise RSLabError(f"cannot write {os.path.basename(path)}: {exc}") from exc
+
+
+def same_grid(a: RasterInfo, b: RasterInfo, tolerance: float = 1e-6) -> bool:
+    """True when a and b have the same size, CRS and transform (pixel-aligned)."""
+    if a.shape != b.shape:
+        return False
+    if (a.crs is None) != (b.crs is None):
+        return False
+    if a.crs is not None and a.crs != b.crs:
+        return False
+    pixel = max(abs(a.transform.a), abs(a.transform.e), 1e-12)
+    return a.transform.almost_equals(b.transform, precision=tolerance * pixel)

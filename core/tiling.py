@@ -1,0 +1,277 @@
+"""Tile geometry and the windowed runner every raster job uses.
+
+The one place that knows how a raster is cut into overlapping tiles and how
+tile results are put back together:
+
+- `TileSpec` (size, overlap, stitching) is validated on construction.
+- `tile_grid` lays tiles over any raster size (not only multiples of the
+  tile): the last tile of a row or column is shifted inward so every tile is
+  full size when the raster is at least one tile big.
+- `run_tiled` reads each tile from one or more co-registered inputs, calls a
+  function on the pixels, and writes its outputs either centre-cropped (each
+  output pixel comes from the tile whose centre it is nearest: memory is one
+  tile) or blended (tile results weighted by a taper that falls towards tile
+  edges: memory is one strip of tile height across the raster's width).
+
+Pixels that are nodata (or NaN) in any input are written as the output's
+nodata value. The function never sees the raster as a whole, so memory does
+not grow with the raster's height, and only the blending strip grows with its
+width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from rasterio.windows import Window
+
+from .errors import RSLabError
+from .job import JobMonitor
+from .raster_io import RasterInfo, describe, gdal_env, open_output, open_raster, output_profile, read_window
+
+STITCH_MODES = ("centre", "blend")
+
+TileFn = Callable[[List[np.ndarray], np.ndarray], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """How to cut a raster: tile edge in pixels, overlap between neighbours, stitching."""
+
+    size: int = 512
+    overlap: int = 64
+    stitch: str = "centre"
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise RSLabError(f"tile size must be at least 1 pixel, got {self.size}")
+        if self.overlap < 0:
+            raise RSLabError(f"tile overlap cannot be negative, got {self.overlap}")
+        if self.overlap >= self.size:
+            raise RSLabError(f"tile overlap {self.overlap} must be smaller than the tile size {self.size}")
+        if self.stitch not in STITCH_MODES:
+            raise RSLabError(f"stitching must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """`read` is the window passed to the function; `core` the part it owns when centre-cropping."""
+
+    read: Window
+    core: Window
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output raster of a tiled job. nodata None means NaN for float types."""
+
+    path: str
+    count: int = 1
+    dtype: str = "float32"
+    nodata: Optional[float] = None
+    descriptions: Tuple[str, ...] = ()
+
+    @property
+    def fill(self) -> float:
+        if self.nodata is not None:
+            return self.nodata
+        if np.issubdtype(np.dtype(self.dtype), np.floating):
+            return float("nan")
+        raise RSLabError(f"output {self.path}: an integer output needs a nodata value")
+
+
+def _spans(length: int, size: int, overlap: int) -> List[Tuple[int, int, int, int]]:
+    """1-D tiles as (start, stop, core_start, core_stop) covering [0, length)."""
+    if length <= size:
+        return [(0, length, 0, length)]
+    stride = size - overlap
+    starts = list(range(0, length - size, stride)) + [length - size]
+    starts = sorted(set(starts))
+    spans = []
+    for i, start in enumerate(starts):
+        stop = start + size
+        core_start = 0 if i == 0 else (start + starts[i - 1] + size) // 2
+        core_stop = length if i == len(starts) - 1 else (starts[i + 1] + stop) // 2
+        spans.append((start, stop, core_start, core_stop))
+    return spans
+
+
+def tile_grid(height: int, width: int, spec: TileSpec) -> List[Tile]:
+    """Tiles in row-major order covering a height x width raster."""
+    if height < 1 or width < 1:
+        raise RSLabError(f"cannot tile an empty raster ({width} x {height})")
+    tiles = []
+    for r0, r1, rc0, rc1 in _spans(height, spec.size, spec.overlap):
+        for c0, c1, cc0, cc1 in _spans(width, spec.size, spec.overlap):
+            tiles.append(
+                Tile(
+                    read=Window(c0, r0, c1 - c0, r1 - r0),
+                    core=Window(cc0, rc0, cc1 - cc0, rc1 - rc0),
+                )
+            )
+    return tiles
+
+
+def _taper(length: int, overlap: int) -> np.ndarray:
+    """1-D blending weight: 1 in the middle, falling linearly over `overlap` pixels at both ends."""
+    if overlap == 0:
+        return np.ones(length, dtype=np.float32)
+    x = np.arange(length, dtype=np.float32) + 0.5
+    return np.clip(np.minimum(x, length - x) / overlap, 1e-3, 1.0)
+
+
+def _as_bands(array: np.ndarray, spec: OutputSpec, shape: Tuple[int, int]) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[None]
+    if array.shape != (spec.count,) + shape:
+        raise RSLabError(
+            f"internal error: tile function returned {array.shape} for {spec.path}, expected {(spec.count,) + shape}"
+        )
+    return array
+
+
+def _open_inputs(paths: Sequence[str]) -> Tuple[list, RasterInfo]:
+    if not paths:
+        raise RSLabError("a tiled job needs at least one input raster")
+    datasets = []
+    try:
+        for path in paths:
+            datasets.append(open_raster(path))
+    except Exception:
+        for ds in datasets:
+            ds.close()
+        raise
+    first = describe(datasets[0])
+    for ds in datasets[1:]:
+        if (ds.height, ds.width) != first.shape:
+            for d in datasets:
+                d.close()
+            raise RSLabError(
+                f"{ds.name} is {ds.width} x {ds.height} pixels but {first.path} is "
+                f"{first.width} x {first.height}; the inputs must be on one grid"
+            )
+    return datasets, first
+
+
+def run_tiled(
+    input_paths: Sequence[str],
+    outputs: Sequence[OutputSpec],
+    fn: TileFn,
+    spec: TileSpec = TileSpec(),
+    monitor: Optional[JobMonitor] = None,
+) -> RasterInfo:
+    """Run `fn(tile_arrays, valid)` over every tile and write `outputs` on the first input's grid.
+
+    `tile_arrays` has one (bands, h, w) array per input; `valid` is the (h, w)
+    mask of pixels valid in every input. `fn` returns one array per output,
+    (count, h, w) or (h, w). Returns the grid the outputs were written on.
+    Writes go straight to the given paths: wrap them in PendingOutputs.
+    """
+    monitor = monitor or JobMonitor()
+    with gdal_env():
+        datasets, info = _open_inputs(input_paths)
+        sinks = []
+        try:
+            for out in outputs:
+                sink = open_output(out.path, output_profile(info, out.count, out.dtype, out.fill))
+                sinks.append(sink)
+                for band, text in enumerate(out.descriptions, start=1):
+                    sink.set_band_description(band, text)
+            tiles = tile_grid(info.height, info.width, spec)
+            if spec.stitch == "centre":
+                _run_centre(datasets, outputs, sinks, fn, tiles, monitor)
+            else:
+                _run_blend(datasets, outputs, sinks, fn, tiles, spec, info, monitor)
+        finally:
+            for sink in sinks:
+                sink.close()
+            for ds in datasets:
+                ds.close()
+    return info
+
+
+def _read_tile(datasets: list, window: Window) -> Tuple[List[np.ndarray], np.ndarray]:
+    arrays = []
+    valid = None
+    for ds in datasets:
+        data, ok = read_window(ds, window)
+        arrays.append(data)
+        valid = ok if valid is None else valid & ok
+    return arrays, valid
+
+
+def _run_centre(datasets, outputs, sinks, fn, tiles, monitor: JobMonitor) -> None:
+    for index, tile in enumerate(tiles):
+        monitor.step(index / len(tiles), f"tile {index + 1} of {len(tiles)}")
+        arrays, valid = _read_tile(datasets, tile.read)
+        shape = (int(tile.read.height), int(tile.read.width))
+        results = fn(arrays, valid)
+        r = int(tile.core.row_off - tile.read.row_off)
+        c = int(tile.core.col_off - tile.read.col_off)
+        h, w = int(tile.core.height), int(tile.core.width)
+        core_valid = valid[r : r + h, c : c + w]
+        for out, sink, result in zip(outputs, sinks, results):
+            block = _as_bands(np.asarray(result), out, shape)[:, r : r + h, c : c + w].astype(out.dtype, copy=True)
+            block[:, ~core_valid] = out.fill
+            sink.write(block, window=tile.core)
+    monitor.step(1.0, "tiles done")
+
+
+def _run_blend(datasets, outputs, sinks, fn, tiles, spec: TileSpec, info: RasterInfo, monitor: JobMonitor) -> None:
+    """Weighted blending, one strip of tile rows at a time."""
+    rows: List[List[Tile]] = []
+    for tile in tiles:
+        if rows and rows[-1][0].read.row_off == tile.read.row_off:
+            rows[-1].append(tile)
+        else:
+            rows.append([tile])
+    width = info.width
+    top = 0
+    strip_h = int(rows[0][0].read.height)
+    acc = [np.zeros((o.count, strip_h, width), np.float64) for o in outputs]
+    wsum = np.zeros((strip_h, width), np.float64)
+    valid_strip = np.zeros((strip_h, width), bool)
+    done = 0
+    for i, row in enumerate(rows):
+        for tile in row:
+            monitor.step(done / len(tiles), f"tile {done + 1} of {len(tiles)}")
+            arrays, valid = _read_tile(datasets, tile.read)
+            h, w = int(tile.read.height), int(tile.read.width)
+            results = fn(arrays, valid)
+            weight = np.outer(_taper(h, spec.overlap), _taper(w, spec.overlap))
+            r0 = int(tile.read.row_off) - top
+            c0 = int(tile.read.col_off)
+            for k, (out, result) in enumerate(zip(outputs, results)):
+                acc[k][:, r0 : r0 + h, c0 : c0 + w] += _as_bands(np.asarray(result), out, (h, w)) * weight
+            wsum[r0 : r0 + h, c0 : c0 + w] += weight
+            valid_strip[r0 : r0 + h, c0 : c0 + w] |= valid
+            done += 1
+        final_stop = int(rows[i + 1][0].read.row_off) if i + 1 < len(rows) else info.height
+        n = final_stop - top
+        window = Window(0, top, width, n)
+        for out, sink, a in zip(outputs, sinks, acc):
+            block = a[:, :n] / np.maximum(wsum[:n], 1e-12)
+            if np.issubdtype(np.dtype(out.dtype), np.integer):
+                block = np.rint(block)
+            block = block.astype(out.dtype)
+            block[:, ~valid_strip[:n]] = out.fill
+            sink.write(block, window=window)
+        if i + 1 < len(rows):
+            next_h = int(rows[i + 1][0].read.row_off + rows[i + 1][0].read.height) - final_stop
+            keep = strip_h - n
+            new_h = max(keep, next_h)
+            acc = [_shift(a, n, new_h) for a in acc]
+            wsum = _shift(wsum[None], n, new_h)[0]
+            valid_strip = _shift(valid_strip[None], n, new_h)[0]
+            strip_h = new_h
+            top = final_stop
+    monitor.step(1.0, "tiles done")
+
+
+def _shift(buffer: np.ndarray, rows: int, new_height: int) -> np.ndarray:
+    """Drop the first `rows` rows of a (bands, h, w) buffer and pad it to `new_height` with zeros."""
+    kept = buffer[:, rows:]
+    out = np.zeros((buffer.shape[0], new_height, buffer.shape[2]), buffer.dtype)
+    out[:, : kept.shape[1]] = kept
+    return out

@@ -1,0 +1,129 @@
+"""The RS Lab plugin object: menu, toolbar, lazily created docks, Processing provider."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QDockWidget, QPushButton
+
+from .core import dependencies
+from .ui.environment import activate_environments
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+MENU = "RS &Lab"
+
+
+def icon(name: str) -> QIcon:
+    return QIcon(str(PLUGIN_DIR / "resources" / "icons" / name))
+
+
+class RSLabPlugin:
+    def __init__(self, iface) -> None:
+        self.iface = iface
+        self.provider = None
+        self.toolbar = None
+        self.actions: List[QAction] = []
+        self.docks: Dict[str, QDockWidget] = {}
+        self.dialogs: list = []
+        activate_environments()
+
+    # Processing -----------------------------------------------------------
+    def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
+        from .provider.provider import RSLabProvider
+
+        if self.provider is None:
+            self.provider = RSLabProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+
+    # GUI ------------------------------------------------------------------
+    def initGui(self) -> None:  # noqa: N802 (QGIS API)
+        self.initProcessing()
+        self.toolbar = self.iface.addToolBar("RS Lab")
+        self.toolbar.setObjectName("RSLabToolbar")
+        self._add_action("Import hyperspectral cube…", "rslab.svg", self.open_import_cube, toolbar=False)
+        self._add_action("Diagnostics…", "diagnostics.svg", self.show_diagnostics)
+        self._warn_missing_packages()
+
+    def _add_action(self, text: str, icon_name: str, slot: Callable, toolbar: bool = True) -> QAction:
+        action = QAction(icon(icon_name), text, self.iface.mainWindow())
+        action.setObjectName("rslab_" + "".join(c for c in text.lower() if c.isalnum()))
+        action.triggered.connect(slot)
+        self.iface.addPluginToRasterMenu(MENU, action)
+        if toolbar:
+            self.toolbar.addAction(action)
+        self.actions.append(action)
+        return action
+
+    def _warn_missing_packages(self) -> None:
+        absent = dependencies.missing()
+        if not absent:
+            return
+        bar = self.iface.messageBar()
+        widget = bar.createMessage(
+            "RS Lab",
+            "missing Python packages: " + ", ".join(r.spec for r in absent)
+            + ". Deep-learning tools are unavailable until they are installed.",
+        )
+        button = QPushButton("Install…", widget)
+        button.clicked.connect(self.show_diagnostics)
+        widget.layout().addWidget(button)
+        bar.pushWidget(widget, 1)  # Qgis.Warning
+
+    def show_dock(self, key: str, title: str, factory: Callable[[], object]) -> QDockWidget:
+        """Create dock `key` on first use (lazily), then show and raise it."""
+        dock = self.docks.get(key)
+        if dock is None:
+            dock = QDockWidget(title, self.iface.mainWindow())
+            dock.setObjectName("RSLab_" + key)
+            dock.setWidget(factory())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, dock)
+            self.docks[key] = dock
+        dock.show()
+        dock.raise_()
+        return dock
+
+    def show_diagnostics(self) -> None:
+        from .ui.diagnostics_dialog import DiagnosticsDialog
+
+        dialog = DiagnosticsDialog(self.iface.mainWindow())
+        self.dialogs.append(dialog)
+        dialog.finished.connect(lambda _=0, d=dialog: self._forget(d))
+        dialog.show()
+        return dialog
+
+    def _forget(self, dialog) -> None:
+        if dialog in self.dialogs:
+            self.dialogs.remove(dialog)
+
+    def open_import_cube(self) -> None:
+        import processing
+
+        processing.execAlgorithmDialog("rslab:import_cube", {})
+
+    # Teardown -------------------------------------------------------------
+    def unload(self) -> None:
+        for action in self.actions:
+            self.iface.removePluginRasterMenu(MENU, action)
+            if self.toolbar is not None:
+                self.toolbar.removeAction(action)
+            action.triggered.disconnect()
+            action.deleteLater()
+        self.actions = []
+        for dock in self.docks.values():
+            self.iface.removeDockWidget(dock)
+            dock.deleteLater()
+        self.docks = {}
+        for dialog in list(self.dialogs):
+            dialog.close()
+            dialog.deleteLater()
+        self.dialogs = []
+        if self.toolbar is not None:
+            self.iface.mainWindow().removeToolBar(self.toolbar)
+            self.toolbar.deleteLater()
+            self.toolbar = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None

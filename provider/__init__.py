@@ -1,0 +1,1 @@
+"""The Processing provider (id `rslab`): one algorithm per core job."""

@@ -1,0 +1,87 @@
+"""What every RS Lab Processing algorithm shares: feedback wiring, errors, styled outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.errors import JobCancelled, RSLabError
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
+STYLE_DIR = PLUGIN_DIR / "resources" / "styles"
+ICON = PLUGIN_DIR / "resources" / "icons" / "rslab.svg"
+
+# Post-processors must outlive the algorithm run that created them.
+_KEEP_ALIVE: List[QgsProcessingLayerPostProcessorInterface] = []
+
+
+def feedback_callbacks(feedback: QgsProcessingFeedback) -> Tuple[Callable[[float, str], None], Callable[[], bool]]:
+    """The core job contract's progress and cancelled callables, from a Processing feedback."""
+    last = {"message": ""}
+
+    def progress(fraction: float, message: str) -> None:
+        feedback.setProgress(100.0 * fraction)
+        if message and message != last["message"]:
+            feedback.setProgressText(message)
+            last["message"] = message
+
+    return progress, feedback.isCanceled
+
+
+class StyleFromQml(QgsProcessingLayerPostProcessorInterface):
+    """Applies a resources/styles QML file to an output layer once Processing loads it."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt API)
+        if layer is not None and layer.isValid():
+            message, ok = layer.loadNamedStyle(str(STYLE_DIR / self.style))
+            if not ok:
+                feedback.reportError(f"could not apply style {self.style}: {message}")
+            layer.triggerRepaint()
+
+
+class RSLabAlgorithm(QgsProcessingAlgorithm):
+    """Base class: subclasses implement `execute(parameters, context, feedback) -> dict`."""
+
+    def group(self) -> str:
+        return ""
+
+    def groupId(self) -> str:  # noqa: N802
+        return ""
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON))
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        try:
+            return self.execute(parameters, context, feedback)
+        except JobCancelled:
+            feedback.reportError("cancelled; no output was written")
+            return {}
+        except RSLabError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+    def execute(self, parameters, context, feedback) -> Dict:
+        raise QgsProcessingException(f"{self.name()} does not implement execute()")
+
+    @staticmethod
+    def style_output(context: QgsProcessingContext, layer_id: str, style: str) -> None:
+        """Have Processing apply resources/styles/<style> when it loads output `layer_id`."""
+        if context.willLoadLayerOnCompletion(layer_id):
+            post = StyleFromQml(style)
+            _KEEP_ALIVE.append(post)
+            context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(post)

@@ -1,0 +1,71 @@
+"""rslab:import_cube: a MATLAB .mat hyperspectral cube (and ground truth) to GeoTIFFs."""
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingParameterFile,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterString,
+)
+
+from ..core.import_cube import ImportCubeParams, import_cube
+from .base import RSLabAlgorithm, feedback_callbacks
+
+
+class ImportCubeAlgorithm(RSLabAlgorithm):
+    INPUT = "INPUT"
+    CUBE_KEY = "CUBE_KEY"
+    GT_KEY = "GT_KEY"
+    OUTPUT_CUBE = "OUTPUT_CUBE"
+    OUTPUT_GT = "OUTPUT_GT"
+
+    def name(self) -> str:
+        return "import_cube"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Import MATLAB hyperspectral cube"
+
+    def group(self) -> str:
+        return "Data"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "data"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Converts a MATLAB .mat file holding a hyperspectral cube (an H x W x B array) and, "
+            "optionally, an H x W ground-truth map into GeoTIFFs. Band count and dtype are kept; "
+            "NaN pixels of float cubes become nodata. The hyperspectral anomaly benchmarks "
+            "(ABU, HYDICE) ship this way.\n\n"
+            "CUBE_KEY: name of the cube variable (default 'data').\n"
+            "GT_KEY: name of the ground-truth variable (default 'map'); only read when "
+            "OUTPUT_GT is set."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile(self.INPUT, "MATLAB file", extension="mat"))
+        self.addParameter(QgsProcessingParameterString(self.CUBE_KEY, "Cube variable", defaultValue="data"))
+        self.addParameter(QgsProcessingParameterString(self.GT_KEY, "Ground-truth variable", defaultValue="map", optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CUBE, "Cube"))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(self.OUTPUT_GT, "Ground truth", optional=True, createByDefault=False)
+        )
+
+    def execute(self, parameters, context, feedback):
+        source = self.parameterAsFile(parameters, self.INPUT, context)
+        params = ImportCubeParams(
+            cube_key=self.parameterAsString(parameters, self.CUBE_KEY, context),
+            gt_key=self.parameterAsString(parameters, self.GT_KEY, context) or "",
+        )
+        cube_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_CUBE, context)
+        gt_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_GT, context) or None
+        progress, cancelled = feedback_callbacks(feedback)
+        result = import_cube(source, cube_path, gt_path, params, progress, cancelled)
+        feedback.pushInfo(
+            f"{result.height} x {result.width} x {result.bands} {result.dtype} cube written"
+            + (f"; {result.note}" if result.note else "")
+        )
+        outputs = {self.OUTPUT_CUBE: result.cube_path}
+        if result.gt_path:
+            outputs[self.OUTPUT_GT] = result.gt_path
+            self.style_output(context, result.gt_path, "binary_mask.qml")
+        return outputs

@@ -1,0 +1,28 @@
+"""The RS Lab Processing provider (id `rslab`)."""
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .base import ICON
+from .import_cube import ImportCubeAlgorithm
+
+ALGORITHMS = (ImportCubeAlgorithm,)
+
+
+class RSLabProvider(QgsProcessingProvider):
+    def id(self) -> str:
+        return "rslab"
+
+    def name(self) -> str:
+        return "RS Lab"
+
+    def longName(self) -> str:  # noqa: N802
+        return "RS Lab remote-sensing deep learning"
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON))
+
+    def loadAlgorithms(self) -> None:  # noqa: N802
+        for cls in ALGORITHMS:
+            self.addAlgorithm(cls())

@@ -1,0 +1,104 @@
+"""The checkpoint format: model card round trip, registry lookup, and refusing code in files."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
+from rslab.core.errors import RSLabError
+from rslab.models import registry
+
+
+@registry.register("test_pixel_mlp")
+class PixelMLP(nn.Module):
+    """A small per-pixel network used only to exercise the checkpoint machinery."""
+
+    def __init__(self, bands: int = 3, hidden: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(bands, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _card(**kw):
+    base = dict(task="change_detection", architecture="test_pixel_mlp", arguments={"bands": 3, "hidden": 8},
+                bands=["red", "green", "blue"], normalisation={"mean": [0.5] * 3, "std": [0.2] * 3},
+                training={"data": "levir_cd_256 train pairs"}, metrics={"f1": 0.7})
+    base.update(kw)
+    return ModelCard(**base)
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path):
+    torch.manual_seed(0)
+    model = PixelMLP()
+    path = str(tmp_path / "m.pt")
+    save_checkpoint(path, model.state_dict(), _card())
+    ckpt = load_checkpoint(path, task="change_detection")
+    assert ckpt.card.bands == ["red", "green", "blue"]
+    assert ckpt.card.created  # stamped on save
+    rebuilt = build_model(ckpt)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(rebuilt(x), model.eval()(x))
+    assert os.listdir(tmp_path) == ["m.pt"]
+
+
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"format": "rslab-checkpoint", "payload": Exploit()}, handle)
+    with pytest.raises(RSLabError, match="refuses"):
+        load_checkpoint(str(path))
+    assert not marker.exists()
+
+
+def test_wrong_task_unknown_architecture_and_mismatched_weights(tmp_path):
+    path = str(tmp_path / "m.pt")
+    save_checkpoint(path, PixelMLP().state_dict(), _card())
+    with pytest.raises(RSLabError, match="'change_detection' checkpoint; this job needs a 'anomaly'"):
+        load_checkpoint(path, task="anomaly")
+
+    unknown = str(tmp_path / "u.pt")
+    save_checkpoint(unknown, PixelMLP().state_dict(), _card(architecture="no_such_net"))
+    with pytest.raises(RSLabError, match="unknown architecture 'no_such_net'"):
+        build_model(load_checkpoint(unknown))
+
+    wide = str(tmp_path / "w.pt")
+    save_checkpoint(wide, PixelMLP(hidden=16).state_dict(), _card())
+    with pytest.raises(RSLabError, match="do not fit"):
+        build_model(load_checkpoint(wide))
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    with pytest.raises(RSLabError, match="not found"):
+        load_checkpoint(str(tmp_path / "none.pt"))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(RSLabError):
+        load_checkpoint(str(junk))
+    plain = tmp_path / "plain.pt"
+    torch.save(PixelMLP().state_dict(), plain)  # weights without a model card
+    with pytest.raises(RSLabError, match="not an RS Lab checkpoint"):
+        load_checkpoint(str(plain))
+
+
+def test_model_card_validation():
+    with pytest.raises(RSLabError, match="task"):
+        ModelCard(task="", architecture="x")
+    with pytest.raises(RSLabError, match="bands"):
+        ModelCard(task="t", architecture="x", bands=["a", "b"], normalisation={"mean": [0.0] * 3})
+    with pytest.raises(RSLabError, match="does not know"):
+        ModelCard.from_json('{"task": "t", "architecture": "x", "surprise": 1}')
+    card = _card(bit_widths={"net.0": {"weight": 4, "activation": 4}})
+    assert ModelCard.from_json(card.to_json()) == card
+    assert card.summary()["quantised"] is True

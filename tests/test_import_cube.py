@@ -1,0 +1,94 @@
+"""rslab:import_cube through processing.run on real ABU scenes, and its bad inputs."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+import scipy.io
+
+import processing
+from qgis.core import QgsProcessingException
+
+from rslab.core.errors import RSLabError
+from rslab.core.import_cube import ImportCubeParams, import_cube
+
+
+@pytest.mark.parametrize("scene", ["abu-airport-4.mat", "abu-beach-1.mat"])
+def test_processing_run_round_trips_a_real_scene(tmp_path, shared_data, provider, scene):
+    source = shared_data / "anomaly" / "abu" / scene
+    out_cube, out_gt = str(tmp_path / "cube.tif"), str(tmp_path / "gt.tif")
+    result = processing.run("rslab:import_cube", {
+        "INPUT": str(source), "CUBE_KEY": "data", "GT_KEY": "map",
+        "OUTPUT_CUBE": out_cube, "OUTPUT_GT": out_gt,
+    })
+    assert result["OUTPUT_CUBE"] == out_cube and result["OUTPUT_GT"] == out_gt
+    mat = scipy.io.loadmat(str(source))
+    with rasterio.open(out_cube) as ds:
+        cube = ds.read()
+        assert ds.count == mat["data"].shape[2]
+        assert ds.dtypes[0] == mat["data"].dtype.name
+        assert ds.nodata is None
+    assert np.array_equal(np.moveaxis(cube, 0, 2), mat["data"])
+    with rasterio.open(out_gt) as ds:
+        assert np.array_equal(ds.read(1), mat["map"])
+
+
+def test_defaults_and_optional_ground_truth(tmp_path, samples, provider):
+    out_cube = str(tmp_path / "cube.tif")
+    processing.run("rslab:import_cube", {"INPUT": str(samples / "abu-beach-2.mat"), "OUTPUT_CUBE": out_cube})
+    assert sorted(os.listdir(tmp_path)) == ["cube.tif"]
+    with rasterio.open(out_cube) as ds:
+        assert (ds.width, ds.height, ds.count) == (100, 100, 193)
+
+
+def test_float_cube_keeps_nan_as_nodata(tmp_path):
+    cube = np.linspace(0, 1, 6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4)
+    cube[2, 3, :] = np.nan
+    source = tmp_path / "float.mat"
+    scipy.io.savemat(source, {"cube": cube, "gt": np.eye(6, 5, dtype=np.uint8)})
+    result = import_cube(str(source), str(tmp_path / "c.tif"), str(tmp_path / "g.tif"), ImportCubeParams("cube", "gt"))
+    assert result.bands == 4 and result.dtype == "float32"
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        assert np.isnan(ds.nodata)
+        assert not (ds.dataset_mask() > 0)[2, 3]
+        assert np.array_equal(np.moveaxis(ds.read(), 0, 2), cube, equal_nan=True)
+
+
+def test_bad_inputs_give_clear_errors_and_no_files(tmp_path, samples, provider):
+    scene = str(samples / "abu-beach-2.mat")
+    out = str(tmp_path / "c.tif")
+    with pytest.raises(RSLabError, match="no variable 'cube'.*data \\(100, 100, 193\\)"):
+        import_cube(scene, out, params=ImportCubeParams(cube_key="cube"))
+    with pytest.raises(RSLabError, match="no variable 'truth'"):
+        import_cube(scene, out, str(tmp_path / "g.tif"), ImportCubeParams(gt_key="truth"))
+    with pytest.raises(RSLabError, match="not found"):
+        import_cube(str(tmp_path / "missing.mat"), out)
+    text = tmp_path / "fake.mat"
+    text.write_text("hello")
+    with pytest.raises(RSLabError, match="not a MATLAB"):
+        import_cube(str(text), out)
+    mismatch = tmp_path / "mismatch.mat"
+    scipy.io.savemat(mismatch, {"data": np.zeros((4, 5, 3), np.uint16), "map": np.zeros((5, 4), np.uint8)})
+    with pytest.raises(RSLabError, match="must match"):
+        import_cube(str(mismatch), out, str(tmp_path / "g.tif"))
+    with pytest.raises(RSLabError, match="cannot be empty"):
+        ImportCubeParams(cube_key="")
+    with pytest.raises(QgsProcessingException, match="no variable 'cube'"):
+        processing.run("rslab:import_cube", {"INPUT": scene, "CUBE_KEY": "cube", "OUTPUT_CUBE": out})
+    assert sorted(os.listdir(tmp_path)) == ["fake.mat", "mismatch.mat"]
+
+
+def test_cancelling_leaves_no_file(tmp_path, samples):
+    from rslab.core.errors import JobCancelled
+
+    calls = {"n": 0}
+
+    def cancelled():
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    with pytest.raises(JobCancelled):
+        import_cube(str(samples / "abu-beach-2.mat"), str(tmp_path / "c.tif"), str(tmp_path / "g.tif"), cancelled=cancelled)
+    assert os.listdir(tmp_path) == []

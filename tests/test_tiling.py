@@ -1,0 +1,199 @@
+"""The windowed engine on real rasters: exact for per-pixel jobs, close for convolutions,
+georeferencing and nodata kept, outputs only on success."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+from scipy import ndimage
+
+from rslab.core.errors import JobCancelled, RSLabError
+from rslab.core.job import JobMonitor
+from rslab.core.outputs import PendingOutputs
+from rslab.core.raster_io import check_window, raster_info
+from rslab.core.tiling import OutputSpec, TileSpec, run_tiled, tile_grid
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(), ds.dataset_mask() > 0, ds.profile
+
+
+def _run(inputs, out_path, fn, spec, count=1, dtype="float32", nodata=None, monitor=None):
+    with PendingOutputs() as pending:
+        run_tiled(inputs, [OutputSpec(pending.temp(out_path), count, dtype, nodata)], fn, spec, monitor)
+
+
+@pytest.fixture()
+def odd_geotiff(tmp_path, shared_data):
+    """A real LEVIR tile cropped to an odd size (253 x 241) and written as GeoTIFF with an explicit CRS."""
+    with rasterio.open(shared_data / "change" / "levir_cd_256" / "A" / "test_2_0000_0000.png") as src:
+        data = src.read()[:, :241, :253]
+    path = tmp_path / "levir_odd.tif"
+    profile = dict(driver="GTiff", width=253, height=241, count=3, dtype="uint8",
+                   crs=CRS.from_epsg(32650), transform=from_origin(500000.0, 3550000.0, 0.5, 0.5))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.mark.parametrize("height,width,size,overlap", [(718, 791, 128, 32), (100, 100, 256, 32), (257, 513, 256, 0), (5, 1000, 64, 16)])
+def test_tiles_cover_every_pixel_once_by_core(height, width, size, overlap):
+    tiles = tile_grid(height, width, TileSpec(size, overlap))
+    owner = np.zeros((height, width), int)
+    for t in tiles:
+        r, c, h, w = int(t.core.row_off), int(t.core.col_off), int(t.core.height), int(t.core.width)
+        owner[r : r + h, c : c + w] += 1
+        # the read window contains the core and stays inside the raster
+        assert t.read.row_off <= r and r + h <= t.read.row_off + t.read.height
+        assert t.read.col_off <= c and c + w <= t.read.col_off + t.read.width
+        assert t.read.row_off >= 0 and t.read.row_off + t.read.height <= height
+        assert t.read.col_off >= 0 and t.read.col_off + t.read.width <= width
+        assert t.read.height == min(size, height) and t.read.width == min(size, width)
+    assert (owner == 1).all()
+
+
+@pytest.mark.parametrize("stitch", ["centre", "blend"])
+def test_per_pixel_job_is_exact_and_keeps_grid_and_nodata(tmp_path, samples, stitch):
+    src = str(samples / "rasterio_RGB.byte.tif")
+    out = str(tmp_path / "out.tif")
+
+    def brightness(arrays, valid):
+        return [arrays[0].astype(np.float32).sum(axis=0) / 3.0]
+
+    _run([src], out, brightness, TileSpec(200, 48, stitch))
+    data, valid, profile = _read(src)
+    result, out_valid, out_profile = _read(out)
+    assert out_profile["crs"] == profile["crs"]
+    assert out_profile["transform"] == profile["transform"]
+    assert (out_profile["width"], out_profile["height"]) == (791, 718)
+    assert np.array_equal(out_valid, valid)  # nodata carried through
+    assert np.isnan(result[0][~valid]).all()
+    expected = data.astype(np.float32).sum(axis=0) / 3.0
+    np.testing.assert_allclose(result[0][valid], expected[valid], rtol=0, atol=1e-4 if stitch == "blend" else 0)
+
+
+def test_convolution_on_odd_real_image_matches_whole_image(tmp_path, odd_geotiff):
+    data, _, profile = _read(odd_geotiff)
+    whole = ndimage.gaussian_filter(data.astype(np.float32), sigma=(0, 2, 2), mode="reflect", truncate=3.0)
+
+    def blur(arrays, valid):
+        return [ndimage.gaussian_filter(arrays[0].astype(np.float32), sigma=(0, 2, 2), mode="reflect", truncate=3.0)]
+
+    centre = str(tmp_path / "centre.tif")
+    _run([str(odd_geotiff)], centre, blur, TileSpec(96, 32, "centre"), count=3)
+    result, _, out_profile = _read(centre)
+    assert out_profile["crs"] == CRS.from_epsg(32650)
+    assert out_profile["transform"] == profile["transform"]
+    # the kernel radius (6) is below half the overlap (16): centre-cropping is exact up to float rounding
+    np.testing.assert_allclose(result, whole, atol=1e-3)
+
+    blend = str(tmp_path / "blend.tif")
+    _run([str(odd_geotiff)], blend, blur, TileSpec(96, 32, "blend"), count=3)
+    blended, _, _ = _read(blend)
+    error = np.abs(blended - whole)
+    assert error.mean() < 0.05 and error.max() < 2.0
+
+    no_overlap = str(tmp_path / "seams.tif")
+    _run([str(odd_geotiff)], no_overlap, blur, TileSpec(96, 0, "centre"), count=3)
+    seams, _, _ = _read(no_overlap)
+    assert np.abs(seams - whole).max() > 1.0  # without overlap the tile seams do show: the check can fail
+
+
+def test_two_inputs_and_integer_output_with_nodata(tmp_path, samples):
+    src = str(samples / "rasterio_RGB.byte.tif")
+    out = str(tmp_path / "mask.tif")
+
+    def greener(arrays, valid):
+        return [(arrays[1][1] > arrays[0][0]).astype(np.uint8)]
+
+    _run([src, src], out, greener, TileSpec(256, 0), dtype="uint8", nodata=255)
+    result, valid, profile = _read(out)
+    assert profile["nodata"] == 255
+    assert set(np.unique(result[0][valid])) <= {0, 1}
+    assert (result[0][~valid] == 255).all()
+
+
+def test_non_georeferenced_input_gives_output_without_geotransform(tmp_path, shared_data):
+    from osgeo import gdal
+
+    png = str(shared_data / "change" / "levir_cd_256" / "A" / "test_2_0000_0000.png")
+    out = str(tmp_path / "gray.tif")
+    _run([png], out, lambda a, v: [a[0].mean(axis=0)], TileSpec(100, 20))
+    ds = gdal.Open(out)
+    assert ds.GetGeoTransform(can_return_null=True) is None  # QGIS places it exactly like the PNG
+    assert (ds.RasterXSize, ds.RasterYSize) == (256, 256)
+
+
+def test_raster_smaller_than_a_tile(tmp_path, samples):
+    src = str(samples / "stars_L7_ETMs.tif")
+    out = str(tmp_path / "small.tif")
+    _run([src], out, lambda a, v: [a[0][3].astype(np.float32)], TileSpec(1024, 64, "blend"))
+    result, _, profile = _read(out)
+    data, _, _ = _read(src)
+    assert (profile["width"], profile["height"]) == (349, 352)
+    assert np.array_equal(result[0], data[3].astype(np.float32))
+
+
+def test_cancellation_leaves_no_file(tmp_path, samples):
+    src = str(samples / "rasterio_RGB.byte.tif")
+    out = tmp_path / "cancelled.tif"
+    calls = {"n": 0}
+
+    def cancelled():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(JobCancelled):
+        _run([src], str(out), lambda a, v: [a[0][0]], TileSpec(128, 0), monitor=JobMonitor(None, cancelled))
+    assert os.listdir(tmp_path) == []
+
+
+def test_error_in_tile_function_leaves_no_file(tmp_path, samples):
+    def broken(arrays, valid):
+        raise RSLabError("model failed")
+
+    with pytest.raises(RSLabError, match="model failed"):
+        _run([str(samples / "rasterio_RGB.byte.tif")], str(tmp_path / "x.tif"), broken, TileSpec(128, 0))
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_output_is_replaced_only_on_success(tmp_path, samples):
+    src = str(samples / "rasterio_RGB.byte.tif")
+    out = tmp_path / "out.tif"
+    shutil.copy(samples / "stars_L7_ETMs.tif", out)
+    before = out.read_bytes()
+    with pytest.raises(JobCancelled):
+        _run([src], str(out), lambda a, v: [a[0][0]], TileSpec(128, 0), monitor=JobMonitor(None, lambda: True))
+    assert out.read_bytes() == before
+    _run([src], str(out), lambda a, v: [a[0][0]], TileSpec(128, 0), dtype="uint8", nodata=0)
+    assert raster_info(str(out)).count == 1
+
+
+def test_bad_inputs_raise_rslab_error(tmp_path, samples):
+    with pytest.raises(RSLabError, match="not found"):
+        raster_info(str(tmp_path / "missing.tif"))
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster")
+    with pytest.raises(RSLabError, match="not a raster"):
+        raster_info(str(text))
+    with pytest.raises(RSLabError, match="folder"):
+        raster_info(str(tmp_path))
+    info = raster_info(str(samples / "stars_L7_ETMs.tif"))
+    with pytest.raises(RSLabError, match="empty"):
+        check_window(info, Window(0, 0, 0, 10))
+    with pytest.raises(RSLabError, match="outside"):
+        check_window(info, Window(300, 0, 100, 10))
+    for bad in (dict(size=0), dict(size=64, overlap=64), dict(overlap=-1), dict(stitch="median")):
+        with pytest.raises(RSLabError):
+            TileSpec(**bad)
+    with pytest.raises(RSLabError, match="one grid"):
+        _run([str(samples / "stars_L7_ETMs.tif"), str(samples / "rasterio_RGB.byte.tif")],
+             str(tmp_path / "x.tif"), lambda a, v: [a[0][0]], TileSpec(128, 0))
+    assert not (tmp_path / "x.tif").exists()
