@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SITE := $(VENV)/lib/python3.11/site-packages
 PLUGIN_NAME := rslab
-QGIS_PLUGINS := $(HOME)/.local/share/QGIS/QGIS3/profiles/default/python/plugins
+QGIS_CONFIG ?= $(HOME)/.local/share/QGIS/QGIS3
+QGIS_PLUGINS := $(QGIS_CONFIG)/profiles/default/python/plugins
 PYTEST_ARGS ?=
 export QT_QPA_PLATFORM ?= offscreen
 export FLWR_TELEMETRY_ENABLED := 0
@@ -43,7 +44,7 @@ bench: setup
 install:
 	mkdir -p "$(QGIS_PLUGINS)"
 	ln -sfn "$(CURDIR)" "$(QGIS_PLUGINS)/$(PLUGIN_NAME)"
-	QT_QPA_PLATFORM=offscreen /usr/bin/qgis_process.bin plugins enable $(PLUGIN_NAME)
+	QT_QPA_PLATFORM=offscreen QGIS_CUSTOM_CONFIG_PATH="$(QGIS_CONFIG)" /usr/bin/qgis_process.bin plugins enable $(PLUGIN_NAME)
 	@echo "RS Lab linked into $(QGIS_PLUGINS)/$(PLUGIN_NAME) and enabled"
 
 uninstall:

@@ -122,6 +122,7 @@ class RSLabPlugin:
         self.dialogs = []
         if self.toolbar is not None:
             self.iface.mainWindow().removeToolBar(self.toolbar)
+            self.toolbar.setParent(None)  # gone from the window now, not at the next event loop
             self.toolbar.deleteLater()
             self.toolbar = None
         if self.provider is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,10 +41,10 @@ class Requirement:
     module: str  # import name, e.g. "torch"
 
 
-def read_requirements(path: Path = REQUIREMENTS) -> List[Requirement]:
+def read_requirements(path: Optional[Path] = None) -> List[Requirement]:
     """The requirements file as Requirement objects (comments and blanks skipped)."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path or REQUIREMENTS).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -99,17 +100,27 @@ def system_python() -> str:
 def install_commands(
     env_dir: Path,
     python: Optional[str] = None,
-    requirements: Path = REQUIREMENTS,
-    constraints: Path = CONSTRAINTS,
+    requirements: Optional[Path] = None,
+    constraints: Optional[Path] = None,
+    pip_args: Optional[Sequence[str]] = None,
 ) -> List[List[str]]:
-    """Commands that create (if needed) `env_dir` and install the requirements into it."""
+    """Commands that create (if needed) `env_dir` and install the requirements into it.
+
+    `pip_args` (default: the RSLAB_PIP_ARGS environment variable, split like a
+    shell line) go to pip, e.g. `--index-url https://download.pytorch.org/whl/cpu`
+    for a CPU-only torch, or `--no-index --find-links DIR` offline.
+    """
     env_dir = Path(env_dir)
+    requirements = Path(requirements or REQUIREMENTS)
+    constraints = Path(constraints or CONSTRAINTS)
+    if pip_args is None:
+        pip_args = shlex.split(os.environ.get("RSLAB_PIP_ARGS", ""))
     commands = []
     if not (env_dir / "bin" / "python").exists():
         commands.append([python or system_python(), "-m", "venv", "--system-site-packages", str(env_dir)])
     commands.append(
         [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-         "--no-warn-script-location", "-r", str(requirements), "-c", str(constraints)]
+         "--no-warn-script-location", *pip_args, "-r", str(requirements), "-c", str(constraints)]
     )
     return commands
 

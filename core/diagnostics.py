@@ -74,7 +74,7 @@ def collect(extra: Optional[Dict[str, str]] = None) -> List[Row]:
     rows: List[Row] = [("RS Lab", plugin_version())]
     rows += list((extra or {}).items())
     rows += [
-        ("Python", f"{platform.python_version()} ({sys.executable})"),
+        ("Python", f"{platform.python_version()} ({dependencies.system_python()})"),
         ("platform", platform.platform()),
         ("numpy", _module_version("numpy")),
         ("GDAL", _gdal_versions()),

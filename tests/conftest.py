@@ -87,3 +87,71 @@ def provider():
     assert registry.addProvider(prov)
     yield prov
     registry.removeProvider(prov)
+
+
+class DesktopIface:
+    """The part of QgisInterface the plugin uses, backed by real Qt and QGIS widgets.
+
+    QGIS's QgisInterface needs the desktop application; offscreen we build the
+    same widgets it manages (main window, Raster menu with plugin submenus,
+    toolbars, dock areas, message bar, map canvas) so the tests can look at
+    what the plugin really added and removed.
+    """
+
+    def __init__(self) -> None:
+        from qgis.gui import QgsMapCanvas, QgsMessageBar
+        from qgis.PyQt.QtWidgets import QMainWindow
+
+        self._window = QMainWindow()
+        self._canvas = QgsMapCanvas(self._window)
+        self._window.setCentralWidget(self._canvas)
+        self._bar = QgsMessageBar(self._window)
+        self.raster_menu = self._window.menuBar().addMenu("&Raster")
+
+    def mainWindow(self):  # noqa: N802
+        return self._window
+
+    def mapCanvas(self):  # noqa: N802
+        return self._canvas
+
+    def messageBar(self):  # noqa: N802
+        return self._bar
+
+    def addToolBar(self, name):  # noqa: N802
+        return self._window.addToolBar(name)
+
+    def addDockWidget(self, area, dock):  # noqa: N802
+        self._window.addDockWidget(area, dock)
+
+    def removeDockWidget(self, dock):  # noqa: N802
+        self._window.removeDockWidget(dock)
+
+    def _submenu(self, name, create):
+        for action in self.raster_menu.actions():
+            if action.menu() is not None and action.text() == name:
+                return action.menu()
+        return self.raster_menu.addMenu(name) if create else None
+
+    def addPluginToRasterMenu(self, name, action):  # noqa: N802
+        self._submenu(name, True).addAction(action)
+
+    def removePluginRasterMenu(self, name, action):  # noqa: N802
+        menu = self._submenu(name, False)
+        if menu is not None:
+            menu.removeAction(action)
+            if not menu.actions():
+                self.raster_menu.removeAction(menu.menuAction())
+
+    def plugin_menu_texts(self):
+        return {
+            a.text(): [x.text() for x in a.menu().actions()]
+            for a in self.raster_menu.actions()
+            if a.menu() is not None
+        }
+
+
+@pytest.fixture()
+def iface(qgis_app):
+    iface = DesktopIface()
+    yield iface
+    iface.mainWindow().close()

@@ -85,8 +85,9 @@ class DiagnosticsDialog(QDialog):
     def _installed(self, result, error: str) -> None:
         self.install_task = None
         activate_environments()
-        self.refresh()
-        if error:
+        if error:  # keep pip's log on screen: it says why
+            self.install_button.setEnabled(bool(dependencies.missing()))
             self.status.setText("Installation failed: " + error.splitlines()[0])
         else:
+            self.refresh()
             self.status.setText("Installed. The packages are importable now; restart QGIS if a tool still reports them missing.")

@@ -1,6 +1,7 @@
 """Where the plugin keeps its private Python packages, and making them importable."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List
 
@@ -10,7 +11,13 @@ from ..core import dependencies
 
 
 def private_env_dir() -> Path:
-    """The plugin-private environment under the QGIS profile (never QGIS's own site-packages)."""
+    """The plugin-private environment: RSLAB_ENV_DIR, else under the QGIS profile.
+
+    Never QGIS's own site-packages.
+    """
+    override = os.environ.get("RSLAB_ENV_DIR", "").strip()
+    if override:
+        return Path(override).expanduser()
     return Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / "python-env"
 
 

@@ -1,0 +1,319 @@
+"""Throughput and peak memory of the windowed engine (`run_tiled`) on a 20000 x 20000 raster.
+
+What it measures
+    A trivial per-pixel job (the mean of the three bands, written as float32)
+    run by `rslab.core.tiling.run_tiled` inside `PendingOutputs`, the way the
+    engine's jobs run, over a 20000 x 20000 x 3 uint8 GeoTIFF (400 megapixels,
+    1200 MB uncompressed in, 1600 MB uncompressed out). It reports megapixels
+    per second and the peak resident memory of the job, for both stitching
+    modes, next to the same job done whole-image (read at once with rasterio)
+    on smaller crops.
+
+Why
+    The engine's promise is that memory does not grow with the raster: a
+    centre-cropped run holds about one tile, a blended run one strip of tile
+    height across the raster's width. A whole-image job grows with the area.
+    The table makes both visible: tiled rows at 5000 and 20000 pixels should
+    have about the same peak, whole-image rows at 2500 and 5000 pixels a peak
+    that grows four-fold, and every tiled peak should be a small fraction of
+    the raster's uncompressed size.
+
+How
+    The input repeats the real Landsat RGB sample bundled with the plugin
+    (`resources/samples/rasterio_RGB.byte.tif`, 791 x 718, nodata 0,
+    EPSG:32618) across the canvas, keeping its CRS, origin and pixel size. It
+    is written strip by strip (never whole in memory), tiled and deflate
+    compressed, and cached in the work folder: a later run reuses it. Smaller
+    inputs are the top-left corner of the same pattern. Every measured job
+    runs in a fresh child process (this script with `--child`), which reports
+    `ru_maxrss` right after its imports (baseline) and at the end (peak), so
+    the figures belong to that job alone. Times cover the job only (opening,
+    reading, computing, writing, committing), not the interpreter start.
+    Memory includes GDAL's block cache, which `gdal_env` bounds at 256 MB.
+
+Measured (2026-11-25, 2 CPU cores, 24 GB RAM, GDAL 3.6.2, rasterio 1.3.5,
+numpy 1.24.2), `.venv/bin/python bench/tiling.py`, first run (inputs built)
+took 4 min 43 s in all, of which 59 s building the cached inputs:
+
+    run                    pixels       s   MP/s  base MB  peak MB  job MB   in MB  out MB  peak/in  out disk MB
+    whole-image            2500^2     0.9    7.3      111      225     114      19      25    12.0 x           19
+    whole-image            5000^2     3.2    7.9      111      563     453      75     100     7.5 x           76
+    tiled centre 1024/32   5000^2     4.5    5.6      111      236     126      75     100     3.2 x           77
+    tiled centre 1024/32   20000^2   70.0    5.7      111      385     274    1200    1600    0.32 x         1224
+    tiled blend 1024/32    20000^2  117.4    3.4      111     1171    1061    1200    1600    0.98 x         1224
+
+(MB are 10^6 bytes; "job MB" is peak minus the baseline after imports;
+"peak/in" is the peak over the uncompressed input.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from rslab.core.outputs import PendingOutputs
+from rslab.core.raster_io import gdal_env, open_output, output_profile, raster_info
+from rslab.core.tiling import OutputSpec, TileSpec, run_tiled
+
+SAMPLE = Path(__file__).resolve().parent.parent / "resources" / "samples" / "rasterio_RGB.byte.tif"
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "rslab-bench-tiling"
+BUILD_STRIP_ROWS = 512  # rows written per window when building an input (a multiple of its 256 block)
+OUT_DTYPE = "float32"
+MB = 1e6
+
+
+# ---------------------------------------------------------------- the job
+
+
+def band_mean(arrays: List[np.ndarray], valid: np.ndarray) -> List[np.ndarray]:
+    """The per-pixel job: mean of the input's bands as float32 (nodata is masked by the caller)."""
+    return [arrays[0].mean(axis=0, dtype=np.float32)]
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def build_input(path: Path, size: int) -> float:
+    """Write a size x size x 3 GeoTIFF repeating the Landsat sample; return seconds spent (0 if cached)."""
+    if _is_cached(path, size):
+        return 0.0
+    t0 = time.perf_counter()
+    with rasterio.open(SAMPLE) as src:
+        sample = src.read()
+        profile = src.profile
+    _, sample_h, sample_w = sample.shape
+    t = profile["transform"]
+    profile.update(
+        width=size, height=size, tiled=True, blockxsize=256, blockysize=256,
+        compress="deflate", predictor=2, interleave="pixel", BIGTIFF="IF_SAFER",
+        transform=Affine(t.a, 0.0, t.c, 0.0, t.e, t.f),
+    )
+    cols = np.arange(size) % sample_w
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=128 * 1024 * 1024):
+        with PendingOutputs() as pending, rasterio.open(pending.temp(path), "w", **profile) as dst:
+            for top in range(0, size, BUILD_STRIP_ROWS):
+                rows = np.arange(top, min(top + BUILD_STRIP_ROWS, size)) % sample_h
+                strip = sample[:, rows][:, :, cols]
+                dst.write(strip, window=Window(0, top, size, len(rows)))
+    return time.perf_counter() - t0
+
+
+def _is_cached(path: Path, size: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        info = raster_info(str(path))
+    except Exception:
+        return False
+    return info.width == size and info.height == size and info.count == 3 and info.dtype == "uint8"
+
+
+def input_path(workdir: Path, size: int) -> Path:
+    return workdir / f"landsat_repeat_{size}.tif"
+
+
+# ---------------------------------------------------------------- child side
+
+
+def max_rss_bytes() -> int:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def own_hwm_bytes() -> int:
+    """Peak RSS of this process's own address space (VmHWM), which, unlike ru_maxrss, starts afresh at exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_tiled_job(src: str, dst: str, tile: int, overlap: int, stitch: str) -> None:
+    """The measured tiled job, written through PendingOutputs like the engine's jobs."""
+    spec = TileSpec(size=tile, overlap=overlap, stitch=stitch)
+    with PendingOutputs() as pending:
+        out = OutputSpec(pending.temp(dst), count=1, dtype=OUT_DTYPE, descriptions=("band mean",))
+        run_tiled([src], [out], band_mean, spec)
+
+
+def run_whole_job(src: str, dst: str) -> None:
+    """The same job with the whole raster read at once: memory grows with the area."""
+    with gdal_env(), PendingOutputs() as pending:
+        with rasterio.open(src) as ds:
+            data = ds.read()
+            valid = ds.dataset_mask() > 0
+        info = raster_info(src)
+        result = band_mean([data], valid)[0]
+        result[~valid] = np.nan
+        with open_output(pending.temp(dst), output_profile(info, 1, OUT_DTYPE, None)) as sink:
+            sink.write(result[None])
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Run one job in this (fresh) process and print its figures as one JSON line."""
+    if args.child == "build":
+        print(json.dumps({"seconds": build_input(Path(args.dst), args.size)}))
+        return
+    baseline = max_rss_bytes()
+    t0 = time.perf_counter()
+    if args.child == "whole":
+        run_whole_job(args.src, args.dst)
+    else:
+        run_tiled_job(args.src, args.dst, args.tile, args.overlap, args.child)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "baseline": baseline, "peak": max_rss_bytes(), "hwm": own_hwm_bytes()}))
+
+
+# ---------------------------------------------------------------- parent side
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    mode: str  # "whole", "centre" or "blend"
+    size: int
+
+
+@dataclass(frozen=True)
+class Figures:
+    run: Run
+    seconds: float
+    baseline: int
+    peak: int
+    out_disk: int
+
+
+def spawn_child(options: Sequence[str]) -> Dict[str, float]:
+    """Run this script with `--child ...` in a fresh interpreter and return the JSON it prints.
+
+    Linux carries the launcher's peak RSS into the child's ru_maxrss (it is
+    kept across fork and exec), so the launcher (this parent) must stay small:
+    it only imports and waits, and even the input building runs in a child.
+    """
+    cmd = [sys.executable, str(Path(__file__).resolve()), *options]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {' '.join(options)} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(run: Run, workdir: Path, tile: int, overlap: int) -> Figures:
+    """Run `run` in a child process and collect its figures."""
+    dst = workdir / f"out_{run.mode}_{run.size}.tif"
+    result = spawn_child([
+        "--child", run.mode, "--src", str(input_path(workdir, run.size)), "--dst", str(dst),
+        "--tile", str(tile), "--overlap", str(overlap),
+    ])
+    peak, hwm = int(result["peak"]), int(result["hwm"])
+    if peak > 1.05 * hwm:
+        print(f"  warning: ru_maxrss {peak / MB:.0f} MB exceeds the child's own peak {hwm / MB:.0f} MB "
+              f"(inherited from the launcher); the figure is too high", flush=True)
+    return Figures(run, result["seconds"], int(result["baseline"]), peak, dst.stat().st_size)
+
+
+def plan(size: int, crop: int, tile: int, overlap: int, blend: bool) -> List[Run]:
+    """Whole-image on two crops, tiled centre on a crop and the full size, blend on the full size."""
+    crop = min(crop, size)
+    tiled = f"{tile}/{overlap}"
+    runs = [Run("whole-image", "whole", s) for s in sorted({max(crop // 2, 1), crop})]
+    runs += [Run(f"tiled centre {tiled}", "centre", s) for s in sorted({crop, size})]
+    if blend:
+        runs.append(Run(f"tiled blend {tiled}", "blend", size))
+    return runs
+
+
+HEADER = (
+    f"{'run':<22} {'pixels':>8} {'s':>7} {'MP/s':>6} {'base MB':>8} {'peak MB':>8} {'job MB':>7} "
+    f"{'in MB':>7} {'out MB':>7} {'peak/in':>8} {'out disk MB':>12}"
+)
+
+
+def format_row(f: Figures) -> str:
+    pixels = f.run.size * f.run.size
+    in_bytes = pixels * 3
+    out_bytes = pixels * np.dtype(OUT_DTYPE).itemsize
+    ratio = f.peak / in_bytes
+    ratio_text = f"{ratio:.2f} x" if ratio < 1 else f"{ratio:.1f} x"
+    return (
+        f"{f.run.label:<22} {str(f.run.size) + '^2':>8} {f.seconds:>7.1f} {pixels / 1e6 / f.seconds:>6.1f} "
+        f"{f.baseline / MB:>8.0f} {f.peak / MB:>8.0f} {(f.peak - f.baseline) / MB:>7.0f} "
+        f"{in_bytes / MB:>7.0f} {out_bytes / MB:>7.0f} {ratio_text:>8} {f.out_disk / MB:>12.0f}"
+    )
+
+
+def cleanup(workdir: Path, runs: Sequence[Run]) -> None:
+    """Remove the outputs (the cached inputs stay for the next run)."""
+    for run in runs:
+        (workdir / f"out_{run.mode}_{run.size}.tif").unlink(missing_ok=True)
+
+
+def parent_main(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = plan(args.size, args.crop, args.tile, args.overlap, not args.no_blend)
+    print(f"work folder {workdir}; {os.cpu_count()} CPU cores; input repeats {SAMPLE.name}", flush=True)
+    for size in sorted({r.size for r in runs}):
+        path = input_path(workdir, size)
+        seconds = spawn_child(["--child", "build", "--size", str(size), "--dst", str(path)])["seconds"]
+        state = f"built in {seconds:.1f} s" if seconds else "cached"
+        print(f"input {size} x {size} x 3 uint8: {state}", flush=True)
+    figures = []
+    try:
+        for run in runs:
+            print(f"running {run.label} on {run.size} x {run.size} ...", flush=True)
+            figures.append(measure(run, workdir, args.tile, args.overlap))
+    finally:
+        if not args.keep:
+            cleanup(workdir, runs)
+    print()
+    print(HEADER)
+    for f in figures:
+        print(format_row(f))
+    print(
+        f"\nMB = 10^6 bytes; base = ru_maxrss after imports, peak = ru_maxrss at the end of the child; "
+        f"job = peak - base; in/out MB uncompressed (out is {OUT_DTYPE}); "
+        f"peak/in = peak over the uncompressed input."
+    )
+    print(f"total {time.perf_counter() - started:.0f} s" + ("" if args.keep else "; outputs removed (--keep keeps them)"))
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=20000, help="edge of the full input raster in pixels")
+    parser.add_argument("--tile", type=int, default=1024, help="tile edge in pixels")
+    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    parser.add_argument("--crop", type=int, default=5000, help="edge of the crop for the whole-image baseline")
+    parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="folder for the cached inputs and outputs")
+    parser.add_argument("--keep", action="store_true", help="keep the output rasters")
+    parser.add_argument("--no-blend", action="store_true", help="skip the blended run (the slowest)")
+    parser.add_argument("--child", choices=("build", "whole", "centre", "blend"), help=argparse.SUPPRESS)
+    parser.add_argument("--src", help=argparse.SUPPRESS)
+    parser.add_argument("--dst", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child_main(args)
+    else:
+        parent_main(args)
+
+
+if __name__ == "__main__":
+    main()

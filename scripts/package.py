@@ -1,0 +1,60 @@
+"""Build the plugin zip the QGIS plugin repository accepts: dist/rslab-VERSION.zip.
+
+The zip holds one folder, `rslab/`, with the plugin code, resources (icons,
+styles, samples, default weights), metadata, licence, README and the
+requirements files the dependency installer reads. Tests, benchmarks, the
+venv, caches and build tooling stay out. The repository caps zips at 25 MB.
+"""
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "rslab"
+LIMIT_MB = 25
+INCLUDE = ["metadata.txt", "__init__.py", "plugin.py", "LICENSE", "README.md", "requirements.txt",
+           "constraints.txt", "core", "models", "provider", "ui", "resources"]
+SKIP_PARTS = {"__pycache__", ".pytest_cache"}
+SKIP_SUFFIXES = {".pyc", ".pyo"}
+
+
+def version() -> str:
+    for line in (ROOT / "metadata.txt").read_text().splitlines():
+        if line.startswith("version="):
+            return line.split("=", 1)[1].strip()
+    raise SystemExit("metadata.txt has no version")
+
+
+def files() -> list:
+    out = []
+    for entry in INCLUDE:
+        path = ROOT / entry
+        if not path.exists():
+            raise SystemExit(f"missing {entry}")
+        candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for p in candidates:
+            rel = p.relative_to(ROOT)
+            if SKIP_PARTS & set(rel.parts) or p.suffix in SKIP_SUFFIXES:
+                continue
+            out.append(rel)
+    return out
+
+
+def build(dist: Path) -> Path:
+    dist.mkdir(parents=True, exist_ok=True)
+    target = dist / f"{NAME}-{version()}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for rel in files():
+            archive.write(ROOT / rel, f"{NAME}/{rel.as_posix()}")
+    size_mb = target.stat().st_size / 1e6
+    if size_mb > LIMIT_MB:
+        target.unlink()
+        raise SystemExit(f"the plugin zip would be {size_mb:.1f} MB, over the repository's {LIMIT_MB} MB cap")
+    print(f"{target} ({size_mb:.1f} MB)")
+    return target
+
+
+if __name__ == "__main__":
+    build(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "dist"))

@@ -1,0 +1,102 @@
+"""Runs inside the real QGIS desktop (`qgis --code tests/desktop/probe.py` under Xvfb).
+
+Loads RS Lab through QGIS's own plugin machinery (real QgisInterface), opens
+its Raster menu and diagnostics dialog, takes screenshots, unloads and loads
+it again, writes what it saw as JSON to $RSLAB_PROBE_OUT and quits QGIS.
+"""
+import json
+import os
+import traceback
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QPoint, QTimer
+from qgis.PyQt.QtGui import QGuiApplication
+from qgis.PyQt.QtWidgets import QToolBar
+from qgis.utils import iface, loadPlugin, plugins, startPlugin, unloadPlugin
+
+OUT = os.environ["RSLAB_PROBE_OUT"]
+SHOTS = os.environ.get("RSLAB_PROBE_SHOTS", "")
+report = {"errors": []}
+
+
+def rslab_menu():
+    for action in iface.rasterMenu().actions():
+        if action.menu() is not None and action.text().replace("&", "") == "RS Lab":
+            return action.menu()
+    return None
+
+
+def snapshot(name):
+    if SHOTS:
+        QGuiApplication.primaryScreen().grabWindow(0).save(os.path.join(SHOTS, name))
+
+
+def state(tag):
+    menu = rslab_menu()
+    report[tag] = {
+        "menu": [a.text() for a in menu.actions()] if menu else [],
+        "rslab_menus": sum(1 for a in iface.rasterMenu().actions() if a.text().replace("&", "") == "RS Lab"),
+        "toolbars": sum(1 for t in iface.mainWindow().findChildren(QToolBar) if t.objectName() == "RSLabToolbar"),
+        "provider": QgsApplication.processingRegistry().providerById("rslab") is not None,
+    }
+
+
+def guarded(fn):
+    def run():
+        try:
+            fn()
+        except Exception:
+            report["errors"].append(traceback.format_exc())
+            finish()
+    return run
+
+
+@guarded
+def start():
+    iface.mainWindow().showMaximized()
+    report["loaded"] = bool(loadPlugin("rslab")) and bool(startPlugin("rslab"))
+    state("after_load")
+    dialog = plugins["rslab"].show_diagnostics()
+    dialog.move(120, 140)
+    report["diagnostics"] = dialog.text.toPlainText()
+    QTimer.singleShot(1500, show_menu)
+
+
+@guarded
+def show_menu():
+    snapshot("diagnostics.png")
+    raster = iface.rasterMenu()
+    bar = iface.mainWindow().menuBar()
+    raster_action = raster.menuAction()
+    bar.setActiveAction(raster_action)
+    QTimer.singleShot(600, open_submenu)
+
+
+@guarded
+def open_submenu():
+    raster = iface.rasterMenu()
+    menu = rslab_menu()
+    raster.setActiveAction(menu.menuAction())
+    QTimer.singleShot(800, reload)
+
+
+@guarded
+def reload():
+    snapshot("menu.png")
+    iface.rasterMenu().hide()
+    for dialog in list(plugins["rslab"].dialogs):
+        dialog.close()
+    report["unloaded"] = bool(unloadPlugin("rslab"))
+    state("after_unload")
+    report["reloaded"] = bool(loadPlugin("rslab")) and bool(startPlugin("rslab"))
+    state("after_reload")
+    finish()
+
+
+def finish():
+    with open(OUT, "w") as handle:
+        json.dump(report, handle, indent=1)
+    QTimer.singleShot(100, QgsApplication.instance().quit)
+
+
+QTimer.singleShot(2000, start)

@@ -1,0 +1,70 @@
+"""The real QGIS desktop under Xvfb: QGIS's own plugin loader and QgisInterface.
+
+Runs tests/desktop/probe.py inside `qgis --code`, which loads RS Lab, opens
+its Raster menu and diagnostics dialog (screenshots saved for the README),
+unloads and loads it again, and reports what it saw.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def display():
+    if shutil.which("Xvfb") is None:
+        pytest.fail("Xvfb is missing: make setup installs it")
+    for number in range(101, 130):
+        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
+            break
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1440x900x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(50):
+        if Path(f"/tmp/.X11-unix/X{number}").exists():
+            break
+        time.sleep(0.1)
+    yield f":{number}"
+    server.terminate()
+    server.wait(10)
+
+
+def test_real_qgis_desktop_loads_unloads_and_reloads(tmp_path, display):
+    profiles = tmp_path / "profiles-root"
+    plugins = profiles / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "rslab").symlink_to(REPO)
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    report_path = tmp_path / "report.json"
+    env = dict(os.environ, DISPLAY=display, RSLAB_PROBE_OUT=str(report_path), RSLAB_PROBE_SHOTS=str(shots))
+    env.pop("QT_QPA_PLATFORM", None)
+    env.pop("QGIS_CUSTOM_CONFIG_PATH", None)
+    done = subprocess.run(
+        ["qgis", "--nologo", "--noversioncheck", "--profiles-path", str(profiles),
+         "--code", str(REPO / "tests" / "desktop" / "probe.py")],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert report_path.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["errors"] == []
+    assert report["loaded"] and report["unloaded"] and report["reloaded"]
+    menu = ["Import hyperspectral cube…", "Diagnostics…"]
+    assert report["after_load"] == {"menu": menu, "rslab_menus": 1, "toolbars": 1, "provider": True}
+    assert report["after_unload"] == {"menu": [], "rslab_menus": 0, "toolbars": 0, "provider": False}
+    assert report["after_reload"] == report["after_load"]
+    for expected in ("QGIS             : 3.22", "torch", "compute device", "CPU threads", "missing packages : none"):
+        assert expected in report["diagnostics"]
+    assert (shots / "menu.png").stat().st_size > 10000
+    keep = os.environ.get("RSLAB_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for shot in shots.iterdir():
+            shutil.copy(shot, Path(keep) / shot.name)

@@ -1,0 +1,84 @@
+"""The diagnostics dialog, driven with pytest-qt: versions, copy, install missing packages."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+from qgis.core import Qgis
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QGuiApplication
+
+import rslab
+from rslab.core import dependencies
+from rslab.ui.diagnostics_dialog import DiagnosticsDialog
+from rslab.ui.environment import private_env_dir
+from wheels import build_wheel
+
+
+def test_dialog_shows_versions_and_copies_them(qtbot):
+    dialog = DiagnosticsDialog()
+    qtbot.addWidget(dialog)
+    text = dialog.text.toPlainText()
+    import numpy
+    import torch
+
+    for expected in ("RS Lab", Qgis.version(), "GDAL", f"numpy", numpy.__version__, torch.__version__,
+                     "compute device", "cpu (", "CPU threads", "missing packages : none"):
+        assert expected in text, expected
+    assert not dialog.install_button.isEnabled()
+    qtbot.mouseClick(dialog.copy_button, Qt.LeftButton)
+    assert QGuiApplication.clipboard().text() == text
+
+
+@pytest.fixture()
+def probe_requirement(tmp_path, monkeypatch):
+    """Point the plugin's requirements at a tiny local wheel instead of torch (offline, seconds)."""
+    wheels = tmp_path / "wheels"
+    build_wheel(wheels)
+    req = tmp_path / "requirements.txt"
+    req.write_text("rslabprobe==1.0\n")
+    monkeypatch.setattr(dependencies, "REQUIREMENTS", req)
+    monkeypatch.setenv("RSLAB_PIP_ARGS", f"--no-index --find-links {wheels}")
+    monkeypatch.setenv("RSLAB_ENV_DIR", str(tmp_path / "private-env"))
+    before = list(sys.path)
+    yield req
+    sys.path[:] = before
+    sys.modules.pop("rslabprobe", None)
+
+
+def test_install_button_installs_into_the_private_env(qtbot, probe_requirement):
+    dialog = DiagnosticsDialog()
+    qtbot.addWidget(dialog)
+    assert "rslabprobe==1.0" in dialog.status.text()
+    assert dialog.install_button.isEnabled()
+    qtbot.mouseClick(dialog.install_button, Qt.LeftButton)
+    assert not dialog.install_button.isEnabled()
+    qtbot.waitUntil(lambda: dialog.install_task is None, timeout=120000)
+    assert dialog.status.text().startswith("Installed"), dialog.status.text()
+    assert "missing packages : none" in dialog.text.toPlainText()
+    site = dependencies.site_packages(private_env_dir())
+    assert site is not None and (site / "rslabprobe" / "__init__.py").exists()
+    assert private_env_dir() == probe_requirement.parent / "private-env"
+
+
+def test_private_env_defaults_to_the_qgis_profile(monkeypatch):
+    from qgis.core import QgsApplication
+
+    monkeypatch.delenv("RSLAB_ENV_DIR", raising=False)
+    assert str(private_env_dir()).startswith(QgsApplication.qgisSettingsDirPath())
+
+
+def test_plugin_warns_about_missing_packages_with_an_install_button(iface, qtbot, probe_requirement):
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    plugin = rslab.classFactory(iface)
+    plugin.initGui()
+    try:
+        item = iface.messageBar().currentItem()
+        assert item is not None and "rslabprobe==1.0" in item.text()
+        button = [b for b in item.findChildren(QPushButton) if b.text() == "Install…"][0]
+        qtbot.mouseClick(button, Qt.LeftButton)
+        assert len(plugin.dialogs) == 1 and plugin.dialogs[0].isVisible()
+    finally:
+        plugin.unload()
+    assert plugin.dialogs == []

@@ -1,0 +1,79 @@
+"""The plugin through classFactory on real QGIS: menu, toolbar, provider, and clean unload."""
+from __future__ import annotations
+
+import importlib
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtWidgets import QToolBar
+
+import rslab
+
+
+def _toolbars(iface):
+    return [t for t in iface.mainWindow().findChildren(QToolBar) if t.objectName() == "RSLabToolbar"]
+
+
+def test_load_unload_load_leaves_no_duplicates(iface, qtbot):
+    registry = QgsApplication.processingRegistry()
+    for _ in range(2):
+        plugin = rslab.classFactory(iface)
+        plugin.initGui()
+        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Diagnostics…"]}
+        assert len(_toolbars(iface)) == 1
+        assert [a.text() for a in _toolbars(iface)[0].actions()] == ["Diagnostics…"]
+        assert registry.providerById("rslab") is plugin.provider
+        ids = [a.id() for a in registry.algorithms() if a.provider() is plugin.provider]
+        assert "rslab:import_cube" in ids
+        plugin.unload()
+        qtbot.wait(10)  # let deleteLater run
+        assert iface.plugin_menu_texts() == {}
+        assert _toolbars(iface) == []
+        assert registry.providerById("rslab") is None
+
+
+def test_docks_are_created_lazily_and_removed_on_unload(iface, qtbot):
+    from qgis.PyQt.QtWidgets import QDockWidget, QLabel
+
+    plugin = rslab.classFactory(iface)
+    plugin.initGui()
+    assert plugin.docks == {}
+    built = []
+
+    def factory():
+        built.append(1)
+        return QLabel("dock body")
+
+    first = plugin.show_dock("probe", "Probe", factory)
+    second = plugin.show_dock("probe", "Probe", factory)
+    assert first is second and built == [1]
+    assert first in iface.mainWindow().findChildren(QDockWidget)
+    plugin.unload()
+    qtbot.wait(10)
+    assert [d for d in iface.mainWindow().findChildren(QDockWidget) if d.objectName() == "RSLab_probe"] == []
+
+
+def test_processing_only_load_as_qgis_process_does(qgis_app):
+    """qgis_process calls classFactory and initProcessing, never initGui."""
+    plugin = rslab.classFactory(None)
+    plugin.initProcessing()
+    plugin.initProcessing()  # idempotent
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById("rslab") is plugin.provider
+    assert registry.algorithmById("rslab:import_cube") is not None
+    plugin.unload()
+    assert registry.providerById("rslab") is None
+
+
+def test_engine_imports_without_qgis():
+    """core/ and models/ must not pull in QGIS or Qt (checked in a clean interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rslab.core.tiling, rslab.core.checkpoint, rslab.core.import_cube, rslab.core.diagnostics, "
+        "rslab.models.registry; bad = [m for m in sys.modules if m.split('.')[0] in ('qgis', 'PyQt5', 'pyqtgraph')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": ":".join(p for p in sys.path if p)})
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,82 @@
+"""The QgsTask adapter: a core job in the background, styled layers added on the main thread, cancel."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+from qgis.core import QgsPalettedRasterRenderer, QgsProject
+
+from rslab.core.errors import RSLabError
+from rslab.core.import_cube import import_cube
+from rslab.core.job import JobMonitor
+from rslab.core.outputs import PendingOutputs
+from rslab.core.tiling import OutputSpec, TileSpec, run_tiled
+from rslab.ui import task as tasks
+from rslab.ui.layers import LayerSpec
+
+
+def test_job_runs_in_background_and_adds_styled_group(tmp_path, samples, qtbot):
+    QgsProject.instance().clear()
+    cube, gt = str(tmp_path / "cube.tif"), str(tmp_path / "gt.tif")
+    threads = []
+
+    def job(progress, cancelled):
+        threads.append(threading.current_thread())
+        return import_cube(str(samples / "abu-beach-2.mat"), cube, gt, progress=progress, cancelled=cancelled)
+
+    task = tasks.JobTask(
+        "import", job,
+        layers=lambda r: [LayerSpec(r.gt_path, "anomalies", "binary_mask.qml"), LayerSpec(r.cube_path, "cube")],
+        group_name="ABU beach-2",
+    )
+    messages = []
+    task.message.connect(messages.append)
+    with qtbot.waitSignal(task.jobFinished, timeout=60000) as done:
+        tasks.start(task)
+    result, error = done.args
+    assert error == "" and result.bands == 193
+    assert threads and threads[0] is not threading.main_thread()
+    assert any("writing bands" in m for m in messages)
+    group = QgsProject.instance().layerTreeRoot().findGroup("ABU beach-2")
+    assert [n.layer().name() for n in group.findLayers()] == ["anomalies", "cube"]
+    renderer = task.added_layers[0].renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    colours = {c.value: c.color.alpha() for c in renderer.classes()}
+    assert colours == {0.0: 0, 1.0: 255}  # background transparent, anomalies opaque
+    QgsProject.instance().clear()
+
+
+def test_cancel_stops_the_job_and_leaves_no_file(tmp_path, samples, qtbot):
+    out = str(tmp_path / "slow.tif")
+    started = threading.Event()
+
+    def slow(arrays, valid):
+        started.set()
+        time.sleep(0.05)
+        return [arrays[0][0].astype(np.float32)]
+
+    def job(progress, cancelled):
+        with PendingOutputs() as pending:
+            run_tiled([str(samples / "rasterio_RGB.byte.tif")], [OutputSpec(pending.temp(out))], slow,
+                      TileSpec(64, 0), JobMonitor(progress, cancelled))
+
+    task = tasks.JobTask("slow", job, layers=lambda r: [LayerSpec(out, "never")])
+    with qtbot.waitSignal(task.jobFinished, timeout=60000) as done:
+        tasks.start(task)
+        assert started.wait(30)
+        task.cancel()
+    assert done.args[0] is None and "cancelled" in done.args[1]
+    assert os.listdir(tmp_path) == []
+    assert QgsProject.instance().mapLayersByName("never") == []
+
+
+def test_job_error_is_reported_not_raised(qtbot):
+    def job(progress, cancelled):
+        raise RSLabError("the two layers do not overlap")
+
+    task = tasks.JobTask("failing", job)
+    with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
+        tasks.start(task)
+    assert done.args == [None, "the two layers do not overlap"]
