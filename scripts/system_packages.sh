@@ -11,7 +11,7 @@ done
 if [ -z "$missing" ]; then
   exit 0
 fi
-cmd="apt-get install -y --no-install-recommends$missing"
+cmd="apt-get install -y$missing"
 if [ "$(id -u)" -ne 0 ]; then
   echo "RS Lab needs these Debian packages:$missing" >&2
   echo "Install them as root, then run make again:" >&2
