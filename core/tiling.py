@@ -31,6 +31,7 @@ from .job import JobMonitor
 from .raster_io import RasterInfo, describe, gdal_env, open_output, open_raster, output_profile, read_window
 
 STITCH_MODES = ("centre", "blend")
+_WRITE_CHUNK = 2048  # columns written at a time from a blending strip
 
 TileFn = Callable[[List[np.ndarray], np.ndarray], Sequence[np.ndarray]]
 
@@ -219,7 +220,12 @@ def _run_centre(datasets, outputs, sinks, fn, tiles, monitor: JobMonitor) -> Non
 
 
 def _run_blend(datasets, outputs, sinks, fn, tiles, spec: TileSpec, info: RasterInfo, monitor: JobMonitor) -> None:
-    """Weighted blending, one strip of tile rows at a time."""
+    """Weighted blending, one strip of tile rows at a time.
+
+    Buffers are float32, `strip` rows high (the tallest tile) and the raster's
+    width, allocated once: rows become final when the next tile row starts
+    below them, are written in column chunks, and the rest is moved up in place.
+    """
     rows: List[List[Tile]] = []
     for tile in tiles:
         if rows and rows[-1][0].read.row_off == tile.read.row_off:
@@ -227,11 +233,11 @@ def _run_blend(datasets, outputs, sinks, fn, tiles, spec: TileSpec, info: Raster
         else:
             rows.append([tile])
     width = info.width
+    strip = max(int(t.read.height) for t in tiles)
+    acc = [np.zeros((o.count, strip, width), np.float32) for o in outputs]
+    wsum = np.zeros((strip, width), np.float32)
+    valid_strip = np.zeros((strip, width), bool)
     top = 0
-    strip_h = int(rows[0][0].read.height)
-    acc = [np.zeros((o.count, strip_h, width), np.float64) for o in outputs]
-    wsum = np.zeros((strip_h, width), np.float64)
-    valid_strip = np.zeros((strip_h, width), bool)
     done = 0
     for i, row in enumerate(rows):
         for tile in row:
@@ -249,29 +255,20 @@ def _run_blend(datasets, outputs, sinks, fn, tiles, spec: TileSpec, info: Raster
             done += 1
         final_stop = int(rows[i + 1][0].read.row_off) if i + 1 < len(rows) else info.height
         n = final_stop - top
-        window = Window(0, top, width, n)
-        for out, sink, a in zip(outputs, sinks, acc):
-            block = a[:, :n] / np.maximum(wsum[:n], 1e-12)
-            if np.issubdtype(np.dtype(out.dtype), np.integer):
-                block = np.rint(block)
-            block = block.astype(out.dtype)
-            block[:, ~valid_strip[:n]] = out.fill
-            sink.write(block, window=window)
-        if i + 1 < len(rows):
-            next_h = int(rows[i + 1][0].read.row_off + rows[i + 1][0].read.height) - final_stop
-            keep = strip_h - n
-            new_h = max(keep, next_h)
-            acc = [_shift(a, n, new_h) for a in acc]
-            wsum = _shift(wsum[None], n, new_h)[0]
-            valid_strip = _shift(valid_strip[None], n, new_h)[0]
-            strip_h = new_h
-            top = final_stop
+        for c0 in range(0, width, _WRITE_CHUNK):
+            c1 = min(width, c0 + _WRITE_CHUNK)
+            w_chunk = np.maximum(wsum[:n, c0:c1], 1e-12)
+            invalid = ~valid_strip[:n, c0:c1]
+            for out, sink, a in zip(outputs, sinks, acc):
+                block = a[:, :n, c0:c1] / w_chunk
+                if np.issubdtype(np.dtype(out.dtype), np.integer):
+                    np.rint(block, out=block)
+                block = block.astype(out.dtype, copy=False)
+                block[:, invalid] = out.fill
+                sink.write(block, window=Window(c0, top, c1 - c0, n))
+        keep = strip - n
+        for buffer in acc + [wsum[None], valid_strip[None]]:
+            buffer[:, :keep] = buffer[:, n:]
+            buffer[:, keep:] = 0
+        top = final_stop
     monitor.step(1.0, "tiles done")
-
-
-def _shift(buffer: np.ndarray, rows: int, new_height: int) -> np.ndarray:
-    """Drop the first `rows` rows of a (bands, h, w) buffer and pad it to `new_height` with zeros."""
-    kept = buffer[:, rows:]
-    out = np.zeros((buffer.shape[0], new_height, buffer.shape[2]), buffer.dtype)
-    out[:, : kept.shape[1]] = kept
-    return out
