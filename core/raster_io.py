@@ -145,6 +145,22 @@ def read_window(ds: Any, window: Window) -> Tuple[np.ndarray, np.ndarray]:
     return data, valid
 
 
+def read_decimated(ds: Any, max_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The whole raster's data bands read at a reduced size (at most about `max_pixels`), and its valid mask.
+
+    For statistics over a whole raster (per-band mean and std, Otsu
+    thresholds) in bounded memory: GDAL decimates while reading.
+    """
+    step = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / max(1, max_pixels)))))
+    shape = (max(1, ds.height // step), max(1, ds.width // step))
+    bands = data_bands(ds)
+    data = ds.read(bands, out_shape=(len(bands),) + shape)
+    valid = ds.dataset_mask(out_shape=shape) > 0
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    return data, valid
+
+
 def output_profile(
     info: RasterInfo,
     count: int,

@@ -78,6 +78,20 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
     def execute(self, parameters, context, feedback) -> Dict:
         raise QgsProcessingException(f"{self.name()} does not implement execute()")
 
+    def raster_path(self, parameters, name: str, context, optional: bool = False):
+        """The file behind a raster layer parameter; RSLabError if the layer is not a local file."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            if optional:
+                return None
+            raise RSLabError(f"{name}: no raster layer was given")
+        if layer.providerType() != "gdal":
+            raise RSLabError(
+                f"{name}: layer '{layer.name()}' is not a file GDAL reads (provider {layer.providerType()}); "
+                "export it to a GeoTIFF first"
+            )
+        return layer.source().split("|")[0]
+
     @staticmethod
     def style_output(context: QgsProcessingContext, layer_id: str, style: str) -> None:
         """Have Processing apply resources/styles/<style> when it loads output `layer_id`."""

@@ -5,9 +5,11 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .base import ICON
+from .detect_changes import DetectChangesAlgorithm
 from .import_cube import ImportCubeAlgorithm
+from .train_change_detector import TrainChangeDetectorAlgorithm
 
-ALGORITHMS = (ImportCubeAlgorithm,)
+ALGORITHMS = (ImportCubeAlgorithm, DetectChangesAlgorithm, TrainChangeDetectorAlgorithm)
 
 
 class RSLabProvider(QgsProcessingProvider):

@@ -155,3 +155,16 @@ def iface(qgis_app):
     iface = DesktopIface()
     yield iface
     iface.mainWindow().close()
+
+
+@pytest.fixture(scope="session")
+def tiny_change_checkpoint(tmp_path_factory, shared_data) -> str:
+    """A small AR-CDNet trained for a few iterations on two LEVIR pairs: exercises the machinery, not accuracy."""
+    from rslab.core.change_data import pairs_from_folder
+    from rslab.core.change_training import TrainChangeParams, train_change_detector
+
+    pairs = pairs_from_folder(str(shared_data / "change" / "levir_cd_256"), ["train_36_0512_0512", "test_77_0512_0256"])
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny_arcdnet.pt")
+    params = TrainChangeParams(iterations=3, eval_every=3, crop=64, batch_size=2, base=8, channels=8, warmup=1)
+    train_change_detector(pairs[:1], pairs[1:], path, params)
+    return path

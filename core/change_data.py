@@ -1,0 +1,188 @@
+"""Change-detection training data: pairs of co-registered images with change labels.
+
+Pairs come from a folder laid out as `A/` (before), `B/` (after), `label/`
+(same file names; 0 = no change, non-zero = change), the layout of the
+LEVIR-CD and DSIFN-CD samples, or from explicit raster triples. Small
+images are held in memory; large rasters are sampled by windows, so a
+training set of big GeoTIFFs never has to fit in memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from rasterio.windows import Window
+
+from .errors import RSLabError
+from .raster_io import describe, gdal_env, open_raster, read_decimated, read_window, same_grid
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+IN_MEMORY_PIXELS = 4_000_000
+# ImageNet statistics in 0..255 units, for 8-bit RGB (METHODS.md section 1).
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+
+
+@dataclass(frozen=True)
+class ChangePair:
+    before: str
+    after: str
+    label: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.before).stem
+
+
+def pairs_from_folder(root: str, names: Optional[Sequence[str]] = None) -> List[ChangePair]:
+    """Pairs from `root/A`, `root/B`, `root/label` (optionally only the given file stems)."""
+    base = Path(root)
+    folders = [base / "A", base / "B", base / "label"]
+    missing = [f.name for f in folders if not f.is_dir()]
+    if missing:
+        raise RSLabError(f"{root} needs sub-folders A/, B/ and label/; missing: {', '.join(missing)}")
+    pairs = []
+    for path in sorted(folders[0].iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or (names is not None and path.stem not in names):
+            continue
+        after, label = folders[1] / path.name, folders[2] / path.name
+        if not after.exists() or not label.exists():
+            raise RSLabError(f"{path.name} is in A/ but not in both B/ and label/")
+        pairs.append(ChangePair(str(path), str(after), str(label)))
+    if not pairs:
+        raise RSLabError(f"no image pairs found in {root}/A")
+    return pairs
+
+
+def check_pair(pair: ChangePair) -> Tuple[int, int, int]:
+    """(bands, height, width) of a pair, or RSLabError if its three rasters do not line up."""
+    with gdal_env(), open_raster(pair.before) as a, open_raster(pair.after) as b, open_raster(pair.label) as lab:
+        ia, ib, il = describe(a), describe(b), describe(lab)
+    if ia.count != ib.count:
+        raise RSLabError(f"{pair.name}: the before image has {ia.count} bands, the after image {ib.count}")
+    if not same_grid(ia, ib) or ia.shape != il.shape:
+        raise RSLabError(f"{pair.name}: before, after and label rasters are not on one grid")
+    return ia.count, ia.height, ia.width
+
+
+class PairSampler:
+    """Random training crops (with flips, 90-degree turns and date swaps) from a list of pairs."""
+
+    def __init__(self, pairs: Sequence[ChangePair], crop: int, seed: int = 0) -> None:
+        if not pairs:
+            raise RSLabError("no training pairs were given")
+        self.pairs = list(pairs)
+        self.crop = crop
+        self.rng = np.random.default_rng(seed)
+        shapes = [check_pair(p) for p in self.pairs]
+        bands = {s[0] for s in shapes}
+        if len(bands) != 1:
+            raise RSLabError(f"the training pairs have different band counts: {sorted(bands)}")
+        self.bands = bands.pop()
+        self.shapes = [(h, w) for _, h, w in shapes]
+        self.cache = {}
+        for i, (pair, (h, w)) in enumerate(zip(self.pairs, self.shapes)):
+            if h * w <= IN_MEMORY_PIXELS:
+                self.cache[i] = read_pair(pair, Window(0, 0, w, h))
+        weights = np.array([h * w for h, w in self.shapes], dtype=np.float64)
+        self.weights = weights / weights.sum()
+
+    def _window(self, index: int) -> Window:
+        h, w = self.shapes[index]
+        ch, cw = min(self.crop, h), min(self.crop, w)
+        r = int(self.rng.integers(0, h - ch + 1))
+        c = int(self.rng.integers(0, w - cw + 1))
+        return Window(c, r, cw, ch)
+
+    def sample(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One augmented crop: before, after (bands, s, s) float32, label and valid (s, s)."""
+        i = int(self.rng.choice(len(self.pairs), p=self.weights))
+        win = self._window(i)
+        if i in self.cache:
+            a, b, y, v = self.cache[i]
+            sl = (slice(int(win.row_off), int(win.row_off + win.height)), slice(int(win.col_off), int(win.col_off + win.width)))
+            a, b, y, v = a[(slice(None),) + sl], b[(slice(None),) + sl], y[sl], v[sl]
+        else:
+            a, b, y, v = read_pair(self.pairs[i], win)
+        a, b, y, v = pad_to(a, b, y, v, self.crop)
+        if self.rng.random() < 0.5:
+            a, b = b, a  # the change between two dates does not depend on their order
+        k = int(self.rng.integers(0, 4))
+        flip_h, flip_v = self.rng.random() < 0.5, self.rng.random() < 0.5
+
+        def aug(x: np.ndarray) -> np.ndarray:
+            x = np.rot90(x, k, axes=(-2, -1))
+            if flip_h:
+                x = x[..., ::-1]
+            if flip_v:
+                x = x[..., ::-1, :]
+            return np.ascontiguousarray(x)
+
+        return aug(a), aug(b), aug(y), aug(v)
+
+
+def read_pair(pair: ChangePair, window: Window) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """before, after (float32), label (float32 0/1) and valid mask for one window of a pair."""
+    with gdal_env(), open_raster(pair.before) as a, open_raster(pair.after) as b, open_raster(pair.label) as lab:
+        xa, va = read_window(a, window)
+        xb, vb = read_window(b, window)
+        y = lab.read(1, window=window)
+    return xa.astype(np.float32), xb.astype(np.float32), (y != 0).astype(np.float32), va & vb
+
+
+def pad_to(a, b, y, v, size: int):
+    """Pad crops smaller than `size` (small rasters) with invalid pixels."""
+    h, w = y.shape
+    if h >= size and w >= size:
+        return a, b, y, v
+    ph, pw = max(0, size - h), max(0, size - w)
+    pad3 = ((0, 0), (0, ph), (0, pw))
+    return (np.pad(a, pad3), np.pad(b, pad3), np.pad(y, ((0, ph), (0, pw))), np.pad(v, ((0, ph), (0, pw))))
+
+
+def band_statistics(pairs: Sequence[ChangePair], max_pixels: int = 2_000_000) -> Tuple[List[float], List[float]]:
+    """Per-band mean and std over the valid pixels of both dates (subsampled on large sets)."""
+    sums, sq, count = None, None, 0
+    per_raster = max(1, max_pixels // (2 * len(pairs)))
+    for pair in pairs:
+        for path in (pair.before, pair.after):
+            with gdal_env(), open_raster(path) as ds:
+                data, mask = read_decimated(ds, per_raster)
+            values = data[:, mask].astype(np.float64)
+            sums = values.sum(1) if sums is None else sums + values.sum(1)
+            sq = (values ** 2).sum(1) if sq is None else sq + (values ** 2).sum(1)
+            count += values.shape[1]
+    if not count:
+        raise RSLabError("the training images have no valid pixels")
+    mean = sums / count
+    std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def default_normalisation(pairs: Sequence[ChangePair], bands: int) -> Tuple[List[float], List[float]]:
+    """ImageNet statistics for 8-bit RGB; per-band statistics of the data for other sensors."""
+    with gdal_env(), open_raster(pairs[0].before) as ds:
+        dtype = ds.dtypes[0]
+    if bands == 3 and dtype == "uint8":
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return band_statistics(pairs)
+
+
+
+def split_validation(pairs: Sequence[ChangePair], fraction: float = 0.2, seed: int = 0) -> Tuple[List[ChangePair], List[ChangePair]]:
+    """(train, validation): hold out `fraction` of the pairs (at least one), chosen reproducibly by `seed`.
+
+    A single pair cannot be split: it is used for both, and training then
+    picks the checkpoint on data it has seen (the caller should say so).
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise RSLabError("no training pairs were given")
+    if len(pairs) == 1:
+        return pairs, pairs
+    count = max(1, int(round(len(pairs) * fraction)))
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    held = set(order[:count].tolist())
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]

@@ -1,0 +1,292 @@
+"""Detecting changes between two rasters: AR-CDNet (default) or change vector analysis.
+
+    result = detect_changes(before, after, ChangeOutputs(change="c.tif", ...), ChangeParams(), ...)
+
+Both methods run by windows over any raster size and write, on the before
+image's grid (CRS, transform, size kept):
+
+- change mask: uint8, 1 = changed, 0 = unchanged, 255 = nodata;
+- change probability: float32 0..1 (NaN = nodata);
+- uncertainty: float32 0..1 (NaN = nodata). For AR-CDNet it is the online
+  uncertainty branch's output; CVA has no model of its own errors, so its
+  uncertainty is the closeness to the decision threshold, 1 - |2p - 1|.
+
+CVA (the classical baseline, no model): the magnitude of the per-pixel
+spectral difference after scaling each band by its standard deviation over
+both dates; the Otsu threshold of the magnitudes (from a decimated read of
+the whole pair) is the decision boundary. Its "probability" is a logistic
+of the magnitude centred on that threshold, so THRESHOLD 0.5 is Otsu's.
+
+When the after image is on another grid it is resampled onto the before grid
+(bilinear, via a GDAL warped VRT) and the result's `notes` say so; a
+reference raster on another grid is resampled with nearest neighbour. When a
+reference is given (0 = no change, non-zero = change), a second windowed pass
+computes precision, recall, F1, IoU, OA, kappa and the ROC-AUC of the
+uncertainty for separating wrong from right pixels.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from .alignment import align_to
+from .change_data import ChangePair, band_statistics
+from .change_model import predict_pair
+from .checkpoint import Checkpoint, build_model, load_checkpoint
+from .device import describe_device, select_device
+from .errors import RSLabError
+from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
+from .metrics import Confusion, HistogramAUC
+from .outputs import PendingOutputs
+from .raster_io import gdal_env, open_raster, raster_info, read_decimated, read_window
+from .tiling import OutputSpec, TileSpec, run_tiled, tile_grid
+from .weights import default_checkpoint
+
+METHODS = ("arcdnet", "cva")
+TASK = "change_detection"
+MASK_NODATA = 255
+
+
+@dataclass(frozen=True)
+class ChangeParams:
+    method: str = "arcdnet"
+    model: Optional[str] = None  # checkpoint path; None = the shipped default weights
+    threshold: float = 0.5
+    tile: int = 512
+    overlap: int = 128
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RSLabError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise RSLabError(f"the threshold must be between 0 and 1 (exclusive), got {self.threshold}")
+        if self.tile < 64 or self.tile % 32:
+            raise RSLabError(f"the tile size must be a multiple of 32 and at least 64, got {self.tile}")
+        TileSpec(self.tile, self.overlap)  # validates the overlap
+
+
+@dataclass(frozen=True)
+class ChangeOutputs:
+    change: str
+    probability: Optional[str] = None
+    uncertainty: Optional[str] = None
+    report: Optional[str] = None
+
+
+@dataclass
+class ChangeResult(JobResult):
+    outputs: Optional[ChangeOutputs] = None
+    method: str = ""
+    threshold: float = 0.5
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    model: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+
+    def report(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["outputs"] = asdict(self.outputs) if self.outputs else {}
+        data["megapixels_per_second"] = (
+            self.width * self.height / 1e6 / self.timings["detect"] if self.timings.get("detect") else None
+        )
+        return data
+
+
+def load_change_model(path: Optional[str]) -> Checkpoint:
+    """The given checkpoint, or the shipped default; refuses checkpoints of other tasks."""
+    return load_checkpoint(path or default_checkpoint(TASK), task=TASK)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 512) -> float:
+    """Otsu's threshold of a 1-D sample (maximises the between-class variance)."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise RSLabError("no valid pixels to compute a change threshold from")
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return hi
+    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+class CvaScorer:
+    """Change vector analysis: scaled difference magnitude, Otsu boundary, logistic 'probability'."""
+
+    def __init__(self, before: str, after: str, max_pixels: int = 2_000_000) -> None:
+        _, std = band_statistics([ChangePair(before, after, before)], max_pixels)
+        self.scale = np.asarray(std, np.float32)[:, None, None]
+        self.scale[self.scale <= 0] = 1.0
+        with gdal_env(), open_raster(before) as a, open_raster(after) as b:
+            xa, va = read_decimated(a, max_pixels)
+            xb, vb = read_decimated(b, max_pixels)
+        if xa.shape != xb.shape:
+            raise RSLabError("internal error: the decimated before and after reads differ in shape")
+        valid = va & vb
+        magnitude = self.magnitude(xa, xb)[valid]
+        self.boundary = otsu_threshold(magnitude)
+        spread = float(np.std(magnitude)) if magnitude.size else 1.0
+        self.softness = max(spread / 4, 1e-6)
+
+    def magnitude(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        return np.sqrt((((after.astype(np.float32) - before.astype(np.float32)) / self.scale) ** 2).sum(axis=0))
+
+    def __call__(self, before: np.ndarray, after: np.ndarray):
+        z = (self.magnitude(before, after) - self.boundary) / self.softness
+        prob = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+        return prob.astype(np.float32), (1.0 - np.abs(2 * prob - 1)).astype(np.float32)
+
+
+class ModelScorer:
+    """AR-CDNet on one tile: nodata pixels are filled with the band means before the model sees them."""
+
+    def __init__(self, checkpoint: Checkpoint, device) -> None:
+        self.model = build_model(checkpoint).to(device)
+        self.mean = checkpoint.card.normalisation["mean"]
+        self.std = checkpoint.card.normalisation["std"]
+        self.device = device
+
+    def __call__(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray):
+        if not valid.all():
+            before, after = before.astype(np.float32), after.astype(np.float32)
+            fill = np.asarray(self.mean, np.float32)[:, None]
+            before[:, ~valid] = fill
+            after[:, ~valid] = fill
+        return predict_pair(self.model, before, after, self.mean, self.std, self.device)
+
+
+def _check_bands(before_bands: int, after_bands: int, checkpoint: Optional[Checkpoint]) -> None:
+    if before_bands != after_bands:
+        raise RSLabError(
+            f"the before image has {before_bands} bands but the after image has {after_bands}; "
+            "both dates need the same bands"
+        )
+    if checkpoint is not None:
+        expected = checkpoint.card.arguments.get("bands")
+        if expected != before_bands:
+            names = ", ".join(checkpoint.card.bands) if checkpoint.card.bands else f"{expected} bands"
+            raise RSLabError(
+                f"the model was trained for {expected} bands ({names}) but the images have {before_bands}; "
+                "pick a model trained for these bands, train one, or use the CVA method"
+            )
+
+
+def detect_changes(
+    before: str,
+    after: str,
+    outputs: ChangeOutputs,
+    params: ChangeParams = ChangeParams(),
+    reference: Optional[str] = None,
+    progress: Optional[ProgressFn] = None,
+    cancelled: Optional[CancelledFn] = None,
+) -> ChangeResult:
+    """Write the change mask (and probability, uncertainty, report when asked) for a pair of rasters."""
+    monitor = JobMonitor(progress, cancelled)
+    monitor.step(0.0, "checking the inputs")
+    info = raster_info(before)
+    after_info = raster_info(after)
+    checkpoint = load_change_model(params.model) if params.method == "arcdnet" else None
+    _check_bands(info.count, after_info.count, checkpoint)
+    result = ChangeResult(outputs=outputs, method=params.method, threshold=params.threshold,
+                          width=info.width, height=info.height, timings=monitor.timings)
+
+    with tempfile.TemporaryDirectory(prefix="rslab-change-") as workdir:
+        after_path, note = align_to(info, after, workdir, role="after image", resampling="bilinear")
+        if note:
+            result.notes.append(note)
+        reference_path = None
+        if reference:
+            reference_path, ref_note = align_to(info, reference, workdir, role="reference", resampling="nearest")
+            if ref_note:
+                result.notes.append(ref_note)
+
+        if checkpoint is not None:
+            device = select_device(params.device)
+            scorer = ModelScorer(checkpoint, device)
+            result.device = describe_device(device)
+            result.model = dict(checkpoint.card.summary(), path=os.path.abspath(checkpoint.path))
+
+            def score(a, b, valid):
+                return scorer(a, b, valid)
+        else:
+            with monitor.timed("statistics"):
+                cva = CvaScorer(before, after_path)
+            result.device = "cpu (numpy)"
+            result.model = {"method": "cva", "otsu_magnitude": cva.boundary}
+
+            def score(a, b, valid):
+                return cva(a, b)
+
+        specs = [("change", OutputSpec(outputs.change, 1, "uint8", MASK_NODATA, ("change (1) / no change (0)",)))]
+        if outputs.probability:
+            specs.append(("probability", OutputSpec(outputs.probability, 1, "float32", None, ("change probability",))))
+        if outputs.uncertainty:
+            specs.append(("uncertainty", OutputSpec(outputs.uncertainty, 1, "float32", None, ("uncertainty",))))
+
+        def tile_fn(arrays, valid):
+            prob, unc = score(arrays[0], arrays[1], valid)
+            maps = {"change": (prob >= params.threshold).astype(np.uint8), "probability": prob, "uncertainty": unc}
+            return [maps[name] for name, _ in specs]
+
+        with PendingOutputs() as pending:
+            temp_specs = [OutputSpec(pending.temp(s.path), s.count, s.dtype, s.nodata, s.descriptions) for _, s in specs]
+            with monitor.timed("detect"):
+                run_tiled([before, after_path], temp_specs, tile_fn, TileSpec(params.tile, params.overlap, "centre"),
+                          monitor.sub(0.02, 0.9 if reference_path else 0.98))
+            if reference_path:
+                paths = {name: s.path for (name, _), s in zip(specs, temp_specs)}
+                with monitor.timed("evaluate"):
+                    result.metrics = evaluate_change(paths["change"], reference_path, paths.get("uncertainty"),
+                                                     monitor.sub(0.9, 0.98))
+            if outputs.report:
+                with open(pending.temp(outputs.report), "w") as handle:
+                    json.dump(result.report(), handle, indent=1, default=str)
+    monitor.step(1.0, "done")
+    return result
+
+
+def evaluate_change(
+    change: str, reference: str, uncertainty: Optional[str] = None, monitor: Optional[JobMonitor] = None,
+    tile: int = 1024,
+) -> Dict[str, Any]:
+    """Scores of a change mask against a reference (non-zero = change), by windows.
+
+    With an uncertainty raster also `uncertainty_auc`: the ROC-AUC of the
+    uncertainty for separating wrongly from rightly classified pixels.
+    """
+    monitor = monitor or JobMonitor()
+    confusion = Confusion()
+    auc = HistogramAUC()
+    with gdal_env(), open_raster(change) as c, open_raster(reference) as r:
+        u = open_raster(uncertainty) if uncertainty else None
+        try:
+            tiles = tile_grid(c.height, c.width, TileSpec(tile, 0))
+            for i, t in enumerate(tiles):
+                monitor.step(i / len(tiles), "comparing with the reference")
+                pred, valid = read_window(c, t.read)
+                ref, ref_valid = read_window(r, t.read)
+                ok = valid & ref_valid
+                predicted, actual = pred[0] == 1, ref[0] != 0
+                confusion.update(predicted, actual, ok)
+                if u is not None:
+                    unc, unc_valid = read_window(u, t.read)
+                    auc.update(unc[0], predicted != actual, ok & unc_valid)
+        finally:
+            if u is not None:
+                u.close()
+    scores: Dict[str, Any] = confusion.scores()
+    if uncertainty:
+        scores["uncertainty_auc"] = auc.auc()
+    return scores

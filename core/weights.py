@@ -1,0 +1,36 @@
+"""The default weights shipped in resources/weights, per task.
+
+Each file was trained by a script in scripts/ on the shared sample data (its
+model card says on what, for how long, and with which scores);
+resources/weights/README.md lists them with their provenance.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from .errors import RSLabError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "resources" / "weights"
+
+# task -> [(label shown to users, file name)], the default first.
+SHIPPED: Dict[str, List[Tuple[str, str]]] = {
+    "change_detection": [("AR-CDNet, LEVIR-CD + DSIFN-CD samples (default)", "arcdnet_levir_dsifn.pt")],
+}
+
+
+def shipped_checkpoints(task: str) -> List[Tuple[str, str]]:
+    """(label, path) of the shipped checkpoints of `task` that are present, the default first."""
+    return [(label, str(WEIGHTS_DIR / name)) for label, name in SHIPPED.get(task, []) if (WEIGHTS_DIR / name).is_file()]
+
+
+def default_checkpoint(task: str) -> str:
+    """Path of the default checkpoint of `task`, or RSLabError if none ships."""
+    present = shipped_checkpoints(task)
+    if not present:
+        expected = ", ".join(name for _, name in SHIPPED.get(task, [])) or "none"
+        raise RSLabError(
+            f"no default weights for {task!r} in {WEIGHTS_DIR} (expected: {expected}); "
+            "give a checkpoint, or retrain the defaults (see README)"
+        )
+    return present[0][1]

@@ -1,0 +1,107 @@
+"""rslab:detect_changes: change map, probability and uncertainty between two raster layers."""
+from __future__ import annotations
+
+import json
+
+from qgis.core import (
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..core.change_detection import METHODS, ChangeOutputs, ChangeParams, detect_changes
+from .base import RSLabAlgorithm, feedback_callbacks
+
+
+class DetectChangesAlgorithm(RSLabAlgorithm):
+    BEFORE = "BEFORE"
+    AFTER = "AFTER"
+    METHOD = "METHOD"
+    MODEL = "MODEL"
+    THRESHOLD = "THRESHOLD"
+    REFERENCE = "REFERENCE"
+    OUTPUT_CHANGE = "OUTPUT_CHANGE"
+    OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
+    OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+
+    def name(self) -> str:
+        return "detect_changes"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Detect changes (AR-CDNet / CVA)"
+
+    def group(self) -> str:
+        return "Change detection"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "change"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Detects changes between two images of the same place taken at different dates. "
+            "Writes a change mask (1 changed, 0 unchanged, 255 nodata), the change probability and a per-pixel "
+            "uncertainty (0..1: high where the map should not be trusted), on the BEFORE image's grid. "
+            "An AFTER image on another grid or CRS is resampled onto it (the log says so).\n\n"
+            "METHOD: arcdnet (AR-CDNet deep network, default weights unless MODEL is given) or cva "
+            "(change vector analysis with an Otsu threshold, no model).\n"
+            "THRESHOLD: probability above which a pixel is changed (0.5; for CVA 0.5 is Otsu's threshold).\n"
+            "REFERENCE: optional change reference (0 no change, non-zero change): the report then has "
+            "precision, recall, F1, IoU, OA, kappa and the uncertainty's ROC-AUC for finding wrong pixels.\n"
+            "OUTPUT_REPORT: JSON with metrics, timings, device and the model card summary."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image"))
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterFile(self.MODEL, "Model checkpoint (default weights if empty)",
+                                                     extension="pt", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Threshold", QgsProcessingParameterNumber.Double,
+                                                       defaultValue=0.5, minValue=0.01, maxValue=0.99))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference change map", optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CHANGE, "Change mask"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, "Change probability",
+                                                                  optional=True, createByDefault=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_UNCERTAINTY, "Uncertainty",
+                                                                  optional=True, createByDefault=True))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Report", "JSON files (*.json)",
+                                                                optional=True, createByDefault=True))
+
+    def execute(self, parameters, context, feedback):
+        before = self.raster_path(parameters, self.BEFORE, context)
+        after = self.raster_path(parameters, self.AFTER, context)
+        reference = self.raster_path(parameters, self.REFERENCE, context, optional=True)
+        params = ChangeParams(
+            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
+            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+        )
+        outputs = ChangeOutputs(
+            change=self.parameterAsOutputLayer(parameters, self.OUTPUT_CHANGE, context),
+            probability=self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context) or None,
+            uncertainty=self.parameterAsOutputLayer(parameters, self.OUTPUT_UNCERTAINTY, context) or None,
+            report=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None,
+        )
+        progress, cancelled = feedback_callbacks(feedback)
+        result = detect_changes(before, after, outputs, params, reference, progress, cancelled)
+        for note in result.notes:
+            feedback.pushWarning(note)
+        feedback.pushInfo(f"{params.method} on {result.device}: {result.width} x {result.height} pixels in "
+                          f"{result.timings.get('detect', 0):.1f} s")
+        if result.metrics:
+            feedback.pushInfo("metrics: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                        for k, v in result.metrics.items()}))
+        self.style_output(context, outputs.change, "change_mask.qml")
+        out = {self.OUTPUT_CHANGE: outputs.change}
+        if outputs.probability:
+            out[self.OUTPUT_PROBABILITY] = outputs.probability
+        if outputs.uncertainty:
+            out[self.OUTPUT_UNCERTAINTY] = outputs.uncertainty
+            self.style_output(context, outputs.uncertainty, "uncertainty.qml")
+        if outputs.report:
+            out[self.OUTPUT_REPORT] = outputs.report
+        return out

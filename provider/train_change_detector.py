@@ -1,0 +1,132 @@
+"""rslab:train_change_detector: train AR-CDNet on change pairs, keep the best checkpoint."""
+from __future__ import annotations
+
+import json
+
+from qgis.core import (
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..core.change_data import ChangePair, pairs_from_folder, split_validation
+from ..core.change_training import TrainChangeParams, train_change_detector
+from ..core.errors import RSLabError
+from .base import RSLabAlgorithm, feedback_callbacks
+
+WIDTHS = [("narrow: encoder 32, decoder 32 (3.6 M parameters)", 32, 32),
+          ("full: encoder 64, decoder 64 (paper, 14.3 M parameters)", 64, 64)]
+
+
+class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
+    TRAIN_FOLDER = "TRAIN_FOLDER"
+    VALIDATION_FOLDER = "VALIDATION_FOLDER"
+    BEFORE = "BEFORE"
+    AFTER = "AFTER"
+    LABEL = "LABEL"
+    ITERATIONS = "ITERATIONS"
+    BATCH_SIZE = "BATCH_SIZE"
+    CROP = "CROP"
+    LEARNING_RATE = "LEARNING_RATE"
+    WIDTH = "WIDTH"
+    INIT_MODEL = "INIT_MODEL"
+    SEED = "SEED"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+
+    def name(self) -> str:
+        return "train_change_detector"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Train change detector (AR-CDNet)"
+
+    def group(self) -> str:
+        return "Change detection"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "change"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Trains an AR-CDNet change detector and writes the checkpoint with the best validation F1 "
+            "(with its model card: bands, normalisation, training data, metrics). Training data: a folder "
+            "with sub-folders A/ (before), B/ (after) and label/ (0 no change, non-zero change; same file "
+            "names), or one BEFORE / AFTER / LABEL raster triple. Without VALIDATION_FOLDER, 20 % of the "
+            "pairs are held out for validation. AdamW, warm-up then poly decay, random crops, flips, "
+            "90-degree turns and date swaps (METHODS.md section 1). INIT_MODEL starts from an existing "
+            "checkpoint (fine-tuning). OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        folder = QgsProcessingParameterFile.Folder
+        self.addParameter(QgsProcessingParameterFile(self.TRAIN_FOLDER, "Training folder (A/, B/, label/)",
+                                                     behavior=folder, optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.VALIDATION_FOLDER, "Validation folder", behavior=folder,
+                                                     optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image (instead of a folder)", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.LABEL, "Change label raster", optional=True))
+        integer = QgsProcessingParameterNumber.Integer
+        self.addParameter(QgsProcessingParameterNumber(self.ITERATIONS, "Iterations", integer, 2000, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size", integer, 8, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.CROP, "Crop size (multiple of 32)", integer, 256, minValue=32))
+        self.addParameter(QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate",
+                                                       QgsProcessingParameterNumber.Double, 5e-4, minValue=1e-6, maxValue=0.5))
+        self.addParameter(QgsProcessingParameterEnum(self.WIDTH, "Network width", options=[w[0] for w in WIDTHS],
+                                                     defaultValue=0))
+        self.addParameter(QgsProcessingParameterFile(self.INIT_MODEL, "Start from checkpoint", extension="pt",
+                                                     optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.SEED, "Random seed", integer, 0, minValue=0))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Checkpoint", "RS Lab checkpoints (*.pt)"))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Training report",
+                                                                "JSON files (*.json)", optional=True, createByDefault=False))
+
+    def _pairs(self, parameters, context):
+        folder = self.parameterAsFile(parameters, self.TRAIN_FOLDER, context)
+        if folder:
+            return pairs_from_folder(folder), f"folder {folder}"
+        paths = [self.raster_path(parameters, n, context, optional=True) for n in (self.BEFORE, self.AFTER, self.LABEL)]
+        if not all(paths):
+            raise RSLabError("give a training folder (A/, B/, label/) or all three of BEFORE, AFTER and LABEL")
+        return [ChangePair(*paths)], f"rasters {', '.join(paths)}"
+
+    def execute(self, parameters, context, feedback):
+        pairs, description = self._pairs(parameters, context)
+        seed = self.parameterAsInt(parameters, self.SEED, context)
+        val_folder = self.parameterAsFile(parameters, self.VALIDATION_FOLDER, context)
+        if val_folder:
+            train, val = pairs, pairs_from_folder(val_folder)
+        else:
+            train, val = split_validation(pairs, 0.2, seed)
+            if val == train:
+                feedback.pushWarning("only one training pair: it is also the validation pair")
+            else:
+                feedback.pushInfo("validation pairs held out: " + ", ".join(p.name for p in val))
+        _, base, channels = WIDTHS[self.parameterAsEnum(parameters, self.WIDTH, context)]
+        params = TrainChangeParams(
+            iterations=self.parameterAsInt(parameters, self.ITERATIONS, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            crop=self.parameterAsInt(parameters, self.CROP, context),
+            lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+            base=base, channels=channels, seed=seed,
+            init_checkpoint=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
+        )
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        progress, cancelled = feedback_callbacks(feedback)
+
+        def on_epoch(record):
+            feedback.pushInfo(f"epoch {record['epoch']} (iteration {record['iteration']}): loss {record['loss']:.4f}, "
+                              f"validation F1 {record['val_f1']:.4f}")
+
+        result = train_change_detector(train, val, output, params, progress, cancelled, on_epoch, description)
+        feedback.pushInfo(f"best validation F1 {result.best_f1:.4f} at iteration {result.best_iteration} on {result.device}")
+        out = {self.OUTPUT_MODEL: output}
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        if report:
+            with open(report, "w") as handle:
+                json.dump({"best_f1": result.best_f1, "best_iteration": result.best_iteration,
+                           "device": result.device, "history": result.history, "timings": result.timings}, handle, indent=1)
+            out[self.OUTPUT_REPORT] = report
+        return out

@@ -1,0 +1,203 @@
+"""Change detection in core on real pairs: outputs, metrics, grids, nodata and bad input."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+from rslab.core.change_data import pairs_from_folder, split_validation
+from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes, evaluate_change, otsu_threshold
+from rslab.core.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from rslab.core.errors import JobCancelled, RSLabError
+from rslab.core.metrics import Confusion, HistogramAUC
+
+LEVIR = "change/levir_cd_256"
+PAIR = "test_102_0512_0000.png"
+
+
+def _levir(shared_data, name=PAIR):
+    root = shared_data / LEVIR
+    return str(root / "A" / name), str(root / "B" / name), str(root / "label" / name)
+
+
+def _outputs(folder, report=True):
+    return ChangeOutputs(str(folder / "change.tif"), str(folder / "prob.tif"), str(folder / "unc.tif"),
+                         str(folder / "report.json") if report else None)
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.profile
+
+
+def test_cva_on_a_real_pair_with_reference(tmp_path, shared_data):
+    before, after, label = _levir(shared_data)
+    result = detect_changes(before, after, _outputs(tmp_path), ChangeParams(method="cva"), reference=label)
+    change, profile = _read(tmp_path / "change.tif")
+    prob, _ = _read(tmp_path / "prob.tif")
+    unc, _ = _read(tmp_path / "unc.tif")
+    assert profile["dtype"] == "uint8" and profile["nodata"] == 255 and change.shape == (256, 256)
+    assert set(np.unique(change)) <= {0, 1}
+    assert np.array_equal(change == 1, prob >= 0.5)
+    assert 0 <= unc.min() and unc.max() <= 1
+    assert result.metrics["f1"] > 0.5  # this LEVIR pair is bare land turning into buildings: CVA does well
+    truth = _read(label)[0] > 0
+    tp = int(((change == 1) & truth).sum())
+    assert result.metrics["recall"] == pytest.approx(tp / truth.sum())
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["method"] == "cva" and report["metrics"]["f1"] == pytest.approx(result.metrics["f1"])
+    assert report["timings"]["detect"] > 0 and report["device"] == "cpu (numpy)"
+
+
+def test_arcdnet_with_a_checkpoint_keeps_grid_and_reports(tmp_path, shared_data, tiny_change_checkpoint):
+    before, after, label = _levir(shared_data)
+    result = detect_changes(before, after, _outputs(tmp_path), ChangeParams(model=tiny_change_checkpoint, tile=128, overlap=32),
+                            reference=label)
+    assert result.device.startswith("cpu") or result.device.startswith("cuda")
+    assert result.model["architecture"] == "arcdnet" and result.model["task"] == "change_detection"
+    for key in ("precision", "recall", "f1", "iou", "oa", "kappa", "uncertainty_auc"):
+        assert key in result.metrics
+    prob, profile = _read(tmp_path / "prob.tif")
+    assert prob.dtype == np.float32 and np.isfinite(prob).all() and (0 <= prob).all() and (prob <= 1).all()
+    from osgeo import gdal
+
+    assert gdal.Open(str(tmp_path / "change.tif")).GetGeoTransform(can_return_null=True) is None  # like the PNG
+
+
+@pytest.fixture()
+def oscd(shared_data):
+    root = shared_data / "change" / "oscd_s2"
+    return str(root / "rennes_t1_S2_13b_10m.tif"), str(root / "rennes_t2_S2_13b_10m.tif"), str(root / "rennes_cm.tif")
+
+
+def test_georeferenced_multispectral_pair_with_after_on_another_grid(tmp_path, oscd):
+    before, after, cm = oscd
+    moved = tmp_path / "after_utm.tif"
+    with rasterio.open(after) as src:
+        dst_crs = CRS.from_epsg(32630)
+        transform, width, height = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds)
+        profile = dict(src.profile, crs=dst_crs, transform=transform, width=width, height=height)
+        with rasterio.open(moved, "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band), resampling=Resampling.bilinear)
+    result = detect_changes(before, str(moved), _outputs(tmp_path / "out"), ChangeParams(method="cva"), reference=cm)
+    assert any("resampled" in n and "after image" in n for n in result.notes)
+    with rasterio.open(before) as b, rasterio.open(tmp_path / "out" / "change.tif") as c:
+        assert (c.crs, c.transform, c.width, c.height) == (b.crs, b.transform, b.width, b.height)
+    assert result.metrics["pixels"] > 0.9 * result.width * result.height
+
+
+def test_bad_inputs_stop_with_clear_messages_and_no_files(tmp_path, shared_data, samples, oscd, tiny_change_checkpoint):
+    before, after, _ = _levir(shared_data)
+    out = tmp_path / "out"
+    ms_before, ms_after, _ = oscd
+    cases = [
+        (before, ms_after, ChangeParams(method="cva"), "bands"),  # 3 vs 13 bands
+        (ms_before, ms_after, ChangeParams(model=tiny_change_checkpoint), "trained for 3 bands"),
+        (before, after, ChangeParams(model=str(tmp_path / "nope.pt")), "not found"),
+        (before, str(tmp_path / "missing.tif"), ChangeParams(method="cva"), "not found"),
+    ]
+    for b, a, params, message in cases:
+        with pytest.raises(RSLabError, match=message):
+            detect_changes(b, a, _outputs(out), params)
+    # no overlap: the same image placed 100 km away
+    far = tmp_path / "far.tif"
+    with rasterio.open(ms_after) as src:
+        t = src.transform
+        with rasterio.open(far, "w", **dict(src.profile, transform=Affine(t.a, t.b, t.c + 1.0, t.d, t.e, t.f))) as dst:
+            dst.write(src.read())
+    with pytest.raises(RSLabError, match="do not overlap"):
+        detect_changes(ms_before, str(far), _outputs(out), ChangeParams(method="cva"))
+    # a checkpoint of another task
+    other = tmp_path / "other.pt"
+    ckpt = load_checkpoint(tiny_change_checkpoint)
+    card = ModelCard(**dict(ckpt.card.__dict__, task="anomaly_detection"))
+    save_checkpoint(str(other), ckpt.state_dict, card)
+    with pytest.raises(RSLabError, match="'anomaly_detection' checkpoint"):
+        detect_changes(before, after, _outputs(out), ChangeParams(model=str(other)))
+    # one georeferenced, one not
+    with pytest.raises(RSLabError, match="georeferencing"):
+        detect_changes(str(samples / "rasterio_RGB.byte.tif"), before, _outputs(out), ChangeParams(method="cva"))
+    for bad in (dict(method="magic"), dict(threshold=1.0), dict(tile=100)):
+        with pytest.raises(RSLabError):
+            ChangeParams(**bad)
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_small_raster_and_nodata_areas(tmp_path, shared_data, tiny_change_checkpoint):
+    before, after, _ = _levir(shared_data)
+    paths = []
+    for i, src_path in enumerate((before, after)):
+        with rasterio.open(src_path) as src:
+            data = src.read()[:, :45, :70].copy()
+        data[:, :10, :20] = 0  # a nodata corner
+        path = tmp_path / f"small_{i}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=70, height=45, count=3, dtype="uint8", nodata=0,
+                           crs=CRS.from_epsg(32650), transform=from_origin(0, 0, 0.5, 0.5)) as dst:
+            dst.write(data)
+        paths.append(str(path))
+    for params in (ChangeParams(model=tiny_change_checkpoint), ChangeParams(method="cva")):
+        detect_changes(paths[0], paths[1], _outputs(tmp_path / params.method, report=False), params)
+        change, profile = _read(tmp_path / params.method / "change.tif")
+        unc, _ = _read(tmp_path / params.method / "unc.tif")
+        assert change.shape == (45, 70) and profile["crs"] == CRS.from_epsg(32650)
+        assert (change[:10, :20] == 255).all() and np.isnan(unc[:10, :20]).all()
+        assert set(np.unique(change[10:, 20:])) <= {0, 1} and np.isfinite(unc[10:, 20:]).all()
+
+
+def test_cancel_leaves_no_output(tmp_path, shared_data):
+    before, after, label = _levir(shared_data)
+    calls = {"n": 0}
+
+    def cancelled():
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    with pytest.raises(JobCancelled):
+        detect_changes(before, after, _outputs(tmp_path), ChangeParams(method="cva", tile=64, overlap=0),
+                       reference=label, cancelled=cancelled)
+    assert os.listdir(tmp_path) == []
+
+
+def test_metrics_match_their_definitions(tmp_path, shared_data):
+    rng = np.random.default_rng(0)
+    _, _, label = _levir(shared_data)
+    truth = _read(label)[0] > 0
+    prediction = truth ^ (rng.random(truth.shape) < 0.1)
+    confusion = Confusion()
+    confusion.update(prediction, truth)
+    s = confusion.scores()
+    tp, fp = (prediction & truth).sum(), (prediction & ~truth).sum()
+    fn, tn = (~prediction & truth).sum(), (~prediction & ~truth).sum()
+    n = truth.size
+    oa = (tp + tn) / n
+    pe = ((tp + fn) * (tp + fp) + (tn + fp) * (tn + fn)) / n ** 2
+    assert s["iou"] == pytest.approx(tp / (tp + fp + fn))
+    assert s["kappa"] == pytest.approx((oa - pe) / (1 - pe))
+    assert s["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    # histogram AUC against the exact rank statistic (Mann-Whitney U)
+    from scipy.stats import mannwhitneyu
+
+    scores = np.clip(rng.normal(0.4, 0.15, truth.shape) + 0.2 * truth, 0, 1)
+    auc = HistogramAUC()
+    auc.update(scores, truth)
+    exact = mannwhitneyu(scores[truth], scores[~truth]).statistic / (truth.sum() * (~truth).sum())
+    assert auc.auc() == pytest.approx(exact, abs=1e-3)
+    assert HistogramAUC().auc() is None
+
+
+def test_otsu_and_validation_split(shared_data):
+    values = np.concatenate([np.random.default_rng(0).normal(1, 0.2, 5000), np.random.default_rng(1).normal(5, 0.5, 1000)])
+    assert 1.5 < otsu_threshold(values) < 4.0
+    pairs = pairs_from_folder(str(shared_data / LEVIR))
+    train, val = split_validation(pairs, 0.2, seed=3)
+    assert len(val) == 2 and len(train) == 9 and not set(p.name for p in val) & set(p.name for p in train)
+    assert split_validation(pairs, 0.2, seed=3) == (train, val)
+    with pytest.raises(RSLabError, match="A/, B/ and label/"):
+        pairs_from_folder(str(shared_data / "change" / "oscd_s2"))

@@ -1,0 +1,88 @@
+"""rslab:detect_changes and rslab:train_change_detector through processing.run, and detect_changes
+through qgis_process on the command line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import rasterio
+from qgis.core import QgsProcessingException, QgsRasterLayer
+
+import processing
+
+
+def _pair(samples):
+    return (str(samples / "levir_test_102_A.png"), str(samples / "levir_test_102_B.png"),
+            str(samples / "levir_test_102_label.png"))
+
+
+def test_detect_changes_processing_run_with_reference(tmp_path, samples, provider, tiny_change_checkpoint):
+    before, after, label = _pair(samples)
+    for method, model in ((1, None), (0, tiny_change_checkpoint)):
+        out = tmp_path / str(method)
+        params = {"BEFORE": before, "AFTER": after, "METHOD": method, "THRESHOLD": 0.5, "REFERENCE": label,
+                  "OUTPUT_CHANGE": str(out / "change.tif"), "OUTPUT_PROBABILITY": str(out / "prob.tif"),
+                  "OUTPUT_UNCERTAINTY": str(out / "unc.tif"), "OUTPUT_REPORT": str(out / "report.json")}
+        if model:
+            params["MODEL"] = model
+        result = processing.run("rslab:detect_changes", params)
+        assert set(result) == {"OUTPUT_CHANGE", "OUTPUT_PROBABILITY", "OUTPUT_UNCERTAINTY", "OUTPUT_REPORT"}
+        report = json.loads((out / "report.json").read_text())
+        assert report["method"] == ("cva", "arcdnet")[method == 0]
+        assert {"f1", "iou", "kappa", "uncertainty_auc"} <= set(report["metrics"])
+        layer = QgsRasterLayer(result["OUTPUT_CHANGE"], "change")
+        assert layer.isValid() and layer.width() == 256
+
+
+def test_detect_changes_with_loaded_layers_and_bad_input(tmp_path, samples, provider):
+    before, after, _ = _pair(samples)
+    b, a = QgsRasterLayer(before, "before"), QgsRasterLayer(after, "after")
+    result = processing.run("rslab:detect_changes", {"BEFORE": b, "AFTER": a, "METHOD": 1,
+                                                     "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
+    assert os.path.exists(result["OUTPUT_CHANGE"])
+    with pytest.raises(QgsProcessingException, match="bands"):
+        processing.run("rslab:detect_changes", {"BEFORE": before, "AFTER": str(samples / "stars_L7_ETMs.tif"),
+                                                "METHOD": 1, "OUTPUT_CHANGE": str(tmp_path / "bad.tif")})
+    assert not (tmp_path / "bad.tif").exists()
+
+
+def test_train_change_detector_processing_run(tmp_path, shared_data, provider):
+    output = tmp_path / "model.pt"
+    result = processing.run("rslab:train_change_detector", {
+        "TRAIN_FOLDER": str(shared_data / "change" / "levir_cd_256"), "ITERATIONS": 2, "BATCH_SIZE": 2, "CROP": 64,
+        "WIDTH": 0, "SEED": 1, "OUTPUT_MODEL": str(output), "OUTPUT_REPORT": str(tmp_path / "history.json"),
+    })
+    assert result["OUTPUT_MODEL"] == str(output) and output.exists()
+    history = json.loads((tmp_path / "history.json").read_text())["history"]
+    assert history and {"loss", "val_f1", "iteration"} <= set(history[-1])
+    from rslab.core.checkpoint import load_checkpoint
+
+    card = load_checkpoint(str(output), task="change_detection").card
+    assert card.arguments == {"bands": 3, "base": 32, "channels": 32}
+    assert len(card.training["validation_pairs"]) == 2 and card.bands == ["red", "green", "blue"]
+    with pytest.raises(QgsProcessingException, match="training folder"):
+        processing.run("rslab:train_change_detector", {"ITERATIONS": 1, "OUTPUT_MODEL": str(tmp_path / "x.pt")})
+
+
+def test_detect_changes_from_the_command_line(tmp_path, samples):
+    """`qgis_process.bin run rslab:detect_changes -- BEFORE=... AFTER=...` with the plugin in a fresh profile."""
+    config = tmp_path / "config"
+    plugins = config / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "rslab").symlink_to(samples.parent.parent)
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(config), QT_QPA_PLATFORM="offscreen")
+    env.pop("PYTHONPATH", None)
+    run = lambda *a: subprocess.run(["/usr/bin/qgis_process.bin", *a], capture_output=True, text=True, env=env,
+                                    timeout=300)
+    assert run("plugins", "enable", "rslab").returncode == 0
+    before, after, label = _pair(samples)
+    done = run("--json", "run", "rslab:detect_changes", "--", f"BEFORE={before}", f"AFTER={after}", "METHOD=1",
+               f"REFERENCE={label}", f"OUTPUT_CHANGE={tmp_path / 'c.tif'}", f"OUTPUT_UNCERTAINTY={tmp_path / 'u.tif'}",
+               f"OUTPUT_REPORT={tmp_path / 'r.json'}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads(done.stdout)["results"]["OUTPUT_CHANGE"] == str(tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        assert ds.count == 1 and ds.nodata == 255
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["f1"] > 0.5
