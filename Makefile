@@ -17,7 +17,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 help:
 	@echo "make setup    Debian packages (as root), .venv with --system-site-packages, pinned pip packages"
 	@echo "make test     setup, then the whole test suite headless"
-	@echo "make demo     the main job on bundled sample data (arrives with change detection)"
+	@echo "make demo     change detection (AR-CDNet, default weights) on a bundled LEVIR-CD pair, via qgis_process: demo/"
 	@echo "make bench    the benchmarks in bench/"
 	@echo "make install  link this checkout into the default QGIS profile as '$(PLUGIN_NAME)' and enable it"
 	@echo "make package  dist/$(PLUGIN_NAME)-VERSION.zip for the QGIS plugin repository"
@@ -35,8 +35,20 @@ $(VENV)/.setup-done: requirements.txt requirements-dev.txt constraints.txt core/
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+DEMO_PROFILE := build/qgis-demo-profile
+SAMPLES := resources/samples
+
 demo: setup
-	@echo "make demo runs change detection on the bundled sample pair; it arrives with the change-detection issue (#3)."
+	rm -rf demo "$(DEMO_PROFILE)" && mkdir -p demo "$(DEMO_PROFILE)/profiles/default/python/plugins"
+	ln -sfn "$(CURDIR)" "$(DEMO_PROFILE)/profiles/default/python/plugins/$(PLUGIN_NAME)"
+	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin plugins enable $(PLUGIN_NAME) >/dev/null
+	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin run rslab:detect_changes -- \
+	  BEFORE=$(SAMPLES)/levir_test_102_A.png AFTER=$(SAMPLES)/levir_test_102_B.png \
+	  REFERENCE=$(SAMPLES)/levir_test_102_label.png METHOD=0 THRESHOLD=0.5 \
+	  OUTPUT_CHANGE=demo/change.tif OUTPUT_PROBABILITY=demo/probability.tif \
+	  OUTPUT_UNCERTAINTY=demo/uncertainty.tif OUTPUT_REPORT=demo/report.json > demo/qgis_process.log
+	$(PY) scripts/quicklook.py $(SAMPLES)/levir_test_102_A.png $(SAMPLES)/levir_test_102_B.png \
+	  demo/change.tif demo/uncertainty.tif demo/quicklook.png --report demo/report.json
 
 bench: setup
 	$(PY) bench/tiling.py

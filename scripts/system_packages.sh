@@ -3,7 +3,7 @@
 # PyQt5, rasterio, scipy, pyqtgraph, pytest-qt, Xvfb) when any is missing.
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
-PACKAGES="qgis python3-qgis python3-pyqt5 python3-rasterio python3-scipy python3-pyqtgraph python3-pytestqt python3-venv python3-h5py xvfb"
+PACKAGES="qgis python3-qgis python3-pyqt5 python3-rasterio python3-scipy python3-pyqtgraph python3-pytestqt python3-venv python3-h5py python3-pil xvfb"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
