@@ -44,6 +44,8 @@ class RSLabPlugin:
         self.toolbar = self.iface.addToolBar("RS Lab")
         self.toolbar.setObjectName("RSLabToolbar")
         self._add_action("Import hyperspectral cube…", "rslab.svg", self.open_import_cube, toolbar=False)
+        self._add_action("Detect changes…", "change.svg", self.show_change_dock)
+        self._add_action("Train a change detector…", "train.svg", self.show_change_training, toolbar=False)
         self._add_action("Diagnostics…", "diagnostics.svg", self.show_diagnostics)
         self._warn_missing_packages()
 
@@ -84,6 +86,15 @@ class RSLabPlugin:
         dock.show()
         dock.raise_()
         return dock
+
+    def show_change_dock(self) -> QDockWidget:
+        from .ui.change_dock import ChangeDetectionDock
+
+        return self.show_dock("change", "RS Lab: change detection", lambda: ChangeDetectionDock(self.iface))
+
+    def show_change_training(self) -> None:
+        """The training dialog belongs to the dock, so a trained model lands in its model list."""
+        self.show_change_dock().widget().open_training()
 
     def show_diagnostics(self) -> None:
         from .ui.diagnostics_dialog import DiagnosticsDialog

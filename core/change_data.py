@@ -142,20 +142,19 @@ def pad_to(a, b, y, v, size: int):
     return (np.pad(a, pad3), np.pad(b, pad3), np.pad(y, ((0, ph), (0, pw))), np.pad(v, ((0, ph), (0, pw))))
 
 
-def band_statistics(pairs: Sequence[ChangePair], max_pixels: int = 2_000_000) -> Tuple[List[float], List[float]]:
-    """Per-band mean and std over the valid pixels of both dates (subsampled on large sets)."""
+def band_statistics(paths: Sequence[str], max_pixels: int = 2_000_000) -> Tuple[List[float], List[float]]:
+    """Per-band mean and std over the valid pixels of the rasters (decimated reads on large ones)."""
     sums, sq, count = None, None, 0
-    per_raster = max(1, max_pixels // (2 * len(pairs)))
-    for pair in pairs:
-        for path in (pair.before, pair.after):
-            with gdal_env(), open_raster(path) as ds:
-                data, mask = read_decimated(ds, per_raster)
-            values = data[:, mask].astype(np.float64)
-            sums = values.sum(1) if sums is None else sums + values.sum(1)
-            sq = (values ** 2).sum(1) if sq is None else sq + (values ** 2).sum(1)
-            count += values.shape[1]
+    per_raster = max(1, max_pixels // max(1, len(paths)))
+    for path in paths:
+        with gdal_env(), open_raster(path) as ds:
+            data, mask = read_decimated(ds, per_raster)
+        values = data[:, mask].astype(np.float64)
+        sums = values.sum(1) if sums is None else sums + values.sum(1)
+        sq = (values ** 2).sum(1) if sq is None else sq + (values ** 2).sum(1)
+        count += values.shape[1]
     if not count:
-        raise RSLabError("the training images have no valid pixels")
+        raise RSLabError("the images have no valid pixels")
     mean = sums / count
     std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
     return [float(m) for m in mean], [float(s) for s in std]
@@ -167,7 +166,7 @@ def default_normalisation(pairs: Sequence[ChangePair], bands: int) -> Tuple[List
         dtype = ds.dtypes[0]
     if bands == 3 and dtype == "uint8":
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return band_statistics(pairs)
+    return band_statistics([path for pair in pairs for path in (pair.before, pair.after)])
 
 
 

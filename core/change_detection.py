@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 from .alignment import align_to
-from .change_data import ChangePair, band_statistics
+from .change_data import band_statistics
 from .change_model import predict_pair
 from .checkpoint import Checkpoint, build_model, load_checkpoint
 from .device import describe_device, select_device
@@ -126,7 +126,7 @@ class CvaScorer:
     """Change vector analysis: scaled difference magnitude, Otsu boundary, logistic 'probability'."""
 
     def __init__(self, before: str, after: str, max_pixels: int = 2_000_000) -> None:
-        _, std = band_statistics([ChangePair(before, after, before)], max_pixels)
+        _, std = band_statistics([before, after], max_pixels)
         self.scale = np.asarray(std, np.float32)[:, None, None]
         self.scale[self.scale <= 0] = 1.0
         with gdal_env(), open_raster(before) as a, open_raster(after) as b:

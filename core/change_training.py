@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-from rasterio.windows import Window
 
 from .change_data import ChangePair, PairSampler, check_pair, default_normalisation, read_pair
 from .change_model import predict_pair
@@ -29,6 +28,7 @@ from .device import describe_device, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import Confusion
+from .tiling import TileSpec, tile_grid
 
 TASK = "change_detection"
 EpochFn = Callable[[Dict[str, float]], None]
@@ -70,23 +70,32 @@ class TrainChangeResult(JobResult):
 
 
 def learning_rate(iteration: int, params: TrainChangeParams) -> float:
-    """Warm-up from 0.1 x lr over `warmup` iterations, then poly decay with power 0.9."""
-    if iteration < params.warmup:
-        return params.lr * (0.1 + 0.9 * iteration / params.warmup)
-    span = max(1, params.iterations - params.warmup)
-    return params.lr * (1 - (iteration - params.warmup) / span) ** 0.9
+    """Warm-up from 0.1 x lr over `warmup` iterations, then poly decay with power 0.9.
+
+    Short runs (fine-tuning, trials) would never leave a 200-iteration
+    warm-up: it is capped at a fifth of the run.
+    """
+    warmup = min(params.warmup, params.iterations // 5)
+    if iteration < warmup:
+        return params.lr * (0.1 + 0.9 * iteration / warmup)
+    span = max(1, params.iterations - warmup)
+    return params.lr * (1 - (iteration - warmup) / span) ** 0.9
 
 
-def evaluate(model, pairs: Sequence[ChangePair], mean, std, device, threshold: float = 0.5) -> Dict[str, float]:
-    """Scores over all pixels of `pairs` (whole images: validation tiles are small)."""
+def evaluate(model, pairs: Sequence[ChangePair], mean, std, device, threshold: float = 0.5,
+             tile: TileSpec = TileSpec(512, 128)) -> Dict[str, float]:
+    """Scores over all pixels of `pairs`, predicted by windows (centre-cropped) so any size fits."""
     confusion = Confusion()
     was_training = model.training
     model.eval()
     for pair in pairs:
         _, h, w = check_pair(pair)
-        a, b, y, v = read_pair(pair, Window(0, 0, w, h))
-        prob, _ = predict_pair(model, a, b, mean, std, device)
-        confusion.update(prob >= threshold, y > 0, v)
+        for t in tile_grid(h, w, tile):
+            a, b, y, v = read_pair(pair, t.read)
+            prob, _ = predict_pair(model, a, b, mean, std, device)
+            r, c = int(t.core.row_off - t.read.row_off), int(t.core.col_off - t.read.col_off)
+            core = (slice(r, r + int(t.core.height)), slice(c, c + int(t.core.width)))
+            confusion.update(prob[core] >= threshold, y[core] > 0, v[core])
     model.train(was_training)
     return confusion.scores()
 

@@ -35,6 +35,7 @@ class PendingOutputs:
 
     def __init__(self) -> None:
         self._pending: Dict[Path, Path] = {}
+        self._created: list = []  # folders made for outputs, removed again if the job fails
 
     def temp(self, final_path: PathLike) -> str:
         """Return the temporary path to write in place of `final_path`."""
@@ -44,8 +45,10 @@ class PendingOutputs:
         if final.is_dir():
             raise RSLabError(f"output path {final} is a folder; give a file name")
         if not final.parent.exists():
+            missing = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
+                self._created.extend(missing)  # deepest first
             except OSError as exc:
                 raise RSLabError(f"cannot create the output folder {final.parent}: {exc.strerror}") from exc
         if not os.access(final.parent, os.W_OK):
@@ -74,6 +77,12 @@ class PendingOutputs:
         for tmp in self._pending.values():
             _remove_with_sidecars(tmp)
         self._pending.clear()
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                pass
+        self._created = []
 
     def __enter__(self) -> "PendingOutputs":
         return self

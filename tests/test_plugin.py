@@ -18,9 +18,9 @@ def test_load_unload_load_leaves_no_duplicates(iface, qtbot):
     for _ in range(2):
         plugin = rslab.classFactory(iface)
         plugin.initGui()
-        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Diagnostics…"]}
+        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Diagnostics…"]}
         assert len(_toolbars(iface)) == 1
-        assert [a.text() for a in _toolbars(iface)[0].actions()] == ["Diagnostics…"]
+        assert [a.text() for a in _toolbars(iface)[0].actions()] == ["Detect changes…", "Diagnostics…"]
         assert registry.providerById("rslab") is plugin.provider
         ids = [a.id() for a in registry.algorithms() if a.provider() is plugin.provider]
         assert "rslab:import_cube" in ids

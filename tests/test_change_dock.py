@@ -1,0 +1,318 @@
+"""The change-detection dock on real QGIS: clicks, background runs, the styled result group, errors, cancel."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from osgeo import gdal
+from qgis.core import (
+    QgsLayerTreeGroup,
+    QgsPalettedRasterRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+)
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import Qt
+
+from rslab.core.change_data import pairs_from_folder
+from rslab.core.change_training import TrainChangeParams, train_change_detector
+from rslab.ui.change_dock import CUSTOM_CHECKPOINT, ChangeDetectionDock, output_paths, uncertainty_histogram
+
+PAIR = "test_2_0000_0000"
+RUN_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="session")
+def checkpoint(shared_data, tmp_path_factory) -> str:
+    """A tiny AR-CDNet checkpoint trained for two iterations on two LEVIR pairs (the shipped one may not exist)."""
+    pairs = pairs_from_folder(str(shared_data / "change" / "levir_cd_256"))[:2]
+    path = str(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
+    train_change_detector(pairs[:1], pairs[1:], path,
+                          TrainChangeParams(iterations=2, eval_every=1, crop=64, batch_size=2, base=8, channels=8))
+    return path
+
+
+@pytest.fixture()
+def project(qgis_app):
+    project = QgsProject.instance()
+    project.clear()
+    yield project
+    project.clear()
+
+
+def add_raster(project, path, name: str) -> QgsRasterLayer:
+    layer = QgsRasterLayer(str(path), name)
+    assert layer.isValid(), path
+    project.addMapLayer(layer)
+    return layer
+
+
+def copy_to(folder, path):
+    """A copy in the test's folder: QGIS writes .aux.xml statistics beside the rasters it opens."""
+    folder.mkdir(exist_ok=True)
+    return shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
+
+
+@pytest.fixture()
+def levir(project, shared_data, tmp_path):
+    """One LEVIR pair and its label as project layers; the after layer at the bottom of the layer tree."""
+    root = shared_data / "change" / "levir_cd_256"
+    layers = {role: add_raster(project, copy_to(tmp_path / "inputs", root / folder / f"{PAIR}.png"), role)
+              for role, folder in (("after", "B"), ("before", "A"), ("reference", "label"))}
+    assert [n.name() for n in project.layerTreeRoot().children()] == ["reference", "before", "after"]
+    return layers
+
+
+@pytest.fixture()
+def dock(qtbot, iface):
+    widget = ChangeDetectionDock(iface)
+    qtbot.addWidget(widget)
+    return widget
+
+
+def choose(dock, before, after, method="cva", reference=None, checkpoint=None, output=None) -> None:
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.reference_combo.setLayer(reference)
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData(method))
+    if checkpoint:
+        dock.model_combo.setCurrentIndex(dock.model_combo.findText(CUSTOM_CHECKPOINT))
+        dock.model_file.setFilePath(checkpoint)
+    if output is not None:
+        dock.output_dir.setFilePath(str(output))
+
+
+def click_run(qtbot, dock):
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+    return done.args
+
+
+def group_names(project):
+    return [n.name() for n in project.layerTreeRoot().findGroups()]
+
+
+def message_texts(iface):
+    return [item.text() for item in iface.messageBar().items()]
+
+
+@pytest.mark.parametrize("method", ["cva", "arcdnet"])
+def test_run_adds_one_styled_group_above_the_after_layer(method, qtbot, dock, levir, project, checkpoint, tmp_path):
+    choose(dock, levir["before"], levir["after"], method, levir["reference"],
+           checkpoint if method == "arcdnet" else None, tmp_path)
+    result, error = click_run(qtbot, dock)
+
+    assert error == "" and result is dock.result and result.method == method
+    root = project.layerTreeRoot()
+    assert group_names(project) == ["Changes: before → after"]
+    group = dock.group
+    assert [n.name() for n in root.children()] == ["reference", "before", "Changes: before → after", "after"]
+    uncertainty, change = [node.layer() for node in group.findLayers()]
+    assert isinstance(change.renderer(), QgsPalettedRasterRenderer)
+    assert {c.value: c.color.alpha() for c in change.renderer().classes()} == {0.0: 0, 1.0: 255}
+    assert isinstance(uncertainty.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert uncertainty.renderer().opacity() == pytest.approx(0.6)
+    assert (uncertainty.renderer().classificationMin(), uncertainty.renderer().classificationMax()) == (0.0, 1.0)
+    assert change.source() == result.outputs.change and os.path.dirname(change.source()) == str(tmp_path)
+    assert os.path.isfile(result.outputs.probability) and os.path.isfile(result.outputs.report)
+    if method == "arcdnet":
+        assert result.model["path"] == os.path.abspath(checkpoint)
+
+    text = dock.metrics_label.text()
+    assert "F1" in text and f"{result.metrics['f1']:.3f}" in text and "Kappa" in text and "Uncertainty&nbsp;AUC" in text
+    assert result.device.replace(" ", "&nbsp;") in text
+    assert dock.histogram_data.sampled == 256 * 256 and dock.histogram_data.step == 1
+    labels = {name: dock.histogram_legend.getLabel(curve).text for name, curve in dock.histogram_curves.items()}
+    counts = {name: int(label.split("(")[1].split(" ")[0].replace(",", "")) for name, label in labels.items()}
+    assert sum(counts.values()) == 256 * 256 and counts["unchanged"] > 0
+    assert counts["changed"] > 0 or method == "arcdnet"  # the two-iteration model may call nothing changed
+    for name, curve in dock.histogram_curves.items():
+        x, y = curve.getData()
+        assert len(x) == len(y) + 1 and y.sum() == pytest.approx(1.0 if counts[name] else 0.0)
+    assert dock.progress_bar.value() == 100 and not dock.cancel_button.isEnabled() and dock.run_button.isEnabled()
+
+
+def test_without_reference_no_accuracy_and_a_temporary_folder(qtbot, dock, levir, project):
+    choose(dock, levir["before"], levir["after"], "cva")
+    folders = []
+    try:
+        for _ in range(2):
+            result, error = click_run(qtbot, dock)
+            assert error == ""
+            folders.append(os.path.dirname(result.outputs.change))
+        assert result.metrics == {}
+        text = dock.metrics_label.text()
+        assert "not computed" in text and "F1" not in text and text.startswith("<p>CVA · cpu&nbsp;(numpy)")
+        assert all(os.path.basename(f).startswith("rslab-changes-") for f in folders)
+        assert folders[0] != folders[1]  # a new folder per run
+        assert folders[1] in dock.status_label.text()
+        assert group_names(project) == ["Changes: before → after"] * 2
+    finally:
+        project.clear()
+        for folder in folders:
+            shutil.rmtree(folder)
+
+
+def test_group_lands_inside_the_after_layers_group(qtbot, dock, levir, project, tmp_path):
+    root = project.layerTreeRoot()
+    dates = root.addGroup("dates")
+    node = root.findLayer(levir["after"].id())
+    dates.addChildNode(node.clone())
+    root.removeChildNode(node)
+    choose(dock, levir["before"], levir["after"], "cva", output=tmp_path)
+    _, error = click_run(qtbot, dock)
+    assert error == ""
+    first = dates.children()[0]
+    assert isinstance(first, QgsLayerTreeGroup) and first.name() == "Changes: before → after"
+    assert dates.children()[1].layerId() == levir["after"].id()
+
+
+def test_band_count_mismatch_gives_a_clear_message_and_no_layers(qtbot, dock, levir, project, iface, tmp_path):
+    choose(dock, levir["before"], levir["reference"], "cva", output=tmp_path / "out")
+    result, error = click_run(qtbot, dock)
+    assert result is None and "3 bands" in error and "1" in error
+    assert dock.status_label.text().startswith("Failed: the before image has 3 bands")
+    assert any("3 bands" in t for t in message_texts(iface))
+    assert group_names(project) == [] and len(project.mapLayers()) == 3
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+    assert dock.run_button.isEnabled()
+
+
+def test_missing_selection_and_same_layer_are_refused_before_any_task(qtbot, dock, levir, project):
+    dock.before_combo.setLayer(None)
+    _, error = click_run(qtbot, dock)
+    assert error == "choose the before layer" and dock.task is None
+    assert "choose the before layer" in dock.status_label.text()
+    choose(dock, levir["after"], levir["after"])
+    _, error = click_run(qtbot, dock)
+    assert "same layer" in error and dock.task is None and group_names(project) == []
+
+
+def test_arcdnet_without_a_checkpoint_file_says_what_to_do(qtbot, dock, levir):
+    choose(dock, levir["before"], levir["after"], "arcdnet")
+    dock.model_combo.setCurrentIndex(dock.model_combo.findText(CUSTOM_CHECKPOINT))
+    assert dock.model_file.isEnabled()
+    _, error = click_run(qtbot, dock)
+    assert "choose a checkpoint file" in error and dock.task is None
+
+
+def test_layer_that_is_not_a_file_is_refused(qtbot, dock, levir, project):
+    gdal.Translate("/vsimem/rslab_in_memory.tif", str(levir["after"].source()))
+    try:
+        memory = add_raster(project, "/vsimem/rslab_in_memory.tif", "in memory")
+        choose(dock, levir["before"], memory)
+        _, error = click_run(qtbot, dock)
+    finally:
+        gdal.Unlink("/vsimem/rslab_in_memory.tif")
+    assert "'in memory' is not a raster file on disk" in error and "Save As" in error
+    assert group_names(project) == []
+
+
+def test_cva_disables_the_model_widgets(dock):
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData("cva"))
+    assert not dock.model_combo.isEnabled() and not dock.model_file.isEnabled()
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData("arcdnet"))
+    assert dock.model_combo.isEnabled()
+
+
+def test_resampled_after_image_is_noted(qtbot, dock, project, shared_data, iface, tmp_path):
+    oscd = shared_data / "change" / "oscd_s2"
+    coarse = str(tmp_path / "t2_coarse.tif")
+    source = gdal.Open(str(oscd / "bercy_t2_S2_13b_10m.tif"))
+    gdal.Translate(coarse, source, width=source.RasterXSize // 2, height=source.RasterYSize // 2)
+    before = add_raster(project, copy_to(tmp_path / "inputs", oscd / "bercy_t1_S2_13b_10m.tif"), "t1")
+    after = add_raster(project, coarse, "t2 coarse")
+    choose(dock, before, after, "cva", output=tmp_path)
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.notes and "resampled" in result.notes[0]
+    assert "Note: the after image" in dock.status_label.text()
+    assert any("resampled" in t for t in message_texts(iface))
+
+
+def big_pair(project, folder):
+    """Two 2048 x 2048 random RGB rasters: a run long enough (seconds) to cancel in the middle."""
+    rng = np.random.default_rng(0)
+    layers = []
+    for name in ("big_before", "big_after"):
+        path = folder / f"{name}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=3, dtype="uint8") as ds:
+            ds.write(rng.integers(0, 255, (3, 2048, 2048), dtype=np.uint8))
+        layers.append(add_raster(project, path, name))
+    return layers
+
+
+def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, project, checkpoint, tmp_path):
+    before, after = big_pair(project, tmp_path)
+    out = tmp_path / "out"
+    choose(dock, before, after, "arcdnet", checkpoint=checkpoint, output=out)
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+        assert dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
+        qtbot.waitUntil(lambda: dock.progress_bar.value() >= 3, timeout=RUN_TIMEOUT_MS)
+        qtbot.mouseClick(dock.cancel_button, Qt.LeftButton)
+    result, error = done.args
+    assert result is None and error.startswith("cancelled")
+    assert dock.status_label.text().startswith("Cancelled")
+    assert not out.exists() or os.listdir(out) == []
+    assert group_names(project) == [] and len(project.mapLayers()) == 2
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+def test_deleting_the_dock_cancels_its_run(qtbot, project, checkpoint, tmp_path):
+    dock = ChangeDetectionDock()  # not handed to qtbot: this test deletes it
+    before, after = big_pair(project, tmp_path)
+    out = tmp_path / "out"
+    choose(dock, before, after, "arcdnet", checkpoint=checkpoint, output=out)
+    qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+    task = dock.task
+    with qtbot.waitSignal(task.jobFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.waitUntil(lambda: dock.progress_bar.value() >= 3, timeout=RUN_TIMEOUT_MS)
+        sip.delete(dock)  # what the plugin's unload does to its docks
+    assert done.args[0] is None and done.args[1].startswith("cancelled")
+    assert not out.exists() or os.listdir(out) == []
+    assert group_names(project) == []
+
+
+def test_a_trained_model_is_added_and_selected(qtbot, dock, checkpoint):
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData("cva"))
+    qtbot.mouseClick(dock.train_button, Qt.LeftButton)
+    assert dock.train_dialog.isVisible()
+    dock.train_dialog.trained.emit(checkpoint)
+    assert dock.model_combo.currentData() == checkpoint
+    assert dock.model_combo.currentText() == "Trained: tiny.pt"
+    assert dock.method_combo.currentData() == "arcdnet" and not dock.model_file.isEnabled()
+    assert dock.model_combo.itemText(dock.model_combo.count() - 1) == CUSTOM_CHECKPOINT
+    dock.train_dialog.close()
+
+
+def test_histogram_reads_decimated_strips(tmp_path):
+    height, width = 700, 300
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, :100] = 1
+    mask[:10] = 255
+    unc = np.where(mask == 1, 0.95, 0.15).astype(np.float32)
+    paths = {}
+    for name, data in (("mask", mask), ("unc", unc)):
+        paths[name] = str(tmp_path / f"{name}.tif")
+        with rasterio.open(paths[name], "w", driver="GTiff", width=width, height=height, count=1,
+                           dtype=data.dtype, nodata=255 if name == "mask" else None) as ds:
+            ds.write(data, 1)
+    full = uncertainty_histogram(paths["mask"], paths["unc"], bins=10)
+    assert full.step == 1 and full.changed[9] == 690 * 100 and full.unchanged[1] == 690 * 200
+    assert full.sampled == 690 * 300 and full.changed_share == pytest.approx(1 / 3)
+    sparse = uncertainty_histogram(paths["mask"], paths["unc"], bins=10, max_pixels=20_000, strip_rows=16)
+    assert sparse.step == 4 and sparse.sampled <= 20_000
+    assert sparse.changed_share == pytest.approx(1 / 3, abs=0.02)
+    assert sparse.changed[:9].sum() == 0 and sparse.unchanged[2:].sum() == 0
+
+
+def test_output_names_never_overwrite(tmp_path):
+    first = output_paths(str(tmp_path), "before 2019", "after/2020")
+    assert os.path.basename(first.change) == "before_2019_to_after_2020_change.tif"
+    open(first.uncertainty, "w").close()
+    second = output_paths(str(tmp_path), "before 2019", "after/2020")
+    assert os.path.basename(second.change) == "before_2019_to_after_2020_2_change.tif"

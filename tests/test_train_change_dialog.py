@@ -1,0 +1,142 @@
+"""The training dialog on real QGIS: a short real training run with live plots, bad input, cancel."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import Qt
+
+from rslab.core.change_data import pairs_from_folder
+from rslab.core.checkpoint import read_card
+from rslab.core.errors import RSLabError
+from rslab.ui.train_change_dialog import TrainChangeDialog, hold_out
+
+PAIRS = ("test_2_0000_0000", "test_77_0512_0256")
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture()
+def two_pairs(shared_data, tmp_path) -> Path:
+    """A training folder (A/, B/, label/) with two LEVIR pairs."""
+    source = shared_data / "change" / "levir_cd_256"
+    root = tmp_path / "data"
+    for folder in ("A", "B", "label"):
+        (root / folder).mkdir(parents=True)
+        for name in PAIRS:
+            shutil.copy(source / folder / f"{name}.png", root / folder / f"{name}.png")
+    return root
+
+
+@pytest.fixture()
+def dialog(qtbot, qgis_app):
+    widget = TrainChangeDialog()
+    qtbot.addWidget(widget)
+    widget.show()
+    return widget
+
+
+def configure(dialog, data, output, iterations=3) -> None:
+    dialog.data_dir.setFilePath(str(data))
+    dialog.output_file.setFilePath(str(output))
+    dialog.iterations_spin.setValue(iterations)
+    dialog.eval_spin.setValue(1)
+    dialog.batch_spin.setValue(2)
+    dialog.crop_spin.setValue(64)
+    dialog.width_combo.setCurrentIndex(dialog.width_combo.findText("custom"))
+    dialog.base_spin.setValue(8)
+    dialog.channels_spin.setValue(8)
+
+
+def test_short_training_plots_every_epoch_and_emits_the_checkpoint(qtbot, dialog, two_pairs, tmp_path):
+    output = tmp_path / "models" / "tiny"
+    configure(dialog, two_pairs, output)
+    with qtbot.waitSignal(dialog.trained, timeout=TIMEOUT_MS) as done:
+        qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+        assert dialog.cancel_button.isEnabled() and not dialog.start_button.isEnabled()
+    path = done.args[0]
+    assert path == str(output) + ".pt" and os.path.isfile(path)
+    card = read_card(path)
+    assert card.arguments == {"bands": 3, "base": 8, "channels": 8}
+    assert card.training["validation_pairs"] == [PAIRS[1]] and card.training["train_pairs"] == [PAIRS[0]]
+
+    epochs, losses = dialog.loss_curve.getData()
+    _, f1 = dialog.f1_curve.getData()
+    assert list(epochs) == [1, 2, 3] and len(losses) == 3 and len(f1) == 3
+    assert all(loss > 0 for loss in losses) and all(0 <= v <= 1 for v in f1)
+    assert [r["iteration"] for r in dialog.history] == [1, 2, 3]
+    best_x, best_y = dialog.best_marker.getData()
+    assert list(best_x) == [dialog.result.best_iteration] and list(best_y) == [dialog.result.best_f1]
+    assert dialog.status_label.text().startswith(f"Best validation F1 {dialog.result.best_f1:.3f}")
+    log = dialog.log.toPlainText()
+    assert f"Validation pairs (1, held out): {PAIRS[1]}" in log and "epoch 3 (iteration 3)" in log
+    assert dialog.progress_bar.value() == 100 and dialog.start_button.isEnabled()
+
+
+def test_a_folder_without_the_layout_is_refused_clearly(qtbot, dialog, tmp_path):
+    (tmp_path / "A").mkdir()
+    configure(dialog, tmp_path, tmp_path / "model.pt")
+    with qtbot.assertNotEmitted(dialog.trained):
+        qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    assert "needs sub-folders A/, B/ and label/; missing: B, label" in dialog.status_label.text()
+    assert dialog.status_label.text().startswith("Training failed:") and dialog.task is None
+    dialog.data_dir.setFilePath("")
+    qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    assert "choose the training data folder" in dialog.status_label.text()
+
+
+def test_a_validation_folder_replaces_the_hold_out(qtbot, dialog, two_pairs, shared_data, tmp_path):
+    configure(dialog, two_pairs, tmp_path / "model.pt")
+    dialog.val_dir.setFilePath(str(shared_data / "change" / "levir_cd_256"))
+    train, val = dialog.split()
+    assert [p.name for p in train] == list(PAIRS) and len(val) == 11
+
+
+def test_cancel_stops_training_without_a_checkpoint(qtbot, dialog, two_pairs, tmp_path):
+    output = tmp_path / "never.pt"
+    configure(dialog, two_pairs, output, iterations=5000)
+    qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    task = dialog.task
+    with qtbot.waitSignal(task.jobFinished, timeout=TIMEOUT_MS) as done:
+        qtbot.waitUntil(lambda: len(dialog.history) >= 1, timeout=TIMEOUT_MS)
+        qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)
+    assert done.args[0] is None and "cancelled" in done.args[1]
+    assert dialog.status_label.text().startswith("Cancelled") and dialog.task is None
+    assert not output.exists() and os.listdir(tmp_path) == ["data"]
+
+
+def test_closing_keeps_training_and_deleting_the_dialog_cancels_it(qtbot, two_pairs, tmp_path):
+    dialog = TrainChangeDialog()  # not handed to qtbot: this test deletes it
+    dialog.show()
+    output = tmp_path / "never.pt"
+    configure(dialog, two_pairs, output, iterations=5000)
+    qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    task = dialog.task
+    with qtbot.waitSignal(task.jobFinished, timeout=TIMEOUT_MS) as done:
+        qtbot.waitUntil(lambda: len(dialog.history) >= 1, timeout=TIMEOUT_MS)
+        dialog.close()
+        qtbot.waitUntil(lambda: len(dialog.history) >= 2, timeout=TIMEOUT_MS)  # still training, hidden
+        sip.delete(dialog)  # what unloading the plugin does
+    assert done.args[0] is None and "cancelled" in done.args[1]
+    assert not output.exists()
+
+
+def test_width_presets_fill_and_lock_the_spin_boxes(dialog):
+    dialog.width_combo.setCurrentIndex(dialog.width_combo.findText("full 64/64 (paper, 14.3 M parameters)"))
+    assert (dialog.base_spin.value(), dialog.channels_spin.value()) == (64, 64)
+    assert not dialog.base_spin.isEnabled()
+    dialog.width_combo.setCurrentIndex(dialog.width_combo.findText("custom"))
+    assert dialog.base_spin.isEnabled() and dialog.channels_spin.isEnabled()
+    assert dialog.width_combo.itemText(0) == "narrow 32/32 (default)"
+
+
+def test_hold_out_is_deterministic_and_keeps_one_at_least(shared_data):
+    pairs = pairs_from_folder(str(shared_data / "change" / "levir_cd_256"))
+    train, val = hold_out(pairs)
+    assert len(val) == 2 and len(train) == 9 and not set(train) & set(val)
+    assert hold_out(pairs) == (train, val)
+    assert len(hold_out(pairs[:3])[1]) == 1
+    with pytest.raises(RSLabError, match="at least two"):
+        hold_out(pairs[:1])

@@ -1,0 +1,560 @@
+"""The change-detection dock: pick two raster layers, run AR-CDNet or CVA in the background, show the result.
+
+The dock only turns widgets into a core job and the job's result back into
+layers, labels and a plot:
+
+    widgets -> ChangeRequest (paths + ChangeParams)  [GUI thread]
+    -> detect_changes + uncertainty_histogram         [QgsTask worker, files only]
+    -> one layer group above the after layer, metrics, histogram  [GUI thread]
+
+The uncertainty histogram is computed in the worker from a windowed,
+decimated read of the outputs, so a large raster neither blows memory nor
+freezes QGIS after the run.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import pyqtgraph as pg
+from qgis.core import (
+    Qgis,
+    QgsLayerTreeGroup,
+    QgsMapLayer,
+    QgsMapLayerProxyModel,
+    QgsProject,
+)
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.change_detection import MASK_NODATA, ChangeOutputs, ChangeParams, ChangeResult, detect_changes
+from ..core.errors import RSLabError
+from ..core.raster_io import gdal_env, open_raster
+from ..core.weights import shipped_checkpoints
+from . import task as tasks
+from .layers import LayerSpec, make_layer
+from .train_change_dialog import TrainChangeDialog, cancel_if_alive
+
+TASK = "change_detection"
+CUSTOM_CHECKPOINT = "Checkpoint file…"
+CHANGED_PEN = (255, 26, 102)  # the change mask's colour (resources/styles/change_mask.qml)
+UNCHANGED_PEN = (90, 140, 200)
+METRIC_ROWS = (
+    ("precision", "Precision"),
+    ("recall", "Recall"),
+    ("f1", "F1"),
+    ("iou", "IoU"),
+    ("oa", "OA"),
+    ("kappa", "Kappa"),
+    ("uncertainty_auc", "Uncertainty AUC"),
+)
+
+
+# --- the part that runs in the worker: files in, numbers out (no Qt) ---------------------------------
+
+
+@dataclass(frozen=True)
+class UncertaintyHistogram:
+    """Counts of uncertainty values for changed and unchanged pixels of a (decimated) change map."""
+
+    edges: np.ndarray
+    changed: np.ndarray
+    unchanged: np.ndarray
+    step: int  # one pixel read per step x step block
+
+    @property
+    def sampled(self) -> int:
+        return int(self.changed.sum() + self.unchanged.sum())
+
+    @property
+    def changed_share(self) -> float:
+        return float(self.changed.sum()) / self.sampled if self.sampled else 0.0
+
+
+def uncertainty_histogram(
+    change_path: str, uncertainty_path: str, bins: int = 40, max_pixels: int = 1_000_000, strip_rows: int = 256
+) -> UncertaintyHistogram:
+    """Histogram of the uncertainty (0..1) of changed vs unchanged pixels.
+
+    Reads both rasters in horizontal strips, each decimated (nearest) by the
+    same step, so at most about `max_pixels` pixels are counted and only one
+    strip of `strip_rows` decimated rows is in memory at a time.
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    changed = np.zeros(bins, np.int64)
+    unchanged = np.zeros(bins, np.int64)
+    with gdal_env(), open_raster(change_path) as mask_ds, open_raster(uncertainty_path) as unc_ds:
+        width, height = mask_ds.width, mask_ds.height
+        step = max(1, math.ceil(math.sqrt(width * height / max_pixels)))
+        out_width = max(1, width // step)
+        for row in range(0, height, strip_rows * step):
+            rows = min(strip_rows * step, height - row)
+            out_rows = max(1, rows // step)
+            window = ((row, row + rows), (0, width))
+            mask = mask_ds.read(1, window=window, out_shape=(out_rows, out_width))
+            unc = unc_ds.read(1, window=window, out_shape=(out_rows, out_width)).astype(np.float64)
+            valid = (mask != MASK_NODATA) & np.isfinite(unc)
+            index = np.clip((unc[valid] * bins).astype(np.int64), 0, bins - 1)
+            is_changed = mask[valid] == 1
+            changed += np.bincount(index[is_changed], minlength=bins)
+            unchanged += np.bincount(index[~is_changed], minlength=bins)
+    return UncertaintyHistogram(edges, changed, unchanged, step)
+
+
+@dataclass
+class ChangeRun:
+    """What the worker hands back: the core result, the histogram and the job's wall time."""
+
+    result: ChangeResult
+    histogram: Optional[UncertaintyHistogram]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    """Everything the worker needs, read from the widgets on the GUI thread."""
+
+    before: str
+    after: str
+    reference: Optional[str]
+    outputs: ChangeOutputs
+    params: ChangeParams
+    before_name: str
+    after_name: str
+    after_layer_id: str
+    output_dir: str
+    created_dir: bool  # a temporary folder made for this run (removed again if the run leaves it empty)
+
+    def job(self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> ChangeRun:
+        """The core job plus the histogram read (worker thread: files only)."""
+        start = time.perf_counter()
+        result = detect_changes(self.before, self.after, self.outputs, self.params, self.reference,
+                                progress, cancelled)
+        histogram = uncertainty_histogram(self.outputs.change, self.outputs.uncertainty) \
+            if self.outputs.uncertainty else None
+        return ChangeRun(result, histogram, time.perf_counter() - start)
+
+
+def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
+    """The file behind a raster layer, or RSLabError saying why it cannot be used."""
+    if layer is None:
+        raise RSLabError(f"choose the {role} layer")
+    if layer.type() != QgsMapLayer.RasterLayer:
+        raise RSLabError(f"the {role} layer '{layer.name()}' is not a raster layer")
+    path = layer.source()
+    if layer.providerType() != "gdal" or not os.path.isfile(path):
+        raise RSLabError(
+            f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
+            "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
+        )
+    return path
+
+
+def safe_name(text: str) -> str:
+    """A layer name made safe to use in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "layer"
+
+
+def output_paths(folder: str, before_name: str, after_name: str) -> ChangeOutputs:
+    """Output file names in `folder` that do not overwrite an earlier run's files."""
+    stem = f"{safe_name(before_name)}_to_{safe_name(after_name)}"
+    candidate, n = stem, 1
+    while any(os.path.exists(os.path.join(folder, f"{candidate}_{kind}"))
+              for kind in ("change.tif", "probability.tif", "uncertainty.tif", "report.json")):
+        n += 1
+        candidate = f"{stem}_{n}"
+    base = os.path.join(folder, candidate)
+    return ChangeOutputs(change=f"{base}_change.tif", probability=f"{base}_probability.tif",
+                         uncertainty=f"{base}_uncertainty.tif", report=f"{base}_report.json")
+
+
+# --- the widget ---------------------------------------------------------------------------------------
+
+
+class ChangeDetectionDock(QWidget):
+    """Dock body for change detection (the plugin wraps it in a QDockWidget)."""
+
+    runFinished = pyqtSignal(object, str)  # ChangeResult (None on failure), error text ("" on success)
+
+    def __init__(self, iface=None, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.iface = iface
+        self.task: Optional[tasks.JobTask] = None
+        self.result: Optional[ChangeResult] = None
+        self.histogram_data: Optional[UncertaintyHistogram] = None
+        self.group: Optional[QgsLayerTreeGroup] = None
+        self.train_dialog: Optional[TrainChangeDialog] = None
+        self._request: Optional[ChangeRequest] = None
+        self._cancel_on_destroy: Optional[Callable[[], None]] = None
+        self._build()
+        self._connect()
+        self.reload_models()
+        self._pick_distinct_layers()
+        self._update_model_widgets()
+        self._set_running(False)
+
+    # construction -----------------------------------------------------------------------------------
+    def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
+        combo = QgsMapLayerComboBox(self)
+        combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        combo.setAllowEmptyLayer(allow_empty)
+        if allow_empty:
+            combo.setLayer(None)
+        return combo
+
+    def _build(self) -> None:
+        self._build_inputs()
+        self._build_run_widgets()
+        self.histogram = self._make_histogram()
+        self._layout()
+
+    def _build_inputs(self) -> None:
+        self.before_combo = self._raster_combo()
+        self.after_combo = self._raster_combo()
+        self.reference_combo = self._raster_combo(allow_empty=True)
+        self.reference_combo.setToolTip("Optional change reference (0 = no change, non-zero = change): "
+                                        "gives precision, recall, F1, IoU, OA, kappa and the uncertainty AUC")
+        self.method_combo = QComboBox(self)
+        self.method_combo.addItem("AR-CDNet (deep model)", "arcdnet")
+        self.method_combo.addItem("CVA (no model)", "cva")
+        self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.method_combo.setItemData(0, "AR-CDNet: a trained network with an online uncertainty branch",
+                                      Qt.ToolTipRole)
+        self.method_combo.setItemData(1, "Change vector analysis: spectral difference magnitude, Otsu threshold; "
+                                         "its uncertainty is the closeness to the threshold", Qt.ToolTipRole)
+        self.model_combo = QComboBox(self)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.model_file = QgsFileWidget(self)
+        self.model_file.setStorageMode(QgsFileWidget.GetFile)
+        self.model_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.train_button = QPushButton("Train…", self)
+        self.train_button.setToolTip("Train an AR-CDNet model on your own change pairs")
+        self.threshold_spin = QDoubleSpinBox(self)
+        self.threshold_spin.setRange(0.01, 0.99)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setValue(0.5)
+        self.threshold_spin.setToolTip("Pixels whose change probability reaches this value are marked changed")
+        self.output_dir = QgsFileWidget(self)
+        self.output_dir.setStorageMode(QgsFileWidget.GetDirectory)
+        self.output_dir.lineEdit().setPlaceholderText("a new temporary folder per run")
+
+    def _build_run_widgets(self) -> None:
+        self.run_button = QPushButton("Detect changes", self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 100)
+        self.status_label = QLabel(self)
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextFormat(Qt.PlainText)  # error texts and paths may hold '<'
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.metrics_label = QLabel(self)
+        self.metrics_label.setWordWrap(True)
+        self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+    def _make_histogram(self):
+        """The plot with its two curves, made once: pyqtgraph under QGIS's PyQt fails when items are removed."""
+        plot = pg.PlotWidget(self, background="w")
+        plot.setMinimumHeight(160)
+        plot.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        plot.setLabel("bottom", "uncertainty")
+        plot.setLabel("left", "share of pixels")
+        plot.setXRange(0, 1, padding=0.02)
+        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot.setMouseEnabled(x=False, y=False)
+        self.histogram_legend = plot.addLegend(offset=(-10, 10), brush=pg.mkBrush(255, 255, 255, 210))
+        self.histogram_curves = {}
+        for name, colour in (("unchanged", UNCHANGED_PEN), ("changed", CHANGED_PEN)):
+            curve = pg.PlotDataItem(stepMode="center", fillLevel=0, pen=pg.mkPen(colour, width=2),
+                                    brush=pg.mkBrush(*colour, 70), name=name)
+            plot.addItem(curve)
+            self.histogram_curves[name] = curve
+        return plot
+
+    def _layout(self) -> None:
+        inputs = QFormLayout()
+        inputs.addRow("Before", self.before_combo)
+        inputs.addRow("After", self.after_combo)
+        inputs.addRow("Method", self.method_combo)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.train_button)
+        inputs.addRow("Model", model_row)
+        inputs.addRow("", self.model_file)
+        inputs.addRow("Threshold", self.threshold_spin)
+        inputs.addRow("Reference", self.reference_combo)
+        inputs.addRow("Output folder", self.output_dir)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+        results = QGroupBox("Result", self)
+        result_layout = QVBoxLayout(results)
+        result_layout.addWidget(self.metrics_label)
+        result_layout.addWidget(self.histogram, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(inputs)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(results, 1)
+
+    def _connect(self) -> None:
+        self.method_combo.currentIndexChanged.connect(self._update_model_widgets)
+        self.model_combo.currentIndexChanged.connect(self._update_model_widgets)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.train_button.clicked.connect(self.open_training)
+
+    def _pick_distinct_layers(self) -> None:
+        """With two or more rasters in the project, start with different before and after layers."""
+        if self.before_combo.currentLayer() is self.after_combo.currentLayer() and self.after_combo.count() > 1:
+            self.after_combo.setCurrentIndex(1)
+
+    # models ---------------------------------------------------------------------------------------------
+    def reload_models(self) -> None:
+        """List the shipped checkpoints present on disk, then the 'Checkpoint file…' entry."""
+        self.model_combo.clear()
+        for label, path in shipped_checkpoints(TASK):
+            self.model_combo.addItem(label, path)
+            self.model_combo.setItemData(self.model_combo.count() - 1, path, Qt.ToolTipRole)
+        self.model_combo.addItem(CUSTOM_CHECKPOINT, None)
+
+    def add_checkpoint(self, path: str, label: Optional[str] = None) -> None:
+        """Offer a checkpoint (e.g. one just trained) in the model list and select it."""
+        existing = self.model_combo.findData(path)
+        if existing < 0:
+            existing = self.model_combo.count() - 1  # before "Checkpoint file…"
+            self.model_combo.insertItem(existing, label or f"Trained: {os.path.basename(path)}", path)
+            self.model_combo.setItemData(existing, path, Qt.ToolTipRole)
+        self.model_combo.setCurrentIndex(existing)
+        self.method_combo.setCurrentIndex(self.method_combo.findData("arcdnet"))
+
+    def selected_checkpoint(self) -> Optional[str]:
+        """The checkpoint path to use, or RSLabError when 'Checkpoint file…' has no file."""
+        path = self.model_combo.currentData()
+        if path:
+            return path
+        path = self.model_file.filePath().strip()
+        if not path:
+            raise RSLabError("choose a checkpoint file (.pt) for AR-CDNet, train one (Train…), or use CVA")
+        return path
+
+    def _update_model_widgets(self) -> None:
+        uses_model = self.method_combo.currentData() == "arcdnet"
+        self.model_combo.setEnabled(uses_model)
+        self.model_file.setEnabled(uses_model and self.model_combo.currentData() is None)
+
+    # running --------------------------------------------------------------------------------------------
+    def build_request(self) -> ChangeRequest:
+        """Read the widgets into a ChangeRequest (GUI thread); RSLabError names what is missing."""
+        before_layer, after_layer = self.before_combo.currentLayer(), self.after_combo.currentLayer()
+        before, after = layer_file(before_layer, "before"), layer_file(after_layer, "after")
+        if before_layer.id() == after_layer.id():
+            raise RSLabError("the before and after layers are the same layer; pick two dates")
+        reference_layer = self.reference_combo.currentLayer()
+        reference = layer_file(reference_layer, "reference") if reference_layer is not None else None
+        method = self.method_combo.currentData()
+        params = ChangeParams(method=method, threshold=round(self.threshold_spin.value(), 2),
+                              model=self.selected_checkpoint() if method == "arcdnet" else None)
+        folder, created = self._output_folder()
+        return ChangeRequest(
+            before=before, after=after, reference=reference,
+            outputs=output_paths(folder, before_layer.name(), after_layer.name()), params=params,
+            before_name=before_layer.name(), after_name=after_layer.name(), after_layer_id=after_layer.id(),
+            output_dir=folder, created_dir=created,
+        )
+
+    def _output_folder(self) -> Tuple[str, bool]:
+        folder = self.output_dir.filePath().strip()
+        if not folder:
+            return tempfile.mkdtemp(prefix="rslab-changes-"), True
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise RSLabError(f"the output folder {folder} is a file")
+        return folder, False
+
+    def run(self) -> None:
+        """Start detection in the background (the 'Detect changes' button)."""
+        if self.task is not None and self._request is not None:
+            return  # one run at a time; the button is disabled meanwhile
+        try:
+            request = self.build_request()
+        except RSLabError as exc:
+            self._report_failure(str(exc))
+            self.runFinished.emit(None, str(exc))
+            return
+        self._request = request
+        self.result, self.histogram_data = None, None
+        self.metrics_label.clear()
+        self._clear_histogram()
+        self._set_status(f"Detecting changes: {request.before_name} → {request.after_name} …")
+        self.progress_bar.setValue(0)
+        self.task = tasks.JobTask(f"RS Lab: changes {request.before_name} → {request.after_name}",
+                                  request.job, on_finished=self._finished)
+        self.task.progressChanged.connect(self._progress)
+        self.task.message.connect(self._set_status)
+        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
+        self.destroyed.connect(self._cancel_on_destroy)  # the dock goes away (plugin unloaded): stop the run
+        self._set_running(True)
+        tasks.start(self.task)
+
+    def cancel(self) -> None:
+        if self.task is not None and self._request is not None:
+            self._set_status("Cancelling…")
+            self.task.cancel()
+
+    def _progress(self, percent: float) -> None:
+        self.progress_bar.setValue(int(percent))
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _finished(self, run: Optional[ChangeRun], error: str) -> None:
+        """JobTask's callback, on the GUI thread."""
+        if sip.isdeleted(self):
+            return
+        request, self._request = self._request, None
+        self.destroyed.disconnect(self._cancel_on_destroy)
+        self._set_running(False)
+        if run is None:
+            self._remove_empty_folder(request)
+            self._report_failure(error)
+            self.runFinished.emit(None, error)
+            return
+        self.result, self.histogram_data = run.result, run.histogram
+        try:
+            self.group = self._add_layers(request, run.result)
+        except RSLabError as exc:
+            self._report_failure(str(exc))
+            self.runFinished.emit(None, str(exc))
+            return
+        self.progress_bar.setValue(100)
+        self._show_metrics(run)
+        self._plot_histogram(run.histogram)
+        self._report_success(request, run.result)
+        self.runFinished.emit(run.result, "")
+
+    @staticmethod
+    def _remove_empty_folder(request: ChangeRequest) -> None:
+        if request.created_dir and os.path.isdir(request.output_dir) and not os.listdir(request.output_dir):
+            os.rmdir(request.output_dir)
+
+    # results --------------------------------------------------------------------------------------------
+    def _add_layers(self, request: ChangeRequest, result: ChangeResult) -> QgsLayerTreeGroup:
+        """One group, placed just above the after layer: uncertainty overlay on top of the change mask.
+
+        The probability raster is written to the output folder but not added (the mask and the
+        uncertainty carry what a person looks at; the file is there for re-thresholding).
+        """
+        layers = [make_layer(LayerSpec(result.outputs.uncertainty, "uncertainty", "uncertainty.qml")),
+                  make_layer(LayerSpec(result.outputs.change, f"changes (threshold {result.threshold:g})",
+                                       "change_mask.qml"))]
+        project = QgsProject.instance()
+        root = project.layerTreeRoot()
+        parent, index = root, 0
+        after_node = root.findLayer(request.after_layer_id)
+        if after_node is not None and isinstance(after_node.parent(), QgsLayerTreeGroup):
+            parent = after_node.parent()
+            index = parent.children().index(after_node)
+        group = parent.insertGroup(index, f"Changes: {request.before_name} → {request.after_name}")
+        for layer in layers:
+            project.addMapLayer(layer, False)
+            group.addLayer(layer)
+        return group
+
+    def _show_metrics(self, run: ChangeRun) -> None:
+        """Run facts, then the scores as 'name value' pairs that wrap only between pairs (docks are narrow)."""
+        result = run.result
+        seconds = f"{run.seconds:.1f} s" if run.seconds >= 1 else f"{run.seconds:.2f} s"
+        facts = ["CVA" if result.method == "cva" else "AR-CDNet", result.device, seconds,
+                 f"{result.width} × {result.height} px"]
+        if run.histogram is not None and run.histogram.sampled:
+            facts.append(f"{100 * run.histogram.changed_share:.1f} % changed")
+        text = "<p>" + " · ".join(html.escape(fact).replace(" ", "&nbsp;") for fact in facts) + "</p>"
+        if result.metrics:
+            pairs = []
+            for key, label in METRIC_ROWS:
+                value = result.metrics.get(key)
+                shown = "n/a" if value is None else f"{value:.3f}"
+                pairs.append(f"{label.replace(' ', '&nbsp;')}&nbsp;<b>{shown}</b>")
+            text += "<p>" + "&nbsp;&nbsp; ".join(pairs) + "</p>"
+        else:
+            text += "<p>Accuracy not computed: no reference layer was given.</p>"
+        self.metrics_label.setText(text)
+
+    def _clear_histogram(self) -> None:
+        for name, curve in self.histogram_curves.items():
+            curve.clear()
+            self.histogram_legend.getLabel(curve).setText(name)
+        self.histogram.setTitle(None)
+
+    def _plot_histogram(self, histogram: Optional[UncertaintyHistogram]) -> None:
+        """Share of each class's pixels per uncertainty bin (shares, so the rarer class stays visible)."""
+        self._clear_histogram()
+        if histogram is None or not histogram.sampled:
+            return
+        for name, counts in (("unchanged", histogram.unchanged), ("changed", histogram.changed)):
+            total = int(counts.sum())
+            share = counts / total if total else counts.astype(float)
+            curve = self.histogram_curves[name]
+            curve.setData(histogram.edges, share)
+            self.histogram_legend.getLabel(curve).setText(f"{name} ({total:,} px)")
+        self.histogram.setXRange(0, 1, padding=0.02)
+        peak = max(float(curve.getData()[1].max()) for curve in self.histogram_curves.values())
+        self.histogram.setYRange(0, 1.4 * peak, padding=0)  # headroom: the legend sits above the bars
+        decimated = f" (1 in {histogram.step}×{histogram.step} px)" if histogram.step > 1 else ""
+        self.histogram.setTitle(f"Uncertainty by class{decimated}", size="9pt")
+
+    def _report_success(self, request: ChangeRequest, result: ChangeResult) -> None:
+        text = f"Done. Outputs in {request.output_dir}"
+        if result.notes:
+            text += "".join(f"\nNote: {note}" for note in result.notes)
+        self._set_status(text)
+        if self.iface is not None and result.notes:
+            self.iface.messageBar().pushMessage("RS Lab", "; ".join(result.notes), Qgis.Info, 10)
+
+    def _report_failure(self, error: str) -> None:
+        cancelled = error.startswith("cancelled")
+        first = error
+        if error.startswith("unexpected error"):  # JobTask logged the traceback
+            first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
+        self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
+        self.status_label.setText(("Cancelled: " if cancelled else "Failed: ") + first)
+        self.progress_bar.setValue(0)
+        if self.iface is not None and not cancelled:
+            self.iface.messageBar().pushMessage("RS Lab: change detection", first, Qgis.Critical, 0)
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setStyleSheet("")
+        self.status_label.setText(text)
+
+    # training -------------------------------------------------------------------------------------------
+    def open_training(self) -> None:
+        """Open (or raise) the training dialog; a trained model lands in the model list, selected."""
+        if self.train_dialog is None:
+            self.train_dialog = TrainChangeDialog(self)
+            self.train_dialog.trained.connect(self.add_checkpoint)
+        self.train_dialog.show()
+        self.train_dialog.raise_()

@@ -1,0 +1,341 @@
+"""Training AR-CDNet on the user's own change pairs, with live loss and validation-F1 curves.
+
+Training runs in a JobTask. `train_change_detector` calls `on_epoch` from the
+worker thread after every validation; an `EpochBridge` (a QObject living on
+the GUI thread) turns that call into a queued Qt signal, so the plots are
+only ever touched on the GUI thread.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import pyqtgraph as pg
+from qgis.core import QgsApplication
+from qgis.gui import QgsFileWidget
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.change_data import ChangePair, pairs_from_folder
+from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
+from ..core.errors import RSLabError
+from . import task as tasks
+
+# (label, (base, channels)); None = the free spin boxes.
+WIDTHS: List[Tuple[str, Optional[Tuple[int, int]]]] = [
+    ("narrow 32/32 (default)", (32, 32)),
+    ("full 64/64 (paper, 14.3 M parameters)", (64, 64)),
+    ("custom", None),
+]
+VALIDATION_SHARE = 0.2
+
+
+def hold_out(pairs: Sequence[ChangePair], share: float = VALIDATION_SHARE) -> Tuple[List[ChangePair], List[ChangePair]]:
+    """Split pairs into (train, validation): about `share` of them, at least one, evenly spread.
+
+    Deterministic (every k-th pair of the sorted list), so the same folder
+    always gives the same split and a rerun is comparable.
+    """
+    if len(pairs) < 2:
+        raise RSLabError(
+            f"the training folder has {len(pairs)} pair; holding one out for validation needs at least two "
+            "(or give a validation folder)"
+        )
+    count = max(1, round(share * len(pairs)))
+    picked = {int((i + 0.5) * len(pairs) / count) for i in range(count)}
+    train = [p for i, p in enumerate(pairs) if i not in picked]
+    val = [p for i, p in enumerate(pairs) if i in picked]
+    return train, val
+
+
+def default_checkpoint_path() -> str:
+    """A new file name under the QGIS profile, so trained models outlive temporary folders."""
+    folder = Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / "checkpoints"
+    return str(folder / f"arcdnet_{_dt.datetime.now():%Y%m%d-%H%M%S}.pt")
+
+
+def cancel_if_alive(task: tasks.JobTask) -> None:
+    """Cancel `task` unless QGIS has already deleted it (it finished); for `destroyed` signals."""
+    if not sip.isdeleted(task):
+        task.cancel()
+
+
+class EpochBridge(QObject):
+    """Carries `on_epoch` records from the training thread to the GUI thread."""
+
+    epoch = pyqtSignal(dict)
+
+
+class TrainChangeDialog(QDialog):
+    """Train AR-CDNet from a folder of A/, B/, label/ pairs; emits `trained(path)` when a checkpoint is saved."""
+
+    trained = pyqtSignal(str)
+
+    def __init__(self, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("RS Lab: train a change detector")
+        self.task: Optional[tasks.JobTask] = None
+        self.result: Optional[TrainChangeResult] = None
+        self.history: List[Dict[str, float]] = []
+        self._cancel_on_destroy: Optional[Callable[[], None]] = None
+        self._build()
+        self._connect()
+        self._width_changed()
+        self._set_running(False)
+
+    # construction -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.data_dir = self._folder_widget("folder with A/ (before), B/ (after) and label/ sub-folders")
+        self.val_dir = self._folder_widget("optional: if empty, about 20 % of the pairs are held out")
+        self.iterations_spin = self._spin(1, 1_000_000, 2000)
+        self.eval_spin = self._spin(1, 100_000, 100)
+        self.eval_spin.setToolTip("One epoch: the model is validated (and the best one kept) every N iterations")
+        self.batch_spin = self._spin(1, 256, 8)
+        self.crop_spin = self._spin(32, 2048, 256, step=32)
+        self.crop_spin.setToolTip("Random training crops of this size (a multiple of 32)")
+        self.lr_spin = QDoubleSpinBox(self)
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(0.000001, 0.5)
+        self.lr_spin.setSingleStep(0.0001)
+        self.lr_spin.setValue(5e-4)
+        self.width_combo = QComboBox(self)
+        for label, sizes in WIDTHS:
+            self.width_combo.addItem(label, sizes)
+        self.base_spin = self._spin(4, 128, 32, step=4)
+        self.base_spin.setToolTip("Encoder width (64 = ResNet-18)")
+        self.channels_spin = self._spin(4, 256, 32, step=4)
+        self.channels_spin.setToolTip("Decoder width C")
+        self.output_file = QgsFileWidget(self)
+        self.output_file.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.output_file.setFilePath(default_checkpoint_path())
+        self.start_button = QPushButton("Start", self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.close_button = QPushButton("Close", self)
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 100)
+        self.status_label = QLabel(self)
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextFormat(Qt.PlainText)
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.log = QPlainTextEdit(self)
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.log.setMaximumHeight(120)
+        self.loss_plot, self.loss_curve = self._plot("Training loss", "loss", (200, 80, 40))
+        self.f1_plot, self.f1_curve = self._plot("Validation F1 (★ = the checkpoint kept)", "F1", (40, 110, 200))
+        self.f1_plot.setYRange(0, 1, padding=0.02)
+        self.best_marker = pg.ScatterPlotItem(symbol="star", size=16, pen=pg.mkPen("k"),
+                                              brush=pg.mkBrush(255, 200, 0))
+        self.f1_plot.addItem(self.best_marker)  # the epoch whose weights are kept
+        self._layout()
+
+    def _folder_widget(self, placeholder: str) -> QgsFileWidget:
+        widget = QgsFileWidget(self)
+        widget.setStorageMode(QgsFileWidget.GetDirectory)
+        widget.lineEdit().setPlaceholderText(placeholder)
+        return widget
+
+    def _spin(self, low: int, high: int, value: int, step: int = 1) -> QSpinBox:
+        spin = QSpinBox(self)
+        spin.setRange(low, high)
+        spin.setSingleStep(step)
+        spin.setValue(value)
+        return spin
+
+    def _plot(self, title: str, label: str, colour: Tuple[int, int, int]):
+        plot = pg.PlotWidget(self, background="w")
+        plot.setTitle(title, size="9pt")
+        plot.setLabel("bottom", "epoch")
+        plot.setLabel("left", label)
+        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot.setMinimumSize(300, 240)
+        curve = plot.plot([], [], pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=6,
+                          symbolBrush=pg.mkBrush(*colour))
+        # pyqtgraph 0.13 draws wide pens as segments and fails on a one-point curve (the first epoch)
+        curve.curve.setSegmentedLineMode("off")
+        return plot, curve
+
+    def _layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("Training data", self.data_dir)
+        form.addRow("Validation data", self.val_dir)
+        form.addRow("Iterations", self.iterations_spin)
+        form.addRow("Validate every", self.eval_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow("Crop", self.crop_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        width_row = QHBoxLayout()
+        width_row.addWidget(self.width_combo, 1)
+        width_row.addWidget(QLabel("base", self))
+        width_row.addWidget(self.base_spin)
+        width_row.addWidget(QLabel("channels", self))
+        width_row.addWidget(self.channels_spin)
+        form.addRow("Width", width_row)
+        form.addRow("Save checkpoint as", self.output_file)
+        plots = QHBoxLayout()
+        plots.addWidget(self.loss_plot)
+        plots.addWidget(self.f1_plot)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.close_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(plots, 1)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.log)
+        layout.addLayout(buttons)
+
+    def _connect(self) -> None:
+        self.width_combo.currentIndexChanged.connect(self._width_changed)
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.close_button.clicked.connect(self.close)
+
+    def _width_changed(self) -> None:
+        sizes = self.width_combo.currentData()
+        if sizes is not None:
+            self.base_spin.setValue(sizes[0])
+            self.channels_spin.setValue(sizes[1])
+        self.base_spin.setEnabled(sizes is None)
+        self.channels_spin.setEnabled(sizes is None)
+
+    # inputs ---------------------------------------------------------------------------------------------
+    def params(self) -> TrainChangeParams:
+        """The spin boxes as TrainChangeParams (RSLabError on values the trainer refuses)."""
+        return TrainChangeParams(
+            iterations=self.iterations_spin.value(), batch_size=self.batch_spin.value(),
+            crop=self.crop_spin.value(), lr=self.lr_spin.value(),
+            eval_every=min(self.eval_spin.value(), self.iterations_spin.value()),
+            base=self.base_spin.value(), channels=self.channels_spin.value(),
+        )
+
+    def split(self) -> Tuple[List[ChangePair], List[ChangePair]]:
+        """(train, validation) pairs from the folders; a held-out share when no validation folder is given."""
+        folder = self.data_dir.filePath().strip()
+        if not folder:
+            raise RSLabError("choose the training data folder (with A/, B/ and label/ sub-folders)")
+        pairs = pairs_from_folder(folder)
+        val_folder = self.val_dir.filePath().strip()
+        if val_folder:
+            return pairs, pairs_from_folder(val_folder)
+        return hold_out(pairs)
+
+    def checkpoint_path(self) -> str:
+        path = self.output_file.filePath().strip()
+        if not path:
+            raise RSLabError("choose where to save the checkpoint (.pt)")
+        if os.path.isdir(path):
+            raise RSLabError(f"{path} is a folder; give a checkpoint file name")
+        return path if path.lower().endswith(".pt") else path + ".pt"
+
+    # running --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the inputs on the GUI thread, then train in the background."""
+        if self.task is not None:
+            return
+        try:
+            params, (train, val), output = self.params(), self.split(), self.checkpoint_path()
+        except RSLabError as exc:
+            self._fail(str(exc))
+            return
+        self._reset(train, val, output)
+        bridge = EpochBridge()  # no parent: the job closure keeps it alive as long as the worker may emit
+        bridge.epoch.connect(self._on_epoch, Qt.QueuedConnection)
+        description = f"{self.data_dir.filePath().strip()} ({len(train)} training, {len(val)} validation pairs)"
+
+        def job(progress, cancelled):
+            return train_change_detector(train, val, output, params, progress, cancelled,
+                                         on_epoch=bridge.epoch.emit, data_description=description)
+
+        self.task = tasks.JobTask("RS Lab: training AR-CDNet", job, on_finished=self._finished)
+        self.task.progressChanged.connect(self._progress)
+        self.task.message.connect(self.status_label.setText)
+        # Closing the window leaves training running (QGIS's task bar shows it); deleting the dialog
+        # (the plugin unloaded) stops it.
+        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
+        self.destroyed.connect(self._cancel_on_destroy)
+        self._set_running(True)
+        tasks.start(self.task)
+
+    def _reset(self, train: Sequence[ChangePair], val: Sequence[ChangePair], output: str) -> None:
+        self.result, self.history = None, []
+        self.loss_curve.setData([], [])
+        self.f1_curve.setData([], [])
+        self.best_marker.setData([], [])
+        self.progress_bar.setValue(0)
+        self.status_label.setStyleSheet("")
+        self.status_label.setText("Starting…")
+        held = "held out" if not self.val_dir.filePath().strip() else "from the validation folder"
+        self.log.appendPlainText(f"Training pairs ({len(train)}): {', '.join(p.name for p in train)}")
+        self.log.appendPlainText(f"Validation pairs ({len(val)}, {held}): {', '.join(p.name for p in val)}")
+        self.log.appendPlainText(f"Checkpoint: {output}")
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.status_label.setText("Cancelling…")
+            self.task.cancel()
+
+    def _progress(self, percent: float) -> None:
+        self.progress_bar.setValue(int(percent))
+
+    def _on_epoch(self, record: Dict[str, float]) -> None:
+        """One validation: extend both curves and log it (GUI thread, via the queued bridge)."""
+        self.history.append(record)
+        epochs = [r["epoch"] for r in self.history]
+        self.loss_curve.setData(epochs, [r["loss"] for r in self.history])
+        self.f1_curve.setData(epochs, [r["val_f1"] for r in self.history])
+        best = max(self.history, key=lambda r: r["val_f1"])  # the first best, as the trainer keeps it
+        self.best_marker.setData([best["epoch"]], [best["val_f1"]])
+        self.log.appendPlainText(
+            f"epoch {int(record['epoch'])} (iteration {int(record['iteration'])}): loss {record['loss']:.4f}, "
+            f"validation F1 {record['val_f1']:.3f}, IoU {record['val_iou']:.3f}, {record['seconds']:.0f} s"
+        )
+
+    def _finished(self, result: Optional[TrainChangeResult], error: str) -> None:
+        """JobTask's callback, on the GUI thread."""
+        if sip.isdeleted(self):
+            return
+        self.task = None
+        self.destroyed.disconnect(self._cancel_on_destroy)
+        self._set_running(False)
+        if result is None:
+            self._fail(error)
+            return
+        self.result = result
+        self.progress_bar.setValue(100)
+        text = (f"Best validation F1 {result.best_f1:.3f} at iteration {result.best_iteration} "
+                f"({result.device}). Saved to {result.checkpoint}")
+        self.status_label.setText(text)
+        self.log.appendPlainText(text)
+        self.trained.emit(result.checkpoint)
+
+    def _fail(self, error: str) -> None:
+        cancelled = error.startswith("cancelled")
+        self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
+        self.status_label.setText(("Cancelled: " if cancelled else "Training failed: ") + error.splitlines()[0])
+        self.log.appendPlainText(error)
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
