@@ -1,0 +1,449 @@
+"""Hyperspectral anomaly detection: global RX, local (dual-window) RX and BSDM + RX.
+
+    result = detect_anomalies(cube, AnomalyOutputs(scores="s.tif"), AnomalyParams(method="bsdm_rx"))
+
+- Global RX: Mahalanobis distance of each pixel to the scene mean under the
+  scene covariance (pseudo-inverse, so constant or collinear bands do not
+  break it). Two passes by windows: statistics, then scores, so any image
+  size fits in memory.
+- Local RX (dual window): the background of each pixel is the outer window
+  minus the inner (guard) window. Departure from the textbook form: the cube
+  is first projected on its `LRX_COMPONENTS` leading principal components
+  (a global pass); a full-band local covariance per pixel (B x B for every
+  pixel, B ~ 200) is not tractable, and this is what practical LRX does.
+- BSDM + RX (METHODS.md section 2): the cube is scaled to [0, 1] with one
+  global min and max, a spectral denoiser is trained on the scene's pixels
+  (a random sample of `max_train_pixels` when the image is larger), the
+  background is suppressed by windows, and global RX runs on the result.
+
+Scores are written as float32 (NaN = nodata; nodata pixels are excluded from
+every statistic). With a reference mask (non-zero = anomaly) the result has
+AUC(D,F), AUC(F,tau) and AUC_BS = AUC(D,F) - AUC(F,tau) on min-max
+normalised scores; with a false-alarm rate, a uint8 mask thresholded at that
+rate (1 anomaly, 0 background, 255 nodata).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .device import describe_device, select_device
+from .errors import RSLabError
+from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
+from .metrics import HistogramAUC
+from .outputs import PendingOutputs
+from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_window
+from .tiling import OutputSpec, TileSpec, run_tiled, tile_grid
+
+METHODS = ("bsdm_rx", "rx", "lrx")
+MASK_NODATA = 255
+LRX_COMPONENTS = 10
+STATS_TILE = 512
+SCORE_BINS = 1 << 16
+
+
+@dataclass(frozen=True)
+class AnomalyParams:
+    method: str = "bsdm_rx"
+    iterations: int = 500
+    seed: int = 0
+    inner_window: int = 3
+    outer_window: int = 11
+    false_alarm_rate: Optional[float] = None
+    max_train_pixels: int = 20000
+    rounds: int = 10
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RSLabError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.iterations < 1:
+            raise RSLabError(f"BSDM needs at least one training iteration, got {self.iterations}")
+        for name in ("inner_window", "outer_window"):
+            value = getattr(self, name)
+            if value < 1 or value % 2 == 0:
+                raise RSLabError(f"{name} must be an odd number of pixels, got {value}")
+        if self.outer_window <= self.inner_window:
+            raise RSLabError(
+                f"the outer window ({self.outer_window}) must be larger than the inner window ({self.inner_window})"
+            )
+        if self.false_alarm_rate is not None and not 0 < self.false_alarm_rate < 1:
+            raise RSLabError(f"the false-alarm rate must be between 0 and 1, got {self.false_alarm_rate}")
+        if self.max_train_pixels < 100:
+            raise RSLabError(f"BSDM needs at least 100 training pixels, got {self.max_train_pixels}")
+
+
+@dataclass(frozen=True)
+class AnomalyOutputs:
+    scores: str
+    mask: Optional[str] = None
+    report: Optional[str] = None
+
+
+@dataclass
+class AnomalyResult(JobResult):
+    outputs: Optional[AnomalyOutputs] = None
+    method: str = ""
+    params: Dict[str, Any] = field(default_factory=dict)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    threshold: Optional[float] = None
+    score_range: Tuple[float, float] = (0.0, 0.0)
+    training_loss: List[float] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    bands: int = 0
+
+    def report(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["outputs"] = asdict(self.outputs) if self.outputs else {}
+        if self.training_loss:
+            data["training_loss"] = {"first": self.training_loss[0], "last": self.training_loss[-1],
+                                     "iterations": len(self.training_loss)}
+        return data
+
+
+# --- statistics by windows ------------------------------------------------------------------------------
+
+
+def _windows(info: RasterInfo):
+    return tile_grid(info.height, info.width, TileSpec(STATS_TILE, 0))
+
+
+def _pixels(ds, window) -> Tuple[np.ndarray, np.ndarray]:
+    data, valid = read_window(ds, window)
+    return data.reshape(data.shape[0], -1).T.astype(np.float64), valid.ravel()
+
+
+def scene_statistics(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Mean (B,) and covariance (B, B) over the valid pixels, accumulated by windows (shifted for stability)."""
+    monitor = monitor or JobMonitor()
+    info = raster_info(path)
+    shift = None
+    total = np.zeros(info.count)
+    outer = np.zeros((info.count, info.count))
+    n = 0
+    with gdal_env(), open_raster(path) as ds:
+        tiles = _windows(info)
+        for i, tile in enumerate(tiles):
+            monitor.step(i / len(tiles), "scene statistics")
+            x, valid = _pixels(ds, tile.read)
+            x = x[valid]
+            if not len(x):
+                continue
+            if shift is None:
+                shift = x.mean(axis=0)
+            x = x - shift
+            total += x.sum(axis=0)
+            outer += x.T @ x
+            n += len(x)
+    if n <= info.count:
+        raise RSLabError(
+            f"the image has {n} valid pixels but {info.count} bands; RX needs more pixels than bands"
+        )
+    mean_shifted = total / n
+    cov = (outer - n * np.outer(mean_shifted, mean_shifted)) / (n - 1)
+    return mean_shifted + shift, cov, n
+
+
+class RxScorer:
+    """Global RX: (x - mu)^T pinv(Sigma) (x - mu), vectorised over pixels."""
+
+    def __init__(self, mean: np.ndarray, cov: np.ndarray) -> None:
+        self.mean = mean
+        # relative cut-off: constant bands (zero variance) drop out instead of blowing up
+        self.inverse = np.linalg.pinv(cov, rcond=1e-10, hermitian=True)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        centred = pixels - self.mean
+        return np.einsum("ij,jk,ik->i", centred, self.inverse, centred)
+
+
+def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> Tuple[float, float]:
+    """Write per-pixel scores of `source` to `output` by windows; return the (min, max) score."""
+    bounds = [np.inf, -np.inf]
+
+    def fn(arrays, valid):
+        cube = arrays[0]
+        pixels = cube.reshape(cube.shape[0], -1).T.astype(np.float64)
+        scores = np.full(pixels.shape[0], np.nan, np.float64)
+        ok = valid.ravel()
+        if ok.any():
+            scores[ok] = score_fn(pixels[ok])
+            bounds[0] = min(bounds[0], float(scores[ok].min()))
+            bounds[1] = max(bounds[1], float(scores[ok].max()))
+        return [scores.reshape(valid.shape).astype(np.float32)]
+
+    run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn,
+              TileSpec(STATS_TILE, 0), monitor)
+    return bounds[0], bounds[1]
+
+
+# --- local RX -----------------------------------------------------------------------------------------
+
+
+def local_rx_tile(pixels: np.ndarray, valid: np.ndarray, inner: int, outer: int) -> np.ndarray:
+    """Dual-window RX on a (k, h, w) tile of principal components; box sums give every local mean and covariance."""
+    k, h, w = pixels.shape
+    x = np.where(valid, pixels, 0.0).astype(np.float64)
+    weight = valid.astype(np.float64)
+
+    def ring_sum(a: np.ndarray) -> np.ndarray:
+        big = ndimage.uniform_filter(a, size=outer, mode="constant") * outer * outer
+        small = ndimage.uniform_filter(a, size=inner, mode="constant") * inner * inner
+        return big - small
+
+    count = np.maximum(ring_sum(weight), 1.0)
+    means = np.stack([ring_sum(x[i]) for i in range(k)]) / count
+    cov = np.empty((h, w, k, k))
+    for i in range(k):
+        for j in range(i, k):
+            value = ring_sum(x[i] * x[j]) / count - means[i] * means[j]
+            cov[:, :, i, j] = value
+            cov[:, :, j, i] = value
+    cov += np.eye(k) * 1e-6 * np.trace(cov, axis1=2, axis2=3)[..., None, None] / k
+    centred = np.moveaxis(pixels, 0, -1) - np.moveaxis(means, 0, -1)
+    solved = np.linalg.solve(cov, centred[..., None])[..., 0]
+    return np.einsum("hwk,hwk->hw", centred, solved)
+
+
+def _principal_components(mean: np.ndarray, cov: np.ndarray, count: int) -> np.ndarray:
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:count]
+    return vectors[:, order]
+
+
+# --- BSDM ---------------------------------------------------------------------------------------------
+
+
+def _value_range(path: str) -> Tuple[float, float]:
+    lo, hi = np.inf, -np.inf
+    info = raster_info(path)
+    with gdal_env(), open_raster(path) as ds:
+        for tile in _windows(info):
+            x, valid = _pixels(ds, tile.read)
+            if valid.any():
+                lo, hi = min(lo, float(x[valid].min())), max(hi, float(x[valid].max()))
+    if not np.isfinite(lo) or hi <= lo:
+        raise RSLabError("the image is constant (or has no valid pixels): there is nothing to detect")
+    return lo, hi
+
+
+def _training_sample(path: str, lo: float, hi: float, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Normalised valid pixels: all of them, or a uniform random sample of `limit` when there are more."""
+    info = raster_info(path)
+    chunks = []
+    with gdal_env(), open_raster(path) as ds:
+        tiles = _windows(info)
+        total = int(sum(int(t.read.width * t.read.height) for t in tiles))
+        keep = min(1.0, limit / max(total, 1))
+        for tile in tiles:
+            x, valid = _pixels(ds, tile.read)
+            x = x[valid]
+            if keep < 1.0:
+                x = x[rng.random(len(x)) < keep]
+            chunks.append((x - lo) / (hi - lo))
+    sample = np.concatenate(chunks)
+    if len(sample) > limit:
+        sample = sample[rng.choice(len(sample), limit, replace=False)]
+    return sample.astype(np.float32)
+
+
+def train_bsdm(sample: np.ndarray, params: AnomalyParams, device, monitor: JobMonitor) -> Tuple[Any, List[float]]:
+    """Train the denoiser on pixel tokens to predict one fixed noise draw at t = 500 (MSE, AdamW, cosine)."""
+    import torch
+
+    from ..models.bsdm import T_FIXED, BSDMDenoiser, schedule
+
+    torch.manual_seed(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)
+    x = torch.from_numpy(sample)
+    noise = torch.randn(x.shape, generator=generator) * x.std() + x.mean()  # drawn once, reused at every step
+    sqrt_abar, gamma = schedule(T_FIXED)
+    x_t = (sqrt_abar * x + gamma * noise).to(device)
+    noise = noise.to(device)
+    model = BSDMDenoiser(sample.shape[1]).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, params.iterations, eta_min=1e-5)
+    step = torch.tensor(T_FIXED, device=device)
+    losses = []
+    for iteration in range(params.iterations):
+        if iteration % 10 == 0:
+            monitor.step(iteration / params.iterations, f"BSDM iteration {iteration + 1} of {params.iterations}")
+        loss = torch.nn.functional.mse_loss(model(x_t, step), noise)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        decay.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return model, losses
+
+
+def _suppress_raster(source: str, output: str, model, lo: float, hi: float, params: AnomalyParams, device,
+                     monitor: JobMonitor) -> None:
+    import torch
+
+    from ..models.bsdm import suppress_background
+
+    def fn(arrays, valid):
+        cube = arrays[0]
+        bands, h, w = cube.shape
+        pixels = ((cube.reshape(bands, -1).T.astype(np.float32) - lo) / (hi - lo))
+        with torch.inference_mode():
+            out = suppress_background(model, torch.from_numpy(pixels).to(device), params.rounds)
+        return [out.double().cpu().numpy().T.reshape(bands, h, w)]
+
+    info = raster_info(source)
+    run_tiled([source], [OutputSpec(output, info.count, "float64")], fn, TileSpec(STATS_TILE, 0), monitor)
+
+
+# --- metrics and thresholds ---------------------------------------------------------------------------
+
+
+def anomaly_metrics(scores: str, reference: str, lo: float, hi: float) -> Dict[str, float]:
+    """AUC(D,F), AUC(F,tau), AUC(D,tau) and AUC_BS on min-max normalised scores, by windows.
+
+    AUC(F,tau) = integral over tau in [0, 1] of P(background score > tau),
+    which equals the mean normalised background score (and likewise for D).
+    """
+    auc = HistogramAUC(bins=SCORE_BINS)
+    sums = {True: [0.0, 0], False: [0.0, 0]}
+    info = raster_info(scores)
+    ref_info = raster_info(reference)
+    if ref_info.shape != info.shape:
+        raise RSLabError(
+            f"the reference is {ref_info.width} x {ref_info.height} but the image is {info.width} x {info.height}"
+        )
+    with gdal_env(), open_raster(scores) as s, open_raster(reference) as r:
+        for tile in _windows(info):
+            value, valid = read_window(s, tile.read)
+            truth, ref_valid = read_window(r, tile.read)
+            ok = valid & ref_valid
+            norm = (value[0][ok].astype(np.float64) - lo) / max(hi - lo, 1e-300)
+            target = truth[0][ok] != 0
+            auc.update(norm, target)
+            for cls in (True, False):
+                sums[cls][0] += float(norm[target == cls].sum())
+                sums[cls][1] += int((target == cls).sum())
+    if sums[True][1] == 0:
+        raise RSLabError("the reference marks no anomaly pixel (non-zero values): AUCs cannot be computed")
+    if sums[False][1] == 0:
+        raise RSLabError("the reference marks every pixel as an anomaly: AUCs cannot be computed")
+    auc_df = auc.auc()
+    auc_ft = sums[False][0] / sums[False][1]
+    auc_dt = sums[True][0] / sums[True][1]
+    return {"auc_df": auc_df, "auc_ftau": auc_ft, "auc_dtau": auc_dt, "auc_bs": auc_df - auc_ft,
+            "anomaly_pixels": sums[True][1], "background_pixels": sums[False][1]}
+
+
+def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> float:
+    """The score above which a fraction `rate` of the valid pixels lies (histogram quantile, by windows)."""
+    counts = np.zeros(SCORE_BINS, np.int64)
+    info = raster_info(scores)
+    with gdal_env(), open_raster(scores) as s:
+        for tile in _windows(info):
+            value, valid = read_window(s, tile.read)
+            norm = (value[0][valid].astype(np.float64) - lo) / max(hi - lo, 1e-300)
+            counts += np.bincount(np.clip((norm * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1),
+                                  minlength=SCORE_BINS)
+    above = np.cumsum(counts[::-1])[::-1]  # pixels in this bin or higher
+    index = int(np.searchsorted(-above, -rate * counts.sum(), side="right"))
+    return lo + (hi - lo) * min(index, SCORE_BINS) / SCORE_BINS
+
+
+# --- the job ------------------------------------------------------------------------------------------
+
+
+def detect_anomalies(
+    cube: str,
+    outputs: AnomalyOutputs,
+    params: AnomalyParams = AnomalyParams(),
+    reference: Optional[str] = None,
+    progress: Optional[ProgressFn] = None,
+    cancelled: Optional[CancelledFn] = None,
+) -> AnomalyResult:
+    """Score every pixel of a hyperspectral raster for anomaly (higher = more anomalous)."""
+    monitor = JobMonitor(progress, cancelled)
+    info = raster_info(cube)
+    if info.count < 2:
+        raise RSLabError(f"{os.path.basename(cube)} has {info.count} band; anomaly detection needs a multiband image")
+    if reference:
+        ref = raster_info(reference)
+        if ref.shape != info.shape:
+            raise RSLabError(
+                f"the reference is {ref.width} x {ref.height} but the image is {info.width} x {info.height}; "
+                "they must be on one grid"
+            )
+    if outputs.mask and params.false_alarm_rate is None:
+        raise RSLabError("a mask output needs a false-alarm rate to threshold the scores at")
+    result = AnomalyResult(outputs=outputs, method=params.method, params=asdict(params), width=info.width,
+                           height=info.height, bands=info.count, timings=monitor.timings, device="cpu (numpy)")
+
+    with tempfile.TemporaryDirectory(prefix="rslab-anomaly-") as workdir, PendingOutputs() as pending:
+        scores_path = pending.temp(outputs.scores)
+        source = cube
+        if params.method == "bsdm_rx":
+            device = select_device(params.device)
+            result.device = describe_device(device)
+            with monitor.timed("bsdm_train"):
+                lo, hi = _value_range(cube)
+                sample = _training_sample(cube, lo, hi, params.max_train_pixels, np.random.default_rng(params.seed))
+                model, result.training_loss = train_bsdm(sample, params, device, monitor.sub(0.0, 0.6))
+            with monitor.timed("bsdm_suppress"):
+                source = os.path.join(workdir, "suppressed.tif")
+                _suppress_raster(cube, source, model, lo, hi, params, device, monitor.sub(0.6, 0.75))
+        with monitor.timed("detect"):
+            if params.method == "lrx":
+                lo_hi = _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9))
+            else:
+                mean, cov, _ = scene_statistics(source, monitor.sub(0.75 if source != cube else 0.0, 0.85))
+                scorer = RxScorer(mean, cov)
+                lo_hi = _score_raster(source, scores_path, scorer, monitor.sub(0.85, 0.95))
+        result.score_range = lo_hi
+        if reference:
+            with monitor.timed("evaluate"):
+                result.metrics = anomaly_metrics(scores_path, reference, *lo_hi)
+        if params.false_alarm_rate is not None:
+            result.threshold = false_alarm_threshold(scores_path, params.false_alarm_rate, *lo_hi)
+            if outputs.mask:
+                threshold = result.threshold
+
+                def to_mask(arrays, valid):
+                    return [(arrays[0][0] > threshold).astype(np.uint8)]
+
+                run_tiled([scores_path], [OutputSpec(pending.temp(outputs.mask), 1, "uint8", MASK_NODATA,
+                                                     ("anomaly (1) / background (0)",))], to_mask,
+                          TileSpec(STATS_TILE, 0), monitor.sub(0.95, 0.99))
+        if outputs.report:
+            with open(pending.temp(outputs.report), "w") as handle:
+                json.dump(result.report(), handle, indent=1, default=str)
+    monitor.step(1.0, "done")
+    return result
+
+
+def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonitor) -> Tuple[float, float]:
+    mean, cov, _ = scene_statistics(source, monitor.sub(0.0, 0.3))
+    basis = _principal_components(mean, cov, min(LRX_COMPONENTS, cov.shape[0]))
+    bounds = [np.inf, -np.inf]
+    inner, outer = params.inner_window, params.outer_window
+
+    def fn(arrays, valid):
+        cube = arrays[0].astype(np.float64)
+        bands, h, w = cube.shape
+        projected = (basis.T @ (cube.reshape(bands, -1) - mean[:, None])).reshape(-1, h, w)
+        scores = local_rx_tile(projected, valid, inner, outer)
+        scores[~valid] = np.nan
+        if valid.any():
+            bounds[0] = min(bounds[0], float(np.nanmin(scores[valid])))
+            bounds[1] = max(bounds[1], float(np.nanmax(scores[valid])))
+        return [scores.astype(np.float32)]
+
+    run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn,
+              TileSpec(STATS_TILE, min(STATS_TILE - 1, 2 * outer)), monitor.sub(0.3, 1.0))
+    return bounds[0], bounds[1]

@@ -1,0 +1,150 @@
+"""Hyperspectral anomaly detection in core on real ABU scenes: RX, local RX, BSDM + RX."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+import scipy.io
+import torch
+
+from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.errors import RSLabError
+from rslab.core.import_cube import import_cube
+from rslab.models.bsdm import BSDMDenoiser, schedule, suppress_background
+
+
+@pytest.fixture(scope="module")
+def beach2(tmp_path_factory, samples):
+    folder = tmp_path_factory.mktemp("beach2")
+    import_cube(str(samples / "abu-beach-2.mat"), str(folder / "cube.tif"), str(folder / "gt.tif"))
+    return folder / "cube.tif", folder / "gt.tif"
+
+
+def _scores(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def test_schedule_constants_and_denoiser_shapes():
+    sqrt_abar, gamma = schedule(500)
+    assert sqrt_abar == pytest.approx(0.279, abs=1e-3)
+    assert gamma == pytest.approx(17.5, abs=0.05)
+    torch.manual_seed(0)
+    net = BSDMDenoiser(bands=12)
+    x = torch.rand(64, 12)
+    assert net(x, torch.tensor(500)).shape == (64, 12)
+    assert net(x, torch.full((64,), 500)).shape == (64, 12)
+    assert torch.allclose(net(x, torch.tensor(500)), net(x, torch.full((64,), 500)), atol=1e-6)
+    assert suppress_background(net, x, rounds=2).shape == (64, 12)
+    with pytest.raises(ValueError):
+        BSDMDenoiser(bands=1)
+
+
+def test_global_rx_matches_an_independent_implementation(tmp_path, beach2):
+    cube, gt = beach2
+    result = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s.tif")), AnomalyParams(method="rx"),
+                              reference=str(gt))
+    data = scipy.io.loadmat(os.path.join(os.path.dirname(__file__), "..", "resources", "samples", "abu-beach-2.mat"))
+    x = data["data"].astype(np.float64).reshape(-1, data["data"].shape[2])
+    centred = x - x.mean(axis=0)
+    expected = np.einsum("ij,jk,ik->i", centred, np.linalg.pinv(np.cov(centred, rowvar=False)), centred)
+    ours = _scores(tmp_path / "s.tif").ravel().astype(np.float64)
+    assert np.max(np.abs(ours - expected)) / expected.max() < 1e-6
+    assert result.metrics["auc_df"] > 0.9  # RX finds the beach-2 targets well
+    assert result.metrics["auc_bs"] == pytest.approx(result.metrics["auc_df"] - result.metrics["auc_ftau"])
+
+
+def test_bsdm_rx_is_deterministic_under_a_seed(tmp_path, beach2):
+    cube, gt = beach2
+    params = AnomalyParams(method="bsdm_rx", iterations=15, seed=3)
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"s{i}.tif"
+        result = detect_anomalies(str(cube), AnomalyOutputs(str(out)), params, reference=str(gt))
+        runs.append(_scores(out))
+    assert np.array_equal(runs[0], runs[1])
+    assert len(result.training_loss) == 15 and result.training_loss[-1] < result.training_loss[0]
+    other = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s9.tif")),
+                             AnomalyParams(method="bsdm_rx", iterations=15, seed=4))
+    assert not np.array_equal(_scores(tmp_path / "s9.tif"), runs[0])
+    assert other.device.startswith(("cpu", "cuda"))
+
+
+def test_local_rx_and_false_alarm_mask(tmp_path, beach2):
+    cube, gt = beach2
+    outputs = AnomalyOutputs(str(tmp_path / "s.tif"), str(tmp_path / "m.tif"), str(tmp_path / "r.json"))
+    result = detect_anomalies(str(cube), outputs, AnomalyParams(method="lrx", inner_window=3, outer_window=9,
+                                                                false_alarm_rate=0.02), reference=str(gt))
+    assert 0.5 < result.metrics["auc_df"] <= 1.0
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        mask = ds.read(1)
+        assert ds.nodata == 255
+    assert abs(mask.mean() - 0.02) < 0.005  # thresholded at the requested false-alarm rate
+    assert (tmp_path / "r.json").exists()
+
+
+def test_nodata_pixels_are_excluded_and_written_as_nodata(tmp_path, beach2):
+    cube, _ = beach2
+    with rasterio.open(cube) as src:
+        data = src.read().astype(np.float32)
+        profile = dict(src.profile, dtype="float32", nodata=float("nan"))
+    data[:, :10, :10] = np.nan
+    holed = tmp_path / "holed.tif"
+    with rasterio.open(holed, "w", **profile) as dst:
+        dst.write(data)
+    detect_anomalies(str(holed), AnomalyOutputs(str(tmp_path / "s.tif")), AnomalyParams(method="rx"))
+    scores = _scores(tmp_path / "s.tif")
+    assert np.isnan(scores[:10, :10]).all() and np.isfinite(scores[10:, 10:]).all()
+    x = data[:, 10:, :].reshape(data.shape[0], -1).T.astype(np.float64)
+    y = data[:, :10, 10:].reshape(data.shape[0], -1).T.astype(np.float64)
+    valid = np.concatenate([x, y])
+    centred = valid - valid.mean(axis=0)
+    inverse = np.linalg.pinv(np.cov(centred, rowvar=False))
+    one = data[:, 50, 50].astype(np.float64) - valid.mean(axis=0)
+    assert scores[50, 50] == pytest.approx(one @ inverse @ one, rel=1e-4)
+
+
+def test_bad_inputs(tmp_path, beach2, samples):
+    cube, gt = beach2
+    out = tmp_path / "out"
+    single = tmp_path / "single.tif"
+    with rasterio.open(cube) as src:
+        data = src.read()
+        profile = src.profile
+    with rasterio.open(single, "w", **dict(profile, count=1)) as dst:
+        dst.write(data[:1])
+    with pytest.raises(RSLabError, match="1 band"):
+        detect_anomalies(str(single), AnomalyOutputs(str(out / "s.tif")), AnomalyParams(method="rx"))
+    tiny = tmp_path / "tiny.tif"  # 25 pixels, 193 bands
+    with rasterio.open(tiny, "w", **dict(profile, width=5, height=5)) as dst:
+        dst.write(data[:, :5, :5])
+    with pytest.raises(RSLabError, match="more pixels than bands"):
+        detect_anomalies(str(tiny), AnomalyOutputs(str(out / "s.tif")), AnomalyParams(method="rx"))
+    with pytest.raises(RSLabError, match="reference is 791 x 718"):
+        detect_anomalies(str(cube), AnomalyOutputs(str(out / "s.tif")), AnomalyParams(method="rx"),
+                         reference=str(samples / "rasterio_RGB.byte.tif"))
+    with pytest.raises(RSLabError, match="false-alarm rate"):
+        detect_anomalies(str(cube), AnomalyOutputs(str(out / "s.tif"), str(out / "m.tif")), AnomalyParams(method="rx"))
+    for bad in (dict(method="svm"), dict(inner_window=4), dict(inner_window=9, outer_window=5),
+                dict(false_alarm_rate=1.5), dict(iterations=0)):
+        with pytest.raises(RSLabError):
+            AnomalyParams(**bad)
+    assert not out.exists()
+
+
+def test_constant_bands_do_not_break_rx(tmp_path, beach2):
+    cube, gt = beach2
+    with rasterio.open(cube) as src:
+        data = src.read()
+        profile = src.profile
+    data[5] = 7  # a dead band: singular covariance
+    data[6] = data[7]  # and two identical bands
+    path = tmp_path / "singular.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    result = detect_anomalies(str(path), AnomalyOutputs(str(tmp_path / "s.tif")), AnomalyParams(method="rx"),
+                              reference=str(gt))
+    assert np.isfinite(_scores(tmp_path / "s.tif")).all()
+    assert result.metrics["auc_df"] > 0.9
