@@ -62,13 +62,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+from measure import max_rss_bytes, own_hwm_bytes, spawn_child  # bench/ is on sys.path
 
 # numpy, rasterio, torch and the engine are imported inside the child-side
 # functions only: the parent must stay small (see "How" above).
@@ -117,20 +117,8 @@ def levir_folder() -> Path:
     return Path(training_script().CHANGE) / "levir_cd_256"
 
 
-def own_hwm_bytes() -> int:
-    """Peak RSS of this process's own address space (VmHWM), which starts afresh at exec."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
-def max_rss_bytes() -> int:
-    """ru_maxrss of this process (KiB on Linux); may include a launcher's peak, see the docstring."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def mosaic_paths(workdir: Path, size: int) -> Tuple[Path, Path]:
@@ -356,13 +344,6 @@ def child_main(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- parent side
 
 
-def spawn_child(options: Sequence[str]) -> Dict[str, Any]:
-    """Run this script with `--child ...` in a fresh interpreter and return the JSON it prints."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *options]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {' '.join(options)} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def resolve_model(path: Optional[str]) -> str:
@@ -468,7 +449,7 @@ def speed_plan(size: int, small: int) -> List[SpeedRun]:
 
 
 def measure(run: SpeedRun, model: str, workdir: Path) -> SpeedFigures:
-    data = spawn_child(["--child", run.method, "--model", model, "--workdir", str(workdir),
+    data = spawn_child(__file__, ["--child", run.method, "--model", model, "--workdir", str(workdir),
                         "--size", str(run.size)])
     if data["maxrss"] > 1.05 * data["peak"]:
         print(f"  warning: ru_maxrss {data['maxrss'] / MB:.0f} MB exceeds the child's own peak "
@@ -513,7 +494,7 @@ def print_speed(figures: Sequence[SpeedFigures], size: int) -> None:
 def run_speed(model: str, workdir: Path, size: int, small: int) -> None:
     runs = speed_plan(size, small)
     for s in sorted({r.size for r in runs}):
-        seconds = spawn_child(["--child", "build", "--workdir", str(workdir), "--size", str(s)])["seconds"]
+        seconds = spawn_child(__file__, ["--child", "build", "--workdir", str(workdir), "--size", str(s)])["seconds"]
         state = f"built in {seconds:.1f} s" if seconds else "cached"
         print(f"mosaic {s} x {s} x 3 uint8 (before and after): {state}", flush=True)
     figures = []
@@ -536,7 +517,7 @@ def parent_main(args: argparse.Namespace) -> None:
     print(f"work folder {workdir}; {os.cpu_count()} CPU cores; model {model}", flush=True)
     if not args.skip_accuracy:
         print("accuracy on the held-out LEVIR-CD pairs ...", flush=True)
-        print_accuracy(spawn_child(["--child", "accuracy", "--model", model, "--workdir", str(workdir)]))
+        print_accuracy(spawn_child(__file__, ["--child", "accuracy", "--model", model, "--workdir", str(workdir)]))
     if not args.skip_speed:
         print(f"\nspeed and memory ({DETECT_TILE} px tiles, {DETECT_OVERLAP} px overlap) ...", flush=True)
         run_speed(model, workdir, args.size, args.small)

@@ -62,9 +62,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -79,6 +76,8 @@ from rasterio.windows import Window
 from rslab.core.outputs import PendingOutputs
 from rslab.core.raster_io import gdal_env, open_output, output_profile, raster_info
 from rslab.core.tiling import OutputSpec, TileSpec, run_tiled
+
+from measure import max_rss_bytes, own_hwm_bytes, spawn_child  # bench/ is on sys.path
 
 SAMPLE = Path(__file__).resolve().parent.parent / "resources" / "samples" / "rasterio_RGB.byte.tif"
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "rslab-bench-tiling"
@@ -140,18 +139,8 @@ def input_path(workdir: Path, size: int) -> Path:
 # ---------------------------------------------------------------- child side
 
 
-def max_rss_bytes() -> int:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def own_hwm_bytes() -> int:
-    """Peak RSS of this process's own address space (VmHWM), which, unlike ru_maxrss, starts afresh at exec."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_tiled_job(src: str, dst: str, tile: int, overlap: int, stitch: str) -> None:
@@ -209,24 +198,12 @@ class Figures:
     out_disk: int
 
 
-def spawn_child(options: Sequence[str]) -> Dict[str, float]:
-    """Run this script with `--child ...` in a fresh interpreter and return the JSON it prints.
-
-    Linux carries the launcher's peak RSS into the child's ru_maxrss (it is
-    kept across fork and exec), so the launcher (this parent) must stay small:
-    it only imports and waits, and even the input building runs in a child.
-    """
-    cmd = [sys.executable, str(Path(__file__).resolve()), *options]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {' '.join(options)} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def measure(run: Run, workdir: Path, tile: int, overlap: int) -> Figures:
     """Run `run` in a child process and collect its figures."""
     dst = workdir / f"out_{run.mode}_{run.size}.tif"
-    result = spawn_child([
+    result = spawn_child(__file__, [
         "--child", run.mode, "--src", str(input_path(workdir, run.size)), "--dst", str(dst),
         "--tile", str(tile), "--overlap", str(overlap),
     ])
@@ -281,7 +258,7 @@ def parent_main(args: argparse.Namespace) -> None:
     print(f"work folder {workdir}; {os.cpu_count()} CPU cores; input repeats {SAMPLE.name}", flush=True)
     for size in sorted({r.size for r in runs}):
         path = input_path(workdir, size)
-        seconds = spawn_child(["--child", "build", "--size", str(size), "--dst", str(path)])["seconds"]
+        seconds = spawn_child(__file__, ["--child", "build", "--size", str(size), "--dst", str(path)])["seconds"]
         state = f"built in {seconds:.1f} s" if seconds else "cached"
         print(f"input {size} x {size} x 3 uint8: {state}", flush=True)
     figures = []
