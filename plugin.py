@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
@@ -46,6 +46,7 @@ class RSLabPlugin:
         self._add_action("Import hyperspectral cube…", "rslab.svg", self.open_import_cube, toolbar=False)
         self._add_action("Detect changes…", "change.svg", self.show_change_dock)
         self._add_action("Train a change detector…", "train.svg", self.show_change_training, toolbar=False)
+        self._add_action("Detect anomalies…", "anomaly.svg", self.show_anomaly_dock)
         self._add_action("Diagnostics…", "diagnostics.svg", self.show_diagnostics)
         self._warn_missing_packages()
 
@@ -95,6 +96,11 @@ class RSLabPlugin:
     def show_change_training(self) -> None:
         """The training dialog belongs to the dock, so a trained model lands in its model list."""
         self.show_change_dock().widget().open_training()
+
+    def show_anomaly_dock(self) -> QDockWidget:
+        from .ui.anomaly_dock import AnomalyDock
+
+        return self.show_dock("anomaly", "RS Lab: hyperspectral anomalies", lambda: AnomalyDock(self.iface))
 
     def show_diagnostics(self) -> None:
         from .ui.diagnostics_dialog import DiagnosticsDialog

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .alignment import align_to
 from .device import describe_device, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
@@ -44,7 +45,7 @@ from .tiling import OutputSpec, TileSpec, run_tiled, tile_grid
 METHODS = ("bsdm_rx", "rx", "lrx")
 MASK_NODATA = 255
 LRX_COMPONENTS = 10
-STATS_TILE = 512
+STATS_TILE = 256  # a 256 x 256 x 200-band window is ~100 MB in float64
 SCORE_BINS = 1 << 16
 
 
@@ -95,6 +96,7 @@ class AnomalyResult(JobResult):
     threshold: Optional[float] = None
     score_range: Tuple[float, float] = (0.0, 0.0)
     training_loss: List[float] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
     width: int = 0
     height: int = 0
     bands: int = 0
@@ -164,9 +166,8 @@ class RxScorer:
         return np.einsum("ij,jk,ik->i", centred, self.inverse, centred)
 
 
-def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> Tuple[float, float]:
-    """Write per-pixel scores of `source` to `output` by windows; return the (min, max) score."""
-    bounds = [np.inf, -np.inf]
+def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> None:
+    """Write per-pixel scores of `source` to `output` by windows."""
 
     def fn(arrays, valid):
         cube = arrays[0]
@@ -175,20 +176,37 @@ def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> Tu
         ok = valid.ravel()
         if ok.any():
             scores[ok] = score_fn(pixels[ok])
-            bounds[0] = min(bounds[0], float(scores[ok].min()))
-            bounds[1] = max(bounds[1], float(scores[ok].max()))
         return [scores.reshape(valid.shape).astype(np.float32)]
 
     run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn,
               TileSpec(STATS_TILE, 0), monitor)
-    return bounds[0], bounds[1]
+
+
+def score_bounds(path: str) -> Tuple[float, float]:
+    """(min, max) of the written scores over valid pixels, by windows."""
+    lo, hi = np.inf, -np.inf
+    info = raster_info(path)
+    with gdal_env(), open_raster(path) as ds:
+        for tile in _windows(info):
+            value, valid = read_window(ds, tile.read)
+            if valid.any():
+                lo, hi = min(lo, float(value[0][valid].min())), max(hi, float(value[0][valid].max()))
+    if not np.isfinite(lo):
+        raise RSLabError("no valid pixel was scored")
+    return lo, hi
 
 
 # --- local RX -----------------------------------------------------------------------------------------
 
 
-def local_rx_tile(pixels: np.ndarray, valid: np.ndarray, inner: int, outer: int) -> np.ndarray:
-    """Dual-window RX on a (k, h, w) tile of principal components; box sums give every local mean and covariance."""
+def local_rx_tile(pixels: np.ndarray, valid: np.ndarray, inner: int, outer: int,
+                  fallback_cov: Optional[np.ndarray] = None) -> np.ndarray:
+    """Dual-window RX on a (k, h, w) tile of principal components; box sums give every local mean and covariance.
+
+    Where the ring holds too few valid pixels for a covariance (beside nodata
+    or at the image edge: fewer than 2k), the scene covariance `fallback_cov`
+    is used instead of a near-singular local one.
+    """
     k, h, w = pixels.shape
     x = np.where(valid, pixels, 0.0).astype(np.float64)
     weight = valid.astype(np.float64)
@@ -206,16 +224,20 @@ def local_rx_tile(pixels: np.ndarray, valid: np.ndarray, inner: int, outer: int)
             value = ring_sum(x[i] * x[j]) / count - means[i] * means[j]
             cov[:, :, i, j] = value
             cov[:, :, j, i] = value
+    if fallback_cov is not None:
+        sparse = count < 2 * k
+        cov[sparse] = fallback_cov
     cov += np.eye(k) * 1e-6 * np.trace(cov, axis1=2, axis2=3)[..., None, None] / k
     centred = np.moveaxis(pixels, 0, -1) - np.moveaxis(means, 0, -1)
     solved = np.linalg.solve(cov, centred[..., None])[..., 0]
     return np.einsum("hwk,hwk->hw", centred, solved)
 
 
-def _principal_components(mean: np.ndarray, cov: np.ndarray, count: int) -> np.ndarray:
+def _principal_components(cov: np.ndarray, count: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The `count` leading eigenvectors (B, count) of the covariance and their eigenvalues."""
     values, vectors = np.linalg.eigh(cov)
     order = np.argsort(values)[::-1][:count]
-    return vectors[:, order]
+    return vectors[:, order], np.maximum(values[order], 0.0)
 
 
 # --- BSDM ---------------------------------------------------------------------------------------------
@@ -373,19 +395,16 @@ def detect_anomalies(
     info = raster_info(cube)
     if info.count < 2:
         raise RSLabError(f"{os.path.basename(cube)} has {info.count} band; anomaly detection needs a multiband image")
-    if reference:
-        ref = raster_info(reference)
-        if ref.shape != info.shape:
-            raise RSLabError(
-                f"the reference is {ref.width} x {ref.height} but the image is {info.width} x {info.height}; "
-                "they must be on one grid"
-            )
     if outputs.mask and params.false_alarm_rate is None:
         raise RSLabError("a mask output needs a false-alarm rate to threshold the scores at")
     result = AnomalyResult(outputs=outputs, method=params.method, params=asdict(params), width=info.width,
                            height=info.height, bands=info.count, timings=monitor.timings, device="cpu (numpy)")
 
     with tempfile.TemporaryDirectory(prefix="rslab-anomaly-") as workdir, PendingOutputs() as pending:
+        if reference:  # on the cube's grid, or resampled onto it (nearest), or a clear error
+            reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest")
+            if note:
+                result.notes.append(note)
         scores_path = pending.temp(outputs.scores)
         source = cube
         if params.method == "bsdm_rx":
@@ -400,11 +419,11 @@ def detect_anomalies(
                 _suppress_raster(cube, source, model, lo, hi, params, device, monitor.sub(0.6, 0.75))
         with monitor.timed("detect"):
             if params.method == "lrx":
-                lo_hi = _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9))
+                _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9))
             else:
                 mean, cov, _ = scene_statistics(source, monitor.sub(0.75 if source != cube else 0.0, 0.85))
-                scorer = RxScorer(mean, cov)
-                lo_hi = _score_raster(source, scores_path, scorer, monitor.sub(0.85, 0.95))
+                _score_raster(source, scores_path, RxScorer(mean, cov), monitor.sub(0.85, 0.95))
+            lo_hi = score_bounds(scores_path)
         result.score_range = lo_hi
         if reference:
             with monitor.timed("evaluate"):
@@ -427,23 +446,19 @@ def detect_anomalies(
     return result
 
 
-def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonitor) -> Tuple[float, float]:
+def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonitor) -> None:
     mean, cov, _ = scene_statistics(source, monitor.sub(0.0, 0.3))
-    basis = _principal_components(mean, cov, min(LRX_COMPONENTS, cov.shape[0]))
-    bounds = [np.inf, -np.inf]
+    basis, variances = _principal_components(cov, min(LRX_COMPONENTS, cov.shape[0]))
+    scene_cov = np.diag(variances)  # the scene covariance in the principal-component basis
     inner, outer = params.inner_window, params.outer_window
 
     def fn(arrays, valid):
         cube = arrays[0].astype(np.float64)
         bands, h, w = cube.shape
         projected = (basis.T @ (cube.reshape(bands, -1) - mean[:, None])).reshape(-1, h, w)
-        scores = local_rx_tile(projected, valid, inner, outer)
+        scores = local_rx_tile(projected, valid, inner, outer, scene_cov)
         scores[~valid] = np.nan
-        if valid.any():
-            bounds[0] = min(bounds[0], float(np.nanmin(scores[valid])))
-            bounds[1] = max(bounds[1], float(np.nanmax(scores[valid])))
         return [scores.astype(np.float32)]
 
     run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn,
               TileSpec(STATS_TILE, min(STATS_TILE - 1, 2 * outer)), monitor.sub(0.3, 1.0))
-    return bounds[0], bounds[1]

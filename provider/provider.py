@@ -5,11 +5,12 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .base import ICON
+from .detect_anomalies import DetectAnomaliesAlgorithm
 from .detect_changes import DetectChangesAlgorithm
 from .import_cube import ImportCubeAlgorithm
 from .train_change_detector import TrainChangeDetectorAlgorithm
 
-ALGORITHMS = (ImportCubeAlgorithm, DetectChangesAlgorithm, TrainChangeDetectorAlgorithm)
+ALGORITHMS = (ImportCubeAlgorithm, DetectChangesAlgorithm, TrainChangeDetectorAlgorithm, DetectAnomaliesAlgorithm)
 
 
 class RSLabProvider(QgsProcessingProvider):

@@ -12,7 +12,7 @@ from rasterio.transform import Affine, from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from rslab.core.change_data import pairs_from_folder, split_validation
-from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes, evaluate_change, otsu_threshold
+from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes, otsu_threshold
 from rslab.core.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.metrics import Confusion, HistogramAUC

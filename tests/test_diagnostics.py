@@ -22,7 +22,7 @@ def test_dialog_shows_versions_and_copies_them(qtbot):
     import numpy
     import torch
 
-    for expected in ("RS Lab", Qgis.version(), "GDAL", f"numpy", numpy.__version__, torch.__version__,
+    for expected in ("RS Lab", Qgis.version(), "GDAL", "numpy", numpy.__version__, torch.__version__,
                      "compute device", "cpu (", "CPU threads", "missing packages : none"):
         assert expected in text, expected
     assert not dialog.install_button.isEnabled()

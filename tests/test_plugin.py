@@ -1,8 +1,6 @@
 """The plugin through classFactory on real QGIS: menu, toolbar, provider, and clean unload."""
 from __future__ import annotations
 
-import importlib
-
 from qgis.core import QgsApplication
 from qgis.PyQt.QtWidgets import QToolBar
 
@@ -18,9 +16,9 @@ def test_load_unload_load_leaves_no_duplicates(iface, qtbot):
     for _ in range(2):
         plugin = rslab.classFactory(iface)
         plugin.initGui()
-        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Diagnostics…"]}
+        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Diagnostics…"]}
         assert len(_toolbars(iface)) == 1
-        assert [a.text() for a in _toolbars(iface)[0].actions()] == ["Detect changes…", "Diagnostics…"]
+        assert [a.text() for a in _toolbars(iface)[0].actions()] == ["Detect changes…", "Detect anomalies…", "Diagnostics…"]
         assert registry.providerById("rslab") is plugin.provider
         ids = [a.id() for a in registry.algorithms() if a.provider() is plugin.provider]
         assert "rslab:import_cube" in ids

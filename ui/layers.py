@@ -3,13 +3,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
-from qgis.core import QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.core import (
+    QgsColorRampShader,
+    QgsLayerTreeGroup,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
 
 from ..core.errors import RSLabError
 
 STYLE_DIR = Path(__file__).resolve().parent.parent / "resources" / "styles"
+STRETCH_SAMPLE = 250_000  # pixels QGIS samples for a cumulative cut (its "estimated" accuracy)
 
 
 @dataclass(frozen=True)
@@ -59,3 +67,36 @@ def add_layers(
         if group is not None:
             group.addLayer(layer)
     return layers
+
+
+def fit_score_stretch(layer: QgsRasterLayer) -> Optional[Tuple[float, float]]:
+    """Refit a loaded anomaly_scores.qml colour ramp to this layer's cumulative cut; return (min, max).
+
+    The cut fractions come from the style's min/max settings, so the QML
+    stays the one place that says how scores are stretched. The ramp's
+    entries (colours, transparency) are moved linearly from the style's range
+    onto the layer's. Returns None when the layer has another renderer or no
+    spread of values.
+    """
+    renderer = layer.renderer()
+    if not isinstance(renderer, QgsSingleBandPseudoColorRenderer) or renderer.shader() is None:
+        return None
+    origin = renderer.minMaxOrigin()
+    lo, hi = layer.dataProvider().cumulativeCut(renderer.band(), origin.cumulativeCutLower(),
+                                                origin.cumulativeCutUpper(), layer.extent(), STRETCH_SAMPLE)
+    if not hi > lo:
+        return None
+    shader = renderer.shader().rasterShaderFunction()
+    old_lo, old_hi = shader.minimumValue(), shader.maximumValue()
+    span = (old_hi - old_lo) or 1.0
+    items = []
+    for item in shader.colorRampItemList():
+        value = lo + (item.value - old_lo) / span * (hi - lo)
+        items.append(QgsColorRampShader.ColorRampItem(value, item.color, f"{value:.4g}"))
+    shader.setColorRampItemList(items)
+    shader.setMinimumValue(lo)
+    shader.setMaximumValue(hi)
+    renderer.setClassificationMin(lo)
+    renderer.setClassificationMax(hi)
+    layer.triggerRepaint()
+    return lo, hi

@@ -9,7 +9,7 @@ import os
 import traceback
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import QPoint, QTimer
+from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtGui import QGuiApplication
 from qgis.PyQt.QtWidgets import QToolBar
 from qgis.utils import iface, loadPlugin, plugins, startPlugin, unloadPlugin

@@ -1,0 +1,191 @@
+"""rslab:detect_anomalies: per-pixel anomaly scores of a hyperspectral raster (BSDM + RX, RX, local RX).
+
+Anomaly scores have no fixed range (RX scores of one scene run from ~80 to
+~2000, local RX from ~0.4 to ~4000), so after anomaly_scores.qml is applied
+its colour ramp is refitted to the layer's own cumulative cut
+(`ui.layers.fit_score_stretch`, which the dock uses too).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from ..core.anomaly import METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies
+from ..ui.layers import fit_score_stretch
+from .base import RSLabAlgorithm, StyleFromQml, feedback_callbacks
+
+SCORES_STYLE = "anomaly_scores.qml"
+MASK_STYLE = "anomaly_mask.qml"
+
+# Post-processors must outlive the algorithm run that created them (as in base.py).
+_KEEP_ALIVE: List[StyleFromQml] = []
+
+
+class ScoreStyle(StyleFromQml):
+    """anomaly_scores.qml, then its ramp fitted to the layer (see fit_score_stretch)."""
+
+    def __init__(self) -> None:
+        super().__init__(SCORES_STYLE)
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt API)
+        super().postProcessLayer(layer, context, feedback)
+        if layer is not None and layer.isValid():
+            fit_score_stretch(layer)
+
+
+class DetectAnomaliesAlgorithm(RSLabAlgorithm):
+    INPUT = "INPUT"
+    METHOD = "METHOD"
+    ITERATIONS = "ITERATIONS"
+    SEED = "SEED"
+    INNER_WINDOW = "INNER_WINDOW"
+    OUTER_WINDOW = "OUTER_WINDOW"
+    REFERENCE = "REFERENCE"
+    FALSE_ALARM_RATE = "FALSE_ALARM_RATE"
+    OUTPUT_SCORES = "OUTPUT_SCORES"
+    OUTPUT_MASK = "OUTPUT_MASK"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+
+    def name(self) -> str:
+        return "detect_anomalies"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Detect hyperspectral anomalies (BSDM + RX, RX, local RX)"
+
+    def group(self) -> str:
+        return "Hyperspectral"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "hyperspectral"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Scores every pixel of a hyperspectral image for how anomalous its spectrum is (higher = more "
+            "anomalous). Unsupervised: no labels, nothing to train beforehand. Outputs are on the input's grid; "
+            "nodata pixels stay nodata.\n\n"
+            "INPUT: the hyperspectral raster (two bands or more; e.g. a cube made with 'Import MATLAB "
+            "hyperspectral cube').\n"
+            "METHOD: bsdm_rx (a spectral diffusion denoiser trained on the scene suppresses the background, "
+            "then global RX), rx (global RX: Mahalanobis distance to the scene mean) or lrx (local dual-window "
+            "RX on the 10 leading principal components).\n"
+            "ITERATIONS: BSDM training iterations (bsdm_rx only; default 500).\n"
+            "SEED: random seed of BSDM's noise draw, pixel sample and weights (bsdm_rx only); the same seed "
+            "gives the same scores.\n"
+            "INNER_WINDOW, OUTER_WINDOW: odd window sizes in pixels for lrx: the background of a pixel is the "
+            "outer window minus the inner (guard) window, which should cover a target.\n"
+            "REFERENCE: optional anomaly map on the same grid (non-zero = anomaly): the report then has "
+            "AUC(D,F) (detection vs false alarm, higher is better), AUC(F,tau) (false alarm vs threshold, lower "
+            "is better) and AUC_BS = AUC(D,F) - AUC(F,tau), on min-max normalised scores.\n"
+            "FALSE_ALARM_RATE: optional fraction of pixels (0 to 1, e.g. 0.01) to flag: the scores are "
+            "thresholded so that this share of pixels lies above, and a binary mask is written (to "
+            "OUTPUT_MASK, or to a temporary file when that output is skipped).\n"
+            "OUTPUT_SCORES: float32 anomaly scores (NaN = nodata).\n"
+            "OUTPUT_MASK: uint8 mask, 1 anomaly, 0 background, 255 nodata; needs FALSE_ALARM_RATE.\n"
+            "OUTPUT_REPORT: JSON with the parameters, metrics (with a reference), threshold, score range, "
+            "timings and device."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        integer = QgsProcessingParameterNumber.Integer
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Hyperspectral image"))
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(self.ITERATIONS, "BSDM training iterations (bsdm_rx)",
+                                                       integer, defaultValue=500, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.SEED, "Random seed (bsdm_rx)", integer, defaultValue=0,
+                                                       minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(self.INNER_WINDOW, "Inner (guard) window, pixels (lrx)",
+                                                       integer, defaultValue=3, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.OUTER_WINDOW, "Outer window, pixels (lrx)", integer,
+                                                       defaultValue=11, minValue=3))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference anomaly map (non-zero = "
+                                                                            "anomaly)", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.FALSE_ALARM_RATE, "False-alarm rate for the mask "
+                                                       "(0 to 1)", QgsProcessingParameterNumber.Double,
+                                                       optional=True, minValue=0.0, maxValue=1.0))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_SCORES, "Anomaly scores"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, "Anomaly mask", optional=True,
+                                                                  createByDefault=False))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Report", "JSON files (*.json)",
+                                                                optional=True, createByDefault=True))
+
+    # parameters ---------------------------------------------------------------------------------------
+    def optional_number(self, parameters: Dict[str, Any], name: str, context) -> Optional[float]:
+        """A number parameter that may be absent: None when not given (Processing has no 'unset' double)."""
+        value = parameters.get(name)
+        if value is None or value == "" or (isinstance(value, QVariant) and value.isNull()):
+            return None
+        return self.parameterAsDouble(parameters, name, context)
+
+    def read_params(self, parameters, context) -> AnomalyParams:
+        return AnomalyParams(
+            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
+            iterations=self.parameterAsInt(parameters, self.ITERATIONS, context),
+            seed=self.parameterAsInt(parameters, self.SEED, context),
+            inner_window=self.parameterAsInt(parameters, self.INNER_WINDOW, context),
+            outer_window=self.parameterAsInt(parameters, self.OUTER_WINDOW, context),
+            false_alarm_rate=self.optional_number(parameters, self.FALSE_ALARM_RATE, context),
+        )
+
+    def read_outputs(self, parameters, context, params: AnomalyParams) -> AnomalyOutputs:
+        """Output paths; with a false-alarm rate but the mask output skipped, the mask goes to a temporary file."""
+        mask = self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context) or None
+        if mask is None and params.false_alarm_rate is not None:
+            mask = QgsProcessingUtils.generateTempFilename("anomaly_mask.tif")
+        return AnomalyOutputs(
+            scores=self.parameterAsOutputLayer(parameters, self.OUTPUT_SCORES, context),
+            mask=mask,
+            report=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None,
+        )
+
+    # running ------------------------------------------------------------------------------------------
+    def execute(self, parameters, context, feedback):
+        cube = self.raster_path(parameters, self.INPUT, context)
+        reference = self.raster_path(parameters, self.REFERENCE, context, optional=True)
+        params = self.read_params(parameters, context)
+        outputs = self.read_outputs(parameters, context, params)
+        progress, cancelled = feedback_callbacks(feedback)
+        result = detect_anomalies(cube, outputs, params, reference, progress, cancelled)
+        self.log_result(result, feedback)
+        self.style_scores(context, outputs.scores)
+        out = {self.OUTPUT_SCORES: outputs.scores}
+        if outputs.mask:
+            out[self.OUTPUT_MASK] = outputs.mask
+            self.style_output(context, outputs.mask, MASK_STYLE)
+        if outputs.report:
+            out[self.OUTPUT_REPORT] = outputs.report
+        return out
+
+    @staticmethod
+    def log_result(result: AnomalyResult, feedback) -> None:
+        seconds = sum(result.timings.values())
+        feedback.pushInfo(f"{result.method} on {result.device}: {result.width} x {result.height} pixels, "
+                          f"{result.bands} bands in {seconds:.1f} s; scores {result.score_range[0]:.4g} to "
+                          f"{result.score_range[1]:.4g}")
+        if result.training_loss:
+            feedback.pushInfo(f"BSDM loss {result.training_loss[0]:.4g} -> {result.training_loss[-1]:.4g} "
+                              f"over {len(result.training_loss)} iterations")
+        if result.metrics:
+            feedback.pushInfo("metrics: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                        for k, v in result.metrics.items()}))
+        if result.threshold is not None:
+            feedback.pushInfo(f"threshold at a false-alarm rate of {result.params['false_alarm_rate']:g}: "
+                              f"{result.threshold:.6g}")
+
+    @staticmethod
+    def style_scores(context: QgsProcessingContext, layer_id: str) -> None:
+        """Like style_output, with the ramp refitted to the layer (a QML stores fixed min/max values)."""
+        if context.willLoadLayerOnCompletion(layer_id):
+            post = ScoreStyle()
+            _KEEP_ALIVE.append(post)
+            context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(post)

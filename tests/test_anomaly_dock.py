@@ -1,0 +1,320 @@
+"""The anomaly dock on real QGIS and a real ABU scene: runs, styled groups, metrics, ROC comparison, spectra, cancel."""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsPalettedRasterRenderer,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+)
+from qgis.gui import QgsMapToolPan
+from qgis.PyQt.QtCore import Qt
+from rasterio.transform import from_origin
+
+import rslab
+from rslab.core.import_cube import import_cube
+from rslab.ui.anomaly_dock import AnomalyDock, output_paths, roc_curve
+
+RUN_TIMEOUT_MS = 120_000
+BANDS = 193  # ABU beach-2: 100 x 100 x 193
+
+
+@pytest.fixture(scope="module")
+def beach2(samples, tmp_path_factory):
+    """ABU beach-2 imported to GeoTIFFs in a temporary folder (QGIS writes .aux.xml beside what it opens)."""
+    folder = tmp_path_factory.mktemp("beach2")
+    cube, gt = folder / "beach-2.tif", folder / "beach-2_gt.tif"
+    import_cube(str(samples / "abu-beach-2.mat"), str(cube), str(gt))
+    return cube, gt
+
+
+@pytest.fixture()
+def project(qgis_app):
+    project = QgsProject.instance()
+    project.clear()
+    yield project
+    project.clear()
+
+
+def add_raster(project, path, name: str) -> QgsRasterLayer:
+    layer = QgsRasterLayer(str(path), name)
+    assert layer.isValid(), path
+    project.addMapLayer(layer)
+    return layer
+
+
+@pytest.fixture()
+def scene(project, beach2):
+    cube, gt = beach2
+    return add_raster(project, cube, "beach-2"), add_raster(project, gt, "reference")
+
+
+@pytest.fixture()
+def dock(qtbot, iface):
+    widget = AnomalyDock(iface)
+    qtbot.addWidget(widget)
+    return widget
+
+
+def choose(dock, layer, method="rx", reference=None, rate=None, output=None, iterations=None) -> None:
+    dock.layer_combo.setLayer(layer)
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData(method))
+    dock.reference_combo.setLayer(reference)
+    dock.far_check.setChecked(rate is not None)
+    if rate is not None:
+        dock.far_spin.setValue(rate)
+    if iterations is not None:
+        dock.iterations_spin.setValue(iterations)
+    if output is not None:
+        dock.output_dir.setFilePath(str(output))
+
+
+def click_run(qtbot, dock):
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+    return done.args
+
+
+def group_names(project):
+    return [n.name() for n in project.layerTreeRoot().findGroups()]
+
+
+def map_point(layer: QgsRasterLayer, row: int, col: int) -> QgsPointXY:
+    """The centre of pixel (row, col) in the layer's map coordinates."""
+    extent = layer.extent()
+    return QgsPointXY(extent.xMinimum() + (col + 0.5) * extent.width() / layer.width(),
+                      extent.yMaximum() - (row + 0.5) * extent.height() / layer.height())
+
+
+def legend_texts(dock):
+    """The ROC legend's entries as plain text."""
+    text = re.sub(r"<[^>]+>", "", dock.roc_legend.text()).replace("&nbsp;", " ").replace("&#9644;", "")
+    return [entry.strip() for entry in text.split("    ") if entry.strip()]
+
+
+def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene, project, beach2, tmp_path):
+    cube, reference = scene
+    choose(dock, cube, "rx", reference, rate=0.01, output=tmp_path)
+    rx, error = click_run(qtbot, dock)
+    assert error == "" and rx is dock.result and rx.method == "rx"
+
+    assert group_names(project) == ["Anomalies: beach-2 (RX)"]
+    root = project.layerTreeRoot()
+    assert [n.name() for n in root.children()] == ["reference", "Anomalies: beach-2 (RX)", "beach-2"]
+    mask, scores = [node.layer() for node in dock.group.findLayers()]
+    assert scores.source() == rx.outputs.scores and os.path.dirname(scores.source()) == str(tmp_path)
+    assert mask.name() == "RX mask (false-alarm rate 0.01)"
+    assert isinstance(mask.renderer(), QgsPalettedRasterRenderer)
+    assert {c.value: c.color.alpha() for c in mask.renderer().classes()} == {0: 0, 1: 255, 255: 0}
+    renderer = scores.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+    with rasterio.open(rx.outputs.scores) as ds:
+        values = ds.read(1)
+    low, high = np.percentile(values, [2, 99])  # the style's cumulative cut, fitted to these scores
+    assert renderer.classificationMin() == pytest.approx(low, rel=0.05)
+    assert renderer.classificationMax() == pytest.approx(high, rel=0.05)
+
+    text = dock.metrics_label.text()
+    assert f"AUC(D,F)&nbsp;<b>{rx.metrics['auc_df']:.4f}</b>" in text and rx.metrics["auc_df"] > 0.9
+    assert f"AUC(F,τ)&nbsp;<b>{rx.metrics['auc_ftau']:.4f}</b>" in text
+    assert f"AUC_BS&nbsp;<b>{rx.metrics['auc_bs']:.4f}</b>" in text
+    assert "false-alarm rate 0.01" in text and str(tmp_path) in dock.status_label.text()
+    assert list(dock.visible_roc_curves()) == ["rx"]
+    assert dock.progress_bar.value() == 100 and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+    choose(dock, cube, "lrx", reference)
+    lrx, error = click_run(qtbot, dock)
+    assert error == "" and lrx.method == "lrx" and lrx.outputs.mask is None
+    assert group_names(project) == ["Anomalies: beach-2 (Local RX)", "Anomalies: beach-2 (RX)"]
+    assert [node.layer().name() for node in dock.group.findLayers()] == ["Local RX scores"]
+    curves = dock.visible_roc_curves()
+    assert set(curves) == {"rx", "lrx"}
+    assert legend_texts(dock) == [f"RX AUC {rx.metrics['auc_df']:.4f}", f"Local RX AUC {lrx.metrics['auc_df']:.4f}"]
+    for method, result in (("rx", rx), ("lrx", lrx)):
+        roc = dock.roc_runs[cube.id()][method]
+        assert roc.auc == pytest.approx(result.metrics["auc_df"], abs=1e-9)  # the ROC the metrics came from
+        assert len(roc.false_alarm) > 50 and roc.false_alarm.min() > 0 and roc.false_alarm[-1] == pytest.approx(1.0)
+        assert np.all(np.diff(roc.detection) >= 0) and roc.detection[-1] == pytest.approx(1.0)
+        x, y = curves[method].getData()  # the plot's x axis is logarithmic
+        assert np.allclose(x, np.log10(roc.false_alarm)) and np.array_equal(y, roc.detection)
+
+    dock.layer_combo.setLayer(reference)  # another image: its own (empty) comparison
+    assert dock.visible_roc_curves() == {} and legend_texts(dock) == []
+    dock.layer_combo.setLayer(cube)
+    assert set(dock.visible_roc_curves()) == {"rx", "lrx"}
+
+    with rasterio.open(beach2[1]) as ds:
+        rows, cols = np.nonzero(ds.read(1))
+    row, col = int(rows[0]), int(cols[0])
+    spectrum = dock.show_spectrum_at(map_point(cube, row, col))
+    with rasterio.open(beach2[0]) as ds:
+        data = ds.read().astype(np.float64)
+    assert np.array_equal(spectrum, data[:, row, col])
+    pixel_x, pixel_y = dock.pixel_curve.getData()
+    mean_x, mean_y = dock.mean_curve.getData()
+    assert len(pixel_x) == len(mean_x) == BANDS and np.array_equal(pixel_y, data[:, row, col])
+    assert np.allclose(mean_y, data.reshape(BANDS, -1).mean(axis=1))
+    with rasterio.open(dock.result.outputs.scores) as ds:
+        score = ds.read(1)[row, col]
+    assert f"pixel (row {row}, col {col}) of beach-2 · score {score:.4g}" in dock.spectrum_legend.text()
+
+
+def test_bsdm_reports_progress_and_only_its_widgets_are_enabled(qtbot, dock, scene, project, tmp_path):
+    cube, _ = scene
+    choose(dock, cube, "bsdm_rx", iterations=20, output=tmp_path)
+    assert dock.iterations_spin.isEnabled() and dock.seed_spin.isEnabled()
+    assert not dock.inner_spin.isEnabled() and not dock.outer_spin.isEnabled()
+    progress, messages = [], []
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+        dock.task.progressChanged.connect(progress.append)
+        dock.task.message.connect(messages.append)
+    result, error = done.args
+    assert error == "" and result.method == "bsdm_rx" and len(result.training_loss) == 20
+    assert "BSDM iteration 11 of 20" in messages
+    assert progress == sorted(progress) and 0 < progress[0] < 50 and progress[-1] == pytest.approx(100)
+    assert "Accuracy not computed" in dock.metrics_label.text() and dock.visible_roc_curves() == {}
+    assert group_names(project) == ["Anomalies: beach-2 (BSDM + RX)"]
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData("lrx"))
+    assert dock.inner_spin.isEnabled() and not dock.iterations_spin.isEnabled()
+    dock.far_check.setChecked(False)
+    assert not dock.far_spin.isEnabled()
+
+
+def test_single_band_layer_gives_a_clear_message_and_no_layers(qtbot, dock, scene, project, iface, tmp_path):
+    _, reference = scene
+    out = tmp_path / "out"
+    choose(dock, reference, "rx", output=out)
+    result, error = click_run(qtbot, dock)
+    assert result is None and error == "beach-2_gt.tif has 1 band; anomaly detection needs a multiband image"
+    assert dock.status_label.text() == "Failed: " + error
+    assert any("1 band" in item.text() for item in iface.messageBar().items())
+    assert group_names(project) == [] and len(project.mapLayers()) == 2
+    assert not out.exists() or os.listdir(out) == []
+    assert dock.run_button.isEnabled()
+
+
+def test_missing_layer_and_reference_equal_to_the_image_are_refused_before_any_task(qtbot, dock, scene, project):
+    cube, _ = scene
+    dock.layer_combo.setLayer(None)
+    _, error = click_run(qtbot, dock)
+    assert error == "choose the hyperspectral layer" and dock.task is None
+    choose(dock, cube, "rx", reference=cube)
+    _, error = click_run(qtbot, dock)
+    assert "the reference is the image itself" in error and dock.task is None and group_names(project) == []
+
+
+def test_window_settings_are_checked_only_for_local_rx(qtbot, dock, scene, project):
+    cube, _ = scene
+    choose(dock, cube, "lrx")
+    dock.inner_spin.setValue(4)  # typed: the spin box steps by 2 from 3
+    _, error = click_run(qtbot, dock)
+    assert error == "inner_window must be an odd number of pixels, got 4" and dock.task is None
+    assert dock.status_label.text() == "Failed: " + error
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData("rx"))
+    assert dock.params().inner_window == 3 and dock.params().method == "rx"  # the disabled setting is not used
+
+
+def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, scene, project, tmp_path):
+    cube, _ = scene
+    out = tmp_path / "out"
+    choose(dock, cube, "bsdm_rx", iterations=5000, output=out)  # long enough to cancel in the middle
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+        assert dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
+        qtbot.waitUntil(lambda: "BSDM iteration" in dock.status_label.text(), timeout=RUN_TIMEOUT_MS)
+        qtbot.mouseClick(dock.cancel_button, Qt.LeftButton)
+    result, error = done.args
+    assert result is None and error.startswith("cancelled")
+    assert dock.status_label.text().startswith("Cancelled")
+    assert not out.exists() or os.listdir(out) == []
+    assert group_names(project) == [] and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+def test_pick_tool_and_a_canvas_in_another_crs(qtbot, dock, iface, project, beach2, tmp_path):
+    """A georeferenced cube (UTM 33N) picked on a WGS 84 canvas: the point is transformed, the mean computed lazily."""
+    with rasterio.open(beach2[0]) as src:
+        data, profile = src.read(), src.profile
+    path = tmp_path / "utm.tif"
+    utm = dict(profile, crs="EPSG:32633", transform=from_origin(500000, 4650000, 2, 2))
+    with rasterio.open(path, "w", **utm) as dst:
+        dst.write(data)
+    cube = add_raster(project, path, "utm cube")
+    dock.layer_combo.setLayer(cube)
+    canvas = iface.mapCanvas()
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    canvas.setDestinationCrs(wgs84)
+    to_canvas = QgsCoordinateTransform(cube.crs(), wgs84, project)
+    row, col = 40, 60
+
+    qtbot.mouseClick(dock.pick_button, Qt.LeftButton)
+    assert dock.pick_button.isChecked() and canvas.mapTool() is dock.map_tool
+    with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
+        dock.map_tool.canvasClicked.emit(to_canvas.transform(map_point(cube, row, col)), Qt.LeftButton)
+    pixel_x, pixel_y = dock.pixel_curve.getData()
+    assert np.array_equal(pixel_y, data[:, row, col].astype(np.float64)) and len(pixel_x) == BANDS
+    assert np.allclose(dock.mean_curve.getData()[1], data.reshape(BANDS, -1).mean(axis=1))
+
+    assert dock.show_spectrum_at(to_canvas.transform(QgsPointXY(400000, 4650000))) is None
+    assert "outside utm cube" in dock.status_label.text()
+    canvas.setMapTool(QgsMapToolPan(canvas))  # another tool: the toggle pops up
+    assert not dock.pick_button.isChecked()
+
+
+def test_the_plugin_opens_the_dock_and_unloading_stops_its_run_and_pick_tool(qtbot, iface, scene, project, tmp_path):
+    plugin = rslab.classFactory(iface)
+    plugin.initGui()
+    try:
+        next(a for a in plugin.actions if a.text() == "Detect anomalies…").trigger()
+        dock = plugin.docks["anomaly"].widget()
+        assert isinstance(dock, AnomalyDock) and dock.iface is iface
+        qtbot.mouseClick(dock.pick_button, Qt.LeftButton)
+        assert iface.mapCanvas().mapTool() is dock.map_tool
+        choose(dock, scene[0], "bsdm_rx", iterations=5000, output=tmp_path / "out")
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+        task = dock.task
+        with qtbot.waitSignal(task.jobFinished, timeout=RUN_TIMEOUT_MS) as done:
+            qtbot.waitUntil(lambda: "BSDM iteration" in dock.status_label.text(), timeout=RUN_TIMEOUT_MS)
+            plugin.unload()  # deletes the dock: its run is cancelled, its map tool taken off the canvas
+            plugin = None
+    finally:
+        if plugin is not None:
+            plugin.unload()
+    assert done.args[0] is None and done.args[1].startswith("cancelled")
+    qtbot.wait(10)
+    assert iface.mapCanvas().mapTool() is None
+    assert group_names(project) == []
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+
+
+def test_roc_curve_of_perfect_and_reversed_scores(tmp_path):
+    truth = np.zeros((60, 50), np.uint8)
+    truth[10:14, 20:25] = 1
+    profile = dict(driver="GTiff", width=50, height=60, count=1)
+    paths = {}
+    for name, data in (("truth", truth), ("good", truth * 5.0 + 1), ("bad", 6 - truth * 5.0)):
+        paths[name] = str(tmp_path / f"{name}.tif")
+        with rasterio.open(paths[name], "w", dtype=data.dtype, **profile) as ds:
+            ds.write(data, 1)
+    good = roc_curve(paths["good"], paths["truth"], 1.0, 6.0)
+    assert good.auc == 1.0 and good.anomaly_pixels == 20 and good.background_pixels == 2980
+    assert np.all(good.detection == 1.0) and good.false_alarm[0] == pytest.approx(1 / 2980)
+    bad = roc_curve(paths["bad"], paths["truth"], 1.0, 6.0)
+    assert bad.auc == 0.0 and np.all(bad.detection[:-1] == 0.0) and bad.detection[-1] == 1.0
+
+
+def test_output_names_never_overwrite(tmp_path):
+    first = output_paths(str(tmp_path), "beach 2/cube", "rx", with_mask=True)
+    assert os.path.basename(first.scores) == "beach_2_cube_rx_scores.tif" and first.mask.endswith("_rx_mask.tif")
+    open(first.report, "w").close()
+    second = output_paths(str(tmp_path), "beach 2/cube", "rx", with_mask=False)
+    assert os.path.basename(second.scores) == "beach_2_cube_rx_2_scores.tif" and second.mask is None

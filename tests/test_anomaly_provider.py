@@ -1,0 +1,171 @@
+"""rslab:detect_anomalies through processing.run, runAndLoadResults and qgis_process, on a real ABU scene."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import (
+    QgsPalettedRasterRenderer,
+    QgsProcessingException,
+    QgsProject,
+    QgsSingleBandPseudoColorRenderer,
+)
+
+import processing
+from rslab.core.import_cube import import_cube
+
+SCENE = "abu-urban-1"  # 100 x 100 x 204, 67 anomaly pixels
+REPORT_KEYS = {"outputs", "method", "params", "metrics", "threshold", "score_range", "width", "height", "bands",
+               "timings", "device"}
+
+
+@pytest.fixture(scope="module")
+def scene(shared_data, tmp_path_factory):
+    """The ABU urban-1 cube and its ground truth as GeoTIFFs (imported once for the module)."""
+    folder = tmp_path_factory.mktemp("abu")
+    cube, gt = folder / "cube.tif", folder / "gt.tif"
+    import_cube(str(shared_data / "anomaly" / "abu" / f"{SCENE}.mat"), str(cube), str(gt))
+    return str(cube), str(gt)
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.profile
+
+
+def test_rx_with_reference_and_false_alarm_rate(tmp_path, scene, provider):
+    cube, gt = scene
+    out = {"OUTPUT_SCORES": str(tmp_path / "scores.tif"), "OUTPUT_MASK": str(tmp_path / "mask.tif"),
+           "OUTPUT_REPORT": str(tmp_path / "report.json")}
+    result = processing.run("rslab:detect_anomalies", {"INPUT": cube, "METHOD": 1, "REFERENCE": gt,
+                                                       "FALSE_ALARM_RATE": 0.01, **out})
+    assert result == out
+
+    scores, profile = read(out["OUTPUT_SCORES"])
+    assert profile["dtype"] == "float32" and scores.shape == (100, 100) and np.isfinite(scores).all()
+    mask, mask_profile = read(out["OUTPUT_MASK"])
+    assert mask_profile["dtype"] == "uint8" and mask_profile["nodata"] == 255
+    assert set(np.unique(mask)) == {0, 1} and abs(mask.mean() - 0.01) < 0.005
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["method"] == "rx" and report["params"]["false_alarm_rate"] == 0.01
+    assert np.array_equal(mask == 1, scores > report["threshold"])
+    metrics = report["metrics"]
+    assert {"auc_df", "auc_ftau", "auc_bs", "anomaly_pixels"} <= set(metrics)
+    assert metrics["auc_df"] > 0.95 and metrics["anomaly_pixels"] == 67  # RX finds urban-1's targets
+    assert metrics["auc_bs"] == pytest.approx(metrics["auc_df"] - metrics["auc_ftau"])
+    assert report["score_range"] == pytest.approx([float(scores.min()), float(scores.max())], rel=1e-6)
+    assert report["timings"]["detect"] > 0
+
+
+def test_bsdm_rx_with_few_iterations_and_no_mask(tmp_path, scene, provider):
+    cube, gt = scene
+    result = processing.run("rslab:detect_anomalies", {
+        "INPUT": cube, "METHOD": 0, "ITERATIONS": 10, "SEED": 2, "REFERENCE": gt,
+        "OUTPUT_SCORES": str(tmp_path / "scores.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")})
+    assert set(result) == {"OUTPUT_SCORES", "OUTPUT_REPORT"}  # no rate, no mask
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["method"] == "bsdm_rx" and report["params"]["seed"] == 2 and report["params"]["iterations"] == 10
+    assert report["training_loss"]["iterations"] == 10
+    assert {"bsdm_train", "bsdm_suppress", "detect", "evaluate"} <= set(report["timings"])
+    assert report["threshold"] is None and 0.5 < report["metrics"]["auc_df"] <= 1.0
+    assert np.isfinite(read(result["OUTPUT_SCORES"])[0]).all()
+
+
+def test_local_rx_windows_and_a_rate_without_a_mask_destination(tmp_path, scene, provider):
+    cube, _ = scene
+    result = processing.run("rslab:detect_anomalies", {
+        "INPUT": cube, "METHOD": 2, "INNER_WINDOW": 3, "OUTER_WINDOW": 7, "FALSE_ALARM_RATE": 0.05,
+        "OUTPUT_SCORES": str(tmp_path / "scores.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")})
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["method"] == "lrx" and (report["params"]["inner_window"], report["params"]["outer_window"]) == (3, 7)
+    assert report["metrics"] == {}  # no reference
+    mask = result["OUTPUT_MASK"]  # the rate alone asks for a mask: written to a temporary file
+    assert os.path.isfile(mask) and not mask.startswith(str(tmp_path))
+    assert abs(read(mask)[0].mean() - 0.05) < 0.01
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"OUTER_WINDOW": 8, "METHOD": 2}, "outer_window must be an odd number"),
+    ({"OUTPUT_MASK": "mask.tif"}, "a mask output needs a false-alarm rate"),
+    ({"FALSE_ALARM_RATE": 1.0}, "false-alarm rate must be between 0 and 1"),
+])
+def test_bad_parameters_are_refused_with_no_outputs(tmp_path, scene, provider, extra, message):
+    cube, _ = scene
+    params = {"INPUT": cube, "METHOD": 1, "OUTPUT_SCORES": str(tmp_path / "scores.tif"),
+              "OUTPUT_REPORT": str(tmp_path / "report.json"), **extra}
+    if "OUTPUT_MASK" in params:
+        params["OUTPUT_MASK"] = str(tmp_path / params["OUTPUT_MASK"])
+    with pytest.raises(QgsProcessingException, match=message):
+        processing.run("rslab:detect_anomalies", params)
+    assert os.listdir(tmp_path) == []
+
+
+def test_single_band_raster_is_refused(tmp_path, scene, provider):
+    _, gt = scene
+    with pytest.raises(QgsProcessingException, match="gt.tif has 1 band; anomaly detection needs a multiband image"):
+        processing.run("rslab:detect_anomalies", {"INPUT": gt, "METHOD": 1,
+                                                  "OUTPUT_SCORES": str(tmp_path / "scores.tif"),
+                                                  "OUTPUT_REPORT": str(tmp_path / "report.json")})
+    assert os.listdir(tmp_path) == []
+
+
+def test_loaded_outputs_are_styled_and_the_ramp_fits_the_scores(tmp_path, scene, provider, qgis_app):
+    """runAndLoadResults, as the Processing dialog does: the scores ramp spans this layer's 2-99 % cut, not 0..1."""
+    cube, gt = scene
+    project = QgsProject.instance()
+    project.clear()
+    try:
+        result = processing.runAndLoadResults("rslab:detect_anomalies", {
+            "INPUT": cube, "METHOD": 1, "FALSE_ALARM_RATE": 0.01, "OUTPUT_SCORES": str(tmp_path / "scores.tif"),
+            "OUTPUT_MASK": str(tmp_path / "mask.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")})
+        loaded = {layer.source(): layer for layer in project.mapLayers().values()}
+        scores, mask = loaded[result["OUTPUT_SCORES"]], loaded[result["OUTPUT_MASK"]]
+        renderer = scores.renderer()
+        assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+        values, _ = read(str(tmp_path / "scores.tif"))
+        low, high = np.percentile(values, [2, 99])
+        assert renderer.classificationMin() == pytest.approx(low, rel=0.05)
+        assert renderer.classificationMax() == pytest.approx(high, rel=0.05)
+        items = renderer.shader().rasterShaderFunction().colorRampItemList()
+        assert items[0].value == pytest.approx(renderer.classificationMin())
+        assert items[-1].value == pytest.approx(renderer.classificationMax())
+        assert isinstance(mask.renderer(), QgsPalettedRasterRenderer)
+        assert {c.value: c.color.alpha() for c in mask.renderer().classes()} == {0: 0, 1: 255, 255: 0}
+    finally:
+        project.clear()
+
+
+def test_detect_anomalies_from_the_command_line(tmp_path, samples):
+    """`qgis_process.bin run rslab:detect_anomalies -- INPUT=...` with the plugin in a fresh profile."""
+    config = tmp_path / "config"
+    plugins = config / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "rslab").symlink_to(samples.parent.parent)
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(config), QT_QPA_PLATFORM="offscreen")
+    env.pop("PYTHONPATH", None)
+    run = lambda *a: subprocess.run(["/usr/bin/qgis_process.bin", *a], capture_output=True, text=True, env=env,
+                                    timeout=300)
+    assert run("plugins", "enable", "rslab").returncode == 0
+    cube, gt = str(tmp_path / "beach2.tif"), str(tmp_path / "beach2_gt.tif")
+    imported = run("--json", "run", "rslab:import_cube", "--", f"INPUT={samples / 'abu-beach-2.mat'}",
+                   f"OUTPUT_CUBE={cube}", f"OUTPUT_GT={gt}")
+    assert imported.returncode == 0, imported.stdout[-2000:] + imported.stderr[-2000:]
+    done = run("--json", "run", "rslab:detect_anomalies", "--", f"INPUT={cube}", "METHOD=1", f"REFERENCE={gt}",
+               "FALSE_ALARM_RATE=0.02", f"OUTPUT_SCORES={tmp_path / 's.tif'}", f"OUTPUT_MASK={tmp_path / 'm.tif'}",
+               f"OUTPUT_REPORT={tmp_path / 'r.json'}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(done.stdout)["results"]
+    assert results["OUTPUT_SCORES"] == str(tmp_path / "s.tif") and results["OUTPUT_MASK"] == str(tmp_path / "m.tif")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metrics"]["auc_df"] > 0.9 and report["params"]["false_alarm_rate"] == 0.02
+    without_rate = run("--json", "run", "rslab:detect_anomalies", "--", f"INPUT={cube}", "METHOD=1",
+                       f"OUTPUT_SCORES={tmp_path / 's2.tif'}", f"OUTPUT_REPORT={tmp_path / 'r2.json'}")
+    assert without_rate.returncode == 0, without_rate.stdout[-2000:] + without_rate.stderr[-2000:]
+    assert "OUTPUT_MASK" not in json.loads(without_rate.stdout)["results"]
+    assert json.loads((tmp_path / "r2.json").read_text())["threshold"] is None

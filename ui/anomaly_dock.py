@@ -1,0 +1,787 @@
+"""The hyperspectral anomaly dock: run BSDM + RX, RX or local RX on a raster layer, compare methods, look at spectra.
+
+    widgets -> AnomalyRequest (paths + AnomalyParams)             [GUI thread]
+    -> detect_anomalies, ROC points, scene mean spectrum           [QgsTask worker, files only]
+    -> one layer group above the input, metrics, ROC, spectrum     [GUI thread]
+
+The ROC points are computed in the worker from per-class histograms of the
+normalised scores, read by windows, so a big raster costs two small arrays.
+ROC curves are kept per input layer and method (the latest run of each), so
+runs of different methods on one layer can be compared in one plot.
+
+The spectrum plot shows a picked pixel's spectrum (one pixel window read from
+the layer's file) beside the scene's mean spectrum (computed once per file by
+windows, in the worker).
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import pyqtgraph as pg
+from qgis.core import (
+    Qgis,
+    QgsCoordinateTransform,
+    QgsCsException,
+    QgsLayerTreeGroup,
+    QgsMapLayer,
+    QgsMapLayerProxyModel,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+)
+from qgis.gui import QgsFileWidget, QgsMapCanvas, QgsMapLayerComboBox, QgsMapToolEmitPoint
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from rasterio.windows import Window
+
+from ..core.anomaly import SCORE_BINS, AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, scene_statistics
+from ..core.errors import RSLabError
+from ..core.job import JobMonitor
+from ..core.metrics import HistogramAUC
+from ..core.raster_io import gdal_env, open_raster, raster_info, read_window
+from ..core.tiling import TileSpec, tile_grid
+from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
+from .layers import fit_score_stretch
+from . import task as tasks
+from .layers import LayerSpec, make_layer
+
+METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}
+METHOD_TIPS = {
+    "bsdm_rx": "A spectral diffusion denoiser trained on the scene removes the background, then global RX",
+    "rx": "Global RX: Mahalanobis distance of each pixel to the scene mean",
+    "lrx": "Local RX: each pixel against the ring between an outer and an inner (guard) window",
+}
+METHOD_PENS = {"bsdm_rx": (214, 39, 40), "rx": (31, 119, 180), "lrx": (44, 160, 44)}
+PIXEL_PEN = (0, 150, 200)  # the anomaly mask's colour family (resources/styles/anomaly_mask.qml is #00e5ff)
+MEAN_PEN = (110, 110, 110)
+WINDOW = 512  # pixels per side of the windows the worker reads
+INPUT_PROPERTY = "rslab/anomaly_input"  # on result groups: the input layer's id
+ROC_POINTS = 600  # points kept per ROC curve (enough for a smooth line, few for pyqtgraph)
+
+
+# --- the part that runs in the worker: files in, numbers out (no Qt) ---------------------------------
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    """Detection rate against false-alarm rate, thinned to at most ROC_POINTS points with false alarms > 0."""
+
+    false_alarm: np.ndarray
+    detection: np.ndarray
+    auc: float
+    anomaly_pixels: int
+    background_pixels: int
+
+
+def roc_curve(scores: str, reference: str, lo: float, hi: float, bins: int = SCORE_BINS) -> RocCurve:
+    """ROC of min-max normalised scores against a reference (non-zero = anomaly), by windows.
+
+    Both rasters are read window by window into one histogram per class
+    (the binning of core.anomaly.anomaly_metrics, so the AUC is the same);
+    sweeping the threshold down the bins gives every ROC point.
+    """
+    counts = HistogramAUC(bins=bins)
+    info = raster_info(scores)
+    with gdal_env(), open_raster(scores) as s, open_raster(reference) as r:
+        for tile in tile_grid(info.height, info.width, TileSpec(WINDOW, 0)):
+            value, valid = read_window(s, tile.read)
+            truth, ref_valid = read_window(r, tile.read)
+            ok = valid & ref_valid
+            counts.update((value[0][ok].astype(np.float64) - lo) / max(hi - lo, 1e-300), truth[0][ok] != 0)
+    n_pos, n_neg = int(counts.positives.sum()), int(counts.negatives.sum())
+    if not n_pos or not n_neg:
+        raise RSLabError("the reference must mark both anomaly (non-zero) and background (0) pixels for a ROC curve")
+    # the threshold sweeping down from above the top bin (nothing detected, no false alarm) to the bottom bin
+    detection = np.concatenate([[0.0], np.cumsum(counts.positives[::-1]) / n_pos])
+    false_alarm = np.concatenate([[0.0], np.cumsum(counts.negatives[::-1]) / n_neg])
+    pf, pd = _thin(false_alarm, detection, 1.0 / n_neg)
+    return RocCurve(pf, pd, counts.auc(), n_pos, n_neg)
+
+
+def _thin(false_alarm: np.ndarray, detection: np.ndarray, smallest: float) -> Tuple[np.ndarray, np.ndarray]:
+    """The best detection rate reached at ROC_POINTS log-spaced false-alarm rates (a log axis cannot show 0)."""
+    targets = np.geomspace(smallest, 1.0, ROC_POINTS)
+    last = np.searchsorted(false_alarm, targets, side="right") - 1  # the last threshold with PF <= target
+    return targets, detection[last]
+
+
+@dataclass
+class AnomalyRun:
+    """What the worker hands back: the core result, the ROC (with a reference), the mean spectrum and wall time."""
+
+    result: AnomalyResult
+    roc: Optional[RocCurve]
+    mean_spectrum: Optional[np.ndarray]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AnomalyRequest:
+    """Everything the worker needs, read from the widgets on the GUI thread."""
+
+    cube: str
+    reference: Optional[str]
+    outputs: AnomalyOutputs
+    params: AnomalyParams
+    layer_id: str
+    layer_name: str
+    output_dir: str
+    created_dir: bool  # a temporary folder made for this run (removed again if the run leaves it empty)
+    need_mean: bool  # the scene mean spectrum of `cube` is not cached yet
+
+    def job(self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> AnomalyRun:
+        """The core job, then the ROC points and the mean spectrum (worker thread: files only)."""
+        start = time.perf_counter()
+        after = 0.9 if self.need_mean else 1.0
+        result = detect_anomalies(self.cube, self.outputs, self.params, self.reference,
+                                  lambda fraction, text: progress(after * fraction, text), cancelled)
+        roc = roc_curve(self.outputs.scores, self.reference, *result.score_range) if self.reference else None
+        mean = None
+        if self.need_mean:
+            mean = scene_statistics(self.cube, JobMonitor(progress, cancelled, after, 1.0))[0]
+        return AnomalyRun(result, roc, mean, time.perf_counter() - start)
+
+
+def mean_spectrum_job(cube: str) -> Callable[[Callable[[float, str], None], Callable[[], bool]], np.ndarray]:
+    """A JobTask job computing the scene mean spectrum of `cube` by windows."""
+    return lambda progress, cancelled: scene_statistics(cube, JobMonitor(progress, cancelled))[0]
+
+
+def read_pixel(path: str, row: int, col: int) -> Optional[np.ndarray]:
+    """The spectrum (data bands) of one pixel, or None where the pixel is nodata."""
+    with gdal_env(), open_raster(path) as ds:
+        data, valid = read_window(ds, Window(col, row, 1, 1))
+    return data[:, 0, 0].astype(np.float64) if valid[0, 0] else None
+
+
+def safe_name(text: str) -> str:
+    """A layer name made safe to use in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "layer"
+
+
+def output_paths(folder: str, layer_name: str, method: str, with_mask: bool) -> AnomalyOutputs:
+    """Output file names in `folder` that do not overwrite an earlier run's files."""
+    stem = f"{safe_name(layer_name)}_{method}"
+    candidate, n = stem, 1
+    while any(os.path.exists(os.path.join(folder, f"{candidate}_{kind}"))
+              for kind in ("scores.tif", "mask.tif", "report.json")):
+        n += 1
+        candidate = f"{stem}_{n}"
+    base = os.path.join(folder, candidate)
+    return AnomalyOutputs(scores=f"{base}_scores.tif", mask=f"{base}_mask.tif" if with_mask else None,
+                          report=f"{base}_report.json")
+
+
+def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
+    """The file behind a raster layer, or RSLabError saying why it cannot be used."""
+    if layer is None:
+        raise RSLabError(f"choose the {role} layer")
+    if layer.type() != QgsMapLayer.RasterLayer:
+        raise RSLabError(f"the {role} layer '{layer.name()}' is not a raster layer")
+    path = layer.source().split("|")[0]
+    if layer.providerType() != "gdal" or not os.path.isfile(path):
+        raise RSLabError(
+            f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
+            "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
+        )
+    return path
+
+
+def pixel_at(layer: QgsRasterLayer, point: QgsPointXY) -> Optional[Tuple[int, int]]:
+    """(row, col) of the layer pixel under `point` (in the layer's CRS), or None outside the layer.
+
+    Uses the extent and size QGIS shows the layer with, so images without
+    georeferencing (which QGIS places at y = -row) work like georeferenced ones.
+    """
+    extent = layer.extent()
+    if not extent.contains(point) or layer.width() < 1 or layer.height() < 1:
+        return None
+    col = int((point.x() - extent.xMinimum()) / extent.width() * layer.width())
+    row = int((extent.yMaximum() - point.y()) / extent.height() * layer.height())
+    return min(row, layer.height() - 1), min(col, layer.width() - 1)
+
+
+def decade_label(exponent: int) -> str:
+    """'1' or '10⁻³': tick labels for a logarithmic axis (pyqtgraph's own skip decades on a narrow plot)."""
+    if exponent == 0:
+        return "1"
+    digits = str(abs(exponent)).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return "10" + ("⁻" if exponent < 0 else "") + digits
+
+
+def legend_mark(colour: Tuple[int, int, int]) -> str:
+    """A coloured bar for a legend written in a QLabel."""
+    return "<span style='color:#%02x%02x%02x'>&#9644;</span>" % colour
+
+
+def cancel_if_alive(task: tasks.JobTask) -> None:
+    """Cancel `task` unless QGIS has already deleted it (it finished); for `destroyed` signals."""
+    if not sip.isdeleted(task):
+        task.cancel()
+
+
+def release_map_tool(canvas: QgsMapCanvas, tool: QgsMapToolEmitPoint) -> None:
+    """Take the dock's pick tool off the canvas and delete it (the dock is gone); for `destroyed` signals."""
+    if sip.isdeleted(canvas) or sip.isdeleted(tool):
+        return
+    if canvas.mapTool() is tool:
+        canvas.unsetMapTool(tool)
+    tool.deleteLater()
+
+
+# --- the widget ---------------------------------------------------------------------------------------
+
+
+class AnomalyDock(QWidget):
+    """Dock body for hyperspectral anomaly detection (the plugin wraps it in a QDockWidget)."""
+
+    runFinished = pyqtSignal(object, str)  # AnomalyResult (None on failure), error text ("" on success)
+    meanReady = pyqtSignal(str)  # the file whose mean spectrum was just computed (lazy path)
+
+    def __init__(self, iface=None, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.iface = iface
+        self.task: Optional[tasks.JobTask] = None
+        self.result: Optional[AnomalyResult] = None
+        self.group: Optional[QgsLayerTreeGroup] = None
+        self.roc_runs: Dict[str, Dict[str, RocCurve]] = {}  # input layer id -> method -> latest ROC
+        self._roc_reference: Dict[str, Optional[str]] = {}  # input layer id -> the reference its ROCs used
+        self._scores: Dict[str, str] = {}  # input layer id -> latest score raster (for the picked pixel's score)
+        self.mean_spectra: Dict[str, np.ndarray] = {}  # file -> scene mean spectrum
+        self._mean_tasks: Dict[str, tasks.JobTask] = {}
+        self._request: Optional[AnomalyRequest] = None
+        self._cancel_on_destroy: Optional[Callable[[], None]] = None
+        self.map_tool: Optional[QgsMapToolEmitPoint] = None
+        self._build()
+        self._connect()
+        self._update_method_widgets()
+        self._set_running(False)
+
+    # construction -----------------------------------------------------------------------------------
+    def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
+        combo = QgsMapLayerComboBox(self)
+        combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        combo.setAllowEmptyLayer(allow_empty)
+        if allow_empty:
+            combo.setLayer(None)
+        return combo
+
+    @staticmethod
+    def _spin(low: int, high: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:
+        spin = QSpinBox()
+        spin.setRange(low, high)
+        spin.setSingleStep(step)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
+
+    def _build(self) -> None:
+        self._build_inputs()
+        self._build_run_widgets()
+        self.roc_plot = self._make_roc_plot()
+        self.spectrum_plot = self._make_spectrum_plot()
+        self._layout()
+
+    def _build_inputs(self) -> None:
+        self.layer_combo = self._raster_combo()
+        self.layer_combo.setToolTip("The hyperspectral image (a raster layer with many bands, stored in a file)")
+        self.method_combo = QComboBox(self)
+        for index, (method, label) in enumerate(METHOD_LABELS.items()):
+            self.method_combo.addItem(label, method)
+            self.method_combo.setItemData(index, METHOD_TIPS[method], Qt.ToolTipRole)
+        self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.iterations_spin = self._spin(1, 100_000, 500, 50, "BSDM training iterations (the paper uses 500)")
+        self.seed_spin = self._spin(0, 99_999, 0, 1, "Random seed: the same seed gives the same scores")
+        self.inner_spin = self._spin(1, 99, 3, 2, "Inner (guard) window in pixels, odd; it should cover a target")
+        self.outer_spin = self._spin(3, 199, 11, 2, "Outer window in pixels, odd, larger than the inner one")
+        self.reference_combo = self._raster_combo(allow_empty=True)
+        self.reference_combo.setToolTip("Optional anomaly reference on the same grid (non-zero = anomaly): "
+                                        "gives AUC(D,F), AUC(F,τ), AUC_BS and the ROC curve")
+        self.far_check = QCheckBox("false-alarm rate", self)
+        self.far_check.setToolTip("Also write a mask of the pixels above the score that this share of pixels exceeds")
+        self.far_spin = QDoubleSpinBox(self)
+        self.far_spin.setRange(0.0001, 0.5)
+        self.far_spin.setDecimals(4)
+        self.far_spin.setSingleStep(0.005)
+        self.far_spin.setValue(0.01)
+        self.output_dir = QgsFileWidget(self)
+        self.output_dir.setStorageMode(QgsFileWidget.GetDirectory)
+        self.output_dir.lineEdit().setPlaceholderText("a new temporary folder per run")
+        self.output_dir.setToolTip("Output folder for the scores, mask and report")
+
+    def _build_run_widgets(self) -> None:
+        self.run_button = QPushButton("Detect anomalies", self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 100)
+        self.status_label = QLabel(self)
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextFormat(Qt.PlainText)  # error texts and paths may hold '<'
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.metrics_label = QLabel(self)
+        self.metrics_label.setWordWrap(True)
+        self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.roc_legend = QLabel(self)
+        self.roc_legend.setWordWrap(True)
+        self.roc_legend.setTextFormat(Qt.RichText)
+        self.spectrum_legend = QLabel(self)
+        self.spectrum_legend.setWordWrap(True)
+        self.spectrum_legend.setTextFormat(Qt.RichText)
+        self.spectrum_legend.setText("Pick pixel, then click the image on the map to see its spectrum.")
+        self.pick_button = QPushButton("Pick pixel", self)
+        self.pick_button.setCheckable(True)
+        self.pick_button.setToolTip("Click a pixel on the map to plot its spectrum beside the scene mean")
+        self.pick_button.setEnabled(self.iface is not None)
+
+    @staticmethod
+    def _plot(parent: QWidget, bottom: str, left: str) -> pg.PlotWidget:
+        plot = pg.PlotWidget(parent, background="w")
+        plot.setMinimumHeight(200)
+        plot.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        plot.setLabel("bottom", bottom)
+        plot.setLabel("left", left)
+        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot.setMouseEnabled(x=False, y=False)
+        return plot
+
+    def _make_roc_plot(self) -> pg.PlotWidget:
+        """One curve per method, made once and only hidden: pyqtgraph under QGIS's PyQt fails when items are removed.
+
+        The legend is a label under the plot (roc_legend): inside the plot it
+        would hide part of some curve wherever it sat.
+        """
+        plot = self._plot(self, "false-alarm rate", "detection rate")
+        plot.setLogMode(x=True, y=False)
+        plot.setYRange(0, 1, padding=0.04)  # padding: the 0 and 1 tick labels stay inside the axis
+        self.roc_curves: Dict[str, pg.PlotDataItem] = {}
+        for method, colour in METHOD_PENS.items():
+            curve = pg.PlotDataItem(pen=pg.mkPen(colour, width=2))
+            curve.setVisible(False)
+            plot.addItem(curve)
+            self.roc_curves[method] = curve
+        return plot
+
+    def _make_spectrum_plot(self) -> pg.PlotWidget:
+        """The picked pixel's spectrum and the scene mean; their legend is a label under the plot (spectrum_legend)."""
+        plot = self._plot(self, "band", "value")
+        self.mean_curve = pg.PlotDataItem(pen=pg.mkPen(MEAN_PEN, width=2, style=Qt.DashLine))
+        self.pixel_curve = pg.PlotDataItem(pen=pg.mkPen(PIXEL_PEN, width=2))
+        for curve in (self.mean_curve, self.pixel_curve):
+            plot.addItem(curve)
+        return plot
+
+    def _layout(self) -> None:
+        inputs = QFormLayout()
+        inputs.addRow("Image", self.layer_combo)
+        inputs.addRow("Method", self.method_combo)
+        bsdm = QHBoxLayout()
+        bsdm.addWidget(self.iterations_spin, 1)
+        bsdm.addWidget(QLabel("seed", self))
+        bsdm.addWidget(self.seed_spin, 1)
+        inputs.addRow("Iterations", bsdm)
+        windows = QHBoxLayout()
+        windows.addWidget(QLabel("inner", self))
+        windows.addWidget(self.inner_spin, 1)
+        windows.addWidget(QLabel("outer", self))
+        windows.addWidget(self.outer_spin, 1)
+        inputs.addRow("Windows", windows)
+        inputs.addRow("Reference", self.reference_combo)
+        far = QHBoxLayout()
+        far.addWidget(self.far_check)
+        far.addWidget(self.far_spin, 1)
+        inputs.addRow("Mask", far)
+        inputs.addRow("Output", self.output_dir)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+        results = QGroupBox("Result", self)
+        result_layout = QVBoxLayout(results)
+        result_layout.addWidget(self.metrics_label)
+        result_layout.addWidget(self.roc_plot, 1)
+        result_layout.addWidget(self.roc_legend)
+        spectrum = QGroupBox("Spectrum", self)
+        spectrum_layout = QVBoxLayout(spectrum)
+        spectrum_layout.addWidget(self.pick_button)
+        spectrum_layout.addWidget(self.spectrum_plot, 1)
+        spectrum_layout.addWidget(self.spectrum_legend)
+        body = QWidget(self)
+        layout = QVBoxLayout(body)
+        layout.addLayout(inputs)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(results, 1)
+        layout.addWidget(spectrum, 1)
+        scroll = QScrollArea(self)  # two plots make a tall dock: scroll rather than crowd a small screen
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+
+    def _connect(self) -> None:
+        self.method_combo.currentIndexChanged.connect(self._update_method_widgets)
+        self.far_check.toggled.connect(self.far_spin.setEnabled)
+        self.far_spin.setEnabled(False)
+        self.layer_combo.layerChanged.connect(self._show_roc_of_current_layer)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.pick_button.toggled.connect(self._toggle_pick)
+
+    def _update_method_widgets(self) -> None:
+        method = self.method_combo.currentData()
+        for spin in (self.iterations_spin, self.seed_spin):
+            spin.setEnabled(method == "bsdm_rx")
+        for spin in (self.inner_spin, self.outer_spin):
+            spin.setEnabled(method == "lrx")
+
+    # running --------------------------------------------------------------------------------------------
+    def build_request(self) -> AnomalyRequest:
+        """Read the widgets into an AnomalyRequest (GUI thread); RSLabError names what is missing or wrong."""
+        layer = self.layer_combo.currentLayer()
+        cube = layer_file(layer, "hyperspectral")
+        reference_layer = self.reference_combo.currentLayer()
+        reference = layer_file(reference_layer, "reference") if reference_layer is not None else None
+        if reference_layer is not None and reference_layer.id() == layer.id():
+            raise RSLabError("the reference is the image itself; pick the anomaly map (non-zero = anomaly)")
+        params = self.params()
+        folder, created = self._output_folder()
+        return AnomalyRequest(
+            cube=cube, reference=reference,
+            outputs=output_paths(folder, layer.name(), params.method, params.false_alarm_rate is not None),
+            params=params, layer_id=layer.id(), layer_name=layer.name(), output_dir=folder, created_dir=created,
+            need_mean=cube not in self.mean_spectra,
+        )
+
+    def params(self) -> AnomalyParams:
+        """The method and only its own settings (a disabled spin box never makes a run fail)."""
+        method = self.method_combo.currentData()
+        options = {"method": method}
+        if method == "bsdm_rx":
+            options.update(iterations=self.iterations_spin.value(), seed=self.seed_spin.value())
+        if method == "lrx":
+            options.update(inner_window=self.inner_spin.value(), outer_window=self.outer_spin.value())
+        if self.far_check.isChecked():
+            options["false_alarm_rate"] = round(self.far_spin.value(), 6)
+        return AnomalyParams(**options)
+
+    def _output_folder(self) -> Tuple[str, bool]:
+        folder = self.output_dir.filePath().strip()
+        if not folder:
+            return tempfile.mkdtemp(prefix="rslab-anomalies-"), True
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise RSLabError(f"the output folder {folder} is a file")
+        return folder, False
+
+    def run(self) -> None:
+        """Start detection in the background (the 'Detect anomalies' button)."""
+        if self.task is not None and self._request is not None:
+            return  # one run at a time; the button is disabled meanwhile
+        try:
+            request = self.build_request()
+        except RSLabError as exc:
+            self._report_failure(str(exc))
+            self.runFinished.emit(None, str(exc))
+            return
+        self._request = request
+        self.result = None
+        self.metrics_label.clear()
+        self._set_status(f"Detecting anomalies in {request.layer_name} ({METHOD_LABELS[request.params.method]}) …")
+        self.progress_bar.setValue(0)
+        self.task = tasks.JobTask(f"RS Lab: anomalies in {request.layer_name}", request.job,
+                                  on_finished=self._finished)
+        self.task.progressChanged.connect(self._progress)
+        self.task.message.connect(self._set_status)
+        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
+        self.destroyed.connect(self._cancel_on_destroy)  # the dock goes away (plugin unloaded): stop the run
+        self._set_running(True)
+        tasks.start(self.task)
+
+    def cancel(self) -> None:
+        if self.task is not None and self._request is not None:
+            self._set_status("Cancelling…")
+            self.task.cancel()
+
+    def _progress(self, percent: float) -> None:
+        self.progress_bar.setValue(int(percent))
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _finished(self, run: Optional[AnomalyRun], error: str) -> None:
+        """JobTask's callback, on the GUI thread."""
+        if sip.isdeleted(self):
+            return
+        request, self._request = self._request, None
+        self.destroyed.disconnect(self._cancel_on_destroy)
+        self._set_running(False)
+        if run is None:
+            self._remove_empty_folder(request)
+            self._fail(error)
+            return
+        self.result = run.result
+        if run.mean_spectrum is not None:
+            self.mean_spectra[request.cube] = run.mean_spectrum
+        try:
+            self.group = self._add_layers(request, run.result)
+        except RSLabError as exc:
+            self._fail(str(exc))
+            return
+        self._scores[request.layer_id] = run.result.outputs.scores
+        self._remember_roc(request, run)
+        self.progress_bar.setValue(100)
+        self._show_metrics(run)
+        self._show_roc_of_current_layer()
+        self._set_status(f"Done. Outputs in {request.output_dir}")
+        self.runFinished.emit(run.result, "")
+
+    def _fail(self, error: str) -> None:
+        self._report_failure(error)
+        self.runFinished.emit(None, error)
+
+    @staticmethod
+    def _remove_empty_folder(request: AnomalyRequest) -> None:
+        if request.created_dir and os.path.isdir(request.output_dir) and not os.listdir(request.output_dir):
+            os.rmdir(request.output_dir)
+
+    # results --------------------------------------------------------------------------------------------
+    def _add_layers(self, request: AnomalyRequest, result: AnomalyResult) -> QgsLayerTreeGroup:
+        """One group just above the input layer: the mask (if any) over the scores."""
+        label = METHOD_LABELS[result.method]
+        scores = make_layer(LayerSpec(result.outputs.scores, f"{label} scores", SCORES_STYLE))
+        fit_score_stretch(scores)
+        layers = [scores]
+        if result.outputs.mask:
+            rate = result.params["false_alarm_rate"]
+            layers.insert(0, make_layer(LayerSpec(result.outputs.mask, f"{label} mask (false-alarm rate {rate:g})",
+                                                  MASK_STYLE)))
+        project = QgsProject.instance()
+        parent, index = self._group_position(project, request.layer_id)
+        group = parent.insertGroup(index, f"Anomalies: {request.layer_name} ({label})")
+        group.setCustomProperty(INPUT_PROPERTY, request.layer_id)
+        for layer in layers:
+            project.addMapLayer(layer, False)
+            group.addLayer(layer)
+        return group
+
+    @staticmethod
+    def _group_position(project: QgsProject, layer_id: str) -> Tuple[QgsLayerTreeGroup, int]:
+        """Where a new result group goes: above the input layer and above earlier result groups of that input.
+
+        So the latest run is drawn on top, and a run on the image lies under it.
+        """
+        root = project.layerTreeRoot()
+        node = root.findLayer(layer_id)
+        if node is None or not isinstance(node.parent(), QgsLayerTreeGroup):
+            return root, 0
+        parent = node.parent()
+        siblings = parent.children()
+        index = siblings.index(node)
+        while index > 0 and siblings[index - 1].customProperty(INPUT_PROPERTY) == layer_id:
+            index -= 1
+        return parent, index
+
+    def _show_metrics(self, run: AnomalyRun) -> None:
+        """Run facts, then the AUCs as 'name value' pairs that wrap only between pairs (docks are narrow)."""
+        result = run.result
+        seconds = f"{run.seconds:.1f} s" if run.seconds >= 1 else f"{run.seconds:.2f} s"
+        facts = [METHOD_LABELS[result.method], result.device, seconds,
+                 f"{result.width} × {result.height} px × {result.bands} bands"]
+        text = "<p>" + " · ".join(html.escape(fact).replace(" ", "&nbsp;") for fact in facts) + "</p>"
+        if result.metrics:
+            pairs = [("AUC(D,F)", result.metrics["auc_df"]), ("AUC(F,τ)", result.metrics["auc_ftau"]),
+                     ("AUC_BS", result.metrics["auc_bs"])]
+            text += "<p>" + "&nbsp;&nbsp; ".join(f"{name}&nbsp;<b>{value:.4f}</b>" for name, value in pairs) + "</p>"
+        else:
+            text += "<p>Accuracy not computed: no reference layer was given.</p>"
+        if result.threshold is not None:
+            text += (f"<p>Mask: scores above {result.threshold:.4g} "
+                     f"(false-alarm rate {result.params['false_alarm_rate']:g})</p>")
+        self.metrics_label.setText(text)
+
+    def _remember_roc(self, request: AnomalyRequest, run: AnomalyRun) -> None:
+        """Keep this run's ROC beside earlier ones on the same layer; a new reference starts the comparison over."""
+        if run.roc is None:
+            return
+        if self._roc_reference.get(request.layer_id) != request.reference:
+            self.roc_runs.pop(request.layer_id, None)
+        self._roc_reference[request.layer_id] = request.reference
+        self.roc_runs.setdefault(request.layer_id, {})[run.result.method] = run.roc
+
+    def _show_roc_of_current_layer(self, *_: object) -> None:
+        """Draw the kept ROC curves of the layer picked in the image combo (one per method)."""
+        layer = self.layer_combo.currentLayer()
+        runs = self.roc_runs.get(layer.id(), {}) if layer is not None else {}
+        entries = []
+        smallest = 1.0
+        for method, curve in self.roc_curves.items():
+            roc = runs.get(method)
+            curve.setVisible(roc is not None)
+            if roc is None:
+                curve.setData([], [])
+                continue
+            curve.setData(roc.false_alarm, roc.detection)
+            entries.append(f"{legend_mark(METHOD_PENS[method])}&nbsp;"
+                           f"{METHOD_LABELS[method].replace(' ', '&nbsp;')}&nbsp;AUC&nbsp;<b>{roc.auc:.4f}</b>")
+            smallest = min(smallest, 1.0 / roc.background_pixels)
+        self.roc_legend.setText("&nbsp;&nbsp;&nbsp; ".join(entries))
+        first = math.floor(math.log10(smallest))
+        self.roc_plot.getAxis("bottom").setTicks([[(k, decade_label(k)) for k in range(first, 1)]])
+        self.roc_plot.setXRange(math.log10(smallest), 0, padding=0.05)
+        self.roc_plot.setYRange(0, 1, padding=0.04)
+
+    def visible_roc_curves(self) -> Dict[str, pg.PlotDataItem]:
+        """The ROC curves shown now, by method."""
+        return {method: curve for method, curve in self.roc_curves.items() if curve.isVisible()}
+
+    # spectrum -------------------------------------------------------------------------------------------
+    def _toggle_pick(self, on: bool) -> None:
+        """Pick pixel on: clicks on the map canvas show spectra; off (or another map tool chosen): stop."""
+        if self.iface is None:
+            return
+        canvas = self.iface.mapCanvas()
+        if self.map_tool is None:
+            self.map_tool = QgsMapToolEmitPoint(canvas)
+            self.map_tool.canvasClicked.connect(self._canvas_clicked)
+            self.map_tool.deactivated.connect(self._map_tool_deactivated)
+            self.destroyed.connect(partial(release_map_tool, canvas, self.map_tool))
+        if on:
+            canvas.setMapTool(self.map_tool)
+        elif canvas.mapTool() is self.map_tool:
+            canvas.unsetMapTool(self.map_tool)
+
+    def _canvas_clicked(self, point: QgsPointXY, _button: object) -> None:
+        self.show_spectrum_at(point)
+
+    def _map_tool_deactivated(self) -> None:
+        self.pick_button.setChecked(False)
+
+    def _canvas_to_layer(self, point: QgsPointXY, layer: QgsRasterLayer) -> QgsPointXY:
+        """`point` from the map canvas CRS into the layer's CRS (unchanged when either has none or they match)."""
+        if self.iface is None:
+            return point
+        canvas_crs = self.iface.mapCanvas().mapSettings().destinationCrs()
+        if not canvas_crs.isValid() or not layer.crs().isValid() or canvas_crs == layer.crs():
+            return point
+        transform = QgsCoordinateTransform(canvas_crs, layer.crs(), QgsProject.instance())
+        try:
+            return transform.transform(point)
+        except QgsCsException as exc:
+            raise RSLabError(f"that point cannot be placed in the CRS of {layer.name()}: {exc}") from exc
+
+    def show_spectrum_at(self, point: QgsPointXY) -> Optional[np.ndarray]:
+        """Plot the spectrum of the image pixel under `point` (map canvas coordinates) beside the scene mean.
+
+        Returns the spectrum, or None (with the reason in the status line)
+        when there is no image, the point is outside it or the pixel is nodata.
+        """
+        layer = self.layer_combo.currentLayer()
+        try:
+            path = layer_file(layer, "hyperspectral")
+        except RSLabError as exc:
+            self._report_failure(str(exc))
+            return None
+        try:
+            cell = pixel_at(layer, self._canvas_to_layer(point, layer))
+        except RSLabError as exc:
+            self._set_status(str(exc))
+            return None
+        if cell is None:
+            self._set_status(f"That point is outside {layer.name()}; click a pixel of the image.")
+            return None
+        row, col = cell
+        spectrum = read_pixel(path, row, col)
+        if spectrum is None:
+            self._set_status(f"Pixel (row {row}, column {col}) of {layer.name()} is nodata.")
+            return None
+        bands = np.arange(1, len(spectrum) + 1)
+        self.pixel_curve.setData(bands, spectrum)
+        self._plot_mean(path, bands)
+        self.spectrum_legend.setText(self._spectrum_legend(layer, row, col))
+        return spectrum
+
+    def _spectrum_legend(self, layer: QgsRasterLayer, row: int, col: int) -> str:
+        """'▬ pixel (row, col) of <layer> · score s   ▬ scene mean' (the score of the latest run on this layer)."""
+        pixel = f"pixel (row {row}, col {col}) of {layer.name()}"
+        scores = self._scores.get(layer.id())
+        score = read_pixel(scores, row, col) if scores and os.path.isfile(scores) else None
+        if score is not None:
+            pixel += f" · score {score[0]:.4g}"
+        return (f"{legend_mark(PIXEL_PEN)}&nbsp;{html.escape(pixel)}&nbsp;&nbsp;&nbsp; "
+                f"{legend_mark(MEAN_PEN)}&nbsp;scene&nbsp;mean")
+
+    def _plot_mean(self, path: str, bands: np.ndarray) -> None:
+        mean = self.mean_spectra.get(path)
+        if mean is not None and len(mean) == len(bands):
+            self.mean_curve.setData(bands, mean)
+            return
+        self.mean_curve.setData([], [])
+        self._start_mean_task(path)
+
+    def _start_mean_task(self, path: str) -> None:
+        """Compute the scene mean in the background (a pixel was picked before any run on this image)."""
+        if path in self._mean_tasks:
+            return
+        task = tasks.JobTask(f"RS Lab: mean spectrum of {os.path.basename(path)}", mean_spectrum_job(path),
+                             on_finished=partial(self._mean_finished, path))
+        self._mean_tasks[path] = task
+        self.destroyed.connect(partial(cancel_if_alive, task))
+        tasks.start(task)
+
+    def _mean_finished(self, path: str, mean: Optional[np.ndarray], error: str) -> None:
+        if sip.isdeleted(self):
+            return
+        self._mean_tasks.pop(path, None)
+        if mean is None:
+            if not error.startswith("cancelled"):
+                self._report_failure(f"mean spectrum: {error}")
+            return
+        self.mean_spectra[path] = mean
+        x, _ = self.pixel_curve.getData()
+        if x is not None and len(x) == len(mean):
+            self.mean_curve.setData(x, mean)
+        self.meanReady.emit(path)
+
+    # messages -------------------------------------------------------------------------------------------
+    def _report_failure(self, error: str) -> None:
+        cancelled = error.startswith("cancelled")
+        first = error
+        if error.startswith("unexpected error"):  # JobTask logged the traceback
+            first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
+        self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
+        self.status_label.setText(("Cancelled: " if cancelled else "Failed: ") + first)
+        self.progress_bar.setValue(0)
+        if self.iface is not None and not cancelled:
+            self.iface.messageBar().pushMessage("RS Lab: anomaly detection", first, Qgis.Critical, 0)
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setStyleSheet("")
+        self.status_label.setText(text)
