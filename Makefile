@@ -43,11 +43,11 @@ demo: setup
 	ln -sfn "$(CURDIR)" "$(DEMO_PROFILE)/profiles/default/python/plugins/$(PLUGIN_NAME)"
 	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin plugins enable $(PLUGIN_NAME) >/dev/null
 	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin run rslab:detect_changes -- \
-	  BEFORE=$(SAMPLES)/levir_test_102_A.png AFTER=$(SAMPLES)/levir_test_102_B.png \
-	  REFERENCE=$(SAMPLES)/levir_test_102_label.png METHOD=0 THRESHOLD=0.5 \
+	  BEFORE=$(SAMPLES)/levir_test_7_A.png AFTER=$(SAMPLES)/levir_test_7_B.png \
+	  REFERENCE=$(SAMPLES)/levir_test_7_label.png METHOD=0 THRESHOLD=0.5 \
 	  OUTPUT_CHANGE=demo/change.tif OUTPUT_PROBABILITY=demo/probability.tif \
 	  OUTPUT_UNCERTAINTY=demo/uncertainty.tif OUTPUT_REPORT=demo/report.json > demo/qgis_process.log
-	$(PY) scripts/quicklook.py $(SAMPLES)/levir_test_102_A.png $(SAMPLES)/levir_test_102_B.png \
+	$(PY) scripts/quicklook.py $(SAMPLES)/levir_test_7_A.png $(SAMPLES)/levir_test_7_B.png \
 	  demo/change.tif demo/uncertainty.tif demo/quicklook.png --report demo/report.json
 
 bench: setup

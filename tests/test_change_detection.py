@@ -201,3 +201,22 @@ def test_otsu_and_validation_split(shared_data):
     assert split_validation(pairs, 0.2, seed=3) == (train, val)
     with pytest.raises(RSLabError, match="A/, B/ and label/"):
         pairs_from_folder(str(shared_data / "change" / "oscd_s2"))
+
+
+def test_default_weights_never_saw_the_held_out_pairs():
+    import importlib.util
+    from pathlib import Path
+
+    from rslab.core.checkpoint import read_card
+    from rslab.core.weights import default_checkpoint
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "train_default_change_detector.py"
+    spec = importlib.util.spec_from_file_location("train_default", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    card = read_card(default_checkpoint("change_detection"))
+    seen = set(card.training["train_pairs"]) | set(card.training["validation_pairs"])
+    assert not seen & set(module.HELD_OUT)
+    assert card.arguments["bands"] == 3 and card.task == "change_detection"
+    size_mb = sum(p.stat().st_size for p in Path(default_checkpoint("change_detection")).parent.glob("*.pt")) / 1e6
+    assert size_mb < 20  # all shipped weights together

@@ -14,8 +14,8 @@ import processing
 
 
 def _pair(samples):
-    return (str(samples / "levir_test_102_A.png"), str(samples / "levir_test_102_B.png"),
-            str(samples / "levir_test_102_label.png"))
+    return (str(samples / "levir_test_7_A.png"), str(samples / "levir_test_7_B.png"),
+            str(samples / "levir_test_7_label.png"))
 
 
 def test_detect_changes_processing_run_with_reference(tmp_path, samples, provider, tiny_change_checkpoint):
@@ -78,11 +78,14 @@ def test_detect_changes_from_the_command_line(tmp_path, samples):
                                     timeout=300)
     assert run("plugins", "enable", "rslab").returncode == 0
     before, after, label = _pair(samples)
-    done = run("--json", "run", "rslab:detect_changes", "--", f"BEFORE={before}", f"AFTER={after}", "METHOD=1",
+    done = run("--json", "run", "rslab:detect_changes", "--", f"BEFORE={before}", f"AFTER={after}", "METHOD=0",
                f"REFERENCE={label}", f"OUTPUT_CHANGE={tmp_path / 'c.tif'}", f"OUTPUT_UNCERTAINTY={tmp_path / 'u.tif'}",
                f"OUTPUT_REPORT={tmp_path / 'r.json'}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads(done.stdout)["results"]["OUTPUT_CHANGE"] == str(tmp_path / "c.tif")
     with rasterio.open(tmp_path / "c.tif") as ds:
         assert ds.count == 1 and ds.nodata == 255
-    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["f1"] > 0.5
+    report = json.loads((tmp_path / "r.json").read_text())
+    # the default weights on a pair they never saw in training (F1 0.75 when trained; CVA scores 0.31 here)
+    assert report["model"]["path"].endswith("arcdnet_levir_dsifn.pt")
+    assert report["metrics"]["f1"] > 0.6
