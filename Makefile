@@ -52,6 +52,7 @@ demo: setup
 
 bench: setup
 	$(PY) bench/tiling.py
+	$(PY) bench/change_detection.py
 
 install:
 	mkdir -p "$(QGIS_PLUGINS)"

@@ -33,29 +33,27 @@ How
     reading, computing, writing, committing), not the interpreter start.
 
 Measured on 2026-11-25 (2 CPU cores, 24 GB RAM, GDAL 3.6.2, rasterio 1.3.5,
-numpy 1.24.2) with `.venv/bin/python bench/tiling.py`: 124 s in all on the
-first run (22 s of it building the cached inputs), 96 s on a later run:
+numpy 1.24.2) with `.venv/bin/python bench/tiling.py` (inputs cached; other
+work was using the cores at the same time, so the times are upper bounds):
 
     run                      pixels       s   MP/s  base MB  peak MB  job MB   in MB  out MB  peak/in  out disk MB
-    whole-image              2500^2     0.7    9.3       75      166      91      19      25    8.9 x            6
-    whole-image              5000^2     2.8    9.1       75      394     319      75     100    5.3 x           24
-    tiled centre 1024/32     5000^2     2.4   10.3       75      296     220      75     100    3.9 x           24
-    tiled centre 1024/32    20000^2    38.3   10.4       75      395     320    1200    1600   0.33 x          378
-    tiled blend 1024/32     20000^2    50.0    8.0       75     1174    1099    1200    1600   0.98 x          379
+    whole-image              2500^2     0.3   24.4       75      165      90      19      25    8.8 x            6
+    whole-image              5000^2     1.1   23.3       75      394     319      75     100    5.2 x           26
+    tiled centre 1024/32     5000^2     0.8   30.8       75      295     220      75     100    3.9 x           26
+    tiled centre 1024/32    20000^2    11.4   35.0       75      395     320    1200    1600   0.33 x          423
+    tiled blend 1024/32     20000^2    14.9   26.9       75      679     604    1200    1600   0.57 x          424
 
-`--crop 20000 --no-blend` runs the whole-image job at full size too (108 s):
-whole-image 10000^2 peaked at 1158 MB and 20000^2 at 3958 MB (49 s), against
-395 MB for the tiled centre run on the same raster.
+An earlier run, before output compression went to deflate level 1 and the
+blending strips to float32 buffers reused in place, gave 10.4 MP/s for the
+centre run (deflate level 6 was most of the time) and a 1174 MB peak for the
+blend run.
 
 MB are 10^6 bytes; "job MB" is the peak minus the baseline after imports;
 "peak/in" is the peak over the uncompressed input. The centre run's growth
-from 5000 to 20000 pixels is GDAL's block cache filling up to its cap (with
-the cap at 32 MB the two peaks were 151 and 159 MB). Most of the time goes to
-deflate-compressing the float32 output on one core: the same 20000 run
-without output compression took 8 s. The blended run's growth is its strip
-buffers (float64 accumulator and weight sum of tile height x raster width,
-plus full-strip temporaries when a strip is written and shifted) on top of
-the cache: about 0.8 GB at 20000 columns, linear in the width.
+from 5000 to 20000 pixels is GDAL's block cache filling up to its 256 MB cap
+(with the cap at 32 MB the two peaks were 151 and 159 MB). The blended run
+holds float32 strips of tile height x raster width (accumulator and weights)
+on top of the cache: linear in the width, not in the height.
 """
 from __future__ import annotations
 
