@@ -1,7 +1,7 @@
 """Runs inside the real QGIS desktop (`qgis --code tests/desktop/probe.py` under Xvfb).
 
 Loads RS Lab through QGIS's own plugin machinery (real QgisInterface), opens
-its Raster menu and diagnostics dialog, takes screenshots, unloads and loads
+its Raster menu, diagnostics dialog and docks, takes screenshots, unloads and loads
 it again, writes what it saw as JSON to $RSLAB_PROBE_OUT and quits QGIS.
 """
 import json
@@ -86,6 +86,15 @@ def reload():
     iface.rasterMenu().hide()
     for dialog in list(plugins["rslab"].dialogs):
         dialog.close()
+    plugin = plugins["rslab"]
+    docks = [plugin.show_change_dock(), plugin.show_anomaly_dock()]
+    report["docks"] = [d.windowTitle() for d in docks if d.isVisible()]
+    QTimer.singleShot(1500, unload_and_reload)
+
+
+@guarded
+def unload_and_reload():
+    snapshot("docks.png")
     report["unloaded"] = bool(unloadPlugin("rslab"))
     state("after_unload")
     report["reloaded"] = bool(loadPlugin("rslab")) and bool(startPlugin("rslab"))
