@@ -18,8 +18,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import re
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -28,17 +26,14 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import pyqtgraph as pg
 from qgis.core import (
-    Qgis,
     QgsCoordinateTransform,
     QgsCsException,
     QgsLayerTreeGroup,
-    QgsMapLayer,
-    QgsMapLayerProxyModel,
     QgsPointXY,
     QgsProject,
     QgsRasterLayer,
 )
-from qgis.gui import QgsFileWidget, QgsMapCanvas, QgsMapLayerComboBox, QgsMapToolEmitPoint
+from qgis.gui import QgsFileWidget, QgsMapCanvas, QgsMapToolEmitPoint
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -67,9 +62,9 @@ from ..core.metrics import HistogramAUC
 from ..core.raster_io import gdal_env, open_raster, raster_info, read_window
 from ..core.tiling import TileSpec, tile_grid
 from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
-from .layers import fit_score_stretch
 from . import task as tasks
-from .layers import LayerSpec, make_layer
+from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
+from .layers import LayerSpec, fit_score_stretch, make_layer
 
 METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}
 METHOD_TIPS = {
@@ -180,37 +175,11 @@ def read_pixel(path: str, row: int, col: int) -> Optional[np.ndarray]:
     return data[:, 0, 0].astype(np.float64) if valid[0, 0] else None
 
 
-def safe_name(text: str) -> str:
-    """A layer name made safe to use in a file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "layer"
-
-
 def output_paths(folder: str, layer_name: str, method: str, with_mask: bool) -> AnomalyOutputs:
     """Output file names in `folder` that do not overwrite an earlier run's files."""
-    stem = f"{safe_name(layer_name)}_{method}"
-    candidate, n = stem, 1
-    while any(os.path.exists(os.path.join(folder, f"{candidate}_{kind}"))
-              for kind in ("scores.tif", "mask.tif", "report.json")):
-        n += 1
-        candidate = f"{stem}_{n}"
-    base = os.path.join(folder, candidate)
+    base = unused_stem(folder, f"{safe_name(layer_name)}_{method}", ("scores.tif", "mask.tif", "report.json"))
     return AnomalyOutputs(scores=f"{base}_scores.tif", mask=f"{base}_mask.tif" if with_mask else None,
                           report=f"{base}_report.json")
-
-
-def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
-    """The file behind a raster layer, or RSLabError saying why it cannot be used."""
-    if layer is None:
-        raise RSLabError(f"choose the {role} layer")
-    if layer.type() != QgsMapLayer.RasterLayer:
-        raise RSLabError(f"the {role} layer '{layer.name()}' is not a raster layer")
-    path = layer.source().split("|")[0]
-    if layer.providerType() != "gdal" or not os.path.isfile(path):
-        raise RSLabError(
-            f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
-            "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
-        )
-    return path
 
 
 def pixel_at(layer: QgsRasterLayer, point: QgsPointXY) -> Optional[Tuple[int, int]]:
@@ -240,12 +209,6 @@ def legend_mark(colour: Tuple[int, int, int]) -> str:
     return "<span style='color:#%02x%02x%02x'>&#9644;</span>" % colour
 
 
-def cancel_if_alive(task: tasks.JobTask) -> None:
-    """Cancel `task` unless QGIS has already deleted it (it finished); for `destroyed` signals."""
-    if not sip.isdeleted(task):
-        task.cancel()
-
-
 def release_map_tool(canvas: QgsMapCanvas, tool: QgsMapToolEmitPoint) -> None:
     """Take the dock's pick tool off the canvas and delete it (the dock is gone); for `destroyed` signals."""
     if sip.isdeleted(canvas) or sip.isdeleted(tool):
@@ -258,8 +221,11 @@ def release_map_tool(canvas: QgsMapCanvas, tool: QgsMapToolEmitPoint) -> None:
 # --- the widget ---------------------------------------------------------------------------------------
 
 
-class AnomalyDock(QWidget):
+class AnomalyDock(JobDock):
     """Dock body for hyperspectral anomaly detection (the plugin wraps it in a QDockWidget)."""
+
+    MESSAGE_TITLE = "RS Lab: anomaly detection"
+    TEMP_PREFIX = "rslab-anomalies-"
 
     runFinished = pyqtSignal(object, str)  # AnomalyResult (None on failure), error text ("" on success)
     meanReady = pyqtSignal(str)  # the file whose mean spectrum was just computed (lazy path)
@@ -284,14 +250,6 @@ class AnomalyDock(QWidget):
         self._set_running(False)
 
     # construction -----------------------------------------------------------------------------------
-    def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
-        combo = QgsMapLayerComboBox(self)
-        combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        combo.setAllowEmptyLayer(allow_empty)
-        if allow_empty:
-            combo.setLayer(None)
-        return combo
-
     @staticmethod
     def _spin(low: int, high: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:
         spin = QSpinBox()
@@ -492,17 +450,9 @@ class AnomalyDock(QWidget):
             options["false_alarm_rate"] = round(self.far_spin.value(), 6)
         return AnomalyParams(**options)
 
-    def _output_folder(self) -> Tuple[str, bool]:
-        folder = self.output_dir.filePath().strip()
-        if not folder:
-            return tempfile.mkdtemp(prefix="rslab-anomalies-"), True
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise RSLabError(f"the output folder {folder} is a file")
-        return folder, False
-
     def run(self) -> None:
         """Start detection in the background (the 'Detect anomalies' button)."""
-        if self.task is not None and self._request is not None:
+        if self.is_running():
             return  # one run at a time; the button is disabled meanwhile
         try:
             request = self.build_request()
@@ -510,39 +460,16 @@ class AnomalyDock(QWidget):
             self._report_failure(str(exc))
             self.runFinished.emit(None, str(exc))
             return
-        self._request = request
         self.result = None
         self.metrics_label.clear()
         self._set_status(f"Detecting anomalies in {request.layer_name} ({METHOD_LABELS[request.params.method]}) …")
-        self.progress_bar.setValue(0)
-        self.task = tasks.JobTask(f"RS Lab: anomalies in {request.layer_name}", request.job,
-                                  on_finished=self._finished)
-        self.task.progressChanged.connect(self._progress)
-        self.task.message.connect(self._set_status)
-        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
-        self.destroyed.connect(self._cancel_on_destroy)  # the dock goes away (plugin unloaded): stop the run
-        self._set_running(True)
-        tasks.start(self.task)
-
-    def cancel(self) -> None:
-        if self.task is not None and self._request is not None:
-            self._set_status("Cancelling…")
-            self.task.cancel()
-
-    def _progress(self, percent: float) -> None:
-        self.progress_bar.setValue(int(percent))
-
-    def _set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
+        self.start_job(request, f"RS Lab: anomalies in {request.layer_name}")
 
     def _finished(self, run: Optional[AnomalyRun], error: str) -> None:
         """JobTask's callback, on the GUI thread."""
-        if sip.isdeleted(self):
+        request = self._end_job()
+        if request is None:
             return
-        request, self._request = self._request, None
-        self.destroyed.disconnect(self._cancel_on_destroy)
-        self._set_running(False)
         if run is None:
             self._remove_empty_folder(request)
             self._fail(error)
@@ -567,12 +494,6 @@ class AnomalyDock(QWidget):
         self._report_failure(error)
         self.runFinished.emit(None, error)
 
-    @staticmethod
-    def _remove_empty_folder(request: AnomalyRequest) -> None:
-        if request.created_dir and os.path.isdir(request.output_dir) and not os.listdir(request.output_dir):
-            os.rmdir(request.output_dir)
-
-    # results --------------------------------------------------------------------------------------------
     def _add_layers(self, request: AnomalyRequest, result: AnomalyResult) -> QgsLayerTreeGroup:
         """One group just above the input layer: the mask (if any) over the scores."""
         label = METHOD_LABELS[result.method]
@@ -771,17 +692,3 @@ class AnomalyDock(QWidget):
         self.meanReady.emit(path)
 
     # messages -------------------------------------------------------------------------------------------
-    def _report_failure(self, error: str) -> None:
-        cancelled = error.startswith("cancelled")
-        first = error
-        if error.startswith("unexpected error"):  # JobTask logged the traceback
-            first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
-        self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
-        self.status_label.setText(("Cancelled: " if cancelled else "Failed: ") + first)
-        self.progress_bar.setValue(0)
-        if self.iface is not None and not cancelled:
-            self.iface.messageBar().pushMessage("RS Lab: anomaly detection", first, Qgis.Critical, 0)
-
-    def _set_status(self, text: str) -> None:
-        self.status_label.setStyleSheet("")
-        self.status_label.setText(text)

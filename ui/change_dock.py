@@ -16,24 +16,18 @@ from __future__ import annotations
 import html
 import math
 import os
-import re
-import tempfile
 import time
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 import pyqtgraph as pg
 from qgis.core import (
     Qgis,
     QgsLayerTreeGroup,
-    QgsMapLayer,
-    QgsMapLayerProxyModel,
     QgsProject,
 )
-from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt import sip
+from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -54,8 +48,9 @@ from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
 from . import task as tasks
+from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
-from .train_change_dialog import TrainChangeDialog, cancel_if_alive
+from .train_change_dialog import TrainChangeDialog
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -157,35 +152,10 @@ class ChangeRequest:
         return ChangeRun(result, histogram, time.perf_counter() - start)
 
 
-def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
-    """The file behind a raster layer, or RSLabError saying why it cannot be used."""
-    if layer is None:
-        raise RSLabError(f"choose the {role} layer")
-    if layer.type() != QgsMapLayer.RasterLayer:
-        raise RSLabError(f"the {role} layer '{layer.name()}' is not a raster layer")
-    path = layer.source()
-    if layer.providerType() != "gdal" or not os.path.isfile(path):
-        raise RSLabError(
-            f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
-            "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
-        )
-    return path
-
-
-def safe_name(text: str) -> str:
-    """A layer name made safe to use in a file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "layer"
-
-
 def output_paths(folder: str, before_name: str, after_name: str) -> ChangeOutputs:
     """Output file names in `folder` that do not overwrite an earlier run's files."""
-    stem = f"{safe_name(before_name)}_to_{safe_name(after_name)}"
-    candidate, n = stem, 1
-    while any(os.path.exists(os.path.join(folder, f"{candidate}_{kind}"))
-              for kind in ("change.tif", "probability.tif", "uncertainty.tif", "report.json")):
-        n += 1
-        candidate = f"{stem}_{n}"
-    base = os.path.join(folder, candidate)
+    base = unused_stem(folder, f"{safe_name(before_name)}_to_{safe_name(after_name)}",
+                       ("change.tif", "probability.tif", "uncertainty.tif", "report.json"))
     return ChangeOutputs(change=f"{base}_change.tif", probability=f"{base}_probability.tif",
                          uncertainty=f"{base}_uncertainty.tif", report=f"{base}_report.json")
 
@@ -193,8 +163,11 @@ def output_paths(folder: str, before_name: str, after_name: str) -> ChangeOutput
 # --- the widget ---------------------------------------------------------------------------------------
 
 
-class ChangeDetectionDock(QWidget):
+class ChangeDetectionDock(JobDock):
     """Dock body for change detection (the plugin wraps it in a QDockWidget)."""
+
+    MESSAGE_TITLE = "RS Lab: change detection"
+    TEMP_PREFIX = "rslab-changes-"
 
     runFinished = pyqtSignal(object, str)  # ChangeResult (None on failure), error text ("" on success)
 
@@ -216,14 +189,6 @@ class ChangeDetectionDock(QWidget):
         self._set_running(False)
 
     # construction -----------------------------------------------------------------------------------
-    def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
-        combo = QgsMapLayerComboBox(self)
-        combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        combo.setAllowEmptyLayer(allow_empty)
-        if allow_empty:
-            combo.setLayer(None)
-        return combo
-
     def _build(self) -> None:
         self._build_inputs()
         self._build_run_widgets()
@@ -386,17 +351,9 @@ class ChangeDetectionDock(QWidget):
             output_dir=folder, created_dir=created,
         )
 
-    def _output_folder(self) -> Tuple[str, bool]:
-        folder = self.output_dir.filePath().strip()
-        if not folder:
-            return tempfile.mkdtemp(prefix="rslab-changes-"), True
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise RSLabError(f"the output folder {folder} is a file")
-        return folder, False
-
     def run(self) -> None:
         """Start detection in the background (the 'Detect changes' button)."""
-        if self.task is not None and self._request is not None:
+        if self.is_running():
             return  # one run at a time; the button is disabled meanwhile
         try:
             request = self.build_request()
@@ -404,40 +361,17 @@ class ChangeDetectionDock(QWidget):
             self._report_failure(str(exc))
             self.runFinished.emit(None, str(exc))
             return
-        self._request = request
         self.result, self.histogram_data = None, None
         self.metrics_label.clear()
         self._clear_histogram()
         self._set_status(f"Detecting changes: {request.before_name} → {request.after_name} …")
-        self.progress_bar.setValue(0)
-        self.task = tasks.JobTask(f"RS Lab: changes {request.before_name} → {request.after_name}",
-                                  request.job, on_finished=self._finished)
-        self.task.progressChanged.connect(self._progress)
-        self.task.message.connect(self._set_status)
-        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
-        self.destroyed.connect(self._cancel_on_destroy)  # the dock goes away (plugin unloaded): stop the run
-        self._set_running(True)
-        tasks.start(self.task)
-
-    def cancel(self) -> None:
-        if self.task is not None and self._request is not None:
-            self._set_status("Cancelling…")
-            self.task.cancel()
-
-    def _progress(self, percent: float) -> None:
-        self.progress_bar.setValue(int(percent))
-
-    def _set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
+        self.start_job(request, f"RS Lab: changes {request.before_name} → {request.after_name}")
 
     def _finished(self, run: Optional[ChangeRun], error: str) -> None:
         """JobTask's callback, on the GUI thread."""
-        if sip.isdeleted(self):
+        request = self._end_job()
+        if request is None:
             return
-        request, self._request = self._request, None
-        self.destroyed.disconnect(self._cancel_on_destroy)
-        self._set_running(False)
         if run is None:
             self._remove_empty_folder(request)
             self._report_failure(error)
@@ -456,12 +390,6 @@ class ChangeDetectionDock(QWidget):
         self._report_success(request, run.result)
         self.runFinished.emit(run.result, "")
 
-    @staticmethod
-    def _remove_empty_folder(request: ChangeRequest) -> None:
-        if request.created_dir and os.path.isdir(request.output_dir) and not os.listdir(request.output_dir):
-            os.rmdir(request.output_dir)
-
-    # results --------------------------------------------------------------------------------------------
     def _add_layers(self, request: ChangeRequest, result: ChangeResult) -> QgsLayerTreeGroup:
         """One group, placed just above the after layer: uncertainty overlay on top of the change mask.
 
@@ -535,22 +463,6 @@ class ChangeDetectionDock(QWidget):
         if self.iface is not None and result.notes:
             self.iface.messageBar().pushMessage("RS Lab", "; ".join(result.notes), Qgis.Info, 10)
 
-    def _report_failure(self, error: str) -> None:
-        cancelled = error.startswith("cancelled")
-        first = error
-        if error.startswith("unexpected error"):  # JobTask logged the traceback
-            first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
-        self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
-        self.status_label.setText(("Cancelled: " if cancelled else "Failed: ") + first)
-        self.progress_bar.setValue(0)
-        if self.iface is not None and not cancelled:
-            self.iface.messageBar().pushMessage("RS Lab: change detection", first, Qgis.Critical, 0)
-
-    def _set_status(self, text: str) -> None:
-        self.status_label.setStyleSheet("")
-        self.status_label.setText(text)
-
-    # training -------------------------------------------------------------------------------------------
     def open_training(self) -> None:
         """Open (or raise) the training dialog; a trained model lands in the model list, selected."""
         if self.train_dialog is None:

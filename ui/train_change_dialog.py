@@ -37,6 +37,7 @@ from ..core.change_data import ChangePair, pairs_from_folder
 from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
 from ..core.errors import RSLabError
 from . import task as tasks
+from .job_dock import cancel_if_alive
 
 # (label, (base, channels)); None = the free spin boxes.
 WIDTHS: List[Tuple[str, Optional[Tuple[int, int]]]] = [
@@ -71,10 +72,6 @@ def default_checkpoint_path() -> str:
     return str(folder / f"arcdnet_{_dt.datetime.now():%Y%m%d-%H%M%S}.pt")
 
 
-def cancel_if_alive(task: tasks.JobTask) -> None:
-    """Cancel `task` unless QGIS has already deleted it (it finished); for `destroyed` signals."""
-    if not sip.isdeleted(task):
-        task.cancel()
 
 
 class EpochBridge(QObject):

@@ -1,0 +1,142 @@
+"""What the job docks share: input layers as files, output folders, and one core job at a time
+in the background with progress, cancel and clear failures.
+
+A dock subclasses `JobDock`, builds a request (paths + params dataclass +
+`job(progress, cancelled)`), calls `start_job`, and implements
+`_finished(run, error)` starting with `request = self._end_job()`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from functools import partial
+from typing import Any, Iterable, Optional, Tuple
+
+from qgis.core import Qgis, QgsMapLayer, QgsMapLayerProxyModel
+from qgis.gui import QgsMapLayerComboBox
+from qgis.PyQt import sip
+from qgis.PyQt.QtWidgets import QWidget
+
+from ..core.errors import RSLabError
+from . import task as tasks
+
+
+def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
+    """The file behind a raster layer, or RSLabError saying why it cannot be used."""
+    if layer is None:
+        raise RSLabError(f"choose the {role} layer")
+    if layer.type() != QgsMapLayer.RasterLayer:
+        raise RSLabError(f"the {role} layer '{layer.name()}' is not a raster layer")
+    path = layer.source().split("|")[0]
+    if layer.providerType() != "gdal" or not os.path.isfile(path):
+        raise RSLabError(
+            f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
+            "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
+        )
+    return path
+
+
+def safe_name(text: str) -> str:
+    """A layer name made safe to use in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "layer"
+
+
+def unused_stem(folder: str, stem: str, suffixes: Iterable[str]) -> str:
+    """`folder/stem` (or `stem_2`, `stem_3`, …) such that no `<stem>_<suffix>` file exists yet."""
+    suffixes = list(suffixes)
+    candidate, n = stem, 1
+    while any(os.path.exists(os.path.join(folder, f"{candidate}_{s}")) for s in suffixes):
+        n += 1
+        candidate = f"{stem}_{n}"
+    return os.path.join(folder, candidate)
+
+
+def cancel_if_alive(task: tasks.JobTask) -> None:
+    """Cancel `task` unless QGIS has already deleted it (it finished); for `destroyed` signals."""
+    if not sip.isdeleted(task):
+        task.cancel()
+
+
+class JobDock(QWidget):
+    """Base of the task docks. Subclasses provide the widgets named below and `_finished`."""
+
+    MESSAGE_TITLE = "RS Lab"
+    TEMP_PREFIX = "rslab-"
+
+    # set by subclasses: iface, output_dir, run_button, cancel_button, progress_bar, status_label
+    iface: Any
+    task: Optional[tasks.JobTask]
+
+    def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
+        combo = QgsMapLayerComboBox(self)
+        combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        combo.setAllowEmptyLayer(allow_empty)
+        if allow_empty:
+            combo.setLayer(None)
+        return combo
+
+    def _output_folder(self) -> Tuple[str, bool]:
+        """(folder, created): the chosen folder, or a new temporary one when none is chosen."""
+        folder = self.output_dir.filePath().strip()
+        if not folder:
+            return tempfile.mkdtemp(prefix=self.TEMP_PREFIX), True
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise RSLabError(f"the output folder {folder} is a file")
+        return folder, False
+
+    def start_job(self, request: Any, description: str) -> None:
+        """Run `request.job` as a JobTask; `_finished` gets its result on the GUI thread."""
+        self._request = request
+        self.progress_bar.setValue(0)
+        self.task = tasks.JobTask(description, request.job, on_finished=self._finished)
+        self.task.progressChanged.connect(self._progress)
+        self.task.message.connect(self._set_status)
+        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
+        self.destroyed.connect(self._cancel_on_destroy)  # the dock goes away (plugin unloaded): stop the run
+        self._set_running(True)
+        tasks.start(self.task)
+
+    def is_running(self) -> bool:
+        return self.task is not None and getattr(self, "_request", None) is not None
+
+    def cancel(self) -> None:
+        if self.is_running():
+            self._set_status("Cancelling…")
+            self.task.cancel()
+
+    def _end_job(self) -> Optional[Any]:
+        """First step of `_finished`: the finished request, or None when the dock is already deleted."""
+        if sip.isdeleted(self):
+            return None
+        request, self._request = self._request, None
+        self.destroyed.disconnect(self._cancel_on_destroy)
+        self._set_running(False)
+        return request
+
+    def _progress(self, percent: float) -> None:
+        self.progress_bar.setValue(int(percent))
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    @staticmethod
+    def _remove_empty_folder(request: Any) -> None:
+        if request.created_dir and os.path.isdir(request.output_dir) and not os.listdir(request.output_dir):
+            os.rmdir(request.output_dir)
+
+    def _report_failure(self, error: str) -> None:
+        cancelled = error.startswith("cancelled")
+        first = error
+        if error.startswith("unexpected error"):  # JobTask logged the traceback
+            first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
+        self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
+        self.status_label.setText(("Cancelled: " if cancelled else "Failed: ") + first)
+        self.progress_bar.setValue(0)
+        if self.iface is not None and not cancelled:
+            self.iface.messageBar().pushMessage(self.MESSAGE_TITLE, first, Qgis.Critical, 0)
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setStyleSheet("")
+        self.status_label.setText(text)
