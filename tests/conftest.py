@@ -74,6 +74,17 @@ def shared_data() -> Path:
 
 
 @pytest.fixture()
+def project(qgis_app):
+    """The QGIS project, empty at the start and the end of the test."""
+    from qgis.core import QgsProject
+
+    project = QgsProject.instance()
+    project.clear()
+    yield project
+    project.clear()
+
+
+@pytest.fixture()
 def provider():
     """The RS Lab Processing provider, registered for one test and removed after it."""
     from rslab.provider.provider import RSLabProvider

@@ -6,13 +6,13 @@ import re
 
 import numpy as np
 import pytest
+from project_layers import add_raster
 import rasterio
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsPalettedRasterRenderer,
     QgsPointXY,
-    QgsProject,
     QgsRasterLayer,
     QgsSingleBandPseudoColorRenderer,
 )
@@ -35,21 +35,6 @@ def beach2(samples, tmp_path_factory):
     cube, gt = folder / "beach-2.tif", folder / "beach-2_gt.tif"
     import_cube(str(samples / "abu-beach-2.mat"), str(cube), str(gt))
     return cube, gt
-
-
-@pytest.fixture()
-def project(qgis_app):
-    project = QgsProject.instance()
-    project.clear()
-    yield project
-    project.clear()
-
-
-def add_raster(project, path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid(), path
-    project.addMapLayer(layer)
-    return layer
 
 
 @pytest.fixture()

@@ -6,13 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from project_layers import add_raster
 import rasterio
 from osgeo import gdal
 from qgis.core import (
     QgsLayerTreeGroup,
     QgsPalettedRasterRenderer,
-    QgsProject,
-    QgsRasterLayer,
     QgsSingleBandPseudoColorRenderer,
 )
 from qgis.PyQt import sip
@@ -34,21 +33,6 @@ def checkpoint(shared_data, tmp_path_factory) -> str:
     train_change_detector(pairs[:1], pairs[1:], path,
                           TrainChangeParams(iterations=2, eval_every=1, crop=64, batch_size=2, base=8, channels=8))
     return path
-
-
-@pytest.fixture()
-def project(qgis_app):
-    project = QgsProject.instance()
-    project.clear()
-    yield project
-    project.clear()
-
-
-def add_raster(project, path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid(), path
-    project.addMapLayer(layer)
-    return layer
 
 
 def copy_to(folder, path):
