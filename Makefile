@@ -53,6 +53,7 @@ demo: setup
 bench: setup
 	$(PY) bench/tiling.py
 	$(PY) bench/change_detection.py
+	$(PY) bench/anomaly.py
 
 install:
 	mkdir -p "$(QGIS_PLUGINS)"
