@@ -182,15 +182,21 @@ def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> No
               TileSpec(STATS_TILE, 0), monitor)
 
 
-def score_bounds(path: str) -> Tuple[float, float]:
-    """(min, max) of the written scores over valid pixels, by windows."""
+def valid_range(path: str) -> Tuple[float, float]:
+    """(min, max) over every band of the valid pixels of a raster, by windows; (inf, -inf) if none is valid."""
     lo, hi = np.inf, -np.inf
     info = raster_info(path)
     with gdal_env(), open_raster(path) as ds:
         for tile in _windows(info):
-            value, valid = read_window(ds, tile.read)
+            x, valid = _pixels(ds, tile.read)
             if valid.any():
-                lo, hi = min(lo, float(value[0][valid].min())), max(hi, float(value[0][valid].max()))
+                lo, hi = min(lo, float(x[valid].min())), max(hi, float(x[valid].max()))
+    return lo, hi
+
+
+def score_bounds(path: str) -> Tuple[float, float]:
+    """(min, max) of the written scores over valid pixels."""
+    lo, hi = valid_range(path)
     if not np.isfinite(lo):
         raise RSLabError("no valid pixel was scored")
     return lo, hi
@@ -244,13 +250,7 @@ def _principal_components(cov: np.ndarray, count: int) -> Tuple[np.ndarray, np.n
 
 
 def _value_range(path: str) -> Tuple[float, float]:
-    lo, hi = np.inf, -np.inf
-    info = raster_info(path)
-    with gdal_env(), open_raster(path) as ds:
-        for tile in _windows(info):
-            x, valid = _pixels(ds, tile.read)
-            if valid.any():
-                lo, hi = min(lo, float(x[valid].min())), max(hi, float(x[valid].max()))
+    lo, hi = valid_range(path)
     if not np.isfinite(lo) or hi <= lo:
         raise RSLabError("the image is constant (or has no valid pixels): there is nothing to detect")
     return lo, hi
