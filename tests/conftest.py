@@ -85,6 +85,29 @@ def project(qgis_app):
 
 
 @pytest.fixture()
+def qgis_process(tmp_path):
+    """`qgis_process(*args)`: /usr/bin/qgis_process.bin with RS Lab enabled in a fresh QGIS profile.
+
+    It runs QGIS's own Python (no PYTHONPATH), which is how users' command lines run the plugin.
+    """
+    import subprocess
+
+    config = tmp_path / "qgis-process-profile"
+    plugins = config / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "rslab").symlink_to(REPO)
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(config), QT_QPA_PLATFORM="offscreen")
+    env.pop("PYTHONPATH", None)
+
+    def run(*args: str) -> "subprocess.CompletedProcess":
+        return subprocess.run(["/usr/bin/qgis_process.bin", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    assert run("plugins", "enable", "rslab").returncode == 0
+    return run
+
+
+@pytest.fixture()
 def provider():
     """The RS Lab Processing provider, registered for one test and removed after it."""
     from rslab.provider.provider import RSLabProvider

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from project_layers import add_raster
+from project_layers import RUN_TIMEOUT_MS, add_raster, click_run, group_names
 import rasterio
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -24,7 +24,6 @@ import rslab
 from rslab.core.import_cube import import_cube
 from rslab.ui.anomaly_dock import AnomalyDock, output_paths, roc_curve
 
-RUN_TIMEOUT_MS = 120_000
 BANDS = 193  # ABU beach-2: 100 x 100 x 193
 
 
@@ -61,16 +60,6 @@ def choose(dock, layer, method="rx", reference=None, rate=None, output=None, ite
         dock.iterations_spin.setValue(iterations)
     if output is not None:
         dock.output_dir.setFilePath(str(output))
-
-
-def click_run(qtbot, dock):
-    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
-        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
-    return done.args
-
-
-def group_names(project):
-    return [n.name() for n in project.layerTreeRoot().findGroups()]
 
 
 def map_point(layer: QgsRasterLayer, row: int, col: int) -> QgsPointXY:

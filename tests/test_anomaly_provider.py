@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -141,17 +140,9 @@ def test_loaded_outputs_are_styled_and_the_ramp_fits_the_scores(tmp_path, scene,
         project.clear()
 
 
-def test_detect_anomalies_from_the_command_line(tmp_path, samples):
+def test_detect_anomalies_from_the_command_line(tmp_path, samples, qgis_process):
     """`qgis_process.bin run rslab:detect_anomalies -- INPUT=...` with the plugin in a fresh profile."""
-    config = tmp_path / "config"
-    plugins = config / "profiles" / "default" / "python" / "plugins"
-    plugins.mkdir(parents=True)
-    (plugins / "rslab").symlink_to(samples.parent.parent)
-    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(config), QT_QPA_PLATFORM="offscreen")
-    env.pop("PYTHONPATH", None)
-    run = lambda *a: subprocess.run(["/usr/bin/qgis_process.bin", *a], capture_output=True, text=True, env=env,
-                                    timeout=300)
-    assert run("plugins", "enable", "rslab").returncode == 0
+    run = qgis_process
     cube, gt = str(tmp_path / "beach2.tif"), str(tmp_path / "beach2_gt.tif")
     imported = run("--json", "run", "rslab:import_cube", "--", f"INPUT={samples / 'abu-beach-2.mat'}",
                    f"OUTPUT_CUBE={cube}", f"OUTPUT_GT={gt}")

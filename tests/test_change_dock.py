@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from project_layers import add_raster
+from project_layers import RUN_TIMEOUT_MS, add_raster, click_run, group_names
 import rasterio
 from osgeo import gdal
 from qgis.core import (
@@ -22,7 +22,6 @@ from rslab.core.change_training import TrainChangeParams, train_change_detector
 from rslab.ui.change_dock import CUSTOM_CHECKPOINT, ChangeDetectionDock, output_paths, uncertainty_histogram
 
 PAIR = "test_2_0000_0000"
-RUN_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="session")
@@ -68,16 +67,6 @@ def choose(dock, before, after, method="cva", reference=None, checkpoint=None, o
         dock.model_file.setFilePath(checkpoint)
     if output is not None:
         dock.output_dir.setFilePath(str(output))
-
-
-def click_run(qtbot, dock):
-    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
-        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
-    return done.args
-
-
-def group_names(project):
-    return [n.name() for n in project.layerTreeRoot().findGroups()]
 
 
 def message_texts(iface):

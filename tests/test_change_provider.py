@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 import rasterio
@@ -66,17 +65,9 @@ def test_train_change_detector_processing_run(tmp_path, shared_data, provider):
         processing.run("rslab:train_change_detector", {"ITERATIONS": 1, "OUTPUT_MODEL": str(tmp_path / "x.pt")})
 
 
-def test_detect_changes_from_the_command_line(tmp_path, samples):
+def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process):
     """`qgis_process.bin run rslab:detect_changes -- BEFORE=... AFTER=...` with the plugin in a fresh profile."""
-    config = tmp_path / "config"
-    plugins = config / "profiles" / "default" / "python" / "plugins"
-    plugins.mkdir(parents=True)
-    (plugins / "rslab").symlink_to(samples.parent.parent)
-    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(config), QT_QPA_PLATFORM="offscreen")
-    env.pop("PYTHONPATH", None)
-    run = lambda *a: subprocess.run(["/usr/bin/qgis_process.bin", *a], capture_output=True, text=True, env=env,
-                                    timeout=300)
-    assert run("plugins", "enable", "rslab").returncode == 0
+    run = qgis_process
     before, after, label = _pair(samples)
     done = run("--json", "run", "rslab:detect_changes", "--", f"BEFORE={before}", f"AFTER={after}", "METHOD=0",
                f"REFERENCE={label}", f"OUTPUT_CHANGE={tmp_path / 'c.tif'}", f"OUTPUT_UNCERTAINTY={tmp_path / 'u.tif'}",
