@@ -68,13 +68,26 @@ def check_pair(pair: ChangePair) -> Tuple[int, int, int]:
 
 
 class PairSampler:
-    """Random training crops (with flips, 90-degree turns and date swaps) from a list of pairs."""
+    """Random training crops (with flips, 90-degree turns and date swaps) from a list of pairs.
 
-    def __init__(self, pairs: Sequence[ChangePair], crop: int, seed: int = 0) -> None:
+    Two further augmentations, departures from METHODS.md for our tiny training
+    sets (a few dozen tiles), both off when their probability is 0:
+
+    - `jitter`: each date gets its own brightness gain and offset, so the model
+      does not learn illumination differences between dates as change;
+    - `paste`: the changed pixels of another training crop (its after image
+      where its label is set) are pasted into this crop's after image and
+      labelled as change, which multiplies the kinds of change the model sees.
+    """
+
+    def __init__(self, pairs: Sequence[ChangePair], crop: int, seed: int = 0,
+                 jitter: float = 0.0, paste: float = 0.0) -> None:
         if not pairs:
             raise RSLabError("no training pairs were given")
         self.pairs = list(pairs)
         self.crop = crop
+        self.jitter = jitter
+        self.paste = paste
         self.rng = np.random.default_rng(seed)
         shapes = [check_pair(p) for p in self.pairs]
         bands = {s[0] for s in shapes}
@@ -107,6 +120,10 @@ class PairSampler:
         else:
             a, b, y, v = read_pair(self.pairs[i], win)
         a, b, y, v = pad_to(a, b, y, v, self.crop)
+        if self.paste and self.rng.random() < self.paste:
+            b, y, v = self._paste_changes(b, y, v)
+        if self.jitter and self.rng.random() < self.jitter:
+            a, b = self._photometric(a), self._photometric(b)
         if self.rng.random() < 0.5:
             a, b = b, a  # the change between two dates does not depend on their order
         k = int(self.rng.integers(0, 4))
@@ -121,6 +138,34 @@ class PairSampler:
             return np.ascontiguousarray(x)
 
         return aug(a), aug(b), aug(y), aug(v)
+
+    def _photometric(self, x: np.ndarray) -> np.ndarray:
+        """One date's brightness gain (0.8..1.2) and offset (+-8 % of its mean), all bands alike."""
+        gain = self.rng.uniform(0.8, 1.2)
+        offset = self.rng.uniform(-0.08, 0.08) * float(x.mean())
+        return (x * gain + offset).astype(np.float32)
+
+    def _paste_changes(self, b: np.ndarray, y: np.ndarray, v: np.ndarray):
+        """Paste another in-memory crop's changed pixels (after image, label set) into this after image."""
+        donors = [i for i in self.cache if self.cache[i][2].any()]
+        if not donors:
+            return b, y, v
+        j = donors[int(self.rng.integers(len(donors)))]
+        _, db, dy, dv = self.cache[j]
+        h, w = dy.shape
+        size = y.shape[0]
+        r = int(self.rng.integers(0, max(h - size, 0) + 1))
+        c = int(self.rng.integers(0, max(w - size, 0) + 1))
+        db, dy, dv = db[:, r:r + size, c:c + size], dy[r:r + size, c:c + size], dv[r:r + size, c:c + size]
+        take = np.zeros_like(y, dtype=bool)
+        take[:dy.shape[0], :dy.shape[1]] = (dy > 0) & dv
+        if not take.any():
+            return b, y, v
+        b, y, v = b.copy(), y.copy(), v.copy()
+        b[:, :dy.shape[0], :dy.shape[1]] = np.where(take[None, :dy.shape[0], :dy.shape[1]], db, b[:, :dy.shape[0], :dy.shape[1]])
+        y[take] = 1.0
+        v[take] = True
+        return b, y, v
 
 
 def read_pair(pair: ChangePair, window: Window) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -48,6 +48,8 @@ class TrainChangeParams:
     threshold: float = 0.5
     seed: int = 0
     init_checkpoint: Optional[str] = None
+    jitter: float = 0.0  # probability of per-date brightness jitter (see PairSampler)
+    paste: float = 0.0  # probability of pasting another crop's changes (see PairSampler)
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "eval_every"):
@@ -129,7 +131,7 @@ def train_change_detector(
         raise RSLabError("training needs at least one validation pair to choose the best checkpoint")
     torch.manual_seed(params.seed)
     device = select_device()
-    sampler = PairSampler(train_pairs, params.crop, params.seed)
+    sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste)
     val_bands = {check_pair(p)[0] for p in val_pairs}
     if val_bands != {sampler.bands}:
         raise RSLabError(f"validation pairs have {sorted(val_bands)} bands, training pairs {sampler.bands}")

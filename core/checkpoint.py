@@ -146,6 +146,12 @@ def build_model(checkpoint: Checkpoint) -> Any:
     from ..models import registry
 
     model = registry.build(checkpoint.card.architecture, checkpoint.card.arguments)
+    if checkpoint.card.bit_widths is not None:  # a compressed model: pruned shapes, then quantisers
+        from .model_shapes import conform_to_state_dict
+        from .quantization import apply_bit_plan
+
+        conform_to_state_dict(model, checkpoint.state_dict)
+        apply_bit_plan(model, checkpoint.card.bit_widths)
     try:
         model.load_state_dict(checkpoint.state_dict, strict=True)
     except RuntimeError as exc:

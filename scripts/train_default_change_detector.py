@@ -37,9 +37,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--output", default=str(OUTPUT))
+    parser.add_argument("--init", default=None, help="continue from this checkpoint (e.g. the shipped one)")
+    parser.add_argument("--jitter", type=float, default=0.5, help="probability of per-date brightness jitter")
+    parser.add_argument("--paste", type=float, default=0.3, help="probability of pasting changes from another crop")
+    parser.add_argument("--lr", type=float, default=5e-4)
     args = parser.parse_args()
     train, val = split()
-    params = TrainChangeParams(iterations=args.iterations, eval_every=100, crop=256, batch_size=8, base=32, channels=32)
+    params = TrainChangeParams(iterations=args.iterations, eval_every=100, crop=256, batch_size=8, base=32, channels=32,
+                               init_checkpoint=args.init, jitter=args.jitter, paste=args.paste, lr=args.lr)
     t0 = time.time()
 
     def progress(fraction, message):

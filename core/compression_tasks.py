@@ -1,0 +1,220 @@
+"""What compression needs to know about a task: data, loss, score, example inputs.
+
+PIC-PQ and GHOST are model-agnostic: they prune, quantise and fine-tune any
+RS Lab model through one small interface, `CompressionTask`. Each task model
+of the plugin has an adapter here:
+
+- `classification` (the CIFAR ResNet benchmark): a `.npz` with x_train,
+  y_train, x_test, y_test (uint8 images N x H x W x C, integer labels);
+  score: accuracy in percent.
+- `change_detection` (AR-CDNet): a folder laid out as A/, B/, label/; pairs
+  listed in the checkpoint card's training data are used for fine-tuning, the
+  others for the score (F1 in percent), or a `held_out` list picks them.
+- `anomaly_detection` (BSDM denoiser): a hyperspectral raster (and optionally
+  a reference mask); the loss is BSDM's own (predict the pseudo background
+  noise), the score AUC(D,F) of BSDM + RX in percent with a reference, else
+  the negative denoising loss.
+
+`batch()` returns (inputs, target) where inputs is a tuple for model(*inputs).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .errors import RSLabError
+
+Batch = Tuple[Tuple[Any, ...], Any]
+
+
+class CompressionTask:
+    """Interface the compression methods use; subclasses fill it in per task."""
+
+    name: str = ""
+    metric: str = ""  # the score's name, e.g. "accuracy" or "f1" (higher is better, in percent)
+
+    def example_inputs(self) -> Tuple[Any, ...]:
+        """Inputs for one sample (batch of one), for BOPs counting and export."""
+        raise NotImplementedError
+
+    def batch(self, size: int) -> Batch:
+        """One random training batch (inputs, target)."""
+        raise NotImplementedError
+
+    def loss(self, model: Any, batch: Batch) -> Any:
+        """The task loss of `model` on `batch` (a scalar tensor with a gradient)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: Any) -> Dict[str, float]:
+        """Scores on the evaluation data; includes `self.metric` (percent, higher is better) and `loss`."""
+        raise NotImplementedError
+
+    def calibration_batches(self, count: int = 4, size: int = 16) -> List[Tuple[Any, ...]]:
+        """Input tuples for activation-range calibration (training data, fixed seed)."""
+        state = self.rng.bit_generator.state
+        self.rng = np.random.default_rng(12345)
+        batches = [self.batch(size)[0] for _ in range(count)]
+        self.rng.bit_generator.state = state
+        return batches
+
+    rng: np.random.Generator = np.random.default_rng(0)
+
+
+class ClassificationTask(CompressionTask):
+    """Image classification from an .npz of uint8 images (CIFAR layout)."""
+
+    name = "classification"
+    metric = "accuracy"
+
+    def __init__(self, checkpoint: Checkpoint, data_path: str, seed: int = 0, eval_limit: Optional[int] = None) -> None:
+        import torch
+
+        if not os.path.isfile(data_path):
+            raise RSLabError(f"classification data not found: {data_path}")
+        try:
+            data = np.load(data_path)
+            x_train, y_train = data["x_train"], data["y_train"]
+            x_test, y_test = data["x_test"], data["y_test"]
+        except (KeyError, ValueError, OSError) as exc:
+            raise RSLabError(f"{os.path.basename(data_path)} is not an .npz with x_train, y_train, x_test, y_test ({exc})") from exc
+        bands = len(checkpoint.card.bands) or int(checkpoint.card.arguments.get("bands", 3))
+        if x_train.ndim != 4 or x_train.shape[-1] != bands:
+            raise RSLabError(f"the images have shape {x_train.shape}; the model expects N x H x W x {bands}")
+        mean = np.asarray(checkpoint.card.normalisation.get("mean", [0.0] * bands), np.float32)
+        std = np.asarray(checkpoint.card.normalisation.get("std", [1.0] * bands), np.float32)
+        self.x_train = self._tensor(x_train, mean, std)
+        self.y_train = torch.from_numpy(y_train.astype(np.int64))
+        if eval_limit:
+            x_test, y_test = x_test[:eval_limit], y_test[:eval_limit]
+        self.x_test = self._tensor(x_test, mean, std)
+        self.y_test = torch.from_numpy(y_test.astype(np.int64))
+        self.rng = np.random.default_rng(seed)
+
+    @staticmethod
+    def _tensor(x: np.ndarray, mean: np.ndarray, std: np.ndarray):
+        import torch
+
+        return torch.from_numpy(((x.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2).copy())
+
+    def example_inputs(self) -> Tuple[Any, ...]:
+        return (self.x_test[:1],)
+
+    def batch(self, size: int) -> Batch:
+        """Random crop (4-pixel padding) and horizontal flip, the standard CIFAR augmentation."""
+        import torch
+        import torch.nn.functional as F
+
+        idx = torch.from_numpy(self.rng.integers(0, len(self.x_train), size))
+        x = F.pad(self.x_train[idx], (4, 4, 4, 4))
+        h, w = self.x_train.shape[-2:]
+        out = torch.empty((size, x.shape[1], h, w))
+        for i in range(size):
+            r, c = self.rng.integers(0, 9, 2)
+            crop = x[i, :, r:r + h, c:c + w]
+            out[i] = crop.flip(-1) if self.rng.random() < 0.5 else crop
+        return (out,), self.y_train[idx]
+
+    def loss(self, model: Any, batch: Batch) -> Any:
+        import torch.nn.functional as F
+
+        inputs, target = batch
+        return F.cross_entropy(model(*inputs), target)
+
+    def evaluate(self, model: Any) -> Dict[str, float]:
+        import torch
+        import torch.nn.functional as F
+
+        was_training = model.training
+        model.eval()
+        correct, loss = 0, 0.0
+        with torch.no_grad():
+            for start in range(0, len(self.x_test), 250):
+                logits = model(self.x_test[start:start + 250])
+                target = self.y_test[start:start + 250]
+                loss += float(F.cross_entropy(logits, target, reduction="sum"))
+                correct += int((logits.argmax(1) == target).sum())
+        model.train(was_training)
+        n = len(self.x_test)
+        return {"accuracy": 100.0 * correct / n, "loss": loss / n}
+
+
+class ChangeDetectionTask(CompressionTask):
+    """AR-CDNet pairs from an A/ B/ label/ folder: fine-tune on training pairs, score on held-out ones."""
+
+    name = "change_detection"
+    metric = "f1"
+
+    def __init__(self, checkpoint: Checkpoint, data_path: str, seed: int = 0,
+                 held_out: Optional[Sequence[str]] = None, crop: int = 128) -> None:
+        from .change_data import PairSampler, pairs_from_folder
+
+        if not os.path.isdir(data_path):
+            raise RSLabError(f"change-detection data must be a folder with A/, B/ and label/: {data_path}")
+        pairs = pairs_from_folder(data_path)
+        trained_on = set(checkpoint.card.training.get("train_pairs", []))
+        if held_out is not None:
+            evaluation = [p for p in pairs if p.name in set(held_out)]
+            training = [p for p in pairs if p.name not in set(held_out)]
+        else:
+            training = [p for p in pairs if p.name in trained_on]
+            evaluation = [p for p in pairs if p.name not in trained_on]
+        if not training:
+            training = pairs  # no pair the model trained on: fine-tune on everything given
+        if not evaluation:
+            raise RSLabError(f"no pairs in {data_path} to evaluate on (all were used in training)")
+        self.training, self.evaluation = training, evaluation
+        self.mean = checkpoint.card.normalisation["mean"]
+        self.std = checkpoint.card.normalisation["std"]
+        self.sampler = PairSampler(training, crop, seed)
+        self.rng = np.random.default_rng(seed)
+        self.bands = self.sampler.bands
+
+    def _normalise(self, x):
+        import torch
+
+        m = torch.tensor(self.mean, dtype=torch.float32)[None, :, None, None]
+        s = torch.tensor(self.std, dtype=torch.float32)[None, :, None, None]
+        return (x - m) / s
+
+    def example_inputs(self) -> Tuple[Any, ...]:
+        import torch
+
+        x = torch.zeros((1, self.bands, 256, 256))
+        return (x, x.clone())
+
+    def batch(self, size: int) -> Batch:
+        import torch
+
+        self.sampler.rng = self.rng  # one random stream per task, so calibration batches are reproducible
+        crops = [self.sampler.sample() for _ in range(size)]
+        a, b, y, v = (torch.from_numpy(np.stack([c[i] for c in crops])) for i in range(4))
+        return (self._normalise(a), self._normalise(b)), (y[:, None], v[:, None].float())
+
+    def loss(self, model: Any, batch: Batch) -> Any:
+        from ..models.arcdnet import arcdnet_loss
+
+        inputs, (y, v) = batch
+        loss, _ = arcdnet_loss(model(*inputs), y, v)
+        return loss
+
+    def evaluate(self, model: Any) -> Dict[str, float]:
+        from .change_training import evaluate
+
+        scores = evaluate(model, self.evaluation, self.mean, self.std, "cpu")
+        return {"f1": 100.0 * scores["f1"], "iou": 100.0 * scores["iou"], "kappa": 100.0 * scores["kappa"],
+                "loss": 1.0 - scores["f1"]}
+
+
+TASKS = {"classification": ClassificationTask, "change_detection": ChangeDetectionTask}
+
+
+def task_for(checkpoint: Checkpoint, data_path: str, seed: int = 0, **options: Any) -> CompressionTask:
+    """The adapter for the checkpoint's task, reading `data_path`."""
+    if checkpoint.card.task not in TASKS:
+        raise RSLabError(f"compression does not support {checkpoint.card.task!r} models yet; "
+                         f"supported: {', '.join(sorted(TASKS))}")
+    return TASKS[checkpoint.card.task](checkpoint, data_path, seed, **options)
