@@ -148,12 +148,17 @@ def build_model(checkpoint: Checkpoint) -> Any:
     model = registry.build(checkpoint.card.architecture, checkpoint.card.arguments)
     if checkpoint.card.bit_widths is not None:  # a compressed model: pruned shapes, then quantisers
         from .model_shapes import conform_to_state_dict
-        from .quantization import apply_bit_plan
+        from .quantization import apply_bit_plan, unpack_state
 
-        conform_to_state_dict(model, checkpoint.state_dict)
+        state = {k.replace(".weight_levels", ".weight"): v for k, v in checkpoint.state_dict.items()
+                 if not k.endswith(".weight_scale")}  # packed int8 weights have the layer's shape
+        conform_to_state_dict(model, state)
         apply_bit_plan(model, checkpoint.card.bit_widths)
+        state = unpack_state(model, checkpoint.state_dict)
+    else:
+        state = checkpoint.state_dict
     try:
-        model.load_state_dict(checkpoint.state_dict, strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise RSLabError(
             f"the weights in {os.path.basename(checkpoint.path) or 'the checkpoint'} do not fit "

@@ -89,7 +89,8 @@ def quantize_weight(weight: Tensor, bits: int) -> Tensor:
     levels = weight_levels(bits)
     t = torch.tanh(weight)
     w = t / t.abs().max().clamp_min(1e-12)
-    return round_ste(w * levels) / levels * weight.abs().max().detach().clamp_min(1e-12)
+    scale = weight.abs().max().detach().clamp_min(1e-12) / levels
+    return round_ste(w * levels) * scale  # levels x scale, as weight_integers and packed checkpoints store it
 
 
 def quantize_activation(x: Tensor, bits: int, alpha: Tensor, signed: bool) -> Tensor:
@@ -116,7 +117,17 @@ class QuantMixin:
             self.register_buffer("a_signed", torch.zeros((), dtype=torch.bool, device=self.weight.device))
 
     def quant_weight(self) -> Tensor:
+        if getattr(self, "w_frozen", False):  # already on the integer grid (read from a packed checkpoint)
+            return self.weight
         return quantize_weight(self.weight, self.w_bits)
+
+    def integer_weight(self) -> Tuple[Tensor, Tensor]:
+        """(integer levels, scale) of this layer's quantised weight: quant_weight() == levels * scale."""
+        if getattr(self, "w_frozen", False):
+            levels = weight_levels(self.w_bits)
+            scale = self.weight.detach().abs().max().clamp_min(1e-12) / levels
+            return torch.round(self.weight.detach() / scale), scale
+        return weight_integers(self.weight.detach(), self.w_bits)
 
     def quant_input(self, x: Tensor) -> Tensor:
         return quantize_activation(x, self.a_bits, self.a_alpha, bool(self.a_signed))
@@ -169,21 +180,50 @@ def apply_bit_plan(model: nn.Module, plan: Mapping[str, Mapping[str, int]]) -> n
                 module._buffers.pop(buffer, None)
             module.__dict__.pop("w_bits", None)
             module.__dict__.pop("a_bits", None)
+            module.__dict__.pop("w_frozen", None)
             continue
         module.__class__ = QUANT_CLASSES[base]
         module.init_quant(w_bits, a_bits)
     return model
 
 
-def compressed_state(model: nn.Module) -> Tuple[BitPlan, Dict[str, Tensor]]:
+def compressed_state(model: nn.Module, pack: bool = True) -> Tuple[BitPlan, Dict[str, Tensor]]:
     """(bit plan for the model card, state dict) of a compressed model, in the form `build_model` reloads.
 
     Full-precision layers are turned back into plain layers first, so the state dict
-    holds range buffers exactly for the layers the plan quantises.
+    holds range buffers exactly for the layers the plan quantises. With `pack`, the
+    weights of quantised layers are stored as what inference uses: int8 integer
+    levels `<layer>.weight_levels` and a scale `<layer>.weight_scale` (1 byte per
+    weight instead of 4), which is what makes a compressed checkpoint small.
     """
     plan = bit_plan(model)
     apply_bit_plan(model, plan)
-    return plan, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if pack:
+        for name, module in quantisable_layers(model):
+            if isinstance(module, QuantMixin) and module.w_bits < FULL_PRECISION:
+                levels, scale = module.integer_weight()
+                del state[f"{name}.weight"]
+                state[f"{name}.weight_levels"] = levels.to(torch.int8).cpu()
+                state[f"{name}.weight_scale"] = scale.reshape(()).float().cpu()
+    return plan, state
+
+
+def unpack_state(model: nn.Module, state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """The loadable state dict of a packed checkpoint; marks its quantised layers' weights as frozen on the grid.
+
+    Call after `apply_bit_plan`. A state dict without packed weights comes back unchanged.
+    """
+    out = dict(state)
+    layers = dict(quantisable_layers(model))
+    for key in [k for k in state if k.endswith(".weight_levels")]:
+        name = key[: -len(".weight_levels")]
+        if name not in layers or not isinstance(layers[name], QuantMixin):
+            raise RSLabError(f"packed weights for {name}, which the bit plan does not quantise")
+        out[f"{name}.weight"] = state[key].float() * state[f"{name}.weight_scale"].float()
+        del out[key], out[f"{name}.weight_scale"]
+        layers[name].w_frozen = True
+    return out
 
 
 def bit_plan(model: nn.Module) -> BitPlan:
