@@ -47,6 +47,7 @@ class RSLabPlugin:
         self._add_action("Detect changes…", "change.svg", self.show_change_dock)
         self._add_action("Train a change detector…", "train.svg", self.show_change_training, toolbar=False)
         self._add_action("Detect anomalies…", "anomaly.svg", self.show_anomaly_dock)
+        self._add_action("Compress a model…", "rslab.svg", self.show_compression_dock, toolbar=False)
         self._add_action("Diagnostics…", "diagnostics.svg", self.show_diagnostics)
         self._warn_missing_packages()
 
@@ -101,6 +102,11 @@ class RSLabPlugin:
         from .ui.anomaly_dock import AnomalyDock
 
         return self.show_dock("anomaly", "RS Lab: hyperspectral anomalies", lambda: AnomalyDock(self.iface))
+
+    def show_compression_dock(self) -> QDockWidget:
+        from .ui.compression_dock import CompressionDock
+
+        return self.show_dock("compression", "RS Lab: model compression", lambda: CompressionDock(self.iface))
 
     def show_diagnostics(self) -> None:
         from .ui.diagnostics_dialog import DiagnosticsDialog

@@ -43,6 +43,7 @@ from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_wind
 from .tiling import OutputSpec, TileSpec, run_tiled, tile_grid
 
 METHODS = ("bsdm_rx", "rx", "lrx")
+TASK = "anomaly_detection"
 MASK_NODATA = 255
 LRX_COMPONENTS = 10
 STATS_TILE = 256  # a 256 x 256 x 200-band window is ~100 MB in float64
@@ -60,6 +61,7 @@ class AnomalyParams:
     max_train_pixels: int = 20000
     rounds: int = 10
     device: str = "auto"
+    model: Optional[str] = None  # a BSDM denoiser checkpoint to use instead of training one on the scene
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,6 +78,8 @@ class AnomalyParams:
             )
         if self.false_alarm_rate is not None and not 0 < self.false_alarm_rate < 1:
             raise RSLabError(f"the false-alarm rate must be between 0 and 1, got {self.false_alarm_rate}")
+        if self.model and self.method != "bsdm_rx":
+            raise RSLabError(f"a denoiser checkpoint is only used by bsdm_rx, not by {self.method}")
         if self.max_train_pixels < 100:
             raise RSLabError(f"BSDM needs at least 100 training pixels, got {self.max_train_pixels}")
 
@@ -85,6 +89,7 @@ class AnomalyOutputs:
     scores: str
     mask: Optional[str] = None
     report: Optional[str] = None
+    model: Optional[str] = None  # bsdm_rx: also save the trained denoiser as an RS Lab checkpoint
 
 
 @dataclass
@@ -307,6 +312,33 @@ def train_bsdm(sample: np.ndarray, params: AnomalyParams, device, monitor: JobMo
     return model, losses
 
 
+def save_denoiser(model, path: str, scene: str, lo: float, hi: float, params: AnomalyParams) -> None:
+    """Write a trained BSDM denoiser as an RS Lab checkpoint (for reuse on the scene, or compression)."""
+    from .checkpoint import ModelCard, save_checkpoint
+
+    bands = model.bands
+    card = ModelCard(
+        task=TASK, architecture="bsdm", arguments={"bands": bands},
+        bands=[f"band {i + 1}" for i in range(bands)],
+        normalisation={"min": [float(lo)] * bands, "max": [float(hi)] * bands},
+        training={"data": os.path.basename(scene), "params": {"iterations": params.iterations, "seed": params.seed,
+                                                              "max_train_pixels": params.max_train_pixels}},
+        description="BSDM background-suppression denoiser, trained on one scene (RS Lab)",
+    )
+    save_checkpoint(path, model.state_dict(), card)
+
+
+def load_denoiser(path: str, bands: int):
+    """A BSDM denoiser checkpoint (float or compressed) for a `bands`-band image, ready for inference."""
+    from .checkpoint import build_model, load_checkpoint
+
+    checkpoint = load_checkpoint(path, task=TASK)
+    if checkpoint.card.arguments.get("bands") != bands:
+        raise RSLabError(f"{os.path.basename(path)} was trained for {checkpoint.card.arguments.get('bands')} bands; "
+                         f"the image has {bands}")
+    return build_model(checkpoint)
+
+
 def _suppress_raster(source: str, output: str, model, lo: float, hi: float, params: AnomalyParams, device,
                      monitor: JobMonitor) -> None:
     import torch
@@ -395,6 +427,8 @@ def detect_anomalies(
     info = raster_info(cube)
     if info.count < 2:
         raise RSLabError(f"{os.path.basename(cube)} has {info.count} band; anomaly detection needs a multiband image")
+    if outputs.model and params.method != "bsdm_rx":
+        raise RSLabError(f"only bsdm_rx trains a denoiser to save; {params.method} has none")
     if outputs.mask and params.false_alarm_rate is None:
         raise RSLabError("a mask output needs a false-alarm rate to threshold the scores at")
     result = AnomalyResult(outputs=outputs, method=params.method, params=asdict(params), width=info.width,
@@ -412,8 +446,14 @@ def detect_anomalies(
             result.device = describe_device(device)
             with monitor.timed("bsdm_train"):
                 lo, hi = _value_range(cube)
-                sample = _training_sample(cube, lo, hi, params.max_train_pixels, np.random.default_rng(params.seed))
-                model, result.training_loss = train_bsdm(sample, params, device, monitor.sub(0.0, 0.6))
+                if params.model:
+                    model = load_denoiser(params.model, info.count).to(device)
+                    result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")
+                else:
+                    sample = _training_sample(cube, lo, hi, params.max_train_pixels, np.random.default_rng(params.seed))
+                    model, result.training_loss = train_bsdm(sample, params, device, monitor.sub(0.0, 0.6))
+                if outputs.model:
+                    save_denoiser(model, pending.temp(outputs.model), cube, lo, hi, params)
             with monitor.timed("bsdm_suppress"):
                 source = os.path.join(workdir, "suppressed.tif")
                 _suppress_raster(cube, source, model, lo, hi, params, device, monitor.sub(0.6, 0.75))

@@ -112,6 +112,10 @@ def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
     if not path or not os.path.isfile(path):
         raise RSLabError(f"checkpoint file not found: {path}")
     name = os.path.basename(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # torch.save: a zip archive (or a legacy pickle)
+        raise RSLabError(f"{name} is not an RS Lab checkpoint (not a file written by torch.save)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

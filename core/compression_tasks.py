@@ -20,7 +20,6 @@ of the plugin has an adapter here:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -209,7 +208,143 @@ class ChangeDetectionTask(CompressionTask):
                 "loss": 1.0 - scores["f1"]}
 
 
-TASKS = {"classification": ClassificationTask, "change_detection": ChangeDetectionTask}
+class AnomalyTask(CompressionTask):
+    """The BSDM denoiser on one hyperspectral scene: an ABU-style .mat (`data` cube, `map` reference) or a raster.
+
+    Fine-tuning uses BSDM's own objective (predict the fixed pseudo-noise draw at
+    t = 500 from x_t). The score is AUC(D,F) of BSDM + RX in percent when the scene
+    has a reference (a .mat `map`), else 100 x (1 - denoising loss).
+    """
+
+    name = "anomaly_detection"
+    metric = "auc"
+    MAX_PIXELS = 1_000_000
+
+    def __init__(self, checkpoint: Checkpoint, data_path: str, seed: int = 0, rounds: int = 10) -> None:
+        import torch
+
+        from ..models.bsdm import T_FIXED, schedule
+
+        cube, reference = self._read(data_path)
+        bands = int(checkpoint.card.arguments.get("bands", 0))
+        if cube.shape[0] != bands:
+            raise RSLabError(f"the denoiser was trained for {bands} bands; {os.path.basename(data_path)} has {cube.shape[0]}")
+        pixels = cube.reshape(bands, -1).T.astype(np.float64)
+        lo, hi = float(pixels.min()), float(pixels.max())
+        if hi <= lo:
+            raise RSLabError("the scene is constant: there is nothing to score")
+        x = torch.from_numpy(((pixels - lo) / (hi - lo)).astype(np.float32))
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(x.shape, generator=generator) * x.std() + x.mean()
+        sqrt_abar, gamma = schedule(T_FIXED)
+        self.x, self.noise, self.x_t = x, noise, sqrt_abar * x + gamma * noise
+        self.step = torch.tensor(T_FIXED)
+        self.reference = None if reference is None else reference.reshape(-1) != 0
+        self.rounds = rounds
+        self.rng = np.random.default_rng(seed)
+
+    def _read(self, path: str):
+        from .raster_io import gdal_env, open_raster
+
+        if not os.path.isfile(path):
+            raise RSLabError(f"anomaly scene not found: {path}")
+        if path.lower().endswith(".mat"):
+            from .import_cube import read_mat_variables
+
+            variables = read_mat_variables(path)
+            if "data" not in variables:
+                raise RSLabError(f"{os.path.basename(path)} has no 'data' cube")
+            cube = np.moveaxis(np.asarray(variables["data"]), -1, 0)
+            reference = variables.get("map")
+        else:
+            with gdal_env(), open_raster(path) as ds:
+                if ds.width * ds.height > self.MAX_PIXELS:
+                    raise RSLabError(f"the scene has {ds.width * ds.height} pixels; compression scores a scene of at most "
+                                     f"{self.MAX_PIXELS} in memory: clip it first")
+                cube = ds.read()
+            reference = None
+        if cube.shape[1] * cube.shape[2] > self.MAX_PIXELS:
+            raise RSLabError(f"the scene is larger than {self.MAX_PIXELS} pixels; clip it first")
+        return cube, reference
+
+    def example_inputs(self) -> Tuple[Any, ...]:
+        return (self.x[:1], self.step)
+
+    def batch(self, size: int) -> Batch:
+        import torch
+
+        idx = torch.from_numpy(self.rng.choice(len(self.x), min(size, len(self.x)), replace=False))
+        return (self.x_t[idx], self.step), self.noise[idx]
+
+    def loss(self, model: Any, batch: Batch) -> Any:
+        import torch.nn.functional as F
+
+        inputs, target = batch
+        return F.mse_loss(model(*inputs), target)
+
+    def calibration_batches(self, count: int = 4, size: int = 4096) -> List[Tuple[Any, ...]]:
+        """The original cube is what inference feeds (as x_t): calibrate on it, and on x_t for training."""
+        chunk = self.x[: size * count]
+        return [(chunk[i:i + size], self.step) for i in range(0, len(chunk), size)] + [(self.x_t[:size], self.step)]
+
+    def evaluate(self, model: Any) -> Dict[str, float]:
+        import torch
+        import torch.nn.functional as F
+
+        from ..models.bsdm import suppress_background
+        from .anomaly import RxScorer
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            loss = float(F.mse_loss(model(self.x_t, self.step), self.noise))
+            suppressed = suppress_background(model, self.x, self.rounds).double().numpy()
+        model.train(was_training)
+        scores = {"loss": loss}
+        if self.reference is None or not self.reference.any() or self.reference.all():
+            scores["auc"] = 100.0 * (1.0 - loss)
+            return scores
+        mean = suppressed.mean(0)
+        centred = suppressed - mean
+        rx = RxScorer(mean, centred.T @ centred / len(centred))(suppressed)
+        scores["auc"] = 100.0 * rank_auc(rx, self.reference)
+        return scores
+
+
+def rank_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Exact ROC AUC (ties count half) from ranks."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    n_pos = int(positive.sum())
+    n_neg = len(scores) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+TASKS = {"classification": ClassificationTask, "change_detection": ChangeDetectionTask,
+         "anomaly_detection": AnomalyTask}
+
+
+DEFAULT_INPUT_SIZE = {"classification": 32, "change_detection": 256}
+
+
+def example_inputs_for(card: Any, size: Optional[int] = None) -> Tuple[Any, ...]:
+    """A one-sample input for counting a checkpoint's BOPs without data: an image of `size` pixels
+    (default 32 for classification, 256 for change detection) or one pixel token (anomaly detection)."""
+    import torch
+
+    bands = int(card.arguments.get("bands", len(card.bands) or 3))
+    if card.task == "anomaly_detection":
+        from ..models.bsdm import T_FIXED
+
+        return (torch.zeros((1, bands)), torch.tensor(T_FIXED))
+    if card.task not in DEFAULT_INPUT_SIZE:
+        raise RSLabError(f"no example input is known for {card.task!r} models")
+    side = int(size or DEFAULT_INPUT_SIZE[card.task])
+    if side < 8:
+        raise RSLabError(f"the input size must be at least 8 pixels, got {side}")
+    image = torch.zeros((1, bands, side, side))
+    return (image, image.clone()) if card.task == "change_detection" else (image,)
 
 
 def task_for(checkpoint: Checkpoint, data_path: str, seed: int = 0, **options: Any) -> CompressionTask:

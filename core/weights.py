@@ -15,7 +15,11 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "resources" / "weights"
 
 # task -> [(label shown to users, file name)], the default first.
 SHIPPED: Dict[str, List[Tuple[str, str]]] = {
-    "change_detection": [("AR-CDNet, LEVIR-CD + DSIFN-CD samples (default)", "arcdnet_levir_dsifn.pt")],
+    "change_detection": [
+        ("AR-CDNet, LEVIR-CD + DSIFN-CD samples (default)", "arcdnet_levir_dsifn.pt"),
+        ("AR-CDNet compressed (quantised, for edge devices)", "arcdnet_levir_dsifn_compressed.pt"),
+    ],
+    "classification": [("CIFAR ResNet-20, CIFAR-10 subset (compression benchmark)", "resnet20_cifar_subset.pt")],
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from qgis.core import (
     QgsProcessingContext,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -56,6 +57,8 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
     OUTPUT_SCORES = "OUTPUT_SCORES"
     OUTPUT_MASK = "OUTPUT_MASK"
     OUTPUT_REPORT = "OUTPUT_REPORT"
+    MODEL = "MODEL"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
 
     def name(self) -> str:
         return "detect_anomalies"
@@ -93,7 +96,11 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             "OUTPUT_SCORES: float32 anomaly scores (NaN = nodata).\n"
             "OUTPUT_MASK: uint8 mask, 1 anomaly, 0 background, 255 nodata; needs FALSE_ALARM_RATE.\n"
             "OUTPUT_REPORT: JSON with the parameters, metrics (with a reference), threshold, score range, "
-            "timings and device."
+            "timings and device.\n"
+            "MODEL: optional BSDM denoiser checkpoint (bsdm_rx) to use instead of training one on the image, "
+            "for example a compressed one from rslab:compress_model.\n"
+            "OUTPUT_MODEL: optional checkpoint file to save the denoiser trained on this image (bsdm_rx), "
+            "which rslab:compress_model can compress."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -118,6 +125,11 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
                                                                   createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Report", "JSON files (*.json)",
                                                                 optional=True, createByDefault=True))
+        self.addParameter(QgsProcessingParameterFile(self.MODEL, "BSDM denoiser checkpoint (instead of training)",
+                                                     extension="pt", optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained BSDM denoiser",
+                                                                "RS Lab checkpoints (*.pt)", optional=True,
+                                                                createByDefault=False))
 
     # parameters ---------------------------------------------------------------------------------------
     def optional_number(self, parameters: Dict[str, Any], name: str, context) -> Optional[float]:
@@ -135,6 +147,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             inner_window=self.parameterAsInt(parameters, self.INNER_WINDOW, context),
             outer_window=self.parameterAsInt(parameters, self.OUTER_WINDOW, context),
             false_alarm_rate=self.optional_number(parameters, self.FALSE_ALARM_RATE, context),
+            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
         )
 
     def read_outputs(self, parameters, context, params: AnomalyParams) -> AnomalyOutputs:
@@ -146,6 +159,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             scores=self.parameterAsOutputLayer(parameters, self.OUTPUT_SCORES, context),
             mask=mask,
             report=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None,
+            model=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context) or None,
         )
 
     # running ------------------------------------------------------------------------------------------
@@ -164,6 +178,8 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             self.style_output(context, outputs.mask, MASK_STYLE)
         if outputs.report:
             out[self.OUTPUT_REPORT] = outputs.report
+        if outputs.model:
+            out[self.OUTPUT_MODEL] = outputs.model
         return out
 
     @staticmethod

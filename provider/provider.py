@@ -5,12 +5,15 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .base import ICON
+from .compress_model import CompressModelAlgorithm
 from .detect_anomalies import DetectAnomaliesAlgorithm
 from .detect_changes import DetectChangesAlgorithm
 from .import_cube import ImportCubeAlgorithm
+from .model_bops import ModelBopsAlgorithm
 from .train_change_detector import TrainChangeDetectorAlgorithm
 
-ALGORITHMS = (ImportCubeAlgorithm, DetectChangesAlgorithm, TrainChangeDetectorAlgorithm, DetectAnomaliesAlgorithm)
+ALGORITHMS = (ImportCubeAlgorithm, DetectChangesAlgorithm, TrainChangeDetectorAlgorithm, DetectAnomaliesAlgorithm,
+              ModelBopsAlgorithm, CompressModelAlgorithm)
 
 
 class RSLabProvider(QgsProcessingProvider):

@@ -49,7 +49,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--output", default=str(OUTPUT))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     classes = [str(c) for c in np.load(DATA)["classes"]]
     model = ResNetCifar(args.depth, len(classes))
@@ -73,7 +76,7 @@ def main() -> None:
             loss.backward()
             optimiser.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         if (epoch + 1) % 5 == 0 or epoch + 1 == args.epochs:
             scores = task.evaluate(model)
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **scores})

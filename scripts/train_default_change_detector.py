@@ -38,8 +38,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--output", default=str(OUTPUT))
     parser.add_argument("--init", default=None, help="continue from this checkpoint (e.g. the shipped one)")
-    parser.add_argument("--jitter", type=float, default=0.5, help="probability of per-date brightness jitter")
-    parser.add_argument("--paste", type=float, default=0.3, help="probability of pasting changes from another crop")
+    parser.add_argument("--jitter", type=float, default=0.0, help="probability of per-date brightness jitter (0: off, "
+                        "as for the shipped weights)")
+    parser.add_argument("--paste", type=float, default=0.0, help="probability of pasting changes from another crop "
+                        "(0: off, as for the shipped weights)")
     parser.add_argument("--lr", type=float, default=5e-4)
     args = parser.parse_args()
     train, val = split()

@@ -148,3 +148,25 @@ def test_constant_bands_do_not_break_rx(tmp_path, beach2):
                               reference=str(gt))
     assert np.isfinite(_scores(tmp_path / "s.tif")).all()
     assert result.metrics["auc_df"] > 0.9
+
+
+def test_trained_denoiser_is_saved_and_reused(tmp_path, beach2):
+    """OUTPUT_MODEL saves the scene's denoiser; MODEL reuses it without training and gives the same scores."""
+    cube, gt = beach2
+    params = AnomalyParams(method="bsdm_rx", iterations=10, seed=1)
+    first = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "a.tif"), model=str(tmp_path / "bsdm.pt")),
+                             params, reference=str(gt))
+    from rslab.core.checkpoint import read_card
+
+    card = read_card(str(tmp_path / "bsdm.pt"))
+    assert card.task == "anomaly_detection" and card.arguments["bands"] == first.bands
+    again = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "b.tif")),
+                             AnomalyParams(method="bsdm_rx", model=str(tmp_path / "bsdm.pt")), reference=str(gt))
+    assert again.training_loss == [] and any("not trained" in n for n in again.notes)
+    assert np.allclose(_scores(tmp_path / "a.tif"), _scores(tmp_path / "b.tif"), rtol=1e-5)
+    with pytest.raises(RSLabError, match="only used by bsdm_rx"):
+        AnomalyParams(method="rx", model=str(tmp_path / "bsdm.pt"))
+    with pytest.raises(RSLabError, match="only bsdm_rx trains"):
+        detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "c.tif"), model=str(tmp_path / "m.pt")),
+                         AnomalyParams(method="rx"))
+    assert not (tmp_path / "c.tif").exists() and not (tmp_path / "m.pt").exists()

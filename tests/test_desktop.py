@@ -56,7 +56,7 @@ def test_real_qgis_desktop_loads_unloads_and_reloads(tmp_path, display):
     report = json.loads(report_path.read_text())
     assert report["errors"] == []
     assert report["loaded"] and report["unloaded"] and report["reloaded"]
-    menu = ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Diagnostics…"]
+    menu = ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Compress a model…", "Diagnostics…"]
     assert report["after_load"] == {"menu": menu, "rslab_menus": 1, "toolbars": 1, "provider": True}
     assert report["after_unload"] == {"menu": [], "rslab_menus": 0, "toolbars": 0, "provider": False}
     assert report["after_reload"] == report["after_load"]

@@ -16,7 +16,7 @@ def test_load_unload_load_leaves_no_duplicates(iface, qtbot):
     for _ in range(2):
         plugin = rslab.classFactory(iface)
         plugin.initGui()
-        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Diagnostics…"]}
+        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Compress a model…", "Diagnostics…"]}
         assert len(_toolbars(iface)) == 1
         assert [a.text() for a in _toolbars(iface)[0].actions()] == ["Detect changes…", "Detect anomalies…", "Diagnostics…"]
         assert registry.providerById("rslab") is plugin.provider

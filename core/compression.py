@@ -1,0 +1,204 @@
+"""The compression job: checkpoint in, compressed checkpoint and a before/after report out.
+
+    result = compress_checkpoint(model_path, data_path, output_path, CompressParams(method="pic_pq"))
+
+It loads any RS Lab checkpoint, builds the task adapter that reads `data_path`
+(core/compression_tasks.py), scores and counts the float model, runs PIC-PQ
+(core/pic_pq.py) or GHOST (core/ghost.py), scores and counts the result, and
+writes an RS Lab checkpoint whose model card carries the bit widths and a
+`compression` record (method, settings, BOPs, size and scores before and
+after). The task docks load it like any other checkpoint.
+
+Training budgets are given in epochs, the unit users know: an epoch is one
+pass over the training images for classification, and 100 iterations for the
+tile-sampled tasks (the change detector's training uses the same unit).
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .bops import MODES, bops_ratio, count_bops
+from .checkpoint import build_model, load_checkpoint
+from .errors import RSLabError
+from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
+
+METHODS = ("pic_pq", "ghost")
+METHOD_LABELS = {"pic_pq": "PIC-PQ (pruning + mixed precision)", "ghost": "GHOST (hybrid quantisation + self-distillation)"}
+StepFn = Callable[[Dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class CompressParams:
+    method: str = "pic_pq"
+    flops_reduction: float = 0.5  # PIC-PQ: fraction of MACs pruned away (0 = quantise only)
+    max_bits: Tuple[int, ...] = (8, 6, 4)  # PIC-PQ: maximum bits per stage
+    penalty: float = 1 / 6  # PIC-PQ: lambda
+    epochs: float = 1.0  # fine-tuning / distillation budget
+    ghost_threshold: float = 0.1  # GHOST: k-means distortion threshold
+    distillation_weight: float = 400.0  # GHOST
+    generations: int = 20  # PIC-PQ evolution
+    batch_size: int = 32
+    bops_mode: str = "hawq"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RSLabError(f"unknown compression method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not 0.0 <= self.flops_reduction <= 0.95:
+            raise RSLabError(f"the FLOPs reduction must be between 0 and 0.95, got {self.flops_reduction}")
+        if not self.max_bits or any(b != 32 and not 2 <= b <= 8 for b in self.max_bits):
+            raise RSLabError(f"maximum bits per stage must be 2..8 (or 32), got {list(self.max_bits)}")
+        if not 0.0 <= self.penalty <= 8.0:
+            raise RSLabError(f"the penalty factor must be between 0 and 8, got {self.penalty}")
+        if not 0.0 < self.epochs <= 1000:
+            raise RSLabError(f"epochs must be positive (at most 1000), got {self.epochs}")
+        if self.ghost_threshold <= 0:
+            raise RSLabError(f"the GHOST threshold must be positive, got {self.ghost_threshold}")
+        if self.distillation_weight < 0:
+            raise RSLabError(f"the distillation weight cannot be negative, got {self.distillation_weight}")
+        if self.bops_mode not in MODES:
+            raise RSLabError(f"unknown BOPs mode {self.bops_mode!r}; choose one of {', '.join(MODES)}")
+
+
+@dataclass
+class CompressResult(JobResult):
+    checkpoint: str = ""
+    method: str = ""
+    metric: str = ""
+    before: Dict[str, Any] = field(default_factory=dict)  # BopsReport.to_dict() of the float model
+    after: Dict[str, Any] = field(default_factory=dict)
+    bops_ratio: float = 0.0
+    scores_before: Dict[str, float] = field(default_factory=dict)
+    scores_after: Dict[str, float] = field(default_factory=dict)
+    details: Dict[str, Any] = field(default_factory=dict)
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+    def report(self) -> Dict[str, Any]:
+        """JSON-ready summary (the export dialog and Processing write it)."""
+        return {
+            "checkpoint": self.checkpoint, "method": self.method, "metric": self.metric,
+            "bops_ratio": round(self.bops_ratio, 3),
+            "before": self.before, "after": self.after,
+            "scores_before": self.scores_before, "scores_after": self.scores_after,
+            "drop": round(self.scores_before.get(self.metric, 0.0) - self.scores_after.get(self.metric, 0.0), 3),
+            "details": self.details, "device": self.device,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
+
+def epoch_steps(task: Any, batch_size: int) -> int:
+    """Iterations in one epoch of `task` (see the module docstring)."""
+    if hasattr(task, "x_train"):
+        return max(1, -(-len(task.x_train) // batch_size))
+    return 100
+
+
+def compress_model(model: Any, task: Any, params: CompressParams, monitor: JobMonitor,
+                   on_step: Optional[StepFn] = None) -> Tuple[Any, Dict[str, Any]]:
+    """Run the chosen method on a float model (modified in place or replaced); returns (model, details)."""
+    steps = max(1, int(round(params.epochs * epoch_steps(task, params.batch_size))))
+    if params.method == "pic_pq":
+        from .pic_pq import PicPqParams, compress_pic_pq
+
+        method_params = PicPqParams(
+            flops_reduction=params.flops_reduction, max_bits=tuple(params.max_bits), penalty=params.penalty,
+            generations=params.generations, finetune_steps=steps, qat_steps=steps,
+            batch_size=params.batch_size, seed=params.seed,
+        )
+        return compress_pic_pq(model, task, method_params, monitor, on_step)
+    from .ghost import GhostParams, compress_ghost
+
+    method_params = GhostParams(
+        threshold=params.ghost_threshold, distillation_weight=params.distillation_weight,
+        steps=2 * steps, batch_size=params.batch_size, seed=params.seed, max_bits=max(b for b in params.max_bits if b <= 8),
+    )
+    return compress_ghost(model, task, method_params, monitor, on_step)
+
+
+def compress_checkpoint(
+    model_path: str,
+    data_path: str,
+    output_path: str,
+    params: CompressParams = CompressParams(),
+    progress: Optional[ProgressFn] = None,
+    cancelled: Optional[CancelledFn] = None,
+    on_step: Optional[StepFn] = None,
+    task_options: Optional[Dict[str, Any]] = None,
+) -> CompressResult:
+    """Compress the checkpoint at `model_path` with `params.method`; write the result to `output_path`."""
+    import torch
+
+    from .compression_tasks import task_for
+    from .export import export_checkpoint
+
+    monitor = JobMonitor(progress, cancelled)
+    monitor.step(0.0, "reading the checkpoint and the data")
+    checkpoint = load_checkpoint(model_path)
+    if checkpoint.card.bit_widths is not None:
+        raise RSLabError(f"{checkpoint.path} is already compressed; start from a full-precision checkpoint")
+    torch.manual_seed(params.seed)
+    model = build_model(checkpoint)
+    task = task_for(checkpoint, data_path, params.seed, **(task_options or {}))
+    example = task.example_inputs()
+    result = CompressResult(method=params.method, metric=task.metric, device="cpu", timings=monitor.timings)
+
+    with monitor.timed("evaluate"):
+        monitor.step(0.01, "scoring the full-precision model")
+        result.scores_before = task.evaluate(model)
+        before = count_bops(model, example, params.bops_mode)
+    result.before = before.to_dict()
+
+    def record(entry: Dict[str, float]) -> None:
+        result.history.append(dict(entry))
+        if on_step is not None:
+            on_step(entry)
+
+    with monitor.timed("compress"):
+        compressed, details = compress_model(copy.deepcopy(model), task, params, monitor.sub(0.03, 0.95), record)
+    with monitor.timed("evaluate"):
+        monitor.step(0.96, "scoring the compressed model")
+        result.scores_after = task.evaluate(compressed)
+        after = count_bops(compressed, example, params.bops_mode)
+    result.after = after.to_dict()
+    result.bops_ratio = bops_ratio(before, after)
+    result.details = details
+
+    card = copy.deepcopy(checkpoint.card)
+    card.created = ""
+    card.description = f"{checkpoint.card.description} - compressed with {METHOD_LABELS[params.method]}".strip(" -")
+    card.metrics = {**checkpoint.card.metrics, f"compressed_{task.metric}": round(result.scores_after[task.metric], 3)}
+    card.training = {
+        **checkpoint.card.training,
+        "compression": {
+            "method": params.method, "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
+            "source": checkpoint.path, "data": data_path,
+            "gbops_before": round(before.gbops, 4), "gbops_after": round(after.gbops, 4),
+            "bops_ratio": round(result.bops_ratio, 3),
+            "size_mb_before": round(before.size_mb, 4), "size_mb_after": round(after.size_mb, 4),
+            "scores_before": result.scores_before, "scores_after": result.scores_after,
+            "date": _dt.date.today().isoformat(),
+        },
+    }
+    monitor.check()
+    export_checkpoint(compressed, card, output_path, overwrite=True)
+    result.checkpoint = output_path
+    monitor.step(1.0, f"{result.bops_ratio:.1f}x fewer BOPs; {task.metric} "
+                      f"{result.scores_before[task.metric]:.2f} -> {result.scores_after[task.metric]:.2f}")
+    return result
+
+
+def model_bops_report(model_path: str, mode: str = "hawq", input_size: Optional[int] = None) -> Dict[str, Any]:
+    """BOPs, MACs, size and per-layer figures of any checkpoint (float or compressed), as JSON-ready data."""
+    from .compression_tasks import example_inputs_for
+
+    checkpoint = load_checkpoint(model_path)
+    model = build_model(checkpoint)
+    report = count_bops(model, example_inputs_for(checkpoint.card, input_size), mode).to_dict()
+    report.update({"model": model_path, "task": checkpoint.card.task, "architecture": checkpoint.card.architecture,
+                   "compressed": checkpoint.card.bit_widths is not None,
+                   "input": "one pixel token" if checkpoint.card.task == "anomaly_detection"
+                   else f"{input_size or 'default'} pixels square, batch of one"})
+    return report

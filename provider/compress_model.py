@@ -1,0 +1,133 @@
+"""rslab:compress_model: PIC-PQ or GHOST compression of an RS Lab checkpoint."""
+from __future__ import annotations
+
+import json
+
+from qgis.core import (
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from ..core.errors import RSLabError
+from .base import RSLabAlgorithm, feedback_callbacks
+
+METHODS = ("pic_pq", "ghost")
+
+
+def parse_bits(text: str):
+    """'8,6,4' -> (8, 6, 4), or RSLabError."""
+    try:
+        bits = tuple(int(part) for part in str(text).replace(" ", "").split(",") if part)
+    except ValueError:
+        raise RSLabError(f"MAX_BITS must be comma-separated whole numbers such as 8,6,4; got {text!r}") from None
+    if not bits:
+        raise RSLabError("MAX_BITS is empty; give the maximum bits per stage, such as 8,6,4")
+    return bits
+
+
+class CompressModelAlgorithm(RSLabAlgorithm):
+    MODEL = "MODEL"
+    METHOD = "METHOD"
+    DATA = "DATA"
+    FLOPS_REDUCTION = "FLOPS_REDUCTION"
+    MAX_BITS = "MAX_BITS"
+    PENALTY = "PENALTY"
+    EPOCHS = "EPOCHS"
+    GHOST_THRESHOLD = "GHOST_THRESHOLD"
+    DISTILLATION_WEIGHT = "DISTILLATION_WEIGHT"
+    SEED = "SEED"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+
+    def name(self) -> str:
+        return "compress_model"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Compress model (PIC-PQ / GHOST)"
+
+    def group(self) -> str:
+        return "Model compression"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "compression"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Compresses an RS Lab checkpoint. METHOD 0 pic_pq: prunes filters globally to the FLOPS_REDUCTION "
+            "target (importance from feature-map rank, scaled per layer by regularised evolution), gives each "
+            "layer bits from its pruned/unpruned L1 ratio (MAX_BITS per stage, e.g. 8,6,4, and the PENALTY "
+            "factor), then fine-tunes and trains with quantisation. METHOD 1 ghost: per-layer bits from a "
+            "k-means distortion threshold, then quantisation-aware training with the full-precision model as "
+            "teacher (self-distillation with a learned switch). DATA: a .npz of images (classification), a "
+            "folder with A/, B/, label/ (change detection: pairs the model was not trained on are scored), or an "
+            "ABU .mat scene / hyperspectral raster (BSDM denoiser). EPOCHS: training budget (an epoch is one "
+            "pass over the images, or 100 iterations for tiled data). OUTPUT_MODEL: an RS Lab checkpoint with "
+            "the bit widths in its model card, usable by the task tools. OUTPUT_REPORT: JSON with BOPs, size "
+            "and scores before and after."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        double, integer = QgsProcessingParameterNumber.Double, QgsProcessingParameterNumber.Integer
+        self.addParameter(QgsProcessingParameterFile(self.MODEL, "Checkpoint to compress", extension="pt"))
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterFile(self.DATA, "Training / evaluation data (file or folder)"))
+        self.addParameter(QgsProcessingParameterNumber(self.FLOPS_REDUCTION, "FLOPs reduction (PIC-PQ, 0..0.95)",
+                                                       double, 0.5, minValue=0.0, maxValue=0.95))
+        self.addParameter(QgsProcessingParameterString(self.MAX_BITS, "Maximum bits per stage", "8,6,4"))
+        self.addParameter(QgsProcessingParameterNumber(self.PENALTY, "Penalty factor (PIC-PQ lambda)", double,
+                                                       round(1 / 6, 6), minValue=0.0, maxValue=8.0))
+        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, "Training epochs", double, 1.0, minValue=0.01))
+        self.addParameter(QgsProcessingParameterNumber(self.GHOST_THRESHOLD, "GHOST k-means threshold", double, 0.1,
+                                                       minValue=1e-6))
+        self.addParameter(QgsProcessingParameterNumber(self.DISTILLATION_WEIGHT, "GHOST distillation weight", double,
+                                                       400.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(self.SEED, "Random seed", integer, 0, minValue=0))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Compressed checkpoint",
+                                                                "RS Lab checkpoints (*.pt)"))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Compression report",
+                                                                "JSON files (*.json)", optional=True, createByDefault=False))
+
+    def execute(self, parameters, context, feedback):
+        from ..core.compression import CompressParams, compress_checkpoint
+        from ..core.outputs import PendingOutputs
+
+        model = self.parameterAsFile(parameters, self.MODEL, context)
+        data = self.parameterAsFile(parameters, self.DATA, context)
+        if not model:
+            raise RSLabError("MODEL: no checkpoint was given")
+        if not data:
+            raise RSLabError("DATA: no training / evaluation data was given")
+        params = CompressParams(
+            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
+            flops_reduction=self.parameterAsDouble(parameters, self.FLOPS_REDUCTION, context),
+            max_bits=parse_bits(self.parameterAsString(parameters, self.MAX_BITS, context)),
+            penalty=self.parameterAsDouble(parameters, self.PENALTY, context),
+            epochs=self.parameterAsDouble(parameters, self.EPOCHS, context),
+            ghost_threshold=self.parameterAsDouble(parameters, self.GHOST_THRESHOLD, context),
+            distillation_weight=self.parameterAsDouble(parameters, self.DISTILLATION_WEIGHT, context),
+            seed=self.parameterAsInt(parameters, self.SEED, context),
+        )
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        progress, cancelled = feedback_callbacks(feedback)
+
+        def on_step(entry):
+            if "metric" in entry:
+                feedback.pushInfo(f"{entry.get('phase', '')} step {entry.get('step', '')}: "
+                                  f"{entry['metric']:.3f}")
+
+        result = compress_checkpoint(model, data, output, params, progress, cancelled, on_step)
+        metric = result.metric
+        feedback.pushInfo(f"BOPs {result.before['gbops']:.3f} G -> {result.after['gbops']:.3f} G "
+                          f"({result.bops_ratio:.1f}x fewer); size {result.before['size_mb']:.3f} -> "
+                          f"{result.after['size_mb']:.3f} MB; {metric} {result.scores_before[metric]:.2f} -> "
+                          f"{result.scores_after[metric]:.2f}")
+        out = {self.OUTPUT_MODEL: output, "BOPS_RATIO": result.bops_ratio}
+        if report_path:
+            with PendingOutputs() as pending, open(pending.temp(report_path), "w") as handle:
+                json.dump(result.report(), handle, indent=1, default=str)
+            out[self.OUTPUT_REPORT] = report_path
+        return out

@@ -1,0 +1,879 @@
+"""The compression dock: pick a checkpoint, run PIC-PQ or GHOST in the background, compare before and after.
+
+    checkpoint chosen -> checkpoint_summary (card + model_bops_report)   [QgsTask worker]
+                      -> "before" readouts, per-layer table and chart   [GUI thread]
+    Run -> CompressRequest (paths + CompressParams)                    [GUI thread]
+        -> compress_checkpoint, loss/metric records via StepBridge      [QgsTask worker]
+        -> "after" readouts, table and chart; Export… enabled           [GUI thread]
+
+A compressed checkpoint chosen directly shows what its model card records of
+its compression (the source's BOPs, size and score before, this model's
+after) and can be exported, not compressed again.
+
+torch is only imported inside the worker jobs, so the plugin loads without it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyqtgraph as pg
+from qgis.core import QgsApplication
+from qgis.gui import QgsFileWidget
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.compression import METHOD_LABELS, CompressParams, CompressResult
+from ..core.errors import RSLabError
+from ..core.weights import SHIPPED, shipped_checkpoints
+from . import task as tasks
+from .job_dock import JobDock, cancel_if_alive
+
+CUSTOM_CHECKPOINT = "Checkpoint file…"
+TASK_LABELS = {"classification": "classification", "change_detection": "change detection",
+               "anomaly_detection": "anomaly detection (BSDM denoiser)"}
+TASK_METRICS = {"classification": "accuracy", "change_detection": "f1", "anomaly_detection": "auc"}
+METRIC_LABELS = {"accuracy": "Accuracy", "f1": "F1", "auc": "AUC", "iou": "IoU", "kappa": "Kappa"}
+DATA_HINTS = {
+    "classification": "a .npz with x_train, y_train, x_test, y_test (e.g. resources/samples/cifar10_sample.npz)",
+    "change_detection": "a folder with A/ (before), B/ (after) and label/ sub-folders",
+    "anomaly_detection": "an ABU .mat scene or a hyperspectral raster (e.g. resources/samples/abu-beach-2.mat)",
+}
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+NOT_ANOMALY_DATA = (".npz", ".pt", ".pth", ".json", ".csv", ".txt", ".zip")
+BEFORE_PEN = (120, 130, 150)
+AFTER_PEN = (230, 120, 20)
+LOSS_PEN = (200, 80, 40)
+METRIC_PEN = (40, 110, 200)
+DASH = "—"
+# readout rows: key -> label (the metric row's label follows the checkpoint's task)
+READOUT_ROWS = (("bops", "BOPs"), ("params", "Parameters"), ("size", "Size"), ("metric", "Score"))
+READOUT_COLUMNS = ("Before", "After", "Change")
+TABLE_HEADERS = ("Layer", "Channels\nkept", "W\nbits", "A\nbits", "BOPs\nbefore→after")
+TABLE_TIPS = ("Conv or linear layer (hover a name for its shape and MACs)",
+              "Output channels kept by pruning / before (one number before a run)",
+              "Weight bits of the layer (32 = full precision)",
+              "Activation bits: bits of the layer's input (32 = full precision)",
+              "Bit operations of the layer, MACs x weight bits x activation bits, before → after")
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+
+def si(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M'; three significant digits with k, M, G, T (a thin space before the prefix)."""
+    value = float(value)
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}\u2009{prefix}{unit}"
+    return f"{value:.3g}\u2009{unit}".rstrip("\u2009")
+
+
+def size_text(mb: float) -> str:
+    """Model storage: '14.4 MB', or '44.7 kB' below one megabyte."""
+    return f"{mb:.3g} MB" if mb >= 1 else f"{mb * 1000:.3g} kB"
+
+
+def decade_label(exponent: int) -> str:
+    """'10⁹': tick labels of the log-scaled BOPs axis."""
+    digits = str(abs(exponent)).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return "10" + ("⁻" if exponent < 0 else "") + digits
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric or "Score")
+
+
+def parse_bits(text: str) -> Tuple[int, ...]:
+    """'8, 6, 4' -> (8, 6, 4), or RSLabError saying what is expected."""
+    try:
+        bits = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise RSLabError(f"the maximum bits per stage must be whole numbers separated by commas, such as 8,6,4; "
+                         f"got {text!r}") from None
+    if not bits:
+        raise RSLabError("give the maximum bits per stage, such as 8,6,4")
+    return bits
+
+
+# --- the parts that run in the worker (no Qt) ----------------------------------------------------
+
+
+@dataclass
+class CheckpointSummary:
+    """What the dock shows of a checkpoint before any run: its card and its BOPs report."""
+
+    path: str
+    task: str
+    architecture: str
+    compressed: bool
+    compression: Dict[str, Any]  # the card's training["compression"] record ({} for a float model)
+    description: str
+    report: Dict[str, Any]  # model_bops_report(path)
+
+
+def checkpoint_summary(path: str, cancelled: Optional[Callable[[], bool]] = None) -> CheckpointSummary:
+    """Read the card and count the BOPs of the checkpoint at `path` (worker thread; imports torch)."""
+    from ..core.checkpoint import read_card
+    from ..core.compression import model_bops_report
+    from ..core.errors import JobCancelled
+
+    card = read_card(path)
+    if cancelled is not None and cancelled():
+        raise JobCancelled()
+    report = model_bops_report(path)
+    return CheckpointSummary(path=path, task=card.task, architecture=card.architecture,
+                             compressed=card.bit_widths is not None,
+                             compression=dict(card.training.get("compression") or {}),
+                             description=card.description, report=report)
+
+
+def check_data(task: str, path: str) -> str:
+    """The data path if it is the kind `task` needs; RSLabError (saying what is needed) otherwise."""
+    if task not in DATA_HINTS:
+        raise RSLabError(f"compression does not support {task!r} models yet; "
+                         f"supported: {', '.join(sorted(DATA_HINTS))}")
+    hint = DATA_HINTS[task]
+    if not path:
+        raise RSLabError(f"choose the evaluation data: {hint}")
+    name = os.path.basename(path.rstrip(os.sep)) or path
+    if not os.path.exists(path):
+        raise RSLabError(f"the evaluation data {path} does not exist; choose {hint}")
+    if task == "change_detection":
+        if not os.path.isdir(path):
+            raise RSLabError(f"{name} is a file; a change-detection checkpoint needs {hint}")
+        missing = [sub for sub in ("A", "B", "label") if not os.path.isdir(os.path.join(path, sub))]
+        if missing:
+            raise RSLabError(f"{name} has no {', '.join(m + '/' for m in missing)} sub-folder; "
+                             f"a change-detection checkpoint needs {hint}")
+        return path
+    if os.path.isdir(path):
+        raise RSLabError(f"{name} is a folder; a {TASK_LABELS[task]} checkpoint needs {hint}")
+    suffix = os.path.splitext(path)[1].lower()
+    if task == "classification":
+        if suffix != ".npz":
+            raise RSLabError(f"{name} is not a .npz file; a classification checkpoint needs {hint}")
+        try:
+            with np.load(path) as data:
+                keys = set(data.files)
+        except (OSError, ValueError) as exc:
+            raise RSLabError(f"{name} is not a readable .npz file ({exc})") from exc
+        missing = [k for k in NPZ_KEYS if k not in keys]
+        if missing:
+            raise RSLabError(f"{name} has no {', '.join(missing)}; a classification checkpoint needs {hint}")
+        return path
+    if suffix in NOT_ANOMALY_DATA:
+        raise RSLabError(f"{name} is not a hyperspectral scene; the BSDM denoiser needs {hint}")
+    return path
+
+
+def default_output_path(source: str, method: str) -> str:
+    """A new file under the QGIS profile, so compressed models outlive temporary folders."""
+    folder = Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / "checkpoints"
+    stem = Path(source).stem
+    return str(folder / f"{stem}_{method}_{_dt.datetime.now():%Y%m%d-%H%M%S}.pt")
+
+
+@dataclass(frozen=True)
+class CompressRequest:
+    """Everything the worker needs, read from the widgets on the GUI thread."""
+
+    model: str
+    data: str
+    output: str
+    params: CompressParams
+    on_step: Callable[[Dict[str, Any]], None]
+
+    def job(self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> CompressResult:
+        from ..core.compression import compress_checkpoint
+
+        return compress_checkpoint(self.model, self.data, self.output, self.params, progress, cancelled,
+                                   self.on_step)
+
+
+class StepBridge(QObject):
+    """Carries compress_checkpoint's `on_step` records from the worker thread to the GUI thread."""
+
+    step = pyqtSignal(dict)
+
+
+# --- the dock -------------------------------------------------------------------------------------
+
+
+class CompressionDock(JobDock):
+    """Compress a checkpoint with PIC-PQ or GHOST and compare BOPs, size and score before and after."""
+
+    MESSAGE_TITLE = "RS Lab compression"
+    runFinished = pyqtSignal(object, str)  # CompressResult (None on failure), error text
+    summaryReady = pyqtSignal(object, str)  # CheckpointSummary (None on failure), error text
+
+    def __init__(self, iface=None, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.iface = iface
+        self.task: Optional[tasks.JobTask] = None
+        self.summary_task: Optional[tasks.JobTask] = None
+        self.summary: Optional[CheckpointSummary] = None
+        self.summary_error = ""
+        self.result: Optional[CompressResult] = None
+        self.history: List[Dict[str, Any]] = []
+        self.export_dialog = None
+        self._bridge: Optional[StepBridge] = None  # the running job's on_step bridge
+        self._summary_path = ""
+        self._summary_cancel: Optional[Callable[[], None]] = None
+        self._phase_base: Dict[str, float] = {}
+        self._request: Optional[CompressRequest] = None
+        self._cancel_on_destroy: Optional[Callable[[], None]] = None
+        self._build()
+        self._connect()
+        self.reload_models()
+        self._method_changed()
+        self._set_running(False)
+        self.model_file.setEnabled(self.model_combo.currentData() is None)
+        self.model_info.setText("The checkpoint is read when the panel is shown.")
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        """Read the default checkpoint the first time the panel is shown (not when it is only created)."""
+        super().showEvent(event)
+        if not self._summary_path and self.summary_task is None:
+            self._checkpoint_changed()
+
+    # construction -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self._build_inputs()
+        self._build_method_settings()
+        self._build_run_widgets()
+        self._build_results()
+        self._layout()
+
+    def _build_inputs(self) -> None:
+        self.model_combo = QComboBox(self)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.model_file = QgsFileWidget(self)
+        self.model_file.setStorageMode(QgsFileWidget.GetFile)
+        self.model_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.model_info = QLabel(self)
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextFormat(Qt.PlainText)
+        self.model_info.setStyleSheet("color: #555;")
+        self.method_combo = QComboBox(self)
+        self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        for method in ("pic_pq", "ghost"):
+            self.method_combo.addItem(METHOD_LABELS[method], method)
+        self.method_combo.setItemData(0, "Prunes filters to a FLOPs target, gives each layer bits from how much of "
+                                         "it the pruning kept, then fine-tunes with quantisation", Qt.ToolTipRole)
+        self.method_combo.setItemData(1, "Per-layer bits from a k-means distortion threshold, then "
+                                         "quantisation-aware training taught by the full-precision model",
+                                      Qt.ToolTipRole)
+        self.epochs_spin = self._double(0.01, 1000.0, 1.0, 2, 0.5)
+        self.epochs_spin.setToolTip("Training budget: one epoch is one pass over the training images "
+                                    "(classification) or 100 iterations (tiled data)")
+        self.data_file = QgsFileWidget(self)
+        self.data_file.setStorageMode(QgsFileWidget.GetFile)
+        self.output_file = QgsFileWidget(self)
+        self.output_file.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.output_file.setConfirmOverwrite(True)
+        self.output_file.lineEdit().setPlaceholderText("a new file under the QGIS profile (rslab/checkpoints)")
+
+    def _double(self, low: float, high: float, value: float, decimals: int, step: float) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox(self)
+        spin.setDecimals(decimals)
+        spin.setRange(low, high)
+        spin.setSingleStep(step)
+        spin.setValue(value)
+        return spin
+
+    def _build_method_settings(self) -> None:
+        self.pic_pq_box = QGroupBox("PIC-PQ settings", self)
+        self.flops_spin = self._double(0.0, 0.95, 0.5, 2, 0.05)
+        self.flops_spin.setToolTip("Fraction of the multiply-accumulates pruned away (0 = quantise only)")
+        self.bits_edit = QLineEdit("8,6,4", self)
+        self.bits_edit.setToolTip("Maximum weight/activation bits per stage of the network, first stage first "
+                                  "(2..8, or 32 for full precision)")
+        self.penalty_spin = self._double(0.0, 8.0, round(1 / 6, 4), 4, 0.05)
+        self.penalty_spin.setToolTip("Penalty factor λ: how strongly a heavily pruned layer is pushed to fewer bits")
+        self.generations_spin = QSpinBox(self)
+        self.generations_spin.setRange(1, 1000)
+        self.generations_spin.setValue(20)
+        self.generations_spin.setToolTip("Generations of the evolutionary search for per-layer pruning scales")
+        form = QFormLayout(self.pic_pq_box)
+        form.addRow("FLOPs reduction", self.flops_spin)
+        form.addRow("Max bits per stage", self.bits_edit)
+        form.addRow("Penalty factor", self.penalty_spin)
+        form.addRow("Generations", self.generations_spin)
+
+        self.ghost_box = QGroupBox("GHOST settings", self)
+        self.threshold_spin = self._double(0.0001, 100.0, 0.1, 4, 0.01)
+        self.threshold_spin.setToolTip("k-means distortion threshold: a layer gets the fewest bits whose "
+                                       "distortion is below it")
+        self.distillation_spin = self._double(0.0, 100000.0, 400.0, 1, 50.0)
+        self.distillation_spin.setToolTip("Weight of the self-distillation loss against the task loss")
+        self.ghost_bits_spin = QSpinBox(self)
+        self.ghost_bits_spin.setRange(2, 8)
+        self.ghost_bits_spin.setValue(8)
+        self.ghost_bits_spin.setToolTip("The most bits any layer may get")
+        form = QFormLayout(self.ghost_box)
+        form.addRow("Threshold", self.threshold_spin)
+        form.addRow("Distillation weight", self.distillation_spin)
+        form.addRow("Maximum bits", self.ghost_bits_spin)
+
+    def _build_run_widgets(self) -> None:
+        self.run_button = QPushButton("Compress", self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.export_button = QPushButton("Export…", self)
+        self.export_button.setToolTip("Write the compressed model as RS Lab checkpoint, ONNX, TorchScript "
+                                      "and a BOPs report")
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 100)
+        self.status_label = QLabel(self)
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextFormat(Qt.PlainText)  # error texts and paths may hold '<'
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        # long paths and messages wrap or clip instead of widening the panel
+        self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+
+    def _build_results(self) -> None:
+        self.readout_box = QGroupBox("Before and after", self)
+        grid = QGridLayout(self.readout_box)
+        grid.setHorizontalSpacing(12)
+        self.readouts: Dict[Tuple[str, str], QLabel] = {}
+        self.readout_names: Dict[str, QLabel] = {}
+        for col, title in enumerate(READOUT_COLUMNS, start=1):
+            header = QLabel(f"<b>{title}</b>", self)
+            header.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            grid.addWidget(header, 0, col)
+        for row, (key, label) in enumerate(READOUT_ROWS, start=1):
+            name = QLabel(label, self)
+            self.readout_names[key] = name
+            grid.addWidget(name, row, 0)
+            for col, column in enumerate(READOUT_COLUMNS, start=1):
+                value = QLabel(DASH, self)
+                value.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                value.setTextInteractionFlags(Qt.TextSelectableByMouse)
+                self.readouts[(key, column.lower())] = value
+                grid.addWidget(value, row, col)
+        grid.setColumnStretch(0, 1)
+
+        self.layer_table = QTableWidget(0, len(TABLE_HEADERS), self)
+        self.layer_table.setHorizontalHeaderLabels(TABLE_HEADERS)
+        for col, tip in enumerate(TABLE_TIPS):
+            self.layer_table.horizontalHeaderItem(col).setToolTip(tip)
+        self.layer_table.setTextElideMode(Qt.ElideLeft)  # the end of a module path names the layer best
+        self.layer_table.setWordWrap(False)
+        self.layer_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.layer_table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.layer_table.verticalHeader().setDefaultSectionSize(22)
+        self.layer_table.verticalHeader().setToolTip("Row number: the layer's position in the BOPs chart")
+        header = self.layer_table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.Stretch)  # the names take what the figures leave (elided)
+        for col in range(1, len(TABLE_HEADERS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
+
+        self.chart = self._make_chart()
+        self.loss_plot, self.loss_curve = self._curve_plot("Training loss", "loss", LOSS_PEN)
+        self.metric_plot, self.metric_curve = self._curve_plot("Score", "%", METRIC_PEN)
+        curves = QWidget(self)
+        curves_layout = QVBoxLayout(curves)
+        curves_layout.setContentsMargins(0, 0, 0, 0)
+        curves_layout.addWidget(self.loss_plot)
+        curves_layout.addWidget(self.metric_plot)
+        self.tabs = QTabWidget(self)
+        self.tabs.addTab(self.layer_table, "Layers")
+        self.tabs.addTab(self.chart, "BOPs per layer")
+        self.tabs.addTab(curves, "Training")
+
+    def _make_chart(self):
+        """The per-layer BOPs bars (before and after side by side, log scale), made once and updated."""
+        plot = pg.PlotWidget(self, background="w")
+        plot.setMinimumHeight(180)
+        plot.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        plot.setLabel("bottom", "layer (row of the Layers table)")
+        plot.setLabel("left", "BOPs (log scale)")
+        plot.showGrid(x=False, y=True, alpha=0.25)
+        plot.setMouseEnabled(x=False, y=False)
+        plot.hideButtons()
+        # the legend is the title (a legend inside the plot would hide the tallest bars)
+        plot.setTitle(" &nbsp; ".join(f"<span style='color:#%02x%02x%02x'>&#9632;</span> {name}" % colour
+                                      for name, colour in (("before", BEFORE_PEN), ("after", AFTER_PEN))),
+                      size="9pt", color="#333")
+        self.bars: Dict[str, pg.BarGraphItem] = {}
+        for name, colour in (("before", BEFORE_PEN), ("after", AFTER_PEN)):
+            bars = pg.BarGraphItem(x=[], height=[], width=0.4, brush=pg.mkBrush(*colour),
+                                   pen=pg.mkPen(*colour), name=name)
+            plot.addItem(bars)
+            self.bars[name] = bars
+        return plot
+
+    def _curve_plot(self, title: str, label: str, colour: Tuple[int, int, int]):
+        plot = pg.PlotWidget(self, background="w")
+        plot.setTitle(title, size="9pt")
+        plot.setLabel("bottom", "training step")
+        plot.setLabel("left", label)
+        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot.setMinimumHeight(110)
+        curve = plot.plot([], [], pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=5,
+                          symbolBrush=pg.mkBrush(*colour))
+        curve.curve.setSegmentedLineMode("off")  # pyqtgraph 0.13 fails on one-point wide-pen curves otherwise
+        return plot, curve
+
+    def _layout(self) -> None:
+        inputs = QFormLayout()
+        inputs.addRow("Checkpoint", self.model_combo)
+        inputs.addRow("", self.model_file)
+        inputs.addRow("", self.model_info)
+        inputs.addRow("Method", self.method_combo)
+        settings = QVBoxLayout()
+        settings.addWidget(self.pic_pq_box)
+        settings.addWidget(self.ghost_box)
+        common = QFormLayout()
+        common.addRow("Epochs", self.epochs_spin)
+        common.addRow("Evaluation data", self.data_file)
+        common.addRow("Save compressed as", self.output_file)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.export_button)
+        body = QWidget(self)
+        layout = QVBoxLayout(body)
+        layout.addLayout(inputs)
+        layout.addLayout(settings)
+        layout.addLayout(common)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.readout_box)
+        layout.addWidget(self.tabs, 1)
+        scroll = QScrollArea(self)  # the dock stays usable on short screens
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+
+    def _connect(self) -> None:
+        self.model_combo.currentIndexChanged.connect(self._checkpoint_changed)
+        self.model_file.fileChanged.connect(self._checkpoint_changed)
+        self.method_combo.currentIndexChanged.connect(self._method_changed)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(self.open_export)
+
+    # checkpoints ------------------------------------------------------------------------------------
+    def reload_models(self) -> None:
+        """The shipped checkpoints of every task present on disk, then the 'Checkpoint file…' entry."""
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for task in SHIPPED:
+            for label, path in shipped_checkpoints(task):
+                self.model_combo.addItem(label, path)
+                self.model_combo.setItemData(self.model_combo.count() - 1, path, Qt.ToolTipRole)
+        self.model_combo.addItem(CUSTOM_CHECKPOINT, None)
+        self.model_combo.blockSignals(False)
+
+    def selected_checkpoint(self) -> str:
+        """The chosen checkpoint's path ('' when 'Checkpoint file…' has no file yet)."""
+        return self.model_combo.currentData() or self.model_file.filePath().strip()
+
+    def set_checkpoint(self, path: str) -> None:
+        """Choose the checkpoint at `path` (a listed one, else through 'Checkpoint file…')."""
+        index = self.model_combo.findData(path)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+            return
+        self.model_combo.setCurrentIndex(self.model_combo.findText(CUSTOM_CHECKPOINT))
+        self.model_file.setFilePath(path)
+
+    def _checkpoint_changed(self) -> None:
+        """A new checkpoint: forget the last run, and read its card and BOPs in the background."""
+        self.model_file.setEnabled(self.model_combo.currentData() is None)
+        path = self.selected_checkpoint()
+        if path == self._summary_path and (self.summary is not None or self.summary_task is not None):
+            return
+        self._summary_path = path
+        self.summary, self.summary_error, self.result = None, "", None
+        self._clear_results()
+        self._update_export_button()
+        if not path:
+            self.model_info.setText("Choose a checkpoint file (.pt).")
+            return
+        self.model_info.setText("Reading the checkpoint…")
+        self._start_summary(path)
+
+    def _start_summary(self, path: str) -> None:
+        if self.summary_task is not None:
+            self.summary_task.cancel()  # its result is ignored: it is for another path
+        task = tasks.JobTask(f"RS Lab: reading {os.path.basename(path)}", lambda progress, cancelled:
+                             checkpoint_summary(path, cancelled), on_finished=lambda result, error: self._summary_done(
+                                 task, path, result, error))
+        self.summary_task = task
+        if self._summary_cancel is not None:
+            self.destroyed.disconnect(self._summary_cancel)
+        self._summary_cancel = lambda *_: cancel_if_alive(task)
+        self.destroyed.connect(self._summary_cancel)
+        tasks.start(task)
+
+    def _summary_done(self, task: tasks.JobTask, path: str, summary: Optional[CheckpointSummary],
+                      error: str) -> None:
+        """JobTask's callback (GUI thread); results for a checkpoint no longer chosen are dropped."""
+        if sip.isdeleted(self) or task is not self.summary_task:
+            return
+        self.summary_task = None
+        self.destroyed.disconnect(self._summary_cancel)
+        self._summary_cancel = None
+        if path != self.selected_checkpoint():
+            return
+        self.summary, self.summary_error = summary, error
+        if summary is None:
+            first = error.splitlines()[0] if error else "unknown error"
+            if error.startswith("unexpected error"):
+                first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
+            self.model_info.setText(f"Cannot use this checkpoint: {first}")
+            self.model_info.setStyleSheet("color: #b00020;")
+        else:
+            self.model_info.setStyleSheet("color: #555;")
+            self.model_info.setText(self._describe(summary))
+            self._set_data_mode(summary.task)
+            self._show_summary(summary)
+        self._update_export_button()
+        self.summaryReady.emit(summary, error)
+
+    @staticmethod
+    def _describe(summary: CheckpointSummary) -> str:
+        task = TASK_LABELS.get(summary.task, summary.task)
+        text = f"{task} · {summary.architecture}"
+        if summary.compressed:
+            method = summary.compression.get("method")
+            text += " · compressed" + (f" with {METHOD_LABELS.get(method, method)}" if method else "")
+            text += ": export it, or choose a full-precision checkpoint to compress"
+        return text
+
+    def _set_data_mode(self, task: str) -> None:
+        """The data picker asks for a folder (change detection) or a file (the other tasks)."""
+        folder = task == "change_detection"
+        self.data_file.setStorageMode(QgsFileWidget.GetDirectory if folder else QgsFileWidget.GetFile)
+        filters = {"classification": "NumPy archives (*.npz)",
+                   "anomaly_detection": "Hyperspectral scenes (*.mat *.tif *.tiff *.img *.dat);;All files (*)"}
+        self.data_file.setFilter(filters.get(task, ""))
+        self.data_file.lineEdit().setPlaceholderText(DATA_HINTS.get(task, ""))
+        self.data_file.setToolTip(DATA_HINTS.get(task, ""))
+
+    # method settings --------------------------------------------------------------------------------
+    def _method_changed(self) -> None:
+        method = self.method_combo.currentData()
+        self.pic_pq_box.setVisible(method == "pic_pq")
+        self.ghost_box.setVisible(method == "ghost")
+
+    def params(self) -> CompressParams:
+        """The widgets as CompressParams (RSLabError on values compression refuses)."""
+        method = self.method_combo.currentData()
+        if method == "pic_pq":
+            max_bits = parse_bits(self.bits_edit.text())
+        else:
+            max_bits = (self.ghost_bits_spin.value(),)
+        return CompressParams(
+            method=method, flops_reduction=round(self.flops_spin.value(), 4), max_bits=max_bits,
+            penalty=self.penalty_spin.value(), epochs=self.epochs_spin.value(),
+            ghost_threshold=self.threshold_spin.value(), distillation_weight=self.distillation_spin.value(),
+            generations=self.generations_spin.value(),
+        )
+
+    # running ----------------------------------------------------------------------------------------
+    def build_request(self, on_step: Callable[[Dict[str, Any]], None]) -> CompressRequest:
+        """Read and check the widgets (GUI thread); RSLabError names what is missing or wrong."""
+        path = self.selected_checkpoint()
+        if not path:
+            raise RSLabError("choose a checkpoint to compress (a shipped one, or a .pt file)")
+        if self.summary_task is not None:
+            raise RSLabError("the checkpoint is still being read; try again in a moment")
+        if self.summary is None and not self.summary_error:
+            self._checkpoint_changed()  # not read yet (the panel was never shown): read it now
+            raise RSLabError("the checkpoint is being read; try again in a moment")
+        if self.summary is None or self.summary.path != path:
+            first = self.summary_error.splitlines()[0] if self.summary_error else "it was not read"
+            raise RSLabError(f"cannot use {os.path.basename(path)}: {first}")
+        if self.summary.compressed:
+            raise RSLabError(f"{os.path.basename(path)} is already compressed; choose a full-precision checkpoint "
+                             "(or Export… this one)")
+        params = self.params()
+        data = check_data(self.summary.task, self.data_file.filePath().strip())
+        output = self.output_file.filePath().strip() or default_output_path(path, params.method)
+        if os.path.isdir(output):
+            raise RSLabError(f"{output} is a folder; give a file name for the compressed checkpoint")
+        if not output.lower().endswith(".pt"):
+            output += ".pt"
+        if os.path.abspath(output) == os.path.abspath(path):
+            raise RSLabError("the compressed checkpoint would replace the one being compressed; give another name")
+        return CompressRequest(model=path, data=data, output=output, params=params, on_step=on_step)
+
+    def run(self) -> None:
+        """Start compressing in the background (the Compress button)."""
+        if self.is_running():
+            return
+        bridge = StepBridge()  # no parent: the request keeps it alive as long as the worker may emit
+        bridge.step.connect(self._on_step, Qt.QueuedConnection)
+        try:
+            request = self.build_request(bridge.step.emit)
+        except RSLabError as exc:
+            self._report_failure(str(exc))
+            self.runFinished.emit(None, str(exc))
+            return
+        self._bridge = bridge
+        self.result = None
+        self._clear_after()
+        self._clear_curves()
+        self._update_export_button()
+        self.tabs.setCurrentIndex(2)  # the live curves
+        method = METHOD_LABELS[request.params.method].split(" (")[0]
+        self._set_status(f"Compressing {os.path.basename(request.model)} with {method}…")
+        self.start_job(request, f"RS Lab: compressing {os.path.basename(request.model)} ({method})")
+
+    def _set_running(self, running: bool) -> None:
+        super()._set_running(running)
+        for widget in (self.model_combo, self.model_file, self.method_combo, self.pic_pq_box, self.ghost_box,
+                       self.epochs_spin, self.data_file, self.output_file):
+            widget.setEnabled(not running)
+        if not running:
+            self.model_file.setEnabled(self.model_combo.currentData() is None)
+        self._update_export_button()
+
+    def _on_step(self, entry: Dict[str, Any]) -> None:
+        """One training record (GUI thread, via the queued bridge): extend the loss or score curve."""
+        if sip.isdeleted(self):
+            return
+        self.history.append(entry)
+        phase = str(entry.get("phase", ""))
+        if phase == "evolution":  # the evolutionary search reports its fitness, not a training loss
+            return
+        if phase not in self._phase_base:
+            self._phase_base[phase] = max([x for x in self._curve_x()] or [0.0])
+        x = self._phase_base[phase] + float(entry.get("step", 0))
+        if "loss" in entry and math.isfinite(float(entry["loss"])):
+            xs, ys = self.loss_curve.getData()
+            self.loss_curve.setData(list(xs if xs is not None else []) + [x],
+                                    list(ys if ys is not None else []) + [float(entry["loss"])])
+        if "metric" in entry and math.isfinite(float(entry["metric"])):
+            xs, ys = self.metric_curve.getData()
+            self.metric_curve.setData(list(xs if xs is not None else []) + [x],
+                                      list(ys if ys is not None else []) + [float(entry["metric"])])
+            name = entry.get("metric_name") or (TASK_METRICS.get(self.summary.task, "") if self.summary else "")
+            self.metric_plot.setTitle(f"{metric_label(str(name))} on the evaluation data", size="9pt")
+
+    def _curve_x(self) -> List[float]:
+        xs = []
+        for curve in (self.loss_curve, self.metric_curve):
+            data = curve.getData()[0]
+            if data is not None:
+                xs.extend(float(v) for v in data)
+        return xs
+
+    def _finished(self, result: Optional[CompressResult], error: str) -> None:
+        """JobTask's callback, on the GUI thread."""
+        request = self._end_job()
+        if request is None:
+            return
+        self._bridge = None
+        if result is None:
+            self._report_failure(error)
+            self._update_export_button()
+            self.runFinished.emit(None, error)
+            return
+        self.result = result
+        self.progress_bar.setValue(100)
+        self._show_result(result)
+        metric = metric_label(result.metric)
+        self._set_status(
+            f"Done: {result.bops_ratio:.1f}× fewer BOPs; {metric}\u00a0"
+            f"{result.scores_before[result.metric]:.2f}\u00a0→\u00a0{result.scores_after[result.metric]:.2f}\u00a0%.\n"
+            f"Saved as {os.path.basename(result.checkpoint)} in {os.path.dirname(result.checkpoint)}")
+        self.status_label.setToolTip(result.checkpoint)
+        self._update_export_button()
+        self.tabs.setCurrentIndex(1)
+        self.runFinished.emit(result, "")
+
+    # readouts, table and chart ---------------------------------------------------------------------
+    def _clear_results(self) -> None:
+        for label in self.readouts.values():
+            label.setText(DASH)
+        self.readout_names["metric"].setText("Score")
+        self.layer_table.setRowCount(0)
+        for bars in self.bars.values():
+            bars.setOpts(x=[], height=[], y0=0)
+        self._clear_curves()
+
+    def _clear_after(self) -> None:
+        for (key, column), label in self.readouts.items():
+            if column != "before":
+                label.setText(DASH)
+        if self.summary is not None and not self.summary.compressed:
+            self._fill_layers(self.summary.report, None)
+
+    def _clear_curves(self) -> None:
+        self.history = []
+        self._phase_base = {}
+        self.loss_curve.setData([], [])
+        self.metric_curve.setData([], [])
+        self.metric_plot.setTitle("Score", size="9pt")
+
+    def _set_readout(self, key: str, column: str, text: str) -> None:
+        self.readouts[(key, column)].setText(text)
+
+    def _fill_totals(self, column: str, report: Dict[str, Any]) -> None:
+        self._set_readout("bops", column, si(report["total_bops"]))
+        self._set_readout("params", column, si(report["params"]))
+        self._set_readout("size", column, size_text(report["size_mb"]))
+
+    def _show_summary(self, summary: CheckpointSummary) -> None:
+        """The chosen checkpoint's figures: the before column, or for a compressed one its recorded history."""
+        report = summary.report
+        metric = TASK_METRICS.get(summary.task, "")
+        self.readout_names["metric"].setText(metric_label(metric) + " (%)")
+        if not summary.compressed:
+            self._fill_totals("before", report)
+            self._set_readout("metric", "before", "after a run")
+            self._fill_layers(report, None)
+            return
+        record = summary.compression
+        self._fill_totals("after", report)
+        if "gbops_before" in record:
+            self._set_readout("bops", "before", si(record["gbops_before"] * 1e9))
+        if "size_mb_before" in record:
+            self._set_readout("size", "before", size_text(record["size_mb_before"]))
+            ratio = record["size_mb_before"] / max(report["size_mb"], 1e-12)
+            self._set_readout("size", "change", f"{ratio:.1f}× smaller")
+        if "bops_ratio" in record:
+            self._set_readout("bops", "change", f"{record['bops_ratio']:.1f}× fewer")
+        before, after = (record.get("scores_before") or {}), (record.get("scores_after") or {})
+        if metric in before:
+            self._set_readout("metric", "before", f"{before[metric]:.2f}")
+        if metric in after:
+            self._set_readout("metric", "after", f"{after[metric]:.2f}")
+        if metric in before and metric in after:
+            self._set_readout("metric", "change", f"{after[metric] - before[metric]:+.2f} pt")
+        self._fill_layers(None, report)
+
+    def _show_result(self, result: CompressResult) -> None:
+        before, after = result.before, result.after
+        self._fill_totals("before", before)
+        self._fill_totals("after", after)
+        self._set_readout("bops", "change", f"{result.bops_ratio:.1f}× fewer")
+        self._set_readout("params", "change", f"{100.0 * (after['params'] / max(before['params'], 1) - 1):+.0f} %")
+        self._set_readout("size", "change", f"{before['size_mb'] / max(after['size_mb'], 1e-12):.1f}× smaller")
+        metric = result.metric
+        self.readout_names["metric"].setText(metric_label(metric) + " (%)")
+        b, a = result.scores_before.get(metric), result.scores_after.get(metric)
+        self._set_readout("metric", "before", DASH if b is None else f"{b:.2f}")
+        self._set_readout("metric", "after", DASH if a is None else f"{a:.2f}")
+        if a is not None and b is not None:
+            self._set_readout("metric", "change", f"{a - b:+.2f} pt")
+        self._fill_layers(before, after)
+
+    def _fill_layers(self, before: Optional[Dict[str, Any]], after: Optional[Dict[str, Any]]) -> None:
+        """One row per conv/linear layer; with both reports, kept channels, bits and BOPs before → after."""
+        main = before or after or {"layers": []}
+        after_by_name = {layer["name"]: layer for layer in (after or {}).get("layers", [])}
+        rows = main["layers"]
+        self.layer_table.setRowCount(len(rows))
+        for row, layer in enumerate(rows):
+            done = after_by_name.get(layer["name"]) if before is not None and after is not None else None
+            shown = done or layer
+            if done is not None:
+                channels = f"{done['out_channels']} / {layer['out_channels']}"
+                bops = f"{si(layer['bops'])}→{si(done['bops'])}"
+            elif before is not None and after is not None:  # the layer is gone from the compressed model
+                channels, bops = f"0 / {layer['out_channels']}", f"{si(layer['bops'])}→0"
+            else:
+                channels, bops = str(layer["out_channels"]), si(layer["bops"])
+            cells = (layer["name"], channels, str(shown["weight_bits"]), str(shown["activation_bits"]), bops)
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if col:
+                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                if col == 0:
+                    item.setToolTip(f"{layer['name']}: {layer['kind']}, {layer['in_channels']} → "
+                                    f"{layer['out_channels']} channels, "
+                                    f"{si(layer['macs'])} MACs")
+                self.layer_table.setItem(row, col, item)
+        self._plot_bars([layer["bops"] for layer in rows] if before is not None else None,
+                        [after_by_name.get(layer["name"], {}).get("bops", 0) for layer in rows]
+                        if after is not None else None)
+
+    def _plot_bars(self, before: Optional[Sequence[float]], after: Optional[Sequence[float]]) -> None:
+        """log10 BOPs per layer, before (left) and after (right) of each row's position."""
+        values = [v for series in (before, after) if series for v in series if v > 0]
+        if not values:
+            for bars in self.bars.values():
+                bars.setOpts(x=[], height=[], y0=0)
+            return
+        low = math.floor(math.log10(min(values))) - 0.5
+        high = math.log10(max(values))
+        both = before is not None and after is not None
+        for name, series, shift in (("before", before, -0.2 if both else 0.0), ("after", after, 0.2 if both else 0.0)):
+            if series is None:
+                self.bars[name].setOpts(x=[], height=[], y0=low)
+                continue
+            x = np.arange(1, len(series) + 1) + shift
+            heights = np.array([math.log10(v) - low if v > 0 else 0.0 for v in series])
+            self.bars[name].setOpts(x=x, height=heights, y0=low, width=0.4 if both else 0.6)
+        count = len(before if before is not None else after)
+        axis = self.chart.getAxis("left")
+        axis.setTicks([[(k, decade_label(k)) for k in range(math.ceil(low), math.floor(high) + 1)]])
+        step = max(1, math.ceil(count / 12))
+        self.chart.getAxis("bottom").setTicks([[(i, str(i)) for i in range(1, count + 1, step)]])
+        self.chart.setXRange(0.4, count + 0.6, padding=0)
+        self.chart.setYRange(low, high + 0.1, padding=0)
+
+    # export -----------------------------------------------------------------------------------------
+    def exportable_checkpoint(self) -> Optional[str]:
+        """The compressed checkpoint Export… writes: the last run's, else the chosen one if it is compressed."""
+        if self.result is not None and self.result.checkpoint and os.path.isfile(self.result.checkpoint):
+            return self.result.checkpoint
+        if self.summary is not None and self.summary.compressed and self.summary.path == self.selected_checkpoint():
+            return self.summary.path
+        return None
+
+    def _update_export_button(self) -> None:
+        self.export_button.setEnabled(not self.is_running() and self.exportable_checkpoint() is not None)
+
+    def open_export(self) -> None:
+        """Open the export dialog for the compressed checkpoint."""
+        from .export_dialog import ExportDialog
+
+        path = self.exportable_checkpoint()
+        if path is None:
+            return
+        report = self.result.report() if self.result is not None and self.result.checkpoint == path else None
+        if self.export_dialog is not None and not sip.isdeleted(self.export_dialog):
+            self.export_dialog.close()
+            self.export_dialog.deleteLater()
+        self.export_dialog = ExportDialog(path, report=report, parent=self)
+        self.export_dialog.show()
+        self.export_dialog.raise_()

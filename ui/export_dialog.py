@@ -1,0 +1,400 @@
+"""Export a (compressed) RS Lab checkpoint: RS Lab checkpoint, ONNX with QDQ, TorchScript, JSON BOPs report.
+
+The dialog loads the checkpoint on the GUI thread when it is chosen (so a
+file it cannot load is refused at once, with the reason, and nothing can be
+written from it), then runs the export and the ONNX check in the background:
+
+    Save       -> export_all(model, card, example inputs, folder, stem, formats)   [QgsTask worker]
+    ONNX check -> export_onnx to a temporary file, check_onnx on sample inputs      [QgsTask worker]
+
+Existing target files are only replaced after a Yes in `confirm_overwrite`;
+on No nothing is written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from qgis.gui import QgsFileWidget
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import JobCancelled, RSLabError
+from ..core.export import SUFFIXES, export_paths  # torch-free at import; torch is imported by the jobs
+from . import task as tasks
+from .job_dock import cancel_if_alive
+
+# (format key of core.export, label); the file suffixes come from core.export.SUFFIXES
+FORMATS: Tuple[Tuple[str, str], ...] = (
+    ("checkpoint", "RS Lab checkpoint"),
+    ("onnx", "ONNX with QDQ"),
+    ("torchscript", "TorchScript"),
+    ("report", "JSON BOPs report"),
+)
+FORMAT_TIPS = {
+    "checkpoint": "The model and its card (bit widths included): the RS Lab tools load it like any checkpoint",
+    "onnx": "Integer weights with QuantizeLinear / DequantizeLinear around every quantised layer; "
+            "runs in onnxruntime",
+    "torchscript": "A traced module computing exactly what the PyTorch model computes (torch.jit.load)",
+    "report": "BOPs, MACs, parameters and size, in total and per layer, with the bit plan and the compression record",
+}
+CHECK_SAMPLES = 4
+ERROR_STYLE = "color: #b00020;"
+
+
+def sample_inputs(example: Tuple[Any, ...], count: int = CHECK_SAMPLES, seed: int = 0) -> List[Tuple[Any, ...]]:
+    """`count` input tuples shaped like `example`: float tensors drawn at random (seeded), others kept."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(count):
+        samples.append(tuple(torch.randn(x.shape, generator=generator) if x.is_floating_point() and x.dim() >= 2
+                             else x.clone() for x in example))
+    return samples
+
+
+def onnx_check_job(model: Any, example: Tuple[Any, ...]) -> Callable[..., Dict[str, float]]:
+    """A JobTask job: export `model` to a temporary ONNX file and compare it with PyTorch."""
+
+    def job(progress, cancelled) -> Dict[str, float]:
+        from ..core.export import check_onnx, export_onnx
+
+        folder = tempfile.mkdtemp(prefix="rslab-onnx-check-")
+        try:
+            progress(0.1, "writing a temporary ONNX file")
+            path = export_onnx(model, example, os.path.join(folder, "check.onnx"))["path"]
+            if cancelled():
+                raise JobCancelled()
+            progress(0.6, f"running onnxruntime and PyTorch on {CHECK_SAMPLES} sample inputs")
+            return check_onnx(model, sample_inputs(example), path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return job
+
+
+def describe_check(check: Dict[str, float]) -> str:
+    """One or two lines from check_onnx's figures: the max difference, in units and in quantisation steps."""
+    outputs = sorted(k[:-len(".max_abs_diff")] for k in check
+                     if k.endswith(".max_abs_diff") and not k.startswith("forced."))
+    worst = max(check[f"{o}.max_abs_diff"] for o in outputs) if outputs else float("nan")
+    text = f"max |ONNX − PyTorch| = {worst:.3g} over {int(check.get('samples', 0))} sample inputs"
+    steps = check.get("max_steps", float("nan"))
+    if not math.isnan(steps):
+        text += f" ({steps:.2f} quantisation steps: {'within' if steps <= 1 else 'more than'} one step)"
+    if check.get("codes.count"):
+        text += (f"; integer codes differing: {100 * check['codes.fraction_differing']:.3f} % "
+                 f"(at most {int(check['codes.max_diff'])} level{'s' if check['codes.max_diff'] != 1 else ''})")
+    return text
+
+
+class ExportDialog(QDialog):
+    """Export one checkpoint to the chosen formats; `exported({format: path}, error)` after every Save."""
+
+    exported = pyqtSignal(dict, str)
+    checked = pyqtSignal(object, str)  # check_onnx's dict (None on failure), error text
+
+    def __init__(self, checkpoint: str = "", report: Optional[Dict[str, Any]] = None,
+                 parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("RS Lab: export a model")
+        self.report = report  # the compression run's report, written into the JSON report when given
+        self.model: Any = None
+        self.card: Any = None
+        self.example: Optional[Tuple[Any, ...]] = None
+        self.load_error = ""
+        self.task: Optional[tasks.JobTask] = None
+        self.check_result: Optional[Dict[str, float]] = None
+        self.written: Dict[str, str] = {}
+        self._cancel_on_destroy: Optional[Callable[[], None]] = None
+        self._build()
+        self._connect()
+        self._set_running(False)
+        if checkpoint:
+            self.checkpoint_file.setFilePath(checkpoint)  # loads it through fileChanged
+        else:
+            self._update_buttons()
+
+    # construction -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.checkpoint_file = QgsFileWidget(self)
+        self.checkpoint_file.setStorageMode(QgsFileWidget.GetFile)
+        self.checkpoint_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.model_info = QLabel(self)
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextFormat(Qt.PlainText)
+        self.folder = QgsFileWidget(self)
+        self.folder.setStorageMode(QgsFileWidget.GetDirectory)
+        self.name_edit = QLineEdit(self)
+        self.name_edit.setPlaceholderText("base name of the files")
+        self.format_boxes: Dict[str, QCheckBox] = {}
+        formats = QGroupBox("Formats", self)
+        box_layout = QVBoxLayout(formats)
+        for key, label in FORMATS:
+            box = QCheckBox(f"{label} ({SUFFIXES[key]})", self)
+            box.setChecked(True)
+            box.setToolTip(FORMAT_TIPS[key])
+            self.format_boxes[key] = box
+            box_layout.addWidget(box)
+        self.formats_box = formats
+        self.check_button = QPushButton("ONNX check", self)
+        self.check_button.setToolTip("Export to a temporary ONNX file and compare onnxruntime with PyTorch "
+                                     f"on {CHECK_SAMPLES} random inputs")
+        self.check_label = QLabel("Not checked yet.", self)
+        self.check_label.setWordWrap(True)
+        self.check_label.setTextFormat(Qt.PlainText)
+        self.check_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.save_button = QPushButton("Save", self)
+        self.save_button.setDefault(True)
+        self.close_button = QPushButton("Close", self)
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 100)
+        self.status_label = QLabel(self)
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextFormat(Qt.PlainText)
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        form = QFormLayout()
+        form.addRow("Checkpoint", self.checkpoint_file)
+        form.addRow("", self.model_info)
+        form.addRow("Output folder", self.folder)
+        form.addRow("Base name", self.name_edit)
+        check = QHBoxLayout()
+        check.addWidget(self.check_button)
+        check.addWidget(self.check_label, 1)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.save_button)
+        buttons.addWidget(self.close_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(formats)
+        layout.addLayout(check)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+        layout.addLayout(buttons)
+        self.setMinimumWidth(520)
+        self.resize(600, 470)
+
+    def _connect(self) -> None:
+        self.checkpoint_file.fileChanged.connect(self.load)
+        self.save_button.clicked.connect(self.save)
+        self.check_button.clicked.connect(self.run_check)
+        self.close_button.clicked.connect(self.close)
+        for box in self.format_boxes.values():
+            box.toggled.connect(self._update_buttons)
+
+    # the checkpoint ---------------------------------------------------------------------------------
+    def load(self, path: Optional[str] = None) -> bool:
+        """Load the checkpoint (GUI thread); on failure say why and disable Save and the check."""
+        from ..core.checkpoint import build_model, load_checkpoint
+        from ..core.compression_tasks import example_inputs_for
+
+        path = (path if path is not None else self.checkpoint_file.filePath()).strip()
+        self.model = self.card = self.example = None
+        self.check_result = None
+        self.check_label.setText("Not checked yet.")
+        self.load_error = ""
+        try:
+            if not path:
+                raise RSLabError("choose a checkpoint to export")
+            checkpoint = load_checkpoint(path)
+            model = build_model(checkpoint)
+            example = example_inputs_for(checkpoint.card)
+        except RSLabError as exc:
+            self.load_error = str(exc)
+        except Exception as exc:  # a checkpoint whose weights break the model in some other way
+            self.load_error = f"{os.path.basename(path)} cannot be loaded ({type(exc).__name__}: {exc})"
+        if self.load_error:
+            self.model_info.setStyleSheet(ERROR_STYLE)
+            self.model_info.setText(f"Cannot export: {self.load_error}")
+            self._update_buttons()
+            return False
+        self.model, self.card, self.example = model, checkpoint.card, example
+        compressed = checkpoint.card.bit_widths is not None
+        bits = sorted({b for layer in (checkpoint.card.bit_widths or {}).values() for b in layer.values()})
+        self.model_info.setStyleSheet("color: #555;")
+        self.model_info.setText(
+            f"{checkpoint.card.task} · {checkpoint.card.architecture} · "
+            + (f"compressed ({', '.join(map(str, bits))} bits)" if compressed else "full precision (32 bits)")
+            + f" · input {' + '.join('×'.join(map(str, x.shape)) for x in example)}")
+        if not self.folder.filePath().strip():
+            self.folder.setFilePath(os.path.dirname(os.path.abspath(path)))
+        if not self.name_edit.text().strip():
+            self.name_edit.setText(f"{Path(path).stem}_export")
+        self._set_status("")
+        self._update_buttons()
+        return True
+
+    # inputs -----------------------------------------------------------------------------------------
+    def formats(self) -> List[str]:
+        return [key for key, _ in FORMATS if self.format_boxes[key].isChecked()]
+
+    def targets(self) -> Dict[str, str]:
+        """{format: path} Save would write; RSLabError when something is missing or wrong."""
+        if self.model is None:
+            raise RSLabError(self.load_error or "choose a checkpoint to export")
+        folder = self.folder.filePath().strip()
+        if not folder:
+            raise RSLabError("choose the output folder")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise RSLabError(f"the output folder {folder} is a file")
+        stem = self._stem()
+        if not stem or "/" in stem or os.sep in stem:
+            raise RSLabError("give a plain base name for the files (no folder)")
+        formats = self.formats()
+        if not formats:
+            raise RSLabError("tick at least one format")
+        return export_paths(folder, stem, formats)
+
+    def _stem(self) -> str:
+        stem = self.name_edit.text().strip()
+        return stem[:-3] if stem.lower().endswith(".pt") else stem
+
+    def confirm_overwrite(self, paths: List[str]) -> bool:
+        """Ask before replacing existing files (Yes/No, No by default); tests replace this method."""
+        names = "\n".join(os.path.basename(p) for p in paths)
+        answer = QMessageBox.question(
+            self, "RS Lab: replace files?",
+            f"These files exist in {os.path.dirname(paths[0])}:\n{names}\n\nReplace them?",
+            QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    # running ----------------------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the chosen formats in the background (after asking before any overwrite)."""
+        if self.task is not None:
+            return
+        try:
+            targets = self.targets()
+        except RSLabError as exc:
+            self._fail(str(exc))
+            self.exported.emit({}, str(exc))
+            return
+        existing = [p for p in targets.values() if os.path.exists(p)]
+        if existing and not self.confirm_overwrite(existing):
+            text = "nothing written: the existing files were kept"
+            self._set_status(text[0].upper() + text[1:])
+            self.exported.emit({}, text)
+            return
+        folder, stem = self.folder.filePath().strip(), self._stem()
+        model, card, example, formats = self.model, self.card, self.example, list(targets)
+        extra = self._report_extra()
+
+        def job(progress, cancelled) -> Dict[str, str]:
+            from ..core.export import export_all
+
+            return export_all(model, card, example, folder, stem, formats, overwrite=bool(existing),
+                              progress=progress, cancelled=cancelled, extra=extra)
+
+        self.written = {}
+        self._start(job, "RS Lab: exporting a model", self._saved)
+
+    def _report_extra(self) -> Dict[str, Any]:
+        """What the JSON report carries beyond the BOPs: the source checkpoint and its compression record."""
+        extra: Dict[str, Any] = {"source_checkpoint": os.path.abspath(self.checkpoint_file.filePath().strip()),
+                                 "card": self.card.summary()}
+        compression = self.report or self.card.training.get("compression")
+        if compression:
+            extra["compression"] = compression
+        return json.loads(json.dumps(extra, default=str))  # plain JSON values only
+
+    def run_check(self) -> None:
+        """Export to a temporary ONNX file and show how far onnxruntime is from PyTorch."""
+        if self.task is not None:
+            return
+        if self.model is None:
+            self._fail(self.load_error or "choose a checkpoint to export")
+            self.checked.emit(None, self.load_error)
+            return
+        self.check_label.setText("Checking…")
+        self._start(onnx_check_job(self.model, self.example), "RS Lab: ONNX check", self._check_done)
+
+    def _start(self, job, description: str, done: Callable[[Any, str], None]) -> None:
+        self.progress_bar.setValue(0)
+        self._set_status("Working…")
+        self.task = tasks.JobTask(description, job, on_finished=partial(self._task_done, done))
+        self.task.progressChanged.connect(lambda value: self.progress_bar.setValue(int(value)))
+        self.task.message.connect(self._set_status)
+        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
+        self.destroyed.connect(self._cancel_on_destroy)
+        self._set_running(True)
+        tasks.start(self.task)
+
+    def _task_done(self, done: Callable[[Any, str], None], result: Any, error: str) -> None:
+        if sip.isdeleted(self):
+            return
+        self.task = None
+        self.destroyed.disconnect(self._cancel_on_destroy)
+        self._set_running(False)
+        done(result, error)
+
+    def _saved(self, written: Optional[Dict[str, str]], error: str) -> None:
+        if written is None:
+            self._fail(error)
+            self.exported.emit({}, error)
+            return
+        self.written = dict(written)
+        self.progress_bar.setValue(100)
+        self._set_status("Written:\n" + "\n".join(written.values()))
+        self.exported.emit(dict(written), "")
+
+    def _check_done(self, check: Optional[Dict[str, float]], error: str) -> None:
+        if check is None:
+            first = error.splitlines()[0] if error else "failed"
+            self.check_label.setStyleSheet(ERROR_STYLE)
+            self.check_label.setText(f"ONNX check failed: {first}")
+            self._set_status("")
+            self.checked.emit(None, error)
+            return
+        self.check_result = check
+        self.progress_bar.setValue(100)
+        self.check_label.setStyleSheet("")
+        self.check_label.setText(describe_check(check))
+        self._set_status("")
+        self.checked.emit(check, "")
+
+    # state ------------------------------------------------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        for widget in (self.checkpoint_file, self.folder, self.name_edit, self.formats_box):
+            widget.setEnabled(not running)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        idle = self.task is None
+        self.save_button.setEnabled(idle and self.model is not None and bool(self.formats()))
+        self.check_button.setEnabled(idle and self.model is not None)
+
+    def _fail(self, error: str) -> None:
+        first = error.splitlines()[0] if error else "failed"
+        if error.startswith("unexpected error"):
+            first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
+        self.status_label.setStyleSheet(ERROR_STYLE)
+        self.status_label.setText("Not exported: " + first)
+        self.progress_bar.setValue(0)
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setStyleSheet("")
+        self.status_label.setText(text)
