@@ -94,7 +94,8 @@ def test_all_four_formats_of_a_compressed_checkpoint(qtbot, dialog, compressed, 
         qtbot.mouseClick(dialog.check_button, Qt.LeftButton)
     check, error = done.args
     assert error == "" and check["samples"] == 4
-    assert dialog.check_label.text().startswith("max |ONNX − PyTorch| = ")
+    assert dialog.check_label.text().startswith("Agrees layer by layer over 4 sample inputs")
+    assert check["agrees_within_one_step"] == 1.0
     assert "quantisation steps" in dialog.check_label.text()
     assert sorted(os.listdir(folder)) == sorted(NAMES)  # the check writes to a temporary folder only
 

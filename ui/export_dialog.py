@@ -95,17 +95,26 @@ def onnx_check_job(model: Any, example: Tuple[Any, ...]) -> Callable[..., Dict[s
 
 
 def describe_check(check: Dict[str, float]) -> str:
-    """One or two lines from check_onnx's figures: the max difference, in units and in quantisation steps."""
-    outputs = sorted(k[:-len(".max_abs_diff")] for k in check
-                     if k.endswith(".max_abs_diff") and not k.startswith("forced."))
-    worst = max(check[f"{o}.max_abs_diff"] for o in outputs) if outputs else float("nan")
-    text = f"max |ONNX − PyTorch| = {worst:.3g} over {int(check.get('samples', 0))} sample inputs"
-    steps = check.get("max_steps", float("nan"))
-    if not math.isnan(steps):
-        text += f" ({steps:.2f} quantisation steps: {'within' if steps <= 1 else 'more than'} one step)"
-    if check.get("codes.count"):
-        text += (f"; integer codes differing: {100 * check['codes.fraction_differing']:.3f} % "
-                 f"(at most {int(check['codes.max_diff'])} level{'s' if check['codes.max_diff'] != 1 else ''})")
+    """The verdict of check_onnx and its figures.
+
+    The verdict is layer by layer ("forced": each stretch between quantisers fed the same
+    integer codes in both runtimes): every output within one quantisation step and every
+    code within one level. End to end, one-level rounding flips (float summation order)
+    spread through the layers; that drift is shown as well, for what it is.
+    """
+    samples = int(check.get("samples", 0))
+    forced = check.get("forced.max_steps", float("nan"))
+    if math.isnan(forced):
+        return f"no quantised layer to check over {samples} sample inputs"
+    agrees = check.get("agrees_within_one_step", 0.0) >= 1.0
+    text = (f"{'Agrees' if agrees else 'DISAGREES'} layer by layer over {samples} sample inputs: "
+            f"at most {forced:.3g} quantisation steps per output, codes within "
+            f"{int(check.get('forced.codes.max_diff', 0))} level(s)")
+    outputs = [k[:-len(".max_abs_diff")] for k in check if k.endswith(".max_abs_diff") and not k.startswith("forced.")]
+    if outputs:
+        worst = max(check[f"{o}.max_abs_diff"] for o in outputs)
+        text += (f".\nEnd to end (rounding drift): max |ONNX - PyTorch| = {worst:.3g}, "
+                 f"{100 * check.get('codes.fraction_differing', 0.0):.2f} % of codes differ")
     return text
 
 
