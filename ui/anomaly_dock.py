@@ -41,13 +41,11 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QVBoxLayout,
@@ -65,6 +63,7 @@ from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, fit_score_stretch, make_layer
+from .widgets import message_label, scroll_body
 
 METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}
 METHOD_TIPS = {
@@ -298,10 +297,7 @@ class AnomalyDock(JobDock):
         self.cancel_button = QPushButton("Cancel", self)
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setRange(0, 100)
-        self.status_label = QLabel(self)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextFormat(Qt.PlainText)  # error texts and paths may hold '<'
-        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status_label = message_label(self)
         self.metrics_label = QLabel(self)
         self.metrics_label.setWordWrap(True)
         self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -396,13 +392,7 @@ class AnomalyDock(JobDock):
         layout.addWidget(self.status_label)
         layout.addWidget(results, 1)
         layout.addWidget(spectrum, 1)
-        scroll = QScrollArea(self)  # two plots make a tall dock: scroll rather than crowd a small screen
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setWidget(body)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        scroll_body(self, body)
 
     def _connect(self) -> None:
         self.method_combo.currentIndexChanged.connect(self._update_method_widgets)

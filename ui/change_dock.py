@@ -51,6 +51,7 @@ from . import task as tasks
 from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
+from .widgets import message_label
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -231,10 +232,7 @@ class ChangeDetectionDock(JobDock):
         self.cancel_button = QPushButton("Cancel", self)
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setRange(0, 100)
-        self.status_label = QLabel(self)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextFormat(Qt.PlainText)  # error texts and paths may hold '<'
-        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status_label = message_label(self)
         self.metrics_label = QLabel(self)
         self.metrics_label.setWordWrap(True)
         self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)

@@ -32,7 +32,6 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -41,7 +40,6 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QTableWidget,
@@ -56,6 +54,7 @@ from ..core.errors import RSLabError
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive
+from .widgets import message_label, scroll_body
 
 CUSTOM_CHECKPOINT = "Checkpoint file…"
 TASK_LABELS = {"classification": "classification", "change_detection": "change detection",
@@ -353,10 +352,7 @@ class CompressionDock(JobDock):
                                       "and a BOPs report")
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setRange(0, 100)
-        self.status_label = QLabel(self)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextFormat(Qt.PlainText)  # error texts and paths may hold '<'
-        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status_label = message_label(self)
         # long paths and messages wrap or clip instead of widening the panel
         self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
 
@@ -471,13 +467,7 @@ class CompressionDock(JobDock):
         layout.addWidget(self.status_label)
         layout.addWidget(self.readout_box)
         layout.addWidget(self.tabs, 1)
-        scroll = QScrollArea(self)  # the dock stays usable on short screens
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setWidget(body)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        scroll_body(self, body)
 
     def _connect(self) -> None:
         self.model_combo.currentIndexChanged.connect(self._checkpoint_changed)

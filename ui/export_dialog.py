@@ -43,6 +43,7 @@ from ..core.errors import JobCancelled, RSLabError
 from ..core.export import SUFFIXES, export_paths  # torch-free at import; torch is imported by the jobs
 from . import task as tasks
 from .job_dock import cancel_if_alive
+from .widgets import message_label
 
 # (format key of core.export, label); the file suffixes come from core.export.SUFFIXES
 FORMATS: Tuple[Tuple[str, str], ...] = (
@@ -179,10 +180,7 @@ class ExportDialog(QDialog):
         self.close_button = QPushButton("Close", self)
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setRange(0, 100)
-        self.status_label = QLabel(self)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextFormat(Qt.PlainText)
-        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status_label = message_label(self)
 
         form = QFormLayout()
         form.addRow("Checkpoint", self.checkpoint_file)

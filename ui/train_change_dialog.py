@@ -38,6 +38,7 @@ from ..core.change_training import TrainChangeParams, TrainChangeResult, train_c
 from ..core.errors import RSLabError
 from . import task as tasks
 from .job_dock import cancel_if_alive
+from .widgets import message_label
 
 # (label, (base, channels)); None = the free spin boxes.
 WIDTHS: List[Tuple[str, Optional[Tuple[int, int]]]] = [
@@ -128,10 +129,7 @@ class TrainChangeDialog(QDialog):
         self.close_button = QPushButton("Close", self)
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setRange(0, 100)
-        self.status_label = QLabel(self)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextFormat(Qt.PlainText)
-        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status_label = message_label(self)
         self.log = QPlainTextEdit(self)
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(5000)
