@@ -52,6 +52,8 @@ def row(name: str, result) -> dict:
         "size_mb_before": round(result.before["size_mb"], 3), "size_mb_after": round(result.after["size_mb"], 3),
         "macs_ratio": round(result.before["total_macs"] / max(result.after["total_macs"], 1), 2),
         "seconds": round(sum(result.timings.values()), 1),
+        "stages": {k: round(v.get(metric, float("nan")), 2) for k, v in result.details.get("metrics", {}).items()
+                   if isinstance(v, dict)},
     }
 
 
@@ -76,14 +78,16 @@ def progress_printer(label: str):
     return progress
 
 
-def run_cifar(epochs: float, out_dir: str, generations: int):
+def run_cifar(epochs: float, out_dir: str, generations: int, methods, flops: float):
     rows = []
     settings = {
-        "pic_pq": CompressParams(method="pic_pq", flops_reduction=0.5, max_bits=(8, 6, 4), epochs=epochs,
+        "pic_pq": CompressParams(method="pic_pq", flops_reduction=flops, max_bits=(8, 6, 4), epochs=epochs,
                                  generations=generations),
         "ghost": CompressParams(method="ghost", epochs=epochs),
     }
     for method, params in settings.items():
+        if method not in methods:
+            continue
         output = os.path.join(out_dir, f"resnet20_{method}.pt")
         result = compress_checkpoint(str(CIFAR_MODEL), str(CIFAR), output, params,
                                      progress=progress_printer(f"cifar {method}"))
@@ -121,6 +125,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("cifar", "change", "all"), default="all")
     parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default 10 CIFAR, 3 change)")
     parser.add_argument("--generations", type=int, default=10)
+    parser.add_argument("--methods", default="pic_pq,ghost", help="comma-separated: pic_pq, ghost")
+    parser.add_argument("--flops", type=float, default=0.5, help="PIC-PQ FLOPs reduction on the CIFAR ResNet")
     parser.add_argument("--ship", action="store_true", help="write the best compressed change detector to resources/weights")
     parser.add_argument("--out", default="/tmp/rslab-bench-compression")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -128,11 +134,14 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     rows = []
     if args.part in ("cifar", "all"):
-        rows += run_cifar(args.epochs or 10, args.out, args.generations)
+        rows += run_cifar(args.epochs or 10, args.out, args.generations, args.methods.split(","), args.flops)
     if args.part in ("change", "all"):
         rows += run_change(args.epochs or 3, args.out, args.ship, args.generations)
     print()
     print_table(rows)
+    for r in rows:
+        if r["stages"]:
+            print(f"{r['method']}: {r['metric']} after each stage: {r['stages']}")
     print(PUBLISHED)
     if args.json:
         with open(args.json, "w") as handle:

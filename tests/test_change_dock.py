@@ -289,3 +289,19 @@ def test_output_names_never_overwrite(tmp_path):
     open(first.uncertainty, "w").close()
     second = output_paths(str(tmp_path), "before 2019", "after/2020")
     assert os.path.basename(second.change) == "before_2019_to_after_2020_2_change.tif"
+
+
+def test_the_shipped_compressed_detector_is_listed_and_runs(qtbot, dock, levir, project, tmp_path):
+    """The compressed default (quantised AR-CDNet from bench/compression.py) runs in the dock like any model."""
+    from rslab.core.checkpoint import read_card
+    from rslab.core.weights import shipped_checkpoints
+
+    shipped = dict(shipped_checkpoints("change_detection"))
+    compressed = [path for label, path in shipped.items() if "compressed" in label]
+    assert compressed, "resources/weights/arcdnet_levir_dsifn_compressed.pt is missing"
+    assert read_card(compressed[0]).bit_widths
+    choose(dock, levir["before"], levir["after"], "arcdnet", levir["reference"], output=tmp_path)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData(compressed[0]))
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.model["path"] == os.path.abspath(compressed[0])
+    assert result.metrics["f1"] > 0.3 and group_names(project) == ["Changes: before → after"]
