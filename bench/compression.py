@@ -99,10 +99,12 @@ def run_change(epochs: float, out_dir: str, ship: bool, generations: int):
     from scripts.train_default_change_detector import HELD_OUT
 
     rows = []
+    # a low learning rate: the default detector is itself the product of a short SGD fine-tune on these
+    # pairs, and its held-out F1 moves by tens of points between nearby optimisation runs
     settings = {
-        "ghost": CompressParams(method="ghost", epochs=epochs, batch_size=4),
-        "pic_pq": CompressParams(method="pic_pq", flops_reduction=0.3, max_bits=(8,), epochs=epochs, batch_size=4,
-                                 generations=generations),
+        "pic_pq": CompressParams(method="pic_pq", flops_reduction=0.0, max_bits=(8,), epochs=epochs, batch_size=4,
+                                 generations=generations, lr=0.001),
+        "ghost": CompressParams(method="ghost", epochs=epochs, batch_size=4, lr=0.001),
     }
     best = None
     for method, params in settings.items():
@@ -112,8 +114,10 @@ def run_change(epochs: float, out_dir: str, ship: bool, generations: int):
                                      task_options={"held_out": HELD_OUT})
         r = row(f"AR-CDNet default, {method}", result)
         rows.append(r)
-        if r["bops_ratio"] >= 10 and (best is None or r["drop"] < best[0]["drop"]):
+        if r["bops_ratio"] >= 10 and (best is None or r["drop"] < best[0]["drop"]) and r["drop"] <= 3:
             best = (r, output)
+    if ship and best is None:
+        print("no compressed change detector met >= 10x fewer BOPs with <= 3 points F1 drop: nothing shipped")
     if ship and best is not None:
         os.replace(best[1], SHIPPED_COMPRESSED)
         print(f"shipped {best[0]['method']} as {SHIPPED_COMPRESSED}")
@@ -123,7 +127,7 @@ def run_change(epochs: float, out_dir: str, ship: bool, generations: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("cifar", "change", "all"), default="all")
-    parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default 10 CIFAR, 3 change)")
+    parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default 20 CIFAR, 3 change)")
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--methods", default="pic_pq,ghost", help="comma-separated: pic_pq, ghost")
     parser.add_argument("--flops", type=float, default=0.5, help="PIC-PQ FLOPs reduction on the CIFAR ResNet")
@@ -134,7 +138,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     rows = []
     if args.part in ("cifar", "all"):
-        rows += run_cifar(args.epochs or 10, args.out, args.generations, args.methods.split(","), args.flops)
+        rows += run_cifar(args.epochs or 20, args.out, args.generations, args.methods.split(","), args.flops)
     if args.part in ("change", "all"):
         rows += run_change(args.epochs or 3, args.out, args.ship, args.generations)
     print()

@@ -48,6 +48,7 @@ class TrainChangeParams:
     threshold: float = 0.5
     seed: int = 0
     init_checkpoint: Optional[str] = None
+    optimiser: str = "adamw"  # "adamw" (METHODS.md) or "sgd" (Nesterov 0.9, for fine-tuning; use lr ~0.01)
     jitter: float = 0.0  # probability of per-date brightness jitter (see PairSampler)
     paste: float = 0.0  # probability of pasting another crop's changes (see PairSampler)
 
@@ -59,6 +60,8 @@ class TrainChangeParams:
             raise RSLabError(f"the training crop must be a multiple of 32 (at least 32), got {self.crop}")
         if not 0 < self.lr < 1:
             raise RSLabError(f"the learning rate must be between 0 and 1, got {self.lr}")
+        if self.optimiser not in ("adamw", "sgd"):
+            raise RSLabError(f"the optimiser must be 'adamw' or 'sgd', got {self.optimiser!r}")
         if not 0 < self.threshold < 1:
             raise RSLabError(f"the threshold must be between 0 and 1, got {self.threshold}")
 
@@ -151,7 +154,10 @@ def train_change_detector(
         model = ArcdNet(**arguments)
         mean, std = default_normalisation(train_pairs, sampler.bands)
     model.to(device).train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    if params.optimiser == "sgd":  # the fine-tuning recipe of the compression code (PIC-PQ): SGD, Nesterov
+        optimiser = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    else:
+        optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     m_t = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
     s_t = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
 

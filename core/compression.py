@@ -41,6 +41,7 @@ class CompressParams:
     distillation_weight: float = 400.0  # GHOST
     generations: int = 20  # PIC-PQ evolution
     batch_size: int = 32
+    lr: float = 0.01  # SGD learning rate of fine-tuning and QAT (METHODS.md: 0.01; lower keeps a model closer)
     bops_mode: str = "hawq"
     seed: int = 0
 
@@ -59,6 +60,8 @@ class CompressParams:
             raise RSLabError(f"the GHOST threshold must be positive, got {self.ghost_threshold}")
         if self.distillation_weight < 0:
             raise RSLabError(f"the distillation weight cannot be negative, got {self.distillation_weight}")
+        if not 0.0 < self.lr <= 1.0:
+            raise RSLabError(f"the learning rate must be in (0, 1], got {self.lr}")
         if self.bops_mode not in MODES:
             raise RSLabError(f"unknown BOPs mode {self.bops_mode!r}; choose one of {', '.join(MODES)}")
 
@@ -106,14 +109,14 @@ def compress_model(model: Any, task: Any, params: CompressParams, monitor: JobMo
         method_params = PicPqParams(
             flops_reduction=params.flops_reduction, max_bits=tuple(params.max_bits), penalty=params.penalty,
             generations=params.generations, finetune_steps=steps, qat_steps=steps,
-            batch_size=params.batch_size, seed=params.seed,
+            batch_size=params.batch_size, seed=params.seed, lr=params.lr,
         )
         return compress_pic_pq(model, task, method_params, monitor, on_step)
     from .ghost import GhostParams, compress_ghost
 
     method_params = GhostParams(
         threshold=params.ghost_threshold, distillation_weight=params.distillation_weight,
-        steps=2 * steps, batch_size=params.batch_size, seed=params.seed, max_bits=max(b for b in params.max_bits if b <= 8),
+        steps=2 * steps, batch_size=params.batch_size, seed=params.seed, lr=params.lr, max_bits=max(b for b in params.max_bits if b <= 8),
     )
     return compress_ghost(model, task, method_params, monitor, on_step)
 

@@ -17,7 +17,7 @@ LIMIT_MB = 25
 INCLUDE = ["metadata.txt", "__init__.py", "plugin.py", "LICENSE", "README.md", "requirements.txt",
            "constraints.txt", "core", "models", "provider", "ui", "resources"]
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
-SKIP_SUFFIXES = {".pyc", ".pyo"}
+SKIP_SUFFIXES = {".pyc", ".pyo", ".xml"}  # .aux.xml: statistics QGIS writes beside rasters
 
 
 def version() -> str:

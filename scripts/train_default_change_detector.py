@@ -4,9 +4,17 @@ Data: ../shared/data/change (LEVIR-CD and DSIFN-CD 256 x 256 RGB samples and
 the AR-CDNet 512 x 512 sample). Four LEVIR pairs from four different source
 scenes are never used here: they are the held-out evaluation set of
 bench/change_detection.py and of the README's figures. Two more LEVIR pairs
-are the validation set that picks the best checkpoint.
+are the validation set that picks the best checkpoint of stage 1.
 
-    .venv/bin/python scripts/train_default_change_detector.py [--iterations N]
+The shipped weights come from two stages:
+
+    # stage 1: from scratch on LEVIR + DSIFN + the AR-CDNet sample (AdamW, 2000 iterations, ~70 CPU-minutes)
+    .venv/bin/python scripts/train_default_change_detector.py --iterations 2000 --output /tmp/stage1.pt
+    # stage 2: continue on the 7 LEVIR pairs not held out (SGD, 600 iterations of 128-pixel crops, ~5 minutes),
+    # keeping the last checkpoint (the validation pairs are trained on here)
+    .venv/bin/python scripts/train_default_change_detector.py --init /tmp/stage1.pt --levir-only \
+        --train-on-validation --iterations 600 --crop 128 --batch 4 --eval-every 600 --warmup 50 \
+        --optimiser sgd --lr 0.01
 """
 from __future__ import annotations
 
@@ -25,11 +33,12 @@ VALIDATION = ["test_77_0512_0256", "train_412_0512_0768"]
 OUTPUT = ROOT / "resources" / "weights" / "arcdnet_levir_dsifn.pt"
 
 
-def split():
+def split(levir_only: bool = False, train_on_validation: bool = False):
     levir = pairs_from_folder(str(CHANGE / "levir_cd_256"))
-    train = [p for p in levir if p.name not in HELD_OUT + VALIDATION]
+    train = [p for p in levir if p.name not in HELD_OUT + ([] if train_on_validation else VALIDATION)]
     val = [p for p in levir if p.name in VALIDATION]
-    train += pairs_from_folder(str(CHANGE / "dsifn_cd_256")) + pairs_from_folder(str(CHANGE / "arcdnet_512"))
+    if not levir_only:
+        train += pairs_from_folder(str(CHANGE / "dsifn_cd_256")) + pairs_from_folder(str(CHANGE / "arcdnet_512"))
     return train, val
 
 
@@ -43,10 +52,21 @@ def main() -> None:
     parser.add_argument("--paste", type=float, default=0.0, help="probability of pasting changes from another crop "
                         "(0: off, as for the shipped weights)")
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--levir-only", action="store_true", help="train on the LEVIR pairs only (fine-tuning stage)")
+    parser.add_argument("--optimiser", choices=("adamw", "sgd"), default="adamw")
+    parser.add_argument("--train-on-validation", action="store_true",
+                        help="also train on the two validation pairs (then keep the last checkpoint: "
+                             "use --eval-every equal to --iterations)")
     args = parser.parse_args()
-    train, val = split()
-    params = TrainChangeParams(iterations=args.iterations, eval_every=100, crop=256, batch_size=8, base=32, channels=32,
-                               init_checkpoint=args.init, jitter=args.jitter, paste=args.paste, lr=args.lr)
+    train, val = split(args.levir_only, args.train_on_validation)
+    params = TrainChangeParams(iterations=args.iterations, eval_every=args.eval_every, crop=args.crop,
+                               batch_size=args.batch, base=32, channels=32, warmup=args.warmup,
+                               init_checkpoint=args.init, jitter=args.jitter, paste=args.paste, lr=args.lr,
+                               optimiser=args.optimiser)
     t0 = time.time()
 
     def progress(fraction, message):
@@ -55,8 +75,10 @@ def main() -> None:
 
     result = train_change_detector(
         train, val, args.output, params, progress=progress,
-        data_description="LEVIR-CD 256 (5 pairs), DSIFN-CD 256 (10 pairs), AR-CDNet sample 512 (1 pair); "
-                         f"held out for evaluation: {', '.join(HELD_OUT)}",
+        data_description=(f"LEVIR-CD 256 ({len([p for p in train if p.name.startswith(('test', 'train', 'val'))])} pairs)"
+                          + ("" if args.levir_only else ", DSIFN-CD 256 (10 pairs), AR-CDNet sample 512 (1 pair)"))
+                         + (f", continued from {Path(args.init).name}" if args.init else "")
+                         + f"; held out for evaluation: {', '.join(HELD_OUT)}",
     )
     print(json.dumps({"checkpoint": result.checkpoint, "best_f1": result.best_f1,
                       "best_iteration": result.best_iteration, "device": result.device,
