@@ -11,16 +11,17 @@ from wheels import build_wheel
 
 def test_requirements_are_parsed_with_import_names(tmp_path):
     req = tmp_path / "requirements.txt"
-    req.write_text("# comment\ntorch==2.13.0\ntorch-pruning==1.6.1  # pruning\n\nonnx>=1.15\n")
+    req.write_text("# comment\ntorch==2.13.0\ntorch-pruning==1.6.1  # pruning\n\nonnx>=1.15\nno-such-package-rslab==1.0\n")
     parsed = dependencies.read_requirements(req)
     assert [(r.name, r.module, r.spec) for r in parsed] == [
         ("torch", "torch", "torch==2.13.0"),
         ("torch-pruning", "torch_pruning", "torch-pruning==1.6.1"),
         ("onnx", "onnx", "onnx>=1.15"),
+        ("no-such-package-rslab", "no_such_package_rslab", "no-such-package-rslab==1.0"),
     ]
     absent = [r.name for r in dependencies.missing(parsed)]
-    assert "torch" not in absent  # installed by make setup
-    assert "torch-pruning" in absent  # not a requirement yet: never installed here
+    assert "torch" not in absent and "torch-pruning" not in absent  # installed by make setup
+    assert absent == ["no-such-package-rslab"]
 
 
 def test_project_requirements_are_satisfied_in_the_test_env():
