@@ -62,8 +62,9 @@ def test_real_qgis_desktop_loads_unloads_and_reloads(tmp_path, display):
     assert report["after_reload"] == report["after_load"]
     for expected in ("QGIS             : 3.22", "torch", "compute device", "CPU threads", "missing packages : none"):
         assert expected in report["diagnostics"]
-    assert report["docks"] == ["RS Lab: change detection", "RS Lab: hyperspectral anomalies"]
-    assert (shots / "menu.png").stat().st_size > 10000 and (shots / "docks.png").stat().st_size > 10000
+    assert report["docks"] == ["RS Lab: change detection", "RS Lab: hyperspectral anomalies", "RS Lab: model compression"]
+    for shot in ("menu.png", "docks.png", "compression.png"):
+        assert (shots / shot).stat().st_size > 10000
     keep = os.environ.get("RSLAB_SCREENSHOTS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)

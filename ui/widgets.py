@@ -20,6 +20,8 @@ def scroll_body(owner: QWidget, body: QWidget) -> None:
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.NoFrame)
     scroll.setWidget(body)
+    # a scroll area's own minimum width is tiny: without this, a narrow dock area clips the form's right edge
+    scroll.setMinimumWidth(body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4)
     outer = QVBoxLayout(owner)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)
