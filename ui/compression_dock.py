@@ -54,7 +54,7 @@ from ..core.errors import RSLabError
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive
-from .widgets import message_label, scroll_body
+from .widgets import live_curve, message_label, scroll_body
 
 CUSTOM_CHECKPOINT = "Checkpoint file…"
 TASK_LABELS = {"classification": "classification", "change_detection": "change detection",
@@ -429,15 +429,8 @@ class CompressionDock(JobDock):
         return plot
 
     def _curve_plot(self, title: str, label: str, colour: Tuple[int, int, int]):
-        plot = pg.PlotWidget(self, background="w")
-        plot.setTitle(title, size="9pt")
-        plot.setLabel("bottom", "training step")
-        plot.setLabel("left", label)
-        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot, curve = live_curve(self, title, "training step", label, colour)
         plot.setMinimumHeight(110)
-        curve = plot.plot([], [], pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=5,
-                          symbolBrush=pg.mkBrush(*colour))
-        curve.curve.setSegmentedLineMode("off")  # pyqtgraph 0.13 fails on one-point wide-pen curves otherwise
         return plot, curve
 
     def _layout(self) -> None:

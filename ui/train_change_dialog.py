@@ -38,7 +38,7 @@ from ..core.change_training import TrainChangeParams, TrainChangeResult, train_c
 from ..core.errors import RSLabError
 from . import task as tasks
 from .job_dock import cancel_if_alive
-from .widgets import message_label
+from .widgets import live_curve, message_label
 
 # (label, (base, channels)); None = the free spin boxes.
 WIDTHS: List[Tuple[str, Optional[Tuple[int, int]]]] = [
@@ -156,16 +156,8 @@ class TrainChangeDialog(QDialog):
         return spin
 
     def _plot(self, title: str, label: str, colour: Tuple[int, int, int]):
-        plot = pg.PlotWidget(self, background="w")
-        plot.setTitle(title, size="9pt")
-        plot.setLabel("bottom", "epoch")
-        plot.setLabel("left", label)
-        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot, curve = live_curve(self, title, "epoch", label, colour, symbol_size=6)
         plot.setMinimumSize(300, 240)
-        curve = plot.plot([], [], pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=6,
-                          symbolBrush=pg.mkBrush(*colour))
-        # pyqtgraph 0.13 draws wide pens as segments and fails on a one-point curve (the first epoch)
-        curve.curve.setSegmentedLineMode("off")
         return plot, curve
 
     def _layout(self) -> None:
