@@ -242,9 +242,18 @@ def hybrid_bits(model: nn.Module, threshold: float, max_bits: int = MAX_BITS, se
 
 
 def as_feature_map(f: Tensor) -> Optional[Tensor]:
-    """(B, C, H, W) view of a feature map: 4-D as it is, 5-D with depth folded into channels; else None."""
+    """(B, C, H, W) view of a feature map: 4-D as it is, 5-D with depth folded into channels; else None.
+
+    Per-pixel (token) models such as the BSDM denoiser have 2-D features (tokens, C) with no
+    spatial extent; they are viewed as (B, 1, C, 1), so the "spatial" attention becomes the
+    normalised energy over the C features and the switch sees the token's mean feature. This is
+    our extension for the plugin's spectral model (GHOST distils image detectors only), used only
+    where a model names its 2-D distillation layers (`distillation_layers()`).
+    """
     if not isinstance(f, Tensor) or not f.is_floating_point():
         return None
+    if f.dim() == 2:
+        return f[:, None, :, None]
     if f.dim() == 4:
         return f
     if f.dim() == 5:
@@ -257,7 +266,7 @@ def spatial_attention(f: Tensor) -> Tensor:
     """v = normalise(mean_c F^2): (B, H*W), unit L2 norm per sample (4-D or 5-D input)."""
     fm = as_feature_map(f)
     if fm is None:
-        raise RSLabError(f"spatial attention needs a 4-D or 5-D feature map, got shape {tuple(f.shape)}")
+        raise RSLabError(f"spatial attention needs a 2-D, 4-D or 5-D feature map, got shape {tuple(f.shape)}")
     return F.normalize(fm.pow(2).mean(1).flatten(1), dim=1)
 
 

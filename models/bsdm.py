@@ -98,6 +98,10 @@ class BSDMDenoiser(nn.Module):
             h = block(h, temb)
         return self.output(h)
 
+    def distillation_layers(self):
+        """The residual blocks' outputs: the feature maps GHOST's self-distillation compares (core/ghost.py)."""
+        return [f"blocks.{i}" for i in range(len(self.blocks))]
+
     def _offset_first_layer(self, mean: Tensor, std: Tensor) -> Tensor:
         """Linear(2B -> 512) applied to [mean repeated B times, std repeated B times].
 

@@ -170,3 +170,27 @@ def test_trained_denoiser_is_saved_and_reused(tmp_path, beach2):
         detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "c.tif"), model=str(tmp_path / "m.pt")),
                          AnomalyParams(method="rx"))
     assert not (tmp_path / "c.tif").exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_bsdm_denoiser_compresses_and_runs_compressed(tmp_path, beach2, samples):
+    """Both compression methods take the BSDM denoiser (scored on the ABU .mat); the result runs in detect_anomalies."""
+    from rslab.core.checkpoint import read_card
+    from rslab.core.compression import CompressParams, compress_checkpoint
+
+    cube, gt = beach2
+    detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "a.tif"), model=str(tmp_path / "bsdm.pt")),
+                     AnomalyParams(method="bsdm_rx", iterations=5))
+    for method in ("pic_pq", "ghost"):
+        params = CompressParams(method=method, flops_reduction=0.0, max_bits=(8,), epochs=0.02, generations=1,
+                                batch_size=128)
+        result = compress_checkpoint(str(tmp_path / "bsdm.pt"), str(samples / "abu-beach-2.mat"),
+                                     str(tmp_path / f"{method}.pt"), params)
+        assert result.metric == "auc" and result.bops_ratio >= 10 and 0 < result.scores_after["auc"] <= 100
+        assert read_card(str(tmp_path / f"{method}.pt")).bit_widths
+    run = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "q.tif")),
+                           AnomalyParams(method="bsdm_rx", model=str(tmp_path / "pic_pq.pt")), reference=str(gt))
+    assert run.metrics["auc_df"] > 0.5 and np.isfinite(_scores(tmp_path / "q.tif")).all()
+    with pytest.raises(RSLabError, match="FLOPs reduction to 0"):
+        compress_checkpoint(str(tmp_path / "bsdm.pt"), str(samples / "abu-beach-2.mat"), str(tmp_path / "p.pt"),
+                            CompressParams(method="pic_pq", flops_reduction=0.3, epochs=0.02, batch_size=128))
+    assert not (tmp_path / "p.pt").exists()

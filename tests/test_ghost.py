@@ -140,8 +140,10 @@ def test_spatial_attention_has_unit_norm_per_sample():
         assert v.shape == (f.shape[0], f.shape[-2] * f.shape[-1])
         assert torch.allclose(v.norm(dim=1), torch.ones(f.shape[0]), atol=1e-6)
         assert torch.allclose(v, _attention(f), atol=1e-6)
+    tokens = torch.randn(4, 10)  # a token model's (B, C) features: attention over the C features
+    assert torch.allclose(spatial_attention(tokens), torch.nn.functional.normalize(tokens.pow(2), dim=1))
     with pytest.raises(RSLabError):
-        spatial_attention(torch.randn(4, 10))
+        spatial_attention(torch.randn(4, 10, 3))
 
 
 def test_self_teaching_loss_is_zero_on_identical_features():
