@@ -20,6 +20,7 @@ of the plugin has an adapter here:
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,37 +31,45 @@ from .errors import RSLabError
 Batch = Tuple[Tuple[Any, ...], Any]
 
 
-class CompressionTask:
-    """Interface the compression methods use; subclasses fill it in per task."""
+CALIBRATION_SEED = 12345
+
+
+class CompressionTask(ABC):
+    """Interface the compression methods use; one subclass per task. Subclasses set `rng` in __init__."""
 
     name: str = ""
     metric: str = ""  # the score's name, e.g. "accuracy" or "f1" (higher is better, in percent)
+    rng: np.random.Generator
 
+    @abstractmethod
     def example_inputs(self) -> Tuple[Any, ...]:
         """Inputs for one sample (batch of one), for BOPs counting and export."""
-        raise NotImplementedError
 
+    @abstractmethod
     def batch(self, size: int) -> Batch:
-        """One random training batch (inputs, target)."""
-        raise NotImplementedError
+        """One random training batch (inputs, target), drawn with `self.rng`."""
 
+    @abstractmethod
     def loss(self, model: Any, batch: Batch) -> Any:
         """The task loss of `model` on `batch` (a scalar tensor with a gradient)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, model: Any) -> Dict[str, float]:
         """Scores on the evaluation data; includes `self.metric` (percent, higher is better) and `loss`."""
-        raise NotImplementedError
 
     def calibration_batches(self, count: int = 4, size: int = 16) -> List[Tuple[Any, ...]]:
         """Input tuples for activation-range calibration (training data, fixed seed)."""
-        state = self.rng.bit_generator.state
-        self.rng = np.random.default_rng(12345)
-        batches = [self.batch(size)[0] for _ in range(count)]
-        self.rng.bit_generator.state = state
-        return batches
+        return [inputs for inputs, _ in fixed_batches(self, count, size, CALIBRATION_SEED)]
 
-    rng: np.random.Generator = np.random.default_rng(0)
+
+def fixed_batches(task: CompressionTask, count: int, size: int, seed: int) -> List[Batch]:
+    """`count` training batches drawn from `seed`; the task's own random stream is left where it was."""
+    saved = task.rng
+    task.rng = np.random.default_rng(seed)
+    try:
+        return [task.batch(size) for _ in range(count)]
+    finally:
+        task.rng = saved
 
 
 class ClassificationTask(CompressionTask):

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 import numpy as np
 
+from .compression_tasks import fixed_batches
 from .errors import RSLabError
 from .job import JobMonitor
 
@@ -566,16 +567,6 @@ def _train(model: "nn.Module", task: "CompressionTask", steps: int, params: PicP
     return losses
 
 
-def _fixed_batches(task: "CompressionTask", count: int, size: int) -> List[Any]:
-    """`count` training batches from a fixed seed; the task's own random stream is left where it was."""
-    saved = task.rng
-    task.rng = np.random.default_rng(FITNESS_SEED)
-    try:
-        return [task.batch(size) for _ in range(count)]
-    finally:
-        task.rng = saved
-
-
 class _Fitness:
     """Validation loss of a pruned copy after a short fine-tune on fixed batches (cached per channel set)."""
 
@@ -583,7 +574,7 @@ class _Fitness:
                  params: PicPqParams, monitor: JobMonitor) -> None:
         self.model, self.task, self.example_inputs, self.params = model, task, example_inputs, params
         self.monitor = monitor
-        self.train_batches = _fixed_batches(task, params.fitness_steps + VAL_BATCHES, params.batch_size)
+        self.train_batches = fixed_batches(task, params.fitness_steps + VAL_BATCHES, params.batch_size, FITNESS_SEED)
         self.val_batches = self.train_batches[params.fitness_steps:]
         self.train_batches = self.train_batches[:params.fitness_steps]
         self.cache: Dict[Tuple, float] = {}
