@@ -126,8 +126,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ABU = Path("/work/shared/data/anomaly/abu")
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "rslab-bench-anomaly"
 MB = 1e6
-METHODS = ("bsdm_rx", "rx", "lrx")
-LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX (global)", "lrx": "LRX 3/11"}
+METHODS = ("bsdm_rx", "bsdm_rx_1it", "rx", "lrx")
+LABELS = {"bsdm_rx": "BSDM + RX", "bsdm_rx_1it": "BSDM 1 it.", "rx": "RX (global)", "lrx": "LRX 3/11"}
+# The ablation: BSDM + RX with the denoiser trained for one iteration only (its initial weights, in effect).
+UNTRAINED = "bsdm_rx_1it"
 ITERATIONS = 500
 SEED = 0
 INNER, OUTER = 3, 11
@@ -162,6 +164,11 @@ def scene_paths(workdir: Path, scene: str) -> Tuple[Path, Path]:
 def score_path(workdir: Path, scene: str, method: str, iterations: int, tag: str = "") -> Path:
     suffix = f"_it{iterations}" if method == "bsdm_rx" else ""
     return workdir / "scores" / f"{scene}_{method}{suffix}{tag}.tif"
+
+
+def engine_run(method: str, iterations: int) -> Tuple[str, int]:
+    """The engine's method and BSDM iterations behind one of this bench's method names."""
+    return ("bsdm_rx", 1) if method == UNTRAINED else (method, iterations)
 
 
 def big_path(workdir: Path) -> Path:
@@ -246,14 +253,17 @@ def rx_check(cube_path: str, scores_path: str) -> Dict[str, Any]:
             "ref_range": [float(reference.min()), float(reference.max())]}
 
 
-def run_method(scene: Dict[str, Any], method: str, iterations: int, output: Path) -> Dict[str, Any]:
+def run_method(scene: Dict[str, Any], method: str, iterations: int, output: Path,
+               precision: str = "auto") -> Dict[str, Any]:
     import numpy as np
 
     from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
     from rslab.core.raster_io import gdal_env, open_raster
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    params = AnomalyParams(method=method, iterations=iterations, seed=SEED, inner_window=INNER, outer_window=OUTER)
+    method, iterations = engine_run(method, iterations)
+    params = AnomalyParams(method=method, iterations=iterations, seed=SEED, inner_window=INNER, outer_window=OUTER,
+                           precision=precision)
     t0 = time.perf_counter()
     result = detect_anomalies(scene["cube"], AnomalyOutputs(scores=str(output)), params, reference=scene["gt"])
     seconds = time.perf_counter() - t0
@@ -267,26 +277,40 @@ def run_method(scene: Dict[str, Any], method: str, iterations: int, output: Path
             "loss": [loss[0], loss[-1]] if loss else None, "notes": result.notes}
 
 
-def scene_child(workdir: Path, scene: str, methods: Sequence[str], iterations: int) -> Dict[str, Any]:
-    import torch  # noqa: F401  (imported before timing, as the plugin has it loaded already)
+def load_engine() -> None:
+    """Import the engine, then torch, before any timing, as the plugin has them loaded already.
+
+    The engine first: it sets torch's OpenMP spin count (core/__init__.py), which only
+    takes effect if set before torch loads.
+    """
+    import rslab.core  # noqa: F401
+    import torch  # noqa: F401
+
+
+def scene_child(workdir: Path, scene: str, methods: Sequence[str], iterations: int,
+                precision: str) -> Dict[str, Any]:
+    load_engine()
 
     info = import_scene(workdir, scene)
     out: Dict[str, Any] = {"scene": info, "methods": {}}
     for method in methods:
-        out["methods"][method] = run_method(info, method, iterations, score_path(workdir, scene, method, iterations))
+        out["methods"][method] = run_method(info, method, iterations,
+                                            score_path(workdir, scene, method, iterations, f"_{precision}"),
+                                            precision)
     if "rx" in methods:
         out["rx_check"] = rx_check(info["cube"], str(score_path(workdir, scene, "rx", iterations)))
     return out
 
 
-def repeat_child(workdir: Path, scene: str, iterations: int) -> Dict[str, Any]:
+def repeat_child(workdir: Path, scene: str, iterations: int, precision: str) -> Dict[str, Any]:
     """BSDM + RX again on `scene` (same seed, fresh process); compare with the first run's scores bit for bit."""
     import numpy as np
 
+    load_engine()
     info = import_scene(workdir, scene)
-    first = score_path(workdir, scene, "bsdm_rx", iterations)
-    second = score_path(workdir, scene, "bsdm_rx", iterations, "_repeat")
-    run = run_method(info, "bsdm_rx", iterations, second)
+    first = score_path(workdir, scene, "bsdm_rx", iterations, f"_{precision}")
+    second = score_path(workdir, scene, "bsdm_rx", iterations, f"_{precision}_repeat")
+    run = run_method(info, "bsdm_rx", iterations, second, precision)
     a, b = read_scores(str(first)), read_scores(str(second))
     same_nan = bool((np.isnan(a) == np.isnan(b)).all())
     ok = np.isfinite(a) & np.isfinite(b)
@@ -382,9 +406,9 @@ def child_main(args: argparse.Namespace) -> None:
     if args.child == "import":
         result: Dict[str, Any] = {s: import_scene(workdir, s) for s in args.scenes}
     elif args.child == "scene":
-        result = scene_child(workdir, args.scenes[0], args.methods, args.iterations)
+        result = scene_child(workdir, args.scenes[0], args.methods, args.iterations, args.precision)
     elif args.child == "repeat":
-        result = repeat_child(workdir, args.scenes[0], args.iterations)
+        result = repeat_child(workdir, args.scenes[0], args.iterations, args.precision)
     elif args.child == "build":
         result = build_big(workdir)
     else:
@@ -514,6 +538,10 @@ def print_targets(results: Dict[str, Dict[str, Any]], means: Dict[str, Any], rep
         rx = means["rx"]["auc_df"]
         print(f"  BSDM + RX mean AUC(D,F) above global RX's, same scenes: {bsdm:.4f} vs {rx:.4f} "
               f"({verdict(bsdm > rx)}; {100 * (bsdm - rx):+.2f} points)")
+    if UNTRAINED in means and means[UNTRAINED]["scenes"]:
+        untrained = means[UNTRAINED]["auc_df"]
+        print(f"  (ablation, not a target) BSDM + RX with a 1-iteration denoiser: mean AUC(D,F) {untrained:.4f}; "
+              f"training {iterations} iterations changes it by {100 * (bsdm - untrained):+.2f} points")
     if repeat is not None:
         detail = "identical" if repeat["identical"] else f"DIFFER (max |diff| {repeat['max_abs_diff']:.3g})"
         print(f"  same scores for the same seed: {repeat_scene}, two runs in separate processes, score rasters "
@@ -558,18 +586,20 @@ def parent_main(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"work folder {workdir}; {os.cpu_count()} CPU cores; scenes {', '.join(args.scenes)}; methods "
-          f"{', '.join(args.methods)}; BSDM {args.iterations} iterations, seed {SEED}; LRX {INNER}/{OUTER}", flush=True)
+          f"{', '.join(args.methods)}; BSDM {args.iterations} iterations, seed {SEED}, precision {args.precision}; "
+          f"LRX {INNER}/{OUTER}", flush=True)
     imported = spawn_child(__file__, ["--child", "import", "--workdir", str(workdir), "--scenes", *args.scenes])
     fresh = [n for n, s in imported.items() if not s["cached"]]
     print(f"imported {', '.join(fresh) if fresh else 'nothing (all cached)'}", flush=True)
     results: Dict[str, Dict[str, Any]] = {}
     for scene in args.scenes:
-        methods = [m for m in args.methods if m != "bsdm_rx" or scene in args.bsdm_scenes]
+        methods = [m for m in args.methods if not m.startswith("bsdm_rx") or scene in args.bsdm_scenes]
         if not methods:
             continue
         print(f"running {scene} ({', '.join(LABELS[m] for m in methods)}) ...", flush=True)
         results[scene] = spawn_child(__file__, ["--child", "scene", "--workdir", str(workdir), "--scenes", scene,
-                                                "--iterations", str(args.iterations), "--methods", *methods])
+                                                "--iterations", str(args.iterations), "--methods", *methods,
+                                                "--precision", args.precision])
         print_scene(scene, results[scene])
     means = print_summary(results, args.methods, args.iterations)
     repeat, repeat_scene = None, ""
@@ -578,7 +608,7 @@ def parent_main(args: argparse.Namespace) -> None:
         repeat_scene = bsdm_ran[0]
         print(f"\nBSDM + RX again on {repeat_scene} (same seed, fresh process) ...", flush=True)
         repeat = spawn_child(__file__, ["--child", "repeat", "--workdir", str(workdir), "--scenes", repeat_scene,
-                                        "--iterations", str(args.iterations)])
+                                        "--iterations", str(args.iterations), "--precision", args.precision])
         print(f"  second run {repeat['seconds']:.1f} s, AUC(D,F) {repeat['auc_df']:.4f}; score rasters "
               f"{'identical' if repeat['identical'] else 'DIFFER'}")
     print_rx_check(results)
@@ -598,6 +628,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="run BSDM + RX only on these of the scenes (default: all of --scenes); "
                              "RX and LRX still run on every scene")
     parser.add_argument("--iterations", type=int, default=ITERATIONS, help="BSDM training iterations")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="BSDM training precision (auto: bfloat16 where the hardware has it)")
     parser.add_argument("--skip-big", action="store_true", help="skip the 1000 x 1000 x 200 RX run")
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="folder for imported scenes, scores, big cube")
     parser.add_argument("--child", choices=("import", "scene", "repeat", "build", "bigrx"), help=argparse.SUPPRESS)

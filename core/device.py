@@ -58,3 +58,23 @@ def describe_device(device: Any) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def native_bfloat16(device: Any) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware (so autocast to it is faster, not emulated).
+
+    CUDA: compute capability 8.0 or newer (Ampere+). CPU: AVX512-BF16 or AMX
+    (Intel Cooper Lake / Sapphire Rapids and later); elsewhere torch emulates
+    bfloat16 and it is slower than float32.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:  # private helpers (torch >= 2.1); a torch without them gets float32
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False

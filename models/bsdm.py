@@ -15,7 +15,7 @@ sqrt(abar) = 0.279 and gamma = 17.5 (0-based steps, as METHODS.md states).
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,11 @@ class ResidualBlock(nn.Module):
         return h + self.skip(x)
 
 
+def pixel_statistics(x: Tensor) -> Tensor:
+    """Per-pixel [mean, std] over the bands, (N, 2): the statistical-offset module's input."""
+    return torch.cat([x.mean(dim=1, keepdim=True), x.std(dim=1, keepdim=True, unbiased=False)], dim=1)
+
+
 @register("bsdm")
 class BSDMDenoiser(nn.Module):
     """The spectral MLP eps_hat = f(x_t, t) over pixel tokens (N, bands)."""
@@ -85,15 +90,19 @@ class BSDMDenoiser(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(w[i], w[i + 1]) for i in range(len(w) - 1))
         self.output = nn.Sequential(nn.Tanh(), nn.Linear(w[-1], bands))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """x: (N, bands) pixel tokens; t: a scalar step (shared by all tokens) or (N,) steps."""
+    def forward(self, x: Tensor, t: Tensor, statistics: Optional[Tensor] = None) -> Tensor:
+        """x: (N, bands) pixel tokens; t: a scalar step (shared by all tokens) or (N,) steps.
+
+        `statistics`: `pixel_statistics(x)`, when the caller already has it (training
+        feeds the same x_t at every iteration, so it is computed once there).
+        """
         if t.dim() == 0:  # one step for every token: embed once, (1, 512) broadcasts in the blocks
             temb = self.time_mlp(sinusoidal_embedding(t.reshape(1)))
         else:
             temb = self.time_mlp(sinusoidal_embedding(t))
-        mean = x.mean(dim=1, keepdim=True)
-        std = x.std(dim=1, keepdim=True, unbiased=False)
-        h = self.input(x) + self.offset[2](self.offset[1](self._offset_first_layer(mean, std)))
+        if statistics is None:
+            statistics = pixel_statistics(x)
+        h = self.input(x) + self.offset[2](self.offset[1](self._offset_first_layer(statistics)))
         for block in self.blocks:
             h = block(h, temb)
         return self.output(h)
@@ -102,7 +111,7 @@ class BSDMDenoiser(nn.Module):
         """The residual blocks' outputs: the feature maps GHOST's self-distillation compares (core/ghost.py)."""
         return [f"blocks.{i}" for i in range(len(self.blocks))]
 
-    def _offset_first_layer(self, mean: Tensor, std: Tensor) -> Tensor:
+    def _offset_first_layer(self, statistics: Tensor) -> Tensor:
         """Linear(2B -> 512) applied to [mean repeated B times, std repeated B times].
 
         Identical to `self.offset[0](cat([mean.expand(B), std.expand(B)]))`, values and
@@ -112,7 +121,7 @@ class BSDMDenoiser(nn.Module):
         weight = self.offset[0].weight
         b = self.bands
         summed = torch.stack([weight[:, :b].sum(dim=1), weight[:, b:].sum(dim=1)], dim=1)  # (512, 2)
-        return torch.addmm(self.offset[0].bias, torch.cat([mean, std], dim=1), summed.t())  # one fused op
+        return torch.addmm(self.offset[0].bias, statistics, summed.t())  # one fused op
 
 
 def suppress_background(model: BSDMDenoiser, x: Tensor, rounds: int = 10, t: int = T_FIXED) -> Tensor:

@@ -9,10 +9,10 @@ import rasterio
 import scipy.io
 import torch
 
-from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, _training_sample, detect_anomalies, train_bsdm
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import import_cube
-from rslab.models.bsdm import BSDMDenoiser, schedule, suppress_background
+from rslab.models.bsdm import BSDMDenoiser, pixel_statistics, schedule, suppress_background
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,9 @@ def test_schedule_constants_and_denoiser_shapes():
     assert net(x, torch.full((64,), 500)).shape == (64, 12)
     assert torch.allclose(net(x, torch.tensor(500)), net(x, torch.full((64,), 500)), atol=1e-6)
     assert suppress_background(net, x, rounds=2).shape == (64, 12)
+    # precomputed per-pixel statistics (what training passes) give the same output as computing them inside
+    assert torch.equal(net(x, torch.tensor(500), pixel_statistics(x)), net(x, torch.tensor(500)))
+    assert torch.allclose(pixel_statistics(x)[:, 1], x.std(dim=1, unbiased=False))
     with pytest.raises(ValueError):
         BSDMDenoiser(bands=1)
 
@@ -70,6 +73,36 @@ def test_bsdm_rx_is_deterministic_under_a_seed(tmp_path, beach2):
                              AnomalyParams(method="bsdm_rx", iterations=15, seed=4))
     assert not np.array_equal(_scores(tmp_path / "s9.tif"), runs[0])
     assert other.device.startswith(("cpu", "cuda"))
+
+
+def test_bfloat16_training_follows_float32_on_a_real_scene(beach2):
+    """Training in bfloat16 (autocast; the default where the hardware has it) tracks float32 closely."""
+    from rslab.core.device import native_bfloat16
+    from rslab.core.job import JobMonitor
+
+    cube, _ = beach2
+    sample = _training_sample(str(cube), *_cube_range(cube), 2000, np.random.default_rng(0))
+    cpu = torch.device("cpu")
+    runs = {}
+    for precision in ("float32", "bfloat16", "auto"):
+        params = AnomalyParams(iterations=40, seed=2, precision=precision)
+        model, losses, used = train_bsdm(sample, params, cpu, JobMonitor())
+        runs[precision] = (model, losses, used)
+    assert runs["float32"][2] == "float32" and runs["bfloat16"][2] == "bfloat16"
+    assert runs["auto"][2] == ("bfloat16" if native_bfloat16(cpu) else "float32")
+    full, low = np.array(runs["float32"][1]), np.array(runs["bfloat16"][1])
+    assert full[-1] < 0.5 * full[0]  # it trains
+    assert np.max(np.abs(low - full) / full) < 0.02  # and bfloat16 stays within 2 % of float32 at every iteration
+    x = torch.from_numpy(sample[:500])
+    with torch.inference_mode():
+        a, b = (suppress_background(runs[p][0], x, rounds=1) for p in ("float32", "bfloat16"))
+    assert torch.corrcoef(torch.stack([a.ravel(), b.ravel()]))[0, 1] > 0.99
+
+
+def _cube_range(path):
+    with rasterio.open(path) as ds:
+        data = ds.read()
+    return float(data.min()), float(data.max())
 
 
 def test_local_rx_and_false_alarm_mask(tmp_path, beach2):
@@ -128,7 +161,7 @@ def test_bad_inputs(tmp_path, beach2, samples):
     with pytest.raises(RSLabError, match="false-alarm rate"):
         detect_anomalies(str(cube), AnomalyOutputs(str(out / "s.tif"), str(out / "m.tif")), AnomalyParams(method="rx"))
     for bad in (dict(method="svm"), dict(inner_window=4), dict(inner_window=9, outer_window=5),
-                dict(false_alarm_rate=1.5), dict(iterations=0)):
+                dict(false_alarm_rate=1.5), dict(iterations=0), dict(precision="float16")):
         with pytest.raises(RSLabError):
             AnomalyParams(**bad)
     assert not out.exists()
