@@ -194,6 +194,8 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         if result.metrics:
             feedback.pushInfo("metrics: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                         for k, v in result.metrics.items()}))
+        for note in result.notes:
+            feedback.pushInfo(f"note: {note}")
         if result.threshold is not None:
             feedback.pushInfo(f"threshold at a false-alarm rate of {result.params['false_alarm_rate']:g}: "
                               f"{result.threshold:.6g}")

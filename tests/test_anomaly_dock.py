@@ -157,6 +157,8 @@ def test_bsdm_reports_progress_and_only_its_widgets_are_enabled(qtbot, dock, sce
     assert "BSDM iteration 11 of 20" in messages
     assert progress == sorted(progress) and 0 < progress[0] < 50 and progress[-1] == pytest.approx(100)
     assert "Accuracy not computed" in dock.metrics_label.text() and dock.visible_roc_curves() == {}
+    assert result.notes[0].startswith("BSDM trained in ")
+    assert result.notes[0] in dock.metrics_label.text()  # the run's notes are shown under its readouts
     assert group_names(project) == ["Anomalies: beach-2 (BSDM + RX)"]
     dock.method_combo.setCurrentIndex(dock.method_combo.findData("lrx"))
     assert dock.inner_spin.isEnabled() and not dock.iterations_spin.isEnabled()

@@ -71,6 +71,7 @@ def test_bsdm_rx_with_few_iterations_and_no_mask(tmp_path, scene, provider):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"] == "bsdm_rx" and report["params"]["seed"] == 2 and report["params"]["iterations"] == 10
     assert report["training_loss"]["iterations"] == 10
+    assert any(note.startswith("BSDM trained in ") for note in report["notes"])
     assert {"bsdm_train", "bsdm_suppress", "detect", "evaluate"} <= set(report["timings"])
     assert report["threshold"] is None and 0.5 < report["metrics"]["auc_df"] <= 1.0
     assert np.isfinite(read(result["OUTPUT_SCORES"])[0]).all()

@@ -536,6 +536,8 @@ class AnomalyDock(JobDock):
         if result.threshold is not None:
             text += (f"<p>Mask: scores above {result.threshold:.4g} "
                      f"(false-alarm rate {result.params['false_alarm_rate']:g})</p>")
+        if result.notes:  # how BSDM trained, a resampled reference, a denoiser read from a file
+            text += "<p>" + "<br>".join(html.escape(note) for note in result.notes) + "</p>"
         self.metrics_label.setText(text)
 
     def _remember_roc(self, request: AnomalyRequest, run: AnomalyRun) -> None:
