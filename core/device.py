@@ -71,7 +71,7 @@ def native_bfloat16(device: Any) -> bool:
 
     device = torch.device(device)
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return torch.cuda.get_device_capability(device)[0] >= 8  # is_bf16_supported() also counts emulation
     if device.type != "cpu":
         return False
     try:  # private helpers (torch >= 2.1); a torch without them gets float32
