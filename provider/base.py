@@ -52,13 +52,19 @@ class StyleFromQml(QgsProcessingLayerPostProcessorInterface):
 
 
 class RSLabAlgorithm(QgsProcessingAlgorithm):
-    """Base class: subclasses implement `execute(parameters, context, feedback) -> dict`."""
+    """Base class: subclasses implement `execute(parameters, context, feedback) -> dict`.
+
+    Subclasses name their toolbox group in GROUP (shown) and GROUP_ID (stable).
+    """
+
+    GROUP = ""
+    GROUP_ID = ""
 
     def group(self) -> str:
-        return ""
+        return self.GROUP
 
     def groupId(self) -> str:  # noqa: N802
-        return ""
+        return self.GROUP_ID
 
     def icon(self) -> QIcon:
         return QIcon(str(ICON))

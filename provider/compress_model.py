@@ -29,6 +29,9 @@ def parse_bits(text: str):
 
 
 class CompressModelAlgorithm(RSLabAlgorithm):
+    GROUP = "Model compression"
+    GROUP_ID = "compression"
+
     MODEL = "MODEL"
     METHOD = "METHOD"
     DATA = "DATA"
@@ -47,12 +50,6 @@ class CompressModelAlgorithm(RSLabAlgorithm):
 
     def displayName(self) -> str:  # noqa: N802
         return "Compress model (PIC-PQ / GHOST)"
-
-    def group(self) -> str:
-        return "Model compression"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "compression"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (

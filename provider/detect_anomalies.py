@@ -46,6 +46,9 @@ class ScoreStyle(StyleFromQml):
 
 
 class DetectAnomaliesAlgorithm(RSLabAlgorithm):
+    GROUP = "Hyperspectral"
+    GROUP_ID = "hyperspectral"
+
     INPUT = "INPUT"
     METHOD = "METHOD"
     ITERATIONS = "ITERATIONS"
@@ -65,12 +68,6 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
 
     def displayName(self) -> str:  # noqa: N802
         return "Detect hyperspectral anomalies (BSDM + RX, RX, local RX)"
-
-    def group(self) -> str:
-        return "Hyperspectral"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "hyperspectral"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (

@@ -17,6 +17,9 @@ from .base import RSLabAlgorithm, feedback_callbacks
 
 
 class DetectChangesAlgorithm(RSLabAlgorithm):
+    GROUP = "Change detection"
+    GROUP_ID = "change"
+
     BEFORE = "BEFORE"
     AFTER = "AFTER"
     METHOD = "METHOD"
@@ -33,12 +36,6 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
 
     def displayName(self) -> str:  # noqa: N802
         return "Detect changes (AR-CDNet / CVA)"
-
-    def group(self) -> str:
-        return "Change detection"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "change"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (

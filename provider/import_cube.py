@@ -12,6 +12,9 @@ from .base import RSLabAlgorithm, feedback_callbacks
 
 
 class ImportCubeAlgorithm(RSLabAlgorithm):
+    GROUP = "Data"
+    GROUP_ID = "data"
+
     INPUT = "INPUT"
     CUBE_KEY = "CUBE_KEY"
     GT_KEY = "GT_KEY"
@@ -23,12 +26,6 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
 
     def displayName(self) -> str:  # noqa: N802
         return "Import MATLAB hyperspectral cube"
-
-    def group(self) -> str:
-        return "Data"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "data"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (

@@ -16,6 +16,9 @@ from .base import RSLabAlgorithm
 
 
 class ModelBopsAlgorithm(RSLabAlgorithm):
+    GROUP = "Model compression"
+    GROUP_ID = "compression"
+
     MODEL = "MODEL"
     MODE = "MODE"
     INPUT_SIZE = "INPUT_SIZE"
@@ -26,12 +29,6 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
 
     def displayName(self) -> str:  # noqa: N802
         return "Model BOPs and size"
-
-    def group(self) -> str:
-        return "Model compression"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "compression"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (

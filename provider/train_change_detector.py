@@ -21,6 +21,9 @@ WIDTHS = [("narrow: encoder 32, decoder 32 (3.6 M parameters)", 32, 32),
 
 
 class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
+    GROUP = "Change detection"
+    GROUP_ID = "change"
+
     TRAIN_FOLDER = "TRAIN_FOLDER"
     VALIDATION_FOLDER = "VALIDATION_FOLDER"
     BEFORE = "BEFORE"
@@ -41,12 +44,6 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
 
     def displayName(self) -> str:  # noqa: N802
         return "Train change detector (AR-CDNet)"
-
-    def group(self) -> str:
-        return "Change detection"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "change"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (
