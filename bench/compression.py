@@ -1,6 +1,6 @@
-"""Compression benchmark: PIC-PQ and GHOST on the CIFAR ResNet and on the default change detector.
+"""Compression benchmark: PIC-PQ and GHOST on the CIFAR ResNet, the default change detector and a BSDM denoiser.
 
-    .venv/bin/python bench/compression.py [--part cifar|change|all] [--epochs E] [--ship]
+    .venv/bin/python bench/compression.py [--part cifar|change|bsdm|all] [--epochs E] [--ship]
 
 CIFAR: the shipped ResNet-20 baseline (resources/weights/resnet20_cifar_subset.pt,
 trained by scripts/train_cifar_resnet.py on the 5000-image subset) is scored on
@@ -15,7 +15,13 @@ again: F1, drop, BOPs ratio (256 x 256 input), size. Target: >= 10x fewer BOPs
 with <= 3 points F1 drop. `--ship` writes the compressed change detector to
 resources/weights (the second default the change dock lists).
 
-Needs ../shared/data (CIFAR subset, LEVIR pairs).
+BSDM: a denoiser trained by `detect_anomalies` (bsdm_rx, the defaults: 500
+iterations, seed 0) on ABU beach-2 and saved with OUTPUT_MODEL, then compressed
+with each method on the same scene (quantisation only for PIC-PQ: it cannot
+prune the MLP) and scored as BSDM + RX AUC(D,F) in percent against the scene's
+reference. BOPs are per pixel token.
+
+Needs ../shared/data (CIFAR subset, LEVIR pairs, ABU scenes).
 """
 from __future__ import annotations
 
@@ -124,10 +130,35 @@ def run_change(epochs: float, out_dir: str, ship: bool, generations: int):
     return rows
 
 
+def run_bsdm(epochs: float, out_dir: str):
+    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.import_cube import import_cube
+
+    scene = SHARED / "anomaly" / "abu" / "abu-beach-2.mat"
+    cube, denoiser = os.path.join(out_dir, "beach2.tif"), os.path.join(out_dir, "bsdm_beach2.pt")
+    for path in (cube, denoiser):
+        if os.path.exists(path):
+            os.remove(path)
+    import_cube(str(scene), cube)
+    detect_anomalies(cube, AnomalyOutputs(os.path.join(out_dir, "beach2_scores.tif"), model=denoiser),
+                     AnomalyParams(method="bsdm_rx"))
+    rows = []
+    settings = {
+        "pic_pq": CompressParams(method="pic_pq", flops_reduction=0.0, max_bits=(8,), epochs=epochs),
+        "ghost": CompressParams(method="ghost", epochs=epochs),
+    }
+    for method, params in settings.items():
+        output = os.path.join(out_dir, f"bsdm_{method}.pt")
+        result = compress_checkpoint(denoiser, str(scene), output, params, progress=progress_printer(f"bsdm {method}"))
+        rows.append(row(f"BSDM denoiser beach-2, {method}", result))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("cifar", "change", "all"), default="all")
-    parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default 20 CIFAR, 3 change)")
+    parser.add_argument("--part", choices=("cifar", "change", "bsdm", "all"), default="all")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="fine-tuning epochs (default 20 CIFAR, 3 change, 1 BSDM)")
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--methods", default="pic_pq,ghost", help="comma-separated: pic_pq, ghost")
     parser.add_argument("--flops", type=float, default=0.5, help="PIC-PQ FLOPs reduction on the CIFAR ResNet")
@@ -141,6 +172,8 @@ def main() -> None:
         rows += run_cifar(args.epochs or 20, args.out, args.generations, args.methods.split(","), args.flops)
     if args.part in ("change", "all"):
         rows += run_change(args.epochs or 3, args.out, args.ship, args.generations)
+    if args.part in ("bsdm", "all"):
+        rows += run_bsdm(args.epochs or 1, args.out)
     print()
     print_table(rows)
     for r in rows:

@@ -314,7 +314,9 @@ def _float_onnx(twin: Any, example_inputs: Tuple[Any, ...], input_names: List[st
 
     flat = _flat_module(twin).eval()
     buffer = io.BytesIO()
-    axes = {name: {0: "batch"} for name in input_names + output_names}
+    # Batch axes are dynamic; a 0-dim input (BSDM's diffusion step) has none.
+    batched = [name for name, x in zip(input_names, example_inputs) if getattr(x, "ndim", 0) > 0]
+    axes = {name: {0: "batch"} for name in batched + output_names}
     with warnings.catch_warnings(), _AdaptivePoolSymbolic(opset):
         warnings.simplefilter("ignore")  # tracer warnings about Python-level shape tests
         try:
@@ -560,6 +562,7 @@ def _codes_recorder(reference: Any, meta: Mapping[str, Mapping[str, Any]], recor
     """Forward pre-hooks storing PyTorch's integer input codes of each quantised layer, per call."""
     import torch
 
+    from ..models.layers import RepeatedInputLinear
     from .quantization import QuantMixin, activation_levels
 
     modules = dict(reference.named_modules())
@@ -574,7 +577,8 @@ def _codes_recorder(reference: Any, meta: Mapping[str, Mapping[str, Any]], recor
         def hook(mod, inputs, layer=layer):
             top = activation_levels(mod.a_bits, bool(mod.a_signed))
             low = -1.0 if bool(mod.a_signed) else 0.0
-            codes = torch.round(torch.clamp(inputs[0] / mod.a_alpha, low, 1.0) * top)
+            x = mod.repeated(inputs[0]) if isinstance(mod, RepeatedInputLinear) else inputs[0]  # as in the graph
+            codes = torch.round(torch.clamp(x / mod.a_alpha, low, 1.0) * top)
             recorded.setdefault(layer, []).append(codes.detach().numpy().astype(np.int32))
 
         hooks.append(module.register_forward_pre_hook(hook))

@@ -611,6 +611,7 @@ def _compress(model: nn.Module, teacher: nn.Module, task: Any, params: GhostPara
         "teach_rate_history": rate_history,
         "evaluations": evaluations,
         "metric": task.metric,
+        "final_scores": {k: v for k, v in evaluations[-1].items() if k != "step"},  # of the returned model
         "timings": timings,
     }
     return model, details

@@ -818,6 +818,7 @@ def compress_pic_pq(model: "nn.Module", task: "CompressionTask", params: PicPqPa
         "bits": {n: {"weight": b, "activation": b} for n, b in bits.items()},
         "metric": task.metric,
         "metrics": {k: {m: float(v) for m, v in d.items()} for k, d in metrics.items()},
+        "final_scores": {m: float(v) for m, v in metrics["quantised"].items()},  # of the returned model
         "evolution": evolution,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.layers import RepeatedInputLinear, repeated_input_linear
 from .errors import RSLabError
 
 FULL_PRECISION = 32
@@ -153,7 +154,17 @@ class QuantLinear(QuantMixin, nn.Linear):
         return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
 
 
-QUANT_CLASSES = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d, nn.Linear: QuantLinear}
+class QuantRepeatedInputLinear(QuantMixin, RepeatedInputLinear):
+    """Quantising the k values equals quantising their repeats (the quantiser is element-wise), and the
+    quantised weight's columns are summed as in the float layer: the same output as a QuantLinear on the
+    repeated input."""
+
+    def forward(self, values: Tensor) -> Tensor:
+        return repeated_input_linear(self.quant_input(values), self.quant_weight(), self.bias, self.repeats)
+
+
+QUANT_CLASSES = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d, nn.Linear: QuantLinear,
+                 RepeatedInputLinear: QuantRepeatedInputLinear}
 FLOAT_CLASSES = {v: k for k, v in QUANT_CLASSES.items()}
 QUANTISABLE = tuple(QUANT_CLASSES) + tuple(FLOAT_CLASSES)
 

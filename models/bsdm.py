@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .layers import RepeatedInputLinear
 from .registry import register
 
 T_STEPS = 1000
@@ -85,7 +86,9 @@ class BSDMDenoiser(nn.Module):
         self.bands = bands
         self.time_mlp = nn.Sequential(nn.Linear(EMBED, TIME_HIDDEN), nn.Tanh(), nn.Linear(TIME_HIDDEN, TIME_HIDDEN))
         self.input = nn.Linear(bands, EMBED)
-        self.offset = nn.Sequential(nn.Linear(2 * bands, TIME_HIDDEN), nn.Tanh(), nn.Linear(TIME_HIDDEN, EMBED))
+        # Statistical offset module: Linear(2B -> 512) on [mean repeated B times, std repeated B times];
+        # RepeatedInputLinear takes the (N, 2) statistics and skips building the repeated input.
+        self.offset = nn.Sequential(RepeatedInputLinear(2, bands, TIME_HIDDEN), nn.Tanh(), nn.Linear(TIME_HIDDEN, EMBED))
         w = self.WIDTHS
         self.blocks = nn.ModuleList(ResidualBlock(w[i], w[i + 1]) for i in range(len(w) - 1))
         self.output = nn.Sequential(nn.Tanh(), nn.Linear(w[-1], bands))
@@ -102,7 +105,7 @@ class BSDMDenoiser(nn.Module):
             temb = self.time_mlp(sinusoidal_embedding(t))
         if statistics is None:
             statistics = pixel_statistics(x)
-        h = self.input(x) + self.offset[2](self.offset[1](self._offset_first_layer(statistics)))
+        h = self.input(x) + self.offset(statistics)
         for block in self.blocks:
             h = block(h, temb)
         return self.output(h)
@@ -110,18 +113,6 @@ class BSDMDenoiser(nn.Module):
     def distillation_layers(self):
         """The residual blocks' outputs: the feature maps GHOST's self-distillation compares (core/ghost.py)."""
         return [f"blocks.{i}" for i in range(len(self.blocks))]
-
-    def _offset_first_layer(self, statistics: Tensor) -> Tensor:
-        """Linear(2B -> 512) applied to [mean repeated B times, std repeated B times].
-
-        Identical to `self.offset[0](cat([mean.expand(B), std.expand(B)]))`, values and
-        gradients alike, but the repeated inputs let us sum the weight columns first:
-        2 multiply-adds per hidden unit instead of 2B (the layer was the model's largest cost).
-        """
-        weight = self.offset[0].weight
-        b = self.bands
-        summed = torch.stack([weight[:, :b].sum(dim=1), weight[:, b:].sum(dim=1)], dim=1)  # (512, 2)
-        return torch.addmm(self.offset[0].bias, statistics, summed.t())  # one fused op
 
 
 def suppress_background(model: BSDMDenoiser, x: Tensor, rounds: int = 10, t: int = T_FIXED) -> Tensor:

@@ -207,8 +207,9 @@ def test_trained_denoiser_is_saved_and_reused(tmp_path, beach2):
 
 def test_bsdm_denoiser_compresses_and_runs_compressed(tmp_path, beach2, samples):
     """Both compression methods take the BSDM denoiser (scored on the ABU .mat); the result runs in detect_anomalies."""
-    from rslab.core.checkpoint import read_card
+    from rslab.core.checkpoint import build_model, load_checkpoint, read_card
     from rslab.core.compression import CompressParams, compress_checkpoint
+    from rslab.core.compression_tasks import task_for
 
     cube, gt = beach2
     detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "a.tif"), model=str(tmp_path / "bsdm.pt")),
@@ -220,6 +221,10 @@ def test_bsdm_denoiser_compresses_and_runs_compressed(tmp_path, beach2, samples)
                                      str(tmp_path / f"{method}.pt"), params)
         assert result.metric == "auc" and result.bops_ratio >= 10 and 0 < result.scores_after["auc"] <= 100
         assert read_card(str(tmp_path / f"{method}.pt")).bit_widths
+        # the reported score is the saved model's: rebuilt from the packed checkpoint, it scores the same
+        saved = load_checkpoint(str(tmp_path / f"{method}.pt"))
+        rescored = task_for(saved, str(samples / "abu-beach-2.mat")).evaluate(build_model(saved))
+        assert rescored["auc"] == pytest.approx(result.scores_after["auc"], abs=0.01)
     run = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "q.tif")),
                            AnomalyParams(method="bsdm_rx", model=str(tmp_path / "pic_pq.pt")), reference=str(gt))
     assert run.metrics["auc_df"] > 0.5 and np.isfinite(_scores(tmp_path / "q.tif")).all()

@@ -67,6 +67,43 @@ def test_quantised_bops_size_and_counting_modes():
         count_bops(grouped, (torch.zeros(1, 8, 10, 10),), mode="flops")
 
 
+def test_bsdm_offset_layer_is_counted_and_quantised(samples):
+    """BSDM's statistical-offset layer takes the (N, 2) pixel statistics, but to BOPs and quantisation it is the
+    Linear(2B -> 512) over the repeated statistics that METHODS.md defines, and its quantised form computes the
+    same as a quantised Linear on the repeated input."""
+    import scipy.io
+
+    from rslab.models.bsdm import BSDMDenoiser, pixel_statistics
+
+    cube = scipy.io.loadmat(str(samples / "abu-beach-2.mat"))["data"].astype(np.float32)
+    pixels = cube.reshape(-1, cube.shape[2])
+    x = torch.from_numpy((pixels - pixels.min()) / (pixels.max() - pixels.min()))[:2000]
+    bands, step = x.shape[1], torch.tensor(500)
+    torch.manual_seed(0)
+    model = BSDMDenoiser(bands).eval()
+    layer = model.offset[0]
+    statistics = pixel_statistics(x)
+    literal = torch.nn.functional.linear(statistics.repeat_interleave(bands, 1), layer.weight, layer.bias)
+    assert torch.allclose(layer(statistics), literal, atol=1e-5)
+    report = count_bops(model, (x[:1], step))
+    offset = next(row for row in report.layers if row.name == "offset.0")
+    assert (offset.in_channels, offset.out_channels, offset.macs) == (2 * bands, 512, 2 * bands * 512)
+    # one pixel token: every linear layer, the offset one included, counted once at its full size
+    assert report.total_macs == sum(m.in_features * m.out_features for _, m in quantisable_layers(model))
+
+    with torch.no_grad():
+        float_out = model(x, step)
+        apply_bit_plan(model, {"offset.0": {"weight": 2, "activation": 2}})
+        calibrate_activations(model, [(x, step)])
+        quantised_out = model(x, step)
+        layer = model.offset[0]
+        expected = torch.nn.functional.linear(layer.quant_input(statistics.repeat_interleave(bands, 1)),
+                                              layer.quant_weight(), layer.bias)
+    assert torch.allclose(layer(statistics), expected, atol=1e-5)
+    assert not torch.allclose(quantised_out, float_out, atol=1e-3)  # the 2-bit layer is really applied
+    assert count_bops(model, (x[:1], step)).total_bops < report.total_bops
+
+
 def test_dorefa_quantisers():
     torch.manual_seed(0)
     w = torch.randn(64, 32, 3, 3, requires_grad=True)

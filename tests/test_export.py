@@ -257,6 +257,37 @@ def test_onnx_of_a_layer_used_twice_and_nested_outputs(tmp_path):
     assert not os.path.exists(tmp_path / "bad.onnx")
 
 
+def test_bsdm_onnx_quantises_the_statistical_offset_layer(samples, tmp_path):
+    """BSDM's offset layer takes the (N, 2) pixel statistics and sums weight columns in PyTorch; the ONNX graph
+    holds it as the Linear(2B -> 512) on the repeated statistics, with int8 weights and its input quantiser."""
+    import scipy.io
+
+    from rslab.models.bsdm import BSDMDenoiser
+
+    cube = scipy.io.loadmat(str(samples / "abu-beach-2.mat"))["data"].astype(np.float32)
+    pixels = cube.reshape(-1, cube.shape[2])
+    x = torch.from_numpy((pixels - pixels.min()) / (pixels.max() - pixels.min()))[::7].contiguous()
+    bands = x.shape[1]
+    torch.manual_seed(0)
+    model = BSDMDenoiser(bands).eval()
+    apply_bit_plan(model, _mixed_plan(model, first_full=False))
+    step = torch.tensor(500)
+    calibrate_activations(model, [(x[:512], step)])
+    path = str(tmp_path / "bsdm.onnx")
+    info = export.export_onnx(model, (x[:1], step), path)
+    assert info["quantised_layers"] == len(quantisable_layers(model))
+    proto = onnx.load(path)
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["rslab.quantised_layers"])
+    assert "offset.0" in meta
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert inits["offset.0.weight"].dtype == np.int8 and inits["offset.0.weight"].shape == (512, 2 * bands)
+    clips = [n for n in proto.graph.node if n.op_type == "Clip" and n.name.startswith("offset.0/input_")]
+    assert len(clips) == 1
+    result = export.check_onnx(model, [(x[:256], step)], path)
+    assert result["agrees_within_one_step"] == 1.0
+    assert result["forced.codes.fraction_differing"] < 1e-3
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit")
 def test_torchscript_round_trip_is_identical(resnet, cifar, tmp_path):
     test = cifar[1][:16]

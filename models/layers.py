@@ -1,0 +1,43 @@
+"""Small layers shared by the architectures."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def repeated_input_linear(values: Tensor, weight: Tensor, bias: Tensor, repeats: int) -> Tensor:
+    """`F.linear(values.repeat_interleave(repeats, 1), weight, bias)`, without building the repeated input.
+
+    Each of the k input values meets `repeats` weight columns, so the columns can
+    be summed first: k multiply-adds per output instead of k x repeats. Exact up to
+    float rounding, gradients included. While exporting to ONNX the literal form is
+    traced instead, so the exported graph holds the layer's own weight in a Gemm
+    (where a quantised export puts its integer weights and input quantiser).
+    """
+    if torch.onnx.is_in_onnx_export():
+        return F.linear(values.repeat_interleave(repeats, dim=1), weight, bias)
+    out_features = weight.shape[0]
+    summed = weight.reshape(out_features, values.shape[1], repeats).sum(dim=2)  # (out, k)
+    return torch.addmm(bias, values, summed.t())  # one fused op
+
+
+class RepeatedInputLinear(nn.Linear):
+    """Linear(values x repeats -> out) applied to k values each repeated `repeats` times; takes the (N, k) values.
+
+    A plain `nn.Linear` to everything that walks layers (its weight has the full
+    `in_features = values x repeats` columns, so BOPs count the layer as the
+    architecture defines it, and quantisation quantises that weight); only the
+    arithmetic is cheaper (`repeated_input_linear`).
+    """
+
+    def __init__(self, values: int, repeats: int, out_features: int) -> None:
+        super().__init__(values * repeats, out_features)
+        self.repeats = repeats
+
+    def forward(self, values: Tensor) -> Tensor:
+        return repeated_input_linear(values, self.weight, self.bias, self.repeats)
+
+    def repeated(self, values: Tensor) -> Tensor:
+        """The (N, in_features) input the weight multiplies: what an exported graph feeds this layer."""
+        return values.repeat_interleave(self.repeats, dim=1)
