@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from rslab.core import export
 from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint
+from rslab.core.compression_tasks import example_inputs_for
 from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.quantization import (activation_levels, apply_bit_plan, bit_plan, calibrate_activations,
                                      quantisable_layers, weight_integers)
@@ -286,6 +287,13 @@ def test_bsdm_onnx_quantises_the_statistical_offset_layer(samples, tmp_path):
     result = export.check_onnx(model, [(x[:256], step)], path)
     assert result["agrees_within_one_step"] == 1.0
     assert result["forced.codes.fraction_differing"] < 1e-3
+    # the export dialog's path: every format, from the example input a BSDM card gets (one token, a 0-dim step)
+    card = ModelCard(task="anomaly_detection", architecture="bsdm", arguments={"bands": bands},
+                     bands=[f"band {i + 1}" for i in range(bands)], bit_widths=bit_plan(model))
+    written = export.export_all(model, card, example_inputs_for(card), str(tmp_path / "all"), "bsdm")
+    assert sorted(written) == sorted(export.FORMATS) and all(os.path.isfile(p) for p in written.values())
+    rebuilt = build_model(load_checkpoint(written["checkpoint"]))
+    assert torch.allclose(rebuilt(x[:64], step), model(x[:64], step), atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit")
