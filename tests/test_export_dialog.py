@@ -98,6 +98,9 @@ def test_all_four_formats_of_a_compressed_checkpoint(qtbot, dialog, compressed, 
     assert check["agrees_within_one_step"] == 1.0
     assert "quantisation steps" in dialog.check_label.text()
     assert sorted(os.listdir(folder)) == sorted(NAMES)  # the check writes to a temporary folder only
+    if os.environ.get("RSLAB_SCREENSHOTS"):
+        qtbot.wait(100)  # the layout takes the new label text on the next turn of the event loop
+        dialog.grab().save(os.path.join(os.environ["RSLAB_SCREENSHOTS"], "export_dialog.png"))
 
 
 def test_existing_files_are_replaced_only_after_a_yes(qtbot, dialog, tmp_path):
@@ -171,3 +174,48 @@ def test_a_checkpoint_it_cannot_load_is_refused_with_a_message(qtbot, kind, comp
 
     dialog.checkpoint_file.setFilePath(compressed)  # a good file: the dialog recovers
     assert dialog.model is not None and dialog.save_button.isEnabled()
+
+
+def test_a_compressed_bsdm_denoiser_exports_and_checks(qtbot, samples, tmp_path):
+    """A BSDM denoiser (pixel tokens and a 0-dim diffusion step as inputs) through the dialog: every format and
+    the ONNX check, its statistical-offset layer quantised in the graph."""
+    import onnx
+    import scipy.io
+    import torch
+
+    from rslab.core.export import export_checkpoint
+    from rslab.core.quantization import apply_bit_plan, calibrate_activations, quantisable_layers
+    from rslab.models.bsdm import BSDMDenoiser
+
+    cube = scipy.io.loadmat(str(samples / "abu-beach-2.mat"))["data"].astype("float32")
+    pixels = torch.from_numpy(cube.reshape(-1, cube.shape[2]))
+    x = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    bands = x.shape[1]
+    torch.manual_seed(0)
+    model = BSDMDenoiser(bands).eval()
+    apply_bit_plan(model, {name: {"weight": 6, "activation": 8} for name, _ in quantisable_layers(model)})
+    calibrate_activations(model, [(x[::9], torch.tensor(500))])
+    card = ModelCard(task="anomaly_detection", architecture="bsdm", arguments={"bands": bands},
+                     bands=[f"band {i + 1}" for i in range(bands)])
+    source = export_checkpoint(model, card, str(tmp_path / "bsdm_6bit.pt"))
+
+    widget = ExportDialog(source)
+    qtbot.addWidget(widget)
+    widget.show()
+    widget.folder.setFilePath(str(tmp_path / "export"))
+    widget.name_edit.setText("bsdm_6bit")
+    assert f"input 1×{bands} + a scalar" in widget.model_info.text() and widget.save_button.isEnabled()
+    written, error = click_save(qtbot, widget)
+    assert error == "" and sorted(written) == ["checkpoint", "onnx", "report", "torchscript"]
+    graph = onnx.load(written["onnx"]).graph
+    assert any(n.op_type == "Clip" and n.name.startswith("offset.0/input_") for n in graph.node)
+    report = json.loads(open(written["report"]).read())
+    assert "offset.0" in [layer["name"] for layer in report["layers"]]
+    with qtbot.waitSignal(widget.checked, timeout=TIMEOUT_MS) as done:
+        qtbot.mouseClick(widget.check_button, Qt.LeftButton)
+    check, error = done.args
+    assert error == "" and check["agrees_within_one_step"] == 1.0
+    assert widget.check_label.text().startswith("Agrees layer by layer")
+    if os.environ.get("RSLAB_SCREENSHOTS"):
+        qtbot.wait(100)  # the layout takes the new label text on the next turn of the event loop
+        widget.grab().save(os.path.join(os.environ["RSLAB_SCREENSHOTS"], "export_dialog_bsdm.png"))

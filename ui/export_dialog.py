@@ -75,6 +75,11 @@ def sample_inputs(example: Tuple[Any, ...], count: int = CHECK_SAMPLES, seed: in
     return samples
 
 
+def describe_shape(x: Any) -> str:
+    """'1×3×32×32' for a tensor, 'a scalar' for a 0-dim one (BSDM's diffusion step)."""
+    return "×".join(map(str, x.shape)) if x.dim() else "a scalar"
+
+
 def onnx_check_job(model: Any, example: Tuple[Any, ...]) -> Callable[..., Dict[str, float]]:
     """A JobTask job: export `model` to a temporary ONNX file and compare it with PyTorch."""
 
@@ -187,9 +192,9 @@ class ExportDialog(QDialog):
         form.addRow("", self.model_info)
         form.addRow("Output folder", self.folder)
         form.addRow("Base name", self.name_edit)
-        check = QHBoxLayout()
+        check = QHBoxLayout()  # the label on a row of its own: a word-wrapped label beside a button gets clipped
         check.addWidget(self.check_button)
-        check.addWidget(self.check_label, 1)
+        check.addStretch(1)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
         buttons.addWidget(self.save_button)
@@ -198,12 +203,13 @@ class ExportDialog(QDialog):
         layout.addLayout(form)
         layout.addWidget(formats)
         layout.addLayout(check)
+        layout.addWidget(self.check_label)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
         layout.addLayout(buttons)
         self.setMinimumWidth(520)
-        self.resize(600, 470)
+        self.resize(600, 560)  # room for a two-line model summary and a four-line check result
 
     def _connect(self) -> None:
         self.checkpoint_file.fileChanged.connect(self.load)
@@ -246,7 +252,7 @@ class ExportDialog(QDialog):
         self.model_info.setText(
             f"{checkpoint.card.task} · {checkpoint.card.architecture} · "
             + (f"compressed ({', '.join(map(str, bits))} bits)" if compressed else "full precision (32 bits)")
-            + f" · input {' + '.join('×'.join(map(str, x.shape)) for x in example)}")
+            + f" · input {' + '.join(describe_shape(x) for x in example)}")
         if not self.folder.filePath().strip():
             self.folder.setFilePath(os.path.dirname(os.path.abspath(path)))
         if not self.name_edit.text().strip():
