@@ -54,7 +54,7 @@ How
 
     nice -n 19 .venv/bin/python bench/anomaly.py [--scenes abu-beach-2 ...]
         [--methods bsdm_rx bsdm_rx_1it rx lrx] [--iterations 500]
-        [--precision auto|float32|bfloat16] [--skip-big]
+        [--precision auto|float32|bfloat16] [--skip-big] [--big-methods rx lrx bsdm_rx]
         [--workdir /tmp/rslab-bench-anomaly]
 
 Measured on 2026-11-25 (2 CPU cores, Intel Xeon with AMX, 24 GB RAM;
@@ -307,7 +307,7 @@ def scene_child(workdir: Path, scene: str, methods: Sequence[str], iterations: i
                                             score_path(workdir, scene, method, iterations, f"_{precision}"),
                                             precision)
     if "rx" in methods:
-        out["rx_check"] = rx_check(info["cube"], str(score_path(workdir, scene, "rx", iterations)))
+        out["rx_check"] = rx_check(info["cube"], str(score_path(workdir, scene, "rx", iterations, f"_{precision}")))
     return out
 
 
@@ -392,16 +392,18 @@ def build_big(workdir: Path) -> Dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "sources": names, "disk": path.stat().st_size}
 
 
-def big_rx_child(workdir: Path) -> Dict[str, Any]:
-    """Global RX on the cached big cube, with its time and this process's peak memory."""
-    import rslab.core.anomaly  # noqa: F401
-
+def big_child(workdir: Path, method: str) -> Dict[str, Any]:
+    """One method (the defaults) on the cached big cube, with its time and this process's peak memory."""
+    if method == "bsdm_rx":
+        load_engine()
+    else:  # RX and LRX need numpy only (torch would add ~140 MB to the baseline)
+        import rslab.core.anomaly  # noqa: F401
     baseline, baseline_maxrss = own_hwm_bytes(), max_rss_bytes()
     from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
 
-    output = workdir / "big_rx_scores.tif"
+    output = workdir / f"big_{method}_scores.tif"
     t0 = time.perf_counter()
-    result = detect_anomalies(str(big_path(workdir)), AnomalyOutputs(scores=str(output)), AnomalyParams(method="rx"))
+    result = detect_anomalies(str(big_path(workdir)), AnomalyOutputs(scores=str(output)), AnomalyParams(method=method))
     seconds = time.perf_counter() - t0
     out_disk = output.stat().st_size
     output.unlink()
@@ -421,7 +423,7 @@ def child_main(args: argparse.Namespace) -> None:
     elif args.child == "build":
         result = build_big(workdir)
     else:
-        result = big_rx_child(workdir)
+        result = big_child(workdir, args.methods[0])
     print(json.dumps(result))
 
 
@@ -567,25 +569,27 @@ def print_targets(results: Dict[str, Dict[str, Any]], means: Dict[str, Any], rep
               f"({verdict(small[worst] < SECONDS_TARGET)}{note})")
 
 
-def run_big(workdir: Path) -> None:
-    print(f"\nglobal RX on a {BIG_SIZE} x {BIG_SIZE} x {BIG_BANDS} int16 cube ...", flush=True)
+def run_big(workdir: Path, methods: Sequence[str]) -> None:
+    print(f"\n{', '.join(LABELS[m] for m in methods)} on a {BIG_SIZE} x {BIG_SIZE} x {BIG_BANDS} int16 cube ...",
+          flush=True)
     built = spawn_child(__file__, ["--child", "build", "--workdir", str(workdir)])
     state = f"built in {built['seconds']:.1f} s" if built["seconds"] else "cached"
     print(f"  mosaic of {', '.join(built['sources'])} (first {BIG_BANDS} bands; {built['disk'] / MB:.0f} MB on disk): "
           f"{state}", flush=True)
-    d = spawn_child(__file__, ["--child", "bigrx", "--workdir", str(workdir)])
-    if d["maxrss"] > 1.05 * d["peak"]:
-        print(f"  warning: ru_maxrss {d['maxrss'] / MB:.0f} MB exceeds the child's own peak {d['peak'] / MB:.0f} MB "
-              "(inherited from the launcher)")
     size = BIG_SIZE * BIG_SIZE * BIG_BANDS * 2
-    print(f"  {'s':>8} {'MP/s':>6} {'base MB':>8} {'peak MB':>8} {'job MB':>7} {'cube MB':>8} {'peak/cube':>9} "
-          f"{'as float64 MB':>14}")
-    print(f"  {d['seconds']:>8.1f} {BIG_SIZE * BIG_SIZE / 1e6 / d['seconds']:>6.3f} {d['baseline'] / MB:>8.0f} "
-          f"{d['peak'] / MB:>8.0f} {(d['peak'] - d['baseline']) / MB:>7.0f} {size / MB:>8.0f} "
-          f"{d['peak'] / size:>8.2f}x {4 * size / MB:>14.0f}")
-    timings = ", ".join(f"{k} {v:.1f} s" for k, v in d["timings"].items())
-    print(f"  timings: {timings}; score range {d['score_range'][0]:.1f} .. {d['score_range'][1]:.1f}; "
-          f"scores {d['out_disk'] / MB:.1f} MB on disk")
+    print(f"  {'method':<12} {'s':>8} {'MP/s':>6} {'base MB':>8} {'peak MB':>8} {'job MB':>7} {'cube MB':>8} "
+          f"{'peak/cube':>9} {'as float64 MB':>14}")
+    for method in methods:
+        d = spawn_child(__file__, ["--child", "big", "--workdir", str(workdir), "--methods", method])
+        if d["maxrss"] > 1.05 * d["peak"]:
+            print(f"  warning: ru_maxrss {d['maxrss'] / MB:.0f} MB exceeds the child's own peak "
+                  f"{d['peak'] / MB:.0f} MB (inherited from the launcher)")
+        print(f"  {LABELS[method]:<12} {d['seconds']:>8.1f} {BIG_SIZE * BIG_SIZE / 1e6 / d['seconds']:>6.3f} "
+              f"{d['baseline'] / MB:>8.0f} {d['peak'] / MB:>8.0f} {(d['peak'] - d['baseline']) / MB:>7.0f} "
+              f"{size / MB:>8.0f} {d['peak'] / size:>8.2f}x {4 * size / MB:>14.0f}")
+        timings = ", ".join(f"{k} {v:.1f} s" for k, v in d["timings"].items())
+        print(f"    timings: {timings}; score range {d['score_range'][0]:.1f} .. {d['score_range'][1]:.1f}; "
+              f"scores {d['out_disk'] / MB:.1f} MB on disk", flush=True)
     print("  MB = 10^6 bytes; base = VmHWM after imports, peak = VmHWM at the end of the child; job = peak - base; "
           "cube MB = uncompressed int16; 'as float64' = the cube read whole as float64 (what an in-memory RX holds)")
 
@@ -623,7 +627,7 @@ def parent_main(args: argparse.Namespace) -> None:
     print_rx_check(results)
     print_targets(results, means, repeat, repeat_scene, args.iterations)
     if not args.skip_big:
-        run_big(workdir)
+        run_big(workdir, args.big_methods)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
@@ -639,9 +643,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=ITERATIONS, help="BSDM training iterations")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="BSDM training precision (auto: bfloat16 where the hardware has it)")
-    parser.add_argument("--skip-big", action="store_true", help="skip the 1000 x 1000 x 200 RX run")
+    parser.add_argument("--skip-big", action="store_true", help="skip the 1000 x 1000 x 200 run(s)")
+    parser.add_argument("--big-methods", nargs="+", default=["rx"], choices=("rx", "lrx", "bsdm_rx"),
+                        help="methods timed on the 1000 x 1000 x 200 cube (default: rx)")
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="folder for imported scenes, scores, big cube")
-    parser.add_argument("--child", choices=("import", "scene", "repeat", "build", "bigrx"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("import", "scene", "repeat", "build", "big"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.scenes = [s[:-4] if s.endswith(".mat") else s for s in args.scenes]
     if args.bsdm_scenes is None:

