@@ -114,6 +114,12 @@ int16 cube, 62 % of the 1600 MB the cube takes as float64). The peak is the
 window (105 MB each); none of it scales with the image, but one size alone
 does not prove that.
 
+On another machine (2026-12-02: AMD EPYC, 2 cores, AVX512-BF16, no AMX),
+`--methods bsdm_rx --skip-big`, 898 s: BSDM + RX mean AUC(D,F) 0.9578 (per
+scene within 0.0031 of the table above: other CPU kernels), 59.0-93.3 s per
+100 x 100 scene (mean 73.0 s: the 60 s target NOT met on that CPU), 137.7 s
+on beach-1; the repeat run on airport-1 was bit-identical (69.8 s).
+
 All three methods on the mosaic (`--scenes abu-beach-2 --methods rx
 --big-methods rx lrx bsdm_rx`, 2026-12-02): RX 11.6 s, peak 995 MB; LRX 3/11
 25.2 s, 690 MB; BSDM + RX 267.4 s, 1405 MB (bsdm_train 132.2 s on the
