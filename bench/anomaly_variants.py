@@ -25,7 +25,7 @@ the `bsdm` / rx row reproduces bench/anomaly.py's BSDM + RX to within that.
 
     nice -n 19 .venv/bin/python bench/anomaly_variants.py [--scenes abu-airport-1 ...]
 
-Measured on 2026-12-02 (2 cores, AMX CPU), all ten scenes, 15-20 minutes:
+Measured on 2026-12-02 (2 cores, AMD EPYC with AVX512-BF16), all ten scenes, 15-20 minutes:
 
     cube     detector   mean AUC(D,F)
     x        rx         0.9372
