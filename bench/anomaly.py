@@ -22,9 +22,8 @@ What it measures
        in a fresh process with the same seed, and its score raster is
        compared with the first run's exactly (bit for bit, NaN included).
     3. An independent check of our global RX: on every selected scene, the
-       `rx` score raster against `spectral.rx` (Spectral Python; or, if it is
-       not installed, a plain numpy `np.cov` + `np.linalg.pinv` written here)
-       on the whole cube in memory; the largest relative difference per
+       `rx` score raster against `spectral.rx` (Spectral Python, installed by
+       `make setup` from requirements-dev.txt) on the whole cube in memory; the largest relative difference per
        scene must stay under 1e-6 (our scores are stored as float32, whose
        rounding alone is ~6e-8).
     4. Global RX on a 1000 x 1000 x 200 int16 cube (400 MB uncompressed):
@@ -242,17 +241,11 @@ def exact_auc(scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def independent_rx(cube: np.ndarray) -> Tuple[np.ndarray, str]:
-    """RX scores (H, W) of a (B, H, W) cube, by Spectral Python if installed, else by plain numpy."""
+    """RX scores (H, W) of a (B, H, W) cube by Spectral Python (requirements-dev.txt), which shares no code with ours."""
     import numpy as np
+    import spectral
 
     x = np.moveaxis(cube, 0, -1).astype(np.float64)  # (H, W, B)
-    try:
-        import spectral
-    except ImportError:
-        pixels = x.reshape(-1, x.shape[-1])
-        centred = pixels - pixels.mean(axis=0)
-        inverse = np.linalg.pinv(np.cov(pixels, rowvar=False))
-        return ((centred @ inverse) * centred).sum(axis=1).reshape(x.shape[:2]), "numpy np.cov + pinv"
     return np.asarray(spectral.rx(x), np.float64), f"spectral {spectral.__version__} spectral.rx"
 
 

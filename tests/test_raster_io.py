@@ -1,0 +1,114 @@
+"""read_window and read_decimated derive nodata masks from the pixels they read: the same mask as rasterio's
+dataset_mask (which reads every band a second time), on every kind of mask a GeoTIFF can carry."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+
+from rslab.core.raster_io import read_decimated, read_window
+
+
+def _write(path, data, nodata=None, interleave="pixel", photometric=None, alpha=False, internal_mask=None):
+    count, height, width = data.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name, nodata=nodata,
+                   tiled=True, blockxsize=16, blockysize=16, interleave=interleave, compress="deflate")
+    if photometric:
+        profile["photometric"] = photometric
+    if alpha:
+        profile["alpha"] = "YES"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(data)
+            if alpha:
+                ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+            if internal_mask is not None:
+                ds.write_mask(internal_mask.astype(np.uint8) * 255)
+    return path
+
+
+def _expected(ds, **where):
+    """rasterio's dataset mask, plus read_window's rule that a NaN or infinite band makes a pixel invalid."""
+    valid = ds.dataset_mask(**where) > 0
+    data = ds.read([i for i, ci in enumerate(ds.colorinterp, 1) if ci != ColorInterp.alpha], **where)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    return valid
+
+
+def _cube(dtype, bands=5, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((bands, size, size)) * 1000).astype(dtype)
+
+
+def _cases(tmp_path):
+    """(name, path, expected number of invalid pixels in the whole raster)."""
+    f32 = _cube(np.float32)
+    f32[:, 3, 4] = np.nan  # every band nodata: invalid
+    f32[0, 5, 6] = np.nan  # one band NaN: valid for GDAL's mask, invalid for read_window (not finite)
+    f32[:, 7, 8] = np.inf  # not nodata, not finite
+    f64 = _cube(np.float64)
+    f64[:, 1, 1] = -9999.0
+    f64[2, 2, 2] = -9999.0  # one band at nodata: GDAL ORs the band masks, so the pixel stays valid
+    f64[:, 9, 9] = -9999.001  # GDAL's float comparison takes it for -9999 (2 float32 epsilons, relative)
+    f64[:, 9, 10] = -9999.01  # but not this
+    f32_near = _cube(np.float32)
+    f32_near[:, 4, 4] = np.float32(-3.4e38)  # a float32 nodata given as float64 metadata
+    u16 = _cube(np.uint16)
+    u16[:, 0, :] = 0
+    u16[1, 20, 20] = 0
+    rgb = _cube(np.uint8, bands=3)
+    rgb[:, 10:12, 10:12] = 0
+    rgba = _cube(np.uint8, bands=4)
+    rgba[3] = 255
+    rgba[3, 30:, 30:] = 0
+    masked = _cube(np.int16, bands=6)
+    keep = np.ones(masked.shape[1:], bool)
+    keep[:5, :5] = False
+    rgbn = _cube(np.uint16, bands=4)  # red first and 4 bands: rasterio takes band 4's mask alone
+    rgbn[3, 6, 6] = 7
+    rgbn[:3, 8, 8] = 7
+    return [
+        ("float32 NaN nodata, pixel-interleaved", _write(tmp_path / "a.tif", f32, nodata=float("nan")), 3),
+        ("float64 nodata -9999, band-interleaved", _write(tmp_path / "b.tif", f64, -9999.0, interleave="band"), 2),
+        ("float32 nodata -3.4e38", _write(tmp_path / "c.tif", f32_near, nodata=-3.4e38), 1),
+        ("uint16 nodata 0", _write(tmp_path / "d.tif", u16, nodata=0), 40),
+        ("RGB uint8 nodata 0", _write(tmp_path / "e.tif", rgb, nodata=0, photometric="RGB"), 4),
+        ("RGBA alpha band", _write(tmp_path / "f.tif", rgba, photometric="RGB", alpha=True), 100),
+        ("int16 internal mask", _write(tmp_path / "g.tif", masked, internal_mask=keep), 25),
+        ("no nodata", _write(tmp_path / "h.tif", _cube(np.float32)), 0),
+        ("RGB+NIR uint16 nodata 7", _write(tmp_path / "i.tif", rgbn, nodata=7, photometric="RGB"), 2),
+    ]
+
+
+def test_windowed_masks_equal_rasterios_dataset_mask(tmp_path):
+    windows = [Window(0, 0, 40, 40), Window(0, 0, 16, 16), Window(13, 5, 20, 31), Window(39, 39, 1, 1)]
+    for name, path, invalid in _cases(tmp_path):
+        with rasterio.open(path) as ds:
+            _, whole = read_window(ds, windows[0])
+            assert int((~whole).sum()) == invalid, name
+            for window in windows:
+                data, valid = read_window(ds, window)
+                assert valid.shape == data.shape[1:] == (window.height, window.width), name
+                assert np.array_equal(valid, _expected(ds, window=window)), f"{name}, {window}"
+
+
+def test_decimated_masks_equal_rasterios_dataset_mask(tmp_path):
+    for name, path, _ in _cases(tmp_path):
+        with rasterio.open(path) as ds:
+            for max_pixels in (1600, 400, 90):
+                data, valid = read_decimated(ds, max_pixels)
+                assert np.array_equal(valid, _expected(ds, out_shape=valid.shape)), f"{name}, {max_pixels}"
+                assert data.shape[1:] == valid.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_nodata_marks_only_all_nan_pixels_and_the_rest_follows_finiteness(tmp_path, dtype):
+    cube = _cube(dtype, bands=3, size=16)
+    cube[:, 2, 3] = np.nan
+    cube[1, 4, 5] = np.nan
+    with rasterio.open(_write(tmp_path / "n.tif", cube, nodata=float("nan"))) as ds:
+        _, valid = read_window(ds, Window(0, 0, 16, 16))
+    assert not valid[2, 3] and not valid[4, 5] and valid.sum() == 16 * 16 - 2
