@@ -224,8 +224,8 @@ def output_profile(
     }
     if count > 1:
         # One block per band: a pixel-interleaved 256 x 256 block holds every band (105 MB for 200 float64
-        # bands), more than GDAL's block cache keeps, and reading a 1000 x 1000 x 200 float64 cube back
-        # took 159 s instead of 9 s (bench/anomaly.py's big BSDM run; also faster to write).
+        # bands) and is decompressed whole for a read of any one band; any per-band access to it (as
+        # rasterio's dataset mask made, see _dataset_mask) costs a whole block. Also faster to write.
         profile["interleave"] = "band"
     if compress == "deflate":
         # Level 1 writes about 6x faster than the default 6 for ~13 % more disk
