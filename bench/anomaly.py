@@ -23,9 +23,9 @@ What it measures
        compared with the first run's exactly (bit for bit, NaN included).
     3. An independent check of our global RX: on every selected scene, the
        `rx` score raster against `spectral.rx` (Spectral Python, installed by
-       `make setup` from requirements-dev.txt) on the whole cube in memory; the largest relative difference per
-       scene must stay under 1e-6 (our scores are stored as float32, whose
-       rounding alone is ~6e-8).
+       `make setup` from requirements-dev.txt) on the whole cube in memory;
+       the largest relative difference per scene must stay under 1e-6 (our
+       scores are stored as float32, whose rounding alone is ~6e-8).
     4. Global RX on a 1000 x 1000 x 200 int16 cube (400 MB uncompressed):
        seconds, and the child process's peak RSS next to the cube's size,
        to show that memory is bounded (the engine reads 256 x 256 windows).

@@ -16,9 +16,10 @@ What it measures
 
 Why
     A user's hyperspectral file is rarely the engine's own tiled,
-    band-interleaved GeoTIFF. On a pixel-interleaved, compressed GeoTIFF
-    each of those per-band mask reads decompresses the whole 256 x 256 x 200
-    block again once GDAL's 256 MB block cache (`gdal_env`) is full.
+    band-interleaved GeoTIFF. On a pixel-interleaved, compressed GeoTIFF a
+    read of one band decompresses the whole 256 x 256 x 200 block, and once
+    GDAL's 256 MB block cache (`gdal_env`) is full the per-band mask reads
+    do that again.
 
 How
     The cube is the mosaic of real ABU scenes that `bench/anomaly.py` builds
@@ -30,8 +31,8 @@ How
     .venv/bin/python bench/read_layouts.py [--layouts ...] [--workdir /tmp/rslab-bench-anomaly]
 
 Measured on 2026-12-02 (2 CPU cores, AMD EPYC, 24 GB RAM; GDAL 3.6.2,
-rasterio 1.3.5, numpy 1.24.2), 477 s in all (layouts cached from an
-earlier try; writing them takes about a minute):
+rasterio 1.3.5, numpy 1.24.2), 477 s in all, writing the five layouts
+included:
 
   layout                                   MB on disk  engine s  peak MB  dataset_mask s  peak MB   ratio  same scores
   GeoTIFF int16, band-interleaved, deflate        253      13.0      975            12.4      993   0.96x  reference
@@ -42,9 +43,10 @@ earlier try; writing them takes about a minute):
   ENVI float32 BIP, nodata -9999                  800      13.0      968            15.3      968   1.18x  yes
 
 The float64 pixel-interleaved file is the one that hurt: its 256 x 256 x 200
-blocks are 105 MB each, and GDAL's 256 MB cache cannot keep the blocks of
-one window and the ones each band's mask read pulls in, so the baseline
-decompresses every block about 200 times (10x slower). Elsewhere the two
+blocks are 105 MB each, and as far as we can tell GDAL's 256 MB cache cannot
+keep what one window's data read and its 200 per-band mask reads pull in,
+so the baseline decompresses blocks again and again (10x slower; the float32
+file, with 52 MB blocks, only 1.24x). Elsewhere the two
 read paths are within this machine's run-to-run noise (about 10 %: the
 int16 row, where neither path reads more than the pixels, shows it).
 """

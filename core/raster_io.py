@@ -143,7 +143,8 @@ def _nodata_valid(band: np.ndarray, nodata: float) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
             near = np.abs(band - value) < np.finfo(np.float32).eps * np.abs(band + value) * 2
         return ~((band == value) | near)
-    return band != np.asarray(nodata).astype(band.dtype)  # in range: GDAL reports no nodata mask otherwise
+    # integer bands: GDAL gives a nodata mask only for a value inside the type's range, and truncates it as C does
+    return band != np.asarray(nodata).astype(band.dtype)
 
 
 def _dataset_mask(ds: Any, bands: List[int], data: np.ndarray, **where: Any) -> np.ndarray:
@@ -152,14 +153,15 @@ def _dataset_mask(ds: Any, bands: List[int], data: np.ndarray, **where: Any) -> 
     A mask band or an alpha band is read (one band). A mask built from nodata
     values is derived from `data`: `dataset_mask` would read every band's mask,
     that is every band a second time, and on a pixel-interleaved, compressed
-    GeoTIFF with more bands than GDAL's block cache holds per block, each of
-    those reads decompresses the whole block again: RX on a 1000 x 1000 x 200
+    GeoTIFF whose blocks are large beside GDAL's block cache, each of those
+    reads decompresses the whole block again: RX on a 1000 x 1000 x 200
     float64 deflate cube with NaN nodata took 201 s instead of 20 s
     (bench/read_layouts.py).
     """
     flags = ds.mask_flag_enums
-    if (MaskFlags.per_dataset in flags[0] or len(bands) != ds.count
-            or (ds.count == 4 and ds.colorinterp[0] == ColorInterp.red)):  # rasterio's RGBA rule
+    if (MaskFlags.per_dataset in flags[0]  # a mask band, or an alpha band GDAL uses as the mask
+            or len(bands) != ds.count  # an alpha band GDAL does not use, whose mask rasterio ORs in
+            or (ds.count == 4 and ds.colorinterp[0] == ColorInterp.red)):  # rasterio: band 4's mask alone
         return ds.dataset_mask(**where) > 0
     valid = np.zeros(data.shape[1:], dtype=bool)
     for i, band in enumerate(bands):  # valid where any band is valid (rasterio ORs the band masks)
