@@ -31,22 +31,22 @@ How
     .venv/bin/python bench/read_layouts.py [--layouts ...] [--workdir /tmp/rslab-bench-anomaly]
 
 Measured on 2026-12-02 (2 CPU cores, AMD EPYC, 24 GB RAM; GDAL 3.6.2,
-rasterio 1.3.5, numpy 1.24.2), 477 s in all, writing the five layouts
+rasterio 1.3.5, numpy 1.24.2), 466 s in all, writing the five layouts
 included:
 
   layout                                   MB on disk  engine s  peak MB  dataset_mask s  peak MB   ratio  same scores
-  GeoTIFF int16, band-interleaved, deflate        253      13.0      975            12.4      993   0.96x  reference
-  GeoTIFF float32, pixel, deflate, NaN            324      17.4     1045            21.6     1045   1.24x  yes
-  GeoTIFF float64, pixel, deflate, NaN            355      20.1     1154           200.7     1156   9.99x  yes
-  ENVI float32 BSQ, nodata -9999                  800      11.9     1022            12.3     1023   1.03x  yes
-  ENVI float32 BIL, nodata -9999                  800      12.6     1023            12.2     1023   0.96x  yes
-  ENVI float32 BIP, nodata -9999                  800      13.0      968            15.3      968   1.18x  yes
+  GeoTIFF int16, band-interleaved, deflate        253      12.1      974            12.9      993   1.07x  reference
+  GeoTIFF float32, pixel, deflate, NaN            324      15.0     1045            15.9     1047   1.06x  yes
+  GeoTIFF float64, pixel, deflate, NaN            355      20.4     1156           204.3     1156  10.02x  yes
+  ENVI float32 BSQ, nodata -9999                  800      11.0     1023            12.5     1023   1.14x  yes
+  ENVI float32 BIL, nodata -9999                  800      13.4     1023            13.2      972   0.99x  yes
+  ENVI float32 BIP, nodata -9999                  800      11.9      968            13.9      968   1.17x  yes
 
 The float64 pixel-interleaved file is the one that hurt: its 256 x 256 x 200
 blocks are 105 MB each, and as far as we can tell GDAL's 256 MB cache cannot
 keep what one window's data read and its 200 per-band mask reads pull in,
 so the baseline decompresses blocks again and again (10x slower; the float32
-file, with 52 MB blocks, only 1.24x). Elsewhere the two
+file, with 52 MB blocks, is not slowed). Elsewhere the two
 read paths are within this machine's run-to-run noise (about 10 %: the
 int16 row, where neither path reads more than the pixels, shows it).
 """
@@ -60,12 +60,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anomaly import BIG_BANDS, BIG_SIZE, DEFAULT_WORKDIR, big_path  # noqa: E402
+from anomaly import BIG_BANDS, BIG_SIZE, DEFAULT_WORKDIR, big_path, read_scores  # noqa: E402
 from measure import own_hwm_bytes, spawn_child  # noqa: E402
 
 MB = 1e6
 NAN = float("nan")
-# name -> (file name, driver, dtype, creation options, nodata); None: the bench's own mosaic, as built
+# name -> (file name, driver, dtype, creation options, nodata); None: the bench's own mosaic, as built.
+# ENVI writes its header beside the data file with the extension replaced, so the stems must differ.
 LAYOUTS: Dict[str, Any] = {
     "GeoTIFF int16, band-interleaved, deflate": None,
     "GeoTIFF float32, pixel, deflate, NaN": (
@@ -75,9 +76,9 @@ LAYOUTS: Dict[str, Any] = {
         "f64_pixel.tif", "GTiff", "float64",
         {"tiled": True, "blockxsize": 256, "blockysize": 256, "interleave": "pixel", "compress": "deflate",
          "BIGTIFF": "YES"}, NAN),
-    "ENVI float32 BSQ, nodata -9999": ("f32.bsq", "ENVI", "float32", {"interleave": "bsq"}, -9999.0),
-    "ENVI float32 BIL, nodata -9999": ("f32.bil", "ENVI", "float32", {"interleave": "bil"}, -9999.0),
-    "ENVI float32 BIP, nodata -9999": ("f32.bip", "ENVI", "float32", {"interleave": "bip"}, -9999.0),
+    "ENVI float32 BSQ, nodata -9999": ("f32_bsq.img", "ENVI", "float32", {"interleave": "bsq"}, -9999.0),
+    "ENVI float32 BIL, nodata -9999": ("f32_bil.img", "ENVI", "float32", {"interleave": "bil"}, -9999.0),
+    "ENVI float32 BIP, nodata -9999": ("f32_bip.img", "ENVI", "float32", {"interleave": "bip"}, -9999.0),
 }
 
 
@@ -110,10 +111,14 @@ def build_layout(workdir: Path, name: str) -> Dict[str, Any]:
     return {"disk": path.stat().st_size + (header.stat().st_size if header.exists() else 0)}
 
 
+def scores_path(workdir: Path, name: str, baseline: bool) -> Path:
+    """Where a run leaves its scores for the parent's comparison."""
+    return workdir / "layouts" / f"scores-{list(LAYOUTS).index(name)}-{int(baseline)}.npy"
+
+
 def run_child(workdir: Path, name: str, baseline: bool) -> Dict[str, Any]:
     """RX on one layout in this fresh process: seconds, peak memory and the scores (saved for the comparison)."""
     import numpy as np
-    import rasterio
 
     import rslab.core.raster_io as raster_io
     from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
@@ -128,11 +133,9 @@ def run_child(workdir: Path, name: str, baseline: bool) -> Dict[str, Any]:
     output = workdir / "layouts" / f"scores-{'baseline' if baseline else 'engine'}.tif"
     t0 = time.perf_counter()
     detect_anomalies(str(path), AnomalyOutputs(scores=str(output)), AnomalyParams(method="rx"))
-    seconds = time.perf_counter() - t0
-    with rasterio.open(output) as ds:
-        scores = ds.read(1)
-    np.save(workdir / "layouts" / f"scores-{list(LAYOUTS).index(name)}-{int(baseline)}.npy", scores)
-    return {"seconds": seconds, "base": base, "peak": own_hwm_bytes()}
+    seconds, peak = time.perf_counter() - t0, own_hwm_bytes()
+    np.save(scores_path(workdir, name, baseline), read_scores(str(output)))
+    return {"seconds": seconds, "base": base, "peak": peak}
 
 
 def parent_main(workdir: Path, names: List[str]) -> None:
@@ -149,8 +152,7 @@ def parent_main(workdir: Path, names: List[str]) -> None:
         disk = spawn_child(__file__, ["--child", "build", "--workdir", str(workdir), "--layouts", name])["disk"]
         runs = [spawn_child(__file__, ["--child", "run", "--workdir", str(workdir), "--layouts", name]
                             + (["--baseline"] if baseline else [])) for baseline in (False, True)]
-        index = list(LAYOUTS).index(name)
-        scores = [np.load(workdir / "layouts" / f"scores-{index}-{b}.npy") for b in (0, 1)]
+        scores = [np.load(scores_path(workdir, name, baseline)) for baseline in (False, True)]
         if not np.array_equal(scores[0], scores[1], equal_nan=True):
             raise SystemExit(f"{name}: the engine's and the baseline's scores differ")
         if reference is None:

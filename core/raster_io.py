@@ -155,7 +155,7 @@ def _dataset_mask(ds: Any, bands: List[int], data: np.ndarray, **where: Any) -> 
     that is every band a second time, and on a pixel-interleaved, compressed
     GeoTIFF whose blocks are large beside GDAL's block cache, each of those
     reads decompresses the whole block again: RX on a 1000 x 1000 x 200
-    float64 deflate cube with NaN nodata took 201 s instead of 20 s
+    float64 deflate cube with NaN nodata took 204 s instead of 20 s
     (bench/read_layouts.py).
     """
     flags = ds.mask_flag_enums
