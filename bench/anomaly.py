@@ -177,6 +177,33 @@ def all_scenes() -> List[str]:
     return sorted(p.stem for p in ABU.glob("*.mat"))
 
 
+def normalised_scene(scene: str) -> Tuple[np.ndarray, np.ndarray, int, int]:
+    """An ABU scene as BSDM sees it, in memory: (H*W, B) pixels scaled to [0, 1] by one global
+    min and max (float64), the (H*W,) reference as booleans, H, W. For the research benches."""
+    import numpy as np
+
+    from rslab.core.import_cube import read_mat_variables
+
+    variables = read_mat_variables(str(ABU / f"{scene}.mat"))
+    cube = np.asarray(variables["data"], dtype=np.float64)
+    height, width, bands = cube.shape
+    pixels = cube.reshape(-1, bands)
+    truth = np.asarray(variables["map"]).reshape(-1) != 0
+    return (pixels - pixels.min()) / (pixels.max() - pixels.min()), truth, height, width
+
+
+def print_auc_rows(titles: Sequence[str], widths: Sequence[int], rows: Dict[tuple, List[float]],
+                   scenes: Sequence[str]) -> None:
+    """A table of AUC(D,F) per scene and the mean, one row per key (its parts under `titles`)."""
+    def label(parts: Sequence[Any]) -> str:
+        return " ".join(f"{str(part):{width}s}" for part, width in zip(parts, widths))
+
+    print()
+    print(label(titles) + " " + " ".join(f"{s.replace('abu-', ''):>9s}" for s in scenes) + f" {'mean':>7s}")
+    for key, values in rows.items():
+        print(label(key) + " " + " ".join(f"{v:9.4f}" for v in values) + f" {sum(values) / len(values):7.4f}")
+
+
 def scene_paths(workdir: Path, scene: str) -> Tuple[Path, Path]:
     folder = workdir / "scenes"
     return folder / f"{scene}.tif", folder / f"{scene}_gt.tif"

@@ -59,7 +59,7 @@ import rslab.core  # noqa: F401  (first: the engine's thread policy before torch
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anomaly import ABU, all_scenes, exact_auc  # noqa: E402  (bench/anomaly.py)
+from anomaly import all_scenes, exact_auc, normalised_scene, print_auc_rows  # noqa: E402  (bench/anomaly.py)
 
 ITERATIONS = 500
 SEED = 0
@@ -110,8 +110,6 @@ def main() -> None:
     parser.add_argument("--scenes", nargs="+", default=None)
     args = parser.parse_args()
     scenes = args.scenes or all_scenes()
-    from rslab.core.import_cube import read_mat_variables
-
     detectors: Dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
         "rx": lambda p, h, w: rx_scores(p, p),
         "rx_p1": lambda p, h, w: purified_rx(p, 0.01),
@@ -122,23 +120,14 @@ def main() -> None:
     auc: Dict[tuple, List[float]] = {(c, d): [] for c in cubes for d in detectors}
     for scene in scenes:
         started = time.perf_counter()
-        variables = read_mat_variables(str(ABU / f"{scene}.mat"))
-        cube = np.asarray(variables["data"], dtype=np.float64)
-        truth = np.asarray(variables["map"]).reshape(-1) != 0
-        height, width, bands = cube.shape
-        pixels = cube.reshape(-1, bands)
-        x = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+        x, truth, height, width = normalised_scene(scene)
         versions = {"x": x, "bsdm": suppressed(x, ITERATIONS), "bsdm_1": suppressed(x, 1)}
         for c, data in versions.items():
             for d, detect in detectors.items():
                 auc[(c, d)].append(exact_auc(detect(data, height, width), truth))
         print(f"{scene}: {time.perf_counter() - started:.0f} s", flush=True)
 
-    short = [s.replace("abu-", "") for s in scenes]
-    print()
-    print(f"{'cube':8s} {'detector':10s} " + " ".join(f"{s:>9s}" for s in short) + f" {'mean':>7s}")
-    for (c, d), values in auc.items():
-        print(f"{c:8s} {d:10s} " + " ".join(f"{v:9.4f}" for v in values) + f" {np.mean(values):7.4f}")
+    print_auc_rows(("cube", "detector"), (8, 10), auc, scenes)
     best = max(auc, key=lambda k: np.mean(auc[k]))
     print(f"\nbest: {best[0]} + {best[1]}, mean AUC(D,F) {np.mean(auc[best]):.4f} (issue target 0.97)")
 

@@ -6,21 +6,26 @@ writes them as a B-band GeoTIFF and a one-band GeoTIFF that QGIS and every
 other RS Lab job can open. Band count and dtype are kept (int8 and 64-bit
 integers, which GDAL 3.6 cannot store, are widened or narrowed only where no
 value changes); NaN pixels of float cubes become the nodata value. MATLAB
-v7.3 files are HDF5 and need h5py.
+v7.3 files are HDF5 and need h5py. A vector of band centre wavelengths
+beside the cube (`wavelengths`, `wavelength`, or MUUFL's `wavlength`) is
+written as each band's GDAL `wavelength` / `wavelength_units` metadata, as
+GDAL's ENVI driver reports a header's wavelengths, so spectra plot against
+wavelength.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .outputs import PendingOutputs
-from .raster_io import gdal_env, open_output
+from .raster_io import WAVELENGTH_KEY, WAVELENGTH_UNITS_KEY, gdal_env, open_output
 
+WAVELENGTH_VARIABLES = ("wavelengths", "wavelength", "wavlength")  # the last: MUUFL Gulfport's spelling
 # numpy dtypes GDAL 3.6 GeoTIFF stores as they are.
 _NATIVE = {"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 
@@ -44,6 +49,7 @@ class ImportCubeResult(JobResult):
     bands: int = 0
     dtype: str = ""
     nodata: Optional[float] = None
+    wavelength_unit: Optional[str] = None  # set when band wavelengths were written
     note: str = ""
 
 
@@ -111,6 +117,25 @@ def _variable(variables: Dict[str, Any], key: str, name: str, role: str) -> np.n
     return variables[key]
 
 
+def _wavelengths(variables: Dict[str, Any], bands: int) -> Tuple[Optional[np.ndarray], Optional[str], str]:
+    """(values, GDAL unit word, note) from a wavelength vector of one value per band; (None, None, note) if none.
+
+    .mat files do not say the unit: values of 100 or more are taken as
+    nanometres, smaller ones as micrometres (visible to SWIR spans 0.4-2.5 um,
+    400-2500 nm).
+    """
+    for key, value in variables.items():
+        if key.lower() not in WAVELENGTH_VARIABLES:
+            continue
+        values = np.asarray(value)
+        values = values.astype(np.float64).ravel() if values.dtype.kind in "iuf" else np.empty(0)
+        if len(values) != bands or not np.all(np.isfinite(values)):
+            return None, None, f"{key!r} is not one finite wavelength per band; bands are numbered instead"
+        unit = "Nanometers" if values.max() >= 100 else "Micrometers"
+        return values, unit, f"band wavelengths from {key!r} ({values.min():.4g}-{values.max():.4g}, read as {unit.lower()})"
+    return None, None, ""
+
+
 def import_cube(
     input_path: str,
     output_cube: str,
@@ -150,9 +175,13 @@ def import_cube(
         gt, gt_note = _storable(gt, "ground truth")
         note = "; ".join(n for n in (note, gt_note) if n)
 
+    wavelengths, unit, wavelength_note = _wavelengths(variables, bands)
+    note = "; ".join(n for n in (note, wavelength_note) if n)
+
     result = ImportCubeResult(
         timings=monitor.timings, cube_path=output_cube, gt_path=output_gt if gt is not None else None,
-        width=width, height=height, bands=bands, dtype=cube.dtype.name, nodata=nodata, note=note,
+        width=width, height=height, bands=bands, dtype=cube.dtype.name, nodata=nodata,
+        wavelength_unit=unit, note=note,
     )
     profile = {"driver": "GTiff", "width": width, "height": height, "interleave": "band",
                "compress": "deflate", "BIGTIFF": "IF_SAFER"}
@@ -163,6 +192,10 @@ def import_cube(
                 monitor.step(0.05 + 0.9 * start / bands, f"writing bands {start + 1}-{min(start + chunk, bands)}")
                 stop = min(start + chunk, bands)
                 dst.write(np.moveaxis(cube[:, :, start:stop], 2, 0), indexes=list(range(start + 1, stop + 1)))
+            if wavelengths is not None:
+                for band, value in enumerate(wavelengths, start=1):
+                    dst.update_tags(band, **{WAVELENGTH_KEY: f"{value:g}", WAVELENGTH_UNITS_KEY: unit})
+                    dst.set_band_description(band, f"{value:g} {unit.lower()}")
         if gt is not None:
             with open_output(pending.temp(output_gt), dict(profile, count=1, dtype=gt.dtype.name, nodata=None)) as dst:
                 dst.write(gt[None])

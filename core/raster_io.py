@@ -203,6 +203,33 @@ def read_decimated(ds: Any, max_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
     return data, _valid_pixels(ds, bands, data, out_shape=shape)
 
 
+# GDAL's band metadata for the centre wavelength, as its ENVI driver sets it from a header's
+# `wavelength` / `wavelength units` and as `import_cube` writes it into GeoTIFFs.
+WAVELENGTH_KEY, WAVELENGTH_UNITS_KEY = "wavelength", "wavelength_units"
+_UNIT_SYMBOLS = {"nanometers": "nm", "nanometer": "nm", "nm": "nm", "micrometers": "µm", "micrometer": "µm",
+                 "microns": "µm", "micron": "µm", "um": "µm", "µm": "µm"}
+
+
+def band_wavelengths(ds: Any) -> Optional[Tuple[np.ndarray, str]]:
+    """The data bands' centre wavelengths and their unit symbol ("nm", "µm", or the file's own word).
+
+    None unless every data band has a numeric `wavelength` item: a plot against
+    band numbers is better than one against a partly invented axis.
+    """
+    values, units = [], set()
+    for band in data_bands(ds):
+        tags = {key.lower(): value for key, value in ds.tags(band).items()}
+        try:
+            values.append(float(tags[WAVELENGTH_KEY]))
+        except (KeyError, ValueError):
+            return None
+        units.add(tags.get(WAVELENGTH_UNITS_KEY, "").strip())
+    if not values or not np.all(np.isfinite(values)):
+        return None
+    unit = units.pop() if len(units) == 1 else ""
+    return np.asarray(values), _UNIT_SYMBOLS.get(unit.lower(), unit)
+
+
 def output_profile(
     info: RasterInfo,
     count: int,

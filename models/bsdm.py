@@ -50,7 +50,14 @@ def sinusoidal_embedding(t: Tensor, dim: int = EMBED) -> Tensor:
 
 
 class ResidualBlock(nn.Module):
-    """LayerNorm, Tanh, Linear, + Linear(time), LayerNorm, Tanh, Linear, plus a skip connection."""
+    """LayerNorm, Tanh, Linear, + Linear(time), LayerNorm, Tanh, Linear, plus a skip connection.
+
+    METHODS.md's layout. The authors' public code puts a wider hidden layer
+    inside the first Linear and a Tanh before the time projection;
+    `bench/bsdm_sensitivity.py` measures that layout: +0.3 points of mean
+    AUC(D,F) on the ABU scenes at seed 0 (no more than other seeds give),
+    1.4x the training time, so it is not used here.
+    """
 
     def __init__(self, cin: int, cout: int, time_dim: int = TIME_HIDDEN) -> None:
         super().__init__()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from project_layers import RUN_TIMEOUT_MS, add_raster, click_run, group_names
 import rasterio
+import scipy.io
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -21,7 +22,7 @@ from qgis.PyQt.QtCore import Qt
 from rasterio.transform import from_origin
 
 import rslab
-from rslab.core.import_cube import import_cube
+from rslab.core.import_cube import ImportCubeParams, import_cube
 from rslab.ui.anomaly_dock import AnomalyDock, output_paths, roc_curve
 
 BANDS = 193  # ABU beach-2: 100 x 100 x 193
@@ -136,6 +137,8 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     pixel_x, pixel_y = dock.pixel_curve.getData()
     mean_x, mean_y = dock.mean_curve.getData()
     assert len(pixel_x) == len(mean_x) == BANDS and np.array_equal(pixel_y, data[:, row, col])
+    assert np.array_equal(pixel_x, np.arange(1, BANDS + 1))  # beach-2 has no wavelengths: band numbers
+    assert dock.spectrum_plot.getAxis("bottom").labelText == "band"
     assert np.allclose(mean_y, data.reshape(BANDS, -1).mean(axis=1))
     with rasterio.open(dock.result.outputs.scores) as ds:
         score = ds.read(1)[row, col]
@@ -244,6 +247,26 @@ def test_pick_tool_and_a_canvas_in_another_crs(qtbot, dock, iface, project, beac
     assert "outside utm cube" in dock.status_label.text()
     canvas.setMapTool(QgsMapToolPan(canvas))  # another tool: the toggle pops up
     assert not dock.pick_button.isChecked()
+
+
+def test_spectra_plot_against_the_wavelengths_a_cube_carries(qtbot, dock, iface, project, shared_data, tmp_path):
+    """MUUFL Gulfport (72 bands, 367.7-1043.4 nm) imported with its wavelengths: the spectrum's x axis is in nm."""
+    source = shared_data / "classification" / "muufl_hsi_subimages" / "an_hsi_image_sub_for_demo.mat"
+    mat = scipy.io.loadmat(str(source))
+    import_cube(str(source), str(tmp_path / "muufl.tif"), params=ImportCubeParams("hsi_img_sub"))
+    cube = add_raster(project, tmp_path / "muufl.tif", "muufl")
+    dock.layer_combo.setLayer(cube)
+    row, col = 20, 30
+    with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
+        spectrum = dock.show_spectrum_at(map_point(cube, row, col))
+    assert np.allclose(spectrum, mat["hsi_img_sub"][row, col])
+    pixel_x, _ = dock.pixel_curve.getData()
+    assert np.allclose(pixel_x, mat["wavelengths"].ravel(), atol=1e-3)  # written as %g: 6 significant digits
+    assert np.array_equal(dock.mean_curve.getData()[0], pixel_x)
+    assert dock.spectrum_plot.getAxis("bottom").labelText == "wavelength (nm)"
+    if os.environ.get("RSLAB_SCREENSHOTS"):  # for looking at the plot under Xvfb
+        dock.resize(420, 1200)
+        dock.grab().save(os.path.join(os.environ["RSLAB_SCREENSHOTS"], "anomaly_dock_wavelengths.png"))
 
 
 def test_the_plugin_opens_the_dock_and_unloading_stops_its_run_and_pick_tool(qtbot, iface, scene, project, tmp_path):

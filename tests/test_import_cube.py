@@ -13,6 +13,7 @@ from qgis.core import QgsProcessingException
 
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import ImportCubeParams, import_cube
+from rslab.core.raster_io import band_wavelengths
 
 
 @pytest.mark.parametrize("scene", ["abu-airport-4.mat", "abu-beach-1.mat"])
@@ -41,6 +42,31 @@ def test_defaults_and_optional_ground_truth(tmp_path, samples, provider):
     assert sorted(os.listdir(tmp_path)) == ["cube.tif"]
     with rasterio.open(out_cube) as ds:
         assert (ds.width, ds.height, ds.count) == (100, 100, 193)
+
+
+def test_band_wavelengths_are_written_as_gdal_band_metadata(tmp_path, shared_data):
+    """MUUFL Gulfport's sub-image carries 72 wavelengths in nm; they become each band's `wavelength` item."""
+    source = shared_data / "classification" / "muufl_hsi_subimages" / "an_hsi_image_sub_for_demo.mat"
+    expected = scipy.io.loadmat(str(source))["wavelengths"].ravel()
+    result = import_cube(str(source), str(tmp_path / "c.tif"), params=ImportCubeParams("hsi_img_sub"))
+    assert result.wavelength_unit == "Nanometers" and "band wavelengths from 'wavelengths'" in result.note
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        assert ds.tags(1) == {"wavelength": "367.7", "wavelength_units": "Nanometers"}
+        assert ds.descriptions[0] == "367.7 nanometers"
+        values, unit = band_wavelengths(ds)
+    assert unit == "nm" and np.allclose(values, expected, atol=1e-3)
+
+    cube = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4)  # micrometres, and a vector of the wrong length
+    scipy.io.savemat(tmp_path / "um.mat", {"data": cube, "Wavelength": [[0.45, 0.55, 0.65, 0.85]]})
+    scipy.io.savemat(tmp_path / "bad.mat", {"data": cube, "wavelengths": [[450, 550, 650]]})
+    assert import_cube(str(tmp_path / "um.mat"), str(tmp_path / "um.tif")).wavelength_unit == "Micrometers"
+    with rasterio.open(tmp_path / "um.tif") as ds:
+        values, unit = band_wavelengths(ds)
+    assert unit == "µm" and np.allclose(values, [0.45, 0.55, 0.65, 0.85])
+    bad = import_cube(str(tmp_path / "bad.mat"), str(tmp_path / "bad.tif"))
+    assert bad.wavelength_unit is None and "not one finite wavelength per band" in bad.note
+    with rasterio.open(tmp_path / "bad.tif") as ds:
+        assert ds.tags(1) == {} and band_wavelengths(ds) is None
 
 
 def test_float_cube_keeps_nan_as_nodata(tmp_path):

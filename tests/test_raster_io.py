@@ -8,7 +8,7 @@ import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
-from rslab.core.raster_io import read_decimated, read_window
+from rslab.core.raster_io import band_wavelengths, read_decimated, read_window
 
 
 def _write(path, data, nodata=None, interleave="pixel", photometric=None, alpha=False, internal_mask=None):
@@ -112,3 +112,23 @@ def test_nan_nodata_marks_only_all_nan_pixels_and_the_rest_follows_finiteness(tm
     with rasterio.open(_write(tmp_path / "n.tif", cube, nodata=float("nan"))) as ds:
         _, valid = read_window(ds, Window(0, 0, 16, 16))
     assert not valid[2, 3] and not valid[4, 5] and valid.sum() == 16 * 16 - 2
+
+
+def test_band_wavelengths_come_from_an_envi_header(tmp_path):
+    """GDAL's ENVI driver reports a header's wavelengths per band; all bands or none are used."""
+    path = tmp_path / "cube.img"
+    with rasterio.open(path, "w", driver="ENVI", width=4, height=2, count=3, dtype="float32") as dst:
+        dst.write(np.zeros((3, 2, 4), np.float32))
+    header = tmp_path / "cube.hdr"
+    base = header.read_text()
+    header.write_text(base + "wavelength units = Micrometers\nwavelength = {0.45, 0.55, 2.2}\n")
+    with rasterio.open(path) as ds:
+        values, unit = band_wavelengths(ds)
+    assert unit == "µm" and np.allclose(values, [0.45, 0.55, 2.2])
+    header.write_text(base + "wavelength = {450, 550, 2200}\n")  # no unit: the axis says "wavelength"
+    with rasterio.open(path) as ds:
+        values, unit = band_wavelengths(ds)
+    assert unit == "" and np.allclose(values, [450, 550, 2200])
+    header.write_text(base)
+    with rasterio.open(path) as ds:
+        assert band_wavelengths(ds) is None

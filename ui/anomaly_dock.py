@@ -57,7 +57,7 @@ from ..core.anomaly import SCORE_BINS, AnomalyOutputs, AnomalyParams, AnomalyRes
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import HistogramAUC
-from ..core.raster_io import gdal_env, open_raster, raster_info, read_window
+from ..core.raster_io import band_wavelengths, gdal_env, open_raster, raster_info, read_window
 from ..core.tiling import TileSpec, tile_grid
 from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
@@ -172,6 +172,16 @@ def read_pixel(path: str, row: int, col: int) -> Optional[np.ndarray]:
     with gdal_env(), open_raster(path) as ds:
         data, valid = read_window(ds, Window(col, row, 1, 1))
     return data[:, 0, 0].astype(np.float64) if valid[0, 0] else None
+
+
+def spectrum_axis(path: str, bands: int) -> Tuple[np.ndarray, str]:
+    """The spectrum plot's x values and axis title: band wavelengths where the file has them, else band numbers."""
+    with gdal_env(), open_raster(path) as ds:
+        wavelengths = band_wavelengths(ds)
+    if wavelengths is not None and len(wavelengths[0]) == bands:
+        values, unit = wavelengths
+        return values, f"wavelength ({unit})" if unit else "wavelength"
+    return np.arange(1, bands + 1, dtype=np.float64), "band"
 
 
 def output_paths(folder: str, layer_name: str, method: str, with_mask: bool) -> AnomalyOutputs:
@@ -635,7 +645,8 @@ class AnomalyDock(JobDock):
         if spectrum is None:
             self._set_status(f"Pixel (row {row}, column {col}) of {layer.name()} is nodata.")
             return None
-        bands = np.arange(1, len(spectrum) + 1)
+        bands, axis_title = spectrum_axis(path, len(spectrum))
+        self.spectrum_plot.setLabel("bottom", axis_title)
         self.pixel_curve.setData(bands, spectrum)
         self._plot_mean(path, bands)
         self.spectrum_legend.setText(self._spectrum_legend(layer, row, col))
