@@ -132,7 +132,8 @@ def _wavelengths(variables: Dict[str, Any], bands: int) -> Tuple[Optional[np.nda
         if len(values) != bands or not np.all(np.isfinite(values)):
             return None, None, f"{key!r} is not one finite wavelength per band; bands are numbered instead"
         unit = "Nanometers" if values.max() >= 100 else "Micrometers"
-        return values, unit, f"band wavelengths from {key!r} ({values.min():.4g}-{values.max():.4g}, read as {unit.lower()})"
+        span = f"{values.min():.4g}-{values.max():.4g}"
+        return values, unit, f"band wavelengths from {key!r} ({span}, read as {unit.lower()})"
     return None, None, ""
 
 
