@@ -159,7 +159,8 @@ def import_cube(
     height, width, bands = cube.shape
     if height == 0 or width == 0 or bands == 0:
         raise RSLabError(f"{params.cube_key!r} in {name} is empty ({height} x {width} x {bands})")
-    cube, note = _storable(cube, "cube")
+    cube, cube_note = _storable(cube, "cube")
+    notes = [cube_note]
     nodata = None
     if cube.dtype.kind == "f" and np.isnan(cube).any():
         nodata = float("nan")
@@ -174,15 +175,15 @@ def import_cube(
                 f"ground truth {params.gt_key!r} is {gt.shape} but the cube is {height} x {width}; they must match"
             )
         gt, gt_note = _storable(gt, "ground truth")
-        note = "; ".join(n for n in (note, gt_note) if n)
+        notes.append(gt_note)
 
     wavelengths, unit, wavelength_note = _wavelengths(variables, bands)
-    note = "; ".join(n for n in (note, wavelength_note) if n)
+    notes.append(wavelength_note)
 
     result = ImportCubeResult(
         timings=monitor.timings, cube_path=output_cube, gt_path=output_gt if gt is not None else None,
         width=width, height=height, bands=bands, dtype=cube.dtype.name, nodata=nodata,
-        wavelength_unit=unit, note=note,
+        wavelength_unit=unit, note="; ".join(n for n in notes if n),
     )
     profile = {"driver": "GTiff", "width": width, "height": height, "interleave": "band",
                "compress": "deflate", "BIGTIFF": "IF_SAFER"}

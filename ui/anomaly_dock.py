@@ -167,21 +167,32 @@ def mean_spectrum_job(cube: str) -> Callable[[Callable[[float, str], None], Call
     return lambda progress, cancelled: scene_statistics(cube, JobMonitor(progress, cancelled))[0]
 
 
-def read_pixel(path: str, row: int, col: int) -> Optional[np.ndarray]:
-    """The spectrum (data bands) of one pixel, or None where the pixel is nodata."""
-    with gdal_env(), open_raster(path) as ds:
-        data, valid = read_window(ds, Window(col, row, 1, 1))
+def _pixel_values(ds, row: int, col: int) -> Optional[np.ndarray]:
+    data, valid = read_window(ds, Window(col, row, 1, 1))
     return data[:, 0, 0].astype(np.float64) if valid[0, 0] else None
 
 
-def spectrum_axis(path: str, bands: int) -> Tuple[np.ndarray, str]:
-    """The spectrum plot's x values and axis title: band wavelengths where the file has them, else band numbers."""
+def read_pixel(path: str, row: int, col: int) -> Optional[np.ndarray]:
+    """The values (data bands) of one pixel, or None where the pixel is nodata."""
     with gdal_env(), open_raster(path) as ds:
-        wavelengths = band_wavelengths(ds)
-    if wavelengths is not None and len(wavelengths[0]) == bands:
+        return _pixel_values(ds, row, col)
+
+
+def read_spectrum(path: str, row: int, col: int) -> Optional[Tuple[np.ndarray, np.ndarray, str]]:
+    """One pixel's spectrum with the plot's x values and axis title (None where the pixel is nodata).
+
+    x is the bands' wavelengths where the file has them (both come from the
+    same data bands, so they pair one to one), else the band numbers.
+    """
+    with gdal_env(), open_raster(path) as ds:
+        spectrum = _pixel_values(ds, row, col)
+        wavelengths = band_wavelengths(ds) if spectrum is not None else None
+    if spectrum is None:
+        return None
+    if wavelengths is not None:
         values, unit = wavelengths
-        return values, f"wavelength ({unit})" if unit else "wavelength"
-    return np.arange(1, bands + 1, dtype=np.float64), "band"
+        return spectrum, values, f"wavelength ({unit})" if unit else "wavelength"
+    return spectrum, np.arange(1, len(spectrum) + 1, dtype=np.float64), "band"
 
 
 def output_paths(folder: str, layer_name: str, method: str, with_mask: bool) -> AnomalyOutputs:
@@ -641,11 +652,11 @@ class AnomalyDock(JobDock):
             self._set_status(f"That point is outside {layer.name()}; click a pixel of the image.")
             return None
         row, col = cell
-        spectrum = read_pixel(path, row, col)
-        if spectrum is None:
+        picked = read_spectrum(path, row, col)
+        if picked is None:
             self._set_status(f"Pixel (row {row}, column {col}) of {layer.name()} is nodata.")
             return None
-        bands, axis_title = spectrum_axis(path, len(spectrum))
+        spectrum, bands, axis_title = picked
         self.spectrum_plot.setLabel("bottom", axis_title)
         self.pixel_curve.setData(bands, spectrum)
         self._plot_mean(path, bands)
