@@ -519,7 +519,7 @@ def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonit
     inner, outer = params.inner_window, params.outer_window
 
     def fn(arrays, valid):
-        cube = arrays[0].astype(np.float64)
+        cube = np.where(valid, arrays[0], mean.reshape(-1, 1, 1))  # nodata, NaN, inf: the scene mean, not inf - inf
         bands, h, w = cube.shape
         projected = (basis.T @ (cube.reshape(bands, -1) - mean[:, None])).reshape(-1, h, w)
         scores = local_rx_tile(projected, valid, inner, outer, scene_cov)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import scipy.io
 import spectral
 import torch
 
-from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, _training_sample, detect_anomalies, train_bsdm
+from rslab.core.anomaly import METHODS, AnomalyOutputs, AnomalyParams, _training_sample, detect_anomalies, train_bsdm
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import import_cube
 from rslab.models.bsdm import BSDMDenoiser, pixel_statistics, schedule, suppress_background
@@ -132,19 +133,45 @@ def test_nodata_pixels_are_excluded_and_written_as_nodata(tmp_path, beach2):
         data = src.read().astype(np.float32)
         profile = dict(src.profile, dtype="float32", nodata=float("nan"))
     data[:, :10, :10] = np.nan
+    data[3, 60, 60] = np.inf  # one infinite band makes the pixel invalid too
+    data[:, 70, 70] = -np.inf
     holed = tmp_path / "holed.tif"
     with rasterio.open(holed, "w", **profile) as dst:
         dst.write(data)
-    detect_anomalies(str(holed), AnomalyOutputs(str(tmp_path / "s.tif")), AnomalyParams(method="rx"))
-    scores = _scores(tmp_path / "s.tif")
-    assert np.isnan(scores[:10, :10]).all() and np.isfinite(scores[10:, 10:]).all()
-    x = data[:, 10:, :].reshape(data.shape[0], -1).T.astype(np.float64)
+    for method in ("lrx", "bsdm_rx", "rx"):
+        with warnings.catch_warnings():  # invalid pixels are left out before any arithmetic, not after
+            warnings.simplefilter("error", RuntimeWarning)
+            detect_anomalies(str(holed), AnomalyOutputs(str(tmp_path / f"{method}.tif")),
+                             AnomalyParams(method=method, iterations=2))
+        scores = _scores(tmp_path / f"{method}.tif")
+        invalid = np.zeros(scores.shape, bool)
+        invalid[:10, :10] = invalid[60, 60] = invalid[70, 70] = True
+        assert np.isnan(scores[invalid]).all() and np.isfinite(scores[~invalid]).all(), method
+    x = np.delete(data[:, 10:, :].reshape(data.shape[0], -1), [50 * data.shape[2] + 60, 60 * data.shape[2] + 70], axis=1)
+    x = x.T.astype(np.float64)
     y = data[:, :10, 10:].reshape(data.shape[0], -1).T.astype(np.float64)
     valid = np.concatenate([x, y])
     centred = valid - valid.mean(axis=0)
     inverse = np.linalg.pinv(np.cov(centred, rowvar=False))
     one = data[:, 50, 50].astype(np.float64) - valid.mean(axis=0)
     assert scores[50, 50] == pytest.approx(one @ inverse @ one, rel=1e-4)
+
+
+def test_infinite_values_raise_no_warnings(tmp_path):
+    """A few bands: numpy's own matmul loop then reports inf - inf, which BLAS threads do not."""
+    data = np.random.default_rng(0).random((4, 30, 30)).astype(np.float32)
+    data[:, 5, 5] = np.inf
+    data[1::2, 7, 9] = -np.inf
+    path = tmp_path / "inf.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=30, height=30, count=4, dtype="float32") as dst:
+        dst.write(data)
+    for method in METHODS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            detect_anomalies(str(path), AnomalyOutputs(str(tmp_path / f"{method}.tif")),
+                             AnomalyParams(method=method, iterations=2, inner_window=1, outer_window=5))
+        scores = _scores(tmp_path / f"{method}.tif")
+        assert np.isnan(scores[5, 5]) and np.isnan(scores[7, 9]) and np.isfinite(scores).sum() == 898, method
 
 
 def test_bad_inputs(tmp_path, beach2, samples):
