@@ -485,6 +485,10 @@ def detect_anomalies(
                 _suppress_raster(cube, source, model, lo, hi, params, device, monitor.sub(0.6, 0.75))
         with monitor.timed("detect"):
             if params.method == "lrx":
+                if params.outer_window >= 2 * max(info.width, info.height) - 1:
+                    result.notes.append(
+                        f"the {params.outer_window}-pixel outer window covers the whole {info.width} x {info.height} "
+                        "image from every pixel: local RX is global RX on the leading components, less the inner window")
                 _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9))
             else:
                 mean, cov, _ = scene_statistics(source, monitor.sub(0.75 if source != cube else 0.0, 0.85))

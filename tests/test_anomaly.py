@@ -127,6 +127,26 @@ def test_local_rx_and_false_alarm_mask(tmp_path, beach2):
     assert (tmp_path / "r.json").exists()
 
 
+def test_local_rx_with_an_outer_window_over_the_whole_image(tmp_path):
+    """From every pixel the ring is then the rest of the image: the pixel against all others, and a note."""
+    data = np.random.default_rng(1).random((4, 12, 12))
+    path = tmp_path / "small.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=12, height=12, count=4, dtype="float64") as dst:
+        dst.write(data)
+    result = detect_anomalies(str(path), AnomalyOutputs(str(tmp_path / "s.tif")),
+                              AnomalyParams(method="lrx", inner_window=1, outer_window=23))
+    assert any("covers the whole 12 x 12 image" in note for note in result.notes)
+    pixels = data.reshape(4, -1).T
+    for index in (0, 77):  # a corner, an inner pixel: four bands are four components, RX is invariant to that rotation
+        others = np.delete(pixels, index, axis=0)
+        centred = pixels[index] - others.mean(axis=0)
+        expected = centred @ np.linalg.solve(np.cov(others, rowvar=False, bias=True), centred)
+        assert _scores(tmp_path / "s.tif").ravel()[index] == pytest.approx(expected, rel=1e-4)
+    result = detect_anomalies(str(path), AnomalyOutputs(str(tmp_path / "s2.tif")),
+                              AnomalyParams(method="lrx", inner_window=1, outer_window=21))
+    assert not result.notes
+
+
 def test_nodata_pixels_are_excluded_and_written_as_nodata(tmp_path, beach2):
     cube, _ = beach2
     with rasterio.open(cube) as src:
