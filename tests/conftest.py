@@ -73,6 +73,15 @@ def shared_data() -> Path:
     return SHARED
 
 
+@pytest.fixture(autouse=True)
+def fresh_rslab_settings(qgis_app):
+    """Each test starts from the docks' defaults: what an earlier test chose is not remembered (ui/settings.py)."""
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove("rslab")
+    yield
+
+
 @pytest.fixture()
 def project(qgis_app):
     """The QGIS project, empty at the start and the end of the test."""

@@ -63,6 +63,7 @@ from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, fit_score_stretch, make_layer
+from .settings import remember
 from .widgets import message_label, scroll_body
 
 METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}
@@ -265,6 +266,9 @@ class AnomalyDock(JobDock):
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self.map_tool: Optional[QgsMapToolEmitPoint] = None
         self._build()
+        remember("anomaly", {"method": self.method_combo, "iterations": self.iterations_spin, "seed": self.seed_spin,
+                             "inner_window": self.inner_spin, "outer_window": self.outer_spin,
+                             "mask": self.far_check, "false_alarm_rate": self.far_spin, "output_folder": self.output_dir})
         self._connect()
         self._update_method_widgets()
         self._set_running(False)
@@ -418,7 +422,7 @@ class AnomalyDock(JobDock):
     def _connect(self) -> None:
         self.method_combo.currentIndexChanged.connect(self._update_method_widgets)
         self.far_check.toggled.connect(self.far_spin.setEnabled)
-        self.far_spin.setEnabled(False)
+        self.far_spin.setEnabled(self.far_check.isChecked())  # the mask choice may be restored (ui/settings.py)
         self.layer_combo.layerChanged.connect(self._show_roc_of_current_layer)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)

@@ -51,6 +51,7 @@ from . import task as tasks
 from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
+from .settings import remember
 from .widgets import message_label
 
 TASK = "change_detection"
@@ -183,6 +184,8 @@ class ChangeDetectionDock(JobDock):
         self._request: Optional[ChangeRequest] = None
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self._build()
+        remember("change", {"method": self.method_combo, "threshold": self.threshold_spin,
+                            "output_folder": self.output_dir})
         self._connect()
         self.reload_models()
         self._pick_distinct_layers()

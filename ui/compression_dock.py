@@ -54,6 +54,7 @@ from ..core.errors import RSLabError
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive
+from .settings import remember
 from .widgets import live_curve, message_label, scroll_body
 
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -251,6 +252,11 @@ class CompressionDock(JobDock):
         self._request: Optional[CompressRequest] = None
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self._build()
+        remember("compression", {
+            "method": self.method_combo, "epochs": self.epochs_spin, "flops_reduction": self.flops_spin,
+            "max_bits": self.bits_edit, "penalty": self.penalty_spin, "generations": self.generations_spin,
+            "ghost_threshold": self.threshold_spin, "distillation": self.distillation_spin,
+            "ghost_max_bits": self.ghost_bits_spin})
         self._connect()
         self.reload_models()
         self._method_changed()

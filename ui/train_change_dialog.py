@@ -38,6 +38,7 @@ from ..core.change_training import TrainChangeParams, TrainChangeResult, train_c
 from ..core.errors import RSLabError
 from . import task as tasks
 from .job_dock import cancel_if_alive
+from .settings import remember
 from .widgets import live_curve, message_label
 
 # (label, (base, channels)); None = the free spin boxes.
@@ -94,6 +95,8 @@ class TrainChangeDialog(QDialog):
         self.history: List[Dict[str, float]] = []
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self._build()
+        remember("train_change", {"iterations": self.iterations_spin, "evaluate_every": self.eval_spin,
+                                  "batch": self.batch_spin, "crop": self.crop_spin, "learning_rate": self.lr_spin})
         self._connect()
         self._width_changed()
         self._set_running(False)
