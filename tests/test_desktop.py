@@ -60,6 +60,7 @@ def test_real_qgis_desktop_loads_unloads_and_reloads(tmp_path, display):
     assert report["after_load"] == {"menu": menu, "rslab_menus": 1, "toolbars": 1, "provider": True}
     assert report["after_unload"] == {"menu": [], "rslab_menus": 0, "toolbars": 0, "provider": False}
     assert report["after_reload"] == report["after_load"]
+    assert report["anomaly_dock_after_reload"] == ["lrx", 21]  # the choices made before the unload (ui/settings.py)
     for expected in ("QGIS             : 3.22", "torch", "compute device", "CPU threads", "missing packages : none"):
         assert expected in report["diagnostics"]
     assert report["docks"] == ["RS Lab: change detection", "RS Lab: hyperspectral anomalies", "RS Lab: model compression"]

@@ -89,6 +89,9 @@ def reload():
     plugin = plugins["rslab"]
     docks = [plugin.show_change_dock(), plugin.show_anomaly_dock()]
     report["docks"] = [d.windowTitle() for d in docks if d.isVisible()]
+    body = docks[1].widget()  # a choice made now must be there when the reloaded plugin builds its dock
+    body.method_combo.setCurrentIndex(body.method_combo.findData("lrx"))
+    body.outer_spin.setValue(21)
     QTimer.singleShot(1500, show_compression)
 
 
@@ -109,6 +112,8 @@ def unload_and_reload():
     state("after_unload")
     report["reloaded"] = bool(loadPlugin("rslab")) and bool(startPlugin("rslab"))
     state("after_reload")
+    body = plugins["rslab"].show_anomaly_dock().widget()
+    report["anomaly_dock_after_reload"] = [body.method_combo.currentData(), body.outer_spin.value()]
     finish()
 
 
