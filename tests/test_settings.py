@@ -96,3 +96,22 @@ def test_layer_choosers_are_not_remembered(qtbot):
 
     with pytest.raises(TypeError, match="QgsMapLayerComboBox"):
         remember("test", {"layer": QgsMapLayerComboBox()})
+
+
+def test_the_train_dialog_remembers_its_width_preset_and_custom_widths(qtbot):
+    first = TrainChangeDialog()
+    qtbot.addWidget(first)
+    _select(first.width_combo, "full")
+    assert (first.base_spin.value(), first.channels_spin.value()) == (64, 64)
+    second = TrainChangeDialog()
+    qtbot.addWidget(second)
+    assert second.width_combo.currentData() == "full" and not second.base_spin.isEnabled()
+    assert (second.params().base, second.params().channels) == (64, 64)
+
+    _select(second.width_combo, "custom")
+    _type(qtbot, second.base_spin, "48")
+    _type(qtbot, second.channels_spin, "16")
+    third = TrainChangeDialog()
+    qtbot.addWidget(third)
+    assert third.width_combo.currentData() == "custom" and third.base_spin.isEnabled()
+    assert (third.params().base, third.params().channels) == (48, 16)

@@ -41,12 +41,14 @@ from .job_dock import cancel_if_alive
 from .settings import remember
 from .widgets import live_curve, message_label
 
-# (label, (base, channels)); None = the free spin boxes.
-WIDTHS: List[Tuple[str, Optional[Tuple[int, int]]]] = [
-    ("narrow 32/32 (default)", (32, 32)),
-    ("full 64/64 (paper, 14.3 M parameters)", (64, 64)),
-    ("custom", None),
+# (key, label, (base, channels)); None = the free spin boxes. The key is what the
+# width combo's items carry (and what QgsSettings remembers).
+WIDTHS: List[Tuple[str, str, Optional[Tuple[int, int]]]] = [
+    ("narrow", "narrow 32/32 (default)", (32, 32)),
+    ("full", "full 64/64 (paper, 14.3 M parameters)", (64, 64)),
+    ("custom", "custom", None),
 ]
+WIDTH_SIZES: Dict[str, Optional[Tuple[int, int]]] = {key: sizes for key, _, sizes in WIDTHS}
 VALIDATION_SHARE = 0.2
 
 
@@ -95,8 +97,10 @@ class TrainChangeDialog(QDialog):
         self.history: List[Dict[str, float]] = []
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self._build()
+        # the custom widths before the preset: a restored preset then overwrites them in _width_changed
         remember("train_change", {"iterations": self.iterations_spin, "evaluate_every": self.eval_spin,
-                                  "batch": self.batch_spin, "crop": self.crop_spin, "learning_rate": self.lr_spin})
+                                  "batch": self.batch_spin, "crop": self.crop_spin, "learning_rate": self.lr_spin,
+                                  "base": self.base_spin, "channels": self.channels_spin, "width": self.width_combo})
         self._connect()
         self._width_changed()
         self._set_running(False)
@@ -117,8 +121,8 @@ class TrainChangeDialog(QDialog):
         self.lr_spin.setSingleStep(0.0001)
         self.lr_spin.setValue(5e-4)
         self.width_combo = QComboBox(self)
-        for label, sizes in WIDTHS:
-            self.width_combo.addItem(label, sizes)
+        for key, label, _ in WIDTHS:
+            self.width_combo.addItem(label, key)
         self.base_spin = self._spin(4, 128, 32, step=4)
         self.base_spin.setToolTip("Encoder width (64 = ResNet-18)")
         self.channels_spin = self._spin(4, 256, 32, step=4)
@@ -203,7 +207,7 @@ class TrainChangeDialog(QDialog):
         self.close_button.clicked.connect(self.close)
 
     def _width_changed(self) -> None:
-        sizes = self.width_combo.currentData()
+        sizes = WIDTH_SIZES.get(self.width_combo.currentData())
         if sizes is not None:
             self.base_spin.setValue(sizes[0])
             self.channels_spin.setValue(sizes[1])
