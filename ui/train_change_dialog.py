@@ -142,7 +142,7 @@ class TrainChangeDialog(QDialog):
         self.log.setMaximumBlockCount(5000)
         self.log.setMaximumHeight(120)
         self.loss_plot, self.loss_curve = self._plot("Training loss", "loss", (200, 80, 40))
-        self.f1_plot, self.f1_curve = self._plot("Validation F1 (★ = the checkpoint kept)", "F1", (40, 110, 200))
+        self.f1_plot, self.f1_curve = self._plot("Validation F1 (★ = kept)", "F1", (40, 110, 200))
         self.f1_plot.setYRange(0, 1, padding=0.02)
         self.best_marker = pg.ScatterPlotItem(symbol="star", size=16, pen=pg.mkPen("k"),
                                               brush=pg.mkBrush(255, 200, 0))
