@@ -9,6 +9,15 @@ shadowed. Two environments are looked for: the checkout's `.venv` (what
 `make setup` builds) and a plugin-private one under the QGIS profile (what
 the plugin's install button builds; never QGIS's own site-packages).
 
+Appending alone is not enough: where pip put a package into the env that
+Debian also ships, it did so because Debian's copy does not satisfy a
+requirement, and appending would hand out Debian's copy all the same. QGIS
+depends (through matplotlib and fonttools) on Debian's sympy 1.11, and
+torch 2.13 needs sympy >= 1.13: every optimiser step inside QGIS failed with
+"cannot import name 'equal_valued'". So `activate` also makes the env's copy
+of such shadowed packages win (`EnvPackagesFirst`), as the venv's own Python
+does, except numpy and pip's build tools, and except modules already imported.
+
 This module uses only the standard library, so `make setup` runs it as a
 script before anything is installed:
 
@@ -16,8 +25,10 @@ script before anything is installed:
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
+import pkgutil
 import re
 import shlex
 import subprocess
@@ -65,8 +76,54 @@ def site_packages(env_dir: Path) -> Optional[Path]:
     return candidate if candidate.is_dir() else None
 
 
+# Never taken from an env over the system's copy: numpy (Debian's GDAL, QGIS, rasterio and
+# scipy are built against it) and pip's own build tools.
+KEEP_SYSTEM_COPY = frozenset({"numpy", "pip", "setuptools", "pkg_resources", "_distutils_hack", "distutils"})
+
+
+class EnvPackagesFirst:
+    """A sys.meta_path finder: these top-level packages come from `site`, not from earlier sys.path entries.
+
+    Only top-level names are redirected; their submodules follow the package's
+    own __path__. Namespace packages are left to the normal path search.
+    """
+
+    def __init__(self, site: str, names: Iterable[str]) -> None:
+        self.site = site
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if path is not None or fullname not in self.names:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, [self.site])
+        return spec if spec is not None and spec.origin is not None else None
+
+
+def shadowed_packages(site: str) -> List[str]:
+    """Top-level packages in `site` that an earlier sys.path entry also provides (and would win)."""
+    others = [p for p in sys.path if p != site]
+    names = []
+    for module in pkgutil.iter_modules([site]):
+        if module.name in KEEP_SYSTEM_COPY or module.name in sys.modules:
+            continue
+        mine = importlib.machinery.PathFinder.find_spec(module.name, [site])
+        theirs = importlib.machinery.PathFinder.find_spec(module.name, others)
+        if mine is not None and mine.origin is not None and theirs is not None:
+            names.append(module.name)
+    return sorted(names)
+
+
+def preferred_packages() -> List[str]:
+    """The packages this process imports from an env over the system's copy (for the diagnostics)."""
+    return sorted({n for f in sys.meta_path if isinstance(f, EnvPackagesFirst) for n in f.names})
+
+
 def activate(env_dirs: Sequence[Path]) -> List[str]:
-    """Append the site-packages of each existing env to sys.path; return those added."""
+    """Append the site-packages of each existing env to sys.path; return those added.
+
+    Packages an env holds that the system also ships (and that are not
+    imported yet) are then imported from the env (see the module docstring).
+    """
     added = []
     for env in env_dirs:
         sp = site_packages(Path(env))
@@ -75,6 +132,10 @@ def activate(env_dirs: Sequence[Path]) -> List[str]:
             added.append(str(sp))
     if added:
         importlib.invalidate_caches()
+    for sp in added:
+        names = shadowed_packages(sp)
+        if names:
+            sys.meta_path.insert(0, EnvPackagesFirst(sp, names))
     return added
 
 

@@ -83,6 +83,7 @@ def collect(extra: Optional[Dict[str, str]] = None) -> List[Row]:
     rows += _torch_rows()
     envs = [str(p) for p in sys.path if "site-packages" in p and (".venv" in p or "rslab" in p)]
     rows.append(("package folders", ", ".join(envs) or "none added"))
+    rows.append(("env over system", ", ".join(dependencies.preferred_packages()) or "none"))
     absent = dependencies.missing()
     rows.append(("missing packages", ", ".join(r.spec for r in absent) if absent else "none"))
     return rows

@@ -161,3 +161,9 @@ def test_detect_anomalies_from_the_command_line(tmp_path, samples, qgis_process)
     assert without_rate.returncode == 0, without_rate.stdout[-2000:] + without_rate.stderr[-2000:]
     assert "OUTPUT_MASK" not in json.loads(without_rate.stdout)["results"]
     assert json.loads((tmp_path / "r2.json").read_text())["threshold"] is None
+    # BSDM trains inside QGIS's own Python: torch's optimiser needs a newer sympy than Debian's
+    bsdm = run("--json", "run", "rslab:detect_anomalies", "--", f"INPUT={cube}", "METHOD=0", "ITERATIONS=3",
+               f"REFERENCE={gt}", f"OUTPUT_SCORES={tmp_path / 's3.tif'}", f"OUTPUT_REPORT={tmp_path / 'r3.json'}")
+    assert bsdm.returncode == 0, bsdm.stdout[-2000:] + bsdm.stderr[-2000:]
+    report = json.loads((tmp_path / "r3.json").read_text())
+    assert report["method"] == "bsdm_rx" and len(report["training_loss"]) == 3 and report["metrics"]["auc_df"] > 0.8

@@ -1,7 +1,11 @@
 """Finding packages for QGIS's Python, and installing missing ones into a private env."""
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy
 
@@ -62,6 +66,76 @@ def test_install_into_private_env_then_activate(tmp_path):
 
     # a second run skips creating the env
     assert len(dependencies.install_commands(env, requirements=req)) == 1
+
+
+def _system_python(script: str) -> subprocess.CompletedProcess:
+    """Run `script` in the system Python (QGIS's interpreter) with core/dependencies.py loaded as `deps`."""
+    prelude = textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("deps", {str(Path(dependencies.__file__))!r})
+        deps = importlib.util.module_from_spec(spec)
+        sys.modules["deps"] = deps
+        spec.loader.exec_module(deps)
+    """)
+    return subprocess.run([dependencies.system_python(), "-c", prelude + textwrap.dedent(script)],
+                          capture_output=True, text=True, timeout=300, cwd="/")
+
+
+def _package(folder: Path, name: str, where: str) -> None:
+    (folder / name).mkdir(parents=True)
+    (folder / name / "__init__.py").write_text(f"WHERE = {where!r}\n")
+    (folder / name / "sub.py").write_text(f"WHERE = {where!r}\n")
+
+
+def test_an_envs_copy_of_a_system_package_wins_but_never_numpy(tmp_path):
+    """What pip put into the env wins over the system's copy, as in the venv's own Python; numpy stays Debian's."""
+    system, env = tmp_path / "system", tmp_path / "env"
+    site = env / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    for name in ("rslabshadowed", "rslabimported"):
+        _package(system, name, "system")
+        _package(site, name, "env")
+    _package(site, "rslabenvonly", "env")
+    (site / "numpy").mkdir()
+    (site / "numpy" / "__init__.py").write_text("raise ImportError('the env numpy was imported')\n")
+    done = _system_python(f"""
+        import json
+        sys.path.insert(0, {str(system)!r})
+        import rslabimported  # imported before activation: stays what it is
+        added = deps.activate([{str(env)!r}])
+        import numpy, rslabshadowed, rslabshadowed.sub, rslabenvonly, rslabimported.sub
+        print(json.dumps({{"added": added, "shadowed": rslabshadowed.WHERE, "sub": rslabshadowed.sub.WHERE,
+                          "env_only": rslabenvonly.WHERE, "imported": rslabimported.WHERE,
+                          "imported_sub": rslabimported.sub.WHERE, "numpy": numpy.__file__,
+                          "last": sys.path[-1]}}))
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["added"] == [str(site)] and seen["last"] == str(site)
+    assert (seen["shadowed"], seen["sub"], seen["env_only"]) == ("env", "env", "env")
+    assert (seen["imported"], seen["imported_sub"]) == ("system", "system")
+    assert seen["numpy"].startswith("/usr/lib/python3/")
+
+
+def test_torch_trains_in_the_system_python_with_the_project_env(tmp_path):
+    """QGIS's Python plus the env: an optimiser step works although Debian's sympy is too old for torch.
+
+    QGIS depends on Debian's sympy 1.11 (through matplotlib and fonttools);
+    torch 2.13 imports `equal_valued` from sympy >= 1.13 at the first
+    optimiser step. This is what BSDM, AR-CDNet training and compression do
+    inside QGIS and qgis_process.
+    """
+    done = _system_python(f"""
+        deps.activate([{sys.prefix!r}])
+        import numpy, sympy, torch
+        model = torch.nn.Linear(3, 2)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model(torch.ones(4, 3)).sum().backward()
+        optimiser.step()
+        print("stepped", sympy.__file__, numpy.__file__)
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, sympy_file, numpy_file = done.stdout.split()
+    assert sympy_file.startswith(sys.prefix) and numpy_file.startswith("/usr/lib/python3/")
 
 
 def test_failed_install_reports_exit_code(tmp_path):

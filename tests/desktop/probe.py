@@ -51,11 +51,23 @@ def guarded(fn):
     return run
 
 
+def optimiser_step():
+    """What BSDM, AR-CDNet training and compression do first: torch needs a newer sympy than Debian's QGIS brings."""
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(4, 3)).sum().backward()
+    optimiser.step()
+    report["optimiser_step"] = True
+
+
 @guarded
 def start():
     iface.mainWindow().showMaximized()
     report["loaded"] = bool(loadPlugin("rslab")) and bool(startPlugin("rslab"))
     state("after_load")
+    optimiser_step()
     dialog = plugins["rslab"].show_diagnostics()
     dialog.move(120, 140)
     report["diagnostics"] = dialog.text.toPlainText()
