@@ -47,6 +47,11 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 TASK = "anomaly_detection"
 MASK_NODATA = 255
 LRX_COMPONENTS = 10
+# With fewer valid pixels per band than this, RX's covariance is poorly estimated and its
+# scores carry much sampling noise, so the run says so. (Reed, Mallett and Brennan: about
+# 2 samples per band keep the loss from an estimated covariance within 3 dB; 10 per band
+# is the common rule of thumb for a stable inverse.)
+PIXELS_PER_BAND_ADVISED = 10
 STATS_TILE = 256  # a 256 x 256 x 200-band window is ~100 MB in float64
 SCORE_BINS = 1 << 16
 
@@ -491,7 +496,12 @@ def detect_anomalies(
                         "image from every pixel: local RX is global RX on the leading components, less the inner window")
                 _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9))
             else:
-                mean, cov, _ = scene_statistics(source, monitor.sub(0.75 if source != cube else 0.0, 0.85))
+                mean, cov, n = scene_statistics(source, monitor.sub(0.75 if source != cube else 0.0, 0.85))
+                if n < PIXELS_PER_BAND_ADVISED * info.count:
+                    result.notes.append(
+                        f"RX's covariance of {info.count} bands rests on {n} valid pixels ({n / info.count:.1f} per "
+                        f"band; about {PIXELS_PER_BAND_ADVISED} per band are advised): the scores are noisy, "
+                        "a larger area or fewer bands would help")
                 _score_raster(source, scores_path, RxScorer(mean, cov), monitor.sub(0.85, 0.95))
             lo_hi = score_bounds(scores_path)
         result.score_range = lo_hi

@@ -287,3 +287,13 @@ def test_bsdm_denoiser_compresses_and_runs_compressed(tmp_path, beach2, samples)
         compress_checkpoint(str(tmp_path / "bsdm.pt"), str(samples / "abu-beach-2.mat"), str(tmp_path / "p.pt"),
                             CompressParams(method="pic_pq", flops_reduction=0.3, epochs=0.02, batch_size=128))
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_rx_says_when_the_covariance_rests_on_few_pixels_per_band(tmp_path, shared_data, beach2):
+    """A 20 x 20 m NEON plot with 369 bands (IDTReeS): 400 pixels, 1.1 per band; the run says the scores are noisy."""
+    plot = shared_data / "classification" / "idtrees" / "HSI" / "MLBS_1.tif"
+    result = detect_anomalies(str(plot), AnomalyOutputs(str(tmp_path / "s.tif")), AnomalyParams(method="rx"))
+    assert [n for n in result.notes if "369 bands rests on 400 valid pixels (1.1 per band" in n]
+    assert np.isfinite(_scores(tmp_path / "s.tif")).all()
+    cube, _ = beach2  # 10,000 pixels for 193 bands: nothing to say
+    assert not detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "b.tif")), AnomalyParams(method="rx")).notes
