@@ -63,6 +63,10 @@ def test_real_qgis_desktop_loads_unloads_and_reloads(tmp_path, display):
     assert report["after_unload"] == {"menu": [], "rslab_menus": 0, "toolbars": 0, "provider": False}
     assert report["after_reload"] == report["after_load"]
     assert report["anomaly_dock_after_reload"] == ["lrx", 21]  # the choices made before the unload (ui/settings.py)
+    # BSDM + RX through the anomaly dock in QGIS's own Python and task manager
+    bsdm = report["bsdm_dock"]
+    assert bsdm["error"] == "" and bsdm["losses"] == 3 and bsdm["auc_df"] > 0.8, bsdm
+    assert "BSDM + RX scores" in " ".join(bsdm["layers"]), bsdm
     if Path("/usr/lib/python3/dist-packages/sympy").is_dir():  # Debian's, too old for torch: the env's is used
         assert re.search(r"env over system  : .*\bsympy\b", report["diagnostics"])
     for expected in ("QGIS             : 3.22", "torch", "compute device", "CPU threads", "missing packages : none"):
