@@ -2,7 +2,8 @@
 
 Runs tests/desktop/probe.py inside `qgis --code`, which loads RS Lab, opens
 its Raster menu and diagnostics dialog (screenshots saved for the README),
-unloads and loads it again, and reports what it saw.
+unloads and loads it again, runs BSDM + RX through the anomaly dock (torch
+training in QGIS's own Python), and reports what it saw.
 """
 from __future__ import annotations
 

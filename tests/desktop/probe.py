@@ -2,7 +2,8 @@
 
 Loads RS Lab through QGIS's own plugin machinery (real QgisInterface), opens
 its Raster menu, diagnostics dialog and docks, takes screenshots, unloads and loads
-it again, writes what it saw as JSON to $RSLAB_PROBE_OUT and quits QGIS.
+it again, runs BSDM + RX through the anomaly dock, writes what it saw as JSON to
+$RSLAB_PROBE_OUT and quits QGIS.
 """
 import json
 import os
@@ -133,13 +134,12 @@ def run_bsdm(body):
     """BSDM + RX (3 iterations) on ABU beach-2 through the anomaly dock: QGIS's task manager, its Python, its layers."""
     from qgis.core import QgsProject, QgsRasterLayer
 
+    import rslab
     from rslab.core.import_cube import import_cube
 
     folder = os.path.join(os.path.dirname(OUT), "bsdm")
     os.makedirs(folder, exist_ok=True)
     cube, gt = os.path.join(folder, "beach-2.tif"), os.path.join(folder, "beach-2_gt.tif")
-    import rslab
-
     import_cube(os.path.join(os.path.dirname(rslab.__file__), "resources", "samples", "abu-beach-2.mat"), cube, gt)
     layers = [QgsRasterLayer(cube, "beach-2"), QgsRasterLayer(gt, "reference")]
     QgsProject.instance().addMapLayers(layers)
