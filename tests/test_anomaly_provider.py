@@ -1,4 +1,5 @@
-"""rslab:detect_anomalies through processing.run, runAndLoadResults and qgis_process, on a real ABU scene."""
+"""rslab:detect_anomalies through processing.run, runAndLoadResults, a background task (as the Processing
+dialog runs it) and qgis_process, on a real ABU scene."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,12 @@ import numpy as np
 import pytest
 import rasterio
 from qgis.core import (
+    QgsApplication,
     QgsPalettedRasterRenderer,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingFeedback,
     QgsProject,
     QgsSingleBandPseudoColorRenderer,
 )
@@ -167,3 +172,25 @@ def test_detect_anomalies_from_the_command_line(tmp_path, samples, qgis_process)
     assert bsdm.returncode == 0, bsdm.stdout[-2000:] + bsdm.stderr[-2000:]
     report = json.loads((tmp_path / "r3.json").read_text())
     assert report["method"] == "bsdm_rx" and len(report["training_loss"]) == 3 and report["metrics"]["auc_df"] > 0.8
+
+
+def test_bsdm_in_a_background_task_as_the_processing_dialog_runs_it(tmp_path, scene, provider, qtbot):
+    """The toolbox's dialog runs algorithms in a QgsProcessingAlgRunnerTask on a worker thread, not on the GUI thread."""
+    cube, gt = scene
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("rslab:detect_anomalies")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = QgsProcessingFeedback()
+    progress = []
+    feedback.progressChanged.connect(progress.append)
+    params = {"INPUT": cube, "METHOD": 0, "ITERATIONS": 3, "REFERENCE": gt, "FALSE_ALARM_RATE": 0.01,
+              "OUTPUT_SCORES": str(tmp_path / "s.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
+              "OUTPUT_REPORT": str(tmp_path / "r.json")}
+    task = QgsProcessingAlgRunnerTask(algorithm, params, context, feedback)
+    with qtbot.waitSignal(task.executed, timeout=120000) as done:
+        QgsApplication.taskManager().addTask(task)
+    ok, results = done.args
+    assert ok and results["OUTPUT_SCORES"] == str(tmp_path / "s.tif") and results["OUTPUT_MASK"] == str(tmp_path / "m.tif")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["training_loss"]) == 3 and report["metrics"]["auc_df"] > 0.8
+    assert progress and max(progress) == pytest.approx(100)
