@@ -43,9 +43,9 @@ def state(tag):
 
 
 def guarded(fn):
-    def run():
+    def run(*args):
         try:
-            fn()
+            fn(*args)
         except Exception:
             report["errors"].append(traceback.format_exc())
             finish()
@@ -148,26 +148,25 @@ def run_bsdm(body):
     body.iterations_spin.setValue(3)
     body.reference_combo.setLayer(layers[1])
     body.output_dir.setFilePath(os.path.join(folder, "out"))
-    body.runFinished.connect(guarded_finished)
+    body.runFinished.connect(bsdm_finished)
     QTimer.singleShot(180000, finish)  # a run that never ends: report what was seen
     body.run_button.click()
 
 
-def guarded_finished(result, error):
-    try:
-        from qgis.core import QgsProject
+@guarded
+def bsdm_finished(result, error):
+    from qgis.core import QgsProject
 
-        report["bsdm_dock"] = {
-            "error": error,
-            "auc_df": result.metrics.get("auc_df") if result else None,
-            "losses": len(result.training_loss) if result else 0,
-            "layers": sorted(layer.name() for layer in QgsProject.instance().mapLayers().values()),
-        }
-    except Exception:
-        report["errors"].append(traceback.format_exc())
-    QTimer.singleShot(1500, guarded(shot_and_finish))  # let QGIS paint the new layers and the dock first
+    report["bsdm_dock"] = {
+        "error": error,
+        "auc_df": result.metrics.get("auc_df") if result else None,
+        "losses": len(result.training_loss) if result else 0,
+        "layers": sorted(layer.name() for layer in QgsProject.instance().mapLayers().values()),
+    }
+    QTimer.singleShot(1500, shot_and_finish)  # let QGIS paint the new layers and the dock first
 
 
+@guarded
 def shot_and_finish():
     snapshot("bsdm.png")
     finish()
