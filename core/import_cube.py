@@ -10,7 +10,10 @@ v7.3 files are HDF5 and need h5py. A vector of band centre wavelengths
 beside the cube (`wavelengths`, `wavelength`, or MUUFL's `wavlength`) is
 written as each band's GDAL `wavelength` / `wavelength_units` metadata, as
 GDAL's ENVI driver reports a header's wavelengths, so spectra plot against
-wavelength.
+wavelength. A file without the default cube variable `data` is read from its
+only 3-D numeric array when it has exactly one (MUUFL's `hsi_img`,
+`hsi_sub`, ...); the ground truth is never guessed (a mask of valid pixels
+looks like one), the error names the H x W candidates instead.
 """
 from __future__ import annotations
 
@@ -30,10 +33,14 @@ WAVELENGTH_VARIABLES = ("wavelengths", "wavelength", "wavlength")  # the last: M
 _NATIVE = {"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 
 
+DEFAULT_CUBE_KEY = "data"
+DEFAULT_GT_KEY = "map"
+
+
 @dataclass(frozen=True)
 class ImportCubeParams:
-    cube_key: str = "data"
-    gt_key: str = "map"
+    cube_key: str = DEFAULT_CUBE_KEY
+    gt_key: str = DEFAULT_GT_KEY
 
     def __post_init__(self) -> None:
         if not self.cube_key or not self.cube_key.strip():
@@ -110,11 +117,38 @@ def _storable(array: np.ndarray, what: str) -> tuple:
     raise RSLabError(f"{what} has dtype {dtype.name}, which is not a numeric raster type")
 
 
-def _variable(variables: Dict[str, Any], key: str, name: str, role: str) -> np.ndarray:
+def _listing(variables: Dict[str, Any]) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in variables.items()) or "no arrays"
+
+
+def _variable(variables: Dict[str, Any], key: str, name: str, role: str, hint: str = "") -> np.ndarray:
     if key not in variables:
-        known = ", ".join(f"{k} {tuple(v.shape)}" for k, v in variables.items()) or "no arrays"
-        raise RSLabError(f"{name} has no variable {key!r} for the {role}; it holds: {known}")
+        raise RSLabError(f"{name} has no variable {key!r} for the {role}; it holds: {_listing(variables)}{hint}")
     return variables[key]
+
+
+def _numeric(value: np.ndarray) -> bool:
+    return value.dtype.kind in "biuf"
+
+
+def _cube_variable(variables: Dict[str, Any], key: str, name: str) -> Tuple[str, np.ndarray, str]:
+    """(variable name, array, note): `key`, or for the default key absent, the file's only 3-D numeric array."""
+    if key in variables or key != DEFAULT_CUBE_KEY:
+        return key, _variable(variables, key, name, "cube", "; name the cube with CUBE_KEY"), ""
+    cubes = [k for k, v in variables.items() if v.ndim == 3 and _numeric(v) and min(v.shape) > 1]
+    if len(cubes) == 1:
+        return cubes[0], variables[cubes[0]], f"cube read from {cubes[0]!r}, the file's only 3-D array (it has no {key!r})"
+    several = f"; it has {len(cubes)} 3-D arrays" if cubes else ""
+    raise RSLabError(f"{name} has no variable {key!r} for the cube; it holds: {_listing(variables)}{several}; "
+                     "name the cube with CUBE_KEY")
+
+
+def _gt_candidates(variables: Dict[str, Any], shape: Tuple[int, int]) -> str:
+    """A hint naming the 2-D numeric variables of the cube's height and width, for the ground-truth error."""
+    names = [k for k, v in variables.items() if _numeric(v) and np.squeeze(v).shape == shape]
+    if not names:
+        return f"; none is {shape[0]} x {shape[1]} like the cube"
+    return f"; name the ground truth with GT_KEY ({shape[0]} x {shape[1]}: {', '.join(names)})"
 
 
 def _wavelengths(variables: Dict[str, Any], bands: int) -> Tuple[Optional[np.ndarray], Optional[str], str]:
@@ -151,16 +185,16 @@ def import_cube(
     monitor.step(0.0, f"reading {name}")
     with monitor.timed("read"):
         variables = read_mat_variables(input_path)
-    cube = _variable(variables, params.cube_key, name, "cube")
+    cube_key, cube, found_note = _cube_variable(variables, params.cube_key, name)
     if cube.ndim == 2:
         cube = cube[:, :, None]
     if cube.ndim != 3:
-        raise RSLabError(f"{params.cube_key!r} in {name} has shape {cube.shape}; a cube must be H x W x B")
+        raise RSLabError(f"{cube_key!r} in {name} has shape {cube.shape}; a cube must be H x W x B")
     height, width, bands = cube.shape
     if height == 0 or width == 0 or bands == 0:
-        raise RSLabError(f"{params.cube_key!r} in {name} is empty ({height} x {width} x {bands})")
+        raise RSLabError(f"{cube_key!r} in {name} is empty ({height} x {width} x {bands})")
     cube, cube_note = _storable(cube, "cube")
-    notes = [cube_note]
+    notes = [found_note, cube_note]
     nodata = None
     if cube.dtype.kind == "f" and np.isnan(cube).any():
         nodata = float("nan")
@@ -169,7 +203,9 @@ def import_cube(
     if output_gt:
         if not params.gt_key:
             raise RSLabError("a ground-truth output was asked for but no ground-truth variable (GT_KEY) was named")
-        gt = np.squeeze(_variable(variables, params.gt_key, name, "ground truth"))
+        candidates = {k: v for k, v in variables.items() if k != cube_key}
+        hint = _gt_candidates(candidates, (height, width)) if params.gt_key not in variables else ""
+        gt = np.squeeze(_variable(variables, params.gt_key, name, "ground truth", hint))
         if gt.shape != (height, width):
             raise RSLabError(
                 f"ground truth {params.gt_key!r} is {gt.shape} but the cube is {height} x {width}; they must match"

@@ -33,7 +33,8 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
             "optionally, an H x W ground-truth map into GeoTIFFs. Band count and dtype are kept; "
             "NaN pixels of float cubes become nodata. The hyperspectral anomaly benchmarks "
             "(ABU, HYDICE) ship this way.\n\n"
-            "CUBE_KEY: name of the cube variable (default 'data').\n"
+            "CUBE_KEY: name of the cube variable (default 'data'; a file without 'data' is read "
+            "from its only 3-D array, if it has just one).\n"
             "GT_KEY: name of the ground-truth variable (default 'map'); only read when "
             "OUTPUT_GT is set."
         )

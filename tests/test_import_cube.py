@@ -118,3 +118,45 @@ def test_cancelling_leaves_no_file(tmp_path, samples):
     with pytest.raises(JobCancelled):
         import_cube(str(samples / "abu-beach-2.mat"), str(tmp_path / "c.tif"), str(tmp_path / "g.tif"), cancelled=cancelled)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_without_data_is_read_from_its_only_cube_and_the_ground_truth_is_never_guessed(tmp_path, shared_data,
+                                                                                              provider):
+    """MUUFL Gulfport's target-detection sub-image: `hsi_sub` (36 x 36 x 72) and `gtImg_sub`, no `data` or `map`."""
+    source = str(shared_data / "classification" / "muufl_hsi_subimages" / "an_hsi_img_for_tgt_det_demo.mat")
+    mat = scipy.io.loadmat(source)
+    out_cube, out_gt = str(tmp_path / "cube.tif"), str(tmp_path / "gt.tif")
+    result = import_cube(source, out_cube)
+    assert "cube read from 'hsi_sub', the file's only 3-D array (it has no 'data')" in result.note
+    with rasterio.open(out_cube) as ds:
+        assert np.array_equal(np.moveaxis(ds.read(), 0, 2), mat["hsi_sub"])
+
+    # the default ground-truth name is absent: an error naming the 36 x 36 candidate, no file
+    with pytest.raises(RSLabError, match="no variable 'map' for the ground truth.*GT_KEY \\(36 x 36: gtImg_sub\\)"):
+        import_cube(source, str(tmp_path / "again.tif"), out_gt)
+    assert not os.path.exists(tmp_path / "again.tif") and not os.path.exists(out_gt)
+
+    # through Processing, with the ground truth named
+    outputs = processing.run("rslab:import_cube", {"INPUT": source, "GT_KEY": "gtImg_sub",
+                                                   "OUTPUT_CUBE": str(tmp_path / "p.tif"), "OUTPUT_GT": out_gt})
+    assert outputs["OUTPUT_GT"] == out_gt
+    with rasterio.open(out_gt) as ds:
+        assert np.array_equal(ds.read(1), mat["gtImg_sub"])
+
+
+def test_the_cube_is_guessed_only_for_the_default_name_and_only_when_one_array_fits(tmp_path):
+    one, two = np.zeros((4, 5, 3), np.uint16), np.ones((4, 5, 6), np.float32)
+    scipy.io.savemat(tmp_path / "two.mat", {"radiance": one, "reflectance": two, "mask": np.ones((4, 5), np.uint8)})
+    scipy.io.savemat(tmp_path / "one.mat", {"radiance": one, "wavelengths": [[450, 550, 650]]})
+    out = str(tmp_path / "c.tif")
+    with pytest.raises(RSLabError, match="no variable 'data'.*it has 2 3-D arrays; name the cube with CUBE_KEY"):
+        import_cube(str(tmp_path / "two.mat"), out)
+    with pytest.raises(RSLabError, match="no variable 'cube'.*name the cube with CUBE_KEY"):
+        import_cube(str(tmp_path / "one.mat"), out, params=ImportCubeParams(cube_key="cube"))  # a name given: kept
+    with pytest.raises(RSLabError, match="no variable 'map'.*none is 4 x 5 like the cube"):
+        import_cube(str(tmp_path / "one.mat"), out, str(tmp_path / "g.tif"))
+    assert sorted(os.listdir(tmp_path)) == ["one.mat", "two.mat"]
+    result = import_cube(str(tmp_path / "one.mat"), out)
+    assert result.bands == 3 and "'radiance'" in result.note and result.wavelength_unit == "Nanometers"
+    two_result = import_cube(str(tmp_path / "two.mat"), out, params=ImportCubeParams(cube_key="reflectance"))
+    assert two_result.bands == 6 and two_result.dtype == "float32" and "only 3-D array" not in two_result.note
