@@ -133,19 +133,19 @@ def _numeric(value: np.ndarray) -> bool:
 
 def _cube_variable(variables: Dict[str, Any], key: str, name: str) -> Tuple[str, np.ndarray, str]:
     """(variable name, array, note): `key`, or for the default key absent, the file's only 3-D numeric array."""
-    if key in variables or key != DEFAULT_CUBE_KEY:
-        return key, _variable(variables, key, name, "cube", "; name the cube with CUBE_KEY"), ""
-    cubes = [k for k, v in variables.items() if v.ndim == 3 and _numeric(v) and min(v.shape) > 1]
-    if len(cubes) == 1:
-        return cubes[0], variables[cubes[0]], f"cube read from {cubes[0]!r}, the file's only 3-D array (it has no {key!r})"
-    several = f"; it has {len(cubes)} 3-D arrays" if cubes else ""
-    raise RSLabError(f"{name} has no variable {key!r} for the cube; it holds: {_listing(variables)}{several}; "
-                     "name the cube with CUBE_KEY")
+    hint = "; name the cube with CUBE_KEY"
+    if key not in variables and key == DEFAULT_CUBE_KEY:
+        cubes = [k for k, v in variables.items() if v.ndim == 3 and _numeric(v) and min(v.shape) > 1]
+        if len(cubes) == 1:
+            return cubes[0], variables[cubes[0]], f"cube read from {cubes[0]!r}, the file's only 3-D array (it has no {key!r})"
+        if cubes:
+            hint = f"; it has {len(cubes)} 3-D arrays{hint}"
+    return key, _variable(variables, key, name, "cube", hint), ""
 
 
-def _gt_candidates(variables: Dict[str, Any], shape: Tuple[int, int]) -> str:
-    """A hint naming the 2-D numeric variables of the cube's height and width, for the ground-truth error."""
-    names = [k for k, v in variables.items() if _numeric(v) and np.squeeze(v).shape == shape]
+def _gt_candidates(variables: Dict[str, Any], cube_key: str, shape: Tuple[int, int]) -> str:
+    """A hint naming the 2-D numeric variables (other than the cube) of the cube's height and width."""
+    names = [k for k, v in variables.items() if k != cube_key and _numeric(v) and np.squeeze(v).shape == shape]
     if not names:
         return f"; none is {shape[0]} x {shape[1]} like the cube"
     return f"; name the ground truth with GT_KEY ({shape[0]} x {shape[1]}: {', '.join(names)})"
@@ -203,8 +203,7 @@ def import_cube(
     if output_gt:
         if not params.gt_key:
             raise RSLabError("a ground-truth output was asked for but no ground-truth variable (GT_KEY) was named")
-        candidates = {k: v for k, v in variables.items() if k != cube_key}
-        hint = _gt_candidates(candidates, (height, width)) if params.gt_key not in variables else ""
+        hint = _gt_candidates(variables, cube_key, (height, width)) if params.gt_key not in variables else ""
         gt = np.squeeze(_variable(variables, params.gt_key, name, "ground truth", hint))
         if gt.shape != (height, width):
             raise RSLabError(
