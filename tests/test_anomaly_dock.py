@@ -76,6 +76,19 @@ def legend_texts(dock):
     return [entry.strip() for entry in text.split("    ") if entry.strip()]
 
 
+def roc_ticks(dock):
+    """The labels under the ROC plot's logarithmic false-alarm axis."""
+    return [label for _, label in dock.roc_plot.getAxis("bottom")._tickLevels[0]]
+
+
+DECADES = ["10⁻⁴", "10⁻³", "10⁻²", "10⁻¹", "1"]
+
+
+def test_a_new_dock_labels_its_empty_roc_axis_in_decades(dock):
+    assert dock.layer_combo.currentLayer() is None
+    assert roc_ticks(dock) == DECADES  # not pyqtgraph's bare 2 3 4 ... 9 of a log axis with no data
+
+
 def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene, project, beach2, tmp_path):
     cube, reference = scene
     choose(dock, cube, "rx", reference, rate=0.01, output=tmp_path)
@@ -103,7 +116,7 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     assert f"AUC(F,τ)&nbsp;<b>{rx.metrics['auc_ftau']:.4f}</b>" in text
     assert f"AUC_BS&nbsp;<b>{rx.metrics['auc_bs']:.4f}</b>" in text
     assert "false-alarm rate 0.01" in text and str(tmp_path) in dock.status_label.text()
-    assert list(dock.visible_roc_curves()) == ["rx"]
+    assert list(dock.visible_roc_curves()) == ["rx"] and roc_ticks(dock) == DECADES  # 1 / 9,9xx background pixels
     assert dock.progress_bar.value() == 100 and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
 
     choose(dock, cube, "lrx", reference)
@@ -123,7 +136,7 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
         assert np.allclose(x, np.log10(roc.false_alarm)) and np.array_equal(y, roc.detection)
 
     dock.layer_combo.setLayer(reference)  # another image: its own (empty) comparison
-    assert dock.visible_roc_curves() == {} and legend_texts(dock) == []
+    assert dock.visible_roc_curves() == {} and legend_texts(dock) == [] and roc_ticks(dock) == DECADES
     dock.layer_combo.setLayer(cube)
     assert set(dock.visible_roc_curves()) == {"rx", "lrx"}
 

@@ -39,15 +39,11 @@ from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
-    QSizePolicy,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -64,7 +60,7 @@ from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, fit_score_stretch, make_layer
 from .settings import remember
-from .widgets import message_label, scroll_body
+from .widgets import decade_label, double_spin_box, legend_mark, result_plot, scroll_body, spin_box
 
 METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}
 METHOD_TIPS = {
@@ -77,6 +73,8 @@ PIXEL_PEN = (0, 150, 200)  # the anomaly mask's colour family (resources/styles/
 MEAN_PEN = (110, 110, 110)
 WINDOW = 512  # pixels per side of the windows the worker reads
 INPUT_PROPERTY = "rslab/anomaly_input"  # on result groups: the input layer's id
+PLOT_HEIGHT = 200  # the ROC and spectrum plots' least height in pixels
+EMPTY_ROC_FLOOR = 1e-4  # the false-alarm axis before a run: 1 / the pixels of a 100 x 100 scene
 ROC_POINTS = 600  # points kept per ROC curve (enough for a smooth line, few for pyqtgraph)
 
 
@@ -217,19 +215,6 @@ def pixel_at(layer: QgsRasterLayer, point: QgsPointXY) -> Optional[Tuple[int, in
     return min(row, layer.height() - 1), min(col, layer.width() - 1)
 
 
-def decade_label(exponent: int) -> str:
-    """'1' or '10⁻³': tick labels for a logarithmic axis (pyqtgraph's own skip decades on a narrow plot)."""
-    if exponent == 0:
-        return "1"
-    digits = str(abs(exponent)).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
-    return "10" + ("⁻" if exponent < 0 else "") + digits
-
-
-def legend_mark(colour: Tuple[int, int, int]) -> str:
-    """A coloured bar for a legend written in a QLabel."""
-    return "<span style='color:#%02x%02x%02x'>&#9644;</span>" % colour
-
-
 def release_map_tool(canvas: QgsMapCanvas, tool: QgsMapToolEmitPoint) -> None:
     """Take the dock's pick tool off the canvas and delete it (the dock is gone); for `destroyed` signals."""
     if sip.isdeleted(canvas) or sip.isdeleted(tool):
@@ -271,18 +256,10 @@ class AnomalyDock(JobDock):
                              "mask": self.far_check, "false_alarm_rate": self.far_spin, "output_folder": self.output_dir})
         self._connect()
         self._update_method_widgets()
+        self._show_roc_of_current_layer()  # decade ticks on the empty plot, not pyqtgraph's bare 2 3 4 ... 9
         self._set_running(False)
 
     # construction -----------------------------------------------------------------------------------
-    @staticmethod
-    def _spin(low: int, high: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:
-        spin = QSpinBox()
-        spin.setRange(low, high)
-        spin.setSingleStep(step)
-        spin.setValue(value)
-        spin.setToolTip(tip)
-        return spin
-
     def _build(self) -> None:
         self._build_inputs()
         self._build_run_widgets()
@@ -298,31 +275,23 @@ class AnomalyDock(JobDock):
             self.method_combo.addItem(label, method)
             self.method_combo.setItemData(index, METHOD_TIPS[method], Qt.ToolTipRole)
         self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.iterations_spin = self._spin(1, 100_000, 500, 50, "BSDM training iterations (the paper uses 500)")
-        self.seed_spin = self._spin(0, 99_999, 0, 1, "Random seed: the same seed gives the same scores")
-        self.inner_spin = self._spin(1, 99, 3, 2, "Inner (guard) window in pixels, odd; it should cover a target")
-        self.outer_spin = self._spin(3, 199, 11, 2, "Outer window in pixels, odd, larger than the inner one")
+        self.iterations_spin = spin_box(self, 1, 100_000, 500, 50, "BSDM training iterations (the paper uses 500)")
+        self.seed_spin = spin_box(self, 0, 99_999, 0, 1, "Random seed: the same seed gives the same scores")
+        self.inner_spin = spin_box(self, 1, 99, 3, 2, "Inner (guard) window in pixels, odd; it should cover a target")
+        self.outer_spin = spin_box(self, 3, 199, 11, 2, "Outer window in pixels, odd, larger than the inner one")
         self.reference_combo = self._raster_combo(allow_empty=True)
         self.reference_combo.setToolTip("Optional anomaly reference on the same grid (non-zero = anomaly): "
                                         "gives AUC(D,F), AUC(F,τ), AUC_BS and the ROC curve")
         self.far_check = QCheckBox("false-alarm rate", self)
         self.far_check.setToolTip("Also write a mask of the pixels above the score that this share of pixels exceeds")
-        self.far_spin = QDoubleSpinBox(self)
-        self.far_spin.setRange(0.0001, 0.5)
-        self.far_spin.setDecimals(4)
-        self.far_spin.setSingleStep(0.005)
-        self.far_spin.setValue(0.01)
+        self.far_spin = double_spin_box(self, 0.0001, 0.5, 0.01, 4, 0.005)
         self.output_dir = QgsFileWidget(self)
         self.output_dir.setStorageMode(QgsFileWidget.GetDirectory)
         self.output_dir.lineEdit().setPlaceholderText("a new temporary folder per run")
         self.output_dir.setToolTip("Output folder for the scores, mask and report")
 
     def _build_run_widgets(self) -> None:
-        self.run_button = QPushButton("Detect anomalies", self)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.progress_bar = QProgressBar(self)
-        self.progress_bar.setRange(0, 100)
-        self.status_label = message_label(self)
+        self._build_job_widgets("Detect anomalies")
         self.metrics_label = QLabel(self)
         self.metrics_label.setWordWrap(True)
         self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -338,24 +307,13 @@ class AnomalyDock(JobDock):
         self.pick_button.setToolTip("Click a pixel on the map to plot its spectrum beside the scene mean")
         self.pick_button.setEnabled(self.iface is not None)
 
-    @staticmethod
-    def _plot(parent: QWidget, bottom: str, left: str) -> pg.PlotWidget:
-        plot = pg.PlotWidget(parent, background="w")
-        plot.setMinimumHeight(200)
-        plot.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        plot.setLabel("bottom", bottom)
-        plot.setLabel("left", left)
-        plot.showGrid(x=True, y=True, alpha=0.2)
-        plot.setMouseEnabled(x=False, y=False)
-        return plot
-
     def _make_roc_plot(self) -> pg.PlotWidget:
         """One curve per method, made once and only hidden: pyqtgraph under QGIS's PyQt fails when items are removed.
 
         The legend is a label under the plot (roc_legend): inside the plot it
         would hide part of some curve wherever it sat.
         """
-        plot = self._plot(self, "false-alarm rate", "detection rate")
+        plot = result_plot(self, "false-alarm rate", "detection rate", PLOT_HEIGHT)
         plot.setLogMode(x=True, y=False)
         plot.setYRange(0, 1, padding=0.04)  # padding: the 0 and 1 tick labels stay inside the axis
         self.roc_curves: Dict[str, pg.PlotDataItem] = {}
@@ -368,7 +326,7 @@ class AnomalyDock(JobDock):
 
     def _make_spectrum_plot(self) -> pg.PlotWidget:
         """The picked pixel's spectrum and the scene mean; their legend is a label under the plot (spectrum_legend)."""
-        plot = self._plot(self, "band", "value")
+        plot = result_plot(self, "band", "value", PLOT_HEIGHT)
         self.mean_curve = pg.PlotDataItem(pen=pg.mkPen(MEAN_PEN, width=2, style=Qt.DashLine))
         self.pixel_curve = pg.PlotDataItem(pen=pg.mkPen(PIXEL_PEN, width=2))
         for curve in (self.mean_curve, self.pixel_curve):
@@ -579,7 +537,7 @@ class AnomalyDock(JobDock):
         layer = self.layer_combo.currentLayer()
         runs = self.roc_runs.get(layer.id(), {}) if layer is not None else {}
         entries = []
-        smallest = 1.0
+        smallest = 1.0 if runs else EMPTY_ROC_FLOOR
         for method, curve in self.roc_curves.items():
             roc = runs.get(method)
             curve.setVisible(roc is not None)

@@ -31,14 +31,11 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -52,7 +49,7 @@ from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
-from .widgets import message_label
+from .widgets import double_spin_box, result_plot
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -220,36 +217,22 @@ class ChangeDetectionDock(JobDock):
         self.model_file.setFilter("RS Lab checkpoints (*.pt)")
         self.train_button = QPushButton("Train…", self)
         self.train_button.setToolTip("Train an AR-CDNet model on your own change pairs")
-        self.threshold_spin = QDoubleSpinBox(self)
-        self.threshold_spin.setRange(0.01, 0.99)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setDecimals(2)
-        self.threshold_spin.setValue(0.5)
-        self.threshold_spin.setToolTip("Pixels whose change probability reaches this value are marked changed")
+        self.threshold_spin = double_spin_box(self, 0.01, 0.99, 0.5, 2, 0.05,
+                                              "Pixels whose change probability reaches this value are marked changed")
         self.output_dir = QgsFileWidget(self)
         self.output_dir.setStorageMode(QgsFileWidget.GetDirectory)
         self.output_dir.lineEdit().setPlaceholderText("a new temporary folder per run")
 
     def _build_run_widgets(self) -> None:
-        self.run_button = QPushButton("Detect changes", self)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.progress_bar = QProgressBar(self)
-        self.progress_bar.setRange(0, 100)
-        self.status_label = message_label(self)
+        self._build_job_widgets("Detect changes")
         self.metrics_label = QLabel(self)
         self.metrics_label.setWordWrap(True)
         self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
 
     def _make_histogram(self):
         """The plot with its two curves, made once: pyqtgraph under QGIS's PyQt fails when items are removed."""
-        plot = pg.PlotWidget(self, background="w")
-        plot.setMinimumHeight(160)
-        plot.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        plot.setLabel("bottom", "uncertainty")
-        plot.setLabel("left", "share of pixels")
+        plot = result_plot(self, "uncertainty", "share of pixels", 160)
         plot.setXRange(0, 1, padding=0.02)
-        plot.showGrid(x=True, y=True, alpha=0.2)
-        plot.setMouseEnabled(x=False, y=False)
         self.histogram_legend = plot.addLegend(offset=(-10, 10), brush=pg.mkBrush(255, 255, 255, 210))
         self.histogram_curves = {}
         for name, colour in (("unchanged", UNCHANGED_PEN), ("changed", CHANGED_PEN)):

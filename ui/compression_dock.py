@@ -30,7 +30,6 @@ from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
     QGroupBox,
@@ -38,10 +37,8 @@ from qgis.PyQt.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -55,7 +52,16 @@ from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive
 from .settings import remember
-from .widgets import live_curve, message_label, scroll_body
+from .widgets import (
+    SQUARE,
+    decade_label,
+    double_spin_box,
+    legend_mark,
+    live_curve,
+    result_plot,
+    scroll_body,
+    spin_box,
+)
 
 CUSTOM_CHECKPOINT = "Checkpoint file…"
 TASK_LABELS = {"classification": "classification", "change_detection": "change detection",
@@ -100,12 +106,6 @@ def si(value: float, unit: str = "") -> str:
 def size_text(mb: float) -> str:
     """Model storage: '14.4 MB', or '44.7 kB' below one megabyte."""
     return f"{mb:.3g} MB" if mb >= 1 else f"{mb * 1000:.3g} kB"
-
-
-def decade_label(exponent: int) -> str:
-    """'10⁹': tick labels of the log-scaled BOPs axis."""
-    digits = str(abs(exponent)).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
-    return "10" + ("⁻" if exponent < 0 else "") + digits
 
 
 def metric_label(metric: str) -> str:
@@ -297,7 +297,7 @@ class CompressionDock(JobDock):
         self.method_combo.setItemData(1, "Per-layer bits from a k-means distortion threshold, then "
                                          "quantisation-aware training taught by the full-precision model",
                                       Qt.ToolTipRole)
-        self.epochs_spin = self._double(0.01, 1000.0, 1.0, 2, 0.5)
+        self.epochs_spin = double_spin_box(self, 0.01, 1000.0, 1.0, 2, 0.5)
         self.epochs_spin.setToolTip("Training budget: one epoch is one pass over the training images "
                                     "(classification) or 100 iterations (tiled data)")
         self.data_file = QgsFileWidget(self)
@@ -308,27 +308,17 @@ class CompressionDock(JobDock):
         self.output_file.setConfirmOverwrite(True)
         self.output_file.lineEdit().setPlaceholderText("a new file under the QGIS profile (rslab/checkpoints)")
 
-    def _double(self, low: float, high: float, value: float, decimals: int, step: float) -> QDoubleSpinBox:
-        spin = QDoubleSpinBox(self)
-        spin.setDecimals(decimals)
-        spin.setRange(low, high)
-        spin.setSingleStep(step)
-        spin.setValue(value)
-        return spin
-
     def _build_method_settings(self) -> None:
         self.pic_pq_box = QGroupBox("PIC-PQ settings", self)
-        self.flops_spin = self._double(0.0, 0.95, 0.5, 2, 0.05)
+        self.flops_spin = double_spin_box(self, 0.0, 0.95, 0.5, 2, 0.05)
         self.flops_spin.setToolTip("Fraction of the multiply-accumulates pruned away (0 = quantise only)")
         self.bits_edit = QLineEdit("8,6,4", self)
         self.bits_edit.setToolTip("Maximum weight/activation bits per stage of the network, first stage first "
                                   "(2..8, or 32 for full precision)")
-        self.penalty_spin = self._double(0.0, 8.0, round(1 / 6, 4), 4, 0.05)
+        self.penalty_spin = double_spin_box(self, 0.0, 8.0, round(1 / 6, 4), 4, 0.05)
         self.penalty_spin.setToolTip("Penalty factor λ: how strongly a heavily pruned layer is pushed to fewer bits")
-        self.generations_spin = QSpinBox(self)
-        self.generations_spin.setRange(1, 1000)
-        self.generations_spin.setValue(20)
-        self.generations_spin.setToolTip("Generations of the evolutionary search for per-layer pruning scales")
+        self.generations_spin = spin_box(self, 1, 1000, 20, 1,
+                                         "Generations of the evolutionary search for per-layer pruning scales")
         form = QFormLayout(self.pic_pq_box)
         form.addRow("FLOPs reduction", self.flops_spin)
         form.addRow("Max bits per stage", self.bits_edit)
@@ -336,29 +326,22 @@ class CompressionDock(JobDock):
         form.addRow("Generations", self.generations_spin)
 
         self.ghost_box = QGroupBox("GHOST settings", self)
-        self.threshold_spin = self._double(0.0001, 100.0, 0.1, 4, 0.01)
+        self.threshold_spin = double_spin_box(self, 0.0001, 100.0, 0.1, 4, 0.01)
         self.threshold_spin.setToolTip("k-means distortion threshold: a layer gets the fewest bits whose "
                                        "distortion is below it")
-        self.distillation_spin = self._double(0.0, 100000.0, 400.0, 1, 50.0)
+        self.distillation_spin = double_spin_box(self, 0.0, 100000.0, 400.0, 1, 50.0)
         self.distillation_spin.setToolTip("Weight of the self-distillation loss against the task loss")
-        self.ghost_bits_spin = QSpinBox(self)
-        self.ghost_bits_spin.setRange(2, 8)
-        self.ghost_bits_spin.setValue(8)
-        self.ghost_bits_spin.setToolTip("The most bits any layer may get")
+        self.ghost_bits_spin = spin_box(self, 2, 8, 8, 1, "The most bits any layer may get")
         form = QFormLayout(self.ghost_box)
         form.addRow("Threshold", self.threshold_spin)
         form.addRow("Distillation weight", self.distillation_spin)
         form.addRow("Maximum bits", self.ghost_bits_spin)
 
     def _build_run_widgets(self) -> None:
-        self.run_button = QPushButton("Compress", self)
-        self.cancel_button = QPushButton("Cancel", self)
+        self._build_job_widgets("Compress")
         self.export_button = QPushButton("Export…", self)
         self.export_button.setToolTip("Write the compressed model as RS Lab checkpoint, ONNX, TorchScript "
                                       "and a BOPs report")
-        self.progress_bar = QProgressBar(self)
-        self.progress_bar.setRange(0, 100)
-        self.status_label = message_label(self)
         # long paths and messages wrap or clip instead of widening the panel
         self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
 
@@ -414,16 +397,10 @@ class CompressionDock(JobDock):
 
     def _make_chart(self):
         """The per-layer BOPs bars (before and after side by side, log scale), made once and updated."""
-        plot = pg.PlotWidget(self, background="w")
-        plot.setMinimumHeight(180)
-        plot.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        plot.setLabel("bottom", "layer (row of the Layers table)")
-        plot.setLabel("left", "BOPs (log scale)")
-        plot.showGrid(x=False, y=True, alpha=0.25)
-        plot.setMouseEnabled(x=False, y=False)
+        plot = result_plot(self, "layer (row of the Layers table)", "BOPs (log scale)", 180, grid_x=False)
         plot.hideButtons()
         # the legend is the title (a legend inside the plot would hide the tallest bars)
-        plot.setTitle(" &nbsp; ".join(f"<span style='color:#%02x%02x%02x'>&#9632;</span> {name}" % colour
+        plot.setTitle(" &nbsp; ".join(f"{legend_mark(colour, SQUARE)} {name}"
                                       for name, colour in (("before", BEFORE_PEN), ("after", AFTER_PEN))),
                       size="9pt", color="#333")
         self.bars: Dict[str, pg.BarGraphItem] = {}

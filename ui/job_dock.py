@@ -16,10 +16,11 @@ from typing import Any, Iterable, Optional, Tuple
 from qgis.core import Qgis, QgsMapLayer, QgsMapLayerProxyModel
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt import sip
-from qgis.PyQt.QtWidgets import QWidget
+from qgis.PyQt.QtWidgets import QProgressBar, QPushButton, QWidget
 
 from ..core.errors import RSLabError
 from . import task as tasks
+from .widgets import message_label
 
 
 def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
@@ -64,9 +65,18 @@ class JobDock(QWidget):
     MESSAGE_TITLE = "RS Lab"
     TEMP_PREFIX = "rslab-"
 
-    # set by subclasses: iface, output_dir, run_button, cancel_button, progress_bar, status_label
+    # set by subclasses: iface, output_dir; run_button, cancel_button, progress_bar, status_label
+    # come from _build_job_widgets
     iface: Any
     task: Optional[tasks.JobTask]
+
+    def _build_job_widgets(self, run_text: str) -> None:
+        """The run and cancel buttons, the progress bar and the status line of a job dock."""
+        self.run_button = QPushButton(run_text, self)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 100)
+        self.status_label = message_label(self)
 
     def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
         combo = QgsMapLayerComboBox(self)

@@ -21,14 +21,12 @@ from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -39,7 +37,7 @@ from ..core.errors import RSLabError
 from . import task as tasks
 from .job_dock import cancel_if_alive
 from .settings import remember
-from .widgets import live_curve, message_label
+from .widgets import double_spin_box, live_curve, message_label, spin_box
 
 # (key, label, (base, channels)); None = the free spin boxes. The key is what the
 # width combo's items carry (and what QgsSettings remembers).
@@ -109,23 +107,19 @@ class TrainChangeDialog(QDialog):
     def _build(self) -> None:
         self.data_dir = self._folder_widget("folder with A/ (before), B/ (after) and label/ sub-folders")
         self.val_dir = self._folder_widget("optional: if empty, about 20 % of the pairs are held out")
-        self.iterations_spin = self._spin(1, 1_000_000, 2000)
-        self.eval_spin = self._spin(1, 100_000, 100)
+        self.iterations_spin = spin_box(self, 1, 1_000_000, 2000)
+        self.eval_spin = spin_box(self, 1, 100_000, 100)
         self.eval_spin.setToolTip("One epoch: the model is validated (and the best one kept) every N iterations")
-        self.batch_spin = self._spin(1, 256, 8)
-        self.crop_spin = self._spin(32, 2048, 256, step=32)
+        self.batch_spin = spin_box(self, 1, 256, 8)
+        self.crop_spin = spin_box(self, 32, 2048, 256, 32)
         self.crop_spin.setToolTip("Random training crops of this size (a multiple of 32)")
-        self.lr_spin = QDoubleSpinBox(self)
-        self.lr_spin.setDecimals(6)
-        self.lr_spin.setRange(0.000001, 0.5)
-        self.lr_spin.setSingleStep(0.0001)
-        self.lr_spin.setValue(5e-4)
+        self.lr_spin = double_spin_box(self, 0.000001, 0.5, 5e-4, 6, 0.0001)
         self.width_combo = QComboBox(self)
         for key, label, _ in WIDTHS:
             self.width_combo.addItem(label, key)
-        self.base_spin = self._spin(4, 128, 32, step=4)
+        self.base_spin = spin_box(self, 4, 128, 32, 4)
         self.base_spin.setToolTip("Encoder width (64 = ResNet-18)")
-        self.channels_spin = self._spin(4, 256, 32, step=4)
+        self.channels_spin = spin_box(self, 4, 256, 32, 4)
         self.channels_spin.setToolTip("Decoder width C")
         self.output_file = QgsFileWidget(self)
         self.output_file.setStorageMode(QgsFileWidget.SaveFile)
@@ -154,13 +148,6 @@ class TrainChangeDialog(QDialog):
         widget.setStorageMode(QgsFileWidget.GetDirectory)
         widget.lineEdit().setPlaceholderText(placeholder)
         return widget
-
-    def _spin(self, low: int, high: int, value: int, step: int = 1) -> QSpinBox:
-        spin = QSpinBox(self)
-        spin.setRange(low, high)
-        spin.setSingleStep(step)
-        spin.setValue(value)
-        return spin
 
     def _plot(self, title: str, label: str, colour: Tuple[int, int, int]):
         plot, curve = live_curve(self, title, "epoch", label, colour, symbol_size=6)

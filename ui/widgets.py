@@ -4,7 +4,19 @@ from __future__ import annotations
 from typing import Tuple
 
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import (
+    QDoubleSpinBox,
+    QFrame,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+BAR, SQUARE = "&#9644;", "&#9632;"  # legend glyphs: a line's colour, a filled area's colour
 
 
 def message_label(parent: QWidget) -> QLabel:
@@ -14,6 +26,26 @@ def message_label(parent: QWidget) -> QLabel:
     label.setTextFormat(Qt.PlainText)
     label.setTextInteractionFlags(Qt.TextSelectableByMouse)
     return label
+
+
+def spin_box(parent: QWidget, low: int, high: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:
+    spin = QSpinBox(parent)
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+def double_spin_box(parent: QWidget, low: float, high: float, value: float, decimals: int, step: float,
+                    tip: str = "") -> QDoubleSpinBox:
+    spin = QDoubleSpinBox(parent)
+    spin.setDecimals(decimals)  # first: setValue rounds to the decimals in force
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
 
 
 def scroll_body(owner: QWidget, body: QWidget) -> None:
@@ -29,16 +61,45 @@ def scroll_body(owner: QWidget, body: QWidget) -> None:
     outer.addWidget(scroll)
 
 
+def white_plot(parent: QWidget, bottom: str, left: str, grid_x: bool = True):
+    """A pyqtgraph plot on white with axis labels and a light grid: the look of every RS Lab plot."""
+    import pyqtgraph as pg
+
+    plot = pg.PlotWidget(parent, background="w")
+    plot.setLabel("bottom", bottom)
+    plot.setLabel("left", left)
+    plot.showGrid(x=grid_x, y=True, alpha=0.2)
+    return plot
+
+
+def result_plot(parent: QWidget, bottom: str, left: str, min_height: int, grid_x: bool = True):
+    """A white plot that grows with its dock and ignores the mouse: results are read, not panned."""
+    plot = white_plot(parent, bottom, left, grid_x)
+    plot.setMinimumHeight(min_height)
+    plot.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+    plot.setMouseEnabled(x=False, y=False)
+    return plot
+
+
+def decade_label(exponent: int) -> str:
+    """'1', '10⁹' or '10⁻³': tick labels for a logarithmic axis (pyqtgraph's own skip decades on a narrow plot)."""
+    if exponent == 0:
+        return "1"
+    return "10" + ("⁻" if exponent < 0 else "") + str(abs(exponent)).translate(SUPERSCRIPTS)
+
+
+def legend_mark(colour: Tuple[int, int, int], glyph: str = BAR) -> str:
+    """A coloured mark for a legend written as rich text (in a QLabel or a plot title)."""
+    return "<span style='color:#%02x%02x%02x'>%s</span>" % (*colour, glyph)
+
+
 def live_curve(parent: QWidget, title: str, x_label: str, y_label: str, colour: Tuple[int, int, int],
                symbol_size: int = 5):
     """(plot, curve): a white pyqtgraph plot with one line-and-dots curve for live training figures."""
     import pyqtgraph as pg
 
-    plot = pg.PlotWidget(parent, background="w")
+    plot = white_plot(parent, x_label, y_label)
     plot.setTitle(title, size="9pt")
-    plot.setLabel("bottom", x_label)
-    plot.setLabel("left", y_label)
-    plot.showGrid(x=True, y=True, alpha=0.2)
     curve = plot.plot([], [], pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=symbol_size,
                       symbolBrush=pg.mkBrush(*colour))
     # pyqtgraph 0.13 draws wide pens as segments and fails on a one-point curve (the first epoch)

@@ -1,0 +1,40 @@
+"""The small widget factories every dock and dialog shares (ui/widgets.py)."""
+from __future__ import annotations
+
+from rslab.ui.widgets import SQUARE, decade_label, double_spin_box, legend_mark, result_plot, spin_box
+
+
+def test_decade_labels_read_as_powers_of_ten():
+    assert decade_label(0) == "1"
+    assert decade_label(9) == "10⁹"
+    assert decade_label(-3) == "10⁻³"
+    assert decade_label(-12) == "10⁻¹²"
+
+
+def test_legend_marks_carry_the_colour():
+    assert legend_mark((214, 39, 40)) == "<span style='color:#d62728'>&#9644;</span>"
+    assert legend_mark((0, 150, 200), SQUARE) == "<span style='color:#0096c8'>&#9632;</span>"
+
+
+def test_a_double_spin_box_keeps_a_value_finer_than_qts_default_two_decimals(qtbot):
+    spin = double_spin_box(None, 0.000001, 0.5, 5e-4, 6, 0.0001, "learning rate")
+    qtbot.addWidget(spin)
+    assert spin.value() == 5e-4  # Qt's default 2 decimals would round it to 0
+    assert (spin.minimum(), spin.maximum(), spin.singleStep(), spin.toolTip()) == (0.000001, 0.5, 0.0001,
+                                                                                   "learning rate")
+
+
+def test_a_spin_box_clamps_to_its_range(qtbot):
+    spin = spin_box(None, 1, 99, 3, 2, "inner window")
+    qtbot.addWidget(spin)
+    assert (spin.value(), spin.singleStep(), spin.toolTip()) == (3, 2, "inner window")
+    spin.setValue(500)
+    assert spin.value() == 99
+
+
+def test_a_result_plot_ignores_the_mouse_and_grows(qtbot):
+    plot = result_plot(None, "band", "value", 150)
+    qtbot.addWidget(plot)
+    assert plot.minimumHeight() == 150
+    assert not any(plot.getViewBox().state["mouseEnabled"])
+    assert plot.getAxis("bottom").labelText == "band"
