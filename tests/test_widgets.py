@@ -1,7 +1,18 @@
 """The small widget factories every dock and dialog shares (ui/widgets.py)."""
 from __future__ import annotations
 
-from rslab.ui.widgets import SQUARE, decade_label, double_spin_box, legend_mark, result_plot, spin_box
+from qgis.gui import QgsFileWidget
+
+from rslab.ui.widgets import (
+    SQUARE,
+    checkpoint_widget,
+    decade_label,
+    double_spin_box,
+    folder_widget,
+    legend_mark,
+    result_plot,
+    spin_box,
+)
 
 
 def test_decade_labels_read_as_powers_of_ten():
@@ -38,3 +49,17 @@ def test_a_result_plot_ignores_the_mouse_and_grows(qtbot):
     assert plot.minimumHeight() == 150
     assert not any(plot.getViewBox().state["mouseEnabled"])
     assert plot.getAxis("bottom").labelText == "band"
+
+
+def test_checkpoint_choosers_open_or_save_pt_files_and_folders_choose_folders(qtbot):
+    opener, saver = checkpoint_widget(None), checkpoint_widget(None, save=True, placeholder="a new file")
+    folder = folder_widget(None, "a new temporary folder per run")
+    for widget in (opener, saver, folder):
+        qtbot.addWidget(widget)
+    assert (opener.storageMode(), opener.filter(), opener.confirmOverwrite()) == (
+        QgsFileWidget.GetFile, "RS Lab checkpoints (*.pt)", False)
+    assert (saver.storageMode(), saver.filter(), saver.confirmOverwrite()) == (
+        QgsFileWidget.SaveFile, "RS Lab checkpoints (*.pt)", True)
+    assert saver.lineEdit().placeholderText() == "a new file"
+    assert folder.storageMode() == QgsFileWidget.GetDirectory
+    assert folder.lineEdit().placeholderText() == "a new temporary folder per run"

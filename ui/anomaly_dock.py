@@ -33,7 +33,7 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
 )
-from qgis.gui import QgsFileWidget, QgsMapCanvas, QgsMapToolEmitPoint
+from qgis.gui import QgsMapCanvas, QgsMapToolEmitPoint
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -60,7 +60,15 @@ from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, fit_score_stretch, make_layer
 from .settings import remember
-from .widgets import decade_label, double_spin_box, legend_mark, result_plot, scroll_body, spin_box
+from .widgets import (
+    decade_label,
+    double_spin_box,
+    folder_widget,
+    legend_mark,
+    result_plot,
+    scroll_body,
+    spin_box,
+)
 
 METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}
 METHOD_TIPS = {
@@ -285,9 +293,7 @@ class AnomalyDock(JobDock):
         self.far_check = QCheckBox("false-alarm rate", self)
         self.far_check.setToolTip("Also write a mask of the pixels above the score that this share of pixels exceeds")
         self.far_spin = double_spin_box(self, 0.0001, 0.5, 0.01, 4, 0.005)
-        self.output_dir = QgsFileWidget(self)
-        self.output_dir.setStorageMode(QgsFileWidget.GetDirectory)
-        self.output_dir.lineEdit().setPlaceholderText("a new temporary folder per run")
+        self.output_dir = folder_widget(self, "a new temporary folder per run")
         self.output_dir.setToolTip("Output folder for the scores, mask and report")
 
     def _build_run_widgets(self) -> None:

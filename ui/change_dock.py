@@ -27,7 +27,6 @@ from qgis.core import (
     QgsLayerTreeGroup,
     QgsProject,
 )
-from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -49,7 +48,7 @@ from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
-from .widgets import double_spin_box, result_plot
+from .widgets import checkpoint_widget, double_spin_box, folder_widget, result_plot
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -212,16 +211,12 @@ class ChangeDetectionDock(JobDock):
                                          "its uncertainty is the closeness to the threshold", Qt.ToolTipRole)
         self.model_combo = QComboBox(self)
         self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.model_file = QgsFileWidget(self)
-        self.model_file.setStorageMode(QgsFileWidget.GetFile)
-        self.model_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.model_file = checkpoint_widget(self)
         self.train_button = QPushButton("Train…", self)
         self.train_button.setToolTip("Train an AR-CDNet model on your own change pairs")
         self.threshold_spin = double_spin_box(self, 0.01, 0.99, 0.5, 2, 0.05,
                                               "Pixels whose change probability reaches this value are marked changed")
-        self.output_dir = QgsFileWidget(self)
-        self.output_dir.setStorageMode(QgsFileWidget.GetDirectory)
-        self.output_dir.lineEdit().setPlaceholderText("a new temporary folder per run")
+        self.output_dir = folder_widget(self, "a new temporary folder per run")
 
     def _build_run_widgets(self) -> None:
         self._build_job_widgets("Detect changes")

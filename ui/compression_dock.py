@@ -54,6 +54,7 @@ from .job_dock import JobDock, cancel_if_alive
 from .settings import remember
 from .widgets import (
     SQUARE,
+    checkpoint_widget,
     decade_label,
     double_spin_box,
     legend_mark,
@@ -281,9 +282,7 @@ class CompressionDock(JobDock):
     def _build_inputs(self) -> None:
         self.model_combo = QComboBox(self)
         self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.model_file = QgsFileWidget(self)
-        self.model_file.setStorageMode(QgsFileWidget.GetFile)
-        self.model_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.model_file = checkpoint_widget(self)
         self.model_info = QLabel(self)
         self.model_info.setWordWrap(True)
         self.model_info.setTextFormat(Qt.PlainText)
@@ -302,11 +301,8 @@ class CompressionDock(JobDock):
                                     "(classification) or 100 iterations (tiled data)")
         self.data_file = QgsFileWidget(self)
         self.data_file.setStorageMode(QgsFileWidget.GetFile)
-        self.output_file = QgsFileWidget(self)
-        self.output_file.setStorageMode(QgsFileWidget.SaveFile)
-        self.output_file.setFilter("RS Lab checkpoints (*.pt)")
-        self.output_file.setConfirmOverwrite(True)
-        self.output_file.lineEdit().setPlaceholderText("a new file under the QGIS profile (rslab/checkpoints)")
+        self.output_file = checkpoint_widget(self, save=True,
+                                             placeholder="a new file under the QGIS profile (rslab/checkpoints)")
 
     def _build_method_settings(self) -> None:
         self.pic_pq_box = QGroupBox("PIC-PQ settings", self)

@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from qgis.gui import QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -43,7 +42,7 @@ from ..core.errors import JobCancelled, RSLabError
 from ..core.export import SUFFIXES, export_paths  # torch-free at import; torch is imported by the jobs
 from . import task as tasks
 from .job_dock import cancel_if_alive
-from .widgets import message_label
+from .widgets import checkpoint_widget, folder_widget, message_label
 
 # (format key of core.export, label); the file suffixes come from core.export.SUFFIXES
 FORMATS: Tuple[Tuple[str, str], ...] = (
@@ -153,14 +152,11 @@ class ExportDialog(QDialog):
 
     # construction -----------------------------------------------------------------------------------
     def _build(self) -> None:
-        self.checkpoint_file = QgsFileWidget(self)
-        self.checkpoint_file.setStorageMode(QgsFileWidget.GetFile)
-        self.checkpoint_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.checkpoint_file = checkpoint_widget(self)
         self.model_info = QLabel(self)
         self.model_info.setWordWrap(True)
         self.model_info.setTextFormat(Qt.PlainText)
-        self.folder = QgsFileWidget(self)
-        self.folder.setStorageMode(QgsFileWidget.GetDirectory)
+        self.folder = folder_widget(self)
         self.name_edit = QLineEdit(self)
         self.name_edit.setPlaceholderText("base name of the files")
         self.format_boxes: Dict[str, QCheckBox] = {}

@@ -15,7 +15,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyqtgraph as pg
 from qgis.core import QgsApplication
-from qgis.gui import QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -37,7 +36,7 @@ from ..core.errors import RSLabError
 from . import task as tasks
 from .job_dock import cancel_if_alive
 from .settings import remember
-from .widgets import double_spin_box, live_curve, message_label, spin_box
+from .widgets import checkpoint_widget, double_spin_box, folder_widget, live_curve, message_label, spin_box
 
 # (key, label, (base, channels)); None = the free spin boxes. The key is what the
 # width combo's items carry (and what QgsSettings remembers).
@@ -105,8 +104,8 @@ class TrainChangeDialog(QDialog):
 
     # construction -----------------------------------------------------------------------------------
     def _build(self) -> None:
-        self.data_dir = self._folder_widget("folder with A/ (before), B/ (after) and label/ sub-folders")
-        self.val_dir = self._folder_widget("optional: if empty, about 20 % of the pairs are held out")
+        self.data_dir = folder_widget(self, "folder with A/ (before), B/ (after) and label/ sub-folders")
+        self.val_dir = folder_widget(self, "optional: if empty, about 20 % of the pairs are held out")
         self.iterations_spin = spin_box(self, 1, 1_000_000, 2000)
         self.eval_spin = spin_box(self, 1, 100_000, 100)
         self.eval_spin.setToolTip("One epoch: the model is validated (and the best one kept) every N iterations")
@@ -121,9 +120,7 @@ class TrainChangeDialog(QDialog):
         self.base_spin.setToolTip("Encoder width (64 = ResNet-18)")
         self.channels_spin = spin_box(self, 4, 256, 32, 4)
         self.channels_spin.setToolTip("Decoder width C")
-        self.output_file = QgsFileWidget(self)
-        self.output_file.setStorageMode(QgsFileWidget.SaveFile)
-        self.output_file.setFilter("RS Lab checkpoints (*.pt)")
+        self.output_file = checkpoint_widget(self, save=True)
         self.output_file.setFilePath(default_checkpoint_path())
         self.start_button = QPushButton("Start", self)
         self.cancel_button = QPushButton("Cancel", self)
@@ -142,12 +139,6 @@ class TrainChangeDialog(QDialog):
                                               brush=pg.mkBrush(255, 200, 0))
         self.f1_plot.addItem(self.best_marker)  # the epoch whose weights are kept
         self._layout()
-
-    def _folder_widget(self, placeholder: str) -> QgsFileWidget:
-        widget = QgsFileWidget(self)
-        widget.setStorageMode(QgsFileWidget.GetDirectory)
-        widget.lineEdit().setPlaceholderText(placeholder)
-        return widget
 
     def _plot(self, title: str, label: str, colour: Tuple[int, int, int]):
         plot, curve = live_curve(self, title, "epoch", label, colour, symbol_size=6)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
+from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QDoubleSpinBox,
@@ -16,6 +17,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+CHECKPOINT_FILTER = "RS Lab checkpoints (*.pt)"
 BAR, SQUARE = "&#9644;", "&#9632;"  # legend glyphs: a line's colour, a filled area's colour
 
 
@@ -26,6 +28,25 @@ def message_label(parent: QWidget) -> QLabel:
     label.setTextFormat(Qt.PlainText)
     label.setTextInteractionFlags(Qt.TextSelectableByMouse)
     return label
+
+
+def folder_widget(parent: QWidget, placeholder: str = "") -> QgsFileWidget:
+    """A folder chooser (line edit and browse button) showing `placeholder` while empty."""
+    widget = QgsFileWidget(parent)
+    widget.setStorageMode(QgsFileWidget.GetDirectory)
+    widget.lineEdit().setPlaceholderText(placeholder)
+    return widget
+
+
+def checkpoint_widget(parent: QWidget, save: bool = False, placeholder: str = "") -> QgsFileWidget:
+    """A chooser of RS Lab checkpoint files (*.pt): one to open, or with `save` one to write (asks before
+    overwriting a file picked in the browser)."""
+    widget = QgsFileWidget(parent)
+    widget.setStorageMode(QgsFileWidget.SaveFile if save else QgsFileWidget.GetFile)
+    widget.setFilter(CHECKPOINT_FILTER)
+    widget.setConfirmOverwrite(save)
+    widget.lineEdit().setPlaceholderText(placeholder)
+    return widget
 
 
 def spin_box(parent: QWidget, low: int, high: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:
