@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -38,7 +37,7 @@ from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import HistogramAUC
-from .outputs import PendingOutputs
+from .outputs import PendingOutputs, work_folder
 from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_window
 from .tiling import OutputSpec, TileSpec, run_tiled, tile_grid
 
@@ -463,7 +462,11 @@ def detect_anomalies(
     result = AnomalyResult(outputs=outputs, method=params.method, params=asdict(params), width=info.width,
                            height=info.height, bands=info.count, timings=monitor.timings, device="cpu (numpy)")
 
-    with tempfile.TemporaryDirectory(prefix="rslab-anomaly-") as workdir, PendingOutputs() as pending:
+    # work files: BSDM's background-suppressed cube (float32, every band; a reference off the grid is a small VRT)
+    need = 4 * info.width * info.height * info.count if params.method == "bsdm_rx" else 0
+    what = f"{params.method} on this {info.width} x {info.height} x {info.count} image"
+    with PendingOutputs() as pending, \
+            work_folder("rslab-anomaly-", need, os.path.dirname(pending.temp(outputs.scores)), what) as workdir:
         if reference:  # on the cube's grid, or resampled onto it (nearest), or a clear error
             reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest")
             if note:

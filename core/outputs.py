@@ -1,4 +1,4 @@
-"""Outputs written under a temporary name and renamed only on success.
+"""Outputs written under a temporary name and renamed only on success; folders for a job's work files.
 
 A job opens `PendingOutputs` for all the files it will write, writes to
 `pending.temp(path)`, and the files appear under their real names only when
@@ -10,10 +10,13 @@ could be mistaken for a result.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Dict, Optional, Type, Union
+from typing import Dict, Iterator, Optional, Type, Union
 
 from .errors import RSLabError
 
@@ -97,3 +100,36 @@ class PendingOutputs:
             self.commit()
         else:
             self.discard()
+
+
+WORK_MARGIN = 1.1  # room asked for beyond a work file's estimated size (GDAL headers, estimates)
+WORK_SLACK = 64 * 2**20  # and a little more, so the disk is not left completely full
+
+
+def _gigabytes(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+@contextmanager
+def work_folder(prefix: str, need_bytes: int, fallback: str, what: str) -> Iterator[str]:
+    """A temporary folder with room for `need_bytes` of a job's work files, removed when the job ends.
+
+    The system's temporary folder when it has the room, else `fallback` (the
+    folder the job's outputs go to: the user chose that disk for this data),
+    else an RSLabError naming the space needed and free in both, raised before
+    any work starts: a large raster's work files would otherwise fill the disk
+    (or, where the temporary folder is a tmpfs, the memory) after minutes of work.
+    """
+    want = need_bytes * WORK_MARGIN + WORK_SLACK if need_bytes > 0 else 0  # 0: a few small files (VRTs) at most
+    free: Dict[str, int] = {}
+    for folder in (tempfile.gettempdir(), fallback):
+        if not folder or not os.path.isdir(folder) or folder in free:
+            continue
+        free[folder] = shutil.disk_usage(folder).free
+        if free[folder] >= want:
+            with tempfile.TemporaryDirectory(prefix=prefix, dir=folder) as path:
+                yield path
+            return
+    places = "; ".join(f"{_gigabytes(room)} free in {folder}" for folder, room in free.items())
+    raise RSLabError(f"{what} needs about {_gigabytes(want)} of temporary disk space ({places}): free some "
+                     "space, write the outputs to a folder on a larger disk, or set TMPDIR to one")

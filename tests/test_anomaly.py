@@ -222,6 +222,23 @@ def test_bad_inputs(tmp_path, beach2, samples):
     assert not out.exists()
 
 
+def test_bsdm_rx_without_disk_room_for_its_suppressed_cube_stops_before_training(tmp_path, beach2, monkeypatch):
+    from rslab.core import outputs
+
+    real = outputs.shutil.disk_usage
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: real(path)._replace(free=10**6))  # 1 MB free
+    cube, _ = beach2
+    out, messages = tmp_path / "out", []
+    with pytest.raises(RSLabError, match=r"bsdm_rx on this 100 x 100 x 193 image needs about 76 MB of temporary "
+                                         r"disk space \(1 MB free in .*; 1 MB free in .*out\)"):
+        detect_anomalies(str(cube), AnomalyOutputs(str(out / "scores.tif")), AnomalyParams(iterations=500),
+                         progress=lambda fraction, message: messages.append(message))
+    assert not any("BSDM" in m for m in messages) and not out.exists()
+    # RX writes no work files: it runs on the same full disk
+    result = detect_anomalies(str(cube), AnomalyOutputs(str(out / "rx.tif")), AnomalyParams(method="rx"))
+    assert os.path.exists(result.outputs.scores)
+
+
 def test_constant_bands_do_not_break_rx(tmp_path, beach2):
     cube, gt = beach2
     with rasterio.open(cube) as src:

@@ -15,7 +15,8 @@ from scipy import ndimage
 
 from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.job import JobMonitor
-from rslab.core.outputs import PendingOutputs
+from rslab.core import outputs
+from rslab.core.outputs import PendingOutputs, work_folder
 from rslab.core.raster_io import check_window, raster_info
 from rslab.core.tiling import OutputSpec, TileSpec, run_tiled, tile_grid
 
@@ -198,3 +199,38 @@ def test_bad_inputs_raise_rslab_error(tmp_path, samples):
         _run([str(samples / "stars_L7_ETMs.tif"), str(samples / "rasterio_RGB.byte.tif")],
              str(tmp_path / "x.tif"), lambda a, v: [a[0][0]], TileSpec(128, 0))
     assert not (tmp_path / "x.tif").exists()
+
+
+def _free_space(monkeypatch, free_by_folder):
+    """Pretend the disks behind these folders have this many bytes free (a full disk cannot be made here)."""
+    real = shutil.disk_usage
+
+    def disk_usage(path):
+        usage = real(path)
+        return usage._replace(free=free_by_folder.get(os.fspath(path), usage.free))
+
+    monkeypatch.setattr(outputs.shutil, "disk_usage", disk_usage)
+
+
+def test_work_files_go_to_the_temporary_folder_or_beside_the_outputs_or_nowhere(tmp_path, monkeypatch):
+    system_temp, beside = tmp_path / "tmp", tmp_path / "outputs"
+    system_temp.mkdir()
+    beside.mkdir()
+    monkeypatch.setattr(outputs.tempfile, "tempdir", str(system_temp))
+    gb = 10**9
+    _free_space(monkeypatch, {str(system_temp): 50 * gb, str(beside): 50 * gb})
+    with work_folder("rslab-test-", 10 * gb, str(beside), "a job") as folder:
+        assert os.path.dirname(folder) == str(system_temp) and os.path.isdir(folder)
+    assert not os.path.exists(folder)
+
+    _free_space(monkeypatch, {str(system_temp): 5 * gb, str(beside): 50 * gb})
+    with work_folder("rslab-test-", 10 * gb, str(beside), "a job") as folder:
+        assert os.path.dirname(folder) == str(beside)
+    assert os.listdir(beside) == []  # removed with its files
+
+    _free_space(monkeypatch, {str(system_temp): 5 * gb, str(beside): 8 * gb})
+    with pytest.raises(RSLabError, match=r"a job needs about 11\.1 GB of temporary disk space \(5\.0 GB free in "
+                                         r".*tmp; 8\.0 GB free in .*outputs\)"):
+        with work_folder("rslab-test-", 10 * gb, str(beside), "a job"):
+            raise AssertionError("the job must not start")
+    assert os.listdir(system_temp) == [] and os.listdir(beside) == []
