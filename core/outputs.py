@@ -131,5 +131,5 @@ def work_folder(prefix: str, need_bytes: int, fallback: str, what: str) -> Itera
                 yield path
             return
     places = "; ".join(f"{_gigabytes(room)} free in {folder}" for folder, room in free.items())
-    raise RSLabError(f"{what} needs about {_gigabytes(want)} of temporary disk space ({places}): free some "
+    raise RSLabError(f"{what} needs up to {_gigabytes(want)} of temporary disk space ({places}): free some "
                      "space, write the outputs to a folder on a larger disk, or set TMPDIR to one")

@@ -79,7 +79,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             "METHOD: bsdm_rx (a spectral diffusion denoiser trained on the scene suppresses the background, "
             "then global RX), rx (global RX: Mahalanobis distance to the scene mean) or lrx (local dual-window "
             "RX on the 10 leading principal components). bsdm_rx writes the suppressed cube as a temporary "
-            "float32 file the size of the uncompressed image (in the system's temporary folder, or beside "
+            "float32 file of up to the uncompressed image's size (in the system's temporary folder, or beside "
             "OUTPUT_SCORES when that lacks the room).\n"
             "ITERATIONS: BSDM training iterations (bsdm_rx only; default 500).\n"
             "SEED: random seed of BSDM's noise draw, pixel sample and weights (bsdm_rx only); the same seed "

@@ -229,7 +229,7 @@ def test_bsdm_rx_without_disk_room_for_its_suppressed_cube_stops_before_training
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: real(path)._replace(free=10**6))  # 1 MB free
     cube, _ = beach2
     out, messages = tmp_path / "out", []
-    with pytest.raises(RSLabError, match=r"bsdm_rx on this 100 x 100 x 193 image needs about 76 MB of temporary "
+    with pytest.raises(RSLabError, match=r"bsdm_rx on this 100 x 100 x 193 image needs up to 76 MB of temporary "
                                          r"disk space \(1 MB free in .*; 1 MB free in .*out\)"):
         detect_anomalies(str(cube), AnomalyOutputs(str(out / "scores.tif")), AnomalyParams(iterations=500),
                          progress=lambda fraction, message: messages.append(message))

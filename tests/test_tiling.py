@@ -229,7 +229,7 @@ def test_work_files_go_to_the_temporary_folder_or_beside_the_outputs_or_nowhere(
     assert os.listdir(beside) == []  # removed with its files
 
     _free_space(monkeypatch, {str(system_temp): 5 * gb, str(beside): 8 * gb})
-    with pytest.raises(RSLabError, match=r"a job needs about 11\.1 GB of temporary disk space \(5\.0 GB free in "
+    with pytest.raises(RSLabError, match=r"a job needs up to 11\.1 GB of temporary disk space \(5\.0 GB free in "
                                          r".*tmp; 8\.0 GB free in .*outputs\)"):
         with work_folder("rslab-test-", 10 * gb, str(beside), "a job"):
             raise AssertionError("the job must not start")
