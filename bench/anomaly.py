@@ -18,9 +18,12 @@ What it measures
        histogram AUC is printed. Then the mean per method, the published
        BSDM figures (METHODS.md section 2) beside ours, and the issue's
        targets, each marked met or not.
-    2. Determinism: BSDM + RX runs a second time on the first selected scene,
-       in a fresh process with the same seed, and its score raster is
-       compared with the first run's exactly (bit for bit, NaN included).
+    2. Determinism: BSDM + RX runs again on the first selected scene
+       (`--repeats` times, 1 by default), each in a fresh process with the
+       same seed, and each score raster is compared with the first run's
+       exactly (bit for bit, NaN included). With several repeats the time
+       target is also judged on the median of all runs on that scene, as
+       this machine's timing varies by +-15 % between identical runs.
     3. An independent check of our global RX: on every selected scene, the
        `rx` score raster against `spectral.rx` (Spectral Python, installed by
        `make setup` from requirements-dev.txt) on the whole cube in memory;
@@ -53,7 +56,7 @@ How
 
     nice -n 19 .venv/bin/python bench/anomaly.py [--scenes abu-beach-2 ...]
         [--methods bsdm_rx bsdm_rx_1it rx lrx] [--iterations 500]
-        [--precision auto|float32|bfloat16] [--skip-big] [--big-methods rx lrx bsdm_rx]
+        [--precision auto|float32|bfloat16] [--repeats 1] [--skip-big] [--big-methods rx lrx bsdm_rx]
         [--workdir /tmp/rslab-bench-anomaly]
 
 Measured on 2026-11-25 (2 CPU cores, Intel Xeon with AMX, 24 GB RAM;
@@ -117,7 +120,9 @@ On another machine (2026-12-02: AMD EPYC, 2 cores, AVX512-BF16, no AMX),
 `--methods bsdm_rx --skip-big`, 898 s: BSDM + RX mean AUC(D,F) 0.9578 (per
 scene within 0.0031 of the table above: other CPU kernels), 59.0-93.3 s per
 100 x 100 scene (mean 73.0 s: the 60 s target NOT met on that CPU), 137.7 s
-on beach-1; the repeat run on airport-1 was bit-identical (69.8 s).
+on beach-1; the repeat run on airport-1 was bit-identical (69.8 s). There,
+`--scenes abu-airport-1 --methods bsdm_rx --skip-big --repeats 4` later
+that day: median 72.4 s over five runs (70.1-77.1 s), all bit-identical.
 
 All three methods on the mosaic (`--scenes abu-beach-2 --methods rx
 --big-methods rx lrx bsdm_rx`, 2026-12-02): RX 11.6 s, peak 995 MB; LRX 3/11
@@ -134,6 +139,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from measure import max_rss_bytes, own_hwm_bytes, spawn_child  # bench/ is on sys.path
@@ -568,7 +574,7 @@ def print_rx_check(results: Dict[str, Dict[str, Any]]) -> Optional[float]:
     return worst
 
 
-def print_targets(results: Dict[str, Dict[str, Any]], means: Dict[str, Any], repeat: Optional[Dict[str, Any]],
+def print_targets(results: Dict[str, Dict[str, Any]], means: Dict[str, Any], repeats: Sequence[Dict[str, Any]],
                   repeat_scene: str, iterations: int) -> None:
     print("\nissue targets:")
     if "bsdm_rx" not in means or not means["bsdm_rx"]["scenes"]:
@@ -586,10 +592,11 @@ def print_targets(results: Dict[str, Dict[str, Any]], means: Dict[str, Any], rep
         untrained = means[UNTRAINED]["auc_df"]
         print(f"  (ablation, not a target) BSDM + RX with a 1-iteration denoiser: mean AUC(D,F) {untrained:.4f}; "
               f"training {iterations} iterations changes it by {100 * (bsdm - untrained):+.2f} points")
-    if repeat is not None:
-        detail = "identical" if repeat["identical"] else f"DIFFER (max |diff| {repeat['max_abs_diff']:.3g})"
-        print(f"  same scores for the same seed: {repeat_scene}, two runs in separate processes, score rasters "
-              f"{detail} ({verdict(repeat['identical'])})")
+    if repeats:
+        same = all(r["identical"] for r in repeats)
+        detail = "identical" if same else f"DIFFER (max |diff| {max(r['max_abs_diff'] for r in repeats):.3g})"
+        print(f"  same scores for the same seed: {repeat_scene}, {len(repeats) + 1} runs in separate processes, "
+              f"score rasters {detail} ({verdict(same)})")
     small = {n: r["methods"]["bsdm_rx"]["seconds"] for n, r in results.items()
              if "bsdm_rx" in r["methods"] and (r["scene"]["width"], r["scene"]["height"]) == (100, 100)}
     if small:
@@ -600,6 +607,11 @@ def print_targets(results: Dict[str, Dict[str, Any]], means: Dict[str, Any], rep
               f"{SECONDS_TARGET:.0f} s on {os.cpu_count()} cores: slowest {small[worst]:.1f} s ({worst}), mean "
               f"{mean(list(small.values())):.1f} s over {len(small)} scene(s) "
               f"({verdict(small[worst] < SECONDS_TARGET)}{note})")
+        if repeats and repeat_scene in small:
+            runs = [small[repeat_scene]] + [r["seconds"] for r in repeats]
+            print(f"  the same on {repeat_scene} over {len(runs)} runs (this machine's timing noise): median "
+                  f"{median(runs):.1f} s, {min(runs):.1f}-{max(runs):.1f} s ({verdict(median(runs) < SECONDS_TARGET)} "
+                  f"on the median{note})")
 
 
 def run_big(workdir: Path, methods: Sequence[str]) -> None:
@@ -648,17 +660,21 @@ def parent_main(args: argparse.Namespace) -> None:
                                                 "--precision", args.precision])
         print_scene(scene, results[scene])
     means = print_summary(results, args.methods, args.iterations)
-    repeat, repeat_scene = None, ""
+    repeats: List[Dict[str, Any]] = []
+    repeat_scene = ""
     bsdm_ran = [n for n, r in results.items() if "bsdm_rx" in r["methods"]]
     if bsdm_ran:
         repeat_scene = bsdm_ran[0]
-        print(f"\nBSDM + RX again on {repeat_scene} (same seed, fresh process) ...", flush=True)
-        repeat = spawn_child(__file__, ["--child", "repeat", "--workdir", str(workdir), "--scenes", repeat_scene,
-                                        "--iterations", str(args.iterations), "--precision", args.precision])
-        print(f"  second run {repeat['seconds']:.1f} s, AUC(D,F) {repeat['auc_df']:.4f}; score rasters "
-              f"{'identical' if repeat['identical'] else 'DIFFER'}")
+        print(f"\nBSDM + RX again on {repeat_scene} ({args.repeats} run(s); same seed, a fresh process each) ...",
+              flush=True)
+        for run in range(args.repeats):
+            repeat = spawn_child(__file__, ["--child", "repeat", "--workdir", str(workdir), "--scenes", repeat_scene,
+                                            "--iterations", str(args.iterations), "--precision", args.precision])
+            print(f"  run {run + 2}: {repeat['seconds']:.1f} s, AUC(D,F) {repeat['auc_df']:.4f}; score raster "
+                  f"{'identical to the first' if repeat['identical'] else 'DIFFERS from the first'}", flush=True)
+            repeats.append(repeat)
     print_rx_check(results)
-    print_targets(results, means, repeat, repeat_scene, args.iterations)
+    print_targets(results, means, repeats, repeat_scene, args.iterations)
     if not args.skip_big:
         run_big(workdir, args.big_methods)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
@@ -676,6 +692,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=ITERATIONS, help="BSDM training iterations")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="BSDM training precision (auto: bfloat16 where the hardware has it)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="BSDM + RX runs again on the first scene, each in a fresh process: the scores must be "
+                             "identical to the first run's; the target's time is also given as the median of all "
+                             "runs (default 1)")
     parser.add_argument("--skip-big", action="store_true", help="skip the 1000 x 1000 x 200 run(s)")
     parser.add_argument("--big-methods", nargs="+", default=["rx"], choices=("rx", "lrx", "bsdm_rx"),
                         help="methods timed on the 1000 x 1000 x 200 cube (default: rx)")
@@ -694,6 +714,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.methods = [m for m in METHODS if m in args.methods]  # fixed order, no repeats
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     return args
 
 
