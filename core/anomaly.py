@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -465,13 +466,13 @@ def detect_anomalies(
     # work files: BSDM's background-suppressed cube (float32, every band; a reference off the grid is a small VRT)
     need = 4 * info.width * info.height * info.count if params.method == "bsdm_rx" else 0
     what = f"{params.method} on this {info.width} x {info.height} x {info.count} image"
-    with PendingOutputs() as pending, \
-            work_folder("rslab-anomaly-", need, os.path.dirname(pending.temp(outputs.scores)), what) as workdir:
+    with PendingOutputs() as pending, ExitStack() as stack:
+        scores_path = pending.temp(outputs.scores)
+        workdir = stack.enter_context(work_folder("rslab-anomaly-", need, os.path.dirname(scores_path), what))
         if reference:  # on the cube's grid, or resampled onto it (nearest), or a clear error
             reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest")
             if note:
                 result.notes.append(note)
-        scores_path = pending.temp(outputs.scores)
         source = cube
         if params.method == "bsdm_rx":
             device = select_device(params.device)
