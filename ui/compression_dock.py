@@ -296,9 +296,9 @@ class CompressionDock(JobDock):
         self.method_combo.setItemData(1, "Per-layer bits from a k-means distortion threshold, then "
                                          "quantisation-aware training taught by the full-precision model",
                                       Qt.ToolTipRole)
-        self.epochs_spin = double_spin_box(self, 0.01, 1000.0, 1.0, 2, 0.5)
-        self.epochs_spin.setToolTip("Training budget: one epoch is one pass over the training images "
-                                    "(classification) or 100 iterations (tiled data)")
+        self.epochs_spin = double_spin_box(self, 0.01, 1000.0, 1.0, 2, 0.5,
+                                           "Training budget: one epoch is one pass over the training images "
+                                           "(classification) or 100 iterations (tiled data)")
         self.data_file = QgsFileWidget(self)
         self.data_file.setStorageMode(QgsFileWidget.GetFile)
         self.output_file = checkpoint_widget(self, save=True,
@@ -306,13 +306,14 @@ class CompressionDock(JobDock):
 
     def _build_method_settings(self) -> None:
         self.pic_pq_box = QGroupBox("PIC-PQ settings", self)
-        self.flops_spin = double_spin_box(self, 0.0, 0.95, 0.5, 2, 0.05)
-        self.flops_spin.setToolTip("Fraction of the multiply-accumulates pruned away (0 = quantise only)")
+        self.flops_spin = double_spin_box(self, 0.0, 0.95, 0.5, 2, 0.05,
+                                          "Fraction of the multiply-accumulates pruned away (0 = quantise only)")
         self.bits_edit = QLineEdit("8,6,4", self)
         self.bits_edit.setToolTip("Maximum weight/activation bits per stage of the network, first stage first "
                                   "(2..8, or 32 for full precision)")
-        self.penalty_spin = double_spin_box(self, 0.0, 8.0, round(1 / 6, 4), 4, 0.05)
-        self.penalty_spin.setToolTip("Penalty factor λ: how strongly a heavily pruned layer is pushed to fewer bits")
+        self.penalty_spin = double_spin_box(self, 0.0, 8.0, round(1 / 6, 4), 4, 0.05,
+                                            "Penalty factor λ: how strongly a heavily pruned layer is pushed "
+                                            "to fewer bits")
         self.generations_spin = spin_box(self, 1, 1000, 20, 1,
                                          "Generations of the evolutionary search for per-layer pruning scales")
         form = QFormLayout(self.pic_pq_box)
@@ -322,11 +323,11 @@ class CompressionDock(JobDock):
         form.addRow("Generations", self.generations_spin)
 
         self.ghost_box = QGroupBox("GHOST settings", self)
-        self.threshold_spin = double_spin_box(self, 0.0001, 100.0, 0.1, 4, 0.01)
-        self.threshold_spin.setToolTip("k-means distortion threshold: a layer gets the fewest bits whose "
-                                       "distortion is below it")
-        self.distillation_spin = double_spin_box(self, 0.0, 100000.0, 400.0, 1, 50.0)
-        self.distillation_spin.setToolTip("Weight of the self-distillation loss against the task loss")
+        self.threshold_spin = double_spin_box(self, 0.0001, 100.0, 0.1, 4, 0.01,
+                                              "k-means distortion threshold: a layer gets the fewest bits whose "
+                                              "distortion is below it")
+        self.distillation_spin = double_spin_box(self, 0.0, 100000.0, 400.0, 1, 50.0,
+                                                 "Weight of the self-distillation loss against the task loss")
         self.ghost_bits_spin = spin_box(self, 2, 8, 8, 1, "The most bits any layer may get")
         form = QFormLayout(self.ghost_box)
         form.addRow("Threshold", self.threshold_spin)
