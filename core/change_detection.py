@@ -20,9 +20,11 @@ of the magnitude centred on that threshold, so THRESHOLD 0.5 is Otsu's.
 When the after image is on another grid it is resampled onto the before grid
 (bilinear, via a GDAL warped VRT) and the result's `notes` say so; a
 reference raster on another grid is resampled with nearest neighbour. When a
-reference is given (0 = no change, non-zero = change), a second windowed pass
-computes precision, recall, F1, IoU, OA, kappa and the ROC-AUC of the
-uncertainty for separating wrong from right pixels.
+reference is given (read under `ChangeParams.reference_coding`: 0 = no change,
+non-zero = change, or 0 = not labelled, 1 = no change, 2 = change; see
+core/change_reference.py), a second windowed pass computes precision, recall,
+F1, IoU, OA, kappa and the ROC-AUC of the uncertainty for separating wrong
+from right pixels, over the labelled pixels.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import numpy as np
 from .alignment import align_to
 from .change_data import band_statistics
 from .change_model import predict_pair
+from .change_reference import check_coding, coding_note, reference_labels, survey_reference
 from .checkpoint import Checkpoint, build_model, load_checkpoint
 from .device import describe_device, select_device
 from .errors import RSLabError
@@ -59,8 +62,10 @@ class ChangeParams:
     tile: int = 512
     overlap: int = 128
     device: str = "auto"
+    reference_coding: str = "binary"  # how a reference's values read: core/change_reference.py
 
     def __post_init__(self) -> None:
+        check_coding(self.reference_coding)
         if self.method not in METHODS:
             raise RSLabError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0.0 < self.threshold < 1.0:
@@ -83,6 +88,7 @@ class ChangeResult(JobResult):
     outputs: Optional[ChangeOutputs] = None
     method: str = ""
     threshold: float = 0.5
+    reference_coding: Optional[str] = None  # how the reference's values were read, when one was given
     metrics: Dict[str, Any] = field(default_factory=dict)
     model: Dict[str, Any] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
@@ -211,6 +217,10 @@ def detect_changes(
             reference_path, ref_note = align_to(info, reference, workdir, role="reference", resampling="nearest")
             if ref_note:
                 result.notes.append(ref_note)
+            result.reference_coding = params.reference_coding
+            coding = coding_note(survey_reference(reference_path, monitor.sub(0.0, 0.02)), params.reference_coding)
+            if coding:
+                result.notes.append(coding)
 
         if checkpoint is not None:
             device = select_device(params.device)
@@ -249,7 +259,7 @@ def detect_changes(
                 paths = {name: s.path for (name, _), s in zip(specs, temp_specs)}
                 with monitor.timed("evaluate"):
                     result.metrics = evaluate_change(paths["change"], reference_path, paths.get("uncertainty"),
-                                                     monitor.sub(0.9, 0.98))
+                                                     monitor.sub(0.9, 0.98), coding=params.reference_coding)
             if outputs.report:
                 with open(pending.temp(outputs.report), "w") as handle:
                     json.dump(result.report(), handle, indent=1, default=str)
@@ -259,12 +269,13 @@ def detect_changes(
 
 def evaluate_change(
     change: str, reference: str, uncertainty: Optional[str] = None, monitor: Optional[JobMonitor] = None,
-    tile: int = 1024,
+    tile: int = 1024, coding: str = "binary",
 ) -> Dict[str, Any]:
-    """Scores of a change mask against a reference (non-zero = change), by windows.
+    """Scores of a change mask against a reference read under `coding`, by windows, over its labelled pixels.
 
     With an uncertainty raster also `uncertainty_auc`: the ROC-AUC of the
     uncertainty for separating wrongly from rightly classified pixels.
+    `pixels` counts the pixels compared (valid in both and labelled).
     """
     monitor = monitor or JobMonitor()
     confusion = Confusion()
@@ -277,8 +288,9 @@ def evaluate_change(
                 monitor.step(i / len(tiles), "comparing with the reference")
                 pred, valid = read_window(c, t.read)
                 ref, ref_valid = read_window(r, t.read)
-                ok = valid & ref_valid
-                predicted, actual = pred[0] == 1, ref[0] != 0
+                actual, labelled = reference_labels(ref[0], coding)
+                ok = valid & ref_valid & labelled
+                predicted = pred[0] == 1
                 confusion.update(predicted, actual, ok)
                 if u is not None:
                     unc, unc_valid = read_window(u, t.read)

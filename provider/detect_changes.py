@@ -13,6 +13,7 @@ from qgis.core import (
 )
 
 from ..core.change_detection import METHODS, ChangeOutputs, ChangeParams, detect_changes
+from ..core.change_reference import CODINGS
 from .base import RSLabAlgorithm, feedback_callbacks
 
 
@@ -26,6 +27,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
     MODEL = "MODEL"
     THRESHOLD = "THRESHOLD"
     REFERENCE = "REFERENCE"
+    REFERENCE_CODING = "REFERENCE_CODING"
     OUTPUT_CHANGE = "OUTPUT_CHANGE"
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
@@ -46,8 +48,10 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             "METHOD: arcdnet (AR-CDNet deep network, default weights unless MODEL is given) or cva "
             "(change vector analysis with an Otsu threshold, no model).\n"
             "THRESHOLD: probability above which a pixel is changed (0.5; for CVA 0.5 is Otsu's threshold).\n"
-            "REFERENCE: optional change reference (0 no change, non-zero change): the report then has "
-            "precision, recall, F1, IoU, OA, kappa and the uncertainty's ROC-AUC for finding wrong pixels.\n"
+            "REFERENCE: optional change reference: the report then has precision, recall, F1, IoU, OA, kappa "
+            "and the uncertainty's ROC-AUC for finding wrong pixels, over the reference's labelled pixels.\n"
+            "REFERENCE_CODING: how the reference's values read: 0 binary (0 no change, non-zero change) or "
+            "1 partial (0 not labelled, 1 no change, 2 change: references drawn for part of a scene).\n"
             "OUTPUT_REPORT: JSON with metrics, timings, device and the model card summary."
         )
 
@@ -60,6 +64,9 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Threshold", QgsProcessingParameterNumber.Double,
                                                        defaultValue=0.5, minValue=0.01, maxValue=0.99))
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference change map", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.REFERENCE_CODING, "Reference values",
+            options=[f"{name}: {meaning}" for name, meaning in CODINGS.items()], defaultValue=0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CHANGE, "Change mask"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, "Change probability",
                                                                   optional=True, createByDefault=True))
@@ -76,6 +83,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            reference_coding=list(CODINGS)[self.parameterAsEnum(parameters, self.REFERENCE_CODING, context)],
         )
         outputs = ChangeOutputs(
             change=self.parameterAsOutputLayer(parameters, self.OUTPUT_CHANGE, context),

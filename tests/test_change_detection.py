@@ -13,6 +13,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from rslab.core.change_data import pairs_from_folder, split_validation
 from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes, otsu_threshold
+from rslab.core.change_reference import reference_labels
 from rslab.core.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.metrics import Confusion, HistogramAUC
@@ -91,6 +92,65 @@ def test_georeferenced_multispectral_pair_with_after_on_another_grid(tmp_path, o
     with rasterio.open(before) as b, rasterio.open(tmp_path / "out" / "change.tif") as c:
         assert (c.crs, c.transform, c.width, c.height) == (b.crs, b.transform, b.width, b.height)
     assert result.metrics["pixels"] > 0.9 * result.width * result.height
+
+
+@pytest.fixture()
+def nanjing(shared_data):
+    """The Landsat-5 Nanjing pair (6 bands, UTM 50N) and its partial reference: 0 unlabelled, 1 unchanged, 2 changed."""
+    root = shared_data / "change" / "landsat_nanjing"
+    return (str(root / "Nanjing_t1_TM6b.tif"), str(root / "Nanjing_t2_TM6b.tif"),
+            str(root / "Nanjing_reference_0unl_1unch_2ch.tif"))
+
+
+def test_a_partial_reference_is_scored_on_its_labelled_pixels_only(tmp_path, nanjing):
+    before, after, reference = nanjing
+    partial = detect_changes(before, after, _outputs(tmp_path / "partial"),
+                             ChangeParams(method="cva", reference_coding="partial"), reference=reference)
+    values = _read(reference)[0]
+    change = _read(tmp_path / "partial" / "change.tif")[0] == 1
+    labelled, truth = values > 0, values == 2
+    expected = Confusion()
+    expected.update(change[labelled], truth[labelled])
+    assert partial.metrics["pixels"] == int(labelled.sum()) == 14756
+    for key, value in expected.scores().items():
+        assert partial.metrics[key] == pytest.approx(value)
+    assert partial.metrics["f1"] > 0.7 and partial.notes == []  # CVA finds Nanjing's changes well
+    report = json.loads((tmp_path / "partial" / "report.json").read_text())
+    assert report["reference_coding"] == "partial"
+
+    # read as binary (the default), every labelled pixel counts as change: meaningless scores, and a note says so
+    binary = detect_changes(before, after, _outputs(tmp_path / "binary"), ChangeParams(method="cva"),
+                            reference=reference)
+    assert binary.metrics["pixels"] == 800 * 800 and binary.metrics["f1"] < 0.1
+    assert any("partial coding" in note for note in binary.notes)
+
+
+def test_reference_codings_read_values():
+    values = np.array([[0, 1, 2, 7]])
+    changed, labelled = reference_labels(values, "binary")
+    assert changed.tolist() == [[False, True, True, True]] and labelled.all()
+    changed, labelled = reference_labels(values, "partial")
+    assert changed.tolist() == [[False, False, True, False]] and labelled.tolist() == [[False, True, True, True]]
+    with pytest.raises(RSLabError, match="binary, partial"):
+        ChangeParams(reference_coding="0/1")
+
+
+def test_a_reference_the_partial_coding_cannot_read_stops_before_any_output(tmp_path, nanjing):
+    before, after, reference = nanjing
+    with rasterio.open(reference) as src:
+        values, profile = src.read(1), src.profile
+    odd, empty = values.copy(), np.zeros_like(values)
+    odd[400, 400] = 3
+    cases = ((odd, "holds the value 3"), (empty, "no labelled pixel"))
+    for i, (data, message) in enumerate(cases):
+        path = tmp_path / f"reference_{i}.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data, 1)
+        out = tmp_path / f"out_{i}"
+        with pytest.raises(RSLabError, match=message):
+            detect_changes(before, after, _outputs(out), ChangeParams(method="cva", reference_coding="partial"),
+                           reference=str(path))
+        assert not out.exists() or os.listdir(out) == []
 
 
 def test_bad_inputs_stop_with_clear_messages_and_no_files(tmp_path, shared_data, samples, oscd, tiny_change_checkpoint):

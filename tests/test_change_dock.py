@@ -130,6 +130,32 @@ def test_without_reference_no_accuracy_and_a_temporary_folder(qtbot, dock, levir
             shutil.rmtree(folder)
 
 
+def test_a_partial_reference_is_read_as_the_coding_chosen_in_the_dock(qtbot, dock, project, shared_data, tmp_path,
+                                                                       iface):
+    root = shared_data / "change" / "landsat_nanjing"
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", root / name), role) for name, role in (
+        ("Nanjing_t2_TM6b.tif", "2002"), ("Nanjing_t1_TM6b.tif", "2000"),
+        ("Nanjing_reference_0unl_1unch_2ch.tif", "reference"))]
+    assert not dock.coding_combo.isEnabled()  # no reference chosen yet
+    choose(dock, layers[1], layers[0], "cva", layers[2], output=tmp_path / "binary")
+    assert dock.coding_combo.isEnabled() and dock.coding_combo.currentData() == "binary"
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.metrics["f1"] < 0.1
+    assert "choose the partial coding" in dock.status_label.text()
+    assert any("partial coding" in t for t in message_texts(iface))
+
+    qtbot.keyClicks(dock.coding_combo, "partial")  # pick the partial coding by its text, as a person would
+    assert dock.coding_combo.currentData() == "partial"
+    dock.output_dir.setFilePath(str(tmp_path / "partial"))
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.reference_coding == "partial" and result.metrics["pixels"] == 14756
+    assert f"{result.metrics['f1']:.3f}" in dock.metrics_label.text() and result.metrics["f1"] > 0.7
+    assert "reference's 14,756 labelled pixels" in dock.metrics_label.text()
+    assert "Note" not in dock.status_label.text()
+    dock.reference_combo.setLayer(None)
+    assert not dock.coding_combo.isEnabled()
+
+
 def test_group_lands_inside_the_after_layers_group(qtbot, dock, levir, project, tmp_path):
     root = project.layerTreeRoot()
     dates = root.addGroup("dates")

@@ -35,6 +35,17 @@ def test_detect_changes_processing_run_with_reference(tmp_path, samples, provide
         assert layer.isValid() and layer.width() == 256
 
 
+def test_detect_changes_reads_a_partial_reference(tmp_path, shared_data, provider):
+    root = shared_data / "change" / "landsat_nanjing"
+    params = {"BEFORE": str(root / "Nanjing_t1_TM6b.tif"), "AFTER": str(root / "Nanjing_t2_TM6b.tif"), "METHOD": 1,
+              "REFERENCE": str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), "REFERENCE_CODING": 1,
+              "OUTPUT_CHANGE": str(tmp_path / "change.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")}
+    processing.run("rslab:detect_changes", params)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["reference_coding"] == "partial" and report["metrics"]["pixels"] == 14756
+    assert report["metrics"]["f1"] > 0.7
+
+
 def test_detect_changes_with_loaded_layers_and_bad_input(tmp_path, samples, provider):
     before, after, _ = _pair(samples)
     b, a = QgsRasterLayer(before, "before"), QgsRasterLayer(after, "after")

@@ -40,6 +40,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.change_detection import MASK_NODATA, ChangeOutputs, ChangeParams, ChangeResult, detect_changes
+from ..core.change_reference import CODINGS
 from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
@@ -48,7 +49,7 @@ from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
-from .widgets import checkpoint_widget, double_spin_box, folder_widget, result_plot
+from .widgets import checkpoint_widget, double_spin_box, folder_widget, result_plot, scroll_body
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -186,6 +187,7 @@ class ChangeDetectionDock(JobDock):
         self.reload_models()
         self._pick_distinct_layers()
         self._update_model_widgets()
+        self._update_coding_widget()
         self._set_running(False)
 
     # construction -----------------------------------------------------------------------------------
@@ -199,8 +201,15 @@ class ChangeDetectionDock(JobDock):
         self.before_combo = self._raster_combo()
         self.after_combo = self._raster_combo()
         self.reference_combo = self._raster_combo(allow_empty=True)
-        self.reference_combo.setToolTip("Optional change reference (0 = no change, non-zero = change): "
-                                        "gives precision, recall, F1, IoU, OA, kappa and the uncertainty AUC")
+        self.reference_combo.setToolTip("Optional change reference: gives precision, recall, F1, IoU, OA, kappa "
+                                        "and the uncertainty AUC over its labelled pixels")
+        self.coding_combo = QComboBox(self)
+        for coding, short in (("binary", "binary (0 = no change)"), ("partial", "partial (0 = not labelled)")):
+            self.coding_combo.addItem(short, coding)
+            self.coding_combo.setItemData(self.coding_combo.count() - 1, CODINGS[coding], Qt.ToolTipRole)
+        self.coding_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.coding_combo.setToolTip("How the reference's values read. References drawn for only part of a scene "
+                                     "use 0 = not labelled, 1 = no change, 2 = change")
         self.method_combo = QComboBox(self)
         self.method_combo.addItem("AR-CDNet (deep model)", "arcdnet")
         self.method_combo.addItem("CVA (no model)", "cva")
@@ -249,6 +258,7 @@ class ChangeDetectionDock(JobDock):
         inputs.addRow("", self.model_file)
         inputs.addRow("Threshold", self.threshold_spin)
         inputs.addRow("Reference", self.reference_combo)
+        inputs.addRow("Reference values", self.coding_combo)
         inputs.addRow("Output folder", self.output_dir)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
@@ -257,16 +267,19 @@ class ChangeDetectionDock(JobDock):
         result_layout = QVBoxLayout(results)
         result_layout.addWidget(self.metrics_label)
         result_layout.addWidget(self.histogram, 1)
-        layout = QVBoxLayout(self)
+        body = QWidget(self)
+        layout = QVBoxLayout(body)
         layout.addLayout(inputs)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
         layout.addWidget(results, 1)
+        scroll_body(self, body)
 
     def _connect(self) -> None:
         self.method_combo.currentIndexChanged.connect(self._update_model_widgets)
         self.model_combo.currentIndexChanged.connect(self._update_model_widgets)
+        self.reference_combo.layerChanged.connect(self._update_coding_widget)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.train_button.clicked.connect(self.open_training)
@@ -310,6 +323,9 @@ class ChangeDetectionDock(JobDock):
         self.model_combo.setEnabled(uses_model)
         self.model_file.setEnabled(uses_model and self.model_combo.currentData() is None)
 
+    def _update_coding_widget(self) -> None:
+        self.coding_combo.setEnabled(self.reference_combo.currentLayer() is not None)
+
     # running --------------------------------------------------------------------------------------------
     def build_request(self) -> ChangeRequest:
         """Read the widgets into a ChangeRequest (GUI thread); RSLabError names what is missing."""
@@ -321,7 +337,8 @@ class ChangeDetectionDock(JobDock):
         reference = layer_file(reference_layer, "reference") if reference_layer is not None else None
         method = self.method_combo.currentData()
         params = ChangeParams(method=method, threshold=round(self.threshold_spin.value(), 2),
-                              model=self.selected_checkpoint() if method == "arcdnet" else None)
+                              model=self.selected_checkpoint() if method == "arcdnet" else None,
+                              reference_coding=self.coding_combo.currentData())
         folder, created = self._output_folder()
         return ChangeRequest(
             before=before, after=after, reference=reference,
@@ -407,6 +424,8 @@ class ChangeDetectionDock(JobDock):
                 shown = "n/a" if value is None else f"{value:.3f}"
                 pairs.append(f"{label.replace(' ', '&nbsp;')}&nbsp;<b>{shown}</b>")
             text += "<p>" + "&nbsp;&nbsp; ".join(pairs) + "</p>"
+            if result.reference_coding == "partial":
+                text += f"<p>Scored on the reference's {result.metrics.get('pixels', 0):,} labelled pixels.</p>"
         else:
             text += "<p>Accuracy not computed: no reference layer was given.</p>"
         self.metrics_label.setText(text)

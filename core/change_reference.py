@@ -1,0 +1,95 @@
+"""How a change reference raster's values read: changed, unchanged or not labelled.
+
+Two codings are in use for change references:
+
+- ``binary``: 0 = no change, any other value = change (LEVIR-CD, OSCD as
+  shipped here, most masks drawn by hand);
+- ``partial``: 0 = not labelled, 1 = no change, 2 = change. References drawn
+  for only part of a scene use it (the Landsat Nanjing pair in
+  ../shared/data/change/landsat_nanjing labels 14,756 of its 640,000 pixels).
+
+Read as binary, a partial reference turns every labelled pixel into "change"
+and every unlabelled one into "no change", so the scores mean nothing (CVA on
+Nanjing: F1 0.046 read as binary, 0.757 read as partial). The reference's
+values are therefore surveyed before any work: a partial reference with other
+values stops with a clear error, and a reference read as binary that holds
+exactly 0, 1 and 2 gets a note pointing to the partial coding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Set, Tuple
+
+import numpy as np
+
+from .errors import RSLabError
+from .job import JobMonitor
+from .raster_io import gdal_env, open_raster, read_window
+from .tiling import TileSpec, tile_grid
+
+CODINGS: Dict[str, str] = {
+    "binary": "0 = no change, non-zero = change",
+    "partial": "0 = not labelled, 1 = no change, 2 = change",
+}
+PARTIAL_VALUES = (0, 1, 2)
+
+
+def check_coding(coding: str) -> None:
+    if coding not in CODINGS:
+        raise RSLabError(f"the reference coding must be one of {', '.join(CODINGS)}, got {coding!r}")
+
+
+def reference_labels(values: np.ndarray, coding: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(changed, labelled) boolean arrays for reference values read under `coding`."""
+    if coding == "partial":
+        return values == 2, values != 0
+    check_coding(coding)
+    return values != 0, np.ones(values.shape, bool)
+
+
+@dataclass
+class ReferenceValues:
+    """Which of 0, 1 and 2 a reference's valid pixels hold, and one other value if there is any."""
+
+    present: Set[int] = field(default_factory=set)
+    other: Optional[float] = None
+
+    def update(self, values: np.ndarray) -> None:
+        for v in PARTIAL_VALUES:
+            if v not in self.present and np.any(values == v):
+                self.present.add(v)
+        if self.other is None:
+            odd = values[(values != 0) & (values != 1) & (values != 2)]
+            if odd.size:
+                self.other = float(odd[0])
+
+
+def survey_reference(path: str, monitor: Optional[JobMonitor] = None, tile: int = 1024) -> ReferenceValues:
+    """The values of a one-band reference raster's valid pixels, by windows."""
+    monitor = monitor or JobMonitor()
+    seen = ReferenceValues()
+    with gdal_env(), open_raster(path) as ds:
+        tiles = tile_grid(ds.height, ds.width, TileSpec(tile, 0))
+        for i, t in enumerate(tiles):
+            monitor.step(i / len(tiles), "reading the reference")
+            values, valid = read_window(ds, t.read)
+            seen.update(values[0][valid])
+    return seen
+
+
+def coding_note(seen: ReferenceValues, coding: str) -> Optional[str]:
+    """RSLabError when `coding` cannot read these values; a note when the coding looks like the wrong one."""
+    check_coding(coding)
+    if coding == "partial":
+        if seen.other is not None:
+            raise RSLabError(
+                f"the reference holds the value {seen.other:g}, but the partial coding ({CODINGS['partial']}) "
+                "has no such value: choose the binary coding or recode the reference")
+        if not seen.present & {1, 2}:
+            raise RSLabError("the reference has no labelled pixel (1 = no change, 2 = change) under the partial "
+                             "coding: choose the binary coding, or another reference")
+        return None
+    if seen.other is None and {1, 2} <= seen.present:
+        return ("the reference holds the values 0, 1 and 2 and was read as binary (0 = no change, non-zero = "
+                "change); if 0 means not labelled, 1 no change and 2 change, choose the partial coding")
+    return None
