@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from rasterio.windows import Window
 
+from .change_reference import reference_labels
 from .errors import RSLabError
 from .raster_io import describe, gdal_env, open_raster, read_decimated, read_window, same_grid
 
@@ -81,10 +82,11 @@ class PairSampler:
     """
 
     def __init__(self, pairs: Sequence[ChangePair], crop: int, seed: int = 0,
-                 jitter: float = 0.0, paste: float = 0.0) -> None:
+                 jitter: float = 0.0, paste: float = 0.0, coding: str = "binary") -> None:
         if not pairs:
             raise RSLabError("no training pairs were given")
         self.pairs = list(pairs)
+        self.coding = coding  # how the label rasters read (core/change_reference.py)
         self.crop = crop
         self.jitter = jitter
         self.paste = paste
@@ -98,7 +100,7 @@ class PairSampler:
         self.cache = {}
         for i, (pair, (h, w)) in enumerate(zip(self.pairs, self.shapes)):
             if h * w <= IN_MEMORY_PIXELS:
-                self.cache[i] = read_pair(pair, Window(0, 0, w, h))
+                self.cache[i] = read_pair(pair, Window(0, 0, w, h), coding)
         weights = np.array([h * w for h, w in self.shapes], dtype=np.float64)
         self.weights = weights / weights.sum()
 
@@ -118,7 +120,7 @@ class PairSampler:
             sl = (slice(int(win.row_off), int(win.row_off + win.height)), slice(int(win.col_off), int(win.col_off + win.width)))
             a, b, y, v = a[(slice(None),) + sl], b[(slice(None),) + sl], y[sl], v[sl]
         else:
-            a, b, y, v = read_pair(self.pairs[i], win)
+            a, b, y, v = read_pair(self.pairs[i], win, self.coding)
         a, b, y, v = pad_to(a, b, y, v, self.crop)
         if self.paste and self.rng.random() < self.paste:
             b, y, v = self._paste_changes(b, y, v)
@@ -168,13 +170,19 @@ class PairSampler:
         return b, y, v
 
 
-def read_pair(pair: ChangePair, window: Window) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """before, after (float32), label (float32 0/1) and valid mask for one window of a pair."""
+def read_pair(pair: ChangePair, window: Window,
+              coding: str = "binary") -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """before, after (float32), label (float32 0/1) and valid mask for one window of a pair.
+
+    The label raster is read under `coding` (core/change_reference.py); its
+    unlabelled pixels are invalid, like nodata in either image.
+    """
     with gdal_env(), open_raster(pair.before) as a, open_raster(pair.after) as b, open_raster(pair.label) as lab:
         xa, va = read_window(a, window)
         xb, vb = read_window(b, window)
         y = lab.read(1, window=window)
-    return xa.astype(np.float32), xb.astype(np.float32), (y != 0).astype(np.float32), va & vb
+    changed, labelled = reference_labels(y, coding)
+    return xa.astype(np.float32), xb.astype(np.float32), changed.astype(np.float32), va & vb & labelled
 
 
 def pad_to(a, b, y, v, size: int):

@@ -8,6 +8,9 @@ Two codings are in use for change references:
   for only part of a scene use it (the Landsat Nanjing pair in
   ../shared/data/change/landsat_nanjing labels 14,756 of its 640,000 pixels).
 
+The same codings read the label rasters of training pairs: unlabelled pixels
+are left out of the loss and of the validation scores, like nodata.
+
 Read as binary, a partial reference turns every labelled pixel into "change"
 and every unlabelled one into "no change", so the scores mean nothing (CVA on
 Nanjing: F1 0.046 read as binary, 0.757 read as partial). The reference's
@@ -31,6 +34,7 @@ CODINGS: Dict[str, str] = {
     "binary": "0 = no change, non-zero = change",
     "partial": "0 = not labelled, 1 = no change, 2 = change",
 }
+CODING_LABELS = [f"{name}: {meaning}" for name, meaning in CODINGS.items()]  # Processing enum options, in order
 PARTIAL_VALUES = (0, 1, 2)
 
 
@@ -64,10 +68,11 @@ class ReferenceValues:
                 self.other = float(odd[0])
 
 
-def survey_reference(path: str, monitor: Optional[JobMonitor] = None, tile: int = 1024) -> ReferenceValues:
-    """The values of a one-band reference raster's valid pixels, by windows."""
+def survey_reference(path: str, monitor: Optional[JobMonitor] = None, tile: int = 1024,
+                     seen: Optional[ReferenceValues] = None) -> ReferenceValues:
+    """The values of a one-band reference raster's valid pixels, by windows (added to `seen` when given)."""
     monitor = monitor or JobMonitor()
-    seen = ReferenceValues()
+    seen = seen if seen is not None else ReferenceValues()
     with gdal_env(), open_raster(path) as ds:
         tiles = tile_grid(ds.height, ds.width, TileSpec(tile, 0))
         for i, t in enumerate(tiles):
@@ -77,19 +82,22 @@ def survey_reference(path: str, monitor: Optional[JobMonitor] = None, tile: int 
     return seen
 
 
-def coding_note(seen: ReferenceValues, coding: str) -> Optional[str]:
-    """RSLabError when `coding` cannot read these values; a note when the coding looks like the wrong one."""
+def coding_note(seen: ReferenceValues, coding: str, what: str = "reference") -> Optional[str]:
+    """RSLabError when `coding` cannot read these values; a note when the coding looks like the wrong one.
+
+    `what` names the rasters in the messages ("reference", "training labels").
+    """
     check_coding(coding)
     if coding == "partial":
         if seen.other is not None:
             raise RSLabError(
-                f"the reference holds the value {seen.other:g}, but the partial coding ({CODINGS['partial']}) "
-                "has no such value: choose the binary coding or recode the reference")
+                f"the value {seen.other:g} in the {what} is not one of the partial coding's ({CODINGS['partial']}): "
+                "choose the binary coding or recode the rasters")
         if not seen.present & {1, 2}:
-            raise RSLabError("the reference has no labelled pixel (1 = no change, 2 = change) under the partial "
-                             "coding: choose the binary coding, or another reference")
+            raise RSLabError(f"no pixel of the {what} is labelled (1 = no change, 2 = change) under the partial "
+                             "coding: choose the binary coding, or other rasters")
         return None
     if seen.other is None and {1, 2} <= seen.present:
-        return ("the reference holds the values 0, 1 and 2 and was read as binary (0 = no change, non-zero = "
-                "change); if 0 means not labelled, 1 no change and 2 change, choose the partial coding")
+        return (f"the values of the {what} are 0, 1 and 2, read as binary (0 = no change, non-zero = change); "
+                "if 0 means not labelled, 1 no change and 2 change, choose the partial coding")
     return None

@@ -23,6 +23,7 @@ import numpy as np
 
 from .change_data import ChangePair, PairSampler, check_pair, default_normalisation, read_pair
 from .change_model import predict_pair
+from .change_reference import ReferenceValues, check_coding, coding_note, survey_reference
 from .checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
 from .device import describe_device, select_device
 from .errors import RSLabError
@@ -51,6 +52,7 @@ class TrainChangeParams:
     optimiser: str = "adamw"  # "adamw" (METHODS.md) or "sgd" (Nesterov 0.9, for fine-tuning; use lr ~0.01)
     jitter: float = 0.0  # probability of per-date brightness jitter (see PairSampler)
     paste: float = 0.0  # probability of pasting another crop's changes (see PairSampler)
+    label_coding: str = "binary"  # how the label rasters read: core/change_reference.py
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "eval_every"):
@@ -64,6 +66,7 @@ class TrainChangeParams:
             raise RSLabError(f"the optimiser must be 'adamw' or 'sgd', got {self.optimiser!r}")
         if not 0 < self.threshold < 1:
             raise RSLabError(f"the threshold must be between 0 and 1, got {self.threshold}")
+        check_coding(self.label_coding)
 
 
 @dataclass
@@ -72,6 +75,7 @@ class TrainChangeResult(JobResult):
     best_f1: float = 0.0
     best_iteration: int = 0
     history: List[Dict[str, float]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
 
 def learning_rate(iteration: int, params: TrainChangeParams) -> float:
@@ -88,15 +92,15 @@ def learning_rate(iteration: int, params: TrainChangeParams) -> float:
 
 
 def evaluate(model, pairs: Sequence[ChangePair], mean, std, device, threshold: float = 0.5,
-             tile: TileSpec = TileSpec(512, 128)) -> Dict[str, float]:
-    """Scores over all pixels of `pairs`, predicted by windows (centre-cropped) so any size fits."""
+             tile: TileSpec = TileSpec(512, 128), coding: str = "binary") -> Dict[str, float]:
+    """Scores over all labelled pixels of `pairs`, predicted by windows (centre-cropped) so any size fits."""
     confusion = Confusion()
     was_training = model.training
     model.eval()
     for pair in pairs:
         _, h, w = check_pair(pair)
         for t in tile_grid(h, w, tile):
-            a, b, y, v = read_pair(pair, t.read)
+            a, b, y, v = read_pair(pair, t.read, coding)
             prob, _ = predict_pair(model, a, b, mean, std, device)
             r, c = int(t.core.row_off - t.read.row_off), int(t.core.col_off - t.read.col_off)
             core = (slice(r, r + int(t.core.height)), slice(c, c + int(t.core.width)))
@@ -134,7 +138,12 @@ def train_change_detector(
         raise RSLabError("training needs at least one validation pair to choose the best checkpoint")
     torch.manual_seed(params.seed)
     device = select_device()
-    sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste)
+    labels = ReferenceValues()
+    for label in dict.fromkeys(p.label for p in list(train_pairs) + list(val_pairs)):
+        survey_reference(label, seen=labels)
+    # stops on labels the coding cannot read, before any work
+    note = coding_note(labels, params.label_coding, "training labels")
+    sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste, params.label_coding)
     val_bands = {check_pair(p)[0] for p in val_pairs}
     if val_bands != {sampler.bands}:
         raise RSLabError(f"validation pairs have {sorted(val_bands)} bands, training pairs {sampler.bands}")
@@ -161,7 +170,7 @@ def train_change_detector(
     m_t = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
     s_t = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
 
-    result = TrainChangeResult(device=describe_device(device), timings=monitor.timings)
+    result = TrainChangeResult(device=describe_device(device), timings=monitor.timings, notes=[note] if note else [])
     best_state: Optional[Dict] = None
     best_scores: Dict[str, float] = {}
     start = time.perf_counter()
@@ -180,7 +189,7 @@ def train_change_detector(
         running.append(float(loss.detach()))
         if (iteration + 1) % params.eval_every == 0 or iteration + 1 == params.iterations:
             with monitor.timed("validate"):
-                scores = evaluate(model, val_pairs, mean, std, device, params.threshold)
+                scores = evaluate(model, val_pairs, mean, std, device, params.threshold, coding=params.label_coding)
             record = {"epoch": len(result.history) + 1, "iteration": iteration + 1,
                       "loss": float(np.mean(running)), "val_f1": scores["f1"], "val_iou": scores["iou"],
                       "lr": learning_rate(iteration, params), "seconds": time.perf_counter() - start}

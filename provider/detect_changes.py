@@ -13,7 +13,7 @@ from qgis.core import (
 )
 
 from ..core.change_detection import METHODS, ChangeOutputs, ChangeParams, detect_changes
-from ..core.change_reference import CODINGS
+from ..core.change_reference import CODING_LABELS, CODINGS
 from .base import RSLabAlgorithm, feedback_callbacks
 
 
@@ -65,8 +65,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
                                                        defaultValue=0.5, minValue=0.01, maxValue=0.99))
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference change map", optional=True))
         self.addParameter(QgsProcessingParameterEnum(
-            self.REFERENCE_CODING, "Reference values",
-            options=[f"{name}: {meaning}" for name, meaning in CODINGS.items()], defaultValue=0))
+            self.REFERENCE_CODING, "Reference values", options=CODING_LABELS, defaultValue=0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CHANGE, "Change mask"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, "Change probability",
                                                                   optional=True, createByDefault=True))

@@ -12,6 +12,7 @@ from qgis.core import (
 )
 
 from ..core.change_data import ChangePair, pairs_from_folder, split_validation
+from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.change_training import TrainChangeParams, train_change_detector
 from ..core.errors import RSLabError
 from .base import RSLabAlgorithm, feedback_callbacks
@@ -29,6 +30,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
     BEFORE = "BEFORE"
     AFTER = "AFTER"
     LABEL = "LABEL"
+    LABEL_CODING = "LABEL_CODING"
     ITERATIONS = "ITERATIONS"
     BATCH_SIZE = "BATCH_SIZE"
     CROP = "CROP"
@@ -49,8 +51,10 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         return (
             "Trains an AR-CDNet change detector and writes the checkpoint with the best validation F1 "
             "(with its model card: bands, normalisation, training data, metrics). Training data: a folder "
-            "with sub-folders A/ (before), B/ (after) and label/ (0 no change, non-zero change; same file "
-            "names), or one BEFORE / AFTER / LABEL raster triple. Without VALIDATION_FOLDER, 20 % of the "
+            "with sub-folders A/ (before), B/ (after) and label/ (same file names), or one BEFORE / AFTER / "
+            "LABEL raster triple. LABEL_CODING: how the labels read: 0 binary (0 no change, non-zero change) or "
+            "1 partial (0 not labelled, 1 no change, 2 change; unlabelled pixels are left out of the loss and of "
+            "the validation scores). Without VALIDATION_FOLDER, 20 % of the "
             "pairs are held out for validation. AdamW, warm-up then poly decay, random crops, flips, "
             "90-degree turns and date swaps (METHODS.md section 1). INIT_MODEL starts from an existing "
             "checkpoint (fine-tuning). OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
@@ -65,6 +69,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image (instead of a folder)", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.LABEL, "Change label raster", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.LABEL_CODING, "Label values", options=CODING_LABELS,
+                                                     defaultValue=0))
         integer = QgsProcessingParameterNumber.Integer
         self.addParameter(QgsProcessingParameterNumber(self.ITERATIONS, "Iterations", integer, 2000, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size", integer, 8, minValue=1))
@@ -109,6 +115,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             base=base, channels=channels, seed=seed,
             init_checkpoint=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
+            label_coding=list(CODINGS)[self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
         )
         output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         progress, cancelled = feedback_callbacks(feedback)
@@ -118,12 +125,15 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
                               f"validation F1 {record['val_f1']:.4f}")
 
         result = train_change_detector(train, val, output, params, progress, cancelled, on_epoch, description)
+        for note in result.notes:
+            feedback.pushWarning(note)
         feedback.pushInfo(f"best validation F1 {result.best_f1:.4f} at iteration {result.best_iteration} on {result.device}")
         out = {self.OUTPUT_MODEL: output}
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         if report:
             with open(report, "w") as handle:
                 json.dump({"best_f1": result.best_f1, "best_iteration": result.best_iteration,
-                           "device": result.device, "history": result.history, "timings": result.timings}, handle, indent=1)
+                           "device": result.device, "history": result.history, "timings": result.timings,
+                           "label_coding": params.label_coding, "notes": result.notes}, handle, indent=1)
             out[self.OUTPUT_REPORT] = report
         return out

@@ -141,7 +141,7 @@ def test_a_reference_the_partial_coding_cannot_read_stops_before_any_output(tmp_
         values, profile = src.read(1), src.profile
     odd, empty = values.copy(), np.zeros_like(values)
     odd[400, 400] = 3
-    cases = ((odd, "holds the value 3"), (empty, "no labelled pixel"))
+    cases = ((odd, "value 3 in the reference"), (empty, "no pixel of the reference is labelled"))
     for i, (data, message) in enumerate(cases):
         path = tmp_path / f"reference_{i}.tif"
         with rasterio.open(path, "w", **profile) as dst:

@@ -76,6 +76,20 @@ def test_train_change_detector_processing_run(tmp_path, shared_data, provider):
         processing.run("rslab:train_change_detector", {"ITERATIONS": 1, "OUTPUT_MODEL": str(tmp_path / "x.pt")})
 
 
+def test_train_change_detector_on_one_partially_labelled_pair(tmp_path, shared_data, provider):
+    root = shared_data / "change" / "landsat_nanjing"
+    processing.run("rslab:train_change_detector", {
+        "BEFORE": str(root / "Nanjing_t1_TM6b.tif"), "AFTER": str(root / "Nanjing_t2_TM6b.tif"),
+        "LABEL": str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), "LABEL_CODING": 1, "ITERATIONS": 1,
+        "BATCH_SIZE": 2, "CROP": 64, "OUTPUT_MODEL": str(tmp_path / "m.pt"), "OUTPUT_REPORT": str(tmp_path / "h.json"),
+    })
+    report = json.loads((tmp_path / "h.json").read_text())
+    assert report["label_coding"] == "partial" and report["notes"] == [] and len(report["history"]) == 1
+    from rslab.core.checkpoint import read_card
+
+    assert read_card(str(tmp_path / "m.pt")).metrics["validation"]["pixels"] == 14756
+
+
 def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process):
     """`qgis_process.bin run rslab:detect_changes -- BEFORE=... AFTER=...` with the plugin in a fresh profile."""
     run = qgis_process

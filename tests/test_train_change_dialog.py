@@ -75,6 +75,26 @@ def test_short_training_plots_every_epoch_and_emits_the_checkpoint(qtbot, dialog
     assert dialog.progress_bar.value() == 100 and dialog.start_button.isEnabled()
 
 
+def test_partial_labels_chosen_in_the_dialog(qtbot, dialog, shared_data, tmp_path):
+    source = shared_data / "change" / "landsat_nanjing"
+    root = tmp_path / "nanjing"
+    for folder, name in (("A", "Nanjing_t1_TM6b.tif"), ("B", "Nanjing_t2_TM6b.tif"),
+                         ("label", "Nanjing_reference_0unl_1unch_2ch.tif")):
+        (root / folder).mkdir(parents=True)
+        shutil.copy(source / name, root / folder / "nanjing.tif")
+    for coding in ("binary", "partial"):
+        configure(dialog, root, tmp_path / f"{coding}.pt", 1)
+        dialog.val_dir.setFilePath(str(root))  # one pair: it validates on itself
+        qtbot.keyClicks(dialog.coding_combo, coding)  # chosen by its text, as a person would
+        assert dialog.params().label_coding == coding
+        with qtbot.waitSignal(dialog.trained, timeout=TIMEOUT_MS):
+            qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+        assert read_card(str(tmp_path / f"{coding}.pt")).training["params"]["label_coding"] == coding
+        noted = "choose the partial coding" in dialog.status_label.text()
+        assert noted == (coding == "binary")
+    assert read_card(str(tmp_path / "partial.pt")).metrics["validation"]["pixels"] == 14756
+
+
 def test_a_folder_without_the_layout_is_refused_clearly(qtbot, dialog, tmp_path):
     (tmp_path / "A").mkdir()
     configure(dialog, tmp_path, tmp_path / "model.pt")

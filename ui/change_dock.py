@@ -40,7 +40,6 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.change_detection import MASK_NODATA, ChangeOutputs, ChangeParams, ChangeResult, detect_changes
-from ..core.change_reference import CODINGS
 from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
@@ -49,7 +48,7 @@ from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
-from .widgets import checkpoint_widget, double_spin_box, folder_widget, result_plot, scroll_body
+from .widgets import checkpoint_widget, coding_combo, double_spin_box, folder_widget, result_plot, scroll_body
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -203,13 +202,8 @@ class ChangeDetectionDock(JobDock):
         self.reference_combo = self._raster_combo(allow_empty=True)
         self.reference_combo.setToolTip("Optional change reference: gives precision, recall, F1, IoU, OA, kappa "
                                         "and the uncertainty AUC over its labelled pixels")
-        self.coding_combo = QComboBox(self)
-        for coding, short in (("binary", "binary (0 = no change)"), ("partial", "partial (0 = not labelled)")):
-            self.coding_combo.addItem(short, coding)
-            self.coding_combo.setItemData(self.coding_combo.count() - 1, CODINGS[coding], Qt.ToolTipRole)
-        self.coding_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.coding_combo.setToolTip("How the reference's values read. References drawn for only part of a scene "
-                                     "use 0 = not labelled, 1 = no change, 2 = change")
+        self.coding_combo = coding_combo(self, "How the reference's values read. References drawn for only part "
+                                               "of a scene use 0 = not labelled, 1 = no change, 2 = change")
         self.method_combo = QComboBox(self)
         self.method_combo.addItem("AR-CDNet (deep model)", "arcdnet")
         self.method_combo.addItem("CVA (no model)", "cva")

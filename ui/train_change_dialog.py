@@ -36,7 +36,15 @@ from ..core.errors import RSLabError
 from . import task as tasks
 from .job_dock import cancel_if_alive
 from .settings import remember
-from .widgets import checkpoint_widget, double_spin_box, folder_widget, live_curve, message_label, spin_box
+from .widgets import (
+    checkpoint_widget,
+    coding_combo,
+    double_spin_box,
+    folder_widget,
+    live_curve,
+    message_label,
+    spin_box,
+)
 
 # (key, label, (base, channels)); None = the free spin boxes. The key is what the
 # width combo's items carry (and what QgsSettings remembers).
@@ -106,6 +114,9 @@ class TrainChangeDialog(QDialog):
     def _build(self) -> None:
         self.data_dir = folder_widget(self, "folder with A/ (before), B/ (after) and label/ sub-folders")
         self.val_dir = folder_widget(self, "optional: if empty, about 20 % of the pairs are held out")
+        self.coding_combo = coding_combo(self, "How the label rasters' values read. Labels drawn for only part of "
+                                               "a scene use 0 = not labelled (left out of the loss and the "
+                                               "validation), 1 = no change, 2 = change")
         self.iterations_spin = spin_box(self, 1, 1_000_000, 2000)
         self.eval_spin = spin_box(self, 1, 100_000, 100, tip="One epoch: the model is validated (and the best one kept) "
                                                              "every N iterations")
@@ -146,6 +157,7 @@ class TrainChangeDialog(QDialog):
         form = QFormLayout()
         form.addRow("Training data", self.data_dir)
         form.addRow("Validation data", self.val_dir)
+        form.addRow("Label values", self.coding_combo)
         form.addRow("Iterations", self.iterations_spin)
         form.addRow("Validate every", self.eval_spin)
         form.addRow("Batch size", self.batch_spin)
@@ -197,6 +209,7 @@ class TrainChangeDialog(QDialog):
             crop=self.crop_spin.value(), lr=self.lr_spin.value(),
             eval_every=min(self.eval_spin.value(), self.iterations_spin.value()),
             base=self.base_spin.value(), channels=self.channels_spin.value(),
+            label_coding=self.coding_combo.currentData(),
         )
 
     def split(self) -> Tuple[List[ChangePair], List[ChangePair]]:
@@ -295,6 +308,7 @@ class TrainChangeDialog(QDialog):
         self.progress_bar.setValue(100)
         text = (f"Best validation F1 {result.best_f1:.3f} at iteration {result.best_iteration} "
                 f"({result.device}). Saved to {result.checkpoint}")
+        text += "".join(f"\nNote: {note}" for note in result.notes)
         self.status_label.setText(text)
         self.log.appendPlainText(text)
         self.trained.emit(result.checkpoint)

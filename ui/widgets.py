@@ -6,6 +6,7 @@ from typing import Tuple
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QFrame,
     QLabel,
@@ -15,6 +16,8 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from ..core.change_reference import CODINGS
 
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 CHECKPOINT_FILTER = "RS Lab checkpoints (*.pt)"
@@ -47,6 +50,18 @@ def checkpoint_widget(parent: QWidget, save: bool = False, placeholder: str = ""
     widget.setConfirmOverwrite(save)
     widget.lineEdit().setPlaceholderText(placeholder)
     return widget
+
+
+def coding_combo(parent: QWidget, tip: str) -> QComboBox:
+    """A choice of change-reference coding (core/change_reference.py): short item texts, the full meaning as
+    each item's tooltip; the item data is the coding's name."""
+    combo = QComboBox(parent)
+    for coding, short in (("binary", "binary (0 = no change)"), ("partial", "partial (0 = not labelled)")):
+        combo.addItem(short, coding)
+        combo.setItemData(combo.count() - 1, CODINGS[coding], Qt.ToolTipRole)
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setToolTip(tip)
+    return combo
 
 
 def spin_box(parent: QWidget, low: int, high: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:

@@ -1,0 +1,56 @@
+"""Training AR-CDNet on a partially labelled pair: unlabelled pixels stay out of the loss and the validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from rslab.core.change_data import ChangePair, read_pair
+from rslab.core.change_training import TrainChangeParams, train_change_detector
+from rslab.core.checkpoint import read_card
+from rslab.core.errors import RSLabError
+
+TINY = dict(iterations=2, eval_every=1, crop=64, batch_size=2, base=8, channels=8)
+
+
+@pytest.fixture()
+def nanjing(shared_data) -> ChangePair:
+    root = shared_data / "change" / "landsat_nanjing"
+    return ChangePair(str(root / "Nanjing_t1_TM6b.tif"), str(root / "Nanjing_t2_TM6b.tif"),
+                      str(root / "Nanjing_reference_0unl_1unch_2ch.tif"))
+
+
+def test_partial_labels_mark_unlabelled_pixels_invalid(nanjing):
+    with rasterio.open(nanjing.label) as ds:
+        values = ds.read(1)
+    _, _, label, valid = read_pair(nanjing, Window(0, 0, 800, 800), "partial")
+    assert np.array_equal(valid, values > 0) and np.array_equal(label == 1, values == 2)
+    _, _, label, valid = read_pair(nanjing, Window(0, 0, 800, 800))  # binary: every pixel, non-zero = change
+    assert valid.all() and np.array_equal(label == 1, values > 0)
+
+
+def test_training_on_partial_labels_validates_on_the_labelled_pixels(nanjing, tmp_path):
+    path = tmp_path / "nanjing.pt"
+    result = train_change_detector([nanjing], [nanjing], str(path), TrainChangeParams(**TINY, label_coding="partial"))
+    assert result.notes == [] and len(result.history) == 2
+    assert all(np.isfinite(r["loss"]) for r in result.history)
+    card = read_card(str(path))
+    assert card.arguments["bands"] == 6 and card.training["params"]["label_coding"] == "partial"
+    assert card.metrics["validation"]["pixels"] == 14756
+
+    binary = train_change_detector([nanjing], [nanjing], str(tmp_path / "binary.pt"), TrainChangeParams(**TINY))
+    assert any("values of the training labels are 0, 1 and 2" in note for note in binary.notes)
+    assert read_card(str(tmp_path / "binary.pt")).metrics["validation"]["pixels"] == 800 * 800
+
+
+def test_labels_the_partial_coding_cannot_read_stop_before_training(shared_data, tmp_path):
+    root = shared_data / "change" / "levir_cd_256"
+    name = "test_2_0000_0000.png"
+    pair = ChangePair(str(root / "A" / name), str(root / "B" / name), str(root / "label" / name))  # 0 / 255
+    output = tmp_path / "never.pt"
+    with pytest.raises(RSLabError, match="value 255 in the training labels"):
+        train_change_detector([pair], [pair], str(output), TrainChangeParams(**TINY, label_coding="partial"))
+    assert not output.exists()
+    with pytest.raises(RSLabError, match="binary, partial"):
+        TrainChangeParams(label_coding="sparse")
