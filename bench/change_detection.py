@@ -23,6 +23,9 @@ What it measures
        on its labelled pixels; the same run read as binary is printed too, to
        show what a wrong coding does. Each figure from `detect_changes` is
        checked against one computed here from the written mask.
+    1c. The default weights on a Sentinel-2 RGB composite (OSCD Rennes, bands
+       4-3-2): as uint16 reflectance (the input-range note must fire) and
+       stretched to 8 bits (2-98 % of both dates), beside CVA on the latter.
     2. Speed and peak memory: AR-CDNet (tile 512, overlap 128, the defaults)
        on a 10000 x 10000 RGB before/after pair and on a 2500 x 2500 crop of
        the same pattern, and CVA on the 10000 x 10000 pair, each writing the
@@ -313,8 +316,40 @@ def accuracy_child(model: str) -> Dict[str, Any]:
         methods = {method: evaluate_method(pairs, method, model if method == "arcdnet" else None, folder)
                    for method in ("arcdnet", "cva")}
         multispectral = [multispectral_cva(Path(script.CHANGE), row, folder) for row in MULTISPECTRAL]
+        composite = sentinel_rgb(Path(script.CHANGE) / "oscd_s2", model, folder)
     return {"held_out": [p.name for p in pairs], "model": model_card_check(model, held_out), "methods": methods,
-            "multispectral": multispectral}
+            "multispectral": multispectral, "sentinel_rgb": composite}
+
+
+def sentinel_rgb(root: Path, model: str, folder: str) -> List[Dict[str, Any]]:
+    """The default weights on OSCD Rennes' RGB composite, as uint16 and stretched to 8 bits; CVA on the latter."""
+    import numpy as np
+    import rasterio
+
+    from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes
+
+    dates = {}
+    for date in ("t1", "t2"):
+        with rasterio.open(root / f"rennes_{date}_S2_13b_10m.tif") as ds:
+            dates[date], profile = ds.read([4, 3, 2]), dict(ds.profile, count=3)
+    both = np.concatenate([dates["t1"], dates["t2"]], axis=2).reshape(3, -1).astype(np.float64)
+    lo, hi = np.percentile(both, 2, axis=1)[:, None, None], np.percentile(both, 98, axis=1)[:, None, None]
+    paths: Dict[str, Dict[str, str]] = {"uint16": {}, "8-bit": {}}
+    for date, data in dates.items():
+        for kind, values, dtype in (("uint16", data, "uint16"),
+                                    ("8-bit", np.clip((data - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8), "uint8")):
+            paths[kind][date] = os.path.join(folder, f"rennes_rgb_{kind}_{date}.tif")
+            with rasterio.open(paths[kind][date], "w", **dict(profile, dtype=dtype)) as out:
+                out.write(values)
+    rows = []
+    for kind, method in (("uint16", "arcdnet"), ("8-bit", "arcdnet"), ("8-bit", "cva")):
+        result = detect_changes(paths[kind]["t1"], paths[kind]["t2"],
+                                ChangeOutputs(change=os.path.join(folder, f"rennes_rgb_{kind}_{method}.tif")),
+                                ChangeParams(method=method, model=model if method == "arcdnet" else None),
+                                reference=str(root / "rennes_cm.tif"))
+        rows.append({"input": kind, "method": method, "scores": result.metrics,
+                     "range_note": any("far from those the model was trained on" in n for n in result.notes)})
+    return rows
 
 
 def multispectral_cva(change_root: Path, row: Tuple[str, ...], folder: str) -> Dict[str, Any]:
@@ -452,6 +487,7 @@ def print_accuracy(result: Dict[str, Any]) -> None:
     print_per_pair(result)
     print_targets(methods)
     print_multispectral(result["multispectral"])
+    print_sentinel_rgb(result["sentinel_rgb"])
 
 
 def print_multispectral(rows: Sequence[Dict[str, Any]]) -> None:
@@ -467,6 +503,15 @@ def print_multispectral(rows: Sequence[Dict[str, Any]]) -> None:
                 print(f"  WARNING: {key} from the written mask {value}, detect_changes' own {s[key]}")
         for note in row["notes"]:
             print(f"  note: {note}")
+
+
+def print_sentinel_rgb(rows: Sequence[Dict[str, Any]]) -> None:
+    print("\nOSCD Rennes as an RGB composite (Sentinel-2 bands 4-3-2, 10 m):\n")
+    print(f"{'input':<8} {'method':<9} {'F1':>7} {'kappa':>7} {'input-range note':>17}")
+    for row in rows:
+        s = row["scores"]
+        print(f"{row['input']:<8} {METHOD_LABELS[row['method']]:<9} {s['f1']:>7.4f} {s['kappa']:>7.4f} "
+              f"{'yes' if row['range_note'] else 'no':>17}")
 
 
 def print_per_pair(result: Dict[str, Any]) -> None:

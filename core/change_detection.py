@@ -32,11 +32,11 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from .alignment import align_to
-from .change_data import band_statistics
+from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics
 from .change_model import predict_pair
 from .change_reference import check_coding, coding_note, reference_labels, survey_reference
 from .checkpoint import Checkpoint, build_model, load_checkpoint
@@ -155,6 +155,36 @@ class CvaScorer:
         return prob.astype(np.float32), (1.0 - np.abs(2 * prob - 1)).astype(np.float32)
 
 
+RANGE_SHIFT = 4.0  # a band mean this many training stds from the training mean is "far"
+RANGE_SPREAD = (0.1, 4.0)  # so is a band spread outside these multiples of the training spread
+
+
+def input_range_note(paths: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                     max_pixels: int = 200_000) -> Optional[str]:
+    """A note when the images' values lie far from those the model was trained on, else None.
+
+    A 16-bit or reflectance image runs without any error through a model
+    trained on 8-bit RGB (the default weights) and gives a meaningless map.
+    Measured on the sample data: 8-bit pairs (LEVIR-CD, DSIFN, the AR-CDNet
+    sample, the rasterio Landsat RGB) have band means within 1.4 ImageNet
+    stds of ImageNet's means and spreads 0.4-1.2 times its; a Sentinel-2
+    uint16 RGB composite (OSCD Rennes, bands 4-3-2) is 14-18 stds off, with
+    5-7 times the spread.
+    """
+    image_mean, image_std = (np.asarray(v) for v in band_statistics(list(paths), max_pixels))
+    model_mean, model_std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    shift = np.abs(image_mean - model_mean) / model_std
+    spread = image_std / model_std
+    if (shift <= RANGE_SHIFT).all() and ((spread >= RANGE_SPREAD[0]) & (spread <= RANGE_SPREAD[1])).all():
+        return None
+    eight_bit = np.allclose(model_mean, IMAGENET_MEAN) and np.allclose(model_std, IMAGENET_STD)
+    rescale = "8-bit, 0-255, as the default weights expect" if eight_bit else "the range of its training images"
+    return (f"the images' values (band means {', '.join(f'{m:.4g}' for m in image_mean)}) are far from those the "
+            f"model was trained on (means {', '.join(f'{m:.4g}' for m in model_mean)}): the change map is likely "
+            f"meaningless. Rescale the images to the model's range ({rescale}), or train a model on images like "
+            "these")
+
+
 class ModelScorer:
     """AR-CDNet on one tile: nodata pixels are filled with the band means before the model sees them."""
 
@@ -225,6 +255,10 @@ def detect_changes(
         if checkpoint is not None:
             device = select_device(params.device)
             scorer = ModelScorer(checkpoint, device)
+            with monitor.timed("statistics"):
+                range_note = input_range_note([before, after_path], scorer.mean, scorer.std)
+            if range_note:
+                result.notes.append(range_note)
             result.device = describe_device(device)
             result.model = dict(checkpoint.card.summary(), path=os.path.abspath(checkpoint.path))
 

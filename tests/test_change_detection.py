@@ -12,7 +12,7 @@ from rasterio.transform import Affine, from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from rslab.core.change_data import pairs_from_folder, split_validation
-from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes, otsu_threshold
+from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes, input_range_note, otsu_threshold
 from rslab.core.change_reference import reference_labels
 from rslab.core.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from rslab.core.errors import JobCancelled, RSLabError
@@ -151,6 +151,33 @@ def test_a_reference_the_partial_coding_cannot_read_stops_before_any_output(tmp_
             detect_changes(before, after, _outputs(out), ChangeParams(method="cva", reference_coding="partial"),
                            reference=str(path))
         assert not out.exists() or os.listdir(out) == []
+
+
+def test_a_16_bit_image_through_an_8_bit_model_gets_a_note(tmp_path, oscd, shared_data, tiny_change_checkpoint):
+    """Sentinel-2 reflectance as an RGB composite (bands 4-3-2, uint16) runs, but a note says the values are off."""
+    composite = []
+    for i, path in enumerate(oscd[:2]):
+        with rasterio.open(path) as src:
+            data, profile = src.read([4, 3, 2]), dict(src.profile, count=3)
+        composite.append(tmp_path / f"rgb_{i}.tif")
+        with rasterio.open(composite[-1], "w", **profile) as dst:
+            dst.write(data)
+    result = detect_changes(str(composite[0]), str(composite[1]), _outputs(tmp_path / "out"),
+                            ChangeParams(model=tiny_change_checkpoint, tile=256, overlap=32))
+    notes = [n for n in result.notes if "far from those the model was trained on" in n]
+    assert len(notes) == 1 and "8-bit, 0-255" in notes[0]
+    # 8-bit pairs are in range: the LEVIR pair, the rasterio Landsat RGB (nodata 0 around the scene)
+    before, after, _ = _levir(shared_data)
+    imagenet = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
+    assert input_range_note([before, after], *imagenet) is None
+    landsat = str(shared_data / "georeferenced" / "rasterio_RGB.byte.tif")
+    assert input_range_note([landsat, landsat], *imagenet) is None
+    # the same reflectance as 0..1 floats: means within 2.1 stds of ImageNet's, but the spread is far too small
+    with rasterio.open(composite[0]) as src:
+        data, profile = src.read().astype(np.float32) / 10000, dict(src.profile, dtype="float32")
+    with rasterio.open(tmp_path / "reflectance.tif", "w", **profile) as dst:
+        dst.write(data)
+    assert input_range_note([str(tmp_path / "reflectance.tif")], *imagenet) is not None
 
 
 def test_bad_inputs_stop_with_clear_messages_and_no_files(tmp_path, shared_data, samples, oscd, tiny_change_checkpoint):
