@@ -108,16 +108,22 @@ PATTERN_ROW, PATTERN_COL = 7, 3  # pair index = (7 i + 3 j) mod (number of pairs
 DETECT_TILE, DETECT_OVERLAP = 512, 128
 OUTPUT_KINDS = ("change", "probability", "uncertainty")
 METHOD_LABELS = {"arcdnet": "AR-CDNet", "cva": "CVA"}
-# Georeferenced multispectral pairs in shared/data/change: label, folder, before, after, reference, coding.
+# Georeferenced multispectral pairs in shared/data/change: label, folder, before, after, reference, coding,
+# bands (1-based; None = all).
+S2_10M = (2, 3, 4, 8)  # Sentinel-2 B02, B03, B04, B08: the 10 m bands
 MULTISPECTRAL = (
     ("OSCD Rennes (S2, 13 bands)", "oscd_s2", "rennes_t1_S2_13b_10m.tif", "rennes_t2_S2_13b_10m.tif",
-     "rennes_cm.tif", "binary"),
+     "rennes_cm.tif", "binary", None),
+    ("OSCD Rennes, 10 m bands only", "oscd_s2", "rennes_t1_S2_13b_10m.tif", "rennes_t2_S2_13b_10m.tif",
+     "rennes_cm.tif", "binary", S2_10M),
     ("OSCD Paris-Bercy (S2, 13 bands)", "oscd_s2", "bercy_t1_S2_13b_10m.tif", "bercy_t2_S2_13b_10m.tif",
-     "bercy_cm.tif", "binary"),
+     "bercy_cm.tif", "binary", None),
+    ("OSCD Paris-Bercy, 10 m bands only", "oscd_s2", "bercy_t1_S2_13b_10m.tif", "bercy_t2_S2_13b_10m.tif",
+     "bercy_cm.tif", "binary", S2_10M),
     ("Landsat Nanjing (TM, 6 bands)", "landsat_nanjing", "Nanjing_t1_TM6b.tif", "Nanjing_t2_TM6b.tif",
-     "Nanjing_reference_0unl_1unch_2ch.tif", "partial"),
+     "Nanjing_reference_0unl_1unch_2ch.tif", "partial", None),
     ("Landsat Nanjing, misread as binary", "landsat_nanjing", "Nanjing_t1_TM6b.tif", "Nanjing_t2_TM6b.tif",
-     "Nanjing_reference_0unl_1unch_2ch.tif", "binary"),
+     "Nanjing_reference_0unl_1unch_2ch.tif", "binary", None),
 )
 
 
@@ -352,19 +358,32 @@ def sentinel_rgb(root: Path, model: str, folder: str) -> List[Dict[str, Any]]:
     return rows
 
 
-def multispectral_cva(change_root: Path, row: Tuple[str, ...], folder: str) -> Dict[str, Any]:
-    """CVA on one georeferenced pair through detect_changes, its scores checked against the written mask."""
+def multispectral_cva(change_root: Path, row: Tuple[Any, ...], folder: str) -> Dict[str, Any]:
+    """CVA on one georeferenced pair through detect_changes, its scores checked against the written mask.
+
+    With a band list the pair is first cut to those bands (GeoTIFFs in `folder`), as a user would with
+    QGIS's Rearrange bands.
+    """
     import numpy as np
+    import rasterio
 
     from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes
     from rslab.core.metrics import Confusion
     from rslab.core.raster_io import gdal_env, open_raster
 
-    label, sub, before, after, reference, coding = row
+    label, sub, before, after, reference, coding, bands = row
     root = change_root / sub
-    mask = os.path.join(folder, f"{before}_{coding}_change.tif")
+    dates = [str(root / before), str(root / after)]
+    if bands:
+        for i, path in enumerate(dates):
+            with rasterio.open(path) as src:
+                data, profile = src.read(list(bands)), dict(src.profile, count=len(bands))
+            dates[i] = os.path.join(folder, f"bands_{'_'.join(map(str, bands))}_{os.path.basename(path)}")
+            with rasterio.open(dates[i], "w", **profile) as dst:
+                dst.write(data)
+    mask = os.path.join(folder, f"{before}_{coding}_{len(bands or ())}_change.tif")
     t0 = time.perf_counter()
-    result = detect_changes(str(root / before), str(root / after), ChangeOutputs(change=mask),
+    result = detect_changes(dates[0], dates[1], ChangeOutputs(change=mask),
                             ChangeParams(method="cva", reference_coding=coding), reference=str(root / reference))
     seconds = time.perf_counter() - t0
     with gdal_env(), open_raster(mask) as c, open_raster(str(root / reference)) as r:
@@ -373,7 +392,7 @@ def multispectral_cva(change_root: Path, row: Tuple[str, ...], folder: str) -> D
     truth = values == 2 if coding == "partial" else values != 0
     check = Confusion()
     check.update(predicted[labelled], truth[labelled])
-    return {"label": label, "coding": coding, "bands": result_bands(str(root / before)),
+    return {"label": label, "coding": coding, "bands": result_bands(dates[0]),
             "size": f"{result.width} x {result.height}", "scores": result.metrics, "check": check.scores(),
             "seconds": seconds, "notes": result.notes}
 
