@@ -16,8 +16,9 @@
   (a random sample of `max_train_pixels` when the image is larger), the
   background is suppressed by windows, and global RX runs on the result.
 
-Scores are written as float32 (NaN = nodata; nodata pixels are excluded from
-every statistic). With a reference mask (non-zero = anomaly) the result has
+Bands an ENVI header flags bad (`bbl`) are left out of every method
+(core/bad_bands.py). Scores are written as float32 (NaN = nodata; nodata
+pixels are excluded from every statistic). With a reference mask (non-zero = anomaly) the result has
 AUC(D,F), AUC(F,tau) and AUC_BS = AUC(D,F) - AUC(F,tau) on min-max
 normalised scores; with a false-alarm rate, a uint8 mask thresholded at that
 rate (1 anomaly, 0 background, 255 nodata).
@@ -34,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from .alignment import align_to
+from .bad_bands import good_band_view
 from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
@@ -469,6 +471,12 @@ def detect_anomalies(
     with PendingOutputs() as pending, ExitStack() as stack:
         scores_path = pending.temp(outputs.scores)
         workdir = stack.enter_context(work_folder("rslab-anomaly-", need, os.path.dirname(scores_path), what))
+        scene = cube
+        cube, note = good_band_view(scene, workdir)  # ENVI's bad band list: those bands are left out
+        if note:
+            result.notes.append(note)
+            info = raster_info(cube)
+            result.bands = info.count
         if reference:  # on the cube's grid, or resampled onto it (nearest), or a clear error
             reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest")
             if note:
@@ -488,7 +496,7 @@ def detect_anomalies(
                                                                         monitor.sub(0.0, 0.6))
                     result.notes.append(f"BSDM trained in {precision} on {len(sample)} pixels")
                 if outputs.model:
-                    save_denoiser(model, pending.temp(outputs.model), cube, lo, hi, params)
+                    save_denoiser(model, pending.temp(outputs.model), scene, lo, hi, params)
             with monitor.timed("bsdm_suppress"):
                 source = os.path.join(workdir, "suppressed.tif")
                 _suppress_raster(cube, source, model, lo, hi, params, device, monitor.sub(0.6, 0.75))

@@ -75,7 +75,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             "anomalous). Unsupervised: no labels, nothing to train beforehand. Outputs are on the input's grid; "
             "nodata pixels stay nodata.\n\n"
             "INPUT: the hyperspectral raster (two bands or more; e.g. a cube made with 'Import MATLAB "
-            "hyperspectral cube').\n"
+            "hyperspectral cube'). Bands its ENVI header flags bad (bbl) are left out; the log lists them.\n"
             "METHOD: bsdm_rx (a spectral diffusion denoiser trained on the scene suppresses the background, "
             "then global RX), rx (global RX: Mahalanobis distance to the scene mean) or lrx (local dual-window "
             "RX on the 10 leading principal components). bsdm_rx writes the suppressed cube as a temporary "

@@ -1,0 +1,72 @@
+"""Bands a hyperspectral file flags as bad, and a view of the cube without them.
+
+ENVI headers carry a bad band list, `bbl = {1, 1, 0, ...}` (0 = bad): the
+water-absorption and detector-edge bands of an airborne scene, which hold
+little but noise. ENVI's own tools leave them out of analyses, and so does
+anomaly detection here: a noisy band inflates the covariance RX inverts and
+gives BSDM noise to learn. GDAL exposes the list in the file's ENVI metadata
+domain; other formats have no such list, and all their bands are used.
+
+The view is a GDAL VRT with the good bands only (nodata kept), written to
+the job's work folder: nothing is copied, the job reads its windows through it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional, Tuple
+
+from .errors import RSLabError
+from .raster_io import data_bands, gdal_env, open_raster
+
+
+def bad_bands(path: str) -> List[int]:
+    """The 1-based bands that the file's ENVI bad band list flags (0 = bad); [] without a usable list."""
+    with gdal_env(), open_raster(path) as ds:
+        text = ds.tags(ns="ENVI").get("bbl", "")
+        count = len(data_bands(ds))
+    flags = re.findall(r"[-+0-9.eE]+", text)
+    if not flags or len(flags) != count:
+        return []  # no list, or one that does not match the bands: use them all
+    return [i + 1 for i, flag in enumerate(flags) if float(flag) == 0]
+
+
+def good_band_view(path: str, workdir: str) -> Tuple[str, Optional[str]]:
+    """(path to read, note): `path` itself when no band is flagged bad, else a VRT of its good bands.
+
+    RSLabError when fewer than two good bands remain.
+    """
+    bad = bad_bands(path)
+    if not bad:
+        return path, None
+    with gdal_env(), open_raster(path) as ds:
+        count = len(data_bands(ds))
+    good = [b for b in range(1, count + 1) if b not in bad]
+    name = os.path.basename(path)
+    if len(good) < 2:
+        raise RSLabError(f"{name}'s ENVI bad band list (bbl) flags {len(bad)} of its {count} bands; "
+                         f"{len(good)} good band is too few for anomaly detection")
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    view = os.path.join(workdir, f"good_bands_{name}.vrt")
+    try:
+        gdal.Translate(view, path, options=gdal.TranslateOptions(format="VRT", bandList=good))
+    except RuntimeError as exc:
+        raise RSLabError(f"could not leave out the bad bands of {name}: {exc}") from exc
+    return view, (f"{len(bad)} of {name}'s {count} bands are flagged bad in its ENVI header (bbl) and were left "
+                  f"out: bands {band_ranges(bad)}")
+
+
+def band_ranges(bands: List[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
+    parts = []
+    start = previous = bands[0]
+    for band in bands[1:] + [None]:
+        if band is not None and band == previous + 1:
+            previous = band
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if band is not None:
+            start = previous = band
+    return ", ".join(parts)

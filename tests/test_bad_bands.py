@@ -1,0 +1,96 @@
+"""ENVI bad band lists (bbl): the flagged bands are left out of anomaly detection, on a real ABU scene."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from osgeo import gdal
+
+from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.bad_bands import bad_bands, band_ranges, good_band_view
+from rslab.core.checkpoint import read_card
+from rslab.core.errors import RSLabError
+from rslab.core.import_cube import import_cube
+
+BAD = [1, 2, 3, 4, 5, 100, 101, 102, 103, 104]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, samples):
+    """ABU beach-2 as GeoTIFF and as ENVI whose BAD bands are overwritten with strong noise (like water-absorption
+    bands): `noisy.img` flags them in its bbl, `unflagged.img` is the same file without the list."""
+    folder = tmp_path_factory.mktemp("bbl")
+    cube, gt = folder / "cube.tif", folder / "gt.tif"
+    import_cube(str(samples / "abu-beach-2.mat"), str(cube), str(gt))
+    with rasterio.open(cube) as src:
+        data = src.read().astype(np.float32)
+    rng = np.random.default_rng(0)
+    for band in BAD:
+        data[band - 1] = rng.normal(0, 50 * data.std(), data.shape[1:])
+    good = [b for b in range(1, data.shape[0] + 1) if b not in BAD]
+    paths = {"cube": cube, "gt": gt, "bands": data.shape[0]}
+    for name, flags in (("noisy", True), ("unflagged", False)):
+        path = folder / f"{name}.img"
+        out = gdal.GetDriverByName("ENVI").Create(str(path), data.shape[2], data.shape[1], data.shape[0],
+                                                  gdal.GDT_Float32)
+        for i, band in enumerate(data):
+            out.GetRasterBand(i + 1).WriteArray(band)
+        out = None
+        if flags:
+            with open(folder / f"{name}.hdr", "a") as header:
+                header.write("bbl = {" + ", ".join("0" if b in BAD else "1" for b in range(1, len(data) + 1)) + "}\n")
+        paths[name] = path
+    clean = folder / "good_bands.tif"  # the good bands alone, as a user would cut them by hand
+    with rasterio.open(clean, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=len(good),
+                       dtype="float32") as dst:
+        dst.write(data[[b - 1 for b in good]])
+    paths["good"] = clean
+    return paths
+
+
+def test_the_bad_band_list_is_read_from_the_envi_header(scene, tmp_path):
+    assert bad_bands(str(scene["noisy"])) == BAD
+    assert bad_bands(str(scene["unflagged"])) == [] and bad_bands(str(scene["cube"])) == []
+    view, note = good_band_view(str(scene["noisy"]), str(tmp_path))
+    with rasterio.open(view) as ds:
+        assert ds.count == scene["bands"] - len(BAD)
+    assert f"10 of noisy.img's {scene['bands']} bands" in note and "bands 1-5, 100-104" in note
+    assert good_band_view(str(scene["cube"]), str(tmp_path)) == (str(scene["cube"]), None)
+    assert band_ranges([3, 4, 9]) == "3-4, 9"
+
+
+@pytest.mark.parametrize("method", ["rx", "lrx"])
+def test_flagged_bands_are_left_out_of_the_scores(scene, tmp_path, method):
+    def run(name):
+        outputs = AnomalyOutputs(scores=str(tmp_path / f"{name}.tif"))
+        result = detect_anomalies(str(scene[name]), outputs, AnomalyParams(method=method), reference=str(scene["gt"]))
+        with rasterio.open(outputs.scores) as ds:
+            return result, ds.read(1)
+
+    flagged, scores = run("noisy")
+    by_hand, expected = run("good")
+    unflagged, _ = run("unflagged")
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)  # the same as cutting the good bands by hand
+    assert flagged.bands == scene["bands"] - len(BAD) and any("ENVI header (bbl)" in note for note in flagged.notes)
+    # left in, the noisy bands cost accuracy
+    assert flagged.metrics["auc_df"] > unflagged.metrics["auc_df"] + 0.2  # 0.91 vs 0.52 (rx), 0.94 vs 0.52 (lrx)
+    assert not any("bbl" in note for note in unflagged.notes)
+
+
+def test_bsdm_trains_on_the_good_bands_and_too_few_good_bands_stop_cleanly(scene, tmp_path):
+    outputs = AnomalyOutputs(scores=str(tmp_path / "s.tif"), model=str(tmp_path / "bsdm.pt"))
+    result = detect_anomalies(str(scene["noisy"]), outputs, AnomalyParams(method="bsdm_rx", iterations=2))
+    good = scene["bands"] - len(BAD)
+    assert result.bands == good and read_card(outputs.model).arguments["bands"] == good
+    assert read_card(outputs.model).training["data"] == "noisy.img"
+
+    header = tmp_path / "one.hdr"  # a copy whose list keeps a single band
+    os.symlink(scene["noisy"], tmp_path / "one.img")
+    text = (scene["noisy"].with_suffix(".hdr")).read_text().split("bbl")[0]
+    header.write_text(text + "bbl = {" + ", ".join(["1"] + ["0"] * (scene["bands"] - 1)) + "}\n")
+    out = tmp_path / "out"
+    with pytest.raises(RSLabError, match=f"flags {scene['bands'] - 1} of its {scene['bands']} bands"):
+        detect_anomalies(str(tmp_path / "one.img"), AnomalyOutputs(scores=str(out / "s.tif")), AnomalyParams(method="rx"))
+    assert not out.exists() or os.listdir(out) == []
