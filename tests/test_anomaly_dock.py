@@ -282,6 +282,32 @@ def test_spectra_plot_against_the_wavelengths_a_cube_carries(qtbot, dock, iface,
         dock.grab().save(os.path.join(os.environ["RSLAB_SCREENSHOTS"], "anomaly_dock_wavelengths.png"))
 
 
+def test_bands_flagged_bad_are_gaps_in_the_spectra_and_left_out_of_a_run(qtbot, dock, project, beach2, tmp_path):
+    """beach-2 as ENVI with an ENVI bad band list: the plots leave gaps there, a run says it left them out."""
+    from osgeo import gdal
+
+    bad = [1, 2, 3, 50]
+    gdal.Translate(str(tmp_path / "beach2.img"), str(beach2[0]), format="ENVI")
+    with open(tmp_path / "beach2.hdr", "a") as header:
+        header.write("bbl = {" + ", ".join("0" if b in bad else "1" for b in range(1, BANDS + 1)) + "}\n")
+    with rasterio.open(beach2[0]) as src:
+        data = src.read().astype(np.float64)
+    cube = add_raster(project, tmp_path / "beach2.img", "beach-2 (ENVI)")
+    dock.layer_combo.setLayer(cube)
+    row, col = 40, 60
+    with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
+        dock.show_spectrum_at(map_point(cube, row, col))
+    flagged = np.isin(np.arange(1, BANDS + 1), bad)
+    _, pixel = dock.pixel_curve.getData()
+    _, mean = dock.mean_curve.getData()
+    assert np.isnan(pixel[flagged]).all() and np.array_equal(pixel[~flagged], data[~flagged, row, col])
+    assert np.isnan(mean[flagged]).all() and np.allclose(mean[~flagged], data[~flagged].reshape(-1, 100 * 100).mean(1))
+    choose(dock, cube, "rx", output=tmp_path / "out")
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.bands == BANDS - len(bad)
+    assert "bands 1-3, 50" in dock.metrics_label.text()  # the run's notes are listed with its figures
+
+
 def test_the_plugin_opens_the_dock_and_unloading_stops_its_run_and_pick_tool(qtbot, iface, scene, project, tmp_path):
     plugin = rslab.classFactory(iface)
     plugin.initGui()

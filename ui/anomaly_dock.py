@@ -50,6 +50,7 @@ from qgis.PyQt.QtWidgets import (
 from rasterio.windows import Window
 
 from ..core.anomaly import SCORE_BINS, AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, scene_statistics
+from ..core.bad_bands import bad_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import HistogramAUC
@@ -166,12 +167,24 @@ class AnomalyRequest:
         mean = None
         if self.need_mean:
             mean = scene_statistics(self.cube, JobMonitor(progress, cancelled, after, 1.0))[0]
+            mean = gap_bad_bands(mean, self.cube)
         return AnomalyRun(result, roc, mean, time.perf_counter() - start)
 
 
 def mean_spectrum_job(cube: str) -> Callable[[Callable[[float, str], None], Callable[[], bool]], np.ndarray]:
     """A JobTask job computing the scene mean spectrum of `cube` by windows."""
-    return lambda progress, cancelled: scene_statistics(cube, JobMonitor(progress, cancelled))[0]
+    return lambda progress, cancelled: gap_bad_bands(scene_statistics(cube, JobMonitor(progress, cancelled))[0], cube)
+
+
+def gap_bad_bands(values: np.ndarray, path: str) -> np.ndarray:
+    """`values` (one per band) with NaN at the bands the file's ENVI header flags bad (core/bad_bands.py):
+    the spectrum plot leaves gaps there, as the detectors leave those bands out."""
+    bad = bad_bands(path)
+    if not bad:
+        return values
+    values = values.astype(np.float64, copy=True)
+    values[np.asarray(bad) - 1] = np.nan
+    return values
 
 
 def _pixel_values(ds, row: int, col: int) -> Optional[np.ndarray]:
@@ -196,6 +209,7 @@ def read_spectrum(path: str, row: int, col: int) -> Optional[Tuple[np.ndarray, n
         wavelengths = band_wavelengths(ds) if spectrum is not None else None
     if spectrum is None:
         return None
+    spectrum = gap_bad_bands(spectrum, path)
     if wavelengths is not None:
         values, unit = wavelengths
         return spectrum, values, f"wavelength ({unit})" if unit else "wavelength"
@@ -333,8 +347,9 @@ class AnomalyDock(JobDock):
     def _make_spectrum_plot(self) -> pg.PlotWidget:
         """The picked pixel's spectrum and the scene mean; their legend is a label under the plot (spectrum_legend)."""
         plot = result_plot(self, "band", "value", PLOT_HEIGHT)
-        self.mean_curve = pg.PlotDataItem(pen=pg.mkPen(MEAN_PEN, width=2, style=Qt.DashLine))
-        self.pixel_curve = pg.PlotDataItem(pen=pg.mkPen(PIXEL_PEN, width=2))
+        # connect="finite": a gap at NaN (the bands an ENVI header flags bad) instead of a line across it
+        self.mean_curve = pg.PlotDataItem(pen=pg.mkPen(MEAN_PEN, width=2, style=Qt.DashLine), connect="finite")
+        self.pixel_curve = pg.PlotDataItem(pen=pg.mkPen(PIXEL_PEN, width=2), connect="finite")
         for curve in (self.mean_curve, self.pixel_curve):
             plot.addItem(curve)
         return plot
