@@ -361,11 +361,9 @@ def sentinel_rgb(root: Path, model: str, folder: str) -> List[Dict[str, Any]]:
 def multispectral_cva(change_root: Path, row: Tuple[Any, ...], folder: str) -> Dict[str, Any]:
     """CVA on one georeferenced pair through detect_changes, its scores checked against the written mask.
 
-    With a band list the pair is first cut to those bands (GeoTIFFs in `folder`), as a user would with
-    QGIS's Rearrange bands.
+    With a band list only those bands are read (`ChangeParams.bands`, the BANDS parameter).
     """
     import numpy as np
-    import rasterio
 
     from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes
     from rslab.core.metrics import Confusion
@@ -374,17 +372,11 @@ def multispectral_cva(change_root: Path, row: Tuple[Any, ...], folder: str) -> D
     label, sub, before, after, reference, coding, bands = row
     root = change_root / sub
     dates = [str(root / before), str(root / after)]
-    if bands:
-        for i, path in enumerate(dates):
-            with rasterio.open(path) as src:
-                data, profile = src.read(list(bands)), dict(src.profile, count=len(bands))
-            dates[i] = os.path.join(folder, f"bands_{'_'.join(map(str, bands))}_{os.path.basename(path)}")
-            with rasterio.open(dates[i], "w", **profile) as dst:
-                dst.write(data)
     mask = os.path.join(folder, f"{before}_{coding}_{len(bands or ())}_change.tif")
     t0 = time.perf_counter()
     result = detect_changes(dates[0], dates[1], ChangeOutputs(change=mask),
-                            ChangeParams(method="cva", reference_coding=coding), reference=str(root / reference))
+                            ChangeParams(method="cva", reference_coding=coding, bands=bands),
+                            reference=str(root / reference))
     seconds = time.perf_counter() - t0
     with gdal_env(), open_raster(mask) as c, open_raster(str(root / reference)) as r:
         predicted, values = c.read(1) == 1, r.read(1)  # the pairs are small, one grid each: read whole
@@ -392,7 +384,7 @@ def multispectral_cva(change_root: Path, row: Tuple[Any, ...], folder: str) -> D
     truth = values == 2 if coding == "partial" else values != 0
     check = Confusion()
     check.update(predicted[labelled], truth[labelled])
-    return {"label": label, "coding": coding, "bands": result_bands(dates[0]),
+    return {"label": label, "coding": coding, "bands": len(bands) if bands else result_bands(dates[0]),
             "size": f"{result.width} x {result.height}", "scores": result.metrics, "check": check.scores(),
             "seconds": seconds, "notes": result.notes}
 

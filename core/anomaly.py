@@ -17,7 +17,7 @@
   background is suppressed by windows, and global RX runs on the result.
 
 Bands an ENVI header flags bad (`bbl`) are left out of every method
-(core/bad_bands.py). Scores are written as float32 (NaN = nodata; nodata
+(core/bands.py). Scores are written as float32 (NaN = nodata; nodata
 pixels are excluded from every statistic). With a reference mask (non-zero = anomaly) the result has
 AUC(D,F), AUC(F,tau) and AUC_BS = AUC(D,F) - AUC(F,tau) on min-max
 normalised scores; with a false-alarm rate, a uint8 mask thresholded at that
@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from .alignment import align_to
-from .bad_bands import good_band_view
+from .bands import good_band_view
 from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn

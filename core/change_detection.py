@@ -32,10 +32,11 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from .alignment import align_to
+from .bands import band_subset, check_bands
 from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics
 from .change_model import predict_pair
 from .change_reference import check_coding, coding_note, reference_labels, survey_reference
@@ -63,6 +64,7 @@ class ChangeParams:
     overlap: int = 128
     device: str = "auto"
     reference_coding: str = "binary"  # how a reference's values read: core/change_reference.py
+    bands: Optional[Tuple[int, ...]] = None  # 1-based bands of both dates to read, in this order; None = all
 
     def __post_init__(self) -> None:
         check_coding(self.reference_coding)
@@ -88,6 +90,7 @@ class ChangeResult(JobResult):
     outputs: Optional[ChangeOutputs] = None
     method: str = ""
     threshold: float = 0.5
+    bands: Optional[List[int]] = None  # the bands read from both dates; None = all
     reference_coding: Optional[str] = None  # how the reference's values were read, when one was given
     metrics: Dict[str, Any] = field(default_factory=dict)
     model: Dict[str, Any] = field(default_factory=dict)
@@ -203,18 +206,23 @@ class ModelScorer:
         return predict_pair(self.model, before, after, self.mean, self.std, self.device)
 
 
-def _check_bands(before_bands: int, after_bands: int, checkpoint: Optional[Checkpoint]) -> None:
+def _check_bands(before_bands: int, after_bands: int, checkpoint: Optional[Checkpoint],
+                 chosen: Optional[Sequence[int]] = None) -> None:
     if before_bands != after_bands:
         raise RSLabError(
             f"the before image has {before_bands} bands but the after image has {after_bands}; "
             "both dates need the same bands"
         )
+    if chosen:
+        check_bands(chosen, before_bands, "the before image")
+    used = len(chosen) if chosen else before_bands
     if checkpoint is not None:
         expected = checkpoint.card.arguments.get("bands")
-        if expected != before_bands:
+        if expected != used:
             names = ", ".join(checkpoint.card.bands) if checkpoint.card.bands else f"{expected} bands"
+            what = f"{used} bands are chosen" if chosen else f"the images have {used}"
             raise RSLabError(
-                f"the model was trained for {expected} bands ({names}) but the images have {before_bands}; "
+                f"the model was trained for {expected} bands ({names}) but {what}; "
                 "pick a model trained for these bands, train one, or use the CVA method"
             )
 
@@ -234,7 +242,7 @@ def detect_changes(
     info = raster_info(before)
     after_info = raster_info(after)
     checkpoint = load_change_model(params.model) if params.method == "arcdnet" else None
-    _check_bands(info.count, after_info.count, checkpoint)
+    _check_bands(info.count, after_info.count, checkpoint, params.bands)
     result = ChangeResult(outputs=outputs, method=params.method, threshold=params.threshold,
                           width=info.width, height=info.height, timings=monitor.timings)
 
@@ -242,6 +250,10 @@ def detect_changes(
         after_path, note = align_to(info, after, workdir, role="after image", resampling="bilinear")
         if note:
             result.notes.append(note)
+        if params.bands:  # both dates read through VRTs of the chosen bands
+            result.bands = list(params.bands)
+            before = band_subset(before, params.bands, workdir, "before")
+            after_path = band_subset(after_path, params.bands, workdir, "after")
         reference_path = None
         if reference:
             reference_path, ref_note = align_to(info, reference, workdir, role="reference", resampling="nearest")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
+    QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -24,6 +25,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
     BEFORE = "BEFORE"
     AFTER = "AFTER"
     METHOD = "METHOD"
+    BANDS = "BANDS"
     MODEL = "MODEL"
     THRESHOLD = "THRESHOLD"
     REFERENCE = "REFERENCE"
@@ -47,6 +49,8 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             "An AFTER image on another grid or CRS is resampled onto it (the log says so).\n\n"
             "METHOD: arcdnet (AR-CDNet deep network, default weights unless MODEL is given) or cva "
             "(change vector analysis with an Otsu threshold, no model).\n"
+            "BANDS: optional bands of both dates to use, in this order (all if empty), e.g. Sentinel-2's 10 m "
+            "bands for CVA; a model needs as many bands as it was trained on.\n"
             "THRESHOLD: probability above which a pixel is changed (0.5; for CVA 0.5 is Otsu's threshold).\n"
             "REFERENCE: optional change reference: the report then has precision, recall, F1, IoU, OA, kappa "
             "and the uncertainty's ROC-AUC for finding wrong pixels, over the reference's labelled pixels.\n"
@@ -59,6 +63,8 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image"))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (all if none is chosen)", None, self.BEFORE,
+                                                     optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFile(self.MODEL, "Model checkpoint (default weights if empty)",
                                                      extension="pt", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Threshold", QgsProcessingParameterNumber.Double,
@@ -83,6 +89,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             reference_coding=list(CODINGS)[self.parameterAsEnum(parameters, self.REFERENCE_CODING, context)],
+            bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
         )
         outputs = ChangeOutputs(
             change=self.parameterAsOutputLayer(parameters, self.OUTPUT_CHANGE, context),

@@ -9,7 +9,7 @@ import rasterio
 from osgeo import gdal
 
 from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
-from rslab.core.bad_bands import bad_bands, band_ranges, good_band_view
+from rslab.core.bands import bad_bands, band_ranges, good_band_view
 from rslab.core.checkpoint import read_card
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import import_cube

@@ -180,6 +180,32 @@ def test_a_16_bit_image_through_an_8_bit_model_gets_a_note(tmp_path, oscd, share
     assert input_range_note([str(tmp_path / "reflectance.tif")], *imagenet) is not None
 
 
+def test_chosen_bands_give_what_a_cut_by_hand_gives(tmp_path, oscd, tiny_change_checkpoint):
+    before, after, cm = oscd
+    bands = (8, 4, 3)  # near-infrared false colour, in that order
+    cut = []
+    for path in (before, after):
+        with rasterio.open(path) as src:
+            data, profile = src.read(list(bands)), dict(src.profile, count=len(bands))
+        cut.append(tmp_path / f"cut_{os.path.basename(path)}")
+        with rasterio.open(cut[-1], "w", **profile) as dst:
+            dst.write(data)
+    chosen = detect_changes(before, after, _outputs(tmp_path / "chosen"), ChangeParams(method="cva", bands=bands),
+                            reference=cm)
+    by_hand = detect_changes(str(cut[0]), str(cut[1]), _outputs(tmp_path / "by_hand"), ChangeParams(method="cva"),
+                             reference=cm)
+    assert chosen.bands == list(bands) and chosen.metrics == by_hand.metrics
+    assert np.array_equal(_read(tmp_path / "chosen" / "prob.tif")[0], _read(tmp_path / "by_hand" / "prob.tif")[0])
+    out = tmp_path / "bad"
+    for wrong, message in (((0, 2), "there is no band 0"), ((2, 2), "names a band twice"),
+                           ((2, 3, 4, 8), "trained for 3 bands .* but 4 bands are chosen")):
+        params = ChangeParams(method="cva" if wrong != (2, 3, 4, 8) else "arcdnet", bands=wrong,
+                              model=None if wrong != (2, 3, 4, 8) else tiny_change_checkpoint)
+        with pytest.raises(RSLabError, match=message):
+            detect_changes(before, after, _outputs(out), params)
+    assert not out.exists() or os.listdir(out) == []
+
+
 def test_bad_inputs_stop_with_clear_messages_and_no_files(tmp_path, shared_data, samples, oscd, tiny_change_checkpoint):
     before, after, _ = _levir(shared_data)
     out = tmp_path / "out"

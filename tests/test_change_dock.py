@@ -156,6 +156,22 @@ def test_a_partial_reference_is_read_as_the_coding_chosen_in_the_dock(qtbot, doc
     assert not dock.coding_combo.isEnabled()
 
 
+def test_bands_chosen_in_the_dock(qtbot, dock, project, shared_data, tmp_path, levir):
+    root = shared_data / "change" / "oscd_s2"
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", root / name), role) for name, role in (
+        ("rennes_t2_S2_13b_10m.tif", "2018"), ("rennes_t1_S2_13b_10m.tif", "2015"), ("rennes_cm.tif", "cm"))]
+    choose(dock, layers[1], layers[0], "cva", layers[2], output=tmp_path / "out")
+    assert dock.bands_combo.count() == 13 and "B08" in dock.bands_combo.itemText(7)
+    assert dock.chosen_bands() is None and dock.bands_combo.lineEdit().text() == "all bands"
+    for band in (2, 3, 4, 8):  # Sentinel-2's 10 m bands
+        dock.bands_combo.setItemCheckState(band - 1, Qt.Checked)
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.bands == [2, 3, 4, 8] and result.metrics["f1"] > 0.4  # all 13 bands: 0.001
+    assert "bands&nbsp;2-4,&nbsp;8" in dock.metrics_label.text()
+    dock.before_combo.setLayer(levir["before"])  # another image: its own bands, none chosen
+    assert dock.bands_combo.count() == 3 and dock.chosen_bands() is None
+
+
 def test_group_lands_inside_the_after_layers_group(qtbot, dock, levir, project, tmp_path):
     root = project.layerTreeRoot()
     dates = root.addGroup("dates")

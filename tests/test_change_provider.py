@@ -46,6 +46,20 @@ def test_detect_changes_reads_a_partial_reference(tmp_path, shared_data, provide
     assert report["metrics"]["f1"] > 0.7
 
 
+def test_detect_changes_on_chosen_bands(tmp_path, shared_data, provider):
+    """Sentinel-2's 10 m bands only (B02, B03, B04, B08 of 13): CVA finds OSCD Rennes' changes there."""
+    root = shared_data / "change" / "oscd_s2"
+    params = {"BEFORE": str(root / "rennes_t1_S2_13b_10m.tif"), "AFTER": str(root / "rennes_t2_S2_13b_10m.tif"),
+              "METHOD": 1, "BANDS": [2, 3, 4, 8], "REFERENCE": str(root / "rennes_cm.tif"),
+              "OUTPUT_CHANGE": str(tmp_path / "change.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")}
+    processing.run("rslab:detect_changes", params)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["bands"] == [2, 3, 4, 8] and report["metrics"]["f1"] > 0.4  # all 13 bands: 0.001
+    with pytest.raises(QgsProcessingException, match="there is no band 14"):
+        processing.run("rslab:detect_changes", dict(params, BANDS=[2, 14], OUTPUT_CHANGE=str(tmp_path / "no.tif")))
+    assert not (tmp_path / "no.tif").exists()
+
+
 def test_detect_changes_with_loaded_layers_and_bad_input(tmp_path, samples, provider):
     before, after, _ = _pair(samples)
     b, a = QgsRasterLayer(before, "before"), QgsRasterLayer(after, "after")

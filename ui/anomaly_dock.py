@@ -50,7 +50,7 @@ from qgis.PyQt.QtWidgets import (
 from rasterio.windows import Window
 
 from ..core.anomaly import SCORE_BINS, AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, scene_statistics
-from ..core.bad_bands import bad_bands
+from ..core.bands import bad_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import HistogramAUC
@@ -177,7 +177,7 @@ def mean_spectrum_job(cube: str) -> Callable[[Callable[[float, str], None], Call
 
 
 def gap_bad_bands(values: np.ndarray, path: str) -> np.ndarray:
-    """`values` (one per band) with NaN at the bands the file's ENVI header flags bad (core/bad_bands.py):
+    """`values` (one per band) with NaN at the bands the file's ENVI header flags bad (core/bands.py):
     the spectrum plot leaves gaps there, as the detectors leave those bands out."""
     bad = bad_bands(path)
     if not bad:

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import pyqtgraph as pg
@@ -27,6 +27,7 @@ from qgis.core import (
     QgsLayerTreeGroup,
     QgsProject,
 )
+from qgis.gui import QgsCheckableComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -39,6 +40,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..core.bands import band_ranges
 from ..core.change_detection import MASK_NODATA, ChangeOutputs, ChangeParams, ChangeResult, detect_changes
 from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
@@ -187,6 +189,7 @@ class ChangeDetectionDock(JobDock):
         self._pick_distinct_layers()
         self._update_model_widgets()
         self._update_coding_widget()
+        self._list_bands()
         self._set_running(False)
 
     # construction -----------------------------------------------------------------------------------
@@ -212,6 +215,10 @@ class ChangeDetectionDock(JobDock):
                                       Qt.ToolTipRole)
         self.method_combo.setItemData(1, "Change vector analysis: spectral difference magnitude, Otsu threshold; "
                                          "its uncertainty is the closeness to the threshold", Qt.ToolTipRole)
+        self.bands_combo = QgsCheckableComboBox(self)
+        self.bands_combo.setDefaultText("all bands")
+        self.bands_combo.setToolTip("Bands of both dates to use (none checked: all), e.g. Sentinel-2's 10 m bands for "
+                                    "CVA; a model needs as many bands as it was trained on")
         self.model_combo = QComboBox(self)
         self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.model_file = checkpoint_widget(self)
@@ -245,6 +252,7 @@ class ChangeDetectionDock(JobDock):
         inputs.addRow("Before", self.before_combo)
         inputs.addRow("After", self.after_combo)
         inputs.addRow("Method", self.method_combo)
+        inputs.addRow("Bands", self.bands_combo)
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.train_button)
@@ -274,6 +282,7 @@ class ChangeDetectionDock(JobDock):
         self.method_combo.currentIndexChanged.connect(self._update_model_widgets)
         self.model_combo.currentIndexChanged.connect(self._update_model_widgets)
         self.reference_combo.layerChanged.connect(self._update_coding_widget)
+        self.before_combo.layerChanged.connect(self._list_bands)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.train_button.clicked.connect(self.open_training)
@@ -317,6 +326,19 @@ class ChangeDetectionDock(JobDock):
         self.model_combo.setEnabled(uses_model)
         self.model_file.setEnabled(uses_model and self.model_combo.currentData() is None)
 
+    def _list_bands(self) -> None:
+        """The before layer's bands as checkable items (none checked: all bands are used)."""
+        self.bands_combo.clear()
+        layer = self.before_combo.currentLayer()
+        if layer is None:
+            return
+        for band in range(1, layer.bandCount() + 1):
+            self.bands_combo.addItemWithCheckState(layer.bandName(band), Qt.Unchecked, band)
+
+    def chosen_bands(self) -> Optional[Tuple[int, ...]]:
+        """The checked bands, in band order; None when none is checked (all bands)."""
+        return tuple(sorted(int(band) for band in self.bands_combo.checkedItemsData())) or None
+
     def _update_coding_widget(self) -> None:
         self.coding_combo.setEnabled(self.reference_combo.currentLayer() is not None)
 
@@ -332,7 +354,7 @@ class ChangeDetectionDock(JobDock):
         method = self.method_combo.currentData()
         params = ChangeParams(method=method, threshold=round(self.threshold_spin.value(), 2),
                               model=self.selected_checkpoint() if method == "arcdnet" else None,
-                              reference_coding=self.coding_combo.currentData())
+                              reference_coding=self.coding_combo.currentData(), bands=self.chosen_bands())
         folder, created = self._output_folder()
         return ChangeRequest(
             before=before, after=after, reference=reference,
@@ -408,6 +430,8 @@ class ChangeDetectionDock(JobDock):
         seconds = f"{run.seconds:.1f} s" if run.seconds >= 1 else f"{run.seconds:.2f} s"
         facts = ["CVA" if result.method == "cva" else "AR-CDNet", result.device, seconds,
                  f"{result.width} × {result.height} px"]
+        if result.bands:
+            facts.append(f"bands {band_ranges(result.bands)}")
         if run.histogram is not None and run.histogram.sampled:
             facts.append(f"{100 * run.histogram.changed_share:.1f} % changed")
         text = "<p>" + " · ".join(html.escape(fact).replace(" ", "&nbsp;") for fact in facts) + "</p>"

@@ -1,4 +1,8 @@
-"""Bands a hyperspectral file flags as bad, and a view of the cube without them.
+"""Choosing the bands a job reads: a band subset of a raster, and the bands a file flags as bad.
+
+A subset is a GDAL VRT of the chosen bands (nodata kept) in the job's work
+folder: nothing is copied, the job reads its windows through it. Change
+detection uses it for the bands a user picks (Sentinel-2's 10 m bands, say).
 
 ENVI headers carry a bad band list, `bbl = {1, 1, 0, ...}` (0 = bad): the
 water-absorption and detector-edge bands of an airborne scene, which hold
@@ -6,15 +10,12 @@ little but noise. ENVI's own tools leave them out of analyses, and so does
 anomaly detection here: a noisy band inflates the covariance RX inverts and
 gives BSDM noise to learn. GDAL exposes the list in the file's ENVI metadata
 domain; other formats have no such list, and all their bands are used.
-
-The view is a GDAL VRT with the good bands only (nodata kept), written to
-the job's work folder: nothing is copied, the job reads its windows through it.
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .errors import RSLabError
 from .raster_io import data_bands, gdal_env, open_raster
@@ -29,6 +30,29 @@ def bad_bands(path: str) -> List[int]:
     if not flags or len(flags) != count:
         return []  # no list, or one that does not match the bands: use them all
     return [i + 1 for i, flag in enumerate(flags) if float(flag) == 0]
+
+
+def band_subset(path: str, bands: Sequence[int], workdir: str, tag: str = "bands") -> str:
+    """A VRT in `workdir` that reads only `bands` (1-based, in this order) of `path`."""
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    view = os.path.join(workdir, f"{tag}_{os.path.basename(path)}.vrt")
+    try:
+        gdal.Translate(view, path, options=gdal.TranslateOptions(format="VRT", bandList=list(bands)))
+    except RuntimeError as exc:
+        raise RSLabError(f"could not read bands {band_ranges(sorted(bands))} of {os.path.basename(path)}: "
+                         f"{exc}") from exc
+    return view
+
+
+def check_bands(bands: Sequence[int], count: int, name: str) -> None:
+    """RSLabError unless `bands` are distinct band numbers of a `count`-band raster."""
+    if len(set(bands)) != len(bands):
+        raise RSLabError(f"the band list {', '.join(map(str, bands))} names a band twice")
+    outside = [b for b in bands if not 1 <= b <= count]
+    if outside:
+        raise RSLabError(f"{name} has {count} bands; there is no band {', '.join(map(str, outside))}")
 
 
 def good_band_view(path: str, workdir: str) -> Tuple[str, Optional[str]]:
@@ -46,16 +70,9 @@ def good_band_view(path: str, workdir: str) -> Tuple[str, Optional[str]]:
     if len(good) < 2:
         raise RSLabError(f"{name}'s ENVI bad band list (bbl) flags {len(bad)} of its {count} bands; "
                          f"{len(good)} good band is too few for anomaly detection")
-    from osgeo import gdal
-
-    gdal.UseExceptions()
-    view = os.path.join(workdir, f"good_bands_{name}.vrt")
-    try:
-        gdal.Translate(view, path, options=gdal.TranslateOptions(format="VRT", bandList=good))
-    except RuntimeError as exc:
-        raise RSLabError(f"could not leave out the bad bands of {name}: {exc}") from exc
-    return view, (f"{len(bad)} of {name}'s {count} bands are flagged bad in its ENVI header (bbl) and were left "
-                  f"out: bands {band_ranges(bad)}")
+    return band_subset(path, good, workdir, "good_bands"), (
+        f"{len(bad)} of {name}'s {count} bands are flagged bad in its ENVI header (bbl) and were left out: "
+        f"bands {band_ranges(bad)}")
 
 
 def band_ranges(bands: List[int]) -> str:
