@@ -104,7 +104,7 @@ def test_train_change_detector_on_one_partially_labelled_pair(tmp_path, shared_d
     assert read_card(str(tmp_path / "m.pt")).metrics["validation"]["pixels"] == 14756
 
 
-def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process):
+def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process, shared_data):
     """`qgis_process.bin run rslab:detect_changes -- BEFORE=... AFTER=...` with the plugin in a fresh profile."""
     run = qgis_process
     before, after, label = _pair(samples)
@@ -119,3 +119,11 @@ def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process):
     # the default weights on a pair they never saw in training (F1 0.75 when trained; CVA scores 0.31 here)
     assert report["model"]["path"].endswith("arcdnet_levir_dsifn.pt")
     assert report["metrics"]["f1"] > 0.6
+    # a multiple-band parameter on the command line: the parameter repeated
+    oscd = shared_data / "change" / "oscd_s2"
+    done = run("--json", "run", "rslab:detect_changes", "--", f"BEFORE={oscd / 'rennes_t1_S2_13b_10m.tif'}",
+               f"AFTER={oscd / 'rennes_t2_S2_13b_10m.tif'}", "METHOD=1", "BANDS=2", "BANDS=3", "BANDS=4", "BANDS=8",
+               f"REFERENCE={oscd / 'rennes_cm.tif'}", f"OUTPUT_CHANGE={tmp_path / 'o.tif'}",
+               f"OUTPUT_REPORT={tmp_path / 'o.json'}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads((tmp_path / "o.json").read_text())["bands"] == [2, 3, 4, 8]
