@@ -17,6 +17,8 @@ import os
 import re
 from typing import List, Optional, Sequence, Tuple
 
+from rasterio.enums import ColorInterp
+
 from .errors import RSLabError
 from .raster_io import data_bands, gdal_env, open_raster
 
@@ -33,13 +35,19 @@ def bad_bands(path: str) -> List[int]:
 
 
 def band_subset(path: str, bands: Sequence[int], workdir: str, tag: str = "bands") -> str:
-    """A VRT in `workdir` that reads only `bands` (1-based, in this order) of `path`."""
+    """A VRT in `workdir` that reads only `bands` (1-based, in this order) of `path`.
+
+    An alpha band of `path` comes along as the VRT's last band, so its transparent pixels stay nodata.
+    """
     from osgeo import gdal
 
+    with gdal_env(), open_raster(path) as ds:
+        alpha = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
     gdal.UseExceptions()
     view = os.path.join(workdir, f"{tag}_{os.path.basename(path)}.vrt")
+    options = gdal.TranslateOptions(format="VRT", bandList=list(bands) + alpha[:1])
     try:
-        gdal.Translate(view, path, options=gdal.TranslateOptions(format="VRT", bandList=list(bands)))
+        gdal.Translate(view, path, options=options)
     except RuntimeError as exc:
         raise RSLabError(f"could not read bands {band_ranges(sorted(bands))} of {os.path.basename(path)}: "
                          f"{exc}") from exc

@@ -247,13 +247,13 @@ def detect_changes(
                           width=info.width, height=info.height, timings=monitor.timings)
 
     with tempfile.TemporaryDirectory(prefix="rslab-change-") as workdir:
+        if params.bands:  # both dates read through VRTs of the chosen bands (first: then only those are warped)
+            result.bands = list(params.bands)
+            before = band_subset(before, params.bands, workdir, "before")
+            after = band_subset(after, params.bands, workdir, "after")
         after_path, note = align_to(info, after, workdir, role="after image", resampling="bilinear")
         if note:
             result.notes.append(note)
-        if params.bands:  # both dates read through VRTs of the chosen bands
-            result.bands = list(params.bands)
-            before = band_subset(before, params.bands, workdir, "before")
-            after_path = band_subset(after_path, params.bands, workdir, "after")
         reference_path = None
         if reference:
             reference_path, ref_note = align_to(info, reference, workdir, role="reference", resampling="nearest")

@@ -160,14 +160,20 @@ def _dataset_mask(ds: Any, bands: List[int], data: np.ndarray, **where: Any) -> 
     """
     flags = ds.mask_flag_enums
     if (MaskFlags.per_dataset in flags[0]  # a mask band, or an alpha band GDAL uses as the mask
-            or len(bands) != ds.count  # an alpha band GDAL does not use, whose mask rasterio ORs in
             or (ds.count == 4 and ds.colorinterp[0] == ColorInterp.red)):  # rasterio: band 4's mask alone
         return ds.dataset_mask(**where) > 0
     valid = np.zeros(data.shape[1:], dtype=bool)
     for i, band in enumerate(bands):  # valid where any band is valid (rasterio ORs the band masks)
         if MaskFlags.nodata not in flags[band - 1]:
-            return np.ones(data.shape[1:], dtype=bool)
+            valid[:] = True
+            break
         valid |= _nodata_valid(data[i], ds.nodatavals[band - 1])
+    alpha = [band for band in range(1, ds.count + 1) if band not in bands]
+    if alpha:
+        # An alpha band GDAL does not take as the mask: GDAL does only for gray + alpha and RGB + alpha, so
+        # the alpha band a warped VRT adds to a 13-band image (pixels outside the source: alpha 0) would
+        # be ignored, and rasterio's dataset_mask ignores it too. Transparent pixels are nodata here.
+        valid &= ds.read(alpha[0], **where) > 0
     return valid
 
 

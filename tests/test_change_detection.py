@@ -180,6 +180,29 @@ def test_a_16_bit_image_through_an_8_bit_model_gets_a_note(tmp_path, oscd, share
     assert input_range_note([str(tmp_path / "reflectance.tif")], *imagenet) is not None
 
 
+def test_an_after_image_covering_part_of_the_before_grid_leaves_nodata_outside(tmp_path, oscd):
+    """The 13-band after image in UTM, cut to its western half: outside it every output is nodata, with all
+    bands and with chosen ones (the warped VRT's alpha band marks it; GDAL alone ignores a 14th-band alpha)."""
+    before, after, cm = oscd
+    half = tmp_path / "after_west_utm.tif"
+    with rasterio.open(after) as src:
+        dst_crs = CRS.from_epsg(32630)
+        transform, width, height = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds)
+        profile = dict(src.profile, crs=dst_crs, transform=transform, width=width // 2, height=height)
+        with rasterio.open(half, "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band), resampling=Resampling.bilinear)
+    for bands in (None, (2, 3, 4, 8)):
+        out = tmp_path / f"out_{bool(bands)}"
+        result = detect_changes(before, str(half), _outputs(out), ChangeParams(method="cva", bands=bands), reference=cm)
+        change, _ = _read(out / "change.tif")
+        unc, _ = _read(out / "unc.tif")
+        outside = change == 255
+        assert 0.45 < outside.mean() < 0.55 and outside[:, -50:].all() and not outside[:, :50].any()
+        assert np.isnan(unc[outside]).all() and np.isfinite(unc[~outside]).all()
+        assert result.metrics["pixels"] == int((~outside).sum())
+
+
 def test_chosen_bands_give_what_a_cut_by_hand_gives(tmp_path, oscd, tiny_change_checkpoint):
     before, after, cm = oscd
     bands = (8, 4, 3)  # near-infrared false colour, in that order

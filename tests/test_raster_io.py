@@ -95,6 +95,37 @@ def test_windowed_masks_equal_rasterios_dataset_mask(tmp_path):
                 assert np.array_equal(valid, _expected(ds, window=window)), f"{name}, {window}"
 
 
+def test_an_alpha_band_gdal_does_not_use_as_the_mask_still_masks(tmp_path):
+    """Six bands, the last one alpha (as a warped VRT adds to a multispectral image): GDAL takes alpha as the mask
+    only for gray + alpha and RGB + alpha, and rasterio's dataset_mask calls every pixel valid; transparent
+    pixels are nodata here, in windows and in decimated reads, and through a band subset."""
+    from rslab.core.bands import band_subset
+
+    cube = _cube(np.uint16, bands=6)
+    cube[5] = 65535
+    cube[5, :, 25:] = 0  # the last 15 columns transparent
+    cube[:5, 3, 3] = 9  # nodata 9 in every data band
+    path = tmp_path / "alpha.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=6, dtype="uint16", nodata=9) as ds:
+        ds.write(cube)
+        ds.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * 4 + [ColorInterp.alpha]
+    expected = np.ones((40, 40), bool)
+    expected[:, 25:] = False
+    expected[3, 3] = False
+    with rasterio.open(path) as ds:
+        assert (ds.dataset_mask() > 0).all()  # what rasterio alone would say
+        data, valid = read_window(ds, Window(0, 0, 40, 40))
+        assert data.shape == (5, 40, 40) and np.array_equal(valid, expected)
+        _, valid = read_window(ds, Window(20, 0, 10, 5))
+        assert np.array_equal(valid, expected[:5, 20:30])
+        data, decimated = read_decimated(ds, 400)
+        alpha = ds.read(6, out_shape=decimated.shape)  # GDAL picks the same pixels for every band
+        assert (~decimated).sum() >= 20 * 7 and np.array_equal(decimated, (alpha > 0) & (data != 9).any(axis=0))
+    with rasterio.open(band_subset(str(path), [4, 2], str(tmp_path), "subset")) as ds:
+        data, valid = read_window(ds, Window(0, 0, 40, 40))
+        assert np.array_equal(data, cube[[3, 1]]) and np.array_equal(valid, expected)
+
+
 def test_decimated_masks_equal_rasterios_dataset_mask(tmp_path):
     for name, path, _ in _cases(tmp_path):
         with rasterio.open(path) as ds:
