@@ -108,22 +108,18 @@ PATTERN_ROW, PATTERN_COL = 7, 3  # pair index = (7 i + 3 j) mod (number of pairs
 DETECT_TILE, DETECT_OVERLAP = 512, 128
 OUTPUT_KINDS = ("change", "probability", "uncertainty")
 METHOD_LABELS = {"arcdnet": "AR-CDNet", "cva": "CVA"}
-# Georeferenced multispectral pairs in shared/data/change: label, folder, before, after, reference, coding,
-# bands (1-based; None = all).
+# Georeferenced multispectral pairs in shared/data/change, as rows: label, folder, before, after, reference,
+# reference coding, bands (1-based; None = all).
 S2_10M = (2, 3, 4, 8)  # Sentinel-2 B02, B03, B04, B08: the 10 m bands
-MULTISPECTRAL = (
-    ("OSCD Rennes (S2, 13 bands)", "oscd_s2", "rennes_t1_S2_13b_10m.tif", "rennes_t2_S2_13b_10m.tif",
-     "rennes_cm.tif", "binary", None),
-    ("OSCD Rennes, 10 m bands only", "oscd_s2", "rennes_t1_S2_13b_10m.tif", "rennes_t2_S2_13b_10m.tif",
-     "rennes_cm.tif", "binary", S2_10M),
-    ("OSCD Paris-Bercy (S2, 13 bands)", "oscd_s2", "bercy_t1_S2_13b_10m.tif", "bercy_t2_S2_13b_10m.tif",
-     "bercy_cm.tif", "binary", None),
-    ("OSCD Paris-Bercy, 10 m bands only", "oscd_s2", "bercy_t1_S2_13b_10m.tif", "bercy_t2_S2_13b_10m.tif",
-     "bercy_cm.tif", "binary", S2_10M),
-    ("Landsat Nanjing (TM, 6 bands)", "landsat_nanjing", "Nanjing_t1_TM6b.tif", "Nanjing_t2_TM6b.tif",
-     "Nanjing_reference_0unl_1unch_2ch.tif", "partial", None),
-    ("Landsat Nanjing, misread as binary", "landsat_nanjing", "Nanjing_t1_TM6b.tif", "Nanjing_t2_TM6b.tif",
-     "Nanjing_reference_0unl_1unch_2ch.tif", "binary", None),
+NANJING = ("landsat_nanjing", "Nanjing_t1_TM6b.tif", "Nanjing_t2_TM6b.tif", "Nanjing_reference_0unl_1unch_2ch.tif")
+MULTISPECTRAL = tuple(
+    (f"OSCD {city}{label}", "oscd_s2", f"{stem}_t1_S2_13b_10m.tif", f"{stem}_t2_S2_13b_10m.tif", f"{stem}_cm.tif",
+     "binary", bands)
+    for city, stem in (("Rennes", "rennes"), ("Paris-Bercy", "bercy"))
+    for label, bands in ((" (S2, 13 bands)", None), (", 10 m bands only", S2_10M))
+) + (
+    ("Landsat Nanjing (TM, 6 bands)",) + NANJING + ("partial", None),
+    ("Landsat Nanjing, misread as binary",) + NANJING + ("binary", None),
 )
 
 
