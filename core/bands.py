@@ -54,6 +54,31 @@ def band_subset(path: str, bands: Sequence[int], workdir: str, tag: str = "bands
     return view
 
 
+def band_descriptions(path: str) -> Optional[List[str]]:
+    """The data bands' descriptions (e.g. Sentinel-2's "B02"), or None unless every band has its own."""
+    with gdal_env(), open_raster(path) as ds:
+        names = [(ds.descriptions[band - 1] or "").strip() for band in data_bands(ds)]
+    return names if all(names) and len(set(names)) == len(names) else None
+
+
+GENERIC_NAMES = re.compile(r"^(band \d+|red|green|blue)$", re.IGNORECASE)  # names a model card gives by default
+
+
+def band_order_note(model_bands: Sequence[str], image_bands: Optional[Sequence[str]]) -> Optional[str]:
+    """A note when a model's named bands differ from the images' band descriptions, else None.
+
+    Only compared when both sides carry real names: a card's default names ("band 1", "red") and
+    images without descriptions say nothing about which bands they are.
+    """
+    if not image_bands or not model_bands or any(GENERIC_NAMES.match(name) for name in model_bands):
+        return None
+    if [n.lower() for n in model_bands] == [n.lower() for n in image_bands]:
+        return None
+    return (f"the model was trained on bands {', '.join(model_bands)}, but these images' bands are "
+            f"{', '.join(image_bands)}: unless they are the same bands in the same order, the change map is "
+            "meaningless; choose the model's bands, in its order (BANDS)")
+
+
 def check_bands(bands: Sequence[int], count: int, name: str) -> None:
     """RSLabError unless `bands` are distinct band numbers of a `count`-band raster."""
     if len(set(bands)) != len(bands):

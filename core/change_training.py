@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .bands import band_descriptions
 from .change_data import ChangePair, PairSampler, check_pair, default_normalisation, read_pair
 from .change_model import predict_pair
 from .change_reference import ReferenceValues, check_coding, coding_note, survey_reference
@@ -204,7 +205,10 @@ def train_change_detector(
             monitor.step((iteration + 1) / params.iterations,
                          f"iteration {iteration + 1}: loss {record['loss']:.3f}, validation F1 {scores['f1']:.3f}")
 
-    bands = ["red", "green", "blue"] if sampler.bands == 3 else [f"band {i + 1}" for i in range(sampler.bands)]
+    # the bands' own descriptions (e.g. Sentinel-2's B02 ...) when the images carry them, so that detection can
+    # tell a pair whose bands differ (core/bands.py band_order_note); else names by convention
+    bands = band_descriptions(train_pairs[0].before) or (
+        ["red", "green", "blue"] if sampler.bands == 3 else [f"band {i + 1}" for i in range(sampler.bands)])
     card = ModelCard(
         task=TASK,
         architecture="arcdnet",

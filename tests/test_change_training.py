@@ -54,3 +54,31 @@ def test_labels_the_partial_coding_cannot_read_stop_before_training(shared_data,
     assert not output.exists()
     with pytest.raises(RSLabError, match="binary, partial"):
         TrainChangeParams(label_coding="sparse")
+
+
+def test_a_model_trained_on_named_bands_notes_images_whose_bands_differ(shared_data, tmp_path):
+    """Trained on OSCD Rennes' 10 m bands (cut beforehand, their descriptions B02, B03, B04, B08 kept), the card
+    names them; detection on the 13-band pair with BANDS in another order says so, in the model's order it does not."""
+    from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes
+
+    root = shared_data / "change" / "oscd_s2"
+    cut = []
+    for date in ("t1", "t2"):
+        with rasterio.open(root / f"rennes_{date}_S2_13b_10m.tif") as src:
+            data, profile, names = src.read([2, 3, 4, 8]), dict(src.profile, count=4), src.descriptions
+        cut.append(str(tmp_path / f"rennes_{date}_10m.tif"))
+        with rasterio.open(cut[-1], "w", **profile) as dst:
+            dst.write(data)
+            dst.descriptions = tuple(names[b - 1] for b in (2, 3, 4, 8))
+    pair = ChangePair(cut[0], cut[1], str(root / "rennes_cm.tif"))
+    model = str(tmp_path / "s2.pt")
+    train_change_detector([pair], [pair], model, TrainChangeParams(**TINY))
+    assert read_card(model).bands == ["B02", "B03", "B04", "B08"]
+    full = [str(root / f"rennes_{date}_S2_13b_10m.tif") for date in ("t1", "t2")]
+    notes = {}
+    for bands in ((2, 3, 4, 8), (4, 3, 2, 8)):
+        result = detect_changes(*full, ChangeOutputs(change=str(tmp_path / f"{bands[0]}.tif")),
+                                ChangeParams(model=model, bands=bands, tile=256, overlap=32))
+        notes[bands] = [n for n in result.notes if "trained on bands" in n]
+    assert notes[(2, 3, 4, 8)] == []
+    assert len(notes[(4, 3, 2, 8)]) == 1 and "B04, B03, B02, B08" in notes[(4, 3, 2, 8)][0]
