@@ -23,15 +23,20 @@ from .errors import RSLabError
 from .raster_io import data_bands, gdal_env, open_raster
 
 
-def bad_bands(path: str) -> List[int]:
-    """The 1-based bands that the file's ENVI bad band list flags (0 = bad); [] without a usable list."""
+def _good_flags(path: str) -> List[bool]:
+    """One flag per data band from the file's ENVI bad band list (True = good); [] without a usable list."""
     with gdal_env(), open_raster(path) as ds:
         text = ds.tags(ns="ENVI").get("bbl", "")
         count = len(data_bands(ds))
     flags = re.findall(r"[-+0-9.eE]+", text)
-    if not flags or len(flags) != count:
+    if len(flags) != count:
         return []  # no list, or one that does not match the bands: use them all
-    return [i + 1 for i, flag in enumerate(flags) if float(flag) == 0]
+    return [float(flag) != 0 for flag in flags]
+
+
+def bad_bands(path: str) -> List[int]:
+    """The 1-based bands that the file's ENVI bad band list flags (0 = bad); [] without a usable list."""
+    return [band for band, good in enumerate(_good_flags(path), start=1) if not good]
 
 
 def band_subset(path: str, bands: Sequence[int], workdir: str, tag: str = "bands") -> str:
@@ -93,12 +98,12 @@ def good_band_view(path: str, workdir: str) -> Tuple[str, Optional[str]]:
 
     RSLabError when fewer than two good bands remain.
     """
-    bad = bad_bands(path)
+    flags = _good_flags(path)
+    good = [band for band, ok in enumerate(flags, start=1) if ok]
+    bad = [band for band, ok in enumerate(flags, start=1) if not ok]
     if not bad:
         return path, None
-    with gdal_env(), open_raster(path) as ds:
-        count = len(data_bands(ds))
-    good = [b for b in range(1, count + 1) if b not in bad]
+    count = len(flags)
     name = os.path.basename(path)
     if len(good) < 2:
         raise RSLabError(f"{name}'s ENVI bad band list (bbl) flags {len(bad)} of its {count} bands; "
