@@ -180,7 +180,8 @@ def input_range_note(paths: Sequence[str], mean: Sequence[float], std: Sequence[
     spread = image_std / model_std
     if (shift <= RANGE_SHIFT).all() and ((spread >= RANGE_SPREAD[0]) & (spread <= RANGE_SPREAD[1])).all():
         return None
-    eight_bit = np.allclose(model_mean, IMAGENET_MEAN) and np.allclose(model_std, IMAGENET_STD)
+    eight_bit = (len(model_mean) == len(IMAGENET_MEAN) and np.allclose(model_mean, IMAGENET_MEAN)
+                 and np.allclose(model_std, IMAGENET_STD))
     rescale = "8-bit, 0-255, as the default weights expect" if eight_bit else "the range of its training images"
     return (f"the images' values (band means {', '.join(f'{m:.4g}' for m in image_mean)}) are far from those the "
             f"model was trained on (means {', '.join(f'{m:.4g}' for m in model_mean)}): the change map is likely "

@@ -178,6 +178,11 @@ def test_a_16_bit_image_through_an_8_bit_model_gets_a_note(tmp_path, oscd, share
     with rasterio.open(tmp_path / "reflectance.tif", "w", **profile) as dst:
         dst.write(data)
     assert input_range_note([str(tmp_path / "reflectance.tif")], *imagenet) is not None
+    # a 13-band model's statistics (not ImageNet's, another length): the note names the training range
+    # (this raised a numpy broadcast error before)
+    bercy = [str(shared_data / "change" / "oscd_s2" / f"bercy_{d}_S2_13b_10m.tif") for d in ("t1", "t2")]
+    note = input_range_note(bercy, [100.0] * 13, [10.0] * 13)
+    assert note is not None and "the range of its training images" in note
 
 
 def test_an_after_image_covering_part_of_the_before_grid_leaves_nodata_outside(tmp_path, oscd):
