@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from rasterio.windows import Window
 
+from .bands import band_subset, check_bands
 from .change_reference import reference_labels
 from .errors import RSLabError
 from .raster_io import describe, gdal_env, open_raster, read_decimated, read_window, same_grid
@@ -31,10 +32,11 @@ class ChangePair:
     before: str
     after: str
     label: str
+    title: str = ""  # the pair's name when `before` is a stand-in (a band subset VRT), else its file stem
 
     @property
     def name(self) -> str:
-        return Path(self.before).stem
+        return self.title or Path(self.before).stem
 
 
 def pairs_from_folder(root: str, names: Optional[Sequence[str]] = None) -> List[ChangePair]:
@@ -55,6 +57,20 @@ def pairs_from_folder(root: str, names: Optional[Sequence[str]] = None) -> List[
     if not pairs:
         raise RSLabError(f"no image pairs found in {root}/A")
     return pairs
+
+
+def band_views(pairs: Sequence[ChangePair], bands: Sequence[int], workdir: str) -> List[ChangePair]:
+    """The pairs with both dates read through VRTs of `bands` (1-based, in this order) in `workdir`.
+
+    RSLabError, before any VRT is written, when a pair lacks one of the bands or names one twice.
+    """
+    for pair in pairs:
+        check_bands(bands, check_pair(pair)[0], f"{pair.name}'s before image")
+    views = []
+    for i, pair in enumerate(pairs):
+        views.append(ChangePair(band_subset(pair.before, bands, workdir, f"before{i}"),
+                                band_subset(pair.after, bands, workdir, f"after{i}"), pair.label, pair.name))
+    return views
 
 
 def check_pair(pair: ChangePair) -> Tuple[int, int, int]:

@@ -38,7 +38,7 @@ import numpy as np
 from .alignment import align_to
 from .bands import band_descriptions, band_order_note, band_subset, check_bands
 from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics
-from .change_model import predict_pair
+from .change_model import predict_pair, trained_bands_hint
 from .change_reference import check_coding, coding_note, reference_labels, survey_reference
 from .checkpoint import Checkpoint, build_model, load_checkpoint
 from .device import describe_device, select_device
@@ -223,8 +223,9 @@ def _check_bands(before_bands: int, after_bands: int, checkpoint: Optional[Check
             names = ", ".join(checkpoint.card.bands) if checkpoint.card.bands else f"{expected} bands"
             what = f"{used} bands are chosen" if chosen else f"the images have {used}"
             raise RSLabError(
-                f"the model was trained for {expected} bands ({names}) but {what}; "
-                "pick a model trained for these bands, train one, or use the CVA method"
+                f"the model was trained for {expected} bands ({names}) but {what}"
+                f"{trained_bands_hint(checkpoint.card)}; "
+                "or pick a model trained for these bands, train one, or use the CVA method"
             )
 
 

@@ -5,11 +5,28 @@ model is always fed exactly the same way.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 STRIDE = 32  # the encoder's output stride: inputs are padded to a multiple of it
+
+
+def trained_bands(card: Any) -> Optional[List[int]]:
+    """The bands (1-based, in order) of its images a change model's card says it was trained on.
+
+    None when training used every band (`TrainChangeParams.bands` not set), as the shipped model did.
+    """
+    bands = card.training.get("params", {}).get("bands")
+    return [int(b) for b in bands] if bands else None
+
+
+def trained_bands_hint(card: Any) -> str:
+    """For messages about a band-count mismatch: which of its images' bands the model was trained on, if known."""
+    bands = trained_bands(card)
+    if not bands:
+        return ""
+    return f"; it was trained on bands {', '.join(map(str, bands))} of its images: choose those bands, in that order"
 
 
 def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

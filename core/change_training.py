@@ -15,15 +15,16 @@ preferred orientation.
 from __future__ import annotations
 
 import datetime as _dt
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .bands import band_descriptions
-from .change_data import ChangePair, PairSampler, check_pair, default_normalisation, read_pair
-from .change_model import predict_pair
+from .change_data import ChangePair, PairSampler, band_views, check_pair, default_normalisation, read_pair
+from .change_model import predict_pair, trained_bands_hint
 from .change_reference import ReferenceValues, check_coding, coding_note, survey_reference
 from .checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
 from .device import describe_device, select_device
@@ -54,6 +55,7 @@ class TrainChangeParams:
     jitter: float = 0.0  # probability of per-date brightness jitter (see PairSampler)
     paste: float = 0.0  # probability of pasting another crop's changes (see PairSampler)
     label_coding: str = "binary"  # how the label rasters read: core/change_reference.py
+    bands: Optional[Tuple[int, ...]] = None  # 1-based bands of both dates to train on, in this order; None = all
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "eval_every"):
@@ -68,6 +70,8 @@ class TrainChangeParams:
         if not 0 < self.threshold < 1:
             raise RSLabError(f"the threshold must be between 0 and 1, got {self.threshold}")
         check_coding(self.label_coding)
+        if self.bands is not None and not self.bands:
+            raise RSLabError("the band list is empty; give None to train on all bands")
 
 
 @dataclass
@@ -129,7 +133,20 @@ def train_change_detector(
     on_epoch: Optional[EpochFn] = None,
     data_description: str = "",
 ) -> TrainChangeResult:
-    """Train, keep the checkpoint with the best validation F1, write it to `output_path`."""
+    """Train, keep the checkpoint with the best validation F1, write it to `output_path`.
+
+    With `params.bands` both dates of every pair are read through VRTs of those bands (core/bands.py),
+    as `detect_changes` reads them with its `bands`; the card records them (`trained_bands`).
+    """
+    if params.bands:
+        with tempfile.TemporaryDirectory(prefix="rslab-train-bands-") as workdir:
+            views = band_views(list(train_pairs) + list(val_pairs), params.bands, workdir)
+            return _train(views[:len(train_pairs)], views[len(train_pairs):], output_path, params, progress,
+                          cancelled, on_epoch, data_description)
+    return _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_epoch, data_description)
+
+
+def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_epoch, data_description):
     import torch
 
     from ..models.arcdnet import ArcdNet, arcdnet_loss
@@ -154,7 +171,7 @@ def train_change_detector(
         if init.card.arguments.get("bands") != sampler.bands:
             raise RSLabError(
                 f"the starting checkpoint was trained for {init.card.arguments.get('bands')} bands, "
-                f"the training data has {sampler.bands}"
+                f"the training data has {sampler.bands}{trained_bands_hint(init.card)}"
             )
         model = build_model(init)
         mean, std = init.card.normalisation["mean"], init.card.normalisation["std"]

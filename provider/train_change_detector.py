@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
+    QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -31,6 +32,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
     AFTER = "AFTER"
     LABEL = "LABEL"
     LABEL_CODING = "LABEL_CODING"
+    BANDS = "BANDS"
     ITERATIONS = "ITERATIONS"
     BATCH_SIZE = "BATCH_SIZE"
     CROP = "CROP"
@@ -54,7 +56,10 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "with sub-folders A/ (before), B/ (after) and label/ (same file names), or one BEFORE / AFTER / "
             "LABEL raster triple. LABEL_CODING: how the labels read: 0 binary (0 no change, non-zero change) or "
             "1 partial (0 not labelled, 1 no change, 2 change; unlabelled pixels are left out of the loss and of "
-            "the validation scores). Without VALIDATION_FOLDER, 20 % of the "
+            "the validation scores). BANDS: optional bands of both dates to train on, in this order (all if empty; "
+            "the band list shows the BEFORE image's bands, the numbers apply to every pair), e.g. Sentinel-2's 10 m "
+            "bands; the model card records them, and detection with this model then needs the same BANDS. "
+            "Without VALIDATION_FOLDER, 20 % of the "
             "pairs are held out for validation. AdamW, warm-up then poly decay, random crops, flips, "
             "90-degree turns and date swaps (METHODS.md section 1). INIT_MODEL starts from an existing "
             "checkpoint (fine-tuning). OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
@@ -71,6 +76,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.LABEL, "Change label raster", optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.LABEL_CODING, "Label values", options=CODING_LABELS,
                                                      defaultValue=0))
+        self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (all if none is chosen)", None, self.BEFORE,
+                                                     optional=True, allowMultiple=True))
         integer = QgsProcessingParameterNumber.Integer
         self.addParameter(QgsProcessingParameterNumber(self.ITERATIONS, "Iterations", integer, 2000, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size", integer, 8, minValue=1))
@@ -116,6 +123,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             base=base, channels=channels, seed=seed,
             init_checkpoint=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
             label_coding=list(CODINGS)[self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
+            bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
         )
         output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         progress, cancelled = feedback_callbacks(feedback)
@@ -134,6 +142,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             with open(report, "w") as handle:
                 json.dump({"best_f1": result.best_f1, "best_iteration": result.best_iteration,
                            "device": result.device, "history": result.history, "timings": result.timings,
-                           "label_coding": params.label_coding, "notes": result.notes}, handle, indent=1)
+                           "label_coding": params.label_coding, "bands": list(params.bands or []) or None,
+                           "notes": result.notes}, handle, indent=1)
             out[self.OUTPUT_REPORT] = report
         return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from qgis.core import (
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 
-from rslab.core.change_data import pairs_from_folder
+from rslab.core.change_data import ChangePair, pairs_from_folder
 from rslab.core.change_training import TrainChangeParams, train_change_detector
 from rslab.ui.change_dock import CUSTOM_CHECKPOINT, ChangeDetectionDock, output_paths, uncertainty_histogram
 
@@ -170,6 +171,28 @@ def test_bands_chosen_in_the_dock(qtbot, dock, project, shared_data, tmp_path, l
     assert "bands&nbsp;2-4,&nbsp;8" in dock.metrics_label.text()
     dock.before_combo.setLayer(levir["before"])  # another image: its own bands, none chosen
     assert dock.bands_combo.count() == 3 and dock.chosen_bands() is None
+
+
+def test_a_model_trained_on_chosen_bands_checks_them(qtbot, dock, project, shared_data, tmp_path):
+    """A model trained on bands 4, 3, 2, 8 of Rennes' 13: selecting it checks them, the run keeps its order."""
+    root = shared_data / "change" / "oscd_s2"
+    full = [str(root / f"rennes_{date}_S2_13b_10m.tif") for date in ("t1", "t2")]
+    model = str(tmp_path / "s2.pt")
+    train_change_detector([ChangePair(*full, str(root / "rennes_cm.tif"))], [ChangePair(*full, str(root / "rennes_cm.tif"))],
+                          model, TrainChangeParams(iterations=1, eval_every=1, crop=64, batch_size=1, base=8,
+                                                   channels=8, bands=(4, 3, 2, 8)))
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", Path(path)), role) for path, role in zip(full, ("t1", "t2"))]
+    choose(dock, layers[0], layers[1], "arcdnet", output=tmp_path / "out")
+    assert dock.chosen_bands() is None  # the shipped model: all bands
+    dock.add_checkpoint(model)
+    assert sorted(map(int, dock.bands_combo.checkedItemsData())) == [2, 3, 4, 8] and dock.chosen_bands() == (4, 3, 2, 8)
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.bands == [4, 3, 2, 8]
+    assert not [note for note in result.notes if "trained on bands" in note]
+    dock.bands_combo.setItemCheckState(7, Qt.Unchecked)  # no longer the model's bands: band order
+    assert dock.chosen_bands() == (2, 3, 4)
+    dock.model_combo.setCurrentIndex(0)  # the shipped model leaves the choice as it is
+    assert dock.chosen_bands() == (2, 3, 4)
 
 
 def test_group_lands_inside_the_after_layers_group(qtbot, dock, levir, project, tmp_path):

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import rasterio
 from qgis.core import QgsProcessingException, QgsRasterLayer
 
 import processing
+
+
+@pytest.fixture()
+def change_copy(shared_data, tmp_path):
+    """A copy of a ../shared/data/change folder in the test's folder: QGIS writes .aux.xml statistics beside
+    the rasters it loads, and the shared data is left as it came."""
+    def copy(name: str):
+        return shutil.copytree(shared_data / "change" / name, tmp_path / "data" / name, dirs_exist_ok=True)
+    return copy
 
 
 def _pair(samples):
@@ -35,8 +45,8 @@ def test_detect_changes_processing_run_with_reference(tmp_path, samples, provide
         assert layer.isValid() and layer.width() == 256
 
 
-def test_detect_changes_reads_a_partial_reference(tmp_path, shared_data, provider):
-    root = shared_data / "change" / "landsat_nanjing"
+def test_detect_changes_reads_a_partial_reference(tmp_path, change_copy, provider):
+    root = change_copy("landsat_nanjing")
     params = {"BEFORE": str(root / "Nanjing_t1_TM6b.tif"), "AFTER": str(root / "Nanjing_t2_TM6b.tif"), "METHOD": 1,
               "REFERENCE": str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), "REFERENCE_CODING": 1,
               "OUTPUT_CHANGE": str(tmp_path / "change.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")}
@@ -46,9 +56,9 @@ def test_detect_changes_reads_a_partial_reference(tmp_path, shared_data, provide
     assert report["metrics"]["f1"] > 0.7
 
 
-def test_detect_changes_on_chosen_bands(tmp_path, shared_data, provider):
+def test_detect_changes_on_chosen_bands(tmp_path, change_copy, provider):
     """Sentinel-2's 10 m bands only (B02, B03, B04, B08 of 13): CVA finds OSCD Rennes' changes there."""
-    root = shared_data / "change" / "oscd_s2"
+    root = change_copy("oscd_s2")
     params = {"BEFORE": str(root / "rennes_t1_S2_13b_10m.tif"), "AFTER": str(root / "rennes_t2_S2_13b_10m.tif"),
               "METHOD": 1, "BANDS": [2, 3, 4, 8], "REFERENCE": str(root / "rennes_cm.tif"),
               "OUTPUT_CHANGE": str(tmp_path / "change.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")}
@@ -90,8 +100,8 @@ def test_train_change_detector_processing_run(tmp_path, shared_data, provider):
         processing.run("rslab:train_change_detector", {"ITERATIONS": 1, "OUTPUT_MODEL": str(tmp_path / "x.pt")})
 
 
-def test_train_change_detector_on_one_partially_labelled_pair(tmp_path, shared_data, provider):
-    root = shared_data / "change" / "landsat_nanjing"
+def test_train_change_detector_on_one_partially_labelled_pair(tmp_path, change_copy, provider):
+    root = change_copy("landsat_nanjing")
     processing.run("rslab:train_change_detector", {
         "BEFORE": str(root / "Nanjing_t1_TM6b.tif"), "AFTER": str(root / "Nanjing_t2_TM6b.tif"),
         "LABEL": str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), "LABEL_CODING": 1, "ITERATIONS": 1,
@@ -104,7 +114,29 @@ def test_train_change_detector_on_one_partially_labelled_pair(tmp_path, shared_d
     assert read_card(str(tmp_path / "m.pt")).metrics["validation"]["pixels"] == 14756
 
 
-def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process, shared_data):
+def test_train_change_detector_on_chosen_bands(tmp_path, shared_data, change_copy, provider):
+    """BANDS with a training folder (no BEFORE layer to list them) and with a raster triple."""
+    from rslab.core.checkpoint import read_card
+
+    tiny = {"ITERATIONS": 1, "BATCH_SIZE": 2, "CROP": 64, "OUTPUT_REPORT": str(tmp_path / "h.json")}
+    processing.run("rslab:train_change_detector", dict(
+        tiny, TRAIN_FOLDER=str(shared_data / "change" / "levir_cd_256"), BANDS=[3, 2], OUTPUT_MODEL=str(tmp_path / "f.pt")))
+    card = read_card(str(tmp_path / "f.pt"))
+    assert card.arguments["bands"] == 2 and card.training["params"]["bands"] == [3, 2]
+    assert json.loads((tmp_path / "h.json").read_text())["bands"] == [3, 2]
+
+    root = change_copy("oscd_s2")
+    triple = {"BEFORE": str(root / "rennes_t1_S2_13b_10m.tif"), "AFTER": str(root / "rennes_t2_S2_13b_10m.tif"),
+              "LABEL": str(root / "rennes_cm.tif")}
+    processing.run("rslab:train_change_detector", dict(tiny, **triple, BANDS=[2, 3, 4, 8],
+                                                      OUTPUT_MODEL=str(tmp_path / "s2.pt")))
+    assert read_card(str(tmp_path / "s2.pt")).bands == ["B02", "B03", "B04", "B08"]
+    with pytest.raises(QgsProcessingException, match="no band 14"):
+        processing.run("rslab:train_change_detector", dict(tiny, **triple, BANDS=[14], OUTPUT_MODEL=str(tmp_path / "x.pt")))
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process, change_copy):
     """`qgis_process.bin run rslab:detect_changes -- BEFORE=... AFTER=...` with the plugin in a fresh profile."""
     run = qgis_process
     before, after, label = _pair(samples)
@@ -120,7 +152,7 @@ def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process, s
     assert report["model"]["path"].endswith("arcdnet_levir_dsifn.pt")
     assert report["metrics"]["f1"] > 0.6
     # a multiple-band parameter on the command line: the parameter repeated
-    oscd = shared_data / "change" / "oscd_s2"
+    oscd = change_copy("oscd_s2")
     done = run("--json", "run", "rslab:detect_changes", "--", f"BEFORE={oscd / 'rennes_t1_S2_13b_10m.tif'}",
                f"AFTER={oscd / 'rennes_t2_S2_13b_10m.tif'}", "METHOD=1", "BANDS=2", "BANDS=3", "BANDS=4", "BANDS=8",
                f"REFERENCE={oscd / 'rennes_cm.tif'}", f"OUTPUT_CHANGE={tmp_path / 'o.tif'}",

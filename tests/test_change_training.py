@@ -56,25 +56,26 @@ def test_labels_the_partial_coding_cannot_read_stop_before_training(shared_data,
         TrainChangeParams(label_coding="sparse")
 
 
-def test_a_model_trained_on_named_bands_notes_images_whose_bands_differ(shared_data, tmp_path):
-    """Trained on OSCD Rennes' 10 m bands (cut beforehand, their descriptions B02, B03, B04, B08 kept), the card
-    names them; detection on the 13-band pair with BANDS in another order says so, in the model's order it does not."""
+def test_a_model_trained_on_chosen_bands_records_them_and_detection_asks_for_them(shared_data, tmp_path):
+    """Trained on OSCD Rennes' 10 m bands (BANDS 2, 3, 4, 8 of 13), the card names them (B02, B03, B04, B08) and
+    their numbers; detection on the 13-band pair without BANDS says which to choose, with them in another order
+    it notes the difference, in the model's order it does not."""
     from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes
+    from rslab.core.change_model import trained_bands
 
     root = shared_data / "change" / "oscd_s2"
-    cut = []
-    for date in ("t1", "t2"):
-        with rasterio.open(root / f"rennes_{date}_S2_13b_10m.tif") as src:
-            data, profile, names = src.read([2, 3, 4, 8]), dict(src.profile, count=4), src.descriptions
-        cut.append(str(tmp_path / f"rennes_{date}_10m.tif"))
-        with rasterio.open(cut[-1], "w", **profile) as dst:
-            dst.write(data)
-            dst.descriptions = tuple(names[b - 1] for b in (2, 3, 4, 8))
-    pair = ChangePair(cut[0], cut[1], str(root / "rennes_cm.tif"))
-    model = str(tmp_path / "s2.pt")
-    train_change_detector([pair], [pair], model, TrainChangeParams(**TINY))
-    assert read_card(model).bands == ["B02", "B03", "B04", "B08"]
     full = [str(root / f"rennes_{date}_S2_13b_10m.tif") for date in ("t1", "t2")]
+    pair = ChangePair(*full, str(root / "rennes_cm.tif"))
+    model = str(tmp_path / "s2.pt")
+    result = train_change_detector([pair], [pair], model, TrainChangeParams(**TINY, bands=(2, 3, 4, 8)))
+    card = read_card(model)
+    assert card.arguments["bands"] == 4 and card.bands == ["B02", "B03", "B04", "B08"]
+    assert trained_bands(card) == [2, 3, 4, 8] and card.training["train_pairs"] == ["rennes_t1_S2_13b_10m"]
+    assert len(card.normalisation["mean"]) == 4 and len(result.history) == 2
+
+    with pytest.raises(RSLabError, match="trained on bands 2, 3, 4, 8 of its images"):
+        detect_changes(*full, ChangeOutputs(change=str(tmp_path / "all.tif")), ChangeParams(model=model))
+    assert not (tmp_path / "all.tif").exists()
     notes = {}
     for bands in ((2, 3, 4, 8), (4, 3, 2, 8)):
         result = detect_changes(*full, ChangeOutputs(change=str(tmp_path / f"{bands[0]}.tif")),
@@ -82,3 +83,19 @@ def test_a_model_trained_on_named_bands_notes_images_whose_bands_differ(shared_d
         notes[bands] = [n for n in result.notes if "trained on bands" in n]
     assert notes[(2, 3, 4, 8)] == []
     assert len(notes[(4, 3, 2, 8)]) == 1 and "B04, B03, B02, B08" in notes[(4, 3, 2, 8)][0]
+
+    with pytest.raises(RSLabError, match="starting checkpoint was trained for 4 bands.*bands 2, 3, 4, 8"):
+        train_change_detector([pair], [pair], str(tmp_path / "tuned.pt"), TrainChangeParams(**TINY, init_checkpoint=model))
+
+
+def test_bands_the_images_lack_stop_training_before_any_work(shared_data, tmp_path):
+    root = shared_data / "change" / "oscd_s2"
+    pair = ChangePair(*(str(root / f"rennes_{d}_S2_13b_10m.tif") for d in ("t1", "t2")), str(root / "rennes_cm.tif"))
+    output = tmp_path / "never.pt"
+    with pytest.raises(RSLabError, match="rennes_t1_S2_13b_10m's before image has 13 bands; there is no band 14"):
+        train_change_detector([pair], [pair], str(output), TrainChangeParams(**TINY, bands=(2, 14)))
+    with pytest.raises(RSLabError, match="names a band twice"):
+        train_change_detector([pair], [pair], str(output), TrainChangeParams(**TINY, bands=(2, 2)))
+    assert not output.exists()
+    with pytest.raises(RSLabError, match="band list is empty"):
+        TrainChangeParams(bands=())

@@ -95,6 +95,30 @@ def test_partial_labels_chosen_in_the_dialog(qtbot, dialog, shared_data, tmp_pat
     assert read_card(str(tmp_path / "partial.pt")).metrics["validation"]["pixels"] == 14756
 
 
+def test_bands_chosen_in_the_dialog(qtbot, dialog, shared_data, tmp_path):
+    """The folder's first before image lists its bands; the checked ones are trained on and named in the card."""
+    source = shared_data / "change" / "oscd_s2"
+    root = tmp_path / "rennes"
+    for folder, name in (("A", "rennes_t1_S2_13b_10m.tif"), ("B", "rennes_t2_S2_13b_10m.tif"), ("label", "rennes_cm.tif")):
+        (root / folder).mkdir(parents=True)
+        shutil.copy(source / name, root / folder / "rennes.tif")
+    assert dialog.bands_combo.count() == 0
+    configure(dialog, root, tmp_path / "s2.pt", 1)
+    dialog.val_dir.setFilePath(str(root))
+    assert dialog.bands_combo.count() == 13 and "B08" in dialog.bands_combo.itemText(7)
+    assert dialog.params().bands is None
+    for band in (2, 3, 4, 8):
+        dialog.bands_combo.setItemCheckState(band - 1, Qt.Checked)
+    assert dialog.params().bands == (2, 3, 4, 8)
+    with qtbot.waitSignal(dialog.trained, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    card = read_card(str(tmp_path / "s2.pt"))
+    assert card.bands == ["B02", "B03", "B04", "B08"] and card.training["params"]["bands"] == [2, 3, 4, 8]
+    assert "Bands: 2, 3, 4, 8" in dialog.log.toPlainText()
+    dialog.data_dir.setFilePath(str(tmp_path / "nowhere"))
+    assert dialog.bands_combo.count() == 0
+
+
 def test_a_folder_without_the_layout_is_refused_clearly(qtbot, dialog, tmp_path):
     (tmp_path / "A").mkdir()
     configure(dialog, tmp_path, tmp_path / "model.pt")

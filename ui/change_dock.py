@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import pyqtgraph as pg
@@ -27,7 +27,6 @@ from qgis.core import (
     QgsLayerTreeGroup,
     QgsProject,
 )
-from qgis.gui import QgsCheckableComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -41,7 +40,9 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.bands import band_ranges
+from ..core.change_model import trained_bands
 from ..core.change_detection import MASK_NODATA, ChangeOutputs, ChangeParams, ChangeResult, detect_changes
+from ..core.checkpoint import read_card
 from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
@@ -50,7 +51,7 @@ from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
-from .widgets import checkpoint_widget, coding_combo, double_spin_box, folder_widget, result_plot, scroll_body
+from .widgets import BandChooser, checkpoint_widget, coding_combo, double_spin_box, folder_widget, result_plot, scroll_body
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -181,6 +182,9 @@ class ChangeDetectionDock(JobDock):
         self.train_dialog: Optional[TrainChangeDialog] = None
         self._request: Optional[ChangeRequest] = None
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
+        # (checkpoint path, modification time) -> the bands its model was trained on (None: all)
+        self._model_bands: Dict[Tuple[str, float], Optional[List[int]]] = {}
+        self._shipped: Set[str] = set()
         self._build()
         remember("change", {"method": self.method_combo, "threshold": self.threshold_spin,
                             "output_folder": self.output_dir})
@@ -215,10 +219,9 @@ class ChangeDetectionDock(JobDock):
                                       Qt.ToolTipRole)
         self.method_combo.setItemData(1, "Change vector analysis: spectral difference magnitude, Otsu threshold; "
                                          "its uncertainty is the closeness to the threshold", Qt.ToolTipRole)
-        self.bands_combo = QgsCheckableComboBox(self)
-        self.bands_combo.setDefaultText("all bands")
-        self.bands_combo.setToolTip("Bands of both dates to use (none checked: all), e.g. Sentinel-2's 10 m bands for "
-                                    "CVA; a model needs as many bands as it was trained on")
+        self.bands_combo = BandChooser(self, "Bands of both dates to use (none checked: all), e.g. Sentinel-2's 10 m "
+                                             "bands for CVA; a model needs the bands it was trained on (a model "
+                                             "trained on chosen bands checks them when selected)")
         self.model_combo = QComboBox(self)
         self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.model_file = checkpoint_widget(self)
@@ -281,6 +284,9 @@ class ChangeDetectionDock(JobDock):
     def _connect(self) -> None:
         self.method_combo.currentIndexChanged.connect(self._update_model_widgets)
         self.model_combo.currentIndexChanged.connect(self._update_model_widgets)
+        self.model_combo.currentIndexChanged.connect(self._check_model_bands)
+        self.method_combo.currentIndexChanged.connect(self._check_model_bands)
+        self.model_file.fileChanged.connect(self._check_model_bands)
         self.reference_combo.layerChanged.connect(self._update_coding_widget)
         self.before_combo.layerChanged.connect(self._list_bands)
         self.run_button.clicked.connect(self.run)
@@ -295,6 +301,7 @@ class ChangeDetectionDock(JobDock):
     # models ---------------------------------------------------------------------------------------------
     def reload_models(self) -> None:
         """List the shipped checkpoints present on disk, then the 'Checkpoint file…' entry."""
+        self._shipped = {path for _, path in shipped_checkpoints(TASK)}
         self.model_combo.clear()
         for label, path in shipped_checkpoints(TASK):
             self.model_combo.addItem(label, path)
@@ -328,16 +335,32 @@ class ChangeDetectionDock(JobDock):
 
     def _list_bands(self) -> None:
         """The before layer's bands as checkable items (none checked: all bands are used)."""
-        self.bands_combo.clear()
-        layer = self.before_combo.currentLayer()
-        if layer is None:
+        self.bands_combo.list_layer(self.before_combo.currentLayer())
+        self._check_model_bands()
+
+    def _check_model_bands(self) -> None:
+        """Check the bands the selected model was trained on, when its card records them and the before layer
+        has them (a model trained with BANDS; the shipped one was trained on all of its images' bands)."""
+        if self.method_combo.currentData() != "arcdnet":
             return
-        for band in range(1, layer.bandCount() + 1):
-            self.bands_combo.addItemWithCheckState(layer.bandName(band), Qt.Unchecked, band)
+        path = self.model_combo.currentData() or self.model_file.filePath().strip()
+        if path in self._shipped:  # trained on all their images' bands: no need to load torch to read the card
+            return
+        if not os.path.isfile(path):
+            return
+        key = (path, os.path.getmtime(path))  # a checkpoint trained again to the same file is read again
+        if key not in self._model_bands:
+            try:
+                self._model_bands[key] = trained_bands(read_card(path))
+            except RSLabError:  # not a checkpoint: running says so
+                self._model_bands[key] = None
+        bands = self._model_bands[key]
+        if bands and max(bands) <= self.bands_combo.count():
+            self.bands_combo.check(bands)
 
     def chosen_bands(self) -> Optional[Tuple[int, ...]]:
-        """The checked bands, in band order; None when none is checked (all bands)."""
-        return tuple(sorted(int(band) for band in self.bands_combo.checkedItemsData())) or None
+        """The checked bands (in band order, or in the model's order when they are its bands); None = all."""
+        return self.bands_combo.chosen()
 
     def _update_coding_widget(self) -> None:
         self.coding_combo.setEnabled(self.reference_combo.currentLayer() is not None)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyqtgraph as pg
-from qgis.core import QgsApplication
+from qgis.core import QgsApplication, QgsRasterLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -37,6 +37,7 @@ from . import task as tasks
 from .job_dock import cancel_if_alive
 from .settings import remember
 from .widgets import (
+    BandChooser,
     checkpoint_widget,
     coding_combo,
     double_spin_box,
@@ -117,6 +118,9 @@ class TrainChangeDialog(QDialog):
         self.coding_combo = coding_combo(self, "How the label rasters' values read. Labels drawn for only part of "
                                                "a scene use 0 = not labelled (left out of the loss and the "
                                                "validation), 1 = no change, 2 = change")
+        self.bands_combo = BandChooser(self, "Bands of both dates to train on (none checked: all), listed from the "
+                                             "folder's first before image; e.g. Sentinel-2's 10 m bands. The model "
+                                             "records them, and the change dock checks them when it is selected")
         self.iterations_spin = spin_box(self, 1, 1_000_000, 2000)
         self.eval_spin = spin_box(self, 1, 100_000, 100, tip="One epoch: the model is validated (and the best one kept) "
                                                              "every N iterations")
@@ -158,6 +162,7 @@ class TrainChangeDialog(QDialog):
         form.addRow("Training data", self.data_dir)
         form.addRow("Validation data", self.val_dir)
         form.addRow("Label values", self.coding_combo)
+        form.addRow("Bands", self.bands_combo)
         form.addRow("Iterations", self.iterations_spin)
         form.addRow("Validate every", self.eval_spin)
         form.addRow("Batch size", self.batch_spin)
@@ -189,6 +194,7 @@ class TrainChangeDialog(QDialog):
 
     def _connect(self) -> None:
         self.width_combo.currentIndexChanged.connect(self._width_changed)
+        self.data_dir.fileChanged.connect(self._list_bands)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.close_button.clicked.connect(self.close)
@@ -201,6 +207,15 @@ class TrainChangeDialog(QDialog):
         self.base_spin.setEnabled(sizes is None)
         self.channels_spin.setEnabled(sizes is None)
 
+    def _list_bands(self) -> None:
+        """The bands of the training folder's first before image (none when the folder has no pairs yet)."""
+        try:
+            first = pairs_from_folder(self.data_dir.filePath().strip())[0].before
+        except RSLabError:
+            self.bands_combo.list_layer(None)
+            return
+        self.bands_combo.list_layer(QgsRasterLayer(first, "first before image", "gdal"))
+
     # inputs ---------------------------------------------------------------------------------------------
     def params(self) -> TrainChangeParams:
         """The spin boxes as TrainChangeParams (RSLabError on values the trainer refuses)."""
@@ -209,7 +224,7 @@ class TrainChangeDialog(QDialog):
             crop=self.crop_spin.value(), lr=self.lr_spin.value(),
             eval_every=min(self.eval_spin.value(), self.iterations_spin.value()),
             base=self.base_spin.value(), channels=self.channels_spin.value(),
-            label_coding=self.coding_combo.currentData(),
+            label_coding=self.coding_combo.currentData(), bands=self.bands_combo.chosen(),
         )
 
     def split(self) -> Tuple[List[ChangePair], List[ChangePair]]:
@@ -271,6 +286,8 @@ class TrainChangeDialog(QDialog):
         held = "held out" if not self.val_dir.filePath().strip() else "from the validation folder"
         self.log.appendPlainText(f"Training pairs ({len(train)}): {', '.join(p.name for p in train)}")
         self.log.appendPlainText(f"Validation pairs ({len(val)}, {held}): {', '.join(p.name for p in val)}")
+        if self.bands_combo.chosen():
+            self.log.appendPlainText(f"Bands: {', '.join(map(str, self.bands_combo.chosen()))}")
         self.log.appendPlainText(f"Checkpoint: {output}")
 
     def cancel(self) -> None:

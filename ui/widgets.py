@@ -1,9 +1,10 @@
 """Small widget factories the docks and dialogs share."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Optional, Sequence, Tuple
 
-from qgis.gui import QgsFileWidget
+from qgis.core import QgsRasterLayer
+from qgis.gui import QgsCheckableComboBox, QgsFileWidget
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -62,6 +63,44 @@ def coding_combo(parent: QWidget, tip: str) -> QComboBox:
     combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     combo.setToolTip(tip)
     return combo
+
+
+class BandChooser(QgsCheckableComboBox):
+    """A checkable list of a raster's bands; none checked means all bands.
+
+    `chosen()` gives the checked bands in band order, except after `check(bands)` (a model's bands,
+    say): while exactly those stay checked it gives them in the order they were given.
+    """
+
+    def __init__(self, parent: QWidget, tip: str) -> None:
+        super().__init__(parent)
+        self.setDefaultText("all bands")
+        self.setToolTip(tip)
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self._order: List[int] = []
+
+    def list_layer(self, layer: Optional[QgsRasterLayer]) -> None:
+        """Offer `layer`'s bands (none checked); no items without a valid layer."""
+        self.clear()
+        self._order = []
+        if layer is None or not layer.isValid():
+            return
+        for band in range(1, layer.bandCount() + 1):
+            self.addItemWithCheckState(layer.bandName(band), Qt.Unchecked, band)
+
+    def check(self, bands: Sequence[int]) -> None:
+        """Check exactly `bands` (1-based) and remember their order."""
+        wanted = set(bands)
+        for index in range(self.count()):
+            self.setItemCheckState(index, Qt.Checked if self.itemData(index) in wanted else Qt.Unchecked)
+        self._order = list(bands)
+
+    def chosen(self) -> Optional[Tuple[int, ...]]:
+        """The checked bands (see the class); None when none is checked (all bands)."""
+        checked = sorted(int(band) for band in self.checkedItemsData())
+        if self._order and sorted(self._order) == checked:
+            return tuple(self._order)
+        return tuple(checked) or None
 
 
 def spin_box(parent: QWidget, low: int, high: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:
