@@ -98,7 +98,8 @@ class PairSampler:
     """
 
     def __init__(self, pairs: Sequence[ChangePair], crop: int, seed: int = 0,
-                 jitter: float = 0.0, paste: float = 0.0, coding: str = "binary") -> None:
+                 jitter: float = 0.0, paste: float = 0.0, coding: str = "binary",
+                 centred: Optional[bool] = None) -> None:
         if not pairs:
             raise RSLabError("no training pairs were given")
         self.pairs = list(pairs)
@@ -117,14 +118,29 @@ class PairSampler:
         for i, (pair, (h, w)) in enumerate(zip(self.pairs, self.shapes)):
             if h * w <= IN_MEMORY_PIXELS:
                 self.cache[i] = read_pair(pair, Window(0, 0, w, h), coding)
-        weights = np.array([h * w for h, w in self.shapes], dtype=np.float64)
+        # partial labels: crops centred on labelled pixels (see LabelledPixels); else anywhere
+        self.centred = coding == "partial" if centred is None else centred
+        self.labelled: List[LabelledPixels] = []
+        if self.centred:
+            self.labelled = [LabelledPixels(pair, shape, crop, coding, self.cache.get(i, (None,) * 4)[3])
+                             for i, (pair, shape) in enumerate(zip(self.pairs, self.shapes))]
+            weights = np.array([index.total for index in self.labelled], dtype=np.float64)
+            if not weights.sum():
+                raise RSLabError("the training labels have no labelled pixel")
+        else:
+            weights = np.array([h * w for h, w in self.shapes], dtype=np.float64)
         self.weights = weights / weights.sum()
 
     def _window(self, index: int) -> Window:
         h, w = self.shapes[index]
         ch, cw = min(self.crop, h), min(self.crop, w)
-        r = int(self.rng.integers(0, h - ch + 1))
-        c = int(self.rng.integers(0, w - cw + 1))
+        if self.centred:  # around a labelled pixel drawn uniformly from all of the pair's
+            row, col = self.labelled[index].draw(self.rng)
+            r = min(max(row - ch // 2, 0), h - ch)
+            c = min(max(col - cw // 2, 0), w - cw)
+        else:
+            r = int(self.rng.integers(0, h - ch + 1))
+            c = int(self.rng.integers(0, w - cw + 1))
         return Window(c, r, cw, ch)
 
     def sample(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -184,6 +200,45 @@ class PairSampler:
         y[take] = 1.0
         v[take] = True
         return b, y, v
+
+
+class LabelledPixels:
+    """Where a pair's labelled pixels are, to draw crop centres among them (partial labels).
+
+    A reference drawn for part of a scene (a few polygons in a large image) leaves most
+    uniformly drawn crops without a labelled pixel, and such a crop adds nothing to the
+    loss; drawing each crop's centre uniformly from the labelled pixels gives every
+    iteration something to learn from. Departure from METHODS.md (random crops of fully
+    labelled tiles), which is silent on partial labels. The label is counted per block of
+    the crop size (by windows, so a large label raster never sits in memory); a draw picks
+    a block by its count, then a labelled pixel inside it.
+    """
+
+    def __init__(self, pair: ChangePair, shape: Tuple[int, int], block: int, coding: str,
+                 valid: Optional[np.ndarray] = None) -> None:
+        self.pair, self.coding, self.valid = pair, coding, valid
+        h, w = shape
+        self.blocks = [Window(c, r, min(block, w - c), min(block, h - r))
+                       for r in range(0, h, block) for c in range(0, w, block)]
+        self.counts = np.array([int(self._mask(win).sum()) for win in self.blocks], dtype=np.int64)
+        self.total = int(self.counts.sum())
+
+    def _mask(self, win: Window) -> np.ndarray:
+        """The labelled pixels of one block (the valid mask when the pair is in memory)."""
+        rows = slice(int(win.row_off), int(win.row_off + win.height))
+        cols = slice(int(win.col_off), int(win.col_off + win.width))
+        if self.valid is not None:
+            return self.valid[rows, cols]
+        with gdal_env(), open_raster(self.pair.label) as lab:
+            return reference_labels(lab.read(1, window=win), self.coding)[1]
+
+    def draw(self, rng: np.random.Generator) -> Tuple[int, int]:
+        """(row, col) of a labelled pixel, each equally likely."""
+        block = int(rng.choice(len(self.blocks), p=self.counts / self.total))
+        win = self.blocks[block]
+        rows, cols = np.nonzero(self._mask(win))
+        k = int(rng.integers(len(rows)))
+        return int(win.row_off) + int(rows[k]), int(win.col_off) + int(cols[k])
 
 
 def read_pair(pair: ChangePair, window: Window,

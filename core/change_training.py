@@ -34,6 +34,7 @@ from .metrics import Confusion
 from .tiling import TileSpec, tile_grid
 
 TASK = "change_detection"
+CROP_SAMPLING = {"auto": None, "uniform": False, "labelled": True}  # -> PairSampler's `centred`
 EpochFn = Callable[[Dict[str, float]], None]
 
 
@@ -56,6 +57,8 @@ class TrainChangeParams:
     paste: float = 0.0  # probability of pasting another crop's changes (see PairSampler)
     label_coding: str = "binary"  # how the label rasters read: core/change_reference.py
     bands: Optional[Tuple[int, ...]] = None  # 1-based bands of both dates to train on, in this order; None = all
+    # where crops are drawn: "auto" (around labelled pixels for partial labels, else anywhere), "uniform", "labelled"
+    crop_sampling: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "eval_every"):
@@ -70,6 +73,8 @@ class TrainChangeParams:
         if not 0 < self.threshold < 1:
             raise RSLabError(f"the threshold must be between 0 and 1, got {self.threshold}")
         check_coding(self.label_coding)
+        if self.crop_sampling not in CROP_SAMPLING:
+            raise RSLabError(f"crop_sampling must be one of {', '.join(CROP_SAMPLING)}, got {self.crop_sampling!r}")
         if self.bands is not None and not self.bands:
             raise RSLabError("the band list is empty; give None to train on all bands")
 
@@ -161,7 +166,8 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         survey_reference(label, seen=labels)
     # stops on labels the coding cannot read, before any work
     note = coding_note(labels, params.label_coding, "training labels")
-    sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste, params.label_coding)
+    sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste, params.label_coding,
+                          CROP_SAMPLING[params.crop_sampling])
     val_bands = {check_pair(p)[0] for p in val_pairs}
     if val_bands != {sampler.bands}:
         raise RSLabError(f"validation pairs have {sorted(val_bands)} bands, training pairs {sampler.bands}")

@@ -56,7 +56,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "with sub-folders A/ (before), B/ (after) and label/ (same file names), or one BEFORE / AFTER / "
             "LABEL raster triple. LABEL_CODING: how the labels read: 0 binary (0 no change, non-zero change) or "
             "1 partial (0 not labelled, 1 no change, 2 change; unlabelled pixels are left out of the loss and of "
-            "the validation scores). BANDS: optional bands of both dates to train on, in this order (all if empty; "
+            "the validation scores, and each training crop is centred on a labelled pixel). BANDS: optional bands of both dates to train on, in this order (all if empty; "
             "the band list shows the BEFORE image's bands, the numbers apply to every pair), e.g. Sentinel-2's 10 m "
             "bands; the model card records them, and detection with this model then needs the same BANDS. "
             "Without VALIDATION_FOLDER, 20 % of the "

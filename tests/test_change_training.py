@@ -6,7 +6,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from rslab.core.change_data import ChangePair, read_pair
+from rslab.core.change_data import ChangePair, LabelledPixels, PairSampler, read_pair
 from rslab.core.change_training import TrainChangeParams, train_change_detector
 from rslab.core.checkpoint import read_card
 from rslab.core.errors import RSLabError
@@ -99,3 +99,50 @@ def test_bands_the_images_lack_stop_training_before_any_work(shared_data, tmp_pa
     assert not output.exists()
     with pytest.raises(RSLabError, match="band list is empty"):
         TrainChangeParams(bands=())
+
+
+def three_patches(nanjing, folder) -> ChangePair:
+    """Nanjing's reference kept in three 80 x 80 patches only (2,067 labelled pixels): a few drawn polygons."""
+    with rasterio.open(nanjing.label) as src:
+        values, profile = src.read(1), src.profile
+    keep = np.zeros(values.shape, bool)
+    for r, c in ((80, 0), (240, 160), (560, 320)):
+        keep[r:r + 80, c:c + 80] = True
+    values[~keep] = 0
+    with rasterio.open(folder / "patches.tif", "w", **profile) as dst:
+        dst.write(values, 1)
+    return ChangePair(nanjing.before, nanjing.after, str(folder / "patches.tif"))
+
+
+def test_labelled_pixels_are_found_by_windows_and_drawn_uniformly(nanjing, tmp_path):
+    pair = three_patches(nanjing, tmp_path)
+    with rasterio.open(pair.label) as src:
+        labelled = src.read(1) > 0
+    windowed = LabelledPixels(pair, (800, 800), 64, "partial")  # read by blocks, as for a large raster
+    in_memory = LabelledPixels(pair, (800, 800), 64, "partial", read_pair(pair, Window(0, 0, 800, 800), "partial")[3])
+    assert windowed.total == in_memory.total == labelled.sum() > 0
+    assert np.array_equal(windowed.counts, in_memory.counts)
+    rng = np.random.default_rng(0)
+    draws = [windowed.draw(rng) for _ in range(600)]
+    assert all(labelled[r, c] for r, c in draws)
+    patch = [sum(r0 <= r < r0 + 80 and c0 <= c < c0 + 80 for r, c in draws) for r0, c0 in ((80, 0), (240, 160), (560, 320))]
+    counts = [labelled[r0:r0 + 80, c0:c0 + 80].sum() for r0, c0 in ((80, 0), (240, 160), (560, 320))]
+    expected = np.array(counts) / sum(counts) * 600
+    assert np.all(np.abs(np.array(patch) - expected) < 5 * np.sqrt(expected) + 5)  # in proportion to their pixels
+
+
+def test_crops_from_partial_labels_are_centred_on_labelled_pixels(nanjing, tmp_path):
+    pair = three_patches(nanjing, tmp_path)
+    centred = PairSampler([pair], 64, seed=0, coding="partial")
+    uniform = PairSampler([pair], 64, seed=0, coding="partial", centred=False)
+    assert centred.centred and not PairSampler([pair], 64, seed=0).centred  # binary labels: anywhere
+    hits = {name: sum(sampler.sample()[3].any() for _ in range(100)) for name, sampler in
+            (("centred", centred), ("uniform", uniform))}
+    assert hits["centred"] == 100 and hits["uniform"] < 40
+    empty = tmp_path / "empty.tif"
+    with rasterio.open(pair.label) as src, rasterio.open(empty, "w", **src.profile) as dst:
+        dst.write(np.zeros((1, 800, 800), np.uint8))
+    with pytest.raises(RSLabError, match="training labels have no labelled pixel"):
+        PairSampler([ChangePair(pair.before, pair.after, str(empty))], 64, coding="partial")
+    with pytest.raises(RSLabError, match="crop_sampling must be one of auto, uniform, labelled"):
+        TrainChangeParams(crop_sampling="random")

@@ -117,7 +117,8 @@ class TrainChangeDialog(QDialog):
         self.val_dir = folder_widget(self, "optional: if empty, about 20 % of the pairs are held out")
         self.coding_combo = coding_combo(self, "How the label rasters' values read. Labels drawn for only part of "
                                                "a scene use 0 = not labelled (left out of the loss and the "
-                                               "validation), 1 = no change, 2 = change")
+                                               "validation; training crops are centred on labelled pixels), "
+                                               "1 = no change, 2 = change")
         self.bands_combo = BandChooser(self, "Bands of both dates to train on (none checked: all), listed from the "
                                              "folder's first before image; e.g. Sentinel-2's 10 m bands. The model "
                                              "records them, and the change dock checks them when it is selected")
