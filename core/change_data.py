@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rasterio.windows import Window
@@ -220,15 +220,18 @@ class LabelledPixels:
         h, w = shape
         self.blocks = [Window(c, r, min(block, w - c), min(block, h - r))
                        for r in range(0, h, block) for c in range(0, w, block)]
-        self.counts = np.array([int(self._mask(win).sum()) for win in self.blocks], dtype=np.int64)
+        with gdal_env(), open_raster(pair.label) as lab:  # one open for all the blocks
+            self.counts = np.array([int(self._mask(win, lab).sum()) for win in self.blocks], dtype=np.int64)
         self.total = int(self.counts.sum())
 
-    def _mask(self, win: Window) -> np.ndarray:
+    def _mask(self, win: Window, label: Any = None) -> np.ndarray:
         """The labelled pixels of one block (the valid mask when the pair is in memory)."""
         rows = slice(int(win.row_off), int(win.row_off + win.height))
         cols = slice(int(win.col_off), int(win.col_off + win.width))
         if self.valid is not None:
             return self.valid[rows, cols]
+        if label is not None:
+            return reference_labels(label.read(1, window=win), self.coding)[1]
         with gdal_env(), open_raster(self.pair.label) as lab:
             return reference_labels(lab.read(1, window=win), self.coding)[1]
 
