@@ -315,6 +315,19 @@ def test_deleting_the_dock_cancels_its_run(qtbot, project, checkpoint, tmp_path)
     assert group_names(project) == []
 
 
+def test_train_opens_on_the_docks_labelled_layers(qtbot, dock, project, shared_data, tmp_path):
+    source = shared_data / "change" / "landsat_nanjing"
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", source / name), role) for name, role in (
+        ("Nanjing_t1_TM6b.tif", "t1"), ("Nanjing_t2_TM6b.tif", "t2"), ("Nanjing_reference_0unl_1unch_2ch.tif", "ref"))]
+    choose(dock, layers[0], layers[1], "cva", layers[2])
+    qtbot.keyClicks(dock.coding_combo, "partial")
+    qtbot.mouseClick(dock.train_button, Qt.LeftButton)
+    dialog = dock.train_dialog
+    assert dialog.isVisible() and dialog.from_layers() and dialog.coding_combo.currentData() == "partial"
+    assert [c.currentLayer() for c in (dialog.before_layer, dialog.after_layer, dialog.label_layer)] == layers
+    dialog.close()
+
+
 def test_a_trained_model_is_added_and_selected(qtbot, dock, checkpoint):
     dock.method_combo.setCurrentIndex(dock.method_combo.findData("cva"))
     qtbot.mouseClick(dock.train_button, Qt.LeftButton)

@@ -9,6 +9,7 @@ import pytest
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 
+from project_layers import add_raster
 from rslab.core.change_data import pairs_from_folder
 from rslab.core.checkpoint import read_card
 from rslab.core.errors import RSLabError
@@ -117,6 +118,36 @@ def test_bands_chosen_in_the_dialog(qtbot, dialog, shared_data, tmp_path):
     assert "Bands: 2, 3, 4, 8" in dialog.log.toPlainText()
     dialog.data_dir.setFilePath(str(tmp_path / "nowhere"))
     assert dialog.bands_combo.count() == 0
+
+
+def test_training_on_layers_of_the_project(qtbot, dialog, project, shared_data, tmp_path):
+    """One before / after / label triple of loaded layers (Nanjing, partial labels): it trains and validates on
+    itself; its bands are listed from the before layer; missing or repeated layers are refused before a task."""
+    source = shared_data / "change" / "landsat_nanjing"
+    layers = [add_raster(project, shutil.copy(source / name, tmp_path / name), role) for name, role in (
+        ("Nanjing_t1_TM6b.tif", "t1"), ("Nanjing_t2_TM6b.tif", "t2"), ("Nanjing_reference_0unl_1unch_2ch.tif", "ref"))]
+    configure(dialog, "", tmp_path / "layers.pt", 1)
+    assert dialog.data_pages.currentIndex() == 0
+    dialog.use_layers(*layers, coding="partial")
+    assert dialog.from_layers() and dialog.data_pages.currentIndex() == 1
+    assert dialog.val_dir.lineEdit().placeholderText() == "optional: if empty, the pair validates on itself"
+    assert dialog.bands_combo.count() == 6 and dialog.coding_combo.currentData() == "partial"
+    train, val = dialog.split()
+    assert train == val and train[0].label == str(tmp_path / "Nanjing_reference_0unl_1unch_2ch.tif")
+    with qtbot.waitSignal(dialog.trained, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    card = read_card(str(tmp_path / "layers.pt"))
+    assert card.training["train_pairs"] == card.training["validation_pairs"] == ["Nanjing_t1_TM6b"]
+    assert card.metrics["validation"]["pixels"] == 14756 and card.training["data"].startswith("layers t1, t2, ref")
+    assert "the training pair itself" in dialog.log.toPlainText()
+
+    dialog.label_layer.setLayer(None)
+    qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    assert dialog.task is None and "choose the label layer" in dialog.status_label.text()
+    dialog.label_layer.setLayer(layers[2])
+    dialog.after_layer.setLayer(layers[0])
+    qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    assert dialog.task is None and "same layer" in dialog.status_label.text()
 
 
 def test_a_folder_without_the_layout_is_refused_clearly(qtbot, dialog, tmp_path):

@@ -13,14 +13,14 @@ import tempfile
 from functools import partial
 from typing import Any, Iterable, Optional, Tuple
 
-from qgis.core import Qgis, QgsMapLayer, QgsMapLayerProxyModel
+from qgis.core import Qgis, QgsMapLayer
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QProgressBar, QPushButton, QWidget
 
 from ..core.errors import RSLabError
 from . import task as tasks
-from .widgets import message_label
+from .widgets import message_label, raster_combo
 
 
 def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
@@ -79,12 +79,7 @@ class JobDock(QWidget):
         self.status_label = message_label(self)
 
     def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
-        combo = QgsMapLayerComboBox(self)
-        combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        combo.setAllowEmptyLayer(allow_empty)
-        if allow_empty:
-            combo.setLayer(None)
-        return combo
+        return raster_combo(self, allow_empty)
 
     def _output_folder(self) -> Tuple[str, bool]:
         """(folder, created): the chosen folder, or a new temporary one when none is chosen."""

@@ -26,6 +26,7 @@ from qgis.PyQt.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -34,7 +35,7 @@ from ..core.change_data import ChangePair, pairs_from_folder
 from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
 from ..core.errors import RSLabError
 from . import task as tasks
-from .job_dock import cancel_if_alive
+from .job_dock import cancel_if_alive, layer_file
 from .settings import remember
 from .widgets import (
     BandChooser,
@@ -44,6 +45,7 @@ from .widgets import (
     folder_widget,
     live_curve,
     message_label,
+    raster_combo,
     spin_box,
 )
 
@@ -56,6 +58,7 @@ WIDTHS: List[Tuple[str, str, Optional[Tuple[int, int]]]] = [
 ]
 WIDTH_SIZES: Dict[str, Optional[Tuple[int, int]]] = {key: sizes for key, _, sizes in WIDTHS}
 VALIDATION_SHARE = 0.2
+SOURCES = [("folder", "a folder of pairs (A/, B/, label/)"), ("layers", "layers of this project (one pair)")]
 
 
 def hold_out(pairs: Sequence[ChangePair], share: float = VALIDATION_SHARE) -> Tuple[List[ChangePair], List[ChangePair]]:
@@ -106,15 +109,33 @@ class TrainChangeDialog(QDialog):
         # the custom widths before the preset: a restored preset then overwrites them in _width_changed
         remember("train_change", {"iterations": self.iterations_spin, "evaluate_every": self.eval_spin,
                                   "batch": self.batch_spin, "crop": self.crop_spin, "learning_rate": self.lr_spin,
-                                  "base": self.base_spin, "channels": self.channels_spin, "width": self.width_combo})
+                                  "base": self.base_spin, "channels": self.channels_spin, "width": self.width_combo,
+                                  "source": self.source_combo})
         self._connect()
         self._width_changed()
+        self._source_changed()
         self._set_running(False)
 
     # construction -----------------------------------------------------------------------------------
     def _build(self) -> None:
+        self.source_combo = QComboBox(self)
+        for key, label in SOURCES:
+            self.source_combo.addItem(label, key)
+        self.source_combo.setToolTip("Train on a folder of image pairs, or on one before / after / label triple of "
+                                     "layers loaded in the project (e.g. a scene labelled in places)")
         self.data_dir = folder_widget(self, "folder with A/ (before), B/ (after) and label/ sub-folders")
-        self.val_dir = folder_widget(self, "optional: if empty, about 20 % of the pairs are held out")
+        self.before_layer, self.after_layer = raster_combo(self), raster_combo(self)
+        self.label_layer = raster_combo(self, allow_empty=True)
+        self.data_pages = QStackedWidget(self)  # page 0: the folder, page 1: the three layers
+        self.data_pages.addWidget(self.data_dir)
+        layers = QWidget(self)
+        layer_rows = QFormLayout(layers)
+        layer_rows.setContentsMargins(0, 0, 0, 0)
+        layer_rows.addRow("Before", self.before_layer)
+        layer_rows.addRow("After", self.after_layer)
+        layer_rows.addRow("Labels", self.label_layer)
+        self.data_pages.addWidget(layers)
+        self.val_dir = folder_widget(self)  # its placeholder follows the training data's source
         self.coding_combo = coding_combo(self, "How the label rasters' values read. Labels drawn for only part of "
                                                "a scene use 0 = not labelled (left out of the loss and the "
                                                "validation; training crops are centred on labelled pixels), "
@@ -160,7 +181,8 @@ class TrainChangeDialog(QDialog):
 
     def _layout(self) -> None:
         form = QFormLayout()
-        form.addRow("Training data", self.data_dir)
+        form.addRow("Training data", self.source_combo)
+        form.addRow("", self.data_pages)
         form.addRow("Validation data", self.val_dir)
         form.addRow("Label values", self.coding_combo)
         form.addRow("Bands", self.bands_combo)
@@ -196,6 +218,8 @@ class TrainChangeDialog(QDialog):
     def _connect(self) -> None:
         self.width_combo.currentIndexChanged.connect(self._width_changed)
         self.data_dir.fileChanged.connect(self._list_bands)
+        self.before_layer.layerChanged.connect(self._list_bands)
+        self.source_combo.currentIndexChanged.connect(self._source_changed)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.close_button.clicked.connect(self.close)
@@ -208,8 +232,30 @@ class TrainChangeDialog(QDialog):
         self.base_spin.setEnabled(sizes is None)
         self.channels_spin.setEnabled(sizes is None)
 
+    def _source_changed(self) -> None:
+        self.data_pages.setCurrentIndex(1 if self.from_layers() else 0)
+        self.val_dir.lineEdit().setPlaceholderText(
+            "optional: if empty, the pair validates on itself" if self.from_layers()
+            else "optional: if empty, about 20 % of the pairs are held out")
+        self._list_bands()
+
+    def from_layers(self) -> bool:
+        return self.source_combo.currentData() == "layers"
+
+    def use_layers(self, before, after, label, coding: Optional[str] = None) -> None:
+        """Train on these layers of the project (the change dock's before, after and reference, read as `coding`)."""
+        self.before_layer.setLayer(before)
+        self.after_layer.setLayer(after)
+        self.label_layer.setLayer(label)
+        self.source_combo.setCurrentIndex(self.source_combo.findData("layers"))
+        if coding is not None:
+            self.coding_combo.setCurrentIndex(self.coding_combo.findData(coding))
+
     def _list_bands(self) -> None:
-        """The bands of the training folder's first before image (none when the folder has no pairs yet)."""
+        """The bands of the before layer, or of the training folder's first before image (none without)."""
+        if self.from_layers():
+            self.bands_combo.list_layer(self.before_layer.currentLayer())
+            return
         try:
             first = pairs_from_folder(self.data_dir.filePath().strip())[0].before
         except RSLabError:
@@ -229,12 +275,20 @@ class TrainChangeDialog(QDialog):
         )
 
     def split(self) -> Tuple[List[ChangePair], List[ChangePair]]:
-        """(train, validation) pairs from the folders; a held-out share when no validation folder is given."""
+        """(train, validation) pairs: from the folders, a held-out share when no validation folder is given;
+        from the layers, one pair that also validates unless a validation folder is given."""
+        val_folder = self.val_dir.filePath().strip()
+        if self.from_layers():
+            before, after = self.before_layer.currentLayer(), self.after_layer.currentLayer()
+            pair = ChangePair(layer_file(before, "before"), layer_file(after, "after"),
+                              layer_file(self.label_layer.currentLayer(), "label"))
+            if before.id() == after.id():
+                raise RSLabError("the before and after layers are the same layer; pick two dates")
+            return [pair], pairs_from_folder(val_folder) if val_folder else [pair]
         folder = self.data_dir.filePath().strip()
         if not folder:
             raise RSLabError("choose the training data folder (with A/, B/ and label/ sub-folders)")
         pairs = pairs_from_folder(folder)
-        val_folder = self.val_dir.filePath().strip()
         if val_folder:
             return pairs, pairs_from_folder(val_folder)
         return hold_out(pairs)
@@ -260,7 +314,9 @@ class TrainChangeDialog(QDialog):
         self._reset(train, val, output)
         bridge = EpochBridge()  # no parent: the job closure keeps it alive as long as the worker may emit
         bridge.epoch.connect(self._on_epoch, Qt.QueuedConnection)
-        description = f"{self.data_dir.filePath().strip()} ({len(train)} training, {len(val)} validation pairs)"
+        source = (f"layers {', '.join(c.currentLayer().name() for c in (self.before_layer, self.after_layer, self.label_layer))}"
+                  if self.from_layers() else self.data_dir.filePath().strip())
+        description = f"{source} ({len(train)} training, {len(val)} validation pairs)"
 
         def job(progress, cancelled):
             return train_change_detector(train, val, output, params, progress, cancelled,
@@ -284,7 +340,8 @@ class TrainChangeDialog(QDialog):
         self.progress_bar.setValue(0)
         self.status_label.setStyleSheet("")
         self.status_label.setText("Starting…")
-        held = "held out" if not self.val_dir.filePath().strip() else "from the validation folder"
+        held = "from the validation folder" if self.val_dir.filePath().strip() else (
+            "the training pair itself: give a validation folder for a fair score" if self.from_layers() else "held out")
         self.log.appendPlainText(f"Training pairs ({len(train)}): {', '.join(p.name for p in train)}")
         self.log.appendPlainText(f"Validation pairs ({len(val)}, {held}): {', '.join(p.name for p in val)}")
         if self.bands_combo.chosen():

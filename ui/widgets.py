@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-from qgis.core import QgsRasterLayer
-from qgis.gui import QgsCheckableComboBox, QgsFileWidget
+from qgis.core import QgsMapLayerProxyModel, QgsRasterLayer
+from qgis.gui import QgsCheckableComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -62,6 +62,16 @@ def coding_combo(parent: QWidget, tip: str) -> QComboBox:
         combo.setItemData(combo.count() - 1, CODINGS[coding], Qt.ToolTipRole)
     combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     combo.setToolTip(tip)
+    return combo
+
+
+def raster_combo(parent: QWidget, allow_empty: bool = False) -> QgsMapLayerComboBox:
+    """A chooser of the project's raster layers (with an empty entry, selected, when `allow_empty`)."""
+    combo = QgsMapLayerComboBox(parent)
+    combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+    combo.setAllowEmptyLayer(allow_empty)
+    if allow_empty:
+        combo.setLayer(None)
     return combo
 
 
