@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import json
+import os
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
 )
 
 from ..core.change_data import ChangePair, pairs_from_folder, split_validation
+from ..core.change_labels import burn_labels
 from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.change_training import TrainChangeParams, train_change_detector
 from ..core.errors import RSLabError
@@ -31,6 +37,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
     BEFORE = "BEFORE"
     AFTER = "AFTER"
     LABEL = "LABEL"
+    LABEL_POLYGONS = "LABEL_POLYGONS"
+    LABEL_FIELD = "LABEL_FIELD"
     LABEL_CODING = "LABEL_CODING"
     BANDS = "BANDS"
     ITERATIONS = "ITERATIONS"
@@ -54,7 +62,10 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "Trains an AR-CDNet change detector and writes the checkpoint with the best validation F1 "
             "(with its model card: bands, normalisation, training data, metrics). Training data: a folder "
             "with sub-folders A/ (before), B/ (after) and label/ (same file names), or one BEFORE / AFTER / "
-            "LABEL raster triple. LABEL_CODING: how the labels read: 0 binary (0 no change, non-zero change) or "
+            "LABEL raster triple; or BEFORE and AFTER with LABEL_POLYGONS, polygons drawn where the user knows the "
+            "answer, their LABEL_FIELD 1 for no change and 2 for change: they are burnt onto BEFORE's grid "
+            "(pixel centres inside; change wins where they overlap) and read as partial labels. "
+            "LABEL_CODING: how the labels read: 0 binary (0 no change, non-zero change) or "
             "1 partial (0 not labelled, 1 no change, 2 change; unlabelled pixels are left out of the loss and of "
             "the validation scores, and each training crop is centred on a labelled pixel). BANDS: optional bands of both dates to train on, in this order (all if empty; "
             "the band list shows the BEFORE image's bands, the numbers apply to every pair), e.g. Sentinel-2's 10 m "
@@ -74,6 +85,12 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image (instead of a folder)", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.LABEL, "Change label raster", optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.LABEL_POLYGONS, "Change label polygons (instead of a label raster)",
+            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterField(
+            self.LABEL_FIELD, "Label field of the polygons (1 no change, 2 change)", "label", self.LABEL_POLYGONS,
+            QgsProcessingParameterField.Numeric, optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.LABEL_CODING, "Label values", options=CODING_LABELS,
                                                      defaultValue=0))
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (all if none is chosen)", None, self.BEFORE,
@@ -93,17 +110,38 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Training report",
                                                                 "JSON files (*.json)", optional=True, createByDefault=False))
 
-    def _pairs(self, parameters, context):
+    def _pairs(self, parameters, context, feedback):
+        """(pairs, description, whether the labels were burnt from polygons)."""
         folder = self.parameterAsFile(parameters, self.TRAIN_FOLDER, context)
+        polygons = parameters.get(self.LABEL_POLYGONS) not in (None, "")
         if folder:
-            return pairs_from_folder(folder), f"folder {folder}"
+            if polygons:
+                raise RSLabError("LABEL_POLYGONS labels a BEFORE / AFTER pair, not a training folder")
+            return pairs_from_folder(folder), f"folder {folder}", False
         paths = [self.raster_path(parameters, n, context, optional=True) for n in (self.BEFORE, self.AFTER, self.LABEL)]
+        if polygons:
+            if paths[2]:
+                raise RSLabError("give LABEL or LABEL_POLYGONS, not both")
+            if not all(paths[:2]):
+                raise RSLabError("LABEL_POLYGONS needs BEFORE and AFTER")
+            paths[2] = self._burn(parameters, context, feedback, paths[0])
         if not all(paths):
-            raise RSLabError("give a training folder (A/, B/, label/) or all three of BEFORE, AFTER and LABEL")
-        return [ChangePair(*paths)], f"rasters {', '.join(paths)}"
+            raise RSLabError("give a training folder (A/, B/, label/) or BEFORE, AFTER and LABEL (or LABEL_POLYGONS)")
+        return [ChangePair(*paths)], f"rasters {', '.join(paths)}", polygons
+
+    def _burn(self, parameters, context, feedback, grid: str) -> str:
+        """The label polygons burnt onto BEFORE's grid (core/change_labels.py), in the Processing temp folder."""
+        source, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, self.LABEL_POLYGONS, context, ["gpkg", "shp"], "gpkg", feedback)
+        field = self.parameterAsString(parameters, self.LABEL_FIELD, context) or "label"
+        output = os.path.join(QgsProcessingUtils.tempFolder(), f"labels_{os.path.basename(grid)}.tif")
+        burnt = burn_labels(source, field, grid, output, layer_name or None)
+        feedback.pushInfo(f"{burnt.polygons} label polygons burnt onto the before image's grid: "
+                          f"{burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} change pixels")
+        return burnt.path
 
     def execute(self, parameters, context, feedback):
-        pairs, description = self._pairs(parameters, context)
+        pairs, description, burnt = self._pairs(parameters, context, feedback)
         seed = self.parameterAsInt(parameters, self.SEED, context)
         val_folder = self.parameterAsFile(parameters, self.VALIDATION_FOLDER, context)
         if val_folder:
@@ -122,7 +160,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             base=base, channels=channels, seed=seed,
             init_checkpoint=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
-            label_coding=list(CODINGS)[self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
+            # burnt polygons are partial labels whatever LABEL_CODING says: 0 is where no polygon was drawn
+            label_coding="partial" if burnt else list(CODINGS)[self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
         )
         output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)

@@ -159,3 +159,34 @@ def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process, c
                f"OUTPUT_REPORT={tmp_path / 'o.json'}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads((tmp_path / "o.json").read_text())["bands"] == [2, 3, 4, 8]
+
+
+def test_train_change_detector_on_label_polygons(tmp_path, change_copy, provider):
+    """Nanjing's reference drawn as polygons (a GeoPackage, and the same as a memory layer): burnt onto the
+    before grid, read as partial labels whatever LABEL_CODING says, validated on its 14,756 labelled pixels."""
+    from qgis.core import QgsFeatureRequest, QgsVectorLayer
+    from test_change_labels import polygonise
+
+    from rslab.core.checkpoint import read_card
+
+    root = change_copy("landsat_nanjing")
+    polygons = polygonise(str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), str(tmp_path / "labels.gpkg"))
+    dates = {"BEFORE": str(root / "Nanjing_t1_TM6b.tif"), "AFTER": str(root / "Nanjing_t2_TM6b.tif")}
+    tiny = {"ITERATIONS": 1, "BATCH_SIZE": 2, "CROP": 64, "LABEL_CODING": 0}
+    memory = QgsVectorLayer(polygons, "drawn", "ogr").materialize(QgsFeatureRequest())
+    assert memory.providerType() == "memory"
+    for name, source in (("gpkg", polygons), ("memory", memory)):
+        processing.run("rslab:train_change_detector", dict(
+            tiny, **dates, LABEL_POLYGONS=source, LABEL_FIELD="label", OUTPUT_MODEL=str(tmp_path / f"{name}.pt"),
+            OUTPUT_REPORT=str(tmp_path / f"{name}.json")))
+        assert json.loads((tmp_path / f"{name}.json").read_text())["label_coding"] == "partial"
+        assert read_card(str(tmp_path / f"{name}.pt")).metrics["validation"]["pixels"] == 14756
+
+    with pytest.raises(QgsProcessingException, match="has no field 'change'"):
+        processing.run("rslab:train_change_detector", dict(tiny, **dates, LABEL_POLYGONS=polygons, LABEL_FIELD="change",
+                                                          OUTPUT_MODEL=str(tmp_path / "x.pt")))
+    with pytest.raises(QgsProcessingException, match="LABEL or LABEL_POLYGONS, not both"):
+        processing.run("rslab:train_change_detector", dict(
+            tiny, **dates, LABEL=str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), LABEL_POLYGONS=polygons,
+            OUTPUT_MODEL=str(tmp_path / "x.pt")))
+    assert not (tmp_path / "x.pt").exists()

@@ -150,6 +150,36 @@ def test_training_on_layers_of_the_project(qtbot, dialog, project, shared_data, 
     assert dialog.task is None and "same layer" in dialog.status_label.text()
 
 
+def test_training_on_label_polygons(qtbot, dialog, project, shared_data, tmp_path):
+    """Nanjing's reference drawn as polygons: the field and the partial coding are set, the polygons are burnt
+    onto the before grid and validate on the reference's 14,756 labelled pixels; a memory layer is refused."""
+    from qgis.core import QgsFeatureRequest, QgsVectorLayer
+    from test_change_labels import polygonise
+
+    source = shared_data / "change" / "landsat_nanjing"
+    dates = [add_raster(project, shutil.copy(source / name, tmp_path / name), role)
+             for name, role in (("Nanjing_t1_TM6b.tif", "t1"), ("Nanjing_t2_TM6b.tif", "t2"))]
+    polygons = QgsVectorLayer(polygonise(str(source / "Nanjing_reference_0unl_1unch_2ch.tif"),
+                                         str(tmp_path / "drawn.gpkg")), "drawn", "ogr")
+    project.addMapLayer(polygons)
+    configure(dialog, "", tmp_path / "polygons.pt", 1)
+    dialog.use_layers(*dates, polygons, coding="binary")
+    assert dialog.label_field.isEnabled() and dialog.label_field.currentField() == "label"
+    assert dialog.coding_combo.currentData() == "partial" and not dialog.coding_combo.isEnabled()
+    with qtbot.waitSignal(dialog.trained, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    assert read_card(str(tmp_path / "polygons.pt")).metrics["validation"]["pixels"] == 14756
+    assert "label polygons of 'drawn' burnt onto the before layer's grid" in dialog.log.toPlainText()
+
+    memory = polygons.materialize(QgsFeatureRequest())
+    project.addMapLayer(memory)
+    dialog.label_layer.setLayer(memory)
+    qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+    assert dialog.task is None and "is not a file on disk" in dialog.status_label.text()
+    dialog.label_layer.setLayer(dates[0])  # a raster again: the coding is the user's to choose
+    assert dialog.coding_combo.isEnabled() and not dialog.label_field.isEnabled()
+
+
 def test_a_folder_without_the_layout_is_refused_clearly(qtbot, dialog, tmp_path):
     (tmp_path / "A").mkdir()
     configure(dialog, tmp_path, tmp_path / "model.pt")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyqtgraph as pg
-from qgis.core import QgsApplication, QgsRasterLayer
+from qgis.core import QgsApplication, QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsProviderRegistry, QgsRasterLayer
+from qgis.gui import QgsFieldComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -32,10 +34,11 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.change_data import ChangePair, pairs_from_folder
+from ..core.change_labels import burn_labels
 from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
 from ..core.errors import RSLabError
 from . import task as tasks
-from .job_dock import cancel_if_alive, layer_file
+from .job_dock import cancel_if_alive, layer_file, safe_name
 from .settings import remember
 from .widgets import (
     BandChooser,
@@ -105,6 +108,7 @@ class TrainChangeDialog(QDialog):
         self.result: Optional[TrainChangeResult] = None
         self.history: List[Dict[str, float]] = []
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
+        self._burnt_dir: Optional[str] = None  # where label polygons are burnt into rasters
         self._build()
         # the custom widths before the preset: a restored preset then overwrites them in _width_changed
         remember("train_change", {"iterations": self.iterations_spin, "evaluate_every": self.eval_spin,
@@ -114,6 +118,7 @@ class TrainChangeDialog(QDialog):
         self._connect()
         self._width_changed()
         self._source_changed()
+        self._label_changed()
         self._set_running(False)
 
     # construction -----------------------------------------------------------------------------------
@@ -126,6 +131,12 @@ class TrainChangeDialog(QDialog):
         self.data_dir = folder_widget(self, "folder with A/ (before), B/ (after) and label/ sub-folders")
         self.before_layer, self.after_layer = raster_combo(self), raster_combo(self)
         self.label_layer = raster_combo(self, allow_empty=True)
+        self.label_layer.setFilters(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.PolygonLayer)
+        self.label_layer.setToolTip("A label raster, or polygons drawn where you know the answer (their field: "
+                                    "1 no change, 2 change; burnt onto the before layer's grid)")
+        self.label_field = QgsFieldComboBox(self)
+        self.label_field.setFilters(QgsFieldProxyModel.Numeric)
+        self.label_field.setToolTip("The polygons' field holding 1 (no change) or 2 (change)")
         self.data_pages = QStackedWidget(self)  # page 0: the folder, page 1: the three layers
         self.data_pages.addWidget(self.data_dir)
         layers = QWidget(self)
@@ -134,6 +145,7 @@ class TrainChangeDialog(QDialog):
         layer_rows.addRow("Before", self.before_layer)
         layer_rows.addRow("After", self.after_layer)
         layer_rows.addRow("Labels", self.label_layer)
+        layer_rows.addRow("Label field", self.label_field)
         self.data_pages.addWidget(layers)
         self.val_dir = folder_widget(self)  # its placeholder follows the training data's source
         self.coding_combo = coding_combo(self, "How the label rasters' values read. Labels drawn for only part of "
@@ -219,6 +231,7 @@ class TrainChangeDialog(QDialog):
         self.width_combo.currentIndexChanged.connect(self._width_changed)
         self.data_dir.fileChanged.connect(self._list_bands)
         self.before_layer.layerChanged.connect(self._list_bands)
+        self.label_layer.layerChanged.connect(self._label_changed)
         self.source_combo.currentIndexChanged.connect(self._source_changed)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -239,17 +252,30 @@ class TrainChangeDialog(QDialog):
             else "optional: if empty, about 20 % of the pairs are held out")
         self._list_bands()
 
+    def _label_changed(self) -> None:
+        """Polygons: their numeric field to choose, and the partial coding (0 is where none was drawn)."""
+        layer = self.label_layer.currentLayer()
+        polygons = layer is not None and layer.type() == QgsMapLayer.VectorLayer
+        self.label_field.setLayer(layer if polygons else None)
+        self.label_field.setEnabled(polygons)
+        if polygons:
+            index = self.label_field.findText("label")
+            self.label_field.setCurrentIndex(max(index, 0))
+            self.coding_combo.setCurrentIndex(self.coding_combo.findData("partial"))
+        self.coding_combo.setEnabled(not polygons)
+
     def from_layers(self) -> bool:
         return self.source_combo.currentData() == "layers"
 
     def use_layers(self, before, after, label, coding: Optional[str] = None) -> None:
         """Train on these layers of the project (the change dock's before, after and reference, read as `coding`)."""
+        if coding is not None:  # first: label polygons then impose the partial coding
+            self.coding_combo.setCurrentIndex(self.coding_combo.findData(coding))
         self.before_layer.setLayer(before)
         self.after_layer.setLayer(after)
         self.label_layer.setLayer(label)
+        self._label_changed()  # also when the label layer was already this one
         self.source_combo.setCurrentIndex(self.source_combo.findData("layers"))
-        if coding is not None:
-            self.coding_combo.setCurrentIndex(self.coding_combo.findData(coding))
 
     def _list_bands(self) -> None:
         """The bands of the before layer, or of the training folder's first before image (none without)."""
@@ -280,10 +306,10 @@ class TrainChangeDialog(QDialog):
         val_folder = self.val_dir.filePath().strip()
         if self.from_layers():
             before, after = self.before_layer.currentLayer(), self.after_layer.currentLayer()
-            pair = ChangePair(layer_file(before, "before"), layer_file(after, "after"),
-                              layer_file(self.label_layer.currentLayer(), "label"))
+            before_path, after_path = layer_file(before, "before"), layer_file(after, "after")
             if before.id() == after.id():
                 raise RSLabError("the before and after layers are the same layer; pick two dates")
+            pair = ChangePair(before_path, after_path, self._label_path(before_path))
             return [pair], pairs_from_folder(val_folder) if val_folder else [pair]
         folder = self.data_dir.filePath().strip()
         if not folder:
@@ -292,6 +318,27 @@ class TrainChangeDialog(QDialog):
         if val_folder:
             return pairs, pairs_from_folder(val_folder)
         return hold_out(pairs)
+
+    def _label_path(self, grid: str) -> str:
+        """The label layer's raster; for polygons, a raster they are burnt into on `grid` (a temporary file)."""
+        layer = self.label_layer.currentLayer()
+        if layer is None or layer.type() != QgsMapLayer.VectorLayer:
+            return layer_file(layer, "label")
+        parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
+        if layer.providerType() != "ogr" or not os.path.isfile(parts.get("path", "")):
+            raise RSLabError(f"the label layer '{layer.name()}' is not a file on disk (provider "
+                             f"{layer.providerType()}); save it as a GeoPackage first (right-click > Export > Save "
+                             "Features As…) and pick that layer")
+        if not self.label_field.currentField():
+            raise RSLabError(f"choose the field of '{layer.name()}' that holds 1 (no change) or 2 (change)")
+        self._burnt_dir = self._burnt_dir or tempfile.mkdtemp(prefix="rslab-labels-")
+        output = os.path.join(self._burnt_dir, f"{safe_name(layer.name())}.tif")
+        burnt = burn_labels(parts["path"], self.label_field.currentField(), grid, output,
+                            parts.get("layerName") or None)
+        self.log.appendPlainText(f"{burnt.polygons} label polygons of '{layer.name()}' burnt onto the before "
+                                 f"layer's grid: {burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} "
+                                 "change pixels")
+        return burnt.path
 
     def checkpoint_path(self) -> str:
         path = self.output_file.filePath().strip()
