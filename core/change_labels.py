@@ -4,8 +4,9 @@ Analysts label a scene by drawing polygons in QGIS, here and there: "no change"
 (value 1) and "change" (value 2) in a numeric field. Training reads labels as
 rasters, so the polygons are burnt onto the before image's grid with the
 partial coding of core/change_reference.py: 0 where no polygon is (not
-labelled), 1 and 2 inside. Polygons in another CRS are reprojected first; a
-pixel is inside a polygon when its centre is. Where a change and a no-change
+labelled), 1 and 2 inside. Polygons in another CRS are reprojected first
+(polygons without one are taken to be in the image's); a pixel is inside a
+polygon when its centre is. Where a change and a no-change
 polygon overlap, change wins (the 2s are burnt after the 1s), so a change
 drawn inside a larger no-change area needs no hole.
 """
@@ -93,27 +94,37 @@ def burn_labels(polygons: str, field: str, grid: str, output: str, layer_name: O
     target = osr.SpatialReference()
     target.ImportFromWkt(info.crs.to_wkt())
     target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    # reprojected to the grid's CRS in memory (the rasteriser does not reproject)
-    projected = gdal.VectorTranslate("", source, format="Memory", dstSRS=target,
+    # reprojected to the grid's CRS in memory (the rasteriser does not reproject); polygons without a CRS are
+    # taken to be in the grid's, as QGIS draws them over it
+    srs = layer.GetSpatialRef()  # GeoPackages without one report an "Undefined geographic SRS"
+    has_crs = srs is not None and not (srs.GetName() or "").startswith("Undefined")
+    projected = gdal.VectorTranslate("", source, format="Memory", dstSRS=target, reproject=has_crs,
                                      layers=[layer.GetName()], geometryType="PROMOTE_TO_MULTI")
     mem_layer = projected.GetLayer(0)
-    # burnt straight into a tiled GeoTIFF and counted by blocks: a label for a 10000 x 10000 image never sits
-    # in memory whole
-    raster = gdal.GetDriverByName("GTiff").Create(output, info.width, info.height, 1, gdal.GDT_Byte,
-                                                  options=["COMPRESS=DEFLATE", "TILED=YES"])
-    raster.SetGeoTransform(info.transform.to_gdal())
-    raster.SetProjection(target.ExportToWkt())
-    for value in (NO_CHANGE, CHANGE):  # change last: it wins where the two overlap
-        mem_layer.SetAttributeFilter(f'"{field}" = {value}')
-        gdal.RasterizeLayer(raster, [1], mem_layer, burn_values=[value])
-    raster = None  # written and closed
     counts = {NO_CHANGE: 0, CHANGE: 0}
-    with gdal_env(), open_raster(output) as ds:
-        for _, window in ds.block_windows(1):
-            block = ds.read(1, window=window)
-            for value in counts:
-                counts[value] += int(np.count_nonzero(block == value))
-    if not any(counts.values()):
-        os.remove(output)
-        raise RSLabError(f"the label polygons of {name} cover no pixel of {os.path.basename(grid)}")
+    try:
+        # burnt straight into a tiled GeoTIFF and counted by blocks: a label for a 10000 x 10000 image never
+        # sits in memory whole
+        raster = gdal.GetDriverByName("GTiff").Create(output, info.width, info.height, 1, gdal.GDT_Byte,
+                                                      options=["COMPRESS=DEFLATE", "TILED=YES"])
+        raster.SetGeoTransform(info.transform.to_gdal())
+        raster.SetProjection(target.ExportToWkt())
+        for value in (NO_CHANGE, CHANGE):  # change last: it wins where the two overlap
+            mem_layer.SetAttributeFilter(f'"{field}" = {value}')
+            gdal.RasterizeLayer(raster, [1], mem_layer, burn_values=[value])
+        raster = None  # written and closed
+        with gdal_env(), open_raster(output) as ds:
+            for _, window in ds.block_windows(1):
+                block = ds.read(1, window=window)
+                for value in counts:
+                    counts[value] += int(np.count_nonzero(block == value))
+        if not any(counts.values()):
+            raise RSLabError(f"the label polygons of {name} cover no pixel of {os.path.basename(grid)}")
+    except (RSLabError, RuntimeError) as exc:
+        raster = None
+        if os.path.exists(output):
+            os.remove(output)
+        if isinstance(exc, RSLabError):
+            raise
+        raise RSLabError(f"could not burn the label polygons of {name}: {exc}") from exc
     return BurntLabels(output, counts[NO_CHANGE], counts[CHANGE], count)

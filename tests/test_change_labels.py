@@ -68,6 +68,21 @@ def test_polygons_of_the_reference_burn_back_to_it(nanjing, tmp_path):
                           reference)
 
 
+def test_polygons_without_a_crs_are_taken_in_the_grids(nanjing, tmp_path):
+    x0, y0 = 660585.0, 3551295.0
+    square = f"POLYGON(({x0} {y0}, {x0 + 90} {y0}, {x0 + 90} {y0 - 90}, {x0} {y0 - 90}, {x0} {y0}))"
+    data = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "nocrs.gpkg"))
+    layer = data.CreateLayer("drawn", None, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("label", ogr.OFTInteger))
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(square))
+    feature.SetField("label", 2)
+    layer.CreateFeature(feature)
+    data = None
+    burnt = burn_labels(str(tmp_path / "nocrs.gpkg"), "label", nanjing["before"], str(tmp_path / "b.tif"))
+    assert burnt.change_pixels == 9 and (read(burnt.path)[:3, :3] == 2).all()
+
+
 def test_change_wins_where_polygons_overlap(nanjing, tmp_path):
     x0, y0 = 660585.0, 3551295.0  # the grid's top-left corner (30 m pixels)
     big = f"POLYGON(({x0} {y0}, {x0 + 300} {y0}, {x0 + 300} {y0 - 300}, {x0} {y0 - 300}, {x0} {y0}))"
