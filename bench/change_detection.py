@@ -643,7 +643,8 @@ def sentinel_training(iterations: int, folder: Path) -> None:
     root = Path(training_script().CHANGE) / "oscd_s2"
 
     def pair(city: str) -> ChangePair:
-        return ChangePair(*(str(root / f"{city}_{d}_S2_13b_10m.tif") for d in ("t1", "t2")), str(root / f"{city}_cm.tif"))
+        dates = (str(root / f"{city}_{d}_S2_13b_10m.tif") for d in ("t1", "t2"))
+        return ChangePair(*dates, str(root / f"{city}_cm.tif"))
 
     rennes, bercy = pair("rennes"), pair("bercy")
     print(f"\nAR-CDNet trained on OSCD Rennes ({iterations} iterations, batch 4, 128 px crops, narrow, seed 0; "
@@ -696,7 +697,8 @@ def sparse_labels(iterations: int, folder: Path, seeds: Sequence[int] = (0, 1, 2
         with rasterio.open(folder / f"nanjing_{name}.tif", "w", **profile) as dst:
             dst.write(values, 1)
     dates = [str(root / "Nanjing_t1_TM6b.tif"), str(root / "Nanjing_t2_TM6b.tif")]
-    train, val = ChangePair(*dates, str(folder / "nanjing_patches.tif")), ChangePair(*dates, str(folder / "nanjing_east.tif"))
+    train = ChangePair(*dates, str(folder / "nanjing_patches.tif"))
+    val = ChangePair(*dates, str(folder / "nanjing_east.tif"))
     print(f"\nAR-CDNet (16/16) on Landsat Nanjing's partial reference: {int((west > 0).sum()):,} labelled pixels in "
           f"three 80 x 80 patches train, the east half's {int((east > 0).sum()):,} validate; {iterations} iterations, "
           "batch 4, 64 px crops:\n")
@@ -705,9 +707,10 @@ def sparse_labels(iterations: int, folder: Path, seeds: Sequence[int] = (0, 1, 2
         best = []
         for seed in seeds:
             t0 = time.perf_counter()
-            result = train_change_detector([train], [val], str(folder / f"nanjing_{sampling}_{seed}.pt"), TrainChangeParams(
+            params = TrainChangeParams(
                 iterations=iterations, eval_every=max(1, iterations // 5), batch_size=4, crop=64, base=16, channels=16,
-                warmup=min(200, iterations // 5), seed=seed, label_coding="partial", crop_sampling=sampling))
+                warmup=min(200, iterations // 5), seed=seed, label_coding="partial", crop_sampling=sampling)
+            result = train_change_detector([train], [val], str(folder / f"nanjing_{sampling}_{seed}.pt"), params)
             best.append(result.best_f1)
             print(f"{sampling:<10} {seed:>4} {result.best_f1:>8.4f} {result.best_iteration:>5} "
                   f"{result.history[-1]['val_f1']:>8.4f} {time.perf_counter() - t0:>8.0f}", flush=True)

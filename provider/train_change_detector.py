@@ -67,7 +67,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "(pixel centres inside; change wins where they overlap) and read as partial labels. "
             "LABEL_CODING: how the labels read: 0 binary (0 no change, non-zero change) or "
             "1 partial (0 not labelled, 1 no change, 2 change; unlabelled pixels are left out of the loss and of "
-            "the validation scores, and each training crop is centred on a labelled pixel). BANDS: optional bands of both dates to train on, in this order (all if empty; "
+            "the validation scores, and each training crop is centred on a labelled pixel). "
+            "BANDS: optional bands of both dates to train on, in this order (all if empty; "
             "the band list shows the BEFORE image's bands, the numbers apply to every pair), e.g. Sentinel-2's 10 m "
             "bands; the model card records them, and detection with this model then needs the same BANDS. "
             "Without VALIDATION_FOLDER, 20 % of the "
@@ -161,7 +162,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             base=base, channels=channels, seed=seed,
             init_checkpoint=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
             # burnt polygons are partial labels whatever LABEL_CODING says: 0 is where no polygon was drawn
-            label_coding="partial" if burnt else list(CODINGS)[self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
+            label_coding="partial" if burnt else list(CODINGS)[
+                self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
         )
         output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyqtgraph as pg
-from qgis.core import QgsApplication, QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsProviderRegistry, QgsRasterLayer
+from qgis.core import (
+    QgsApplication,
+    QgsFieldProxyModel,
+    QgsMapLayer,
+    QgsMapLayerProxyModel,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+)
 from qgis.gui import QgsFieldComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
@@ -153,7 +160,8 @@ class TrainChangeDialog(QDialog):
                                                "validation; training crops are centred on labelled pixels), "
                                                "1 = no change, 2 = change")
         self.bands_combo = BandChooser(self, "Bands of both dates to train on (none checked: all), listed from the "
-                                             "folder's first before image; e.g. Sentinel-2's 10 m bands. The model "
+                                             "before layer or the folder's first before image; e.g. Sentinel-2's "
+                                             "10 m bands. The model "
                                              "records them, and the change dock checks them when it is selected")
         self.iterations_spin = spin_box(self, 1, 1_000_000, 2000)
         self.eval_spin = spin_box(self, 1, 100_000, 100, tip="One epoch: the model is validated (and the best one kept) "
@@ -361,8 +369,11 @@ class TrainChangeDialog(QDialog):
         self._reset(train, val, output)
         bridge = EpochBridge()  # no parent: the job closure keeps it alive as long as the worker may emit
         bridge.epoch.connect(self._on_epoch, Qt.QueuedConnection)
-        source = (f"layers {', '.join(c.currentLayer().name() for c in (self.before_layer, self.after_layer, self.label_layer))}"
-                  if self.from_layers() else self.data_dir.filePath().strip())
+        if self.from_layers():
+            chosen = (self.before_layer, self.after_layer, self.label_layer)
+            source = "layers " + ", ".join(combo.currentLayer().name() for combo in chosen)
+        else:
+            source = self.data_dir.filePath().strip()
         description = f"{source} ({len(train)} training, {len(val)} validation pairs)"
 
         def job(progress, cancelled):
