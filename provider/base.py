@@ -1,6 +1,7 @@
 """What every RS Lab Processing algorithm shares: feedback wiring, errors, styled outputs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -10,9 +11,11 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingUtils,
 )
 from qgis.PyQt.QtGui import QIcon
 
+from ..core.change_labels import burn_labels
 from ..core.errors import JobCancelled, RSLabError
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
@@ -97,6 +100,18 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
                 "export it to a GeoTIFF first"
             )
         return layer.source().split("|")[0]
+
+    def burnt_polygons(self, parameters, name: str, field_name: str, context, feedback, grid: str) -> str:
+        """Label polygons (parameter `name`, values in `field_name`: 1 no change, 2 change) burnt onto `grid`
+        as a partial label raster in the Processing temp folder (core/change_labels.py)."""
+        source, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, name, context, ["gpkg", "shp"], "gpkg", feedback)
+        field = self.parameterAsString(parameters, field_name, context) or "label"
+        output = os.path.join(QgsProcessingUtils.tempFolder(), f"{name.lower()}_{os.path.basename(grid)}.tif")
+        burnt = burn_labels(source, field, grid, output, layer_name or None)
+        feedback.pushInfo(f"{burnt.polygons} polygons of {name} burnt onto the before image's grid: "
+                          f"{burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} change pixels")
+        return burnt.path
 
     @staticmethod
     def style_output(context: QgsProcessingContext, layer_id: str, style: str) -> None:

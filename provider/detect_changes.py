@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -15,6 +18,7 @@ from qgis.core import (
 
 from ..core.change_detection import METHODS, ChangeOutputs, ChangeParams, detect_changes
 from ..core.change_reference import CODING_LABELS, CODINGS
+from ..core.errors import RSLabError
 from .base import RSLabAlgorithm, feedback_callbacks
 
 
@@ -30,6 +34,8 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
     THRESHOLD = "THRESHOLD"
     REFERENCE = "REFERENCE"
     REFERENCE_CODING = "REFERENCE_CODING"
+    REFERENCE_POLYGONS = "REFERENCE_POLYGONS"
+    REFERENCE_FIELD = "REFERENCE_FIELD"
     OUTPUT_CHANGE = "OUTPUT_CHANGE"
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
@@ -57,6 +63,9 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             "and the uncertainty's ROC-AUC for finding wrong pixels, over the reference's labelled pixels.\n"
             "REFERENCE_CODING: how the reference's values read: 0 binary (0 no change, non-zero change) or "
             "1 partial (0 not labelled, 1 no change, 2 change: references drawn for part of a scene).\n"
+            "REFERENCE_POLYGONS: instead of REFERENCE, polygons drawn where the answer is known, their "
+            "REFERENCE_FIELD 1 for no change and 2 for change: burnt onto BEFORE's grid (pixel centres inside; "
+            "change wins where they overlap) and read as a partial reference.\n"
             "OUTPUT_REPORT: JSON with metrics, timings, device and the model card summary."
         )
 
@@ -73,6 +82,12 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference change map", optional=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.REFERENCE_CODING, "Reference values", options=CODING_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.REFERENCE_POLYGONS, "Reference polygons (instead of a reference raster)",
+            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterField(
+            self.REFERENCE_FIELD, "Reference field of the polygons (1 no change, 2 change)", "label",
+            self.REFERENCE_POLYGONS, QgsProcessingParameterField.Numeric, optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CHANGE, "Change mask"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, "Change probability",
                                                                   optional=True, createByDefault=True))
@@ -85,11 +100,18 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         before = self.raster_path(parameters, self.BEFORE, context)
         after = self.raster_path(parameters, self.AFTER, context)
         reference = self.raster_path(parameters, self.REFERENCE, context, optional=True)
+        coding = list(CODINGS)[self.parameterAsEnum(parameters, self.REFERENCE_CODING, context)]
+        if parameters.get(self.REFERENCE_POLYGONS) not in (None, ""):
+            if reference:
+                raise RSLabError("give REFERENCE or REFERENCE_POLYGONS, not both")
+            reference = self.burnt_polygons(parameters, self.REFERENCE_POLYGONS, self.REFERENCE_FIELD, context,
+                                            feedback, before)
+            coding = "partial"  # 0 is where no polygon was drawn
         params = ChangeParams(
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-            reference_coding=list(CODINGS)[self.parameterAsEnum(parameters, self.REFERENCE_CODING, context)],
+            reference_coding=coding,
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
         )
         outputs = ChangeOutputs(

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from qgis.core import (
     QgsProcessing,
@@ -14,11 +13,9 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingUtils,
 )
 
 from ..core.change_data import ChangePair, pairs_from_folder, split_validation
-from ..core.change_labels import burn_labels
 from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.change_training import TrainChangeParams, train_change_detector
 from ..core.errors import RSLabError
@@ -125,21 +122,11 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
                 raise RSLabError("give LABEL or LABEL_POLYGONS, not both")
             if not all(paths[:2]):
                 raise RSLabError("LABEL_POLYGONS needs BEFORE and AFTER")
-            paths[2] = self._burn(parameters, context, feedback, paths[0])
+            paths[2] = self.burnt_polygons(parameters, self.LABEL_POLYGONS, self.LABEL_FIELD, context, feedback,
+                                           paths[0])
         if not all(paths):
             raise RSLabError("give a training folder (A/, B/, label/) or BEFORE, AFTER and LABEL (or LABEL_POLYGONS)")
         return [ChangePair(*paths)], f"rasters {', '.join(paths)}", polygons
-
-    def _burn(self, parameters, context, feedback, grid: str) -> str:
-        """The label polygons burnt onto BEFORE's grid (core/change_labels.py), in the Processing temp folder."""
-        source, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
-            parameters, self.LABEL_POLYGONS, context, ["gpkg", "shp"], "gpkg", feedback)
-        field = self.parameterAsString(parameters, self.LABEL_FIELD, context) or "label"
-        output = os.path.join(QgsProcessingUtils.tempFolder(), f"labels_{os.path.basename(grid)}.tif")
-        burnt = burn_labels(source, field, grid, output, layer_name or None)
-        feedback.pushInfo(f"{burnt.polygons} label polygons burnt onto the before image's grid: "
-                          f"{burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} change pixels")
-        return burnt.path
 
     def execute(self, parameters, context, feedback):
         pairs, description, burnt = self._pairs(parameters, context, feedback)

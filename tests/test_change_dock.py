@@ -157,6 +157,31 @@ def test_a_partial_reference_is_read_as_the_coding_chosen_in_the_dock(qtbot, doc
     assert not dock.coding_combo.isEnabled()
 
 
+def test_reference_polygons_score_as_the_reference_raster(qtbot, dock, project, shared_data, tmp_path):
+    """Nanjing's reference drawn as polygons: its field is offered, the partial coding imposed, and the run
+    scores the same pixels and the same F1 as the raster reference read as partial."""
+    from qgis.core import QgsVectorLayer
+    from test_change_labels import polygonise
+
+    source = shared_data / "change" / "landsat_nanjing"
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", source / name), role) for name, role in (
+        ("Nanjing_t1_TM6b.tif", "t1"), ("Nanjing_t2_TM6b.tif", "t2"), ("Nanjing_reference_0unl_1unch_2ch.tif", "ref"))]
+    polygons = QgsVectorLayer(polygonise(str(source / "Nanjing_reference_0unl_1unch_2ch.tif"),
+                                         str(tmp_path / "drawn.gpkg")), "drawn", "ogr")
+    project.addMapLayer(polygons)
+    assert not dock.reference_field.isEnabled()
+    choose(dock, layers[0], layers[1], "cva", polygons, output=tmp_path / "out")
+    assert dock.reference_field.isEnabled() and dock.reference_field.currentField() == "label"
+    assert dock.coding_combo.currentData() == "partial" and not dock.coding_combo.isEnabled()
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.metrics["pixels"] == 14756
+    choose(dock, layers[0], layers[1], "cva", layers[2], output=tmp_path / "out2")
+    assert dock.coding_combo.isEnabled() and not dock.reference_field.isEnabled()
+    assert dock.coding_combo.currentData() == "partial"  # left as the polygons set it
+    raster_result, error = click_run(qtbot, dock)
+    assert error == "" and raster_result.metrics == result.metrics
+
+
 def test_bands_chosen_in_the_dock(qtbot, dock, project, shared_data, tmp_path, levir):
     root = shared_data / "change" / "oscd_s2"
     layers = [add_raster(project, copy_to(tmp_path / "inputs", root / name), role) for name, role in (

@@ -56,6 +56,28 @@ def test_detect_changes_reads_a_partial_reference(tmp_path, change_copy, provide
     assert report["metrics"]["f1"] > 0.7
 
 
+def test_detect_changes_scored_against_polygons(tmp_path, change_copy, provider):
+    """Nanjing's reference as polygons gives the same scores as the raster read as partial."""
+    from test_change_labels import polygonise
+
+    root = change_copy("landsat_nanjing")
+    polygons = polygonise(str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), str(tmp_path / "drawn.gpkg"))
+    params = {"BEFORE": str(root / "Nanjing_t1_TM6b.tif"), "AFTER": str(root / "Nanjing_t2_TM6b.tif"), "METHOD": 1}
+    reports = {}
+    for name, reference in (("raster", {"REFERENCE": str(root / "Nanjing_reference_0unl_1unch_2ch.tif"),
+                                        "REFERENCE_CODING": 1}),
+                            ("polygons", {"REFERENCE_POLYGONS": polygons, "REFERENCE_FIELD": "label"})):
+        processing.run("rslab:detect_changes", dict(params, **reference, OUTPUT_CHANGE=str(tmp_path / f"{name}.tif"),
+                                                    OUTPUT_REPORT=str(tmp_path / f"{name}.json")))
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["polygons"]["metrics"] == reports["raster"]["metrics"]
+    assert reports["polygons"]["reference_coding"] == "partial" and reports["polygons"]["metrics"]["pixels"] == 14756
+    with pytest.raises(QgsProcessingException, match="REFERENCE or REFERENCE_POLYGONS, not both"):
+        processing.run("rslab:detect_changes", dict(params, REFERENCE=str(root / "Nanjing_reference_0unl_1unch_2ch.tif"),
+                                                    REFERENCE_POLYGONS=polygons, OUTPUT_CHANGE=str(tmp_path / "x.tif")))
+    assert not (tmp_path / "x.tif").exists()
+
+
 def test_detect_changes_on_chosen_bands(tmp_path, change_copy, provider):
     """Sentinel-2's 10 m bands only (B02, B03, B04, B08 of 13): CVA finds OSCD Rennes' changes there."""
     root = change_copy("oscd_s2")

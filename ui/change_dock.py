@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -47,7 +48,7 @@ from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
 from . import task as tasks
-from .job_dock import JobDock, layer_file, safe_name, unused_stem
+from .job_dock import JobDock, label_file, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
@@ -57,6 +58,9 @@ from .widgets import (
     coding_combo,
     double_spin_box,
     folder_widget,
+    follow_label_layer,
+    label_field_combo,
+    label_layer_combo,
     result_plot,
     scroll_body,
 )
@@ -214,8 +218,10 @@ class ChangeDetectionDock(JobDock):
     def _build_inputs(self) -> None:
         self.before_combo = self._raster_combo()
         self.after_combo = self._raster_combo()
-        self.reference_combo = self._raster_combo(allow_empty=True)
-        self.reference_combo.setToolTip("Optional change reference: gives precision, recall, F1, IoU, OA, kappa "
+        self.reference_combo = label_layer_combo(self, "")
+        self.reference_field = label_field_combo(self)
+        self.reference_combo.setToolTip("Optional change reference, a raster or polygons drawn where the answer is "
+                                        "known: gives precision, recall, F1, IoU, OA, kappa "
                                         "and the uncertainty AUC over its labelled pixels")
         self.coding_combo = coding_combo(self, "How the reference's values read. References drawn for only part "
                                                "of a scene use 0 = not labelled, 1 = no change, 2 = change")
@@ -271,6 +277,7 @@ class ChangeDetectionDock(JobDock):
         inputs.addRow("", self.model_file)
         inputs.addRow("Threshold", self.threshold_spin)
         inputs.addRow("Reference", self.reference_combo)
+        inputs.addRow("Reference field", self.reference_field)
         inputs.addRow("Reference values", self.coding_combo)
         inputs.addRow("Output folder", self.output_dir)
         buttons = QHBoxLayout()
@@ -371,7 +378,10 @@ class ChangeDetectionDock(JobDock):
         return self.bands_combo.chosen()
 
     def _update_coding_widget(self) -> None:
-        self.coding_combo.setEnabled(self.reference_combo.currentLayer() is not None)
+        """The coding is the user's for a reference raster; reference polygons impose the partial coding."""
+        layer = self.reference_combo.currentLayer()
+        polygons = follow_label_layer(layer, self.reference_field, self.coding_combo)
+        self.coding_combo.setEnabled(layer is not None and not polygons)
 
     # running --------------------------------------------------------------------------------------------
     def build_request(self) -> ChangeRequest:
@@ -380,8 +390,10 @@ class ChangeDetectionDock(JobDock):
         before, after = layer_file(before_layer, "before"), layer_file(after_layer, "after")
         if before_layer.id() == after_layer.id():
             raise RSLabError("the before and after layers are the same layer; pick two dates")
-        reference_layer = self.reference_combo.currentLayer()
-        reference = layer_file(reference_layer, "reference") if reference_layer is not None else None
+        reference = None
+        if self.reference_combo.currentLayer() is not None:  # polygons: burnt onto the before grid (a temp file)
+            reference, _ = label_file(self.reference_combo.currentLayer(), self.reference_field.currentField(),
+                                          before, tempfile.mkdtemp(prefix="rslab-reference-"), "reference")
         method = self.method_combo.currentData()
         params = ChangeParams(method=method, threshold=round(self.threshold_spin.value(), 2),
                               model=self.selected_checkpoint() if method == "arcdnet" else None,

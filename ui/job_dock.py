@@ -13,11 +13,12 @@ import tempfile
 from functools import partial
 from typing import Any, Iterable, Optional, Tuple
 
-from qgis.core import Qgis, QgsMapLayer
+from qgis.core import Qgis, QgsMapLayer, QgsProviderRegistry
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QProgressBar, QPushButton, QWidget
 
+from ..core.change_labels import burn_labels
 from ..core.errors import RSLabError
 from . import task as tasks
 from .widgets import message_label, raster_combo
@@ -36,6 +37,23 @@ def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
             "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
         )
     return path
+
+
+def label_file(layer: Optional[QgsMapLayer], field: str, grid: str, folder: str, role: str) -> Tuple[str, str]:
+    """(raster path, message) for a label layer: its file, or for polygons a raster in `folder` they are burnt
+    into on `grid`'s pixels (core/change_labels.py) and a message saying how many pixels they label."""
+    if layer is None or layer.type() != QgsMapLayer.VectorLayer:
+        return layer_file(layer, role), ""
+    parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
+    if layer.providerType() != "ogr" or not os.path.isfile(parts.get("path", "")):
+        raise RSLabError(f"the {role} layer '{layer.name()}' is not a file on disk (provider {layer.providerType()}); "
+                         "save it as a GeoPackage first (right-click > Export > Save Features As…) and pick that layer")
+    if not field:
+        raise RSLabError(f"choose the field of '{layer.name()}' that holds 1 (no change) or 2 (change)")
+    output = os.path.join(folder, f"{safe_name(layer.name())}_{role}.tif")
+    burnt = burn_labels(parts["path"], field, grid, output, parts.get("layerName") or None)
+    return burnt.path, (f"{burnt.polygons} polygons of '{layer.name()}' burnt onto the before layer's grid: "
+                        f"{burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} change pixels")
 
 
 def safe_name(text: str) -> str:

@@ -15,15 +15,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyqtgraph as pg
-from qgis.core import (
-    QgsApplication,
-    QgsFieldProxyModel,
-    QgsMapLayer,
-    QgsMapLayerProxyModel,
-    QgsProviderRegistry,
-    QgsRasterLayer,
-)
-from qgis.gui import QgsFieldComboBox
+from qgis.core import QgsApplication, QgsRasterLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -41,11 +33,10 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.change_data import ChangePair, pairs_from_folder
-from ..core.change_labels import burn_labels
 from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
 from ..core.errors import RSLabError
 from . import task as tasks
-from .job_dock import cancel_if_alive, layer_file, safe_name
+from .job_dock import cancel_if_alive, label_file, layer_file
 from .settings import remember
 from .widgets import (
     BandChooser,
@@ -53,6 +44,9 @@ from .widgets import (
     coding_combo,
     double_spin_box,
     folder_widget,
+    follow_label_layer,
+    label_field_combo,
+    label_layer_combo,
     live_curve,
     message_label,
     raster_combo,
@@ -137,13 +131,9 @@ class TrainChangeDialog(QDialog):
                                      "layers loaded in the project (e.g. a scene labelled in places)")
         self.data_dir = folder_widget(self, "folder with A/ (before), B/ (after) and label/ sub-folders")
         self.before_layer, self.after_layer = raster_combo(self), raster_combo(self)
-        self.label_layer = raster_combo(self, allow_empty=True)
-        self.label_layer.setFilters(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.PolygonLayer)
-        self.label_layer.setToolTip("A label raster, or polygons drawn where you know the answer (their field: "
-                                    "1 no change, 2 change; burnt onto the before layer's grid)")
-        self.label_field = QgsFieldComboBox(self)
-        self.label_field.setFilters(QgsFieldProxyModel.Numeric)
-        self.label_field.setToolTip("The polygons' field holding 1 (no change) or 2 (change)")
+        self.label_layer = label_layer_combo(self, "A label raster, or polygons drawn where you know the answer "
+                                                   "(their field: 1 no change, 2 change)")
+        self.label_field = label_field_combo(self)
         self.data_pages = QStackedWidget(self)  # page 0: the folder, page 1: the three layers
         self.data_pages.addWidget(self.data_dir)
         layers = QWidget(self)
@@ -262,14 +252,7 @@ class TrainChangeDialog(QDialog):
 
     def _label_changed(self) -> None:
         """Polygons: their numeric field to choose, and the partial coding (0 is where none was drawn)."""
-        layer = self.label_layer.currentLayer()
-        polygons = layer is not None and layer.type() == QgsMapLayer.VectorLayer
-        self.label_field.setLayer(layer if polygons else None)
-        self.label_field.setEnabled(polygons)
-        if polygons:
-            index = self.label_field.findText("label")
-            self.label_field.setCurrentIndex(max(index, 0))
-            self.coding_combo.setCurrentIndex(self.coding_combo.findData("partial"))
+        polygons = follow_label_layer(self.label_layer.currentLayer(), self.label_field, self.coding_combo)
         self.coding_combo.setEnabled(not polygons)
 
     def from_layers(self) -> bool:
@@ -329,24 +312,12 @@ class TrainChangeDialog(QDialog):
 
     def _label_path(self, grid: str) -> str:
         """The label layer's raster; for polygons, a raster they are burnt into on `grid` (a temporary file)."""
-        layer = self.label_layer.currentLayer()
-        if layer is None or layer.type() != QgsMapLayer.VectorLayer:
-            return layer_file(layer, "label")
-        parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
-        if layer.providerType() != "ogr" or not os.path.isfile(parts.get("path", "")):
-            raise RSLabError(f"the label layer '{layer.name()}' is not a file on disk (provider "
-                             f"{layer.providerType()}); save it as a GeoPackage first (right-click > Export > Save "
-                             "Features As…) and pick that layer")
-        if not self.label_field.currentField():
-            raise RSLabError(f"choose the field of '{layer.name()}' that holds 1 (no change) or 2 (change)")
         self._burnt_dir = self._burnt_dir or tempfile.mkdtemp(prefix="rslab-labels-")
-        output = os.path.join(self._burnt_dir, f"{safe_name(layer.name())}.tif")
-        burnt = burn_labels(parts["path"], self.label_field.currentField(), grid, output,
-                            parts.get("layerName") or None)
-        self.log.appendPlainText(f"{burnt.polygons} label polygons of '{layer.name()}' burnt onto the before "
-                                 f"layer's grid: {burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} "
-                                 "change pixels")
-        return burnt.path
+        path, message = label_file(self.label_layer.currentLayer(), self.label_field.currentField(), grid,
+                                   self._burnt_dir, "label")
+        if message:
+            self.log.appendPlainText(message)
+        return path
 
     def checkpoint_path(self) -> str:
         path = self.output_file.filePath().strip()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-from qgis.core import QgsMapLayerProxyModel, QgsRasterLayer
-from qgis.gui import QgsCheckableComboBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsRasterLayer
+from qgis.gui import QgsCheckableComboBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -73,6 +73,35 @@ def raster_combo(parent: QWidget, allow_empty: bool = False) -> QgsMapLayerCombo
     if allow_empty:
         combo.setLayer(None)
     return combo
+
+
+def label_layer_combo(parent: QWidget, tip: str) -> QgsMapLayerComboBox:
+    """A chooser of change labels: raster layers or polygon layers (with an empty entry, selected)."""
+    combo = raster_combo(parent, allow_empty=True)
+    combo.setFilters(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.PolygonLayer)
+    combo.setToolTip(tip)
+    return combo
+
+
+def label_field_combo(parent: QWidget) -> QgsFieldComboBox:
+    """The numeric field of label polygons that holds 1 (no change) or 2 (change)."""
+    combo = QgsFieldComboBox(parent)
+    combo.setFilters(QgsFieldProxyModel.Numeric)
+    combo.setToolTip("The polygons' field holding 1 (no change) or 2 (change); polygons are burnt onto the before "
+                     "layer's grid and read as partial labels")
+    return combo
+
+
+def follow_label_layer(layer: Optional[QgsMapLayer], field: QgsFieldComboBox, coding: QComboBox) -> bool:
+    """Set `field` and `coding` for a label layer: polygons offer their numeric fields (preferring one named
+    'label') and impose the partial coding (0 is where no polygon was drawn). True for polygons."""
+    polygons = layer is not None and layer.type() == QgsMapLayer.VectorLayer
+    field.setLayer(layer if polygons else None)
+    field.setEnabled(polygons)
+    if polygons:
+        field.setCurrentIndex(max(field.findText("label"), 0))
+        coding.setCurrentIndex(coding.findData("partial"))
+    return polygons
 
 
 class BandChooser(QgsCheckableComboBox):
