@@ -52,18 +52,8 @@ from .job_dock import JobDock, label_file, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
-from .widgets import (
-    BandChooser,
-    checkpoint_widget,
-    coding_combo,
-    double_spin_box,
-    folder_widget,
-    follow_label_layer,
-    label_field_combo,
-    label_layer_combo,
-    result_plot,
-    scroll_body,
-)
+from .widgets import (BandChooser, checkpoint_widget, coding_combo, double_spin_box, folder_widget,
+                      follow_label_layer, label_field_combo, label_layer_combo, result_plot, scroll_body)
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
