@@ -177,7 +177,8 @@ def test_reference_polygons_score_as_the_reference_raster(qtbot, dock, project, 
     assert error == "" and result.metrics["pixels"] == 14756
     choose(dock, layers[0], layers[1], "cva", layers[2], output=tmp_path / "out2")
     assert dock.coding_combo.isEnabled() and not dock.reference_field.isEnabled()
-    assert dock.coding_combo.currentData() == "partial"  # left as the polygons set it
+    assert dock.coding_combo.currentData() == "binary"  # the choice made before the polygons, given back
+    qtbot.keyClicks(dock.coding_combo, "partial")
     raster_result, error = click_run(qtbot, dock)
     assert error == "" and raster_result.metrics == result.metrics
 

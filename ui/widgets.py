@@ -94,13 +94,20 @@ def label_field_combo(parent: QWidget) -> QgsFieldComboBox:
 
 def follow_label_layer(layer: Optional[QgsMapLayer], field: QgsFieldComboBox, coding: QComboBox) -> bool:
     """Set `field` and `coding` for a label layer: polygons offer their numeric fields (preferring one named
-    'label') and impose the partial coding (0 is where no polygon was drawn). True for polygons."""
+    'label') and impose the partial coding (0 is where no polygon was drawn); leaving polygons for a raster
+    gives back the coding chosen before. True for polygons."""
     polygons = layer is not None and layer.type() == QgsMapLayer.VectorLayer
     field.setLayer(layer if polygons else None)
     field.setEnabled(polygons)
+    imposed_over = coding.property("rslab_coding_before_polygons")
     if polygons:
         field.setCurrentIndex(max(field.findText("label"), 0))
+        if imposed_over is None:
+            coding.setProperty("rslab_coding_before_polygons", coding.currentData())
         coding.setCurrentIndex(coding.findData("partial"))
+    elif imposed_over is not None:
+        coding.setCurrentIndex(coding.findData(imposed_over))
+        coding.setProperty("rslab_coding_before_polygons", None)
     return polygons
 
 
