@@ -175,6 +175,11 @@ def test_reference_polygons_score_as_the_reference_raster(qtbot, dock, project, 
     assert dock.coding_combo.currentData() == "partial" and not dock.coding_combo.isEnabled()
     result, error = click_run(qtbot, dock)
     assert error == "" and result.metrics["pixels"] == 14756
+    qtbot.mouseClick(dock.train_button, Qt.LeftButton)  # training opens on the polygons and their field
+    dialog = dock.train_dialog
+    assert dialog.label_layer.currentLayer() is polygons and dialog.label_field.currentField() == "label"
+    assert dialog.coding_combo.currentData() == "partial"
+    dialog.close()
     choose(dock, layers[0], layers[1], "cva", layers[2], output=tmp_path / "out2")
     assert dock.coding_combo.isEnabled() and not dock.reference_field.isEnabled()
     assert dock.coding_combo.currentData() == "binary"  # the choice made before the polygons, given back

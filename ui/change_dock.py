@@ -519,6 +519,7 @@ class ChangeDetectionDock(JobDock):
             self.train_dialog.trained.connect(self.add_checkpoint)
             if self.reference_combo.currentLayer() is not None:  # a labelled pair here: offer to train on it
                 self.train_dialog.use_layers(self.before_combo.currentLayer(), self.after_combo.currentLayer(),
-                                             self.reference_combo.currentLayer(), self.coding_combo.currentData())
+                                             self.reference_combo.currentLayer(), self.coding_combo.currentData(),
+                                             self.reference_field.currentField())
         self.train_dialog.show()
         self.train_dialog.raise_()

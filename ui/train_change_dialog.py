@@ -258,14 +258,17 @@ class TrainChangeDialog(QDialog):
     def from_layers(self) -> bool:
         return self.source_combo.currentData() == "layers"
 
-    def use_layers(self, before, after, label, coding: Optional[str] = None) -> None:
-        """Train on these layers of the project (the change dock's before, after and reference, read as `coding`)."""
+    def use_layers(self, before, after, label, coding: Optional[str] = None, field: str = "") -> None:
+        """Train on these layers of the project (the change dock's before, after and reference, read as `coding`;
+        for reference polygons, their `field`)."""
         if coding is not None:  # first: label polygons then impose the partial coding
             self.coding_combo.setCurrentIndex(self.coding_combo.findData(coding))
         self.before_layer.setLayer(before)
         self.after_layer.setLayer(after)
         self.label_layer.setLayer(label)
         self._label_changed()  # also when the label layer was already this one
+        if field and self.label_field.isEnabled():
+            self.label_field.setField(field)
         self.source_combo.setCurrentIndex(self.source_combo.findData("layers"))
 
     def _list_bands(self) -> None:
