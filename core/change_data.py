@@ -8,6 +8,7 @@ training set of big GeoTIFFs never has to fit in memory.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
@@ -220,7 +221,8 @@ class LabelledPixels:
         h, w = shape
         self.blocks = [Window(c, r, min(block, w - c), min(block, h - r))
                        for r in range(0, h, block) for c in range(0, w, block)]
-        with gdal_env(), open_raster(pair.label) as lab:  # one open for all the blocks
+        # one open of the label for all the blocks; none when the pair is in memory
+        with gdal_env(), (open_raster(pair.label) if valid is None else nullcontext()) as lab:
             self.counts = np.array([int(self._mask(win, lab).sum()) for win in self.blocks], dtype=np.int64)
         self.total = int(self.counts.sum())
 

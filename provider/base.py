@@ -101,6 +101,11 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
             )
         return layer.source().split("|")[0]
 
+    @staticmethod
+    def given(parameters, name: str) -> bool:
+        """Whether an optional parameter has a value (a layer, a path; not None or an empty string)."""
+        return parameters.get(name) not in (None, "")
+
     def burnt_polygons(self, parameters, name: str, field_name: str, context, feedback, grid: str) -> str:
         """Label polygons (parameter `name`, values in `field_name`: 1 no change, 2 change) burnt onto `grid`
         as a partial label raster in the Processing temp folder (core/change_labels.py)."""

@@ -101,7 +101,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         after = self.raster_path(parameters, self.AFTER, context)
         reference = self.raster_path(parameters, self.REFERENCE, context, optional=True)
         coding = list(CODINGS)[self.parameterAsEnum(parameters, self.REFERENCE_CODING, context)]
-        if parameters.get(self.REFERENCE_POLYGONS) not in (None, ""):
+        if self.given(parameters, self.REFERENCE_POLYGONS):
             if reference:
                 raise RSLabError("give REFERENCE or REFERENCE_POLYGONS, not both")
             reference = self.burnt_polygons(parameters, self.REFERENCE_POLYGONS, self.REFERENCE_FIELD, context,

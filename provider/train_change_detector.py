@@ -111,7 +111,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
     def _pairs(self, parameters, context, feedback):
         """(pairs, description, whether the labels were burnt from polygons)."""
         folder = self.parameterAsFile(parameters, self.TRAIN_FOLDER, context)
-        polygons = parameters.get(self.LABEL_POLYGONS) not in (None, "")
+        polygons = self.given(parameters, self.LABEL_POLYGONS)
         if folder:
             if polygons:
                 raise RSLabError("LABEL_POLYGONS labels a BEFORE / AFTER pair, not a training folder")

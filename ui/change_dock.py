@@ -48,7 +48,7 @@ from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
 from . import task as tasks
-from .job_dock import JobDock, label_file, layer_file, safe_name, unused_stem
+from .job_dock import JobDock, date_files, label_file, safe_name, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
@@ -377,9 +377,7 @@ class ChangeDetectionDock(JobDock):
     def build_request(self) -> ChangeRequest:
         """Read the widgets into a ChangeRequest (GUI thread); RSLabError names what is missing."""
         before_layer, after_layer = self.before_combo.currentLayer(), self.after_combo.currentLayer()
-        before, after = layer_file(before_layer, "before"), layer_file(after_layer, "after")
-        if before_layer.id() == after_layer.id():
-            raise RSLabError("the before and after layers are the same layer; pick two dates")
+        before, after = date_files(before_layer, after_layer)
         reference = None
         if self.reference_combo.currentLayer() is not None:  # polygons: burnt onto the before grid (a temp file)
             reference, _ = label_file(self.reference_combo.currentLayer(), self.reference_field.currentField(),

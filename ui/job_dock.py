@@ -39,6 +39,14 @@ def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
     return path
 
 
+def date_files(before: Optional[QgsMapLayer], after: Optional[QgsMapLayer]) -> Tuple[str, str]:
+    """The files behind a before and an after layer; RSLabError for a missing, unusable or repeated layer."""
+    paths = layer_file(before, "before"), layer_file(after, "after")
+    if before.id() == after.id():
+        raise RSLabError("the before and after layers are the same layer; pick two dates")
+    return paths
+
+
 def label_file(layer: Optional[QgsMapLayer], field: str, grid: str, folder: str, role: str) -> Tuple[str, str]:
     """(raster path, message) for a label layer: its file, or for polygons a raster in `folder` they are burnt
     into on `grid`'s pixels (core/change_labels.py) and a message saying how many pixels they label."""

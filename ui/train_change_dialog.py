@@ -36,7 +36,7 @@ from ..core.change_data import ChangePair, pairs_from_folder
 from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
 from ..core.errors import RSLabError
 from . import task as tasks
-from .job_dock import cancel_if_alive, label_file, layer_file
+from .job_dock import cancel_if_alive, date_files, label_file
 from .settings import remember
 from .widgets import (
     BandChooser,
@@ -299,10 +299,7 @@ class TrainChangeDialog(QDialog):
         from the layers, one pair that also validates unless a validation folder is given."""
         val_folder = self.val_dir.filePath().strip()
         if self.from_layers():
-            before, after = self.before_layer.currentLayer(), self.after_layer.currentLayer()
-            before_path, after_path = layer_file(before, "before"), layer_file(after, "after")
-            if before.id() == after.id():
-                raise RSLabError("the before and after layers are the same layer; pick two dates")
+            before_path, after_path = date_files(self.before_layer.currentLayer(), self.after_layer.currentLayer())
             pair = ChangePair(before_path, after_path, self._label_path(before_path))
             return [pair], pairs_from_folder(val_folder) if val_folder else [pair]
         folder = self.data_dir.filePath().strip()
