@@ -59,40 +59,46 @@ How
         [--precision auto|float32|bfloat16] [--repeats 1] [--skip-big] [--big-methods rx lrx bsdm_rx]
         [--workdir /tmp/rslab-bench-anomaly]
 
-Measured on 2026-11-25 (2 CPU cores, Intel Xeon with AMX, 24 GB RAM;
-GDAL 3.6.2, rasterio 1.3.5, numpy 1.24.2, scipy 1.10.1, torch 2.13.0+cpu,
-spectral 0.25) with `.venv/bin/python bench/anomaly.py` (all ten scenes,
-all methods, 500 iterations, nothing else running), 643 s in all:
+Measured on 2026-12-02 (2 CPU cores, AMD EPYC of CPU family 26 with
+AVX512-BF16, no AMX, 24 GB RAM; GDAL 3.6.2, rasterio 1.3.5, numpy 1.24.2,
+scipy 1.10.1, torch 2.13.0+cpu, spectral 0.25) with `.venv/bin/python
+bench/anomaly.py --repeats 3` (all ten scenes, all methods, 500 iterations,
+nothing else running), 523 s in all:
 
     scene (H x W x B)          BSDM + RX (bfloat16)        BSDM 1 it.          RX (global)        LRX 3/11
                                AUC(D,F) AUC(F,tau)   s     AUC(D,F) AUC(F,tau) AUC(D,F) AUC(F,tau)  AUC(D,F) AUC(F,tau)
-    abu-airport-1 100x100x205  0.8860   0.0250    49.8     0.8870   0.0227     0.8221   0.0423      0.9368   0.0063
-    abu-airport-2 100x100x205  0.9435   0.0235    49.7     0.9571   0.0147     0.8404   0.0515      0.8378   0.0030
-    abu-airport-3 100x100x205  0.9271   0.0116    52.1     0.9263   0.0150     0.9288   0.0144      0.9068   0.0023
-    abu-airport-4 100x100x191  0.9785   0.0187    52.1     0.9870   0.0181     0.9526   0.0247      0.8672   0.0036
-    abu-beach-1   150x150x188  0.9826   0.0061    95.7     0.9916   0.0085     0.9807   0.0065      0.9300   0.0025
-    abu-beach-2   100x100x193  0.9101   0.0271    49.6     0.9216   0.0284     0.9106   0.0488      0.9428   0.0025
-    abu-beach-3   100x100x188  0.9996   0.0143    49.1     0.9992   0.0211     0.9998   0.0259      0.9995   0.0027
-    abu-urban-1   100x100x204  0.9920   0.0352    50.3     0.9894   0.0313     0.9907   0.0555      0.9730   0.0062
-    abu-urban-2   100x100x207  0.9959   0.0123    49.6     0.9954   0.0137     0.9946   0.0135      0.7960   0.0001
-    abu-urban-3   100x100x191  0.9604   0.0333    49.9     0.9665   0.0307     0.9513   0.0350      0.9819   0.0038
-    mean                       0.9576   0.0207    54.8     0.9621   0.0204     0.9372   0.0318      0.9172   0.0033
+    abu-airport-1 100x100x205  0.8854   0.0261    35.4     0.8872   0.0227     0.8221   0.0423      0.9368   0.0063
+    abu-airport-2 100x100x205  0.9466   0.0232    33.2     0.9570   0.0148     0.8404   0.0515      0.8377   0.0030
+    abu-airport-3 100x100x205  0.9273   0.0115    35.9     0.9263   0.0150     0.9288   0.0144      0.9068   0.0023
+    abu-airport-4 100x100x191  0.9785   0.0188    35.8     0.9870   0.0181     0.9526   0.0247      0.8673   0.0036
+    abu-beach-1   150x150x188  0.9824   0.0061    67.0     0.9916   0.0085     0.9807   0.0065      0.9301   0.0025
+    abu-beach-2   100x100x193  0.9099   0.0271    33.1     0.9216   0.0284     0.9106   0.0488      0.9427   0.0025
+    abu-beach-3   100x100x188  0.9997   0.0142    31.9     0.9992   0.0211     0.9998   0.0259      0.9995   0.0027
+    abu-urban-1   100x100x204  0.9920   0.0351    36.7     0.9894   0.0313     0.9907   0.0555      0.9730   0.0062
+    abu-urban-2   100x100x207  0.9958   0.0122    33.6     0.9954   0.0137     0.9946   0.0135      0.7984   0.0001
+    abu-urban-3   100x100x191  0.9601   0.0335    31.7     0.9665   0.0307     0.9513   0.0350      0.9819   0.0038
+    mean                       0.9578   0.0208    37.4     0.9621   0.0204     0.9372   0.0318      0.9174   0.0033
     published BSDM + RX: ~0.98-0.99 on airport-4 and beach-1; 0.988 / 0.014 mean over HAD-100
 
     (BSDM seconds are the whole detect_anomalies call; training alone
-    48.3-51.1 s on the 100 x 100 scenes, 93.6 s on beach-1 (20000 sampled
-    pixels). RX and LRX took 0.1-0.3 s per scene; BSDM 1 it. 1.0-2.6 s.)
+    31.0-36.0 s on the 100 x 100 scenes, 65.5 s on beach-1 (20000 sampled
+    pixels). RX and LRX took 0.1-0.2 s per scene; BSDM 1 it. 0.8-1.8 s.)
 
-Targets: BSDM + RX mean AUC(D,F) 0.9576 >= 0.97: NOT met. Above global
-RX's mean 0.9372: met (+2.04 points). Same seed, same scores: met
-(abu-airport-1 again in a fresh process: bit-identical scores, 50.8 s).
-BSDM under 60 s on 100 x 100 x ~200: met (slowest 52.1 s, mean 50.3 s over
-the nine 100 x 100 scenes). RX against spectral.rx: largest relative
-difference 5.9e-08 over all ten scenes (the float32 rounding of the stored
-scores; tolerance 1e-6: met). The engine's histogram AUC(D,F) differs from
-the exact rank AUC by at most 2.4e-3 (abu-urban-2 LRX, whose max score is
-~13000x its median, so the 65536 bins collapse the background into ~100
-bins); elsewhere < 1e-4.
+Targets: BSDM + RX mean AUC(D,F) 0.9578 >= 0.97: NOT met. Above global
+RX's mean 0.9372: met (+2.06 points). Same seed, same scores: met
+(abu-airport-1 three more times, each in a fresh process: bit-identical
+scores). BSDM under 60 s on 100 x 100 x ~200: met (slowest 36.7 s, mean
+34.1 s over the nine 100 x 100 scenes; airport-1 median 35.2 s over four
+runs). RX against spectral.rx: largest relative difference 5.9e-08 over all
+ten scenes (the float32 rounding of the stored scores; tolerance 1e-6:
+met). The engine's AUC(D,F) (exact, by windows) equals scipy's rank
+statistic to 2.2e-16; before it was exact it came from a 65536-bin
+histogram and was 2.4e-3 off on abu-urban-2 LRX (max score ~13000x the
+median: the bins crowded the background together).
+
+The same bench on the 2-core Intel Xeon with AMX of 2026-11-25 (643 s):
+BSDM + RX 49.1-52.1 s per 100 x 100 scene, 95.7 s on beach-1, mean AUC(D,F)
+0.9576 (per scene within 0.0031 of the table).
 
 The ablation: a denoiser trained for ONE iteration gives a higher mean
 (0.9621) than the 500-iteration one. The training loss ends at the variance
@@ -104,7 +110,7 @@ the METHODS.md recipe better (see README, "Hyperspectral anomaly
 detection").
 
 Float32 training for comparison (`--methods bsdm_rx --precision float32
---skip-big`, same machine, 762 s): 60.6-62.4 s per 100 x 100 scene (the
+--skip-big`, on the Intel machine, 762 s): 60.6-62.4 s per 100 x 100 scene (the
 60 s target NOT met in float32), 128.9 s on beach-1; AUC(D,F) within
 0.0012 of the bfloat16 run on every scene (largest: airport-3 0.9259 vs
 0.9271), mean 0.9575 vs 0.9576; the repeat run was bit-identical too.
@@ -116,9 +122,10 @@ int16 cube, 62 % of the 1600 MB the cube takes as float64). The peak is the
 window (105 MB each); none of it scales with the image, but one size alone
 does not prove that.
 
-On another machine (2026-12-02: AMD EPYC, 2 cores, AVX512-BF16, no AMX),
-`--methods bsdm_rx --skip-big`, 898 s: BSDM + RX mean AUC(D,F) 0.9578 (per
-scene within 0.0031 of the table above: other CPU kernels), 59.0-93.3 s per
+On another machine (earlier on 2026-12-02: an AMD EPYC of an older family,
+2 cores, AVX512-BF16, no AMX), `--methods bsdm_rx --skip-big`, 898 s: BSDM +
+RX mean AUC(D,F) 0.9578 (per scene within 0.0031 of the Intel run: other
+CPU kernels), 59.0-93.3 s per
 100 x 100 scene (mean 73.0 s: the 60 s target NOT met on that CPU), 137.7 s
 on beach-1; the repeat run on airport-1 was bit-identical (69.8 s). There,
 `--scenes abu-airport-1 --methods bsdm_rx --skip-big --repeats 4` later
@@ -547,7 +554,7 @@ def print_summary(results: Dict[str, Dict[str, Any]], methods: Sequence[str], it
     print(f"  devices: {'; '.join(devices)}; {os.cpu_count()} CPU cores; seconds = wall time of detect_anomalies")
     worst = max((abs(r["methods"][m]["metrics"]["auc_df"] - r["methods"][m]["exact_auc_df"]), n, m)
                 for n, r in results.items() for m in r["methods"])
-    print(f"  AUC(D,F) check: engine (65536-bin histogram) vs exact rank AUC from the written scores, "
+    print(f"  AUC(D,F) check: engine (exact ROC by windows) vs scipy's rank statistic on the written scores, "
           f"largest difference {worst[0]:.2e} ({worst[1]}, {LABELS[worst[2]]})")
     return means
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint
 from .errors import RSLabError
+from .metrics import rank_auc
 
 Batch = Tuple[Tuple[Any, ...], Any]
 
@@ -318,16 +319,6 @@ class AnomalyTask(CompressionTask):
         rx = RxScorer(mean, centred.T @ centred / len(centred))(suppressed)
         scores["auc"] = 100.0 * rank_auc(rx, self.reference)
         return scores
-
-
-def rank_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Exact ROC AUC (ties count half) from ranks."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores)
-    n_pos = int(positive.sum())
-    n_neg = len(scores) - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 TASKS = {"classification": ClassificationTask, "change_detection": ChangeDetectionTask,

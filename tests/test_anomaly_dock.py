@@ -22,8 +22,9 @@ from qgis.PyQt.QtCore import Qt
 from rasterio.transform import from_origin
 
 import rslab
+from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
 from rslab.core.import_cube import ImportCubeParams, import_cube
-from rslab.ui.anomaly_dock import AnomalyDock, output_paths, roc_curve
+from rslab.ui.anomaly_dock import AnomalyDock, output_paths
 
 BANDS = 193  # ABU beach-2: 100 x 100 x 193
 
@@ -262,6 +263,31 @@ def test_pick_tool_and_a_canvas_in_another_crs(qtbot, dock, iface, project, beac
     assert not dock.pick_button.isChecked()
 
 
+def test_a_reference_on_a_finer_grid_scores_and_plots_as_on_the_image_grid(qtbot, dock, project, beach2, tmp_path):
+    """The ROC comes from the reference resampled onto the image (it was once read on its own grid: wrong pixels)."""
+    with rasterio.open(beach2[0]) as src:
+        data, profile = src.read(), src.profile
+    with rasterio.open(beach2[1]) as src:
+        truth, truth_profile = src.read(1), src.profile
+    utm = dict(crs="EPSG:32633", transform=from_origin(500000, 4650000, 2, 2))
+    with rasterio.open(tmp_path / "utm.tif", "w", **dict(profile, **utm)) as dst:
+        dst.write(data)
+    fine = np.kron(truth, np.ones((2, 2), truth.dtype))  # the same mask at 1 m
+    with rasterio.open(tmp_path / "fine.tif", "w", **dict(truth_profile, width=200, height=200, crs="EPSG:32633",
+                                                          transform=from_origin(500000, 4650000, 1, 1))) as dst:
+        dst.write(fine, 1)
+    cube = add_raster(project, tmp_path / "utm.tif", "utm cube")
+    choose(dock, cube, "rx", add_raster(project, tmp_path / "fine.tif", "fine reference"), output=tmp_path / "out")
+    result, error = click_run(qtbot, dock)
+    assert error == "" and any("reference" in note for note in result.notes)  # resampled, and it says so
+    same_grid = detect_anomalies(str(beach2[0]), AnomalyOutputs(str(tmp_path / "s.tif")), AnomalyParams(method="rx"),
+                                 reference=str(beach2[1]))
+    assert result.metrics["auc_df"] == pytest.approx(same_grid.metrics["auc_df"], abs=1e-12)
+    assert result.metrics["anomaly_pixels"] == np.count_nonzero(truth)
+    assert legend_texts(dock) == [f"RX AUC {same_grid.metrics['auc_df']:.4f}"]
+    assert dock.roc_runs[cube.id()]["rx"].auc == result.metrics["auc_df"]
+
+
 def test_spectra_plot_against_the_wavelengths_a_cube_carries(qtbot, dock, iface, project, shared_data, tmp_path):
     """MUUFL Gulfport (72 bands, 367.7-1043.4 nm) imported with its wavelengths: the spectrum's x axis is in nm."""
     source = shared_data / "classification" / "muufl_hsi_subimages" / "an_hsi_image_sub_for_demo.mat"
@@ -332,22 +358,6 @@ def test_the_plugin_opens_the_dock_and_unloading_stops_its_run_and_pick_tool(qtb
     assert iface.mapCanvas().mapTool() is None
     assert group_names(project) == []
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
-
-
-def test_roc_curve_of_perfect_and_reversed_scores(tmp_path):
-    truth = np.zeros((60, 50), np.uint8)
-    truth[10:14, 20:25] = 1
-    profile = dict(driver="GTiff", width=50, height=60, count=1)
-    paths = {}
-    for name, data in (("truth", truth), ("good", truth * 5.0 + 1), ("bad", 6 - truth * 5.0)):
-        paths[name] = str(tmp_path / f"{name}.tif")
-        with rasterio.open(paths[name], "w", dtype=data.dtype, **profile) as ds:
-            ds.write(data, 1)
-    good = roc_curve(paths["good"], paths["truth"], 1.0, 6.0)
-    assert good.auc == 1.0 and good.anomaly_pixels == 20 and good.background_pixels == 2980
-    assert np.all(good.detection == 1.0) and good.false_alarm[0] == pytest.approx(1 / 2980)
-    bad = roc_curve(paths["bad"], paths["truth"], 1.0, 6.0)
-    assert bad.auc == 0.0 and np.all(bad.detection[:-1] == 0.0) and bad.detection[-1] == 1.0
 
 
 def test_output_names_never_overwrite(tmp_path):

@@ -1,13 +1,14 @@
 """The hyperspectral anomaly dock: run BSDM + RX, RX or local RX on a raster layer, compare methods, look at spectra.
 
     widgets -> AnomalyRequest (paths + AnomalyParams)             [GUI thread]
-    -> detect_anomalies, ROC points, scene mean spectrum           [QgsTask worker, files only]
-    -> one layer group above the input, metrics, ROC, spectrum     [GUI thread]
+    -> detect_anomalies (metrics and exact ROC), scene mean spectrum  [QgsTask worker, files only]
+    -> one layer group above the input, metrics, ROC, spectrum        [GUI thread]
 
-The ROC points are computed in the worker from per-class histograms of the
-normalised scores, read by windows, so a big raster costs two small arrays.
-ROC curves are kept per input layer and method (the latest run of each), so
-runs of different methods on one layer can be compared in one plot.
+The ROC is the one the core's metrics come from (core.anomaly.anomaly_roc, on
+the reference as resampled onto the image), thinned in the worker to
+ROC_POINTS log-spaced false-alarm rates. ROC curves are kept per input layer
+and method (the latest run of each), so runs of different methods on one
+layer can be compared in one plot.
 
 The spectrum plot shows a picked pixel's spectrum (one pixel window read from
 the layer's file) beside the scene's mean spectrum (computed once per file by
@@ -49,13 +50,12 @@ from qgis.PyQt.QtWidgets import (
 )
 from rasterio.windows import Window
 
-from ..core.anomaly import SCORE_BINS, AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, scene_statistics
+from ..core.anomaly import AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, scene_statistics
 from ..core.bands import bad_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
-from ..core.metrics import HistogramAUC
-from ..core.raster_io import band_wavelengths, gdal_env, open_raster, raster_info, read_window
-from ..core.tiling import TileSpec, tile_grid
+from ..core.metrics import Roc
+from ..core.raster_io import band_wavelengths, gdal_env, open_raster, read_window
 from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
@@ -80,7 +80,6 @@ METHOD_TIPS = {
 METHOD_PENS = {"bsdm_rx": (214, 39, 40), "rx": (31, 119, 180), "lrx": (44, 160, 44)}
 PIXEL_PEN = (0, 150, 200)  # the anomaly mask's colour family (resources/styles/anomaly_mask.qml is #00e5ff)
 MEAN_PEN = (110, 110, 110)
-WINDOW = 512  # pixels per side of the windows the worker reads
 INPUT_PROPERTY = "rslab/anomaly_input"  # on result groups: the input layer's id
 PLOT_HEIGHT = 200  # the ROC and spectrum plots' least height in pixels
 EMPTY_ROC_FLOOR = 1e-4  # the false-alarm axis before a run: 1 / the pixels of a 100 x 100 scene
@@ -101,29 +100,10 @@ class RocCurve:
     background_pixels: int
 
 
-def roc_curve(scores: str, reference: str, lo: float, hi: float, bins: int = SCORE_BINS) -> RocCurve:
-    """ROC of min-max normalised scores against a reference (non-zero = anomaly), by windows.
-
-    Both rasters are read window by window into one histogram per class
-    (the binning of core.anomaly.anomaly_metrics, so the AUC is the same);
-    sweeping the threshold down the bins gives every ROC point.
-    """
-    counts = HistogramAUC(bins=bins)
-    info = raster_info(scores)
-    with gdal_env(), open_raster(scores) as s, open_raster(reference) as r:
-        for tile in tile_grid(info.height, info.width, TileSpec(WINDOW, 0)):
-            value, valid = read_window(s, tile.read)
-            truth, ref_valid = read_window(r, tile.read)
-            ok = valid & ref_valid
-            counts.update((value[0][ok].astype(np.float64) - lo) / max(hi - lo, 1e-300), truth[0][ok] != 0)
-    n_pos, n_neg = int(counts.positives.sum()), int(counts.negatives.sum())
-    if not n_pos or not n_neg:
-        raise RSLabError("the reference must mark both anomaly (non-zero) and background (0) pixels for a ROC curve")
-    # the threshold sweeping down from above the top bin (nothing detected, no false alarm) to the bottom bin
-    detection = np.concatenate([[0.0], np.cumsum(counts.positives[::-1]) / n_pos])
-    false_alarm = np.concatenate([[0.0], np.cumsum(counts.negatives[::-1]) / n_neg])
-    pf, pd = _thin(false_alarm, detection, 1.0 / n_neg)
-    return RocCurve(pf, pd, counts.auc(), n_pos, n_neg)
+def thinned_roc(roc: Roc) -> RocCurve:
+    """The core's exact ROC thinned for the plot (every threshold of a large scene is too many points)."""
+    pf, pd = _thin(roc.false_alarm, roc.detection, 1.0 / roc.negatives)
+    return RocCurve(pf, pd, roc.auc, roc.positives, roc.negatives)
 
 
 def _thin(false_alarm: np.ndarray, detection: np.ndarray, smallest: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -163,7 +143,7 @@ class AnomalyRequest:
         after = 0.9 if self.need_mean else 1.0
         result = detect_anomalies(self.cube, self.outputs, self.params, self.reference,
                                   lambda fraction, text: progress(after * fraction, text), cancelled)
-        roc = roc_curve(self.outputs.scores, self.reference, *result.score_range) if self.reference else None
+        roc = thinned_roc(result.roc) if result.roc is not None else None
         mean = None
         if self.need_mean:
             mean = scene_statistics(self.cube, JobMonitor(progress, cancelled, after, 1.0))[0]
