@@ -188,6 +188,35 @@ def test_reference_polygons_score_as_the_reference_raster(qtbot, dock, project, 
     assert error == "" and raster_result.metrics == result.metrics
 
 
+def test_burnt_reference_polygons_reuse_one_temporary_folder_removed_with_its_owner(qtbot, dock, project,
+                                                                                    shared_data, tmp_path):
+    from qgis.core import QgsVectorLayer
+    from qgis.PyQt import sip
+    from qgis.PyQt.QtCore import QObject
+    from test_change_labels import polygonise
+
+    from rslab.ui.job_dock import scratch_folder
+
+    source = shared_data / "change" / "landsat_nanjing"
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", source / name), role)
+              for name, role in (("Nanjing_t1_TM6b.tif", "t1"), ("Nanjing_t2_TM6b.tif", "t2"))]
+    polygons = QgsVectorLayer(polygonise(str(source / "Nanjing_reference_0unl_1unch_2ch.tif"),
+                                         str(tmp_path / "drawn.gpkg")), "drawn", "ogr")
+    project.addMapLayer(polygons)
+    scores = []
+    for run in range(2):
+        choose(dock, layers[0], layers[1], "cva", polygons, output=tmp_path / f"out{run}")
+        result, error = click_run(qtbot, dock)
+        assert error == ""
+        scores.append(result.metrics)
+    assert scores[0] == scores[1] and os.listdir(dock._burnt_dir) == ["drawn_reference.tif"]  # one folder, one file
+    owner = QObject()  # the folder goes with its owner (the dock's is a scratch_folder too)
+    folder = scratch_folder(owner, "rslab-test-")
+    open(os.path.join(folder, "burnt.tif"), "w").close()
+    sip.delete(owner)
+    assert not os.path.exists(folder)
+
+
 def test_bands_chosen_in_the_dock(qtbot, dock, project, shared_data, tmp_path, levir):
     root = shared_data / "change" / "oscd_s2"
     layers = [add_raster(project, copy_to(tmp_path / "inputs", root / name), role) for name, role in (

@@ -16,7 +16,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -48,7 +47,7 @@ from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
 from . import task as tasks
-from .job_dock import JobDock, date_files, label_file, safe_name, unused_stem
+from .job_dock import JobDock, date_files, label_file, safe_name, scratch_folder, unused_stem
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
@@ -187,6 +186,7 @@ class ChangeDetectionDock(JobDock):
         # (checkpoint path, modification time) -> the bands its model was trained on (None: all)
         self._model_bands: Dict[Tuple[str, float], Optional[List[int]]] = {}
         self._shipped: Set[str] = set()
+        self._burnt_dir: Optional[str] = None  # where reference polygons are burnt into a raster
         self._build()
         remember("change", {"method": self.method_combo, "threshold": self.threshold_spin,
                             "output_folder": self.output_dir})
@@ -380,8 +380,9 @@ class ChangeDetectionDock(JobDock):
         before, after = date_files(before_layer, after_layer)
         reference = None
         if self.reference_combo.currentLayer() is not None:  # polygons: burnt onto the before grid (a temp file)
+            self._burnt_dir = self._burnt_dir or scratch_folder(self, "rslab-reference-")
             reference, _ = label_file(self.reference_combo.currentLayer(), self.reference_field.currentField(),
-                                          before, tempfile.mkdtemp(prefix="rslab-reference-"), "reference")
+                                      before, self._burnt_dir, "reference")
         method = self.method_combo.currentData()
         params = ChangeParams(method=method, threshold=round(self.threshold_spin.value(), 2),
                               model=self.selected_checkpoint() if method == "arcdnet" else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from functools import partial
 from typing import Any, Iterable, Optional, Tuple
@@ -16,6 +17,7 @@ from typing import Any, Iterable, Optional, Tuple
 from qgis.core import Qgis, QgsMapLayer, QgsProviderRegistry
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QObject
 from qgis.PyQt.QtWidgets import QProgressBar, QPushButton, QWidget
 
 from ..core.change_labels import burn_labels
@@ -45,6 +47,18 @@ def date_files(before: Optional[QgsMapLayer], after: Optional[QgsMapLayer]) -> T
     if before.id() == after.id():
         raise RSLabError("the before and after layers are the same layer; pick two dates")
     return paths
+
+
+def scratch_folder(owner: QObject, prefix: str) -> str:
+    """A new temporary folder that goes when `owner` (a dock, a dialog) is destroyed.
+
+    For files a run needs but the user does not keep (label polygons burnt into
+    a raster): an owner reuses its one folder run after run, so repeated runs
+    leave nothing behind in the system's temporary folder.
+    """
+    folder = tempfile.mkdtemp(prefix=prefix)
+    owner.destroyed.connect(partial(shutil.rmtree, folder, True))
+    return folder
 
 
 def label_file(layer: Optional[QgsMapLayer], field: str, grid: str, folder: str, role: str) -> Tuple[str, str]:

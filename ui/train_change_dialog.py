@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -36,7 +35,7 @@ from ..core.change_data import ChangePair, pairs_from_folder
 from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
 from ..core.errors import RSLabError
 from . import task as tasks
-from .job_dock import cancel_if_alive, date_files, label_file
+from .job_dock import cancel_if_alive, date_files, label_file, scratch_folder
 from .settings import remember
 from .widgets import (
     BandChooser,
@@ -312,7 +311,7 @@ class TrainChangeDialog(QDialog):
 
     def _label_path(self, grid: str) -> str:
         """The label layer's raster; for polygons, a raster they are burnt into on `grid` (a temporary file)."""
-        self._burnt_dir = self._burnt_dir or tempfile.mkdtemp(prefix="rslab-labels-")
+        self._burnt_dir = self._burnt_dir or scratch_folder(self, "rslab-labels-")
         path, message = label_file(self.label_layer.currentLayer(), self.label_field.currentField(), grid,
                                    self._burnt_dir, "label")
         if message:
