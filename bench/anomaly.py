@@ -116,8 +116,9 @@ Float32 training for comparison (`--methods bsdm_rx --precision float32
 0.9271), mean 0.9575 vs 0.9576; the repeat run was bit-identical too.
 
 Global RX on the 1000 x 1000 x 200 int16 mosaic (400 MB uncompressed,
-253 MB on disk): 9.6 s, peak RSS 995 MB (90 MB after imports; 2.49x the
-int16 cube, 62 % of the 1600 MB the cube takes as float64). The peak is the
+253 MB on disk): 8.4 s, peak RSS 976 MB (91 MB after imports; 2.44x the
+int16 cube, 61 % of the 1600 MB the cube takes as float64; Intel, 2026-11-25:
+9.6 s, 995 MB). The peak is the
 256 MB GDAL block cache plus a few float64 copies of one 256 x 256 x 200
 window (105 MB each); none of it scales with the image, but one size alone
 does not prove that.

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+from rasterio.windows import Window
 from scipy import ndimage
 
 from .alignment import align_to
@@ -42,7 +43,7 @@ from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
 from .outputs import PendingOutputs, work_folder
 from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_window
-from .tiling import OutputSpec, TileSpec, run_tiled, tile_grid
+from .tiling import OutputSpec, TileSpec, partition, run_tiled
 
 METHODS = ("bsdm_rx", "rx", "lrx")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -131,8 +132,9 @@ class AnomalyResult(JobResult):
 # --- statistics by windows ------------------------------------------------------------------------------
 
 
-def _windows(info: RasterInfo):
-    return tile_grid(info.height, info.width, TileSpec(STATS_TILE, 0))
+def _windows(info: RasterInfo) -> List[Window]:
+    """Windows that cover the raster once each (statistics count every pixel once)."""
+    return partition(info.height, info.width, STATS_TILE)
 
 
 def _pixels(ds, window) -> Tuple[np.ndarray, np.ndarray]:
@@ -149,10 +151,10 @@ def scene_statistics(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[n
     outer = np.zeros((info.count, info.count))
     n = 0
     with gdal_env(), open_raster(path) as ds:
-        tiles = _windows(info)
-        for i, tile in enumerate(tiles):
-            monitor.step(i / len(tiles), "scene statistics")
-            x, valid = _pixels(ds, tile.read)
+        windows = _windows(info)
+        for i, window in enumerate(windows):
+            monitor.step(i / len(windows), "scene statistics")
+            x, valid = _pixels(ds, window)
             x = x[valid]
             if not len(x):
                 continue
@@ -205,8 +207,8 @@ def valid_range(path: str) -> Tuple[float, float]:
     lo, hi = np.inf, -np.inf
     info = raster_info(path)
     with gdal_env(), open_raster(path) as ds:
-        for tile in _windows(info):
-            x, valid = _pixels(ds, tile.read)
+        for window in _windows(info):
+            x, valid = _pixels(ds, window)
             if valid.any():
                 lo, hi = min(lo, float(x[valid].min())), max(hi, float(x[valid].max()))
     return lo, hi
@@ -279,11 +281,11 @@ def _training_sample(path: str, lo: float, hi: float, limit: int, rng: np.random
     info = raster_info(path)
     chunks = []
     with gdal_env(), open_raster(path) as ds:
-        tiles = _windows(info)
-        total = int(sum(int(t.read.width * t.read.height) for t in tiles))
+        windows = _windows(info)
+        total = int(sum(int(w.width * w.height) for w in windows))
         keep = min(1.0, limit / max(total, 1))
-        for tile in tiles:
-            x, valid = _pixels(ds, tile.read)
+        for window in windows:
+            x, valid = _pixels(ds, window)
             x = x[valid]
             if keep < 1.0:
                 x = x[rng.random(len(x)) < keep]
@@ -409,9 +411,9 @@ def anomaly_roc(scores: str, reference: str, lo: float, hi: float) -> Roc:
 
     def windows():
         with gdal_env(), open_raster(scores) as s, open_raster(reference) as r:
-            for tile in _windows(info):
-                value, valid = read_window(s, tile.read)
-                truth, ref_valid = read_window(r, tile.read)
+            for window in _windows(info):
+                value, valid = read_window(s, window)
+                truth, ref_valid = read_window(r, window)
                 ok = valid & ref_valid
                 yield (value[0][ok].astype(np.float64) - lo) / max(hi - lo, 1e-300), truth[0][ok] != 0
 
@@ -446,8 +448,8 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> flo
 
     def bins():
         with gdal_env(), open_raster(scores) as s:
-            for tile in _windows(info):
-                value, valid = read_window(s, tile.read)
+            for window in _windows(info):
+                value, valid = read_window(s, window)
                 value = value[0][valid]
                 norm = (value.astype(np.float64) - lo) / max(hi - lo, 1e-300)
                 yield value, np.clip((norm * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)

@@ -20,6 +20,7 @@ from .bands import band_subset, check_bands
 from .change_reference import reference_labels
 from .errors import RSLabError
 from .raster_io import describe, gdal_env, open_raster, read_decimated, read_window, same_grid
+from .tiling import partition
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 IN_MEMORY_PIXELS = 4_000_000
@@ -219,8 +220,7 @@ class LabelledPixels:
                  valid: Optional[np.ndarray] = None) -> None:
         self.pair, self.coding, self.valid = pair, coding, valid
         h, w = shape
-        self.blocks = [Window(c, r, min(block, w - c), min(block, h - r))
-                       for r in range(0, h, block) for c in range(0, w, block)]
+        self.blocks = partition(h, w, block)
         # one open of the label for all the blocks; none when the pair is in memory
         with gdal_env(), (open_raster(pair.label) if valid is None else nullcontext()) as lab:
             self.counts = np.array([int(self._mask(win, lab).sum()) for win in self.blocks], dtype=np.int64)

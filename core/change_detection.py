@@ -47,7 +47,7 @@ from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import Confusion, HistogramAUC
 from .outputs import PendingOutputs
 from .raster_io import gdal_env, open_raster, raster_info, read_decimated, read_window
-from .tiling import OutputSpec, TileSpec, run_tiled, tile_grid
+from .tiling import OutputSpec, TileSpec, partition, run_tiled
 from .weights import default_checkpoint
 
 METHODS = ("arcdnet", "cva")
@@ -331,17 +331,17 @@ def evaluate_change(
     with gdal_env(), open_raster(change) as c, open_raster(reference) as r:
         u = open_raster(uncertainty) if uncertainty else None
         try:
-            tiles = tile_grid(c.height, c.width, TileSpec(tile, 0))
-            for i, t in enumerate(tiles):
-                monitor.step(i / len(tiles), "comparing with the reference")
-                pred, valid = read_window(c, t.read)
-                ref, ref_valid = read_window(r, t.read)
+            windows = partition(c.height, c.width, tile)  # every pixel counted once
+            for i, window in enumerate(windows):
+                monitor.step(i / len(windows), "comparing with the reference")
+                pred, valid = read_window(c, window)
+                ref, ref_valid = read_window(r, window)
                 actual, labelled = reference_labels(ref[0], coding)
                 ok = valid & ref_valid & labelled
                 predicted = pred[0] == 1
                 confusion.update(predicted, actual, ok)
                 if u is not None:
-                    unc, unc_valid = read_window(u, t.read)
+                    unc, unc_valid = read_window(u, window)
                     auc.update(unc[0], predicted != actual, ok & unc_valid)
         finally:
             if u is not None:

@@ -28,7 +28,7 @@ import numpy as np
 from .errors import RSLabError
 from .job import JobMonitor
 from .raster_io import gdal_env, open_raster, read_window
-from .tiling import TileSpec, tile_grid
+from .tiling import partition
 
 CODINGS: Dict[str, str] = {
     "binary": "0 = no change, non-zero = change",
@@ -74,10 +74,10 @@ def survey_reference(path: str, monitor: Optional[JobMonitor] = None, tile: int 
     monitor = monitor or JobMonitor()
     seen = seen if seen is not None else ReferenceValues()
     with gdal_env(), open_raster(path) as ds:
-        tiles = tile_grid(ds.height, ds.width, TileSpec(tile, 0))
-        for i, t in enumerate(tiles):
-            monitor.step(i / len(tiles), "reading the reference")
-            values, valid = read_window(ds, t.read)
+        windows = partition(ds.height, ds.width, tile)
+        for i, window in enumerate(windows):
+            monitor.step(i / len(windows), "reading the reference")
+            values, valid = read_window(ds, window)
             seen.update(values[0][valid])
     return seen
 

@@ -114,6 +114,20 @@ def tile_grid(height: int, width: int, spec: TileSpec) -> List[Tile]:
     return tiles
 
 
+def partition(height: int, width: int, size: int) -> List[Window]:
+    """Windows of at most size x size that cover a height x width raster once each (row-major).
+
+    For statistics and metrics read by windows, where every pixel must count once.
+    `tile_grid`'s read windows are for processing: they keep a full tile size, so
+    the last ones step back over their neighbours (their `core` parts share out
+    the overlap); summing over them would count those pixels twice.
+    """
+    if height < 1 or width < 1:
+        raise RSLabError(f"cannot tile an empty raster ({width} x {height})")
+    return [Window(c, r, min(size, width - c), min(size, height - r))
+            for r in range(0, height, size) for c in range(0, width, size)]
+
+
 def _taper(length: int, overlap: int) -> np.ndarray:
     """1-D blending weight: 1 in the middle, falling linearly over `overlap` pixels at both ends."""
     if overlap == 0:

@@ -117,6 +117,43 @@ def test_bfloat16_training_follows_float32_on_a_real_scene(beach2):
     assert torch.corrcoef(torch.stack([a.ravel(), b.ravel()]))[0, 1] > 0.99
 
 
+def test_rx_and_metrics_count_every_pixel_once_on_an_image_of_several_windows(tmp_path, beach2):
+    """300 x 300 is more than one 256-pixel window and not a multiple of it: the statistics, the scores and
+    the metrics must still see each pixel once (the last windows once stepped back over their neighbours)."""
+    from scipy.stats import rankdata
+
+    with rasterio.open(beach2[0]) as src:
+        cube, profile = src.read()[:40], src.profile  # 40 of the real bands keep the test light
+    with rasterio.open(beach2[1]) as src:
+        truth = src.read(1)
+    turns = [(k % 4, k % 3 == 0) for k in range(9)]  # beach-2 turned and flipped: 3 x 3 real, distinct tiles
+
+    def mosaic(a):
+        rows = [np.concatenate([np.flip(np.rot90(a, t, axes=(-2, -1)), -1) if f else np.rot90(a, t, axes=(-2, -1))
+                                for t, f in turns[3 * i:3 * i + 3]], axis=-1) for i in range(3)]
+        return np.ascontiguousarray(np.concatenate(rows, axis=-2))
+
+    big, big_truth = mosaic(cube), mosaic(truth)
+    with rasterio.open(tmp_path / "cube.tif", "w", **dict(profile, width=300, height=300, count=40)) as dst:
+        dst.write(big)
+    with rasterio.open(tmp_path / "gt.tif", "w", driver="GTiff", width=300, height=300, count=1,
+                       dtype="uint8") as dst:
+        dst.write(big_truth.astype(np.uint8), 1)
+    result = detect_anomalies(str(tmp_path / "cube.tif"), AnomalyOutputs(str(tmp_path / "s.tif")),
+                              AnomalyParams(method="rx", false_alarm_rate=0.01), reference=str(tmp_path / "gt.tif"))
+    x = big.reshape(40, -1).T.astype(np.float64)
+    centred = x - x.mean(axis=0)
+    expected = np.einsum("ij,jk,ik->i", centred, np.linalg.pinv(np.cov(centred, rowvar=False)), centred)
+    ours = _scores(tmp_path / "s.tif").ravel().astype(np.float64)
+    assert np.max(np.abs(ours - expected)) / expected.max() < 1e-6
+    positive = big_truth.ravel() != 0
+    ranks = rankdata(ours)
+    exact = (ranks[positive].sum() - positive.sum() * (positive.sum() + 1) / 2) / (positive.sum() * (~positive).sum())
+    assert result.metrics["anomaly_pixels"] == positive.sum() and result.metrics["background_pixels"] == (~positive).sum()
+    assert result.metrics["auc_df"] == pytest.approx(exact, abs=1e-12)
+    assert np.count_nonzero(ours > result.threshold) == 900  # 1 % of 90,000 pixels (no ties here)
+
+
 def test_window_roc_is_the_rank_statistic_with_ties_and_any_split():
     """Ties count half, windows and the class kept in memory (positives, negatives, neither) change nothing."""
     from scipy.stats import mannwhitneyu

@@ -12,7 +12,14 @@ from rasterio.transform import Affine, from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from rslab.core.change_data import pairs_from_folder, split_validation
-from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes, input_range_note, otsu_threshold
+from rslab.core.change_detection import (
+    ChangeOutputs,
+    ChangeParams,
+    detect_changes,
+    evaluate_change,
+    input_range_note,
+    otsu_threshold,
+)
 from rslab.core.change_reference import reference_labels
 from rslab.core.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from rslab.core.errors import JobCancelled, RSLabError
@@ -123,6 +130,10 @@ def test_a_partial_reference_is_scored_on_its_labelled_pixels_only(tmp_path, nan
                             reference=reference)
     assert binary.metrics["pixels"] == 800 * 800 and binary.metrics["f1"] < 0.1
     assert any("partial coding" in note for note in binary.notes)
+    # windows of a size that does not divide 800: every pixel still counted once
+    for tile in (300, 256, 799):
+        again = evaluate_change(str(tmp_path / "partial" / "change.tif"), reference, tile=tile, coding="partial")
+        assert {k: again[k] for k in expected.scores()} == pytest.approx({k: partial.metrics[k] for k in expected.scores()})
 
 
 def test_reference_codings_read_values():
