@@ -199,7 +199,7 @@ def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> No
         return [scores.reshape(valid.shape).astype(np.float32)]
 
     run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn,
-              TileSpec(STATS_TILE, 0), monitor)
+              TileSpec(STATS_TILE, 0, "partition"), monitor)
 
 
 def valid_range(path: str) -> Tuple[float, float]:
@@ -389,7 +389,8 @@ def _suppress_raster(source: str, output: str, model, lo: float, hi: float, para
     # float32: the denoiser computes in float32, so the values are stored exactly (a float64 copy of a
     # 1000 x 1000 x 200 cube takes 1.6 GB uncompressed)
     info = raster_info(source)
-    run_tiled([source], [OutputSpec(output, info.count, "float32")], fn, TileSpec(STATS_TILE, 0), monitor)
+    run_tiled([source], [OutputSpec(output, info.count, "float32")], fn, TileSpec(STATS_TILE, 0, "partition"),
+              monitor)
 
 
 # --- metrics and thresholds ---------------------------------------------------------------------------
@@ -559,7 +560,7 @@ def detect_anomalies(
 
                 run_tiled([scores_path], [OutputSpec(pending.temp(outputs.mask), 1, "uint8", MASK_NODATA,
                                                      ("anomaly (1) / background (0)",))], to_mask,
-                          TileSpec(STATS_TILE, 0), monitor.sub(0.95, 0.99))
+                          TileSpec(STATS_TILE, 0, "partition"), monitor.sub(0.95, 0.99))
         if outputs.report:
             with open(pending.temp(outputs.report), "w") as handle:
                 json.dump(result.report(), handle, indent=1, default=str)

@@ -10,8 +10,10 @@ tile results are put back together:
 - `run_tiled` reads each tile from one or more co-registered inputs, calls a
   function on the pixels, and writes its outputs either centre-cropped (each
   output pixel comes from the tile whose centre it is nearest: memory is one
-  tile) or blended (tile results weighted by a taper that falls towards tile
-  edges: memory is one strip of tile height across the raster's width).
+  tile), blended (tile results weighted by a taper that falls towards tile
+  edges: memory is one strip of tile height across the raster's width), or,
+  for per-pixel functions, tile by tile over windows that cover the raster
+  once (`partition`: no pixel computed twice).
 
 Pixels that are nodata (or NaN) in any input are written as the output's
 nodata value. The function never sees the raster as a whole, so memory does
@@ -30,7 +32,7 @@ from .errors import RSLabError
 from .job import JobMonitor
 from .raster_io import RasterInfo, describe, gdal_env, open_output, open_raster, output_profile, read_window
 
-STITCH_MODES = ("centre", "blend")
+STITCH_MODES = ("centre", "blend", "partition")
 _WRITE_CHUNK = 2048  # columns written at a time from a blending strip
 
 TileFn = Callable[[List[np.ndarray], np.ndarray], Sequence[np.ndarray]]
@@ -38,7 +40,13 @@ TileFn = Callable[[List[np.ndarray], np.ndarray], Sequence[np.ndarray]]
 
 @dataclass(frozen=True)
 class TileSpec:
-    """How to cut a raster: tile edge in pixels, overlap between neighbours, stitching."""
+    """How to cut a raster: tile edge in pixels, overlap between neighbours, stitching.
+
+    "partition" (overlap 0 only) is for per-pixel functions: the tiles are
+    `partition`'s windows, smaller at the far edges, so each pixel is computed
+    once; "centre" keeps every tile full size (models that need a fixed input
+    size), recomputing the pixels where the last tiles step back.
+    """
 
     size: int = 512
     overlap: int = 64
@@ -53,6 +61,8 @@ class TileSpec:
             raise RSLabError(f"tile overlap {self.overlap} must be smaller than the tile size {self.size}")
         if self.stitch not in STITCH_MODES:
             raise RSLabError(f"stitching must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
+        if self.stitch == "partition" and self.overlap:
+            raise RSLabError(f"partition tiles do not overlap, got an overlap of {self.overlap}")
 
 
 @dataclass(frozen=True)
@@ -193,8 +203,11 @@ def run_tiled(
                 sinks.append(sink)
                 for band, text in enumerate(out.descriptions, start=1):
                     sink.set_band_description(band, text)
-            tiles = tile_grid(info.height, info.width, spec)
-            if spec.stitch == "centre":
+            if spec.stitch == "partition":
+                tiles = [Tile(w, w) for w in partition(info.height, info.width, spec.size)]
+            else:
+                tiles = tile_grid(info.height, info.width, spec)
+            if spec.stitch in ("centre", "partition"):
                 _run_centre(datasets, outputs, sinks, fn, tiles, monitor)
             else:
                 _run_blend(datasets, outputs, sinks, fn, tiles, spec, info, monitor)

@@ -18,7 +18,7 @@ from rslab.core.job import JobMonitor
 from rslab.core import outputs
 from rslab.core.outputs import PendingOutputs, work_folder
 from rslab.core.raster_io import check_window, raster_info
-from rslab.core.tiling import OutputSpec, TileSpec, run_tiled, tile_grid
+from rslab.core.tiling import OutputSpec, TileSpec, partition, run_tiled, tile_grid
 
 
 def _read(path):
@@ -60,7 +60,34 @@ def test_tiles_cover_every_pixel_once_by_core(height, width, size, overlap):
     assert (owner == 1).all()
 
 
-@pytest.mark.parametrize("stitch", ["centre", "blend"])
+@pytest.mark.parametrize("height,width,size", [(718, 791, 128), (100, 100, 256), (257, 513, 256), (300, 300, 256)])
+def test_partition_windows_cover_every_pixel_once(height, width, size):
+    owner = np.zeros((height, width), int)
+    windows = partition(height, width, size)
+    for w in windows:
+        assert 0 < w.height <= size and 0 < w.width <= size
+        owner[int(w.row_off): int(w.row_off + w.height), int(w.col_off): int(w.col_off + w.width)] += 1
+    assert (owner == 1).all() and len(windows) == -(-height // size) * -(-width // size)
+
+
+def test_partition_tiles_compute_each_pixel_once(tmp_path, samples):
+    """A per-pixel job tiled by `partition` sees 791 x 718 pixels once (centre tiles recompute the step-backs)."""
+    src = str(samples / "rasterio_RGB.byte.tif")
+    seen = {"centre": 0, "partition": 0}
+    for stitch in seen:
+        def count(arrays, valid, stitch=stitch):
+            seen[stitch] += valid.size
+            return [arrays[0][0].astype(np.float32)]
+
+        _run([src], str(tmp_path / f"{stitch}.tif"), count, TileSpec(200, 0, stitch))
+    assert seen["partition"] == 791 * 718 < seen["centre"] == 800 * 800
+    assert np.array_equal(_read(str(tmp_path / "centre.tif"))[0], _read(str(tmp_path / "partition.tif"))[0],
+                          equal_nan=True)
+    with pytest.raises(RSLabError, match="do not overlap"):
+        TileSpec(200, 10, "partition")
+
+
+@pytest.mark.parametrize("stitch", ["centre", "blend", "partition"])
 def test_per_pixel_job_is_exact_and_keeps_grid_and_nodata(tmp_path, samples, stitch):
     src = str(samples / "rasterio_RGB.byte.tif")
     out = str(tmp_path / "out.tif")
@@ -68,7 +95,7 @@ def test_per_pixel_job_is_exact_and_keeps_grid_and_nodata(tmp_path, samples, sti
     def brightness(arrays, valid):
         return [arrays[0].astype(np.float32).sum(axis=0) / 3.0]
 
-    _run([src], out, brightness, TileSpec(200, 48, stitch))
+    _run([src], out, brightness, TileSpec(200, 0 if stitch == "partition" else 48, stitch))
     data, valid, profile = _read(src)
     result, out_valid, out_profile = _read(out)
     assert out_profile["crs"] == profile["crs"]
