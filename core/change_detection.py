@@ -301,7 +301,10 @@ def detect_changes(
         with PendingOutputs() as pending:
             temp_specs = [OutputSpec(pending.temp(s.path), s.count, s.dtype, s.nodata, s.descriptions) for _, s in specs]
             with monitor.timed("detect"):
-                run_tiled([before, after_path], temp_specs, tile_fn, TileSpec(params.tile, params.overlap, "centre"),
+                # CVA is per pixel: windows covering the image once; the model needs full tiles with context
+                tiling = TileSpec(params.tile, 0, "partition") if params.method == "cva" else \
+                    TileSpec(params.tile, params.overlap, "centre")
+                run_tiled([before, after_path], temp_specs, tile_fn, tiling,
                           monitor.sub(0.02, 0.9 if reference_path else 0.98))
             if reference_path:
                 paths = {name: s.path for (name, _), s in zip(specs, temp_specs)}
