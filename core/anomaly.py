@@ -281,10 +281,8 @@ def _training_sample(path: str, lo: float, hi: float, limit: int, rng: np.random
     info = raster_info(path)
     chunks = []
     with gdal_env(), open_raster(path) as ds:
-        windows = _windows(info)
-        total = int(sum(int(w.width * w.height) for w in windows))
-        keep = min(1.0, limit / max(total, 1))
-        for window in windows:
+        keep = min(1.0, limit / (info.width * info.height))
+        for window in _windows(info):
             x, valid = _pixels(ds, window)
             x = x[valid]
             if keep < 1.0:
@@ -396,6 +394,11 @@ def _suppress_raster(source: str, output: str, model, lo: float, hi: float, para
 # --- metrics and thresholds ---------------------------------------------------------------------------
 
 
+def normalised_scores(value: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Scores min-max normalised to [0, 1] with the whole map's (lo, hi), in float64 (METHODS.md section 2)."""
+    return (value.astype(np.float64) - lo) / max(hi - lo, 1e-300)
+
+
 def anomaly_roc(scores: str, reference: str, lo: float, hi: float) -> Roc:
     """The exact ROC of min-max normalised scores against a reference (non-zero = anomaly), by windows.
 
@@ -416,7 +419,7 @@ def anomaly_roc(scores: str, reference: str, lo: float, hi: float) -> Roc:
                 value, valid = read_window(s, window)
                 truth, ref_valid = read_window(r, window)
                 ok = valid & ref_valid
-                yield (value[0][ok].astype(np.float64) - lo) / max(hi - lo, 1e-300), truth[0][ok] != 0
+                yield normalised_scores(value[0][ok], lo, hi), truth[0][ok] != 0
 
     roc = window_roc(windows)
     if roc is None:
@@ -452,8 +455,8 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> flo
             for window in _windows(info):
                 value, valid = read_window(s, window)
                 value = value[0][valid]
-                norm = (value.astype(np.float64) - lo) / max(hi - lo, 1e-300)
-                yield value, np.clip((norm * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
+                yield value, np.clip((normalised_scores(value, lo, hi) * SCORE_BINS).astype(np.int64), 0,
+                                     SCORE_BINS - 1)
 
     counts = np.zeros(SCORE_BINS, np.int64)
     for _, index in bins():

@@ -131,10 +131,11 @@ def window_roc(windows: Windows, limit: int = EXACT_ROC_LIMIT) -> Optional[Roc]:
     kept: Optional[List[np.ndarray]] = []
     for scores, positive in windows():  # pass 1: class sizes and means; the positives kept while few
         pos = scores[positive]
+        pos_sum = float(pos.sum())
         n_pos += len(pos)
         n_neg += len(scores) - len(pos)
-        sum_pos += float(pos.sum())
-        sum_neg += float(scores.sum()) - float(pos.sum())
+        sum_pos += pos_sum
+        sum_neg += float(scores.sum()) - pos_sum
         if kept is not None and n_pos <= limit:
             kept.append(pos)
         else:
