@@ -13,7 +13,7 @@
   pixel, B ~ 200) is not tractable, and this is what practical LRX does.
 - BSDM + RX (METHODS.md section 2): the cube is scaled to [0, 1] with one
   global min and max, a spectral denoiser is trained on the scene's pixels
-  (a random sample of `max_train_pixels` when the image is larger), the
+  (a random sample of `max_train_pixels` valid pixels when there are more), the
   background is suppressed by windows, and global RX runs on the result.
 
 Bands an ENVI header flags bad (`bbl`) are left out of every method
@@ -202,21 +202,22 @@ def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> No
               TileSpec(STATS_TILE, 0, "partition"), monitor)
 
 
-def valid_range(path: str) -> Tuple[float, float]:
-    """(min, max) over every band of the valid pixels of a raster, by windows; (inf, -inf) if none is valid."""
-    lo, hi = np.inf, -np.inf
+def valid_summary(path: str) -> Tuple[float, float, int]:
+    """(min, max) over every band of the valid pixels of a raster and their number, by windows; (inf, -inf, 0) if none."""
+    lo, hi, count = np.inf, -np.inf, 0
     info = raster_info(path)
     with gdal_env(), open_raster(path) as ds:
         for window in _windows(info):
             x, valid = _pixels(ds, window)
             if valid.any():
                 lo, hi = min(lo, float(x[valid].min())), max(hi, float(x[valid].max()))
-    return lo, hi
+                count += int(valid.sum())
+    return lo, hi, count
 
 
 def score_bounds(path: str) -> Tuple[float, float]:
     """(min, max) of the written scores over valid pixels."""
-    lo, hi = valid_range(path)
+    lo, hi, _ = valid_summary(path)
     if not np.isfinite(lo):
         raise RSLabError("no valid pixel was scored")
     return lo, hi
@@ -269,19 +270,28 @@ def _principal_components(cov: np.ndarray, count: int) -> Tuple[np.ndarray, np.n
 # --- BSDM ---------------------------------------------------------------------------------------------
 
 
-def _value_range(path: str) -> Tuple[float, float]:
-    lo, hi = valid_range(path)
+def _value_range(path: str) -> Tuple[float, float, int]:
+    """The global (min, max) BSDM normalises with, and the number of valid pixels."""
+    lo, hi, count = valid_summary(path)
     if not np.isfinite(lo) or hi <= lo:
         raise RSLabError("the image is constant (or has no valid pixels): there is nothing to detect")
-    return lo, hi
+    return lo, hi, count
 
 
-def _training_sample(path: str, lo: float, hi: float, limit: int, rng: np.random.Generator) -> np.ndarray:
-    """Normalised valid pixels: all of them, or a uniform random sample of `limit` when there are more."""
+def _training_sample(path: str, lo: float, hi: float, limit: int, valid_pixels: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Normalised valid pixels: all of them, or a uniform random sample of exactly `limit` of the `valid_pixels`.
+
+    Each window keeps its valid pixels with a probability set a little above
+    limit / valid_pixels (six standard deviations of the kept count), so the
+    windows together keep at least `limit` all but surely; the surplus is drawn
+    off at the end. (Set from the raster's size instead, a scene half nodata
+    trained on half the pixels asked for.)
+    """
     info = raster_info(path)
     chunks = []
     with gdal_env(), open_raster(path) as ds:
-        keep = min(1.0, limit / (info.width * info.height))
+        keep = min(1.0, (limit + 6.0 * np.sqrt(limit)) / max(valid_pixels, 1))
         for window in _windows(info):
             x, valid = _pixels(ds, window)
             x = x[valid]
@@ -514,12 +524,13 @@ def detect_anomalies(
             device = select_device(params.device)
             result.device = describe_device(device)
             with monitor.timed("bsdm_train"):
-                lo, hi = _value_range(cube)
+                lo, hi, valid_pixels = _value_range(cube)
                 if params.model:
                     model = load_denoiser(params.model, info.count).to(device)
                     result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")
                 else:
-                    sample = _training_sample(cube, lo, hi, params.max_train_pixels, np.random.default_rng(params.seed))
+                    sample = _training_sample(cube, lo, hi, params.max_train_pixels, valid_pixels,
+                                              np.random.default_rng(params.seed))
                     model, result.training_loss, precision = train_bsdm(sample, params, device,
                                                                         monitor.sub(0.0, 0.6))
                     result.notes.append(f"BSDM trained in {precision} on {len(sample)} pixels")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_bfloat16_training_follows_float32_on_a_real_scene(beach2):
     from rslab.core.job import JobMonitor
 
     cube, _ = beach2
-    sample = _training_sample(str(cube), *_cube_range(cube), 2000, np.random.default_rng(0))
+    sample = _training_sample(str(cube), *_cube_range(cube), 2000, 100 * 100, np.random.default_rng(0))
     cpu = torch.device("cpu")
     runs = {}
     for precision in ("float32", "bfloat16", "auto"):
@@ -222,6 +223,27 @@ def _cube_range(path):
     with rasterio.open(path) as ds:
         data = ds.read()
     return float(data.min()), float(data.max())
+
+
+def test_bsdm_trains_on_as_many_pixels_as_asked_when_much_of_the_scene_is_nodata(tmp_path, beach2):
+    """The sample is drawn from the valid pixels: a scene 60 % nodata still gives `limit` of them, none of nodata."""
+    with rasterio.open(beach2[0]) as src:
+        cube, profile = src.read().astype(np.float32), src.profile
+    cube[:, :, :60] = -9999.0  # the left 60 of 100 columns: nodata
+    profile.update(dtype="float32", nodata=-9999.0)
+    path = tmp_path / "partly_nodata.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(cube)
+    valid = cube[:, :, 60:].reshape(cube.shape[0], -1).T  # 4000 valid pixels
+    lo, hi = float(valid.min()), float(valid.max())
+    sample = _training_sample(str(path), lo, hi, 3000, len(valid), np.random.default_rng(0))
+    assert sample.shape == (3000, cube.shape[0])
+    # valid pixels only, each at most once (ABU scenes repeat some spectra: count them as a multiset)
+    available = Counter(row.tobytes() for row in ((valid.astype(np.float64) - lo) / (hi - lo)).astype(np.float32))
+    drawn = Counter(row.tobytes() for row in sample)
+    assert all(available[key] >= count for key, count in drawn.items())
+    everything = _training_sample(str(path), lo, hi, 5000, len(valid), np.random.default_rng(0))
+    assert len(everything) == len(valid)
 
 
 def test_local_rx_and_false_alarm_mask(tmp_path, beach2):
