@@ -111,6 +111,7 @@ class AnomalyResult(JobResult):
     params: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
     threshold: Optional[float] = None
+    mask_pixels: Optional[int] = None  # with a false-alarm rate: the pixels scoring above the threshold
     score_range: Tuple[float, float] = (0.0, 0.0)
     training_loss: List[float] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
@@ -450,13 +451,14 @@ def anomaly_metrics(roc: Roc) -> Dict[str, Any]:
             "background_pixels": roc.negatives}
 
 
-def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> float:
-    """The score above which floor(rate x valid pixels) pixels lie, by windows (fewer only where scores tie).
+def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> Tuple[float, int, int]:
+    """(threshold, pixels above it, valid pixels): floor(rate x valid pixels) lie above it (fewer only where scores tie).
 
-    Two passes: a histogram finds the bin that holds the cut, then the scores in that
-    bin are read and sorted. One bin of a heavy-tailed score map can hold much of the
-    background, so the bin's lower edge alone would flag visibly fewer pixels than asked.
-    A bin of over EXACT_ROC_LIMIT pixels (a huge, near-constant map) is cut at its edge.
+    Two passes, by windows: a histogram finds the bin that holds the cut, then the scores
+    in that bin are read and sorted. One bin of a heavy-tailed score map can hold much of
+    the background, so the bin's lower edge alone would flag visibly fewer pixels than asked.
+    A bin of over EXACT_ROC_LIMIT pixels (a huge, near-constant map) is cut at its upper
+    edge, and the count is then of the pixels in the bins above it.
     """
     info = raster_info(scores)
 
@@ -474,10 +476,12 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> flo
     flagged = int(rate * counts.sum())
     above = np.append(np.cumsum(counts[::-1])[::-1], 0)  # above[b]: pixels in bin b or higher
     cut = int(np.searchsorted(-above, -(flagged + 1), side="right")) - 1  # the bin holding the (flagged+1)-th highest
+    total = int(counts.sum())
     if counts[cut] > EXACT_ROC_LIMIT:
-        return lo + (hi - lo) * (cut + 1) / SCORE_BINS
+        return lo + (hi - lo) * (cut + 1) / SCORE_BINS, int(above[cut + 1]), total
     in_bin = np.sort(np.concatenate([value[index == cut] for value, index in bins()]))[::-1]
-    return float(in_bin[flagged - above[cut + 1]])
+    threshold = in_bin[flagged - above[cut + 1]]
+    return float(threshold), int(above[cut + 1] + np.count_nonzero(in_bin > threshold)), total
 
 
 # --- the job ------------------------------------------------------------------------------------------
@@ -565,7 +569,12 @@ def detect_anomalies(
                         f"the reference marks over {EXACT_ROC_LIMIT:,} anomaly and background pixels each: AUC(D,F) "
                         f"comes from a {ROC_BINS}-bin score histogram, not the exact ranks")
         if params.false_alarm_rate is not None:
-            result.threshold = false_alarm_threshold(scores_path, params.false_alarm_rate, *lo_hi)
+            result.threshold, result.mask_pixels, scored = false_alarm_threshold(
+                scores_path, params.false_alarm_rate, *lo_hi)
+            if result.mask_pixels == 0:
+                result.notes.append(
+                    f"a false-alarm rate of {params.false_alarm_rate:g} flags no pixel of these {scored:,} "
+                    f"(it takes a rate of at least 1/{scored:,} = {1 / scored:.2g} to flag one)")
             if outputs.mask:
                 threshold = result.threshold
 

@@ -1,6 +1,7 @@
 """Hyperspectral anomaly detection in core on real ABU scenes: RX, local RX, BSDM + RX."""
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections import Counter
@@ -259,7 +260,15 @@ def test_local_rx_and_false_alarm_mask(tmp_path, beach2):
     # the threshold is the (asked + 1)-th highest score: `asked` pixels flagged, fewer only where scores tie
     assert mask.sum() == np.count_nonzero(scores > result.threshold) <= asked < np.count_nonzero(scores >= result.threshold)
     assert mask.sum() >= asked - 2
-    assert (tmp_path / "r.json").exists()
+    assert result.mask_pixels == mask.sum() and not result.notes
+    assert json.loads((tmp_path / "r.json").read_text())["mask_pixels"] == mask.sum()
+    # a rate too small for the image flags nothing, and the run says what rate would flag one pixel
+    few = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s2.tif"), str(tmp_path / "m2.tif")),
+                           AnomalyParams(method="rx", false_alarm_rate=5e-5))
+    with rasterio.open(tmp_path / "m2.tif") as ds:
+        assert ds.read(1).sum() == 0 == few.mask_pixels
+    assert few.notes == ["a false-alarm rate of 5e-05 flags no pixel of these 10,000 "
+                         "(it takes a rate of at least 1/10,000 = 0.0001 to flag one)"]
 
 
 def test_local_rx_with_an_outer_window_over_the_whole_image(tmp_path):

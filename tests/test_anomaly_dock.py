@@ -102,6 +102,7 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     mask, scores = [node.layer() for node in dock.group.findLayers()]
     assert scores.source() == rx.outputs.scores and os.path.dirname(scores.source()) == str(tmp_path)
     assert mask.name() == "RX mask (false-alarm rate 0.01)"
+    assert f"Mask: {rx.mask_pixels} pixels score above" in dock.metrics_label.text() and rx.mask_pixels == 100
     assert isinstance(mask.renderer(), QgsPalettedRasterRenderer)
     assert {c.value: c.color.alpha() for c in mask.renderer().classes()} == {0: 0, 1: 255, 255: 0}
     renderer = scores.renderer()

@@ -23,8 +23,8 @@ import processing
 from rslab.core.import_cube import import_cube
 
 SCENE = "abu-urban-1"  # 100 x 100 x 204, 67 anomaly pixels
-REPORT_KEYS = {"outputs", "method", "params", "metrics", "threshold", "score_range", "width", "height", "bands",
-               "timings", "device"}
+REPORT_KEYS = {"outputs", "method", "params", "metrics", "threshold", "mask_pixels", "score_range", "width", "height",
+               "bands", "timings", "device"}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_rx_with_reference_and_false_alarm_rate(tmp_path, scene, provider):
     report = json.loads((tmp_path / "report.json").read_text())
     assert REPORT_KEYS <= set(report)
     assert report["method"] == "rx" and report["params"]["false_alarm_rate"] == 0.01
-    assert np.array_equal(mask == 1, scores > report["threshold"])
+    assert np.array_equal(mask == 1, scores > report["threshold"]) and report["mask_pixels"] == mask.sum()
     metrics = report["metrics"]
     assert {"auc_df", "auc_ftau", "auc_bs", "anomaly_pixels"} <= set(metrics)
     assert metrics["auc_df"] > 0.95 and metrics["anomaly_pixels"] == 67  # RX finds urban-1's targets
