@@ -197,7 +197,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             feedback.pushInfo(f"note: {note}")
         if result.threshold is not None:
             feedback.pushInfo(f"threshold at a false-alarm rate of {result.params['false_alarm_rate']:g}: "
-                              f"{result.threshold:.6g} ({result.mask_pixels:,} pixels above it)")
+                              f"{result.threshold:.6g}; pixels above it: {result.mask_pixels:,}")
 
     @staticmethod
     def style_scores(context: QgsProcessingContext, layer_id: str) -> None:

@@ -518,7 +518,8 @@ class AnomalyDock(JobDock):
         else:
             text += "<p>Accuracy not computed: no reference layer was given.</p>"
         if result.threshold is not None:
-            text += (f"<p>Mask: {result.mask_pixels:,} pixels score above {result.threshold:.4g} "
+            flagged = "1 pixel scores" if result.mask_pixels == 1 else f"{result.mask_pixels:,} pixels score"
+            text += (f"<p>Mask: {flagged} above {result.threshold:.4g} "
                      f"(false-alarm rate {result.params['false_alarm_rate']:g})</p>")
         if result.notes:  # how BSDM trained, a resampled reference, a denoiser read from a file
             text += "<p>" + "<br>".join(html.escape(note) for note in result.notes) + "</p>"
