@@ -20,7 +20,13 @@ from typing import List, Optional, Sequence, Tuple
 from rasterio.enums import ColorInterp
 
 from .errors import RSLabError
-from .raster_io import data_bands, gdal_env, open_raster
+from .raster_io import band_wavelengths, data_bands, gdal_env, open_raster
+
+# Red, green and blue light: the centres a true-colour view takes its bands nearest to, and how far
+# off a band may lie (Sentinel-2's B4, B3, B2 at 665, 560, 490 nm qualify; a SWIR-only cube does not).
+TRUE_COLOUR_NM = (640.0, 550.0, 470.0)
+TRUE_COLOUR_TOLERANCE_NM = 30.0
+_NANOMETRES_PER = {"nm": 1.0, "µm": 1000.0}
 
 
 def _good_flags(path: str) -> List[bool]:
@@ -57,6 +63,29 @@ def band_subset(path: str, bands: Sequence[int], workdir: str, tag: str = "bands
         raise RSLabError(f"could not read bands {band_ranges(sorted(bands))} of {os.path.basename(path)}: "
                          f"{exc}") from exc
     return view
+
+
+def true_colour_bands(path: str) -> Optional[Tuple[int, int, int]]:
+    """The file's (red, green, blue) bands, 1-based: those nearest 640, 550 and 470 nm by its band wavelengths.
+
+    None when the file has no wavelengths in nm or µm, or no good band lies within
+    TRUE_COLOUR_TOLERANCE_NM of one of the three. Bands its ENVI header flags bad are passed over.
+    """
+    with gdal_env(), open_raster(path) as ds:
+        wavelengths = band_wavelengths(ds)
+        bands = data_bands(ds)
+    if wavelengths is None or wavelengths[1] not in _NANOMETRES_PER:
+        return None
+    nanometres = wavelengths[0] * _NANOMETRES_PER[wavelengths[1]]
+    good = _good_flags(path) or [True] * len(bands)
+    candidates = [i for i, ok in enumerate(good) if ok]
+    chosen = []
+    for centre in TRUE_COLOUR_NM:
+        nearest = min(candidates, key=lambda i: abs(nanometres[i] - centre))
+        if abs(nanometres[nearest] - centre) > TRUE_COLOUR_TOLERANCE_NM:
+            return None
+        chosen.append(bands[nearest])
+    return chosen[0], chosen[1], chosen[2]
 
 
 def band_descriptions(path: str) -> Optional[List[str]]:

@@ -119,9 +119,14 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         return burnt.path
 
     @staticmethod
-    def style_output(context: QgsProcessingContext, layer_id: str, style: str) -> None:
-        """Have Processing apply resources/styles/<style> when it loads output `layer_id`."""
+    def post_process_output(context: QgsProcessingContext, layer_id: str,
+                            post: QgsProcessingLayerPostProcessorInterface) -> None:
+        """Have Processing run `post` on output `layer_id` when it loads it (a no-op when it does not load it)."""
         if context.willLoadLayerOnCompletion(layer_id):
-            post = StyleFromQml(style)
             _KEEP_ALIVE.append(post)
             context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(post)
+
+    @classmethod
+    def style_output(cls, context: QgsProcessingContext, layer_id: str, style: str) -> None:
+        """Have Processing apply resources/styles/<style> when it loads output `layer_id`."""
+        cls.post_process_output(context, layer_id, StyleFromQml(style))

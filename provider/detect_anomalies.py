@@ -8,7 +8,7 @@ its colour ramp is refitted to the layer's own cumulative cut
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from qgis.core import (
     QgsProcessingContext,
@@ -28,9 +28,6 @@ from .base import RSLabAlgorithm, StyleFromQml, feedback_callbacks
 
 SCORES_STYLE = "anomaly_scores.qml"
 MASK_STYLE = "anomaly_mask.qml"
-
-# Post-processors must outlive the algorithm run that created them (as in base.py).
-_KEEP_ALIVE: List[StyleFromQml] = []
 
 
 class ScoreStyle(StyleFromQml):
@@ -199,10 +196,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             feedback.pushInfo(f"threshold at a false-alarm rate of {result.params['false_alarm_rate']:g}: "
                               f"{result.threshold:.6g}; pixels above it: {result.mask_pixels:,}")
 
-    @staticmethod
-    def style_scores(context: QgsProcessingContext, layer_id: str) -> None:
+    @classmethod
+    def style_scores(cls, context: QgsProcessingContext, layer_id: str) -> None:
         """Like style_output, with the ramp refitted to the layer (a QML stores fixed min/max values)."""
-        if context.willLoadLayerOnCompletion(layer_id):
-            post = ScoreStyle()
-            _KEEP_ALIVE.append(post)
-            context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(post)
+        cls.post_process_output(context, layer_id, ScoreStyle())

@@ -2,13 +2,26 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterFile,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
 )
 
 from ..core.import_cube import ImportCubeParams, import_cube
+from ..ui.layers import show_true_colour
 from .base import RSLabAlgorithm, feedback_callbacks
+
+
+class TrueColour(QgsProcessingLayerPostProcessorInterface):
+    """Draws the loaded cube in true colour when its bands carry wavelengths (ui.layers.show_true_colour)."""
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt API)
+        if layer is not None and layer.isValid():
+            bands = show_true_colour(layer)
+            if bands:
+                feedback.pushInfo(f"drawn in true colour from bands {bands[0]}, {bands[1]}, {bands[2]} "
+                                  "(nearest 640, 550, 470 nm)")
 
 
 class ImportCubeAlgorithm(RSLabAlgorithm):
@@ -33,6 +46,8 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
             "optionally, an H x W ground-truth map into GeoTIFFs. Band count and dtype are kept; "
             "NaN pixels of float cubes become nodata. The hyperspectral anomaly benchmarks "
             "(ABU, HYDICE) ship this way.\n\n"
+            "A wavelength vector beside the cube ('wavelengths') becomes each band's wavelength "
+            "metadata, and the cube then loads in true colour (the bands nearest 640, 550 and 470 nm).\n\n"
             "CUBE_KEY: name of the cube variable (default 'data'; a file without 'data' is read "
             "from its only 3-D array, if it has just one).\n"
             "GT_KEY: name of the ground-truth variable (default 'map'); only read when "
@@ -63,6 +78,8 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
             + (f"; {result.note}" if result.note else "")
         )
         outputs = {self.OUTPUT_CUBE: result.cube_path}
+        if result.wavelength_unit:
+            self.post_process_output(context, result.cube_path, TrueColour())
         if result.gt_path:
             outputs[self.OUTPUT_GT] = result.gt_path
             self.style_output(context, result.gt_path, "binary_mask.qml")

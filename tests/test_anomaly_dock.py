@@ -367,3 +367,26 @@ def test_output_names_never_overwrite(tmp_path):
     open(first.report, "w").close()
     second = output_paths(str(tmp_path), "beach 2/cube", "rx", with_mask=False)
     assert os.path.basename(second.scores) == "beach_2_cube_rx_2_scores.tif" and second.mask is None
+
+
+def test_true_colour_button_draws_an_image_with_wavelengths_from_its_red_green_blue_bands(
+        qtbot, dock, scene, project, shared_data, tmp_path):
+    """MUUFL Gulfport (224 bands, 366-2496 nm): QGIS draws bands 1, 2, 3 (near-ultraviolet); the button switches to
+    the bands nearest 640, 550, 470 nm. ABU beach-2 has no wavelengths: the button is disabled."""
+    from qgis.core import QgsMultiBandColorRenderer
+
+    cube, _ = scene
+    dock.layer_combo.setLayer(cube)
+    assert not dock.true_colour_button.isEnabled() and "carry no wavelengths" in dock.true_colour_button.toolTip()
+    path = tmp_path / "muufl.tif"
+    import_cube(str(shared_data / "classification" / "muufl_hsi_subimages" / "a_hsi_img_for_VI_demo.mat"), str(path),
+                params=ImportCubeParams("hsi_img"))
+    muufl = add_raster(project, path, "muufl")
+    dock.layer_combo.setLayer(muufl)
+    assert dock.true_colour_button.isEnabled()
+    assert (muufl.renderer().redBand(), muufl.renderer().greenBand(), muufl.renderer().blueBand()) == (1, 2, 3)
+    qtbot.mouseClick(dock.true_colour_button, Qt.LeftButton)
+    renderer = muufl.renderer()
+    assert isinstance(renderer, QgsMultiBandColorRenderer)
+    assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (29, 20, 12)
+    assert dock.status_label.text() == "muufl drawn in true colour from bands 29, 20, 12."

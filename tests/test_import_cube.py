@@ -9,8 +9,10 @@ import rasterio
 import scipy.io
 
 import processing
-from qgis.core import QgsProcessingException
+from osgeo import gdal
+from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsProcessingException, QgsProject
 
+from rslab.core.bands import true_colour_bands
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import ImportCubeParams, import_cube
 from rslab.core.raster_io import band_wavelengths
@@ -160,3 +162,60 @@ def test_the_cube_is_guessed_only_for_the_default_name_and_only_when_one_array_f
     assert result.bands == 3 and "'radiance'" in result.note and result.wavelength_unit == "Nanometers"
     two_result = import_cube(str(tmp_path / "two.mat"), out, params=ImportCubeParams(cube_key="reflectance"))
     assert two_result.bands == 6 and two_result.dtype == "float32" and "only 3-D array" not in two_result.note
+
+
+MUUFL_SUB = ("classification", "muufl_hsi_subimages", "an_hsi_image_sub_for_demo.mat")
+
+
+def test_true_colour_bands_come_from_the_band_wavelengths(tmp_path, shared_data, samples):
+    """MUUFL's 72 bands (367.7-1043 nm): red, green, blue are bands 30, 20, 12; nm and µm both read; a cube
+    without wavelengths, or one that does not reach the visible, has none; bands flagged bad are passed over."""
+    source = shared_data.joinpath(*MUUFL_SUB)
+    wavelengths = scipy.io.loadmat(str(source))["wavelengths"].ravel()
+    import_cube(str(source), str(tmp_path / "muufl.tif"), params=ImportCubeParams("hsi_img_sub"))
+    assert true_colour_bands(str(tmp_path / "muufl.tif")) == (30, 20, 12)
+    assert [round(wavelengths[b - 1], 1) for b in (30, 20, 12)] == [643.8, 548.6, 472.5]
+
+    cube = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4)
+    scipy.io.savemat(tmp_path / "um.mat", {"data": cube, "wavelengths": [[0.45, 0.55, 0.65, 0.85]]})
+    scipy.io.savemat(tmp_path / "swir.mat", {"data": cube, "wavelengths": [[1500, 1600, 1700, 1800]]})
+    for name in ("um", "swir"):
+        import_cube(str(tmp_path / f"{name}.mat"), str(tmp_path / f"{name}.tif"))
+    assert true_colour_bands(str(tmp_path / "um.tif")) == (3, 2, 1)
+    assert true_colour_bands(str(tmp_path / "swir.tif")) is None
+    import_cube(str(samples / "abu-beach-2.mat"), str(tmp_path / "abu.tif"))
+    assert true_colour_bands(str(tmp_path / "abu.tif")) is None  # ABU files carry no wavelengths
+
+    # the same MUUFL cube as ENVI, its header flagging band 30 (643.8 nm) bad: red is band 29 (634.2 nm)
+    gdal.Translate(str(tmp_path / "muufl.img"), str(tmp_path / "muufl.tif"), format="ENVI")
+    with open(tmp_path / "muufl.hdr", "a") as header:
+        header.write("wavelength units = Nanometers\n")
+        header.write("wavelength = {" + ", ".join(f"{w:g}" for w in wavelengths) + "}\n")
+        header.write("bbl = {" + ", ".join("0" if b == 30 else "1" for b in range(1, 73)) + "}\n")
+    assert true_colour_bands(str(tmp_path / "muufl.img")) == (29, 20, 12)
+
+
+def test_an_imported_cube_with_wavelengths_loads_in_true_colour(tmp_path, shared_data, provider, qgis_app):
+    """runAndLoadResults, as the Processing dialog does: MUUFL is drawn from bands 30, 20, 12, stretched; ABU
+    (no wavelengths) keeps QGIS's own drawing of bands 1, 2, 3."""
+    project = QgsProject.instance()
+    project.clear()
+    try:
+        muufl = processing.runAndLoadResults("rslab:import_cube", {
+            "INPUT": str(shared_data.joinpath(*MUUFL_SUB)), "CUBE_KEY": "hsi_img_sub",
+            "OUTPUT_CUBE": str(tmp_path / "muufl.tif")})
+        abu = processing.runAndLoadResults("rslab:import_cube", {
+            "INPUT": str(shared_data / "anomaly" / "abu" / "abu-beach-2.mat"), "OUTPUT_CUBE": str(tmp_path / "abu.tif")})
+        loaded = {layer.source(): layer for layer in project.mapLayers().values()}
+        renderer = loaded[muufl["OUTPUT_CUBE"]].renderer()
+        assert isinstance(renderer, QgsMultiBandColorRenderer)
+        assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (30, 20, 12)
+        red = renderer.redContrastEnhancement()
+        assert red.contrastEnhancementAlgorithm() == QgsContrastEnhancement.StretchToMinimumMaximum
+        with rasterio.open(muufl["OUTPUT_CUBE"]) as ds:
+            low, high = np.percentile(ds.read(30), [2, 98])
+        assert red.minimumValue() == pytest.approx(low, rel=0.05) and red.maximumValue() == pytest.approx(high, rel=0.05)
+        plain = loaded[abu["OUTPUT_CUBE"]].renderer()
+        assert (plain.redBand(), plain.greenBand(), plain.blueBand()) == (1, 2, 3)
+    finally:
+        project.clear()

@@ -51,7 +51,7 @@ from qgis.PyQt.QtWidgets import (
 from rasterio.windows import Window
 
 from ..core.anomaly import AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, scene_statistics
-from ..core.bands import bad_bands
+from ..core.bands import bad_bands, true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import Roc
@@ -59,7 +59,7 @@ from ..core.raster_io import band_wavelengths, gdal_env, open_raster, read_windo
 from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
-from .layers import LayerSpec, fit_score_stretch, make_layer
+from .layers import LayerSpec, fit_score_stretch, make_layer, show_true_colour
 from .settings import remember
 from .widgets import (
     decade_label,
@@ -83,6 +83,7 @@ MEAN_PEN = (110, 110, 110)
 INPUT_PROPERTY = "rslab/anomaly_input"  # on result groups: the input layer's id
 PLOT_HEIGHT = 200  # the ROC and spectrum plots' least height in pixels
 EMPTY_ROC_FLOOR = 1e-4  # the false-alarm axis before a run: 1 / the pixels of a 100 x 100 scene
+TRUE_COLOUR_TIP = "Draw the image from its bands nearest red, green and blue light (640, 550, 470 nm)"
 ROC_POINTS = 600  # points kept per ROC curve (enough for a smooth line, few for pyqtgraph)
 
 
@@ -306,6 +307,8 @@ class AnomalyDock(JobDock):
         self.pick_button.setCheckable(True)
         self.pick_button.setToolTip("Click a pixel on the map to plot its spectrum beside the scene mean")
         self.pick_button.setEnabled(self.iface is not None)
+        self.true_colour_button = QPushButton("True colour", self)
+        self.true_colour_button.setToolTip(TRUE_COLOUR_TIP)
 
     def _make_roc_plot(self) -> pg.PlotWidget:
         """One curve per method, made once and only hidden: pyqtgraph under QGIS's PyQt fails when items are removed.
@@ -365,7 +368,10 @@ class AnomalyDock(JobDock):
         result_layout.addWidget(self.roc_legend)
         spectrum = QGroupBox("Spectrum", self)
         spectrum_layout = QVBoxLayout(spectrum)
-        spectrum_layout.addWidget(self.pick_button)
+        view_buttons = QHBoxLayout()
+        view_buttons.addWidget(self.pick_button, 1)
+        view_buttons.addWidget(self.true_colour_button)
+        spectrum_layout.addLayout(view_buttons)
         spectrum_layout.addWidget(self.spectrum_plot, 1)
         spectrum_layout.addWidget(self.spectrum_legend)
         body = QWidget(self)
@@ -383,6 +389,9 @@ class AnomalyDock(JobDock):
         self.far_check.toggled.connect(self.far_spin.setEnabled)
         self.far_spin.setEnabled(self.far_check.isChecked())  # the mask choice may be restored (ui/settings.py)
         self.layer_combo.layerChanged.connect(self._show_roc_of_current_layer)
+        self.layer_combo.layerChanged.connect(self._update_true_colour_button)
+        self._update_true_colour_button()
+        self.true_colour_button.clicked.connect(self.show_image_in_true_colour)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.pick_button.toggled.connect(self._toggle_pick)
@@ -559,6 +568,28 @@ class AnomalyDock(JobDock):
     def visible_roc_curves(self) -> Dict[str, pg.PlotDataItem]:
         """The ROC curves shown now, by method."""
         return {method: curve for method, curve in self.roc_curves.items() if curve.isVisible()}
+
+    # looking at the image -------------------------------------------------------------------------------
+    def _update_true_colour_button(self, *_: object) -> None:
+        """Enabled when the image's band wavelengths reach red, green and blue light (read from its file)."""
+        layer = self.layer_combo.currentLayer()
+        try:
+            bands = true_colour_bands(layer_file(layer, "hyperspectral")) if layer is not None else None
+        except RSLabError:
+            bands = None
+        self.true_colour_button.setEnabled(bands is not None)
+        self.true_colour_button.setToolTip(TRUE_COLOUR_TIP if bands is not None else
+                                           f"{TRUE_COLOUR_TIP}. This image's bands carry no wavelengths that do.")
+
+    def show_image_in_true_colour(self) -> Optional[Tuple[int, int, int]]:
+        """Draw the picked image from its bands nearest 640, 550 and 470 nm (the 'True colour' button)."""
+        layer = self.layer_combo.currentLayer()
+        bands = show_true_colour(layer) if layer is not None else None
+        if bands is None:
+            self._set_status("This image's bands carry no wavelengths in the visible: it is drawn as before.")
+            return None
+        self._set_status(f"{layer.name()} drawn in true colour from bands {bands[0]}, {bands[1]}, {bands[2]}.")
+        return bands
 
     # spectrum -------------------------------------------------------------------------------------------
     def _toggle_pick(self, on: bool) -> None:
