@@ -203,25 +203,41 @@ def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> No
               TileSpec(STATS_TILE, 0, "partition"), monitor)
 
 
-def valid_summary(path: str) -> Tuple[float, float, int]:
-    """(min, max) over every band of the valid pixels of a raster and their number, by windows; (inf, -inf, 0) if none."""
+@dataclass(frozen=True)
+class ValidSummary:
+    """What one pass over a raster's valid pixels gives: the value range over every band, their number, the mean."""
+
+    lo: float  # inf when no pixel is valid
+    hi: float  # -inf when no pixel is valid
+    count: int
+    mean: np.ndarray  # per band (B,); NaN when no pixel is valid
+
+
+def valid_summary(path: str, monitor: Optional[JobMonitor] = None) -> ValidSummary:
+    """The valid pixels' value range, count and mean spectrum, by windows (no covariance: any band count)."""
+    monitor = monitor or JobMonitor()
     lo, hi, count = np.inf, -np.inf, 0
     info = raster_info(path)
+    total = np.zeros(info.count)
     with gdal_env(), open_raster(path) as ds:
-        for window in _windows(info):
+        windows = _windows(info)
+        for i, window in enumerate(windows):
+            monitor.step(i / len(windows), "value range")
             x, valid = _pixels(ds, window)
             if valid.any():
-                lo, hi = min(lo, float(x[valid].min())), max(hi, float(x[valid].max()))
-                count += int(valid.sum())
-    return lo, hi, count
+                x = x[valid]
+                lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+                count += len(x)
+                total += x.sum(axis=0)
+    return ValidSummary(lo, hi, count, total / count if count else np.full(info.count, np.nan))
 
 
 def score_bounds(path: str) -> Tuple[float, float]:
     """(min, max) of the written scores over valid pixels."""
-    lo, hi, _ = valid_summary(path)
-    if not np.isfinite(lo):
+    summary = valid_summary(path)
+    if not summary.count:
         raise RSLabError("no valid pixel was scored")
-    return lo, hi
+    return summary.lo, summary.hi
 
 
 # --- local RX -----------------------------------------------------------------------------------------
@@ -273,10 +289,10 @@ def _principal_components(cov: np.ndarray, count: int) -> Tuple[np.ndarray, np.n
 
 def _value_range(path: str) -> Tuple[float, float, int]:
     """The global (min, max) BSDM normalises with, and the number of valid pixels."""
-    lo, hi, count = valid_summary(path)
-    if not np.isfinite(lo) or hi <= lo:
+    summary = valid_summary(path)
+    if not summary.count or summary.hi <= summary.lo:
         raise RSLabError("the image is constant (or has no valid pixels): there is nothing to detect")
-    return lo, hi, count
+    return summary.lo, summary.hi, summary.count
 
 
 def _training_sample(path: str, lo: float, hi: float, limit: int, valid_pixels: int,

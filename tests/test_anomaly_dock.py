@@ -20,6 +20,7 @@ from qgis.core import (
 from qgis.gui import QgsMapToolPan
 from qgis.PyQt.QtCore import Qt
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 import rslab
 from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
@@ -307,6 +308,22 @@ def test_spectra_plot_against_the_wavelengths_a_cube_carries(qtbot, dock, iface,
     if os.environ.get("RSLAB_SCREENSHOTS"):  # for looking at the plot under Xvfb
         dock.resize(420, 1200)
         dock.grab().save(os.path.join(os.environ["RSLAB_SCREENSHOTS"], "anomaly_dock_wavelengths.png"))
+
+
+def test_the_mean_spectrum_of_a_crop_with_fewer_pixels_than_bands(qtbot, dock, project, shared_data, tmp_path):
+    """A 10 x 10 crop of MUUFL's 224-band cube: too few pixels for RX's covariance, but its mean spectrum shows."""
+    source = shared_data / "classification" / "muufl_hsi_subimages" / "a_hsi_img_for_VI_demo.mat"
+    import_cube(str(source), str(tmp_path / "muufl.tif"), params=ImportCubeParams("hsi_img"))
+    with rasterio.open(tmp_path / "muufl.tif") as src:
+        crop, profile = src.read(window=Window(30, 20, 10, 10)), src.profile
+    with rasterio.open(tmp_path / "crop.tif", "w", **dict(profile, width=10, height=10)) as dst:
+        dst.write(crop)
+    cube = add_raster(project, tmp_path / "crop.tif", "crop")
+    dock.layer_combo.setLayer(cube)
+    with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
+        dock.show_spectrum_at(map_point(cube, 4, 5))
+    assert np.allclose(dock.mean_curve.getData()[1], crop.reshape(224, -1).mean(axis=1))
+    assert dock.status_label.text() == ""
 
 
 def test_bands_flagged_bad_are_gaps_in_the_spectra_and_left_out_of_a_run(qtbot, dock, project, beach2, tmp_path):

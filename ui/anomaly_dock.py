@@ -50,7 +50,7 @@ from qgis.PyQt.QtWidgets import (
 )
 from rasterio.windows import Window
 
-from ..core.anomaly import AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, scene_statistics
+from ..core.anomaly import AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, valid_summary
 from ..core.bands import bad_bands, true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
@@ -147,14 +147,18 @@ class AnomalyRequest:
         roc = thinned_roc(result.roc) if result.roc is not None else None
         mean = None
         if self.need_mean:
-            mean = scene_statistics(self.cube, JobMonitor(progress, cancelled, after, 1.0))[0]
-            mean = gap_bad_bands(mean, self.cube)
+            mean = scene_mean(self.cube, JobMonitor(progress, cancelled, after, 1.0))
         return AnomalyRun(result, roc, mean, time.perf_counter() - start)
+
+
+def scene_mean(cube: str, monitor: JobMonitor) -> np.ndarray:
+    """The scene mean spectrum of `cube` (valid pixels, by windows), with gaps at its bad bands."""
+    return gap_bad_bands(valid_summary(cube, monitor).mean, cube)
 
 
 def mean_spectrum_job(cube: str) -> Callable[[Callable[[float, str], None], Callable[[], bool]], np.ndarray]:
     """A JobTask job computing the scene mean spectrum of `cube` by windows."""
-    return lambda progress, cancelled: gap_bad_bands(scene_statistics(cube, JobMonitor(progress, cancelled))[0], cube)
+    return lambda progress, cancelled: scene_mean(cube, JobMonitor(progress, cancelled))
 
 
 def gap_bad_bands(values: np.ndarray, path: str) -> np.ndarray:
