@@ -587,10 +587,12 @@ def detect_anomalies(
         if params.false_alarm_rate is not None:
             result.threshold, result.mask_pixels, scored = false_alarm_threshold(
                 scores_path, params.false_alarm_rate, *lo_hi)
-            if result.mask_pixels == 0:
+            if int(params.false_alarm_rate * scored) == 0:
                 result.notes.append(
                     f"a false-alarm rate of {params.false_alarm_rate:g} flags no pixel of these {scored:,} "
                     f"(it takes a rate of at least 1/{scored:,} = {1 / scored:.2g} to flag one)")
+            elif result.mask_pixels == 0:
+                result.notes.append("the highest scores tie, so no pixel scores above the cut: the mask is empty")
             if outputs.mask:
                 threshold = result.threshold
 

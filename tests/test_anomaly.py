@@ -269,6 +269,16 @@ def test_local_rx_and_false_alarm_mask(tmp_path, beach2):
         assert ds.read(1).sum() == 0 == few.mask_pixels
     assert few.notes == ["a false-alarm rate of 5e-05 flags no pixel of these 10,000 "
                          "(it takes a rate of at least 1/10,000 = 0.0001 to flag one)"]
+    # 20 identical odd pixels among 80 identical others: the 10 asked for cannot be told apart from the other 10
+    tied = np.zeros((2, 10, 10), np.float32)
+    tied[:, :2, :] = [[[1.0]], [[2.0]]]
+    with rasterio.open(tmp_path / "tied.tif", "w", driver="GTiff", width=10, height=10, count=2,
+                       dtype="float32") as dst:
+        dst.write(tied)
+    tie = detect_anomalies(str(tmp_path / "tied.tif"), AnomalyOutputs(str(tmp_path / "s3.tif")),
+                           AnomalyParams(method="rx", false_alarm_rate=0.1))
+    assert tie.mask_pixels == 0 and tie.notes == ["the highest scores tie, so no pixel scores above the cut: "
+                                                  "the mask is empty"]
 
 
 def test_local_rx_with_an_outer_window_over_the_whole_image(tmp_path):
