@@ -62,6 +62,31 @@ def test_schedule_constants_and_denoiser_shapes():
         BSDMDenoiser(bands=1)
 
 
+def test_the_denoisers_tanh_is_torch_tanh_except_in_float32_inference(beach2):
+    """InferenceTanh: 2 sigmoid(2x) - 1 in float32 inference (within float32 rounding of tanh); torch.tanh exactly
+    in training, in bfloat16, and when traced for export."""
+    from rslab.models.layers import InferenceTanh
+
+    with rasterio.open(beach2[0]) as ds:
+        pixels = torch.from_numpy(ds.read().reshape(ds.count, -1).T.astype(np.float32))
+    x = (pixels - pixels.mean()) / pixels.std() * 3  # real spectra spread over tanh's range
+    act = InferenceTanh()
+    with torch.inference_mode():
+        fast = act(x)
+    assert not torch.equal(fast, torch.tanh(x)) and (fast - torch.tanh(x)).abs().max() < 2e-7
+    grad = x.clone().requires_grad_(True)
+    out = act(grad)
+    assert torch.equal(out.detach(), torch.tanh(x))
+    out.sum().backward()
+    reference = x.clone().requires_grad_(True)
+    torch.tanh(reference).sum().backward()
+    assert torch.equal(grad.grad, reference.grad)
+    with torch.inference_mode():
+        assert torch.equal(act(x.bfloat16()), torch.tanh(x.bfloat16()))
+    traced = torch.jit.trace(act, x[:4])
+    assert "aten::tanh" in str(traced.graph) and "sigmoid" not in str(traced.graph)
+
+
 def test_global_rx_matches_an_independent_implementation(tmp_path, beach2):
     cube, gt = beach2
     result = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s.tif")), AnomalyParams(method="rx"),

@@ -284,6 +284,8 @@ def test_bsdm_onnx_quantises_the_statistical_offset_layer(samples, tmp_path):
     assert inits["offset.0.weight"].dtype == np.int8 and inits["offset.0.weight"].shape == (512, 2 * bands)
     clips = [n for n in proto.graph.node if n.op_type == "Clip" and n.name.startswith("offset.0/input_")]
     assert len(clips) == 1
+    ops = [n.op_type for n in proto.graph.node]  # each activation one Tanh node (not its inference-time form)
+    assert ops.count("Tanh") == 15 and "Sigmoid" not in ops
     result = export.check_onnx(model, [(x[:256], step)], path)
     assert result["agrees_within_one_step"] == 1.0
     assert result["forced.codes.fraction_differing"] < 1e-3
