@@ -62,35 +62,33 @@ How
 Measured on 2026-12-02 (2 CPU cores, AMD EPYC of CPU family 26 with
 AVX512-BF16, no AMX, 24 GB RAM; GDAL 3.6.2, rasterio 1.3.5, numpy 1.24.2,
 scipy 1.10.1, torch 2.13.0+cpu, spectral 0.25) with `.venv/bin/python
-bench/anomaly.py --repeats 3` (all ten scenes, all methods, 500 iterations,
-nothing else running), 523 s in all; beach-1's BSDM columns again after
-its training sample became exactly 20,000 valid pixels (`--scenes
-abu-beach-1 --methods bsdm_rx bsdm_rx_1it --skip-big`, the same day):
+bench/anomaly.py --repeats 3 --skip-big` (all ten scenes, all methods, 500
+iterations, nothing else running), 545 s in all:
 
     scene (H x W x B)          BSDM + RX (bfloat16)        BSDM 1 it.          RX (global)        LRX 3/11
                                AUC(D,F) AUC(F,tau)   s     AUC(D,F) AUC(F,tau) AUC(D,F) AUC(F,tau)  AUC(D,F) AUC(F,tau)
-    abu-airport-1 100x100x205  0.8854   0.0261    35.4     0.8872   0.0227     0.8221   0.0423      0.9368   0.0063
-    abu-airport-2 100x100x205  0.9466   0.0232    33.2     0.9570   0.0148     0.8404   0.0515      0.8377   0.0030
-    abu-airport-3 100x100x205  0.9273   0.0115    35.9     0.9263   0.0150     0.9288   0.0144      0.9068   0.0023
-    abu-airport-4 100x100x191  0.9785   0.0188    35.8     0.9870   0.0181     0.9526   0.0247      0.8673   0.0036
-    abu-beach-1   150x150x188  0.9826   0.0062    66.2     0.9881   0.0086     0.9807   0.0065      0.9301   0.0025
-    abu-beach-2   100x100x193  0.9099   0.0271    33.1     0.9216   0.0284     0.9106   0.0488      0.9427   0.0025
-    abu-beach-3   100x100x188  0.9997   0.0142    31.9     0.9992   0.0211     0.9998   0.0259      0.9995   0.0027
-    abu-urban-1   100x100x204  0.9920   0.0351    36.7     0.9894   0.0313     0.9907   0.0555      0.9730   0.0062
-    abu-urban-2   100x100x207  0.9958   0.0122    33.6     0.9954   0.0137     0.9946   0.0135      0.7984   0.0001
-    abu-urban-3   100x100x191  0.9601   0.0335    31.7     0.9665   0.0307     0.9513   0.0350      0.9819   0.0038
-    mean                       0.9578   0.0208    37.4     0.9618   0.0204     0.9372   0.0318      0.9174   0.0033
+    abu-airport-1 100x100x205  0.8854   0.0260    33.7     0.8872   0.0227     0.8221   0.0423      0.9368   0.0063
+    abu-airport-2 100x100x205  0.9466   0.0232    33.5     0.9570   0.0148     0.8404   0.0515      0.8377   0.0030
+    abu-airport-3 100x100x205  0.9272   0.0115    35.9     0.9263   0.0150     0.9288   0.0144      0.9068   0.0023
+    abu-airport-4 100x100x191  0.9784   0.0188    34.9     0.9870   0.0181     0.9526   0.0247      0.8673   0.0036
+    abu-beach-1   150x150x188  0.9826   0.0062    70.3     0.9881   0.0086     0.9807   0.0065      0.9301   0.0025
+    abu-beach-2   100x100x193  0.9099   0.0271    34.6     0.9216   0.0284     0.9106   0.0488      0.9427   0.0025
+    abu-beach-3   100x100x188  0.9997   0.0142    36.9     0.9992   0.0211     0.9998   0.0259      0.9995   0.0027
+    abu-urban-1   100x100x204  0.9920   0.0351    39.4     0.9894   0.0313     0.9907   0.0555      0.9730   0.0062
+    abu-urban-2   100x100x207  0.9958   0.0122    39.3     0.9954   0.0137     0.9946   0.0135      0.7984   0.0001
+    abu-urban-3   100x100x191  0.9601   0.0335    38.4     0.9665   0.0307     0.9513   0.0350      0.9819   0.0038
+    mean                       0.9578   0.0208    39.7     0.9618   0.0204     0.9372   0.0318      0.9174   0.0033
     published BSDM + RX: ~0.98-0.99 on airport-4 and beach-1; 0.988 / 0.014 mean over HAD-100
 
     (BSDM seconds are the whole detect_anomalies call; training alone
-    31.0-36.0 s on the 100 x 100 scenes, 64.6 s on beach-1 (20000 sampled
-    pixels). RX and LRX took 0.1-0.2 s per scene; BSDM 1 it. 0.8-1.8 s.)
+    32.9-38.7 s on the 100 x 100 scenes, 68.5 s on beach-1 (20000 sampled
+    pixels). RX and LRX took 0.1 s per scene; BSDM 1 it. 0.8-2.4 s.)
 
 Targets: BSDM + RX mean AUC(D,F) 0.9578 >= 0.97: NOT met. Above global
 RX's mean 0.9372: met (+2.06 points). Same seed, same scores: met
 (abu-airport-1 three more times, each in a fresh process: bit-identical
-scores). BSDM under 60 s on 100 x 100 x ~200: met (slowest 36.7 s, mean
-34.1 s over the nine 100 x 100 scenes; airport-1 median 35.2 s over four
+scores). BSDM under 60 s on 100 x 100 x ~200: met (slowest 39.4 s, mean
+36.3 s over the nine 100 x 100 scenes; airport-1 median 35.5 s over four
 runs). RX against spectral.rx: largest relative difference 5.9e-08 over all
 ten scenes (the float32 rounding of the stored scores; tolerance 1e-6:
 met). The engine's AUC(D,F) (exact, by windows) equals scipy's rank
@@ -137,7 +135,10 @@ that day: median 72.4 s over five runs (70.1-77.1 s), all bit-identical.
 All three methods on the mosaic (`--scenes abu-beach-2 --methods rx
 --big-methods rx lrx bsdm_rx`, 2026-12-02): RX 11.6 s, peak 995 MB; LRX 3/11
 25.2 s, 690 MB; BSDM + RX 267.4 s, 1405 MB (bsdm_train 132.2 s on the
-20,000-pixel sample, bsdm_suppress 116.9 s, detect 18.1 s). The same run
+20,000-pixel sample, bsdm_suppress 116.9 s, detect 18.1 s); on the CPU of
+the table above, that evening: BSDM + RX 152.2 s, 1387 MB (bsdm_suppress
+68.5 s), and 146.5 s, 1403 MB (bsdm_suppress 56.7 s) with the denoiser's
+inference-time tanh (models/layers.InferenceTanh). The same run
 before the suppressed cube became float32 and band-interleaved and the
 denoiser ran 4096 pixels at a time: 618.3 s, 1992 MB (detect 291.2 s).
 """
