@@ -62,6 +62,7 @@ def test_schedule_constants_and_denoiser_shapes():
         BSDMDenoiser(bands=1)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit")
 def test_the_denoisers_tanh_is_torch_tanh_except_in_float32_inference(beach2):
     """InferenceTanh: 2 sigmoid(2x) - 1 in float32 inference (within float32 rounding of tanh); torch.tanh exactly
     in training, in bfloat16, and when traced for export."""
