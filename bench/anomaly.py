@@ -138,7 +138,7 @@ All three methods on the mosaic (`--scenes abu-beach-2 --methods rx
 20,000-pixel sample, bsdm_suppress 116.9 s, detect 18.1 s); on the CPU of
 the table above, that evening: BSDM + RX 152.2 s, 1387 MB (bsdm_suppress
 68.5 s), and 146.5 s, 1403 MB (bsdm_suppress 56.7 s) with the denoiser's
-inference-time tanh (models/layers.InferenceTanh). The same run
+float32 tanh as 2 sigmoid(2x) - 1 (models/layers.Float32Tanh). The same run
 before the suppressed cube became float32 and band-interleaved and the
 denoiser ran 4096 pixels at a time: 618.3 s, 1992 MB (detect 291.2 s).
 """

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .layers import InferenceTanh, RepeatedInputLinear
+from .layers import Float32Tanh, RepeatedInputLinear
 from .registry import register
 
 T_STEPS = 1000
@@ -67,7 +67,7 @@ class ResidualBlock(nn.Module):
         self.norm2 = nn.LayerNorm(cout)
         self.lin2 = nn.Linear(cout, cout)
         self.skip: nn.Module = nn.Linear(cin, cout) if cin != cout else nn.Identity()
-        self.act = InferenceTanh()
+        self.act = Float32Tanh()
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h = self.lin1(self.act(self.norm1(x))) + self.time(temb)
@@ -91,14 +91,14 @@ class BSDMDenoiser(nn.Module):
         if bands < 2:
             raise ValueError(f"BSDM needs at least 2 bands, got {bands}")
         self.bands = bands
-        self.time_mlp = nn.Sequential(nn.Linear(EMBED, TIME_HIDDEN), InferenceTanh(), nn.Linear(TIME_HIDDEN, TIME_HIDDEN))
+        self.time_mlp = nn.Sequential(nn.Linear(EMBED, TIME_HIDDEN), Float32Tanh(), nn.Linear(TIME_HIDDEN, TIME_HIDDEN))
         self.input = nn.Linear(bands, EMBED)
         # Statistical offset module: Linear(2B -> 512) on [mean repeated B times, std repeated B times];
         # RepeatedInputLinear takes the (N, 2) statistics and skips building the repeated input.
-        self.offset = nn.Sequential(RepeatedInputLinear(2, bands, TIME_HIDDEN), InferenceTanh(), nn.Linear(TIME_HIDDEN, EMBED))
+        self.offset = nn.Sequential(RepeatedInputLinear(2, bands, TIME_HIDDEN), Float32Tanh(), nn.Linear(TIME_HIDDEN, EMBED))
         w = self.WIDTHS
         self.blocks = nn.ModuleList(ResidualBlock(w[i], w[i + 1]) for i in range(len(w) - 1))
-        self.output = nn.Sequential(InferenceTanh(), nn.Linear(w[-1], bands))
+        self.output = nn.Sequential(Float32Tanh(), nn.Linear(w[-1], bands))
 
     def forward(self, x: Tensor, t: Tensor, statistics: Optional[Tensor] = None) -> Tensor:
         """x: (N, bands) pixel tokens; t: a scalar step (shared by all tokens) or (N,) steps.
