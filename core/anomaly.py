@@ -489,10 +489,10 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> Tup
     counts = np.zeros(SCORE_BINS, np.int64)
     for _, index in bins():
         counts += np.bincount(index, minlength=SCORE_BINS)
-    flagged = int(rate * counts.sum())
+    total = int(counts.sum())
+    flagged = int(rate * total)
     above = np.append(np.cumsum(counts[::-1])[::-1], 0)  # above[b]: pixels in bin b or higher
     cut = int(np.searchsorted(-above, -(flagged + 1), side="right")) - 1  # the bin holding the (flagged+1)-th highest
-    total = int(counts.sum())
     if counts[cut] > EXACT_ROC_LIMIT:
         return lo + (hi - lo) * (cut + 1) / SCORE_BINS, int(above[cut + 1]), total
     in_bin = np.sort(np.concatenate([value[index == cut] for value, index in bins()]))[::-1]

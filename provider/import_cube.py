@@ -1,6 +1,8 @@
 """rslab:import_cube: a MATLAB .mat hyperspectral cube (and ground truth) to GeoTIFFs."""
 from __future__ import annotations
 
+from typing import Tuple
+
 from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterFile,
@@ -8,20 +10,24 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.bands import true_colour_bands
 from ..core.import_cube import ImportCubeParams, import_cube
 from ..ui.layers import show_true_colour
 from .base import RSLabAlgorithm, feedback_callbacks
 
 
 class TrueColour(QgsProcessingLayerPostProcessorInterface):
-    """Draws the loaded cube in true colour when its bands carry wavelengths (ui.layers.show_true_colour)."""
+    """Draws the loaded cube from its (red, green, blue) bands (ui.layers.show_true_colour)."""
+
+    def __init__(self, bands: Tuple[int, int, int]) -> None:
+        super().__init__()
+        self.bands = bands
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt API)
         if layer is not None and layer.isValid():
-            bands = show_true_colour(layer)
-            if bands:
-                feedback.pushInfo(f"drawn in true colour from bands {bands[0]}, {bands[1]}, {bands[2]} "
-                                  "(nearest 640, 550, 470 nm)")
+            show_true_colour(layer, self.bands)
+            feedback.pushInfo(f"drawn in true colour from bands {', '.join(map(str, self.bands))} "
+                              "(nearest 640, 550, 470 nm)")
 
 
 class ImportCubeAlgorithm(RSLabAlgorithm):
@@ -78,8 +84,9 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
             + (f"; {result.note}" if result.note else "")
         )
         outputs = {self.OUTPUT_CUBE: result.cube_path}
-        if result.wavelength_unit:
-            self.post_process_output(context, result.cube_path, TrueColour())
+        bands = true_colour_bands(result.cube_path)  # None without band wavelengths
+        if bands:
+            self.post_process_output(context, result.cube_path, TrueColour(bands))
         if result.gt_path:
             outputs[self.OUTPUT_GT] = result.gt_path
             self.style_output(context, result.gt_path, "binary_mask.qml")

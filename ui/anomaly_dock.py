@@ -574,24 +574,29 @@ class AnomalyDock(JobDock):
         return {method: curve for method, curve in self.roc_curves.items() if curve.isVisible()}
 
     # looking at the image -------------------------------------------------------------------------------
-    def _update_true_colour_button(self, *_: object) -> None:
-        """Enabled when the image's band wavelengths reach red, green and blue light (read from its file)."""
+    def _true_colour_bands(self) -> Optional[Tuple[int, int, int]]:
+        """The picked image's bands nearest red, green and blue light, from its file's band wavelengths."""
         layer = self.layer_combo.currentLayer()
         try:
-            bands = true_colour_bands(layer_file(layer, "hyperspectral")) if layer is not None else None
+            return true_colour_bands(layer_file(layer, "hyperspectral")) if layer is not None else None
         except RSLabError:
-            bands = None
-        self.true_colour_button.setEnabled(bands is not None)
-        self.true_colour_button.setToolTip(TRUE_COLOUR_TIP if bands is not None else
+            return None
+
+    def _update_true_colour_button(self, *_: object) -> None:
+        """Enabled when the image's band wavelengths reach red, green and blue light."""
+        found = self._true_colour_bands() is not None
+        self.true_colour_button.setEnabled(found)
+        self.true_colour_button.setToolTip(TRUE_COLOUR_TIP if found else
                                            f"{TRUE_COLOUR_TIP}. This image's bands carry no wavelengths that do.")
 
     def show_image_in_true_colour(self) -> Optional[Tuple[int, int, int]]:
         """Draw the picked image from its bands nearest 640, 550 and 470 nm (the 'True colour' button)."""
-        layer = self.layer_combo.currentLayer()
-        bands = show_true_colour(layer) if layer is not None else None
+        bands = self._true_colour_bands()
         if bands is None:
             self._set_status("This image's bands carry no wavelengths in the visible: it is drawn as before.")
             return None
+        layer = self.layer_combo.currentLayer()
+        show_true_colour(layer, bands)
         self._set_status(f"{layer.name()} drawn in true colour from bands {bands[0]}, {bands[1]}, {bands[2]}.")
         return bands
 

@@ -17,7 +17,6 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from ..core.bands import true_colour_bands
 from ..core.errors import RSLabError
 
 STYLE_DIR = Path(__file__).resolve().parent.parent / "resources" / "styles"
@@ -106,22 +105,14 @@ def fit_score_stretch(layer: QgsRasterLayer) -> Optional[Tuple[float, float]]:
     return lo, hi
 
 
-def show_true_colour(layer: QgsRasterLayer) -> Optional[Tuple[int, int, int]]:
-    """Draw a multi- or hyperspectral layer from its bands nearest red, green and blue light; return them.
+def show_true_colour(layer: QgsRasterLayer, bands: Tuple[int, int, int]) -> None:
+    """Draw a multi- or hyperspectral layer from `bands` (red, green, blue; core.bands.true_colour_bands).
 
     QGIS draws any multiband raster from bands 1, 2, 3, which in a hyperspectral
-    cube are three near-identical violet bands. With band wavelengths
-    (core.bands.true_colour_bands) the layer gets those three bands and a 2-98 %
-    cumulative-cut stretch; without them (None) it is left as QGIS drew it.
+    cube are three near-identical violet bands. The layer gets the bands nearest
+    red, green and blue light and a 2-98 % cumulative-cut stretch.
     """
-    try:
-        bands = true_colour_bands(layer.source())
-    except RSLabError:  # a source that is not a file RS Lab can open
-        return None
-    if bands is None:
-        return None
     layer.setRenderer(QgsMultiBandColorRenderer(layer.dataProvider(), *bands))
     layer.setContrastEnhancement(QgsContrastEnhancement.StretchToMinimumMaximum,
                                  QgsRasterMinMaxOrigin.CumulativeCut, layer.extent(), STRETCH_SAMPLE)
     layer.triggerRepaint()
-    return bands
