@@ -26,6 +26,7 @@ rate (1 anomaly, 0 background, 255 nodata).
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
@@ -50,6 +51,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 TASK = "anomaly_detection"
 MASK_NODATA = 255
 LRX_COMPONENTS = 10
+LRX_MAX_OUTER = 255  # local RX's widest outer window: its tiles of 512 x 512 hold ~300 MB of local covariances
 # With fewer valid pixels per band than this, RX's covariance is poorly estimated and its
 # scores carry much sampling noise, so the run says so. (Reed, Mallett and Brennan: about
 # 2 samples per band keep the loss from an estimated covariance within 3 dB; 10 per band
@@ -82,12 +84,15 @@ class AnomalyParams:
             value = getattr(self, name)
             if value < 1 or value % 2 == 0:
                 raise RSLabError(f"{name} must be an odd number of pixels, got {value}")
+        if self.outer_window > LRX_MAX_OUTER:
+            raise RSLabError(f"the outer window can be at most {LRX_MAX_OUTER} pixels, got {self.outer_window} (for "
+                             "a background that wide, global RX is the detector)")
         if self.outer_window <= self.inner_window:
             raise RSLabError(
                 f"the outer window ({self.outer_window}) must be larger than the inner window ({self.inner_window})"
             )
         if self.false_alarm_rate is not None and not 0 < self.false_alarm_rate < 1:
-            raise RSLabError(f"the false-alarm rate must be between 0 and 1, got {self.false_alarm_rate}")
+            raise RSLabError(f"the false-alarm rate must be above 0 and below 1, got {self.false_alarm_rate}")
         if self.model and self.method != "bsdm_rx":
             raise RSLabError(f"a denoiser checkpoint is only used by bsdm_rx, not by {self.method}")
         if self.precision not in PRECISIONS:
@@ -406,7 +411,9 @@ def _suppress_raster(source: str, output: str, model, lo: float, hi: float, para
     def fn(arrays, valid):
         cube = arrays[0]
         bands, h, w = cube.shape
-        pixels = ((cube.reshape(bands, -1).T.astype(np.float32) - lo) / (hi - lo))
+        # normalised in float64 as the training sample is, then float32: cast first, an image with a large
+        # offset and a small range (int32 values near 1e8: float32 steps of 8) lost its detail
+        pixels = ((cube.reshape(bands, -1).T.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
         with torch.inference_mode():
             out = suppress_background(model, torch.from_numpy(pixels).to(device), params.rounds)
         return [out.float().cpu().numpy().T.reshape(bands, h, w)]
@@ -444,16 +451,46 @@ def anomaly_roc(scores: str, reference: str, lo: float, hi: float) -> Roc:
         with gdal_env(), open_raster(scores) as s, open_raster(reference) as r:
             for window in _windows(info):
                 value, valid = read_window(s, window)
-                truth, ref_valid = read_window(r, window)
-                ok = valid & ref_valid
-                yield normalised_scores(value[0][ok], lo, hi), truth[0][ok] != 0
+                truth, known = _reference_window(r, window)
+                ok = valid & known
+                yield normalised_scores(value[0][ok], lo, hi), truth[ok]
 
     roc = window_roc(windows)
     if roc is None:
-        if not any(np.any(target) for _, target in windows()):
-            raise RSLabError("the reference marks no anomaly pixel (non-zero values): AUCs cannot be computed")
-        raise RSLabError("the reference marks every pixel as an anomaly: AUCs cannot be computed")
+        reference_classes(reference)  # says which class the reference lacks, if it does
+        raise RSLabError("the image has no valid score where the reference marks "
+                         f"{'anomalies' if any(np.any(target) for _, target in windows()) else 'background'}: "
+                         "AUCs cannot be computed")
     return roc
+
+
+def _reference_window(ds, window) -> Tuple[np.ndarray, np.ndarray]:
+    """(anomaly, known) of one reference window. 0 is background by definition, so a nodata value of 0
+    (which GIS tools often set on a 0/1 mask, for transparency) does not hide the background."""
+    truth, valid = read_window(ds, window)
+    return truth[0] != 0, valid | (truth[0] == 0)
+
+
+def reference_classes(reference: str) -> Tuple[int, int, Optional[str]]:
+    """(anomaly pixels, background pixels, note) of a reference, by windows; a clear error when a class is missing.
+
+    Run before any detection, so a reference that cannot be scored fails in seconds, not after a BSDM run.
+    """
+    info = raster_info(reference)
+    anomalies = background = 0
+    with gdal_env(), open_raster(reference) as ds:
+        for window in _windows(info):
+            truth, known = _reference_window(ds, window)
+            anomalies += int(np.count_nonzero(truth & known))
+            background += int(np.count_nonzero(~truth & known))
+    if not anomalies:
+        raise RSLabError("the reference marks no anomaly pixel (non-zero values): AUCs cannot be computed")
+    if not background:
+        raise RSLabError("the reference marks every pixel as an anomaly (no 0 values): AUCs cannot be computed")
+    note = None
+    if info.nodata == 0:
+        note = "the reference's nodata value is 0; its 0 pixels are read as background (0 = background)"
+    return anomalies, background, note
 
 
 def anomaly_metrics(roc: Roc) -> Dict[str, Any]:
@@ -465,6 +502,13 @@ def anomaly_metrics(roc: Roc) -> Dict[str, Any]:
     return {"auc_df": roc.auc, "auc_ftau": roc.negative_mean, "auc_dtau": roc.positive_mean,
             "auc_bs": roc.auc - roc.negative_mean, "anomaly_pixels": roc.positives,
             "background_pixels": roc.negatives}
+
+
+def flagged_pixels(rate: float, total: int) -> int:
+    """floor(rate x total), the pixels a false-alarm rate flags, read as the decimal product it stands for:
+    in binary 0.0003 x 10,000 is 2.9999999999999996, and a plain floor flagged 2 of 3."""
+    product = rate * total
+    return int(math.floor(product + 1e-9 * max(1.0, product)))
 
 
 def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> Tuple[float, int, int]:
@@ -490,7 +534,7 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> Tup
     for _, index in bins():
         counts += np.bincount(index, minlength=SCORE_BINS)
     total = int(counts.sum())
-    flagged = int(rate * total)
+    flagged = flagged_pixels(rate, total)
     above = np.append(np.cumsum(counts[::-1])[::-1], 0)  # above[b]: pixels in bin b or higher
     cut = int(np.searchsorted(-above, -(flagged + 1), side="right")) - 1  # the bin holding the (flagged+1)-th highest
     if counts[cut] > EXACT_ROC_LIMIT:
@@ -537,6 +581,9 @@ def detect_anomalies(
             result.bands = info.count
         if reference:  # on the cube's grid, or resampled onto it (nearest), or a clear error
             reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest")
+            if note:
+                result.notes.append(note)
+            note = reference_classes(reference)[2]
             if note:
                 result.notes.append(note)
         source = cube
@@ -587,7 +634,7 @@ def detect_anomalies(
         if params.false_alarm_rate is not None:
             result.threshold, result.mask_pixels, scored = false_alarm_threshold(
                 scores_path, params.false_alarm_rate, *lo_hi)
-            if int(params.false_alarm_rate * scored) == 0:
+            if flagged_pixels(params.false_alarm_rate, scored) == 0:
                 result.notes.append(
                     f"a false-alarm rate of {params.false_alarm_rate:g} flags no pixel of these {scored:,} "
                     f"(it takes a rate of at least 1/{scored:,} = {1 / scored:.2g} to flag one)")
@@ -605,7 +652,7 @@ def detect_anomalies(
         if outputs.report:
             with open(pending.temp(outputs.report), "w") as handle:
                 json.dump(result.report(), handle, indent=1, default=str)
-    monitor.step(1.0, "done")
+    monitor.done("done")
     return result
 
 
@@ -623,5 +670,14 @@ def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonit
         scores[~valid] = np.nan
         return [scores.astype(np.float32)]
 
-    run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn,
-              TileSpec(STATS_TILE, min(STATS_TILE - 1, 2 * outer)), monitor.sub(0.3, 1.0))
+    run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn, local_rx_tiles(outer),
+              monitor.sub(0.3, 1.0))
+
+
+def local_rx_tiles(outer: int) -> TileSpec:
+    """Tiles for local RX: neighbours overlap by outer + 1, so each tile's centre keeps (outer + 1) / 2 pixels
+    of context on every side, at least the ring's reach of (outer - 1) / 2; a tile is at least twice the overlap.
+    (Tiles of a fixed 256 overlapping by 255 for outer windows from 128 on stepped by one pixel:
+    555,025 tiles on a 1000 x 1000 image.)"""
+    overlap = outer + 1
+    return TileSpec(max(STATS_TILE, 2 * overlap), overlap)

@@ -314,7 +314,7 @@ def detect_changes(
             if outputs.report:
                 with open(pending.temp(outputs.report), "w") as handle:
                     json.dump(result.report(), handle, indent=1, default=str)
-    monitor.step(1.0, "done")
+    monitor.done("done")
     return result
 
 

@@ -255,5 +255,5 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
     monitor.check()
     save_checkpoint(output_path, best_state, card)  # atomic: renamed into place when complete
     result.checkpoint = output_path
-    monitor.step(1.0, f"best validation F1 {result.best_f1:.3f} at iteration {result.best_iteration}")
+    monitor.done(f"best validation F1 {result.best_f1:.3f} at iteration {result.best_iteration}")
     return result

@@ -237,5 +237,5 @@ def import_cube(
             with open_output(pending.temp(output_gt), dict(profile, count=1, dtype=gt.dtype.name, nodata=None)) as dst:
                 dst.write(gt[None])
         monitor.check()
-    monitor.step(1.0, f"wrote {bands} bands")
+    monitor.done(f"wrote {bands} bands")
     return result

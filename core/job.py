@@ -46,6 +46,16 @@ class JobMonitor:
             fraction = min(max(fraction, 0.0), 1.0)
             self._progress(self._start + fraction * (self._end - self._start), message)
 
+    def done(self, message: str = "") -> None:
+        """Report the end of this monitor's range without checking for cancel.
+
+        For a job's last report, after its outputs are renamed into place: a cancel
+        arriving then can no longer undo them, so it must not fail a finished job
+        (whose caller would then say nothing was written, and leave the files).
+        """
+        if self._progress is not None:
+            self._progress(self._end, message)
+
     def check(self) -> None:
         """Raise JobCancelled if the caller asked to stop."""
         if self._cancelled is not None and self._cancelled():

@@ -22,7 +22,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.anomaly import METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies
+from ..core.anomaly import LRX_MAX_OUTER, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies
 from ..ui.layers import fit_score_stretch
 from .base import RSLabAlgorithm, StyleFromQml, feedback_callbacks
 
@@ -82,11 +82,13 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             "SEED: random seed of BSDM's noise draw, pixel sample and weights (bsdm_rx only); the same seed "
             "gives the same scores.\n"
             "INNER_WINDOW, OUTER_WINDOW: odd window sizes in pixels for lrx: the background of a pixel is the "
-            "outer window minus the inner (guard) window, which should cover a target.\n"
-            "REFERENCE: optional anomaly map on the same grid (non-zero = anomaly): the report then has "
+            "outer window minus the inner (guard) window, which should cover a target; the outer window is at most "
+            f"{LRX_MAX_OUTER}.\n"
+            "REFERENCE: optional anomaly map on the same grid (non-zero = anomaly, 0 = background even where 0 is "
+            "its nodata value; checked before any work): the report then has "
             "AUC(D,F) (detection vs false alarm, higher is better), AUC(F,tau) (false alarm vs threshold, lower "
             "is better) and AUC_BS = AUC(D,F) - AUC(F,tau), on min-max normalised scores.\n"
-            "FALSE_ALARM_RATE: optional fraction of pixels (0 to 1, e.g. 0.01) to flag: the scores are "
+            "FALSE_ALARM_RATE: optional fraction of pixels (above 0, below 1, e.g. 0.01) to flag: the scores are "
             "thresholded so that this share of pixels lies above, and a binary mask is written (to "
             "OUTPUT_MASK, or to a temporary file when that output is skipped).\n"
             "OUTPUT_SCORES: float32 anomaly scores (NaN = nodata).\n"
@@ -110,11 +112,11 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.INNER_WINDOW, "Inner (guard) window, pixels (lrx)",
                                                        integer, defaultValue=3, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.OUTER_WINDOW, "Outer window, pixels (lrx)", integer,
-                                                       defaultValue=11, minValue=3))
+                                                       defaultValue=11, minValue=3, maxValue=LRX_MAX_OUTER))
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference anomaly map (non-zero = "
                                                                             "anomaly)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.FALSE_ALARM_RATE, "False-alarm rate for the mask "
-                                                       "(0 to 1)", QgsProcessingParameterNumber.Double,
+                                                       "(above 0, below 1)", QgsProcessingParameterNumber.Double,
                                                        optional=True, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_SCORES, "Anomaly scores"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, "Anomaly mask", optional=True,

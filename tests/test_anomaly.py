@@ -14,12 +14,17 @@ import spectral
 import torch
 
 from rslab.core.anomaly import (
+    LRX_COMPONENTS,
+    LRX_MAX_OUTER,
     METHODS,
     AnomalyOutputs,
     AnomalyParams,
+    _principal_components,
     _training_sample,
     anomaly_roc,
     detect_anomalies,
+    flagged_pixels,
+    local_rx_tile,
     train_bsdm,
 )
 from rslab.core.errors import RSLabError
@@ -493,3 +498,93 @@ def test_rx_says_when_the_covariance_rests_on_few_pixels_per_band(tmp_path, shar
     assert np.isfinite(_scores(tmp_path / "s.tif")).all()
     cube, _ = beach2  # 10,000 pixels for 193 bands: nothing to say
     assert not detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "b.tif")), AnomalyParams(method="rx")).notes
+
+
+def _copy(cube, path, transform=lambda a: a, dtype=None, nodata=None):
+    """A copy of a raster with its pixels mapped by `transform` (same grid), as `dtype`, with `nodata`."""
+    with rasterio.open(cube) as src:
+        data = transform(src.read())
+        profile = dict(src.profile, dtype=dtype or data.dtype.name, nodata=nodata)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(profile["dtype"]))
+    return str(path)
+
+
+def test_a_false_alarm_rate_flags_floor_of_its_decimal_product(tmp_path, beach2):
+    """0.0006 x 10,000 is 5.999999999999999 in binary: six pixels, not five."""
+    assert flagged_pixels(0.0003, 10_000) == 3 and flagged_pixels(0.00029, 10_000) == 2
+    assert flagged_pixels(0.5, 3) == 1 and flagged_pixels(1e-5, 10_000) == 0
+    cube, _ = beach2
+    result = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s.tif"), str(tmp_path / "m.tif")),
+                              AnomalyParams(method="rx", false_alarm_rate=0.0006))  # no tie at the 6th score
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        assert result.mask_pixels == 6 == int((ds.read(1) == 1).sum())
+
+
+def test_a_reference_with_nodata_0_reads_its_zeros_as_background(tmp_path, beach2):
+    cube, gt = beach2
+    plain = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "a.tif")), AnomalyParams(method="rx"),
+                             reference=str(gt))
+    marked = _copy(gt, tmp_path / "gt0.tif", nodata=0)  # as a GIS tool leaves a 0/1 mask for transparency
+    result = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "b.tif")), AnomalyParams(method="rx"),
+                              reference=marked)
+    assert result.metrics == plain.metrics
+    assert result.metrics["anomaly_pixels"] + result.metrics["background_pixels"] == 10_000
+    assert [n for n in result.notes if "nodata value is 0; its 0 pixels are read as background" in n]
+
+
+def test_a_reference_without_both_classes_fails_before_any_training(tmp_path, beach2):
+    cube, gt = beach2
+    out, messages = tmp_path / "out", []
+    for name, fill, message in (("none.tif", 0, "marks no anomaly pixel"), ("all.tif", 1, "every pixel as an anomaly")):
+        reference = _copy(gt, tmp_path / name, lambda a: np.full_like(a, fill))
+        with pytest.raises(RSLabError, match=message):
+            detect_anomalies(str(cube), AnomalyOutputs(str(out / "s.tif")), AnomalyParams(iterations=500),
+                             reference=reference, progress=lambda fraction, text: messages.append(text))
+    assert not any("BSDM" in m for m in messages) and not out.exists()
+
+
+def test_a_cancel_after_the_outputs_are_in_place_does_not_fail_the_run(tmp_path, beach2):
+    """The last progress report comes after the outputs are renamed into place: too late to undo them."""
+    cube, _ = beach2
+    report = tmp_path / "r.json"
+    result = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s.tif"), report=str(report)),
+                              AnomalyParams(method="rx"), cancelled=report.exists)
+    assert result.outputs.report == str(report) and report.exists()
+
+
+def test_bsdm_normalises_in_float64_so_an_offset_image_scores_as_the_original(tmp_path, beach2):
+    """beach-2 plus 10^8 as int32 (float32 steps of 8 there): the same scores as beach-2, training and inference."""
+    cube, _ = beach2
+    shifted = _copy(cube, tmp_path / "shifted.tif", lambda a: a.astype(np.int64) + 10**8, "int32")
+    params = AnomalyParams(method="bsdm_rx", iterations=2)
+    detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "a.tif")), params)
+    detect_anomalies(shifted, AnomalyOutputs(str(tmp_path / "b.tif")), params)
+    a, b = _scores(tmp_path / "a.tif"), _scores(tmp_path / "b.tif")
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-4 * a.max())
+
+
+def test_local_rx_tiles_overlap_by_the_window_not_by_one_pixel_steps(tmp_path, beach2):
+    """A 1 x 700 strip of beach-2's spectra with a 255-pixel outer window: a few tiles, each pixel scored as on
+    the whole strip at once (the fixed 256-pixel tiles of before stepped by one pixel: 445 tiles)."""
+    cube, _ = beach2
+    with rasterio.open(cube) as src:
+        data = src.read()[:, :7, :].reshape(src.count, 1, 700)
+        profile = dict(src.profile, width=700, height=1)
+    strip = tmp_path / "strip.tif"
+    with rasterio.open(strip, "w", **profile) as dst:
+        dst.write(data)
+    messages = []
+    params = AnomalyParams(method="lrx", inner_window=5, outer_window=LRX_MAX_OUTER)
+    detect_anomalies(str(strip), AnomalyOutputs(str(tmp_path / "s.tif")), params,
+                     progress=lambda fraction, text: messages.append(text))
+    tiles = {m for m in messages if m.startswith("tile ")}
+    assert tiles and all(m.endswith(" of 2") for m in tiles)
+    pixels = data.reshape(data.shape[0], -1).T.astype(np.float64)
+    mean = pixels.mean(axis=0)
+    basis, variances = _principal_components(np.cov(pixels, rowvar=False), LRX_COMPONENTS)
+    projected = ((pixels - mean) @ basis).T.reshape(LRX_COMPONENTS, 1, 700)
+    whole = local_rx_tile(projected, np.ones((1, 700), bool), 5, LRX_MAX_OUTER, np.diag(variances))
+    assert np.allclose(_scores(tmp_path / "s.tif"), whole, rtol=1e-4)
+    with pytest.raises(RSLabError, match=f"outer window can be at most {LRX_MAX_OUTER} pixels, got 257"):
+        AnomalyParams(method="lrx", outer_window=257)

@@ -407,3 +407,15 @@ def test_true_colour_button_draws_an_image_with_wavelengths_from_its_red_green_b
     assert isinstance(renderer, QgsMultiBandColorRenderer)
     assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (29, 20, 12)
     assert dock.status_label.text() == "muufl drawn in true colour from bands 29, 20, 12."
+
+
+def test_a_cancel_once_the_outputs_are_written_does_not_fail_the_run(qtbot, dock, scene, project, tmp_path):
+    """The dock's job takes the scene mean first: a cancel after the detector has written its outputs cannot
+    undo them, so the run finishes (before, the mean came last and a cancel there said nothing was written)."""
+    layer, _ = scene
+    choose(dock, layer, "rx", output=tmp_path)
+    request = dock.build_request()
+    assert request.need_mean
+    written = lambda: any(name.endswith(".json") for name in os.listdir(tmp_path))  # noqa: E731
+    run = request.job(lambda fraction, text: None, written)
+    assert written() and run.mean_spectrum.shape == (BANDS,) and os.path.exists(run.result.outputs.scores)

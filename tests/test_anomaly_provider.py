@@ -98,7 +98,9 @@ def test_local_rx_windows_and_a_rate_without_a_mask_destination(tmp_path, scene,
 @pytest.mark.parametrize("extra, message", [
     ({"OUTER_WINDOW": 8, "METHOD": 2}, "outer_window must be an odd number"),
     ({"OUTPUT_MASK": "mask.tif"}, "a mask output needs a false-alarm rate"),
-    ({"FALSE_ALARM_RATE": 1.0}, "false-alarm rate must be between 0 and 1"),
+    ({"FALSE_ALARM_RATE": 1.0}, "false-alarm rate must be above 0 and below 1, got 1.0"),
+    ({"FALSE_ALARM_RATE": 0.0}, "false-alarm rate must be above 0 and below 1, got 0.0"),
+    ({"OUTER_WINDOW": 257, "METHOD": 2}, "OUTER_WINDOW"),
 ])
 def test_bad_parameters_are_refused_with_no_outputs(tmp_path, scene, provider, extra, message):
     cube, _ = scene

@@ -141,13 +141,13 @@ class AnomalyRequest:
     def job(self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> AnomalyRun:
         """The core job, then the ROC points and the mean spectrum (worker thread: files only)."""
         start = time.perf_counter()
-        after = 0.9 if self.need_mean else 1.0
+        # the mean first: a cancel during it leaves nothing written, where after the detector had
+        # renamed its outputs into place it would fail a finished run and leave its files behind
+        before = 0.1 if self.need_mean else 0.0
+        mean = scene_mean(self.cube, JobMonitor(progress, cancelled, 0.0, before)) if self.need_mean else None
         result = detect_anomalies(self.cube, self.outputs, self.params, self.reference,
-                                  lambda fraction, text: progress(after * fraction, text), cancelled)
+                                  lambda fraction, text: progress(before + (1.0 - before) * fraction, text), cancelled)
         roc = thinned_roc(result.roc) if result.roc is not None else None
-        mean = None
-        if self.need_mean:
-            mean = scene_mean(self.cube, JobMonitor(progress, cancelled, after, 1.0))
         return AnomalyRun(result, roc, mean, time.perf_counter() - start)
 
 
