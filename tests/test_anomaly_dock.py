@@ -230,7 +230,7 @@ def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, scene, project, tm
         qtbot.mouseClick(dock.cancel_button, Qt.LeftButton)
     result, error = done.args
     assert result is None and error.startswith("cancelled")
-    assert dock.status_label.text().startswith("Cancelled")
+    assert dock.status_label.text() == "Cancelled; no output was written"
     assert not out.exists() or os.listdir(out) == []
     assert group_names(project) == [] and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
 
@@ -419,3 +419,12 @@ def test_a_cancel_once_the_outputs_are_written_does_not_fail_the_run(qtbot, dock
     written = lambda: any(name.endswith(".json") for name in os.listdir(tmp_path))  # noqa: E731
     run = request.job(lambda fraction, text: None, written)
     assert written() and run.mean_spectrum.shape == (BANDS,) and os.path.exists(run.result.outputs.scores)
+
+
+def test_a_failed_mean_spectrum_says_so_in_one_line(dock, scene):
+    """A bug in the mean's job: one line naming it and the log (JobTask logged the traceback), not the traceback."""
+    dock._mean_finished("cube.tif", None, "unexpected error:\nTraceback (most recent call last):\nZeroDivisionError")
+    assert dock.status_label.text() == ("Failed: mean spectrum: unexpected error; the traceback is in the Log "
+                                        "Messages panel, tab RS Lab")
+    dock._mean_finished("cube.tif", None, "the image is empty")
+    assert dock.status_label.text() == "Failed: mean spectrum: the image is empty"

@@ -165,7 +165,7 @@ def test_cancel_leaves_no_output(qtbot, dock, resnet, samples, tmp_path):
         qtbot.mouseClick(dock.cancel_button, Qt.LeftButton)
     result, error = done.args
     assert result is None and error.startswith("cancelled")
-    assert dock.status_label.text().startswith("Cancelled")
+    assert dock.status_label.text() == "Cancelled; no output was written"
     assert not (out / "never.pt").exists() and (not out.exists() or os.listdir(out) == [])
     assert dock.run_button.isEnabled() and dock.data_file.isEnabled() and not dock.export_button.isEnabled()
 

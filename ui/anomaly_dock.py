@@ -701,7 +701,7 @@ class AnomalyDock(JobDock):
         self._mean_tasks.pop(path, None)
         if mean is None:
             if not error.startswith("cancelled"):
-                self._report_failure(f"mean spectrum: {error}")
+                self._report_failure(error, "mean spectrum")
             return
         self.mean_spectra[path] = mean
         x, _ = self.pixel_curve.getData()

@@ -171,13 +171,16 @@ class JobDock(QWidget):
         if request.created_dir and os.path.isdir(request.output_dir) and not os.listdir(request.output_dir):
             os.rmdir(request.output_dir)
 
-    def _report_failure(self, error: str) -> None:
+    def _report_failure(self, error: str, context: str = "") -> None:
+        """Say why a run (or, with `context`, a side job such as the mean spectrum) failed or was cancelled."""
         cancelled = error.startswith("cancelled")
         first = error
         if error.startswith("unexpected error"):  # JobTask logged the traceback
             first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
+        if context:
+            first = f"{context}: {first}"
         self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
-        self.status_label.setText(("Cancelled: " if cancelled else "Failed: ") + first)
+        self.status_label.setText(first[:1].upper() + first[1:] if cancelled else "Failed: " + first)  # "Cancelled; ..."
         self.progress_bar.setValue(0)
         if self.iface is not None and not cancelled:
             self.iface.messageBar().pushMessage(self.MESSAGE_TITLE, first, Qgis.Critical, 0)

@@ -419,7 +419,8 @@ class TrainChangeDialog(QDialog):
     def _fail(self, error: str) -> None:
         cancelled = error.startswith("cancelled")
         self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
-        self.status_label.setText(("Cancelled: " if cancelled else "Training failed: ") + error.splitlines()[0])
+        first = error.splitlines()[0]
+        self.status_label.setText(first[:1].upper() + first[1:] if cancelled else "Training failed: " + first)
         self.log.appendPlainText(error)
 
     def _set_running(self, running: bool) -> None:
