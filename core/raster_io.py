@@ -50,6 +50,7 @@ class RasterInfo:
     crs: Optional[Any]
     transform: Affine
     georeferenced: bool
+    gcps: Tuple[Tuple[Any, ...], Optional[Any]] = ((), None)  # ground control points and their CRS, if any
 
     @property
     def shape(self) -> Tuple[int, int]:
@@ -97,6 +98,7 @@ def describe(ds: Any) -> RasterInfo:
         crs=ds.crs,
         transform=ds.transform,
         georeferenced=_is_georeferenced(ds),
+        gcps=(tuple(ds.gcps[0]), ds.gcps[1]),
     )
 
 
@@ -271,7 +273,11 @@ def output_profile(
         profile.update(tiled=False)
         profile.pop("blockxsize")
         profile.pop("blockysize")
-    if info.georeferenced:
+    if info.crs is None and info.gcps[0]:
+        # placed by ground control points only (no geotransform): the outputs carry the same points
+        profile["gcps"] = list(info.gcps[0])
+        profile["crs"] = info.gcps[1]
+    elif info.georeferenced:
         profile["crs"] = info.crs
         profile["transform"] = info.transform
     return profile

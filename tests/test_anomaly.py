@@ -588,3 +588,26 @@ def test_local_rx_tiles_overlap_by_the_window_not_by_one_pixel_steps(tmp_path, b
     assert np.allclose(_scores(tmp_path / "s.tif"), whole, rtol=1e-4)
     with pytest.raises(RSLabError, match=f"outer window can be at most {LRX_MAX_OUTER} pixels, got 257"):
         AnomalyParams(method="lrx", outer_window=257)
+
+
+def test_scores_of_a_cube_placed_by_ground_control_points_carry_the_points(tmp_path, beach2):
+    """No geotransform, four GCPs in UTM 33N: the scores (and mask) keep the points, so QGIS places them alike."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    cube, _ = beach2
+    points = [GroundControlPoint(row, col, 500_000 + col, 4_000_000 - row) for row, col in
+              ((0, 0), (0, 100), (100, 0), (100, 100))]
+    placed = tmp_path / "gcp.tif"
+    with rasterio.open(cube) as src:
+        profile = dict(src.profile, gcps=points, crs=CRS.from_epsg(32633))
+        profile.pop("transform", None)
+        with rasterio.open(placed, "w", **profile) as dst:
+            dst.write(src.read())
+    detect_anomalies(str(placed), AnomalyOutputs(str(tmp_path / "s.tif"), str(tmp_path / "m.tif")),
+                     AnomalyParams(method="rx", false_alarm_rate=0.01))
+    for name in ("s.tif", "m.tif"):
+        with rasterio.open(tmp_path / name) as ds:
+            gcps, crs = ds.gcps
+            assert crs == CRS.from_epsg(32633) and [(p.row, p.col, p.x, p.y) for p in gcps] == \
+                [(p.row, p.col, p.x, p.y) for p in points]
