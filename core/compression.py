@@ -189,7 +189,7 @@ def compress_checkpoint(
     export_checkpoint(compressed, card, output_path, overwrite=True)
     result.checkpoint = output_path
     monitor.done(f"{result.bops_ratio:.1f}x fewer BOPs; {task.metric} "
-                      f"{result.scores_before[task.metric]:.2f} -> {result.scores_after[task.metric]:.2f}")
+                 f"{result.scores_before[task.metric]:.2f} -> {result.scores_after[task.metric]:.2f}")
     return result
 
 
