@@ -12,6 +12,7 @@ RSLabError.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Optional, Tuple
 
 from rasterio.warp import transform_bounds
@@ -64,14 +65,18 @@ def align_to(
             f"{reference.width} x {reference.height}; images without georeferencing must have the same size"
         )
     if (reference.crs is None) != (other.crs is None):
-        raise RSLabError(f"only one of the two rasters has a CRS; set the {role}'s CRS first")
+        which = "the first raster" if reference.crs is None else f"the {role}"
+        raise RSLabError(f"only one of the two rasters has a CRS: {which} has none; set its CRS first")
     covered = overlap_fraction(reference, other)
     if covered <= 0:
         raise RSLabError(f"the two layers do not overlap: the {role} lies outside the first raster's extent")
     from osgeo import gdal
 
     gdal.UseExceptions()
-    vrt = os.path.join(workdir, f"aligned_{os.path.basename(path)}.vrt")
+    # a name of its own per call: the after image and the reference may share a file name in one work folder
+    handle, vrt = tempfile.mkstemp(prefix=f"aligned_{os.path.splitext(os.path.basename(path))[0]}_", suffix=".vrt",
+                                   dir=workdir)
+    os.close(handle)
     left, bottom, right, top = _bounds(reference)
     options = gdal.WarpOptions(
         format="VRT",

@@ -17,7 +17,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from .bands import band_subset, check_bands
-from .change_reference import reference_labels
+from .change_reference import read_reference
 from .errors import RSLabError
 from .raster_io import describe, gdal_env, open_raster, read_decimated, read_window, same_grid
 from .tiling import partition
@@ -233,9 +233,9 @@ class LabelledPixels:
         if self.valid is not None:
             return self.valid[rows, cols]
         if label is not None:
-            return reference_labels(label.read(1, window=win), self.coding)[1]
+            return read_reference(label, win, self.coding)[1]
         with gdal_env(), open_raster(self.pair.label) as lab:
-            return reference_labels(lab.read(1, window=win), self.coding)[1]
+            return read_reference(lab, win, self.coding)[1]
 
     def draw(self, rng: np.random.Generator) -> Tuple[int, int]:
         """(row, col) of a labelled pixel, each equally likely."""
@@ -251,13 +251,12 @@ def read_pair(pair: ChangePair, window: Window,
     """before, after (float32), label (float32 0/1) and valid mask for one window of a pair.
 
     The label raster is read under `coding` (core/change_reference.py); its
-    unlabelled pixels are invalid, like nodata in either image.
+    unlabelled and nodata pixels are invalid, like nodata in either image.
     """
     with gdal_env(), open_raster(pair.before) as a, open_raster(pair.after) as b, open_raster(pair.label) as lab:
         xa, va = read_window(a, window)
         xb, vb = read_window(b, window)
-        y = lab.read(1, window=window)
-    changed, labelled = reference_labels(y, coding)
+        changed, labelled = read_reference(lab, window, coding)
     return xa.astype(np.float32), xb.astype(np.float32), changed.astype(np.float32), va & vb & labelled
 
 

@@ -15,7 +15,10 @@ CVA (the classical baseline, no model): the magnitude of the per-pixel
 spectral difference after scaling each band by its standard deviation over
 both dates; the Otsu threshold of the magnitudes (from a decimated read of
 the whole pair) is the decision boundary. Its "probability" is a logistic
-of the magnitude centred on that threshold, so THRESHOLD 0.5 is Otsu's.
+of the magnitude centred on that threshold, so THRESHOLD 0.5 is Otsu's. When
+every sampled pixel has the same magnitude (two copies of one date) there is
+no threshold to draw: nothing at or below it is marked changed, and a note
+says so.
 
 When the after image is on another grid it is resampled onto the before grid
 (bilinear, via a GDAL warped VRT) and the result's `notes` say so; a
@@ -39,7 +42,7 @@ from .alignment import align_to
 from .bands import band_descriptions, band_order_note, band_subset, check_bands
 from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics
 from .change_model import predict_pair, trained_bands_hint
-from .change_reference import check_coding, coding_note, reference_labels, survey_reference
+from .change_reference import check_coding, coding_note, read_reference, survey_reference
 from .checkpoint import Checkpoint, build_model, load_checkpoint
 from .device import describe_device, select_device
 from .errors import RSLabError
@@ -148,12 +151,23 @@ class CvaScorer:
         self.boundary = otsu_threshold(magnitude)
         spread = float(np.std(magnitude)) if magnitude.size else 1.0
         self.softness = max(spread / 4, 1e-6)
+        # the same difference at every pixel (none at all, for two copies of one date) leaves Otsu nothing to
+        # split: the logistic would put every pixel at 0.5 and mark it changed; only a larger difference is
+        self.flat = bool(magnitude.size) and float(magnitude.max()) <= float(magnitude.min())
+        self.note = (
+            "the two dates differ by the same amount at every pixel (magnitude "
+            f"{self.boundary:g}), so CVA has no change threshold to draw; no pixel is marked changed"
+        ) if self.flat else None
 
     def magnitude(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         return np.sqrt((((after.astype(np.float32) - before.astype(np.float32)) / self.scale) ** 2).sum(axis=0))
 
     def __call__(self, before: np.ndarray, after: np.ndarray):
-        z = (self.magnitude(before, after) - self.boundary) / self.softness
+        magnitude = self.magnitude(before, after)
+        if self.flat:
+            prob = (magnitude > self.boundary).astype(np.float32)
+            return prob, np.zeros_like(prob)
+        z = (magnitude - self.boundary) / self.softness
         prob = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
         return prob.astype(np.float32), (1.0 - np.abs(2 * prob - 1)).astype(np.float32)
 
@@ -283,6 +297,8 @@ def detect_changes(
                 cva = CvaScorer(before, after_path)
             result.device = "cpu (numpy)"
             result.model = {"method": "cva", "otsu_magnitude": cva.boundary}
+            if cva.note:
+                result.notes.append(cva.note)
 
             def score(a, b, valid):
                 return cva(a, b)
@@ -338,9 +354,8 @@ def evaluate_change(
             for i, window in enumerate(windows):
                 monitor.step(i / len(windows), "comparing with the reference")
                 pred, valid = read_window(c, window)
-                ref, ref_valid = read_window(r, window)
-                actual, labelled = reference_labels(ref[0], coding)
-                ok = valid & ref_valid & labelled
+                actual, labelled = read_reference(r, window, coding)
+                ok = valid & labelled
                 predicted = pred[0] == 1
                 confusion.update(predicted, actual, ok)
                 if u is not None:

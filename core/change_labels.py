@@ -89,15 +89,23 @@ def burn_labels(polygons: str, field: str, grid: str, output: str, layer_name: O
     info = raster_info(grid)
     if not info.georeferenced:
         raise RSLabError(f"{os.path.basename(grid)} has no georeferencing, so label polygons cannot be placed on it")
+    if info.crs is None and info.transform.is_identity:
+        raise RSLabError(f"{os.path.basename(grid)} is placed by ground control points (or RPCs) only, not on a "
+                         "pixel grid the polygons can be burnt onto: warp it first (Raster > Projections > Warp)")
     source, layer = _open_layer(polygons, layer_name)
     count = _check_values(layer, field, name)
-    target = osr.SpatialReference()
-    target.ImportFromWkt(info.crs.to_wkt())
-    target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    # reprojected to the grid's CRS in memory (the rasteriser does not reproject); polygons without a CRS are
-    # taken to be in the grid's, as QGIS draws them over it
     srs = layer.GetSpatialRef()  # GeoPackages without one report an "Undefined geographic SRS"
     has_crs = srs is not None and not (srs.GetName() or "").startswith("Undefined")
+    target = None
+    if info.crs is not None:
+        target = osr.SpatialReference()
+        target.ImportFromWkt(info.crs.to_wkt())
+        target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    elif has_crs:
+        raise RSLabError(f"{os.path.basename(grid)} has no CRS but the polygons of {name} have one: set the "
+                         "image's CRS first, so the polygons can be placed on it")
+    # reprojected to the grid's CRS in memory (the rasteriser does not reproject); polygons without a CRS are
+    # taken to be in the grid's, as QGIS draws them over it (and on a grid without a CRS, in its coordinates)
     projected = gdal.VectorTranslate("", source, format="Memory", dstSRS=target, reproject=has_crs,
                                      layers=[layer.GetName()], geometryType="PROMOTE_TO_MULTI")
     mem_layer = projected.GetLayer(0)
@@ -108,7 +116,8 @@ def burn_labels(polygons: str, field: str, grid: str, output: str, layer_name: O
         raster = gdal.GetDriverByName("GTiff").Create(output, info.width, info.height, 1, gdal.GDT_Byte,
                                                       options=["COMPRESS=DEFLATE", "TILED=YES"])
         raster.SetGeoTransform(info.transform.to_gdal())
-        raster.SetProjection(target.ExportToWkt())
+        if target is not None:
+            raster.SetProjection(target.ExportToWkt())
         for value in (NO_CHANGE, CHANGE):  # change last: it wins where the two overlap
             mem_layer.SetAttributeFilter(f'"{field}" = {value}')
             gdal.RasterizeLayer(raster, [1], mem_layer, burn_values=[value])

@@ -21,7 +21,7 @@ exactly 0, 1 and 2 gets a note pointing to the partial coding.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 import numpy as np
 
@@ -49,6 +49,18 @@ def reference_labels(values: np.ndarray, coding: str) -> Tuple[np.ndarray, np.nd
         return values == 2, values != 0
     check_coding(coding)
     return values != 0, np.ones(values.shape, bool)
+
+
+def read_reference(ds: Any, window: Any, coding: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(changed, labelled) of one window of an open reference or label raster read under `coding`.
+
+    Its nodata pixels are not labelled, except 0: 0 is a value of both codings (no change, or not
+    labelled), and GIS tools often set nodata 0 on a 0/1 mask only to draw its background transparent,
+    which must not hide every unchanged pixel. The one reading for scoring, training and validation.
+    """
+    values, valid = read_window(ds, window)
+    changed, labelled = reference_labels(values[0], coding)
+    return changed, labelled & (valid | (values[0] == 0))
 
 
 @dataclass

@@ -372,3 +372,73 @@ def test_default_weights_never_saw_the_held_out_pairs():
     assert card.arguments["bands"] == 3 and card.task == "change_detection"
     size_mb = sum(p.stat().st_size for p in Path(default_checkpoint("change_detection")).parent.glob("*.pt")) / 1e6
     assert size_mb < 20  # all shipped weights together
+
+
+def _reproject(source, target, dst_crs, resampling):
+    with rasterio.open(source) as src:
+        transform, width, height = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds)
+        profile = dict(src.profile, crs=dst_crs, transform=transform, width=width, height=height)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(target, "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band), resampling=resampling)
+    return str(target)
+
+
+def test_an_after_image_and_a_reference_of_one_file_name_are_each_resampled(tmp_path, oscd):
+    """Both on another grid and both called scene.tif (B/ and label/, as LEVIR-style folders name them)."""
+    before, after, cm = oscd
+    utm = CRS.from_epsg(32630)
+    same = [_reproject(after, tmp_path / "B" / "scene.tif", utm, Resampling.bilinear),
+            _reproject(cm, tmp_path / "label" / "scene.tif", utm, Resampling.nearest)]
+    apart = [_reproject(after, tmp_path / "other" / "after.tif", utm, Resampling.bilinear),
+             _reproject(cm, tmp_path / "other" / "cm.tif", utm, Resampling.nearest)]
+    results = [detect_changes(before, a, _outputs(tmp_path / f"out{i}"), ChangeParams(method="cva"), reference=r)
+               for i, (a, r) in enumerate((same, apart))]
+    assert results[0].metrics == results[1].metrics  # CVA finds little of Rennes' urban change: no score asserted
+    assert np.array_equal(_read(tmp_path / "out0" / "change.tif")[0], _read(tmp_path / "out1" / "change.tif")[0])
+
+
+def test_cva_of_two_identical_dates_marks_no_change(tmp_path, shared_data):
+    before, _, label = _levir(shared_data)
+    result = detect_changes(before, before, _outputs(tmp_path), ChangeParams(method="cva"), reference=label)
+    change, _ = _read(tmp_path / "change.tif")
+    prob, _ = _read(tmp_path / "prob.tif")
+    unc, _ = _read(tmp_path / "unc.tif")
+    assert (change == 0).all() and (prob == 0).all() and (unc == 0).all()
+    assert any("no change threshold" in note for note in result.notes)
+    assert result.metrics["recall"] == 0 and result.metrics["oa"] == pytest.approx(1 - (_read(label)[0] > 0).mean())
+
+
+def test_a_binary_reference_with_nodata_0_still_counts_its_unchanged_pixels(tmp_path, shared_data):
+    """GIS tools set nodata 0 on 0/1 masks to draw them transparent; 0 stays 'no change'. Other nodata is unlabelled."""
+    before, after, label = _levir(shared_data)
+    detect_changes(before, after, _outputs(tmp_path / "out"), ChangeParams(method="cva"))
+    change = str(tmp_path / "out" / "change.tif")
+    plain = evaluate_change(change, label)
+    values = _read(label)[0]
+    for nodata, expected_pixels in ((0, values.size), (255, int((values == 0).sum()))):
+        copy = tmp_path / f"label_nodata{nodata}.tif"
+        with rasterio.open(copy, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8",
+                           nodata=nodata) as dst:
+            dst.write(values, 1)
+        scores = evaluate_change(change, str(copy))
+        assert scores["pixels"] == expected_pixels
+    assert evaluate_change(change, str(tmp_path / "label_nodata0.tif")) == plain
+
+
+def test_a_crs_on_one_raster_only_names_the_one_without(tmp_path, oscd):
+    before, after, _ = oscd
+    bare = tmp_path / "before_no_crs.tif"
+    with rasterio.open(before) as src:
+        with rasterio.open(bare, "w", **dict(src.profile, crs=None)) as dst:
+            dst.write(src.read())
+    moved = _reproject(after, tmp_path / "after_utm.tif", CRS.from_epsg(32630), Resampling.bilinear)
+    with pytest.raises(RSLabError, match="the first raster has none"):
+        detect_changes(str(bare), moved, _outputs(tmp_path / "out"), ChangeParams(method="cva"))
+    with pytest.raises(RSLabError, match="the after image has none"):
+        plain_after = tmp_path / "after_no_crs.tif"
+        with rasterio.open(moved) as src:
+            with rasterio.open(plain_after, "w", **dict(src.profile, crs=None)) as dst:
+                dst.write(src.read())
+        detect_changes(before, str(plain_after), _outputs(tmp_path / "out"), ChangeParams(method="cva"))

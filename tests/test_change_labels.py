@@ -112,3 +112,48 @@ def test_label_polygons_a_user_can_get_wrong(nanjing, shared_data, tmp_path):
     with pytest.raises(RSLabError, match="no georeferencing"):
         burn_labels(good, "label", str(levir), str(output))
     assert not output.exists()
+
+
+def _copy_band(source: str, target: str, **changes) -> str:
+    with rasterio.open(source) as src:
+        with rasterio.open(target, "w", **dict(src.profile, count=1, **changes)) as dst:
+            dst.write(src.read(1), 1)
+    return target
+
+
+def test_a_grid_without_a_crs_takes_polygons_without_one_in_its_coordinates(nanjing, tmp_path):
+    grid = _copy_band(nanjing["before"], str(tmp_path / "no_crs.tif"), crs=None)
+    x0, y0 = 660585.0, 3551295.0
+    square = f"POLYGON(({x0} {y0}, {x0 + 90} {y0}, {x0 + 90} {y0 - 90}, {x0} {y0 - 90}, {x0} {y0}))"
+    data = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "nocrs.gpkg"))
+    layer = data.CreateLayer("drawn", None, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("label", ogr.OFTInteger))
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(square))
+    feature.SetField("label", 2)
+    layer.CreateFeature(feature)
+    data = None
+    burnt = burn_labels(str(tmp_path / "nocrs.gpkg"), "label", grid, str(tmp_path / "b.tif"))
+    assert burnt.change_pixels == 9 and (read(burnt.path)[:3, :3] == 2).all()
+    # polygons with a CRS cannot be placed on it
+    polygons = polygonise(nanjing["reference"], str(tmp_path / "labels.gpkg"))
+    with pytest.raises(RSLabError, match="has no CRS but the polygons"):
+        burn_labels(polygons, "label", grid, str(tmp_path / "c.tif"))
+    assert not (tmp_path / "c.tif").exists()
+
+
+def test_a_grid_placed_by_ground_control_points_only_is_refused(nanjing, tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    grid = tmp_path / "gcps.tif"
+    with rasterio.open(nanjing["before"]) as src:
+        t = src.transform
+        points = [GroundControlPoint(row, col, *(t * (col, row))) for row, col in ((0, 0), (0, 800), (800, 0), (800, 800))]
+        profile = dict(src.profile, count=1, gcps=points, crs=src.crs)
+        profile.pop("transform")
+        with rasterio.open(grid, "w", **profile) as dst:
+            dst.write(src.read(1), 1)
+    polygons = polygonise(nanjing["reference"], str(tmp_path / "labels.gpkg"))
+    with pytest.raises(RSLabError, match="ground control points"):
+        burn_labels(polygons, "label", str(grid), str(tmp_path / "c.tif"))
+    assert not (tmp_path / "c.tif").exists()

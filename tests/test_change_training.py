@@ -146,3 +146,20 @@ def test_crops_from_partial_labels_are_centred_on_labelled_pixels(nanjing, tmp_p
         PairSampler([ChangePair(pair.before, pair.after, str(empty))], 64, coding="partial")
     with pytest.raises(RSLabError, match="crop_sampling must be one of auto, uniform, labelled"):
         TrainChangeParams(crop_sampling="random")
+
+
+def test_label_nodata_is_left_out_of_training_and_validation(nanjing, tmp_path):
+    """An unsurveyed half marked with the label's nodata value (255) is neither change nor no change."""
+    with rasterio.open(nanjing.label) as src:
+        values, profile = src.read(1), src.profile
+    values[:, 400:] = 255
+    with rasterio.open(tmp_path / "half.tif", "w", **dict(profile, nodata=255)) as dst:
+        dst.write(values, 1)
+    pair = ChangePair(nanjing.before, nanjing.after, str(tmp_path / "half.tif"))
+    for coding, labelled in (("partial", values[:, :400] > 0), ("binary", np.ones((800, 400), bool))):
+        _, _, label, valid = read_pair(pair, Window(0, 0, 800, 800), coding)
+        assert not valid[:, 400:].any() and np.array_equal(valid[:, :400], labelled)
+    assert LabelledPixels(pair, (800, 800), 64, "partial").total == int((values[:, :400] > 0).sum())
+    result = train_change_detector([pair], [pair], str(tmp_path / "m.pt"), TrainChangeParams(**TINY, label_coding="partial"))
+    assert read_card(str(tmp_path / "m.pt")).metrics["validation"]["pixels"] == int((values[:, :400] > 0).sum())
+    assert result.history
