@@ -112,7 +112,9 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         source, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
             parameters, name, context, ["gpkg", "shp"], "gpkg", feedback)
         field = self.parameterAsString(parameters, field_name, context) or "label"
-        output = os.path.join(QgsProcessingUtils.tempFolder(), f"{name.lower()}_{os.path.basename(grid)}.tif")
+        # a folder of its own per run: two runs at once (Processing runs algorithms in the background) on images
+        # of one file name would otherwise burn into one file
+        output = QgsProcessingUtils.generateTempFilename(f"{name.lower()}_{os.path.basename(grid)}.tif")
         burnt = burn_labels(source, field, grid, output, layer_name or None)
         feedback.pushInfo(f"{burnt.polygons} polygons of {name} burnt onto the before image's grid: "
                           f"{burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} change pixels")

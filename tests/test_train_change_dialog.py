@@ -201,14 +201,15 @@ def test_a_validation_folder_replaces_the_hold_out(qtbot, dialog, two_pairs, sha
 
 def test_cancel_stops_training_without_a_checkpoint(qtbot, dialog, two_pairs, tmp_path):
     output = tmp_path / "never.pt"
-    configure(dialog, two_pairs, output, iterations=5000)
+    configure(dialog, two_pairs, output, iterations=1000)
     qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
     task = dialog.task
     with qtbot.waitSignal(task.jobFinished, timeout=TIMEOUT_MS) as done:
-        qtbot.waitUntil(lambda: len(dialog.history) >= 1, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: len(dialog.history) >= 1 and dialog.progress_bar.value() > 0, timeout=TIMEOUT_MS)
         qtbot.mouseClick(dialog.cancel_button, Qt.LeftButton)
     assert done.args[0] is None and "cancelled" in done.args[1]
     assert dialog.status_label.text() == "Cancelled; no output was written" and dialog.task is None
+    assert dialog.progress_bar.value() == 0  # the bar does not stay part-filled after a cancel
     assert not output.exists() and os.listdir(tmp_path) == ["data"]
 
 

@@ -421,6 +421,7 @@ class TrainChangeDialog(QDialog):
         self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
         first = error.splitlines()[0]
         self.status_label.setText(first[:1].upper() + first[1:] if cancelled else "Training failed: " + first)
+        self.progress_bar.setValue(0)
         self.log.appendPlainText(error)
 
     def _set_running(self, running: bool) -> None:
