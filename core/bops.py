@@ -24,6 +24,7 @@ from .errors import RSLabError
 
 MODES = ("hawq", "pic_pq", "ghost")
 FULL_PRECISION = 32
+MIN_BITS, MAX_BITS = 2, 8  # the bits a quantised layer may have (core/quantization.py); torch-free, for the UI
 BYTES_PER_MB = 1e6
 
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .bops import MODES, bops_ratio, count_bops
+from .bops import FULL_PRECISION, MAX_BITS, MIN_BITS, MODES, bops_ratio, count_bops
 from .checkpoint import build_model, load_checkpoint
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
+from .outputs import same_file
 
 METHODS = ("pic_pq", "ghost")
 METHOD_LABELS = {"pic_pq": "PIC-PQ (pruning + mixed precision)", "ghost": "GHOST (hybrid quantisation + self-distillation)"}
@@ -34,7 +36,7 @@ StepFn = Callable[[Dict[str, float]], None]
 class CompressParams:
     method: str = "pic_pq"
     flops_reduction: float = 0.5  # PIC-PQ: fraction of MACs pruned away (0 = quantise only)
-    max_bits: Tuple[int, ...] = (8, 6, 4)  # PIC-PQ: maximum bits per stage
+    max_bits: Tuple[int, ...] = (8, 6, 4)  # PIC-PQ: maximum bits per stage; GHOST: the largest is its ceiling
     penalty: float = 1 / 6  # PIC-PQ: lambda
     epochs: float = 1.0  # fine-tuning / distillation budget
     ghost_threshold: float = 0.1  # GHOST: k-means distortion threshold
@@ -50,8 +52,7 @@ class CompressParams:
             raise RSLabError(f"unknown compression method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not 0.0 <= self.flops_reduction <= 0.95:
             raise RSLabError(f"the FLOPs reduction must be between 0 and 0.95, got {self.flops_reduction}")
-        if not self.max_bits or any(b != 32 and not 2 <= b <= 8 for b in self.max_bits):
-            raise RSLabError(f"maximum bits per stage must be 2..8 (or 32), got {list(self.max_bits)}")
+        self._check_max_bits()
         if not 0.0 <= self.penalty <= 8.0:
             raise RSLabError(f"the penalty factor must be between 0 and 8, got {self.penalty}")
         if not 0.0 < self.epochs <= 1000:
@@ -64,6 +65,24 @@ class CompressParams:
             raise RSLabError(f"the learning rate must be in (0, 1], got {self.lr}")
         if self.bops_mode not in MODES:
             raise RSLabError(f"unknown BOPs mode {self.bops_mode!r}; choose one of {', '.join(MODES)}")
+
+    def _check_max_bits(self) -> None:
+        """Both methods take ceilings of 2..8 bits only, checked here before any work.
+
+        Full precision (32) is no ceiling for either: PIC-PQ keeps a model's stage-0
+        layers (the CIFAR ResNet's first conv and classifier) at 32 bits by itself and
+        quantises every other layer, and GHOST's k-means search runs n = 2..ceiling.
+        """
+        bits = list(self.max_bits)
+        if bits and all(int(b) == b and MIN_BITS <= b <= MAX_BITS for b in bits):
+            return
+        allowed = f"whole numbers {MIN_BITS}..{MAX_BITS}"
+        if self.method == "ghost":
+            raise RSLabError(f"GHOST's maximum bits must be {allowed} (the largest is its bit ceiling; "
+                             f"{FULL_PRECISION}, full precision, is not one); got {bits}")
+        raise RSLabError(f"PIC-PQ's maximum bits per stage must be {allowed} ({FULL_PRECISION}, full precision, is "
+                         "not a stage ceiling: the layers PIC-PQ keeps at full precision, such as the CIFAR "
+                         f"ResNet's first conv and classifier, stay there by themselves); got {bits}")
 
 
 @dataclass
@@ -116,9 +135,16 @@ def compress_model(model: Any, task: Any, params: CompressParams, monitor: JobMo
 
     method_params = GhostParams(
         threshold=params.ghost_threshold, distillation_weight=params.distillation_weight,
-        steps=2 * steps, batch_size=params.batch_size, seed=params.seed, lr=params.lr, max_bits=max(b for b in params.max_bits if b <= 8),
+        steps=2 * steps, batch_size=params.batch_size, seed=params.seed, lr=params.lr, max_bits=max(params.max_bits),
     )
     return compress_ghost(model, task, method_params, monitor, on_step)
+
+
+def refuse_overwriting_source(model_path: str, output_path: str) -> None:
+    """RSLabError if `output_path` names the checkpoint being compressed (links and spellings resolved)."""
+    if same_file(model_path, output_path):
+        raise RSLabError(f"the compressed checkpoint would replace the checkpoint being compressed "
+                         f"({os.path.basename(model_path)}); give the output another name")
 
 
 def compress_checkpoint(
@@ -137,6 +163,7 @@ def compress_checkpoint(
     from .compression_tasks import task_for
     from .export import export_checkpoint
 
+    refuse_overwriting_source(model_path, output_path)
     monitor = JobMonitor(progress, cancelled)
     monitor.step(0.0, "reading the checkpoint and the data")
     checkpoint = load_checkpoint(model_path)

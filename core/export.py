@@ -810,17 +810,18 @@ def export_torchscript(model: Any, example_inputs: Tuple[Any, ...], path: str, o
 
 
 def _write_checkpoint(model: Any, card: ModelCard, target: str) -> ModelCard:
-    from .quantization import compressed_state
+    from .quantization import compressed_state, is_quantised
 
     twin = _eval_cpu_copy(model)
     plan, state = compressed_state(twin)
-    exported = dataclasses.replace(card, bit_widths=plan, created="")
+    # A card with bit widths marks a compressed model (compression refuses it): a float model gets none.
+    exported = dataclasses.replace(card, bit_widths=plan if is_quantised(twin) else None, created="")
     save_checkpoint(target, state, exported)
     return exported
 
 
 def export_checkpoint(model: Any, card: ModelCard, path: str, overwrite: bool = False) -> str:
-    """Write an RS Lab checkpoint of `model` with card.bit_widths set to its bit plan; returns the path.
+    """Write an RS Lab checkpoint of `model` with card.bit_widths set to its bit plan (None if it is not quantised).
 
     `build_model(load_checkpoint(path))` rebuilds it (pruned shapes, quantisers and
     activation ranges included). The caller's card is not changed.

@@ -25,6 +25,17 @@ PathLike = Union[str, "os.PathLike[str]"]
 _SIDECARS = (".aux.xml", ".ovr", ".msk")
 
 
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether two paths name one file: symbolic links and spellings resolved, hard links too where both exist."""
+    a, b = os.path.expanduser(a), os.path.expanduser(b)
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
 def _remove_with_sidecars(path: Path) -> None:
     for candidate in [path] + [Path(str(path) + s) for s in _SIDECARS]:
         try:

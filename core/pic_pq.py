@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 import numpy as np
 
+from .bops import FULL_PRECISION, MAX_BITS, MIN_BITS
 from .compression_tasks import fixed_batches
 from .errors import RSLabError
 from .job import JobMonitor
@@ -89,8 +90,6 @@ if TYPE_CHECKING:  # torch is imported lazily: the UI builds PicPqParams without
 
     from .compression_tasks import CompressionTask
 
-FULL_PRECISION = 32
-MIN_BITS, MAX_BITS = 2, 8
 MAX_REDUCTION = 0.95
 MIN_KEEP_FRACTION, MIN_KEEP = 0.10, 2
 MUTATE_FRACTION = 0.10

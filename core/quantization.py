@@ -37,10 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.layers import RepeatedInputLinear, repeated_input_linear
+from .bops import FULL_PRECISION, MAX_BITS, MIN_BITS
 from .errors import RSLabError
 
-FULL_PRECISION = 32
-MIN_BITS, MAX_BITS = 2, 8
 PERCENTILE = 0.9999
 SAMPLE = 250_000  # inputs looked at per layer and batch for the percentile
 LayerBits = Dict[str, int]  # {"weight": b, "activation": b}

@@ -55,15 +55,16 @@ class CompressModelAlgorithm(RSLabAlgorithm):
         return (
             "Compresses an RS Lab checkpoint. METHOD 0 pic_pq: prunes filters globally to the FLOPS_REDUCTION "
             "target (importance from feature-map rank, scaled per layer by regularised evolution), gives each "
-            "layer bits from its pruned/unpruned L1 ratio (MAX_BITS per stage, e.g. 8,6,4, and the PENALTY "
-            "factor), then fine-tunes and trains with quantisation. METHOD 1 ghost: per-layer bits from a "
-            "k-means distortion threshold, then quantisation-aware training with the full-precision model as "
-            "teacher (self-distillation with a learned switch). DATA: a .npz of images (classification), a "
+            "layer bits from its pruned/unpruned L1 ratio (MAX_BITS per stage, each 2..8, e.g. 8,6,4, and the "
+            "PENALTY factor), then fine-tunes and trains with quantisation. METHOD 1 ghost: per-layer bits from a "
+            "k-means distortion threshold (at most the largest MAX_BITS value), then quantisation-aware training "
+            "with the full-precision model as teacher (self-distillation with a learned switch). DATA: a .npz "
+            "of images (classification), a "
             "folder with A/, B/, label/ (change detection: pairs the model was not trained on are scored), or an "
             "ABU .mat scene / hyperspectral raster (BSDM denoiser). EPOCHS: training budget (an epoch is one "
             "pass over the images, or 100 iterations for tiled data). OUTPUT_MODEL: an RS Lab checkpoint with "
-            "the bit widths in its model card, usable by the task tools. OUTPUT_REPORT: JSON with BOPs, size "
-            "and scores before and after."
+            "the bit widths in its model card, usable by the task tools (not MODEL itself). OUTPUT_REPORT: JSON "
+            "with BOPs, size and scores before and after."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802

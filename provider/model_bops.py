@@ -11,6 +11,7 @@ from qgis.core import (
 )
 
 from ..core.bops import MODES
+from ..core.compression_tasks import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from ..core.errors import RSLabError
 from .base import RSLabAlgorithm
 
@@ -35,8 +36,9 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
             "Counts the bit operations (BOPs = MACs x weight bits x activation bits, full precision as 32 x 32; "
             "HAWQ-V3) of every conv and linear layer of an RS Lab checkpoint, float or compressed, for one "
             "input sample. MODE 'pic_pq' ignores groups and 'ghost' takes a layer's activation bits from the "
-            "previous layer's weight bits (the papers' own counters). INPUT_SIZE: image side in pixels "
-            "(0 = 32 for classification, 256 for change detection; one pixel token for the BSDM denoiser). "
+            "previous layer's weight bits (the papers' own counters). INPUT_SIZE: image side in pixels, "
+            f"{MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (0 = 32 for classification, 256 for change detection; one "
+            "pixel token for the BSDM denoiser). "
             "OUTPUT_REPORT: JSON with total_bops, total_macs, size_mb and per-layer MACs, bits and BOPs."
         )
 
@@ -44,7 +46,8 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFile(self.MODEL, "Checkpoint", extension="pt"))
         self.addParameter(QgsProcessingParameterEnum(self.MODE, "Counting convention", options=list(MODES), defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.INPUT_SIZE, "Input size (pixels, 0 = task default)",
-                                                       QgsProcessingParameterNumber.Integer, 0, minValue=0))
+                                                       QgsProcessingParameterNumber.Integer, 0, minValue=0,
+                                                       maxValue=MAX_INPUT_SIZE))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "BOPs report", "JSON files (*.json)"))
 
     def execute(self, parameters, context, feedback):

@@ -161,6 +161,10 @@ def test_task_adapters_read_real_data(tmp_path, samples):
     scores = task.evaluate(build_model(checkpoint))
     assert 0 <= scores["accuracy"] <= 100 and scores["loss"] > 0
     assert [t.shape for t in example_inputs_for(checkpoint.card)] == [(1, 3, 32, 32)]
+    with pytest.raises(RSLabError, match="input size must be at most"):
+        example_inputs_for(checkpoint.card, 10 ** 6)  # refused before torch tries to allocate 12 TB
+    with pytest.raises(RSLabError, match="at least 8"):
+        example_inputs_for(checkpoint.card, 4)
     with pytest.raises(RSLabError, match="x_train"):
         np.savez(tmp_path / "bad.npz", images=np.zeros((2, 32, 32, 3)))
         ClassificationTask(checkpoint, str(tmp_path / "bad.npz"))

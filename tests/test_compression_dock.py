@@ -196,6 +196,18 @@ def test_bad_input_is_refused_before_any_task(qtbot, dock, resnet, samples, tmp_
     assert os.listdir(tmp_path) == ["images_only.npz"]
 
 
+def test_full_precision_max_bits_are_refused_before_any_task(qtbot, dock, resnet, samples, tmp_path):
+    """32 is no stage ceiling (PIC-PQ keeps the first conv and classifier at 32 itself): refused at once."""
+    assert "32" not in dock.bits_edit.toolTip() and "2..8" in dock.bits_edit.toolTip()
+    choose(qtbot, dock, resnet)
+    configure(dock, samples / "cifar10_sample.npz", tmp_path / "out.pt", method="pic_pq")
+    dock.bits_edit.setText("8,6,32")
+    with qtbot.assertNotEmitted(dock.summaryReady):
+        result, error = click_run(qtbot, dock)
+    assert result is None and "2..8" in error and "[8, 6, 32]" in error, error
+    assert dock.task is None and os.listdir(tmp_path) == []
+
+
 def test_a_file_that_is_not_a_checkpoint_is_refused(qtbot, dock, resnet, samples, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     data = open(resnet, "rb").read()

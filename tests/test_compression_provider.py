@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -80,6 +81,54 @@ def test_compress_model_bad_input_leaves_nothing(tmp_path, samples, provider, re
         with pytest.raises(QgsProcessingException, match=message):
             processing.run("rslab:compress_model", params)
         assert not output.exists()
+
+
+def test_compress_model_refuses_full_precision_max_bits_before_any_work(tmp_path, samples, provider,
+                                                                       resnet_checkpoint):
+    """32 is no bit ceiling for either method; it is refused before the data are read (here they do not fit)."""
+    output = tmp_path / "never.pt"
+    for method, bits in ((1, "32"), (1, "8,32"), (0, "8,6,32"), (0, "32")):
+        params = {"MODEL": resnet_checkpoint, "METHOD": method, "DATA": str(samples / "abu-beach-2.mat"),
+                  "MAX_BITS": bits, "EPOCHS": 0.05, "OUTPUT_MODEL": str(output)}
+        with pytest.raises(QgsProcessingException, match=r"2\.\.8 .*got \[") as raised:
+            processing.run("rslab:compress_model", params)
+        assert "x_train" not in str(raised.value), (method, bits)
+        assert not output.exists()
+
+
+def test_compress_model_refuses_to_write_over_its_source(tmp_path, samples, provider, resnet_checkpoint):
+    """OUTPUT_MODEL naming MODEL, directly or through a link, would replace the float checkpoint: refused."""
+    original = open(resnet_checkpoint, "rb").read()
+    alias, folder = tmp_path / "alias.pt", tmp_path / "linked"
+    alias.symlink_to(resnet_checkpoint)
+    folder.symlink_to(os.path.dirname(resnet_checkpoint))
+    for output in (resnet_checkpoint, str(folder / os.path.basename(resnet_checkpoint)), str(alias)):
+        params = {"MODEL": resnet_checkpoint, "METHOD": 1, "DATA": str(samples / "cifar10_sample.npz"),
+                  "EPOCHS": 0.02, "OUTPUT_MODEL": output}
+        with pytest.raises(QgsProcessingException, match="would replace the checkpoint being compressed"):
+            processing.run("rslab:compress_model", params)
+        assert open(resnet_checkpoint, "rb").read() == original
+        assert load_checkpoint(resnet_checkpoint).card.bit_widths is None
+
+
+def test_model_bops_input_size_has_a_ceiling(tmp_path, provider, resnet_checkpoint):
+    """A huge INPUT_SIZE is refused by Processing and by the core, from one constant, before torch allocates."""
+    from qgis.core import QgsApplication
+
+    from rslab.core.compression import model_bops_report
+    from rslab.core.errors import RSLabError
+
+    out = tmp_path / "bops.json"
+    with pytest.raises(QgsProcessingException, match="INPUT_SIZE"):
+        processing.run("rslab:model_bops", {"MODEL": resnet_checkpoint, "INPUT_SIZE": 10 ** 6,
+                                            "OUTPUT_REPORT": str(out)})
+    assert not out.exists()
+    with pytest.raises(RSLabError, match="input size must be at most"):
+        model_bops_report(resnet_checkpoint, input_size=10 ** 6)
+    from rslab.core.compression_tasks import MAX_INPUT_SIZE
+
+    algorithm = QgsApplication.processingRegistry().algorithmById("rslab:model_bops")
+    assert algorithm.parameterDefinition("INPUT_SIZE").maximum() == MAX_INPUT_SIZE
 
 
 def test_model_bops_from_the_command_line(tmp_path, qgis_process, resnet_checkpoint):

@@ -349,6 +349,25 @@ def test_checkpoint_round_trip_is_identical(resnet, cifar, tmp_path):
     assert result["agrees_within_one_step"] == 1.0
 
 
+def test_a_full_precision_checkpoint_exports_as_full_precision_and_can_be_compressed(samples, tmp_path):
+    """A float model exported as a checkpoint has no bit widths in its card, so it is not taken as compressed."""
+    from rslab.core.compression import CompressParams, compress_checkpoint, model_bops_report
+    from rslab.core.weights import default_checkpoint
+
+    source = load_checkpoint(default_checkpoint("classification"))
+    model = build_model(source)
+    path = export.export_checkpoint(model, source.card, str(tmp_path / "float.pt"))
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.card.bit_widths is None and not model_bops_report(path)["compressed"]
+    assert set(checkpoint.state_dict) == set(source.state_dict)  # plain float weights, nothing packed
+    test = _images(np.load(samples / "cifar10_sample.npz")["x_test"][:8])
+    with torch.no_grad():
+        assert torch.equal(build_model(checkpoint)(test), model(test))
+    result = compress_checkpoint(path, str(samples / "cifar10_sample.npz"), str(tmp_path / "ghost.pt"),
+                                 CompressParams(method="ghost", epochs=0.02, batch_size=16))
+    assert result.bops_ratio > 1 and load_checkpoint(result.checkpoint).card.bit_widths
+
+
 def test_report_has_totals_and_per_layer_costs(resnet, cifar, tmp_path):
     path = str(tmp_path / "r.report.json")
     returned = export.export_bops_report(resnet, (cifar[1][:1],), path, extra={"method": "test", "accuracy": 12.5})

@@ -46,7 +46,8 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.compression import METHOD_LABELS, CompressParams, CompressResult
+from ..core.bops import MAX_BITS, MIN_BITS
+from ..core.compression import METHOD_LABELS, CompressParams, CompressResult, refuse_overwriting_source
 from ..core.errors import RSLabError
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
@@ -310,7 +311,8 @@ class CompressionDock(JobDock):
                                           "Fraction of the multiply-accumulates pruned away (0 = quantise only)")
         self.bits_edit = QLineEdit("8,6,4", self)
         self.bits_edit.setToolTip("Maximum weight/activation bits per stage of the network, first stage first "
-                                  "(2..8, or 32 for full precision)")
+                                  f"({MIN_BITS}..{MAX_BITS} each; the CIFAR ResNet's first conv and classifier stay "
+                                  "at full precision by themselves)")
         self.penalty_spin = double_spin_box(self, 0.0, 8.0, round(1 / 6, 4), 4, 0.05,
                                             "Penalty factor λ: how strongly a heavily pruned layer is pushed "
                                             "to fewer bits")
@@ -328,7 +330,7 @@ class CompressionDock(JobDock):
                                               "distortion is below it")
         self.distillation_spin = double_spin_box(self, 0.0, 100000.0, 400.0, 1, 50.0,
                                                  "Weight of the self-distillation loss against the task loss")
-        self.ghost_bits_spin = spin_box(self, 2, 8, 8, 1, "The most bits any layer may get")
+        self.ghost_bits_spin = spin_box(self, MIN_BITS, MAX_BITS, MAX_BITS, 1, "The most bits any layer may get")
         form = QFormLayout(self.ghost_box)
         form.addRow("Threshold", self.threshold_spin)
         form.addRow("Distillation weight", self.distillation_spin)
@@ -593,8 +595,7 @@ class CompressionDock(JobDock):
             raise RSLabError(f"{output} is a folder; give a file name for the compressed checkpoint")
         if not output.lower().endswith(".pt"):
             output += ".pt"
-        if os.path.abspath(output) == os.path.abspath(path):
-            raise RSLabError("the compressed checkpoint would replace the one being compressed; give another name")
+        refuse_overwriting_source(path, output)
         return CompressRequest(model=path, data=data, output=output, params=params, on_step=on_step)
 
     def run(self) -> None:
