@@ -51,6 +51,7 @@ class RasterInfo:
     transform: Affine
     georeferenced: bool
     gcps: Tuple[Tuple[Any, ...], Optional[Any]] = ((), None)  # ground control points and their CRS, if any
+    rpcs: Optional[Any] = None  # rational polynomial coefficients (satellite L1 products), if any
 
     @property
     def shape(self) -> Tuple[int, int]:
@@ -99,6 +100,7 @@ def describe(ds: Any) -> RasterInfo:
         transform=ds.transform,
         georeferenced=_is_georeferenced(ds),
         gcps=(tuple(ds.gcps[0]), ds.gcps[1]),
+        rpcs=ds.rpcs,
     )
 
 
@@ -161,15 +163,22 @@ def _dataset_mask(ds: Any, bands: List[int], data: np.ndarray, **where: Any) -> 
     (bench/read_layouts.py).
     """
     flags = ds.mask_flag_enums
-    if (MaskFlags.per_dataset in flags[0]  # a mask band, or an alpha band GDAL uses as the mask
-            or (ds.count == 4 and ds.colorinterp[0] == ColorInterp.red)):  # rasterio: band 4's mask alone
+    if MaskFlags.per_dataset in flags[0]:  # a mask band, or an alpha band GDAL uses as the mask
         return ds.dataset_mask(**where) > 0
+    # (rasterio's dataset_mask takes band 4's mask alone for any 4-band image tagged RGB; an RGB + NIR image
+    # whose 4th band is not alpha keeps the per-band rule below, so NIR 0 over deep water is not nodata)
     valid = np.zeros(data.shape[1:], dtype=bool)
     for i, band in enumerate(bands):  # valid where any band is valid (rasterio ORs the band masks)
         if MaskFlags.nodata not in flags[band - 1]:
             valid[:] = True
             break
-        valid |= _nodata_valid(data[i], ds.nodatavals[band - 1])
+        nodata = ds.nodatavals[band - 1]
+        if nodata is None:
+            # GDAL masks a nodata value rasterio does not report (a fractional or out-of-range value on a
+            # 16-bit band, e.g. 32767.5 on Int16): GDAL's own mask of that band, read once more
+            valid |= ds.read_masks(band, **where) > 0
+        else:
+            valid |= _nodata_valid(data[i], nodata)
     alpha = [band for band in range(1, ds.count + 1) if band not in bands]
     if alpha:
         # An alpha band GDAL does not take as the mask: GDAL does only for gray + alpha and RGB + alpha, so
@@ -277,6 +286,9 @@ def output_profile(
         # placed by ground control points only (no geotransform): the outputs carry the same points
         profile["gcps"] = list(info.gcps[0])
         profile["crs"] = info.gcps[1]
+    elif info.crs is None and info.rpcs is not None and info.transform.is_identity:
+        # placed by RPCs only: the outputs carry them (and no geotransform), so QGIS places both alike
+        profile["rpcs"] = info.rpcs
     elif info.georeferenced:
         profile["crs"] = info.crs
         profile["transform"] = info.transform

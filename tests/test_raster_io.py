@@ -1,5 +1,6 @@
-"""read_window and read_decimated derive nodata masks from the pixels they read: the same mask as rasterio's
-dataset_mask (which reads every band a second time), on every kind of mask a GeoTIFF can carry."""
+"""read_window and read_decimated derive nodata masks from the pixels they read: the same mask as GDAL's (the
+dataset's mask band where it has one, else the OR of the band masks, as rasterio's dataset_mask computes it but
+reading every band a second time), on every kind of mask a GeoTIFF can carry."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,9 +31,16 @@ def _write(path, data, nodata=None, interleave="pixel", photometric=None, alpha=
 
 
 def _expected(ds, **where):
-    """rasterio's dataset mask, plus read_window's rule that a NaN or infinite band makes a pixel invalid."""
-    valid = ds.dataset_mask(**where) > 0
-    data = ds.read([i for i, ci in enumerate(ds.colorinterp, 1) if ci != ColorInterp.alpha], **where)
+    """GDAL's masks, plus read_window's rule that a NaN or infinite band makes a pixel invalid.
+
+    rasterio's dataset_mask, except for a 4-band image tagged RGB whose 4th band is not alpha: rasterio takes
+    band 4's mask alone there (as if it were alpha), GDAL and QGIS each band's."""
+    bands = [i for i, ci in enumerate(ds.colorinterp, 1) if ci != ColorInterp.alpha]
+    if ds.count == 4 and len(bands) == 4:
+        valid = np.any([ds.read_masks(b, **where) > 0 for b in bands], axis=0)
+    else:
+        valid = ds.dataset_mask(**where) > 0
+    data = ds.read(bands, **where)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
     return valid
@@ -67,9 +75,10 @@ def _cases(tmp_path):
     masked = _cube(np.int16, bands=6)
     keep = np.ones(masked.shape[1:], bool)
     keep[:5, :5] = False
-    rgbn = _cube(np.uint16, bands=4)  # red first and 4 bands: rasterio takes band 4's mask alone
-    rgbn[3, 6, 6] = 7
+    rgbn = _cube(np.uint16, bands=4)  # red first, 4 bands, the 4th not alpha: each band's nodata counts
+    rgbn[3, 6, 6] = 7  # NIR at nodata only (deep water): data
     rgbn[:3, 8, 8] = 7
+    rgbn[:, 2, 2] = 7
     return [
         ("float32 NaN nodata, pixel-interleaved", _write(tmp_path / "a.tif", f32, nodata=float("nan")), 3),
         ("float64 nodata -9999, band-interleaved", _write(tmp_path / "b.tif", f64, -9999.0, interleave="band"), 2),
@@ -79,7 +88,7 @@ def _cases(tmp_path):
         ("RGBA alpha band", _write(tmp_path / "f.tif", rgba, photometric="RGB", alpha=True), 100),
         ("int16 internal mask", _write(tmp_path / "g.tif", masked, internal_mask=keep), 25),
         ("no nodata", _write(tmp_path / "h.tif", _cube(np.float32)), 0),
-        ("RGB+NIR uint16 nodata 7", _write(tmp_path / "i.tif", rgbn, nodata=7, photometric="RGB"), 2),
+        ("RGB+NIR uint16 nodata 7", _write(tmp_path / "i.tif", rgbn, nodata=7, photometric="RGB"), 1),
     ]
 
 
@@ -163,3 +172,52 @@ def test_band_wavelengths_come_from_an_envi_header(tmp_path):
     header.write_text(base)
     with rasterio.open(path) as ds:
         assert band_wavelengths(ds) is None
+
+
+@pytest.mark.parametrize("dtype, nodata, value", [("int16", 32767.5, 32767), ("int16", -32768.5, -32768),
+                                                   ("uint16", 65535.7, 65535)])
+def test_a_nodata_value_rasterio_cannot_report_still_masks_as_gdal_does(tmp_path, dtype, nodata, value):
+    """GDAL masks a fractional nodata value on a 16-bit band (at its truncation); rasterio reports None for it."""
+    from osgeo import gdal
+
+    data = _cube(np.dtype(dtype), bands=2, size=20)
+    data[:, 3, 4] = value
+    path = str(tmp_path / "odd.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=20, height=20, count=2, dtype=dtype) as ds:
+        ds.write(data)
+    handle = gdal.Open(path, gdal.GA_Update)
+    for b in (1, 2):
+        handle.GetRasterBand(b).SetNoDataValue(nodata)
+    handle = None
+    with rasterio.open(path) as ds:
+        assert ds.nodatavals == (None, None)
+        _, valid = read_window(ds, Window(0, 0, 20, 20))
+        _, decimated = read_decimated(ds, 400)
+    gdal_ds = gdal.Open(path)  # held: a band outlives a dataset only while it is referenced
+    expected = gdal_ds.GetRasterBand(1).GetMaskBand().ReadAsArray() > 0
+    assert np.array_equal(valid, expected) and np.array_equal(decimated, expected) and (~valid).sum() == 1
+
+
+def test_outputs_of_an_image_placed_by_rpcs_keep_them_and_no_geotransform(tmp_path):
+    """A satellite L1 product placed by RPCs only: outputs carry the RPCs, so QGIS places them as it places it."""
+    from osgeo import gdal
+
+    from rslab.core.tiling import OutputSpec, TileSpec, run_tiled
+
+    source = str(tmp_path / "l1.tif")
+    handle = gdal.GetDriverByName("GTiff").Create(source, 30, 40, 2, gdal.GDT_Float32)
+    zeros = ["0"] * 17
+    handle.SetMetadata({"LINE_OFF": "20", "SAMP_OFF": "15", "LAT_OFF": "50", "LONG_OFF": "10", "HEIGHT_OFF": "0",
+                        "LINE_SCALE": "20", "SAMP_SCALE": "15", "LAT_SCALE": "0.01", "LONG_SCALE": "0.01",
+                        "HEIGHT_SCALE": "100", "LINE_NUM_COEFF": " ".join(["0", "0", "-1"] + zeros),
+                        "LINE_DEN_COEFF": " ".join(["1"] + zeros + ["0", "0"]),
+                        "SAMP_NUM_COEFF": " ".join(["0", "1", "0"] + zeros),
+                        "SAMP_DEN_COEFF": " ".join(["1"] + zeros + ["0", "0"])}, "RPC")
+    for b in (1, 2):
+        handle.GetRasterBand(b).WriteArray(_cube(np.float32, bands=1, size=40)[0][:, :30])
+    handle = None
+    output = str(tmp_path / "out.tif")
+    run_tiled([source], [OutputSpec(output, 1)], lambda arrays, valid: [arrays[0][0]], TileSpec(16, 0, "partition"))
+    written, original = gdal.Open(output), gdal.Open(source)
+    assert written.GetGeoTransform(can_return_null=True) is None
+    assert written.GetMetadata("RPC") == original.GetMetadata("RPC")
