@@ -42,7 +42,7 @@ from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
-from .outputs import PendingOutputs, work_folder
+from .outputs import PendingOutputs, check_output_paths, work_folder
 from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_window
 from .tiling import OutputSpec, TileSpec, partition, run_tiled
 
@@ -557,6 +557,9 @@ def detect_anomalies(
 ) -> AnomalyResult:
     """Score every pixel of a hyperspectral raster for anomaly (higher = more anomalous)."""
     monitor = JobMonitor(progress, cancelled)
+    check_output_paths({"scores raster": outputs.scores, "mask raster": outputs.mask, "report": outputs.report,
+                        "denoiser checkpoint": outputs.model}, {"input image": cube, "reference": reference},
+                       rasters=("scores raster", "mask raster"))
     info = raster_info(cube)
     if info.count < 2:
         raise RSLabError(f"{os.path.basename(cube)} has {info.count} band; anomaly detection needs a multiband image")

@@ -48,7 +48,7 @@ from .device import describe_device, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import Confusion, HistogramAUC
-from .outputs import PendingOutputs
+from .outputs import PendingOutputs, check_output_paths
 from .raster_io import gdal_env, open_raster, raster_info, read_decimated, read_window
 from .tiling import OutputSpec, TileSpec, partition, run_tiled
 from .weights import default_checkpoint
@@ -255,6 +255,10 @@ def detect_changes(
     """Write the change mask (and probability, uncertainty, report when asked) for a pair of rasters."""
     monitor = JobMonitor(progress, cancelled)
     monitor.step(0.0, "checking the inputs")
+    check_output_paths({"change mask": outputs.change, "probability raster": outputs.probability,
+                        "uncertainty raster": outputs.uncertainty, "report": outputs.report},
+                       {"before image": before, "after image": after, "reference": reference, "model": params.model},
+                       rasters=("change mask", "probability raster", "uncertainty raster"))
     info = raster_info(before)
     after_info = raster_info(after)
     checkpoint = load_change_model(params.model) if params.method == "arcdnet" else None

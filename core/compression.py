@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -25,7 +24,7 @@ from .bops import FULL_PRECISION, MAX_BITS, MIN_BITS, MODES, bops_ratio, count_b
 from .checkpoint import build_model, load_checkpoint
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
-from .outputs import same_file
+from .outputs import check_output_paths
 
 METHODS = ("pic_pq", "ghost")
 METHOD_LABELS = {"pic_pq": "PIC-PQ (pruning + mixed precision)", "ghost": "GHOST (hybrid quantisation + self-distillation)"}
@@ -142,9 +141,7 @@ def compress_model(model: Any, task: Any, params: CompressParams, monitor: JobMo
 
 def refuse_overwriting_source(model_path: str, output_path: str) -> None:
     """RSLabError if `output_path` names the checkpoint being compressed (links and spellings resolved)."""
-    if same_file(model_path, output_path):
-        raise RSLabError(f"the compressed checkpoint would replace the checkpoint being compressed "
-                         f"({os.path.basename(model_path)}); give the output another name")
+    check_output_paths({"compressed checkpoint": output_path}, {"checkpoint being compressed": model_path})
 
 
 def compress_checkpoint(

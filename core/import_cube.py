@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
-from .outputs import PendingOutputs
+from .outputs import PendingOutputs, check_output_paths
 from .raster_io import WAVELENGTH_KEY, WAVELENGTH_UNITS_KEY, gdal_env, open_output
 
 WAVELENGTH_VARIABLES = ("wavelengths", "wavelength", "wavlength")  # the last: MUUFL Gulfport's spelling
@@ -181,6 +181,8 @@ def import_cube(
 ) -> ImportCubeResult:
     """Write the cube (and, when `output_gt` is given, the ground truth) as GeoTIFFs."""
     monitor = JobMonitor(progress, cancelled)
+    check_output_paths({"cube": output_cube, "ground truth": output_gt}, {"input file": input_path},
+                       rasters=("cube", "ground truth"))
     name = os.path.basename(input_path)
     monitor.step(0.0, f"reading {name}")
     with monitor.timed("read"):

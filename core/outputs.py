@@ -16,7 +16,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Dict, Iterator, Optional, Type, Union
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Type, Union
 
 from .errors import RSLabError
 
@@ -36,11 +36,42 @@ def same_file(a: PathLike, b: PathLike) -> bool:
     return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
+RASTER_SUFFIXES = (".tif", ".tiff")  # every raster RS Lab writes is a GeoTIFF
+
+
+def check_output_paths(outputs: Mapping[str, Optional[PathLike]], inputs: Optional[Mapping[str, Optional[PathLike]]] = None,
+                       rasters: Sequence[str] = ()) -> None:
+    """RSLabError, before any work, for outputs that would replace an input or each other, or the wrong format.
+
+    `outputs` and `inputs` map what each file is ("scores raster", "input image") to its path (None: not
+    asked for); `rasters` names the outputs written as GeoTIFFs, which must be called .tif or .tiff (a
+    GeoTIFF named .img or .vrt would mislead every other tool). Without this check an output naming its input
+    replaced it when the job committed (a 193-band cube became a 1-band score raster), and two outputs naming
+    one file left only the last one written.
+    """
+    given = [(what, path) for what, path in outputs.items() if path]
+    for what in rasters:
+        path = outputs.get(what)
+        if path and os.path.splitext(os.fspath(path))[1].lower() not in RASTER_SUFFIXES:
+            raise RSLabError(f"the {what} ({os.path.basename(path)}) is written as a GeoTIFF: give it a .tif name")
+    for i, (what, path) in enumerate(given):
+        for other, other_path in given[i + 1:]:
+            if same_file(path, other_path):
+                raise RSLabError(f"the {what} and the {other} are one file ({os.path.basename(path)}); "
+                                 "give each output its own name")
+        for source, source_path in (inputs or {}).items():
+            if source_path and same_file(path, source_path):
+                raise RSLabError(f"the {what} would replace the {source} ({os.path.basename(source_path)}); "
+                                 "give the output another name")
+
+
 def _remove_with_sidecars(path: Path) -> None:
     for candidate in [path] + [Path(str(path) + s) for s in _SIDECARS]:
         try:
             candidate.unlink()
         except FileNotFoundError:
+            pass
+        except OSError:  # cleanup never hides the error being handled (a name too long with a sidecar suffix)
             pass
 
 
@@ -53,9 +84,9 @@ class PendingOutputs:
 
     def temp(self, final_path: PathLike) -> str:
         """Return the temporary path to write in place of `final_path`."""
-        final = Path(final_path).expanduser().absolute()
+        final = Path(os.path.realpath(Path(final_path).expanduser()))
         if final in self._pending:
-            return str(self._pending[final])
+            raise RSLabError(f"two outputs name one file ({final.name}); give each output its own name")
         if final.is_dir():
             raise RSLabError(f"output path {final} is a folder; give a file name")
         if not final.parent.exists():
@@ -67,8 +98,9 @@ class PendingOutputs:
                 raise RSLabError(f"cannot create the output folder {final.parent}: {exc.strerror}") from exc
         if not os.access(final.parent, os.W_OK):
             raise RSLabError(f"the output folder {final.parent} is not writable")
-        # Keep the extension last so drivers that look at it still see it.
-        tmp = final.with_name(f".{final.stem}.rslab-partial-{uuid.uuid4().hex[:8]}{final.suffix}")
+        # Keep the extension last so drivers that look at it still see it; a short name of its own, so a final
+        # name near the file system's 255-byte limit still has a temporary name
+        tmp = final.with_name(f".rslab-partial-{uuid.uuid4().hex[:12]}{final.suffix[:16]}")
         self._pending[final] = tmp
         return str(tmp)
 
@@ -83,7 +115,10 @@ class PendingOutputs:
             for suffix in _SIDECARS:
                 side = Path(str(tmp) + suffix)
                 if side.exists():
-                    os.replace(side, Path(str(final) + suffix))
+                    try:
+                        os.replace(side, Path(str(final) + suffix))
+                    except OSError:  # no room for the suffix in a name at the length limit: its metadata is lost
+                        _remove_with_sidecars(side)
         self._pending.clear()
 
     def discard(self) -> None:

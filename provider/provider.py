@@ -29,6 +29,11 @@ class RSLabProvider(QgsProcessingProvider):
     def icon(self) -> QIcon:
         return QIcon(str(ICON))
 
+    def supportedOutputRasterLayerExtensions(self) -> list:  # noqa: N802
+        """GeoTIFF only: the engine writes GeoTIFFs (core/outputs.RASTER_SUFFIXES), so the file dialog offers no
+        format whose name would not match the file's content."""
+        return ["tif"]
+
     def loadAlgorithms(self) -> None:  # noqa: N802
         for cls in ALGORITHMS:
             self.addAlgorithm(cls())

@@ -101,13 +101,15 @@ def test_local_rx_windows_and_a_rate_without_a_mask_destination(tmp_path, scene,
     ({"FALSE_ALARM_RATE": 1.0}, "false-alarm rate must be above 0 and below 1, got 1.0"),
     ({"FALSE_ALARM_RATE": 0.0}, "false-alarm rate must be above 0 and below 1, got 0.0"),
     ({"OUTER_WINDOW": 257, "METHOD": 2}, "OUTER_WINDOW"),
+    ({"OUTPUT_SCORES": "scores.img"}, r"the scores raster \(scores.img\) is written as a GeoTIFF: give it a .tif name"),
+    ({"OUTPUT_MASK": "scores.tif", "FALSE_ALARM_RATE": 0.01}, "the scores raster and the mask raster are one file"),
 ])
 def test_bad_parameters_are_refused_with_no_outputs(tmp_path, scene, provider, extra, message):
     cube, _ = scene
     params = {"INPUT": cube, "METHOD": 1, "OUTPUT_SCORES": str(tmp_path / "scores.tif"),
               "OUTPUT_REPORT": str(tmp_path / "report.json"), **extra}
-    if "OUTPUT_MASK" in params:
-        params["OUTPUT_MASK"] = str(tmp_path / params["OUTPUT_MASK"])
+    for name in ("OUTPUT_MASK", "OUTPUT_SCORES"):
+        params[name] = str(tmp_path / params[name]) if name in params else None
     with pytest.raises(QgsProcessingException, match=message):
         processing.run("rslab:detect_anomalies", params)
     assert os.listdir(tmp_path) == []
@@ -196,3 +198,22 @@ def test_bsdm_in_a_background_task_as_the_processing_dialog_runs_it(tmp_path, sc
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["training_loss"]) == 3 and report["metrics"]["auc_df"] > 0.8
     assert progress and max(progress) == pytest.approx(100)
+
+
+def test_outputs_naming_an_input_are_refused_and_the_input_is_kept(tmp_path, scene, provider):
+    """Before, the scores replaced the cube they were computed from (a 1-band float raster in its place)."""
+    import shutil
+
+    cube, gt = scene
+    copy, reference = str(tmp_path / "cube.tif"), str(tmp_path / "gt.tif")
+    shutil.copy(cube, copy)
+    shutil.copy(gt, reference)
+    before = {path: open(path, "rb").read() for path in (copy, reference)}
+    for output, message in ((copy, "the scores raster would replace the input image"),
+                            (reference, "the scores raster would replace the reference")):
+        with pytest.raises(QgsProcessingException, match=message):
+            processing.run("rslab:detect_anomalies", {"INPUT": copy, "METHOD": 1, "REFERENCE": reference,
+                                                      "OUTPUT_SCORES": output})
+    assert sorted(os.listdir(tmp_path)) == ["cube.tif", "gt.tif"]
+    assert all(open(path, "rb").read() == data for path, data in before.items())
+    assert provider.supportedOutputRasterLayerExtensions() == ["tif"]

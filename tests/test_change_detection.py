@@ -442,3 +442,21 @@ def test_a_crs_on_one_raster_only_names_the_one_without(tmp_path, oscd):
             with rasterio.open(plain_after, "w", **dict(src.profile, crs=None)) as dst:
                 dst.write(src.read())
         detect_changes(before, str(plain_after), _outputs(tmp_path / "out"), ChangeParams(method="cva"))
+
+
+def test_outputs_naming_an_input_or_each_other_are_refused(tmp_path, nanjing):
+    """The change mask used to replace the before image it was computed from (a 6-band scene became a 1-band mask)."""
+    import shutil
+
+    before, after, reference = (shutil.copy(path, tmp_path) for path in nanjing)
+    kept = {path: open(path, "rb").read() for path in (before, after, reference)}
+    cases = [(ChangeOutputs(before), "the change mask would replace the before image"),
+             (ChangeOutputs(str(tmp_path / "c.tif"), uncertainty=reference), "the uncertainty raster would replace the reference"),
+             (ChangeOutputs(str(tmp_path / "c.tif"), probability=str(tmp_path / "c.tif")),
+              "the change mask and the probability raster are one file"),
+             (ChangeOutputs(str(tmp_path / "c.img")), "give it a .tif name")]
+    for outputs, message in cases:
+        with pytest.raises(RSLabError, match=message):
+            detect_changes(before, after, outputs, ChangeParams(method="cva"), reference=reference)
+    assert all(open(path, "rb").read() == data for path, data in kept.items())
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in kept)

@@ -101,6 +101,10 @@ def test_bad_inputs_give_clear_errors_and_no_files(tmp_path, samples, provider):
     scipy.io.savemat(mismatch, {"data": np.zeros((4, 5, 3), np.uint16), "map": np.zeros((5, 4), np.uint8)})
     with pytest.raises(RSLabError, match="must match"):
         import_cube(str(mismatch), out, str(tmp_path / "g.tif"))
+    with pytest.raises(RSLabError, match="the cube and the ground truth are one file"):
+        import_cube(scene, out, out)  # the ground truth used to replace the cube, silently
+    with pytest.raises(RSLabError, match=r"the ground truth \(g.img\) is written as a GeoTIFF"):
+        import_cube(scene, out, str(tmp_path / "g.img"))
     with pytest.raises(RSLabError, match="cannot be empty"):
         ImportCubeParams(cube_key="")
     with pytest.raises(QgsProcessingException, match="no variable 'cube'"):

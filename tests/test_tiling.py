@@ -205,6 +205,28 @@ def test_existing_output_is_replaced_only_on_success(tmp_path, samples):
     assert raster_info(str(out)).count == 1
 
 
+def test_names_at_the_file_system_limit_commit_and_cancel_cleanly(tmp_path, samples):
+    """A legal 250-character name: its temporary name must fit too (it was 24 characters longer: 'File name too
+    long' after the output was already in place, a raw OSError on cancel)."""
+    src = str(samples / "rasterio_RGB.byte.tif")
+    out = tmp_path / ("n" * 246 + ".tif")
+    _run([src], str(out), lambda a, v: [a[0][0]], TileSpec(128, 0), dtype="uint8", nodata=0)
+    assert os.listdir(tmp_path) == [out.name] and raster_info(str(out)).count == 1
+    out.unlink()
+    with pytest.raises(JobCancelled):
+        _run([src], str(out), lambda a, v: [a[0][0]], TileSpec(128, 0), monitor=JobMonitor(None, lambda: True))
+    assert os.listdir(tmp_path) == []
+
+
+def test_two_outputs_naming_one_file_are_refused(tmp_path):
+    with PendingOutputs() as pending:
+        pending.temp(tmp_path / "a.tif")
+        with pytest.raises(RSLabError, match="two outputs name one file"):
+            pending.temp(str(tmp_path / "sub" / ".." / "a.tif"))
+        pending.discard()
+    assert os.listdir(tmp_path) == []
+
+
 def test_bad_inputs_raise_rslab_error(tmp_path, samples):
     with pytest.raises(RSLabError, match="not found"):
         raster_info(str(tmp_path / "missing.tif"))
