@@ -23,7 +23,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 import rslab
-from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import LRX_MAX_OUTER, AnomalyOutputs, AnomalyParams, detect_anomalies
 from rslab.core.import_cube import ImportCubeParams, import_cube
 from rslab.ui.anomaly_dock import AnomalyDock, output_paths
 
@@ -211,12 +211,76 @@ def test_missing_layer_and_reference_equal_to_the_image_are_refused_before_any_t
 def test_window_settings_are_checked_only_for_local_rx(qtbot, dock, scene, project):
     cube, _ = scene
     choose(dock, cube, "lrx")
-    dock.inner_spin.setValue(4)  # typed: the spin box steps by 2 from 3
+    dock.inner_spin.setValue(4)  # only code can: a typed even size becomes odd (see the test below)
     _, error = click_run(qtbot, dock)
     assert error == "inner_window must be an odd number of pixels, got 4" and dock.task is None
     assert dock.status_label.text() == "Failed: " + error
     dock.method_combo.setCurrentIndex(dock.method_combo.findData("rx"))
     assert dock.params().inner_window == 3 and dock.params().method == "rx"  # the disabled setting is not used
+
+
+def _type(qtbot, spin, text: str) -> None:
+    """Replace a spin box's text by typing, then press Return, as a user does."""
+    spin.selectAll()
+    qtbot.keyClicks(spin, text)
+    with qtbot.waitSignal(spin.editingFinished, timeout=1000):
+        qtbot.keyClick(spin, Qt.Key_Return)
+
+
+def test_window_spin_boxes_take_odd_sizes_up_to_the_engines_widest(qtbot, dock, scene):
+    """The outer window reaches the engine's LRX_MAX_OUTER (it stopped at 199), and a typed even size ends odd
+    (it was taken, and refused only at Run)."""
+    choose(dock, scene[0], "lrx")
+    assert dock.outer_spin.maximum() == LRX_MAX_OUTER == 255
+    dock.outer_spin.setValue(LRX_MAX_OUTER)
+    assert dock.outer_spin.value() == LRX_MAX_OUTER
+    dock.outer_spin.stepUp()
+    assert dock.outer_spin.value() == LRX_MAX_OUTER
+    for spin, typed, odd in ((dock.inner_spin, "4", 5), (dock.outer_spin, "20", 21), (dock.outer_spin, "254", 255)):
+        _type(qtbot, spin, typed)
+        assert spin.value() == odd and spin.text() == str(odd), typed
+    dock.inner_spin.stepDown()
+    assert dock.inner_spin.value() == 3
+    params = dock.params()
+    assert (params.inner_window, params.outer_window) == (3, 255)
+
+
+def test_an_output_folder_typed_with_a_tilde_is_the_home_folder(qtbot, dock, scene, project, tmp_path, monkeypatch):
+    """'~/out' is the folder under the home folder, for the layers and the no-overwrite names too (the UI used it
+    as typed: QGIS could not open the outputs the core wrote under home, and a second run overwrote the first)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    choose(dock, scene[0], "rx", output="~/out")
+    for _ in range(2):
+        result, error = click_run(qtbot, dock)
+        assert error == "", error
+    out = tmp_path / "out"
+    assert sorted(name for name in os.listdir(out) if not name.endswith(".aux.xml")) == [
+        "beach-2_rx_2_report.json", "beach-2_rx_2_scores.tif", "beach-2_rx_report.json", "beach-2_rx_scores.tif"]
+    assert group_names(project) == ["Anomalies: beach-2 (RX)"] * 2
+    assert [node.layer().source() for node in dock.group.findLayers()] == [str(out / "beach-2_rx_2_scores.tif")]
+    assert dock.status_label.text() == f"Done. Outputs in {out}"
+
+
+def test_a_run_ending_after_its_project_was_closed_adds_nothing_to_the_next(qtbot, dock, scene, project, beach2,
+                                                                             tmp_path):
+    """File > New Project (or opening another one) during a run: its outputs stay in their folder, and its layers
+    are not added to the unrelated project now open; the next run there adds its own."""
+    choose(dock, scene[0], "rx", output=tmp_path)
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+        project.clear()
+        add_raster(project, beach2[1], "a layer of the new project")
+    result, error = done.args
+    assert error == "" and os.path.isfile(result.outputs.scores) and os.path.isfile(result.outputs.report)
+    assert [layer.name() for layer in project.mapLayers().values()] == ["a layer of the new project"]
+    assert group_names(project) == [] and dock.group is None
+    assert dock.status_label.text() == f"Done; the project was closed meanwhile, outputs are in {tmp_path}"
+    assert "RX" in dock.metrics_label.text() and dock.progress_bar.value() == 100
+
+    choose(dock, add_raster(project, beach2[0], "beach-2"), "rx", output=tmp_path)
+    _, error = click_run(qtbot, dock)
+    assert error == "" and group_names(project) == ["Anomalies: beach-2 (RX)"]
+    assert dock.status_label.text() == f"Done. Outputs in {tmp_path}"
 
 
 def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, scene, project, tmp_path):

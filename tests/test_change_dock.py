@@ -131,6 +131,21 @@ def test_without_reference_no_accuracy_and_a_temporary_folder(qtbot, dock, levir
             shutil.rmtree(folder)
 
 
+def test_a_run_ending_after_its_project_was_closed_adds_no_layers(qtbot, dock, levir, project, tmp_path):
+    """File > New Project (or opening another one) during a run: the outputs stay in their folder, and the layers
+    are not added to the unrelated project now open."""
+    choose(dock, levir["before"], levir["after"], "cva", output=tmp_path / "out")
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+        project.clear()
+    result, error = done.args
+    assert error == "" and os.path.isfile(result.outputs.change) and os.path.isfile(result.outputs.uncertainty)
+    assert project.mapLayers() == {} and group_names(project) == [] and dock.group is None
+    status = dock.status_label.text().splitlines()[0]  # notes follow it
+    assert status == f"Done; the project was closed meanwhile, outputs are in {tmp_path / 'out'}"
+    assert "CVA" in dock.metrics_label.text() and dock.run_button.isEnabled()
+
+
 def test_a_partial_reference_is_read_as_the_coding_chosen_in_the_dock(qtbot, dock, project, shared_data, tmp_path,
                                                                        iface):
     root = shared_data / "change" / "landsat_nanjing"

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 from qgis.core import Qgis
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QCoreApplication, QEvent, Qt
 from qgis.PyQt.QtGui import QGuiApplication
 
 import rslab
@@ -82,3 +83,19 @@ def test_plugin_warns_about_missing_packages_with_an_install_button(iface, qtbot
     finally:
         plugin.unload()
     assert plugin.dialogs == []
+
+
+def test_unloading_the_plugin_during_an_install_cancels_it(iface, qtbot, probe_requirement, monkeypatch):
+    """The dialog goes with the plugin: its install is cancelled, and the task's end leaves the deleted dialog alone
+    (it refreshed it: RuntimeError, wrapped C/C++ object deleted, caught here by pytest-qt)."""
+    monkeypatch.setattr(dependencies, "install_commands", lambda *_, **__: [["sh", "-c", "sleep 1; echo done"]])
+    plugin = rslab.classFactory(iface)
+    plugin.initGui()
+    dialog = plugin.show_diagnostics()
+    qtbot.mouseClick(dialog.install_button, Qt.LeftButton)
+    task = dialog.install_task
+    with qtbot.waitSignal(task.jobFinished, timeout=20000) as done:
+        plugin.unload()
+        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+        assert sip.isdeleted(dialog) and task.isCanceled()
+    assert done.args[0] is None

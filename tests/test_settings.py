@@ -50,14 +50,15 @@ def test_values_a_widget_cannot_take_are_dropped(qtbot, iface):
     settings.setValue("rslab/anomaly/method", "a method that no longer exists")
     settings.setValue("rslab/anomaly/iterations", "many")
     settings.setValue("rslab/anomaly/outer_window", 10_000)  # above the spin box's maximum
+    settings.setValue("rslab/anomaly/inner_window", 4)  # even: local RX refuses it
     settings.setValue("rslab/anomaly/mask", "perhaps")
     settings.setValue("rslab/anomaly/seed", 7)
     dock = AnomalyDock(iface)
     qtbot.addWidget(dock)
     assert dock.method_combo.currentData() == "bsdm_rx" and dock.iterations_spin.value() == 500
-    assert dock.outer_spin.value() == 11 and not dock.far_check.isChecked()
+    assert dock.outer_spin.value() == 11 and dock.inner_spin.value() == 3 and not dock.far_check.isChecked()
     assert dock.seed_spin.value() == 7  # the good one is kept
-    for key in ("method", "iterations", "outer_window", "mask"):
+    for key in ("method", "iterations", "outer_window", "inner_window", "mask"):
         assert QgsSettings().value(f"rslab/anomaly/{key}") is None, key
 
 

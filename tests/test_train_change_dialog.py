@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from qgis.core import QgsApplication
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 
@@ -40,8 +41,10 @@ def dialog(qtbot, qgis_app):
 
 
 def configure(dialog, data, output, iterations=3) -> None:
+    """Tiny settings for a run of seconds; `output` None leaves 'Save checkpoint as' as it is."""
     dialog.data_dir.setFilePath(str(data))
-    dialog.output_file.setFilePath(str(output))
+    if output is not None:
+        dialog.output_file.setFilePath(str(output))
     dialog.iterations_spin.setValue(iterations)
     dialog.eval_spin.setValue(1)
     dialog.batch_spin.setValue(2)
@@ -74,6 +77,27 @@ def test_short_training_plots_every_epoch_and_emits_the_checkpoint(qtbot, dialog
     log = dialog.log.toPlainText()
     assert f"Validation pairs (1, held out): {PAIRS[1]}" in log and "epoch 3 (iteration 3)" in log
     assert dialog.progress_bar.value() == 100 and dialog.start_button.isEnabled()
+
+
+def test_without_a_file_name_each_training_saves_a_new_checkpoint(qtbot, dialog, two_pairs):
+    """The change dock keeps one dialog: a name filled in when it was built made a second training overwrite the
+    first model. Left empty, each run takes a new file under the profile, also two runs in one second."""
+    configure(dialog, two_pairs, None, iterations=1)
+    paths = []
+    try:
+        for _ in range(2):
+            with qtbot.waitSignal(dialog.trained, timeout=TIMEOUT_MS) as done:
+                qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
+            paths.append(done.args[0])
+        assert paths[0] != paths[1] and all(os.path.isfile(path) for path in paths)
+        folder = os.path.join(QgsApplication.qgisSettingsDirPath(), "rslab", "checkpoints")
+        assert {os.path.dirname(path) for path in paths} == {os.path.normpath(folder)}
+        assert all(os.path.basename(path).startswith("arcdnet_") for path in paths)
+        assert dialog.output_file.filePath() == ""  # the next run gets a new name again
+        assert "QGIS profile" in dialog.output_file.lineEdit().placeholderText()
+    finally:
+        for path in set(paths):
+            os.remove(path)
 
 
 def test_partial_labels_chosen_in_the_dialog(qtbot, dialog, shared_data, tmp_path):

@@ -50,7 +50,14 @@ from qgis.PyQt.QtWidgets import (
 )
 from rasterio.windows import Window
 
-from ..core.anomaly import AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies, valid_summary
+from ..core.anomaly import (
+    LRX_MAX_OUTER,
+    AnomalyOutputs,
+    AnomalyParams,
+    AnomalyResult,
+    detect_anomalies,
+    valid_summary,
+)
 from ..core.bands import bad_bands, true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
@@ -66,6 +73,7 @@ from .widgets import (
     double_spin_box,
     folder_widget,
     legend_mark,
+    odd_spin_box,
     result_plot,
     scroll_body,
     spin_box,
@@ -284,8 +292,9 @@ class AnomalyDock(JobDock):
         self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.iterations_spin = spin_box(self, 1, 100_000, 500, 50, "BSDM training iterations (the paper uses 500)")
         self.seed_spin = spin_box(self, 0, 99_999, 0, 1, "Random seed: the same seed gives the same scores")
-        self.inner_spin = spin_box(self, 1, 99, 3, 2, "Inner (guard) window in pixels, odd; it should cover a target")
-        self.outer_spin = spin_box(self, 3, 199, 11, 2, "Outer window in pixels, odd, larger than the inner one")
+        self.inner_spin = odd_spin_box(self, 1, 99, 3, "Inner (guard) window in pixels, odd; it should cover a target")
+        self.outer_spin = odd_spin_box(self, 3, LRX_MAX_OUTER, 11,
+                                       f"Outer window in pixels, odd, larger than the inner one, at most {LRX_MAX_OUTER}")
         self.reference_combo = self._raster_combo(allow_empty=True)
         self.reference_combo.setToolTip("Optional anomaly reference on the same grid (non-zero = anomaly): "
                                         "gives AUC(D,F), AUC(F,τ), AUC_BS and the ROC curve")
@@ -464,17 +473,19 @@ class AnomalyDock(JobDock):
         self.result = run.result
         if run.mean_spectrum is not None:
             self.mean_spectra[request.cube] = run.mean_spectrum
-        try:
-            self.group = self._add_layers(request, run.result)
-        except RSLabError as exc:
-            self._fail(str(exc))
-            return
-        self._scores[request.layer_id] = run.result.outputs.scores
-        self._remember_roc(request, run)
+        self.group = None
+        if not self.project_closed:  # else the layers would land in an unrelated project
+            try:
+                self.group = self._add_layers(request, run.result)
+            except RSLabError as exc:
+                self._fail(str(exc))
+                return
+            self._scores[request.layer_id] = run.result.outputs.scores
+            self._remember_roc(request, run)
         self.progress_bar.setValue(100)
         self._show_metrics(run)
         self._show_roc_of_current_layer()
-        self._set_status(f"Done. Outputs in {request.output_dir}")
+        self._set_status(self._done_text(request.output_dir))
         self.runFinished.emit(run.result, "")
 
     def _fail(self, error: str) -> None:

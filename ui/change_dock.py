@@ -422,12 +422,14 @@ class ChangeDetectionDock(JobDock):
             self.runFinished.emit(None, error)
             return
         self.result, self.histogram_data = run.result, run.histogram
-        try:
-            self.group = self._add_layers(request, run.result)
-        except RSLabError as exc:
-            self._report_failure(str(exc))
-            self.runFinished.emit(None, str(exc))
-            return
+        self.group = None
+        if not self.project_closed:  # else the layers would land in an unrelated project
+            try:
+                self.group = self._add_layers(request, run.result)
+            except RSLabError as exc:
+                self._report_failure(str(exc))
+                self.runFinished.emit(None, str(exc))
+                return
         self.progress_bar.setValue(100)
         self._show_metrics(run)
         self._plot_histogram(run.histogram)
@@ -504,7 +506,7 @@ class ChangeDetectionDock(JobDock):
         self.histogram.setTitle(f"Uncertainty by class{decimated}", size="9pt")
 
     def _report_success(self, request: ChangeRequest, result: ChangeResult) -> None:
-        text = f"Done. Outputs in {request.output_dir}"
+        text = self._done_text(request.output_dir)
         if result.notes:
             text += "".join(f"\nNote: {note}" for note in result.notes)
         self._set_status(text)

@@ -14,7 +14,6 @@ torch is only imported inside the worker jobs, so the plugin loads without it.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyqtgraph as pg
-from qgis.core import QgsApplication
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
@@ -51,7 +49,7 @@ from ..core.compression import METHOD_LABELS, CompressParams, CompressResult, re
 from ..core.errors import RSLabError
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
-from .job_dock import JobDock, cancel_if_alive
+from .job_dock import NEW_CHECKPOINT_HINT, JobDock, cancel_if_alive, new_checkpoint_path, user_path
 from .settings import remember
 from .widgets import (
     SQUARE,
@@ -198,10 +196,8 @@ def check_data(task: str, path: str) -> str:
 
 
 def default_output_path(source: str, method: str) -> str:
-    """A new file under the QGIS profile, so compressed models outlive temporary folders."""
-    folder = Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / "checkpoints"
-    stem = Path(source).stem
-    return str(folder / f"{stem}_{method}_{_dt.datetime.now():%Y%m%d-%H%M%S}.pt")
+    """Where a run saves the compressed model when no file is given: a new file under the QGIS profile."""
+    return new_checkpoint_path(f"{Path(source).stem}_{method}")
 
 
 @dataclass(frozen=True)
@@ -302,8 +298,7 @@ class CompressionDock(JobDock):
                                            "(classification) or 100 iterations (tiled data)")
         self.data_file = QgsFileWidget(self)
         self.data_file.setStorageMode(QgsFileWidget.GetFile)
-        self.output_file = checkpoint_widget(self, save=True,
-                                             placeholder="a new file under the QGIS profile (rslab/checkpoints)")
+        self.output_file = checkpoint_widget(self, save=True, placeholder=NEW_CHECKPOINT_HINT)
 
     def _build_method_settings(self) -> None:
         self.pic_pq_box = QGroupBox("PIC-PQ settings", self)
@@ -590,7 +585,7 @@ class CompressionDock(JobDock):
                              "(or Export… this one)")
         params = self.params()
         data = check_data(self.summary.task, self.data_file.filePath().strip())
-        output = self.output_file.filePath().strip() or default_output_path(path, params.method)
+        output = user_path(self.output_file.filePath()) or default_output_path(path, params.method)
         if os.path.isdir(output):
             raise RSLabError(f"{output} is a folder; give a file name for the compressed checkpoint")
         if not output.lower().endswith(".pt"):

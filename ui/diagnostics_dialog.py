@@ -2,7 +2,10 @@
 and an installer for missing packages into the plugin-private environment."""
 from __future__ import annotations
 
+from functools import partial
+
 from qgis.core import Qgis
+from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QFontDatabase, QGuiApplication
 from qgis.PyQt.QtWidgets import QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout
 
@@ -79,10 +82,13 @@ class DiagnosticsDialog(QDialog):
 
         self.install_task = tasks.JobTask("RS Lab: installing Python packages", job, on_finished=self._installed)
         self.install_task.message.connect(self.text.appendPlainText)
+        self.destroyed.connect(partial(tasks.cancel_if_alive, self.install_task))  # the plugin unloaded: stop pip
         self.install_button.setEnabled(False)
         tasks.start(self.install_task)
 
     def _installed(self, result, error: str) -> None:
+        if sip.isdeleted(self):  # the plugin was unloaded while pip ran (loading it again activates the env)
+            return
         self.install_task = None
         activate_environments()
         if error:  # keep pip's log on screen: it says why

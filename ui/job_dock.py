@@ -7,14 +7,16 @@ A dock subclasses `JobDock`, builds a request (paths + params dataclass +
 """
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import re
 import shutil
 import tempfile
 from functools import partial
+from pathlib import Path
 from typing import Any, Iterable, Optional, Tuple
 
-from qgis.core import Qgis, QgsMapLayer, QgsProviderRegistry
+from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsProject, QgsProviderRegistry
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject
@@ -23,6 +25,7 @@ from qgis.PyQt.QtWidgets import QProgressBar, QPushButton, QWidget
 from ..core.change_labels import burn_labels
 from ..core.errors import RSLabError
 from . import task as tasks
+from .task import cancel_if_alive
 from .widgets import message_label, raster_combo
 
 
@@ -93,14 +96,34 @@ def unused_stem(folder: str, stem: str, suffixes: Iterable[str]) -> str:
     return os.path.join(folder, candidate)
 
 
-def cancel_if_alive(task: tasks.JobTask) -> None:
-    """Cancel `task` unless QGIS has already deleted it (it finished); for `destroyed` signals."""
-    if not sip.isdeleted(task):
-        task.cancel()
+def user_path(text: str) -> str:
+    """A file or folder as typed ('~/out', 'out'): absolute, with ~ expanded ('' stays ''). The core expands ~
+    itself; the UI must name the same file, to find an unused name and to open the output as a layer."""
+    text = text.strip()
+    return os.path.abspath(os.path.expanduser(text)) if text else ""
+
+
+NEW_CHECKPOINT_HINT = "a new file under the QGIS profile (rslab/checkpoints)"  # placeholder of 'save as' fields
+
+
+def new_checkpoint_path(stem: str) -> str:
+    """`<stem>_<date-time>.pt` under the QGIS profile, so models outlive temporary folders; `_2`, `_3`, … when
+    that file exists (two runs in one second)."""
+    folder = Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / "checkpoints"
+    base = folder / f"{stem}_{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    path, n = f"{base}.pt", 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}_{n}.pt"
+    return path
 
 
 class JobDock(QWidget):
-    """Base of the task docks. Subclasses provide the widgets named below and `_finished`."""
+    """Base of the task docks. Subclasses provide the widgets named below and `_finished`.
+
+    A run's layers belong to the project it started in: when that project is closed or replaced meanwhile
+    (QgsProject's `cleared`), `project_closed` says so and the dock keeps the outputs but adds no layers.
+    """
 
     MESSAGE_TITLE = "RS Lab"
     TEMP_PREFIX = "rslab-"
@@ -109,6 +132,7 @@ class JobDock(QWidget):
     # come from _build_job_widgets
     iface: Any
     task: Optional[tasks.JobTask]
+    project_closed = False  # the project was closed or replaced since the current (or last) run started
 
     def _build_job_widgets(self, run_text: str) -> None:
         """The run and cancel buttons, the progress bar and the status line of a job dock."""
@@ -123,7 +147,7 @@ class JobDock(QWidget):
 
     def _output_folder(self) -> Tuple[str, bool]:
         """(folder, created): the chosen folder, or a new temporary one when none is chosen."""
-        folder = self.output_dir.filePath().strip()
+        folder = user_path(self.output_dir.filePath())
         if not folder:
             return tempfile.mkdtemp(prefix=self.TEMP_PREFIX), True
         if os.path.exists(folder) and not os.path.isdir(folder):
@@ -139,8 +163,13 @@ class JobDock(QWidget):
         self.task.message.connect(self._set_status)
         self._cancel_on_destroy = partial(cancel_if_alive, self.task)
         self.destroyed.connect(self._cancel_on_destroy)  # the dock goes away (plugin unloaded): stop the run
+        self.project_closed = False
+        QgsProject.instance().cleared.connect(self._note_project_closed)
         self._set_running(True)
         tasks.start(self.task)
+
+    def _note_project_closed(self) -> None:
+        self.project_closed = True
 
     def is_running(self) -> bool:
         return self.task is not None and getattr(self, "_request", None) is not None
@@ -156,8 +185,15 @@ class JobDock(QWidget):
             return None
         request, self._request = self._request, None
         self.destroyed.disconnect(self._cancel_on_destroy)
+        QgsProject.instance().cleared.disconnect(self._note_project_closed)
         self._set_running(False)
         return request
+
+    def _done_text(self, folder: str) -> str:
+        """The status line of a finished run, saying why no layers were added when its project was closed."""
+        if self.project_closed:
+            return f"Done; the project was closed meanwhile, outputs are in {folder}"
+        return f"Done. Outputs in {folder}"
 
     def _progress(self, percent: float) -> None:
         self.progress_bar.setValue(int(percent))

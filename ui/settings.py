@@ -8,8 +8,8 @@ or a killed QGIS keeps what was chosen). Layer choices are not remembered
 overwrite the last run's result); output *folders* are.
 
 A stored value the widget cannot take (an option that no longer exists, a
-number out of range, text where a number was) is dropped and the widget
-keeps its default.
+number out of range or one it refuses, such as an even window size, text
+where a number was) is dropped and the widget keeps its default.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Tuple
 
 from qgis.core import QgsSettings
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtGui import QValidator
 from qgis.PyQt.QtWidgets import QAbstractSpinBox, QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox, QWidget
 
 GROUP = "rslab"
@@ -50,6 +51,8 @@ def _set_checked(widget: QCheckBox, value: Any) -> bool:
 
 def _set_number(widget: QAbstractSpinBox, value: float) -> bool:
     if not widget.minimum() <= value <= widget.maximum():
+        return False
+    if widget.validate(widget.textFromValue(value), 0)[0] != QValidator.Acceptable:  # an even window size, say
         return False
     widget.setValue(value)
     return True

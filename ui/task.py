@@ -11,6 +11,7 @@ import traceback
 from typing import Any, Callable, List, Optional, Set
 
 from qgis.core import QgsApplication, QgsMessageLog, Qgis, QgsTask
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.errors import JobCancelled, RSLabError
@@ -83,3 +84,9 @@ def start(task: JobTask) -> JobTask:
     _RUNNING.add(task)
     QgsApplication.taskManager().addTask(task)
     return task
+
+
+def cancel_if_alive(task: QgsTask) -> None:
+    """Cancel `task` unless QGIS has already deleted it (it finished); for `destroyed` signals."""
+    if not sip.isdeleted(task):
+        task.cancel()

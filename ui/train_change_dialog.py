@@ -7,14 +7,12 @@ only ever touched on the GUI thread.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from functools import partial
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyqtgraph as pg
-from qgis.core import QgsApplication, QgsRasterLayer
+from qgis.core import QgsRasterLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -35,7 +33,15 @@ from ..core.change_data import ChangePair, pairs_from_folder
 from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
 from ..core.errors import RSLabError
 from . import task as tasks
-from .job_dock import cancel_if_alive, date_files, label_file, scratch_folder
+from .job_dock import (
+    NEW_CHECKPOINT_HINT,
+    cancel_if_alive,
+    date_files,
+    label_file,
+    new_checkpoint_path,
+    scratch_folder,
+    user_path,
+)
 from .settings import remember
 from .widgets import (
     BandChooser,
@@ -83,9 +89,8 @@ def hold_out(pairs: Sequence[ChangePair], share: float = VALIDATION_SHARE) -> Tu
 
 
 def default_checkpoint_path() -> str:
-    """A new file name under the QGIS profile, so trained models outlive temporary folders."""
-    folder = Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / "checkpoints"
-    return str(folder / f"arcdnet_{_dt.datetime.now():%Y%m%d-%H%M%S}.pt")
+    """Where a run saves its model when 'Save checkpoint as' is empty: a new file under the QGIS profile."""
+    return new_checkpoint_path("arcdnet")
 
 
 
@@ -163,8 +168,8 @@ class TrainChangeDialog(QDialog):
             self.width_combo.addItem(label, key)
         self.base_spin = spin_box(self, 4, 128, 32, 4, tip="Encoder width (64 = ResNet-18)")
         self.channels_spin = spin_box(self, 4, 256, 32, 4, tip="Decoder width C")
-        self.output_file = checkpoint_widget(self, save=True)
-        self.output_file.setFilePath(default_checkpoint_path())
+        # empty: each run picks a new name (the change dock reuses this dialog; one name overwrote the last model)
+        self.output_file = checkpoint_widget(self, save=True, placeholder=NEW_CHECKPOINT_HINT)
         self.start_button = QPushButton("Start", self)
         self.cancel_button = QPushButton("Cancel", self)
         self.close_button = QPushButton("Close", self)
@@ -319,9 +324,10 @@ class TrainChangeDialog(QDialog):
         return path
 
     def checkpoint_path(self) -> str:
-        path = self.output_file.filePath().strip()
+        """The file named in 'Save checkpoint as' (with .pt), or a new one under the profile when it is empty."""
+        path = user_path(self.output_file.filePath())
         if not path:
-            raise RSLabError("choose where to save the checkpoint (.pt)")
+            return default_checkpoint_path()
         if os.path.isdir(path):
             raise RSLabError(f"{path} is a folder; give a checkpoint file name")
         return path if path.lower().endswith(".pt") else path + ".pt"

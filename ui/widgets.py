@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence, Tuple
 from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsRasterLayer
 from qgis.gui import QgsCheckableComboBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QValidator
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -153,6 +154,35 @@ def spin_box(parent: QWidget, low: int, high: int, value: int, step: int = 1, ti
     spin = QSpinBox(parent)
     spin.setRange(low, high)
     spin.setSingleStep(step)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+class OddSpinBox(QSpinBox):
+    """A spin box of odd values (window sizes: a centre pixel and as many on each side). It steps by 2 from an
+    odd value, and a typed even value is not taken as is: when editing ends it becomes the odd value above it
+    (below it at the maximum). Values set from code are taken as given."""
+
+    def validate(self, text: str, pos: int) -> Tuple[QValidator.State, str, int]:
+        state, text, pos = super().validate(text, pos)
+        if state == QValidator.Acceptable and self.valueFromText(text) % 2 == 0:
+            state = QValidator.Intermediate
+        return state, text, pos
+
+    def fixup(self, text: str) -> str:
+        if super().validate(text, 0)[0] == QValidator.Acceptable:
+            value = self.valueFromText(text)
+            if value % 2 == 0:
+                return self.textFromValue(value + 1 if value < self.maximum() else value - 1)
+        return super().fixup(text)
+
+
+def odd_spin_box(parent: QWidget, low: int, high: int, value: int, tip: str = "") -> OddSpinBox:
+    """An OddSpinBox from `low` to `high` (both odd) stepping by 2."""
+    spin = OddSpinBox(parent)
+    spin.setRange(low, high)
+    spin.setSingleStep(2)
     spin.setValue(value)
     spin.setToolTip(tip)
     return spin
