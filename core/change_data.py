@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rasterio.windows import Window
@@ -23,7 +23,8 @@ from .raster_io import describe, gdal_env, open_raster, read_decimated, read_win
 from .tiling import partition
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-IN_MEMORY_PIXELS = 4_000_000
+IN_MEMORY_PIXELS = 4_000_000  # a pair up to this size is read whole once and cropped in memory ...
+IN_MEMORY_BYTES = 1 << 30  # ... while all such pairs together fit in this much memory; the rest by windows
 # ImageNet statistics in 0..255 units, for 8-bit RGB (METHODS.md section 1).
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
@@ -97,11 +98,15 @@ class PairSampler:
     - `paste`: the changed pixels of another training crop (its after image
       where its label is set) are pasted into this crop's after image and
       labelled as change, which multiplies the kinds of change the model sees.
+
+    Pairs up to IN_MEMORY_PIXELS each are read whole once, while their total stays under IN_MEMORY_BYTES
+    (a folder of 637 LEVIR-CD pairs of 1024 x 1024 would otherwise hold 19 GB); the others are read by
+    windows for each crop. `check` (a cancel check) runs before each whole read.
     """
 
     def __init__(self, pairs: Sequence[ChangePair], crop: int, seed: int = 0,
                  jitter: float = 0.0, paste: float = 0.0, coding: str = "binary",
-                 centred: Optional[bool] = None) -> None:
+                 centred: Optional[bool] = None, check: Optional[Callable[[], None]] = None) -> None:
         if not pairs:
             raise RSLabError("no training pairs were given")
         self.pairs = list(pairs)
@@ -117,9 +122,14 @@ class PairSampler:
         self.bands = bands.pop()
         self.shapes = [(h, w) for _, h, w in shapes]
         self.cache = {}
+        cached = 0  # bytes: two float32 dates, a float32 label, a valid mask per pixel
+        pixel_bytes = 2 * 4 * self.bands + 4 + 1
         for i, (pair, (h, w)) in enumerate(zip(self.pairs, self.shapes)):
-            if h * w <= IN_MEMORY_PIXELS:
+            if h * w <= IN_MEMORY_PIXELS and cached + h * w * pixel_bytes <= IN_MEMORY_BYTES:
+                if check is not None:
+                    check()
                 self.cache[i] = read_pair(pair, Window(0, 0, w, h), coding)
+                cached += h * w * pixel_bytes
         # partial labels: crops centred on labelled pixels (see LabelledPixels); else anywhere
         self.centred = coding == "partial" if centred is None else centred
         self.labelled: List[LabelledPixels] = []

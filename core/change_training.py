@@ -31,6 +31,7 @@ from .device import describe_device, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import Confusion
+from .outputs import check_output_paths
 from .tiling import TileSpec, tile_grid
 
 TASK = "change_detection"
@@ -102,21 +103,28 @@ def learning_rate(iteration: int, params: TrainChangeParams) -> float:
 
 
 def evaluate(model, pairs: Sequence[ChangePair], mean, std, device, threshold: float = 0.5,
-             tile: TileSpec = TileSpec(512, 128), coding: str = "binary") -> Dict[str, float]:
-    """Scores over all labelled pixels of `pairs`, predicted by windows (centre-cropped) so any size fits."""
+             tile: TileSpec = TileSpec(512, 128), coding: str = "binary",
+             check: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+    """Scores over all labelled pixels of `pairs`, predicted by windows (centre-cropped) so any size fits.
+
+    `changed` counts the labelled changed pixels (F1 is 0 without any, whatever the model); `check` (a
+    cancel check) runs before each window, so a cancel during a long validation pass is not left waiting.
+    """
     confusion = Confusion()
     was_training = model.training
     model.eval()
     for pair in pairs:
         _, h, w = check_pair(pair)
         for t in tile_grid(h, w, tile):
+            if check is not None:
+                check()
             a, b, y, v = read_pair(pair, t.read, coding)
             prob, _ = predict_pair(model, a, b, mean, std, device)
             r, c = int(t.core.row_off - t.read.row_off), int(t.core.col_off - t.read.col_off)
             core = (slice(r, r + int(t.core.height)), slice(c, c + int(t.core.width)))
             confusion.update(prob[core] >= threshold, y[core] > 0, v[core])
     model.train(was_training)
-    return confusion.scores()
+    return dict(confusion.scores(), changed=confusion.tp + confusion.fn)
 
 
 def _batch(sampler: PairSampler, size: int, device):
@@ -143,12 +151,23 @@ def train_change_detector(
     With `params.bands` both dates of every pair are read through VRTs of those bands (core/bands.py),
     as `detect_changes` reads them with its `bands`; the card records them (`trained_bands`).
     """
+    check_output_paths({"checkpoint": output_path}, training_inputs(train_pairs, val_pairs, params.init_checkpoint))
     if params.bands:
         with tempfile.TemporaryDirectory(prefix="rslab-train-bands-") as workdir:
             views = band_views(list(train_pairs) + list(val_pairs), params.bands, workdir)
             return _train(views[:len(train_pairs)], views[len(train_pairs):], output_path, params, progress,
                           cancelled, on_epoch, data_description)
     return _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_epoch, data_description)
+
+
+def training_inputs(train_pairs: Sequence[ChangePair], val_pairs: Sequence[ChangePair],
+                    init_checkpoint: Optional[str] = None) -> Dict[str, str]:
+    """The files a training run reads, by what they are, for check_output_paths."""
+    inputs = {"starting checkpoint": init_checkpoint or ""}
+    for pair in list(train_pairs) + list(val_pairs):
+        for role in ("before", "after", "label"):
+            inputs[f"{role} {'raster' if role == 'label' else 'image'} of {pair.name}"] = getattr(pair, role)
+    return inputs
 
 
 def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_epoch, data_description):
@@ -159,21 +178,27 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
     monitor = JobMonitor(progress, cancelled)
     if not val_pairs:
         raise RSLabError("training needs at least one validation pair to choose the best checkpoint")
+    init = load_checkpoint(params.init_checkpoint, task=TASK) if params.init_checkpoint else None
+    if init is not None and init.card.bit_widths is not None:
+        # its pruned, quantised layers would train, but the checkpoint saved at the end (plain weights, a card
+        # without bit widths) would not load: compression comes after fine-tuning
+        raise RSLabError("the starting checkpoint is compressed (pruned and quantised); fine-tune its "
+                         "full-precision model, then compress the result")
     torch.manual_seed(params.seed)
     device = select_device()
     labels = ReferenceValues()
+    waiting = monitor.sub(0.0, 0.0)  # the data is read before the first iteration: cancel checks, no progress
     for label in dict.fromkeys(p.label for p in list(train_pairs) + list(val_pairs)):
-        survey_reference(label, seen=labels)
+        survey_reference(label, waiting, seen=labels)
     # stops on labels the coding cannot read, before any work
     note = coding_note(labels, params.label_coding, "training labels")
     sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste, params.label_coding,
-                          CROP_SAMPLING[params.crop_sampling])
+                          CROP_SAMPLING[params.crop_sampling], check=monitor.check)
     val_bands = {check_pair(p)[0] for p in val_pairs}
     if val_bands != {sampler.bands}:
         raise RSLabError(f"validation pairs have {sorted(val_bands)} bands, training pairs {sampler.bands}")
 
-    if params.init_checkpoint:
-        init = load_checkpoint(params.init_checkpoint, task=TASK)
+    if init is not None:
         if init.card.arguments.get("bands") != sampler.bands:
             raise RSLabError(
                 f"the starting checkpoint was trained for {init.card.arguments.get('bands')} bands, "
@@ -213,13 +238,15 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         running.append(float(loss.detach()))
         if (iteration + 1) % params.eval_every == 0 or iteration + 1 == params.iterations:
             with monitor.timed("validate"):
-                scores = evaluate(model, val_pairs, mean, std, device, params.threshold, coding=params.label_coding)
+                scores = evaluate(model, val_pairs, mean, std, device, params.threshold, coding=params.label_coding,
+                                  check=monitor.check)
             record = {"epoch": len(result.history) + 1, "iteration": iteration + 1,
                       "loss": float(np.mean(running)), "val_f1": scores["f1"], "val_iou": scores["iou"],
                       "lr": learning_rate(iteration, params), "seconds": time.perf_counter() - start}
             running = []
             result.history.append(record)
-            if best_state is None or scores["f1"] > result.best_f1:
+            # validation pairs without a changed pixel score F1 0 whatever the model: the last state is kept
+            if best_state is None or scores["f1"] > result.best_f1 or not scores["changed"]:
                 result.best_f1, result.best_iteration = scores["f1"], iteration + 1
                 best_scores = scores
                 best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
@@ -228,6 +255,9 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
             monitor.step((iteration + 1) / params.iterations,
                          f"iteration {iteration + 1}: loss {record['loss']:.3f}, validation F1 {scores['f1']:.3f}")
 
+    if not best_scores.get("changed"):
+        result.notes.append("the validation pairs hold no changed pixel, so validation F1 cannot choose a "
+                            "checkpoint: the last one is kept; validate on pairs with changes")
     # the bands' own descriptions (e.g. Sentinel-2's B02 ...) when the images carry them, so that detection can
     # tell a pair whose bands differ (core/bands.py band_order_note); else names by convention
     bands = band_descriptions(train_pairs[0].before) or (

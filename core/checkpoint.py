@@ -45,6 +45,7 @@ class ModelCard:
     created: str = ""
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not self.task:
             raise RSLabError("a model card needs a task")
         if not self.architecture:
@@ -57,19 +58,46 @@ class ModelCard:
                     f"{len(self.bands)} bands"
                 )
 
+    def _check_types(self) -> None:
+        """RSLabError for a field of the wrong kind (a card edited by hand or written by other software), which
+        would otherwise fail later with a bare TypeError far from its cause."""
+        kinds = {"task": str, "architecture": str, "arguments": dict, "bands": list, "normalisation": dict,
+                 "class_names": list, "training": dict, "metrics": dict, "bit_widths": (dict, type(None)),
+                 "description": str, "created": str}
+        for name, kind in kinds.items():
+            if not isinstance(getattr(self, name), kind):
+                raise RSLabError(f"the model card's {name!r} is {type(getattr(self, name)).__name__}, "
+                                 f"not {getattr(kind, '__name__', 'a mapping or null')}: the card is malformed")
+        for name, values in self.normalisation.items():
+            if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+                raise RSLabError(f"the model card's normalisation {name!r} is not a list of numbers")
+        for layer, bits in (self.bit_widths or {}).items():
+            if not isinstance(bits, dict):
+                raise RSLabError(f"the model card's bit widths of {layer!r} are not a mapping of bits")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
+        if not isinstance(text, str):
+            raise RSLabError("the model card is missing (no JSON text in the checkpoint)")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise RSLabError(f"the model card is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            kind = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+                type(data), "null")
+            raise RSLabError(f"the model card is {kind}, not a JSON object: the card is malformed")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise RSLabError(f"the model card has fields this RS Lab does not know: {', '.join(unknown)}")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise RSLabError(f"the model card lacks {', '.join(missing)}: the card is malformed")
         return cls(**data)
 
     def summary(self) -> Dict[str, Any]:
@@ -127,6 +155,8 @@ def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
         raise RSLabError(f"{name} is not a readable checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RSLabError(f"{name} is not an RS Lab checkpoint (no '{FORMAT}' header)")
+    if not isinstance(payload.get("version", 0), int):
+        raise RSLabError(f"{name} has a format version {payload.get('version')!r} that is not a number")
     if payload.get("version", 0) > VERSION:
         raise RSLabError(
             f"{name} is checkpoint format version {payload.get('version')}; this RS Lab reads up to {VERSION}"

@@ -17,8 +17,9 @@ from qgis.core import (
 
 from ..core.change_data import ChangePair, pairs_from_folder, split_validation
 from ..core.change_reference import CODING_LABELS, CODINGS
-from ..core.change_training import TrainChangeParams, train_change_detector
+from ..core.change_training import TrainChangeParams, train_change_detector, training_inputs
 from ..core.errors import RSLabError
+from ..core.outputs import check_output_paths
 from .base import RSLabAlgorithm, feedback_callbacks
 
 WIDTHS = [("narrow: encoder 32, decoder 32 (3.6 M parameters)", 32, 32),
@@ -154,6 +155,10 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
         )
         output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        # before any work: the report naming the checkpoint (or an input) would replace it after the training
+        check_output_paths({"checkpoint": output, "report": report},
+                           training_inputs(train, val, params.init_checkpoint))
         progress, cancelled = feedback_callbacks(feedback)
 
         def on_epoch(record):
@@ -165,7 +170,6 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             feedback.pushWarning(note)
         feedback.pushInfo(f"best validation F1 {result.best_f1:.4f} at iteration {result.best_iteration} on {result.device}")
         out = {self.OUTPUT_MODEL: output}
-        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         if report:
             with open(report, "w") as handle:
                 json.dump({"best_f1": result.best_f1, "best_iteration": result.best_iteration,

@@ -211,4 +211,9 @@ def test_train_change_detector_on_label_polygons(tmp_path, change_copy, provider
         processing.run("rslab:train_change_detector", dict(
             tiny, **dates, LABEL=str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), LABEL_POLYGONS=polygons,
             OUTPUT_MODEL=str(tmp_path / "x.pt")))
+    # the report used to be written over the checkpoint just trained
+    with pytest.raises(QgsProcessingException, match="the checkpoint and the report are one file"):
+        processing.run("rslab:train_change_detector", dict(tiny, **dates, LABEL_POLYGONS=polygons,
+                                                          OUTPUT_MODEL=str(tmp_path / "x.pt"),
+                                                          OUTPUT_REPORT=str(tmp_path / "x.pt")))
     assert not (tmp_path / "x.pt").exists()

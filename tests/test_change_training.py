@@ -163,3 +163,79 @@ def test_label_nodata_is_left_out_of_training_and_validation(nanjing, tmp_path):
     result = train_change_detector([pair], [pair], str(tmp_path / "m.pt"), TrainChangeParams(**TINY, label_coding="partial"))
     assert read_card(str(tmp_path / "m.pt")).metrics["validation"]["pixels"] == int((values[:, :400] > 0).sum())
     assert result.history
+
+
+def _levir(shared_data, name):
+    root = shared_data / "change" / "levir_cd_256"
+    return ChangePair(str(root / "A" / name), str(root / "B" / name), str(root / "label" / name))
+
+
+def test_outputs_and_starting_checkpoints_that_would_lose_a_file_are_refused(shared_data, tmp_path):
+    """Training wrote its checkpoint over a label raster or its starting checkpoint; a compressed starting
+    checkpoint trained, then saved weights that did not load. Each now stops before any work."""
+    import shutil
+    from pathlib import Path
+
+    from rslab.core.weights import default_checkpoint
+
+    weights = Path(default_checkpoint("change_detection")).parent
+    original = _levir(shared_data, "test_2_0000_0000.png")  # copied: a regression must not write over shared data
+    pair = ChangePair(*(shutil.copy(path, tmp_path / f"{role}.png")
+                        for role, path in zip(("before", "after", "label"), (original.before, original.after, original.label))))
+    start = shutil.copy(weights / "arcdnet_levir_dsifn.pt", tmp_path / "start.pt")
+    cases = [(pair.label, TrainChangeParams(**TINY), "the checkpoint would replace the label raster of"),
+             (start, TrainChangeParams(**TINY, init_checkpoint=start),
+              "the checkpoint would replace the starting checkpoint"),
+             (str(tmp_path / "ft.pt"), TrainChangeParams(**TINY, init_checkpoint=str(
+                 weights / "arcdnet_levir_dsifn_compressed.pt")), "starting checkpoint is compressed")]
+    kept = {path: open(path, "rb").read() for path in (start, pair.label)}
+    for output, params, message in cases:
+        with pytest.raises(RSLabError, match=message):
+            train_change_detector([pair], [pair], output, params)
+    assert all(open(path, "rb").read() == data for path, data in kept.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.png", "before.png", "label.png", "start.pt"]
+
+
+def test_validation_pairs_without_change_keep_the_last_checkpoint_with_a_note(shared_data, tmp_path):
+    """F1 is 0 on them whatever the model, so the first evaluation used to be kept and the rest thrown away."""
+    unchanged = next(p for p in sorted((shared_data / "change" / "levir_cd_256" / "label").iterdir())
+                     if rasterio.open(p).read(1).max() == 0)
+    result = train_change_detector([_levir(shared_data, "test_2_0000_0000.png")], [_levir(shared_data, unchanged.name)],
+                                   str(tmp_path / "m.pt"), TrainChangeParams(**dict(TINY, iterations=4)))
+    assert result.best_iteration == 4 and any("no changed pixel" in note for note in result.notes)
+
+
+def test_a_cancel_during_validation_stops_it(shared_data, tmp_path, monkeypatch):
+    """The cancel check runs per validation window: cancelled as validation starts, no window is predicted."""
+    from rslab.core import change_training
+    from rslab.core.errors import JobCancelled
+
+    pair = _levir(shared_data, "test_2_0000_0000.png")
+    state = {"validating": False, "windows": 0}
+    real_read = change_training.read_pair
+
+    def counted(*args, **kwargs):  # validation's window reads (training crops come from the sampler)
+        state["windows"] += state["validating"]
+        return real_read(*args, **kwargs)
+
+    def progress(fraction, message):  # the last report before the first validation pass
+        state["validating"] = state["validating"] or message.startswith("iteration 1 ")
+
+    monkeypatch.setattr(change_training, "read_pair", counted)
+    with pytest.raises(JobCancelled):
+        train_change_detector([pair], [pair] * 4, str(tmp_path / "m.pt"), TrainChangeParams(**TINY), progress,
+                              lambda: state["validating"])
+    assert state["windows"] == 0 and not (tmp_path / "m.pt").exists()
+
+
+def test_a_large_set_of_small_pairs_is_held_in_memory_only_up_to_a_budget(shared_data, monkeypatch):
+    from rslab.core import change_data
+
+    pairs = [_levir(shared_data, name) for name in ("test_2_0000_0000.png", "test_102_0512_0000.png",
+                                                    "test_77_0512_0256.png")]
+    per_pair = 256 * 256 * (2 * 4 * 3 + 4 + 1)
+    monkeypatch.setattr(change_data, "IN_MEMORY_BYTES", 2 * per_pair)
+    sampler = PairSampler(pairs, 64)
+    assert sorted(sampler.cache) == [0, 1]
+    crops = [sampler.sample() for _ in range(30)]  # the third pair is read by windows
+    assert all(c[0].shape == (3, 64, 64) for c in crops)

@@ -102,3 +102,35 @@ def test_model_card_validation():
     card = _card(bit_widths={"net.0": {"weight": 4, "activation": 4}})
     assert ModelCard.from_json(card.to_json()) == card
     assert card.summary()["quantised"] is True
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda card: card.pop("task"), "lacks task"),
+    (lambda card: card.update(bands=3), "'bands' is int, not list"),
+    (lambda card: card.update(normalisation={"mean": 0.5, "std": 0.2}), "normalisation 'mean' is not a list"),
+    (lambda card: card.update(bit_widths=[4, 4]), "'bit_widths' is list"),
+    (lambda card: card.update(metrics=None), "'metrics' is NoneType"),
+])
+def test_a_malformed_card_is_refused_with_a_message(tmp_path, change, message):
+    """Cards edited by hand or written by other software: RSLabError (the docks and Processing report it), not a
+    bare TypeError from deep inside."""
+    import json
+
+    path = tmp_path / "m.pt"
+    save_checkpoint(str(path), PixelMLP().state_dict(), _card())
+    payload = torch.load(path, weights_only=True)
+    card = json.loads(payload["card"])
+    change(card)
+    payload["card"] = json.dumps(card)
+    torch.save(payload, path)
+    with pytest.raises(RSLabError, match=message):
+        load_checkpoint(str(path))
+    for card_text, words in ((json.dumps([card]), "an array"), (None, "missing")):
+        payload["card"] = card_text
+        torch.save(payload, path)
+        with pytest.raises(RSLabError, match=words):
+            load_checkpoint(str(path))
+    payload["card"], payload["version"] = _card().to_json(), "1"
+    torch.save(payload, path)
+    with pytest.raises(RSLabError, match="not a number"):
+        load_checkpoint(str(path))
