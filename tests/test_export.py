@@ -258,6 +258,41 @@ def test_onnx_of_a_layer_used_twice_and_nested_outputs(tmp_path):
     assert not os.path.exists(tmp_path / "bad.onnx")
 
 
+def test_biases_of_quantised_layers_survive_onnxruntimes_default_optimisation(samples, tmp_path):
+    """onnxruntime folded a float bias beside DequantizeLinear inputs into an int32 bias of scale s_x * s_w, and
+    the rounded biases moved this CNN's outputs (by 0.12 at 2 bits on these patches). The biases are Adds after
+    the quantised products now, which it leaves alone: the ordinary session equals PyTorch. (The shipped models'
+    quantised layers have no biases, or none it folded.)"""
+    from torch import nn
+
+    class Cnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+    import rasterio
+
+    with rasterio.open(samples / "rasterio_RGB.byte.tif") as ds:  # real image patches, scaled to 0..1
+        pixels = torch.from_numpy(ds.read(window=((300, 364), (300, 364))).astype(np.float32) / 255)
+    patches = pixels.unfold(1, 8, 8).unfold(2, 8, 8).permute(1, 2, 0, 3, 4).reshape(-1, 3, 8, 8)
+    for bits in (2, 4, 8):
+        torch.manual_seed(0)
+        model = Cnn().eval()
+        apply_bit_plan(model, {n: {"weight": bits, "activation": bits} for n in ("c1", "c2", "c3")})
+        calibrate_activations(model, [(patches,)])
+        path = str(tmp_path / f"cnn{bits}.onnx")
+        export.export_onnx(model, (patches[:1],), path)
+        assert sum(n.op_type == "Add" and n.name.endswith("/bias_add") for n in onnx.load(path).graph.node) == 3
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # default optimisation
+        got = session.run(None, {session.get_inputs()[0].name: patches.numpy()})[0]
+        with torch.no_grad():
+            expected = model(patches).numpy()
+        assert np.abs(got - expected).max() < 1e-5, bits
+
+
 def test_bsdm_onnx_quantises_the_statistical_offset_layer(samples, tmp_path):
     """BSDM's offset layer takes the (N, 2) pixel statistics and sums weight columns in PyTorch; the ONNX graph
     holds it as the Linear(2B -> 512) on the repeated statistics, with int8 weights and its input quantiser."""
