@@ -139,6 +139,17 @@ def compress_model(model: Any, task: Any, params: CompressParams, monitor: JobMo
     return compress_ghost(model, task, method_params, monitor, on_step)
 
 
+def parse_max_bits(text: str, name: str = "the maximum bits per stage") -> Tuple[int, ...]:
+    """'8, 6, 4' -> (8, 6, 4), or RSLabError saying what is expected (`name`: what the text is to the user)."""
+    try:
+        bits = tuple(int(part) for part in str(text).replace(" ", "").split(",") if part)
+    except ValueError:
+        raise RSLabError(f"{name} must be whole numbers separated by commas, such as 8,6,4; got {text!r}") from None
+    if not bits:
+        raise RSLabError(f"{name} is empty; give the maximum bits per stage, such as 8,6,4")
+    return bits
+
+
 def refuse_overwriting_source(model_path: str, output_path: str) -> None:
     """RSLabError if `output_path` names the checkpoint being compressed (links and spellings resolved)."""
     check_output_paths({"compressed checkpoint": output_path}, {"checkpoint being compressed": model_path})

@@ -11,21 +11,11 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.compression import parse_max_bits
 from ..core.errors import RSLabError
 from .base import RSLabAlgorithm, feedback_callbacks
 
 METHODS = ("pic_pq", "ghost")
-
-
-def parse_bits(text: str):
-    """'8,6,4' -> (8, 6, 4), or RSLabError."""
-    try:
-        bits = tuple(int(part) for part in str(text).replace(" ", "").split(",") if part)
-    except ValueError:
-        raise RSLabError(f"MAX_BITS must be comma-separated whole numbers such as 8,6,4; got {text!r}") from None
-    if not bits:
-        raise RSLabError("MAX_BITS is empty; give the maximum bits per stage, such as 8,6,4")
-    return bits
 
 
 class CompressModelAlgorithm(RSLabAlgorithm):
@@ -101,7 +91,7 @@ class CompressModelAlgorithm(RSLabAlgorithm):
         params = CompressParams(
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             flops_reduction=self.parameterAsDouble(parameters, self.FLOPS_REDUCTION, context),
-            max_bits=parse_bits(self.parameterAsString(parameters, self.MAX_BITS, context)),
+            max_bits=parse_max_bits(self.parameterAsString(parameters, self.MAX_BITS, context), "MAX_BITS"),
             penalty=self.parameterAsDouble(parameters, self.PENALTY, context),
             epochs=self.parameterAsDouble(parameters, self.EPOCHS, context),
             ghost_threshold=self.parameterAsDouble(parameters, self.GHOST_THRESHOLD, context),

@@ -270,3 +270,15 @@ def test_hold_out_is_deterministic_and_keeps_one_at_least(shared_data):
     assert len(hold_out(pairs[:3])[1]) == 1
     with pytest.raises(RSLabError, match="at least two"):
         hold_out(pairs[:1])
+
+
+def test_folders_typed_with_a_tilde_are_in_the_home_folder(dialog, two_pairs, tmp_path, monkeypatch):
+    """The dialog read '~/pairs' as a folder named '~' (no pairs found); the home folder is meant."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "pairs").symlink_to(two_pairs)
+    monkeypatch.setenv("HOME", str(home))
+    dialog.data_dir.setFilePath("~/pairs")
+    dialog.val_dir.setFilePath("~/pairs")
+    train, val = dialog.split()
+    assert [p.name for p in train] == [p.name for p in val] == list(PAIRS)

@@ -292,7 +292,8 @@ class AnomalyDock(JobDock):
         self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.iterations_spin = spin_box(self, 1, 100_000, 500, 50, "BSDM training iterations (the paper uses 500)")
         self.seed_spin = spin_box(self, 0, 99_999, 0, 1, "Random seed: the same seed gives the same scores")
-        self.inner_spin = odd_spin_box(self, 1, 99, 3, "Inner (guard) window in pixels, odd; it should cover a target")
+        self.inner_spin = odd_spin_box(self, 1, LRX_MAX_OUTER - 2, 3,
+                                       "Inner (guard) window in pixels, odd; it should cover a target")
         self.outer_spin = odd_spin_box(self, 3, LRX_MAX_OUTER, 11,
                                        f"Outer window in pixels, odd, larger than the inner one, at most {LRX_MAX_OUTER}")
         self.reference_combo = self._raster_combo(allow_empty=True)

@@ -47,7 +47,7 @@ from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
 from . import task as tasks
-from .job_dock import JobDock, date_files, label_file, safe_name, scratch_folder, unused_stem
+from .job_dock import JobDock, date_files, label_file, safe_name, scratch_folder, unused_stem, user_path
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
@@ -328,7 +328,7 @@ class ChangeDetectionDock(JobDock):
         path = self.model_combo.currentData()
         if path:
             return path
-        path = self.model_file.filePath().strip()
+        path = user_path(self.model_file.filePath())
         if not path:
             raise RSLabError("choose a checkpoint file (.pt) for AR-CDNet, train one (Train…), or use CVA")
         return path
@@ -348,7 +348,7 @@ class ChangeDetectionDock(JobDock):
         has them (a model trained with BANDS; the shipped one was trained on all of its images' bands)."""
         if self.method_combo.currentData() != "arcdnet":
             return
-        path = self.model_combo.currentData() or self.model_file.filePath().strip()
+        path = self.model_combo.currentData() or user_path(self.model_file.filePath())
         if path in self._shipped:  # trained on all their images' bands: no need to load torch to read the card
             return
         if not os.path.isfile(path):

@@ -45,7 +45,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.bops import MAX_BITS, MIN_BITS
-from ..core.compression import METHOD_LABELS, CompressParams, CompressResult, refuse_overwriting_source
+from ..core.compression import (METHOD_LABELS, CompressParams, CompressResult, parse_max_bits,
+                                refuse_overwriting_source)
 from ..core.errors import RSLabError
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
@@ -110,18 +111,6 @@ def size_text(mb: float) -> str:
 
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric or "Score")
-
-
-def parse_bits(text: str) -> Tuple[int, ...]:
-    """'8, 6, 4' -> (8, 6, 4), or RSLabError saying what is expected."""
-    try:
-        bits = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise RSLabError(f"the maximum bits per stage must be whole numbers separated by commas, such as 8,6,4; "
-                         f"got {text!r}") from None
-    if not bits:
-        raise RSLabError("give the maximum bits per stage, such as 8,6,4")
-    return bits
 
 
 # --- the parts that run in the worker (no Qt) ----------------------------------------------------
@@ -461,7 +450,7 @@ class CompressionDock(JobDock):
 
     def selected_checkpoint(self) -> str:
         """The chosen checkpoint's path ('' when 'Checkpoint file…' has no file yet)."""
-        return self.model_combo.currentData() or self.model_file.filePath().strip()
+        return self.model_combo.currentData() or user_path(self.model_file.filePath())
 
     def set_checkpoint(self, path: str) -> None:
         """Choose the checkpoint at `path` (a listed one, else through 'Checkpoint file…')."""
@@ -556,7 +545,7 @@ class CompressionDock(JobDock):
         """The widgets as CompressParams (RSLabError on values compression refuses)."""
         method = self.method_combo.currentData()
         if method == "pic_pq":
-            max_bits = parse_bits(self.bits_edit.text())
+            max_bits = parse_max_bits(self.bits_edit.text())
         else:
             max_bits = (self.ghost_bits_spin.value(),)
         return CompressParams(
@@ -584,7 +573,7 @@ class CompressionDock(JobDock):
             raise RSLabError(f"{os.path.basename(path)} is already compressed; choose a full-precision checkpoint "
                              "(or Export… this one)")
         params = self.params()
-        data = check_data(self.summary.task, self.data_file.filePath().strip())
+        data = check_data(self.summary.task, user_path(self.data_file.filePath()))
         output = user_path(self.output_file.filePath()) or default_output_path(path, params.method)
         if os.path.isdir(output):
             raise RSLabError(f"{output} is a folder; give a file name for the compressed checkpoint")

@@ -41,7 +41,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core.errors import JobCancelled, RSLabError
 from ..core.export import SUFFIXES, export_paths  # torch-free at import; torch is imported by the jobs
 from . import task as tasks
-from .job_dock import cancel_if_alive
+from .job_dock import cancel_if_alive, user_path
 from .widgets import checkpoint_widget, folder_widget, message_label
 
 # (format key of core.export, label); the file suffixes come from core.export.SUFFIXES
@@ -221,7 +221,7 @@ class ExportDialog(QDialog):
         from ..core.checkpoint import build_model, load_checkpoint
         from ..core.compression_tasks import example_inputs_for
 
-        path = (path if path is not None else self.checkpoint_file.filePath()).strip()
+        path = user_path(path if path is not None else self.checkpoint_file.filePath())
         self.model = self.card = self.example = None
         self.check_result = None
         self.check_label.setText("Not checked yet.")
@@ -249,7 +249,7 @@ class ExportDialog(QDialog):
             f"{checkpoint.card.task} · {checkpoint.card.architecture} · "
             + (f"compressed ({', '.join(map(str, bits))} bits)" if compressed else "full precision (32 bits)")
             + f" · input {' + '.join(describe_shape(x) for x in example)}")
-        if not self.folder.filePath().strip():
+        if not user_path(self.folder.filePath()):
             self.folder.setFilePath(os.path.dirname(os.path.abspath(path)))
         if not self.name_edit.text().strip():
             self.name_edit.setText(f"{Path(path).stem}_export")
@@ -265,7 +265,7 @@ class ExportDialog(QDialog):
         """{format: path} Save would write; RSLabError when something is missing or wrong."""
         if self.model is None:
             raise RSLabError(self.load_error or "choose a checkpoint to export")
-        folder = self.folder.filePath().strip()
+        folder = user_path(self.folder.filePath())
         if not folder:
             raise RSLabError("choose the output folder")
         if os.path.exists(folder) and not os.path.isdir(folder):
@@ -308,7 +308,7 @@ class ExportDialog(QDialog):
             self._set_status(text[0].upper() + text[1:])
             self.exported.emit({}, text)
             return
-        folder, stem = self.folder.filePath().strip(), self._stem()
+        folder, stem = user_path(self.folder.filePath()), self._stem()
         model, card, example, formats = self.model, self.card, self.example, list(targets)
         extra = self._report_extra()
 
@@ -323,7 +323,7 @@ class ExportDialog(QDialog):
 
     def _report_extra(self) -> Dict[str, Any]:
         """What the JSON report carries beyond the BOPs: the source checkpoint and its compression record."""
-        extra: Dict[str, Any] = {"source_checkpoint": os.path.abspath(self.checkpoint_file.filePath().strip()),
+        extra: Dict[str, Any] = {"source_checkpoint": user_path(self.checkpoint_file.filePath()),
                                  "card": self.card.summary()}
         compression = self.report or self.card.training.get("compression")
         if compression:

@@ -281,7 +281,7 @@ class TrainChangeDialog(QDialog):
             self.bands_combo.list_layer(self.before_layer.currentLayer())
             return
         try:
-            first = pairs_from_folder(self.data_dir.filePath().strip())[0].before
+            first = pairs_from_folder(user_path(self.data_dir.filePath()))[0].before
         except RSLabError:
             self.bands_combo.list_layer(None)
             return
@@ -301,12 +301,12 @@ class TrainChangeDialog(QDialog):
     def split(self) -> Tuple[List[ChangePair], List[ChangePair]]:
         """(train, validation) pairs: from the folders, a held-out share when no validation folder is given;
         from the layers, one pair that also validates unless a validation folder is given."""
-        val_folder = self.val_dir.filePath().strip()
+        val_folder = user_path(self.val_dir.filePath())
         if self.from_layers():
             before_path, after_path = date_files(self.before_layer.currentLayer(), self.after_layer.currentLayer())
             pair = ChangePair(before_path, after_path, self._label_path(before_path))
             return [pair], pairs_from_folder(val_folder) if val_folder else [pair]
-        folder = self.data_dir.filePath().strip()
+        folder = user_path(self.data_dir.filePath())
         if not folder:
             raise RSLabError("choose the training data folder (with A/, B/ and label/ sub-folders)")
         pairs = pairs_from_folder(folder)
@@ -349,7 +349,7 @@ class TrainChangeDialog(QDialog):
             chosen = (self.before_layer, self.after_layer, self.label_layer)
             source = "layers " + ", ".join(combo.currentLayer().name() for combo in chosen)
         else:
-            source = self.data_dir.filePath().strip()
+            source = user_path(self.data_dir.filePath())
         description = f"{source} ({len(train)} training, {len(val)} validation pairs)"
 
         def job(progress, cancelled):
@@ -374,7 +374,7 @@ class TrainChangeDialog(QDialog):
         self.progress_bar.setValue(0)
         self.status_label.setStyleSheet("")
         self.status_label.setText("Starting…")
-        held = "from the validation folder" if self.val_dir.filePath().strip() else (
+        held = "from the validation folder" if user_path(self.val_dir.filePath()) else (
             "the training pair itself: give a validation folder for a fair score" if self.from_layers() else "held out")
         self.log.appendPlainText(f"Training pairs ({len(train)}): {', '.join(p.name for p in train)}")
         self.log.appendPlainText(f"Validation pairs ({len(val)}, {held}): {', '.join(p.name for p in val)}")
