@@ -68,10 +68,11 @@ def test_polygons_of_the_reference_burn_back_to_it(nanjing, tmp_path):
                           reference)
 
 
-def test_polygons_without_a_crs_are_taken_in_the_grids(nanjing, tmp_path):
+def square_without_crs(path: str) -> str:
+    """A GeoPackage without a CRS holding one 'change' square over Nanjing's top-left 3 x 3 pixels (UTM metres)."""
     x0, y0 = 660585.0, 3551295.0
     square = f"POLYGON(({x0} {y0}, {x0 + 90} {y0}, {x0 + 90} {y0 - 90}, {x0} {y0 - 90}, {x0} {y0}))"
-    data = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "nocrs.gpkg"))
+    data = ogr.GetDriverByName("GPKG").CreateDataSource(path)
     layer = data.CreateLayer("drawn", None, ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("label", ogr.OFTInteger))
     feature = ogr.Feature(layer.GetLayerDefn())
@@ -79,7 +80,12 @@ def test_polygons_without_a_crs_are_taken_in_the_grids(nanjing, tmp_path):
     feature.SetField("label", 2)
     layer.CreateFeature(feature)
     data = None
-    burnt = burn_labels(str(tmp_path / "nocrs.gpkg"), "label", nanjing["before"], str(tmp_path / "b.tif"))
+    return path
+
+
+def test_polygons_without_a_crs_are_taken_in_the_grids(nanjing, tmp_path):
+    burnt = burn_labels(square_without_crs(str(tmp_path / "nocrs.gpkg")), "label", nanjing["before"],
+                        str(tmp_path / "b.tif"))
     assert burnt.change_pixels == 9 and (read(burnt.path)[:3, :3] == 2).all()
 
 
@@ -123,17 +129,7 @@ def _copy_band(source: str, target: str, **changes) -> str:
 
 def test_a_grid_without_a_crs_takes_polygons_without_one_in_its_coordinates(nanjing, tmp_path):
     grid = _copy_band(nanjing["before"], str(tmp_path / "no_crs.tif"), crs=None)
-    x0, y0 = 660585.0, 3551295.0
-    square = f"POLYGON(({x0} {y0}, {x0 + 90} {y0}, {x0 + 90} {y0 - 90}, {x0} {y0 - 90}, {x0} {y0}))"
-    data = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "nocrs.gpkg"))
-    layer = data.CreateLayer("drawn", None, ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("label", ogr.OFTInteger))
-    feature = ogr.Feature(layer.GetLayerDefn())
-    feature.SetGeometry(ogr.CreateGeometryFromWkt(square))
-    feature.SetField("label", 2)
-    layer.CreateFeature(feature)
-    data = None
-    burnt = burn_labels(str(tmp_path / "nocrs.gpkg"), "label", grid, str(tmp_path / "b.tif"))
+    burnt = burn_labels(square_without_crs(str(tmp_path / "nocrs.gpkg")), "label", grid, str(tmp_path / "b.tif"))
     assert burnt.change_pixels == 9 and (read(burnt.path)[:3, :3] == 2).all()
     # polygons with a CRS cannot be placed on it
     polygons = polygonise(nanjing["reference"], str(tmp_path / "labels.gpkg"))
