@@ -43,7 +43,7 @@ from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
 from .outputs import PendingOutputs, check_output_paths, work_folder
-from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_window
+from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_label_window, read_window
 from .tiling import OutputSpec, TileSpec, partition, run_tiled
 
 METHODS = ("bsdm_rx", "rx", "lrx")
@@ -466,9 +466,10 @@ def anomaly_roc(scores: str, reference: str, lo: float, hi: float) -> Roc:
 
 def _reference_window(ds, window) -> Tuple[np.ndarray, np.ndarray]:
     """(anomaly, known) of one reference window. 0 is background by definition, so a nodata value of 0
-    (which GIS tools often set on a 0/1 mask, for transparency) does not hide the background."""
-    truth, valid = read_window(ds, window)
-    return truth[0] != 0, valid | (truth[0] == 0)
+    (which GIS tools often set on a 0/1 mask, for transparency) does not hide the background; pixels
+    outside a reference resampled from another grid stay unknown (raster_io.read_label_window)."""
+    truth, known = read_label_window(ds, window)
+    return truth != 0, known
 
 
 def reference_classes(reference: str) -> Tuple[int, int, Optional[str]]:

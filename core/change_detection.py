@@ -155,8 +155,8 @@ class CvaScorer:
         # split: the logistic would put every pixel at 0.5 and mark it changed; only a larger difference is
         self.flat = bool(magnitude.size) and float(magnitude.max()) <= float(magnitude.min())
         self.note = (
-            "the two dates differ by the same amount at every pixel (magnitude "
-            f"{self.boundary:g}), so CVA has no change threshold to draw; no pixel is marked changed"
+            f"the two dates differ by the same amount ({self.boundary:g}) at every sampled pixel, so CVA has no "
+            "change threshold to draw: only pixels that differ by more are marked changed"
         ) if self.flat else None
 
     def magnitude(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import RSLabError
 from .job import JobMonitor
-from .raster_io import gdal_env, open_raster, read_window
+from .raster_io import gdal_env, open_raster, read_label_window
 from .tiling import partition
 
 CODINGS: Dict[str, str] = {
@@ -54,13 +54,13 @@ def reference_labels(values: np.ndarray, coding: str) -> Tuple[np.ndarray, np.nd
 def read_reference(ds: Any, window: Any, coding: str) -> Tuple[np.ndarray, np.ndarray]:
     """(changed, labelled) of one window of an open reference or label raster read under `coding`.
 
-    Its nodata pixels are not labelled, except 0: 0 is a value of both codings (no change, or not
-    labelled), and GIS tools often set nodata 0 on a 0/1 mask only to draw its background transparent,
-    which must not hide every unchanged pixel. The one reading for scoring, training and validation.
+    Its nodata pixels are not labelled, except 0 where only a nodata value of 0 masks it (see
+    raster_io.read_label_window: it must not hide every unchanged pixel), and pixels outside a reference
+    resampled from another grid are not labelled either. The one reading for scoring, training and validation.
     """
-    values, valid = read_window(ds, window)
-    changed, labelled = reference_labels(values[0], coding)
-    return changed, labelled & (valid | (values[0] == 0))
+    values, valid = read_label_window(ds, window)
+    changed, labelled = reference_labels(values, coding)
+    return changed, labelled & valid
 
 
 @dataclass
@@ -89,8 +89,8 @@ def survey_reference(path: str, monitor: Optional[JobMonitor] = None, tile: int 
         windows = partition(ds.height, ds.width, tile)
         for i, window in enumerate(windows):
             monitor.step(i / len(windows), "reading the reference")
-            values, valid = read_window(ds, window)
-            seen.update(values[0][valid])
+            values, valid = read_label_window(ds, window)
+            seen.update(values[valid])
     return seen
 
 

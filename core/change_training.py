@@ -166,7 +166,10 @@ def training_inputs(train_pairs: Sequence[ChangePair], val_pairs: Sequence[Chang
     inputs = {"starting checkpoint": init_checkpoint or ""}
     for pair in list(train_pairs) + list(val_pairs):
         for role in ("before", "after", "label"):
-            inputs[f"{role} {'raster' if role == 'label' else 'image'} of {pair.name}"] = getattr(pair, role)
+            what, path = f"{role} {'raster' if role == 'label' else 'image'} of {pair.name}", getattr(pair, role)
+            if what in inputs and inputs[what] != path:  # one file name in a training and a validation folder
+                what = f"{what} ({path})"
+            inputs[what] = path
     return inputs
 
 
@@ -179,7 +182,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
     if not val_pairs:
         raise RSLabError("training needs at least one validation pair to choose the best checkpoint")
     init = load_checkpoint(params.init_checkpoint, task=TASK) if params.init_checkpoint else None
-    if init is not None and init.card.bit_widths is not None:
+    if init is not None and init.card.compressed:
         # its pruned, quantised layers would train, but the checkpoint saved at the end (plain weights, a card
         # without bit widths) would not load: compression comes after fine-tuning
         raise RSLabError("the starting checkpoint is compressed (pruned and quantised); fine-tune its "

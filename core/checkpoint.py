@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
+from .bops import FULL_PRECISION
 from .errors import RSLabError
 from .outputs import PendingOutputs
 
@@ -108,8 +109,17 @@ class ModelCard:
             "bands": self.bands,
             "training_data": self.training.get("data"),
             "metrics": self.metrics,
-            "quantised": self.bit_widths is not None,
+            "quantised": self.compressed,
         }
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the card describes a compressed model: a layer below full precision in its bit widths.
+
+        The one test of "compressed" (compression refuses such a model, training will not start from one).
+        Float models exported before 2026-12-03 carry an all-32 plan and are full precision.
+        """
+        return any(b < FULL_PRECISION for bits in (self.bit_widths or {}).values() for b in bits.values())
 
 
 @dataclass

@@ -175,7 +175,7 @@ def compress_checkpoint(
     monitor = JobMonitor(progress, cancelled)
     monitor.step(0.0, "reading the checkpoint and the data")
     checkpoint = load_checkpoint(model_path)
-    if checkpoint.card.bit_widths is not None:
+    if checkpoint.card.compressed:
         raise RSLabError(f"{checkpoint.path} is already compressed; start from a full-precision checkpoint")
     torch.manual_seed(params.seed)
     model = build_model(checkpoint)
@@ -236,7 +236,7 @@ def model_bops_report(model_path: str, mode: str = "hawq", input_size: Optional[
     model = build_model(checkpoint)
     report = count_bops(model, example_inputs_for(checkpoint.card, input_size), mode).to_dict()
     report.update({"model": model_path, "task": checkpoint.card.task, "architecture": checkpoint.card.architecture,
-                   "compressed": checkpoint.card.bit_widths is not None,
+                   "compressed": checkpoint.card.compressed,
                    "input": "one pixel token" if checkpoint.card.task == "anomaly_detection"
                    else f"{input_size or 'default'} pixels square, batch of one"})
     return report

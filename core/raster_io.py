@@ -207,6 +207,25 @@ def read_window(ds: Any, window: Window) -> Tuple[np.ndarray, np.ndarray]:
     return data, _valid_pixels(ds, bands, data, window=window)
 
 
+def read_label_window(ds: Any, window: Window) -> Tuple[np.ndarray, np.ndarray]:
+    """The first data band of a label or reference raster in `window`, and where it is valid, 0 included.
+
+    0 is a label value (no change, background, not labelled), and GIS tools often set nodata 0 on a 0/1
+    mask only to draw its background transparent: a 0 masked by that nodata value alone is valid here.
+    Pixels an alpha band or a mask band hides (outside a reference resampled onto another grid, which a
+    warped VRT's alpha marks) stay invalid.
+    """
+    data, valid = read_window(ds, window)
+    band = data_bands(ds)[0]
+    if ds.nodatavals[band - 1] == 0 and MaskFlags.nodata in ds.mask_flag_enums[band - 1]:
+        zero = data[0] == 0
+        alpha = [b for b, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
+        if alpha:
+            zero &= ds.read(alpha[0], window=window) > 0
+        valid = valid | zero
+    return data[0], valid
+
+
 def read_decimated(ds: Any, max_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
     """The whole raster's data bands read at a reduced size (at most about `max_pixels`), and its valid mask.
 

@@ -611,3 +611,25 @@ def test_scores_of_a_cube_placed_by_ground_control_points_carry_the_points(tmp_p
             gcps, crs = ds.gcps
             assert crs == CRS.from_epsg(32633) and [(p.row, p.col, p.x, p.y) for p in gcps] == \
                 [(p.row, p.col, p.x, p.y) for p in points]
+
+
+def test_a_reference_covering_part_of_the_cube_scores_only_there(tmp_path, beach2):
+    """beach-2 placed in UTM 33N and its reference cut to the left 60 columns (a smaller grid): resampled onto the
+    cube's grid, the rest is outside it and neither anomaly nor background (it was read as background)."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    cube, gt = beach2
+    placed = dict(crs=CRS.from_epsg(32633), transform=from_origin(500_000, 4_000_000, 1, 1))
+    with rasterio.open(cube) as src:
+        with rasterio.open(tmp_path / "cube.tif", "w", **dict(src.profile, **placed)) as dst:
+            dst.write(src.read())
+    with rasterio.open(gt) as src:
+        left = src.read(1, window=Window(0, 0, 60, src.height))
+        with rasterio.open(tmp_path / "gt_left.tif", "w", **dict(src.profile, width=60, **placed)) as dst:
+            dst.write(left, 1)
+    result = detect_anomalies(str(tmp_path / "cube.tif"), AnomalyOutputs(str(tmp_path / "s.tif")),
+                              AnomalyParams(method="rx"), reference=str(tmp_path / "gt_left.tif"))
+    assert result.metrics["anomaly_pixels"] == int((left != 0).sum()) > 0
+    assert result.metrics["background_pixels"] == int((left == 0).sum())

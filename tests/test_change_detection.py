@@ -10,6 +10,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.windows import Window
 
 from rslab.core.change_data import pairs_from_folder, split_validation
 from rslab.core.change_detection import (
@@ -460,3 +461,19 @@ def test_outputs_naming_an_input_or_each_other_are_refused(tmp_path, nanjing):
             detect_changes(before, after, outputs, ChangeParams(method="cva"), reference=reference)
     assert all(open(path, "rb").read() == data for path, data in kept.items())
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in kept)
+
+
+def test_a_reference_covering_part_of_the_image_scores_only_there(tmp_path, oscd):
+    """Rennes' reference cut to its left half (its own, smaller grid): resampled onto the before grid, the right
+    half is outside it (the VRT's alpha). Those pixels are not labelled; they were read as 'no change' when 0
+    stood for labelled no-change whatever masked it."""
+    before, after, cm = oscd
+    half = tmp_path / "cm_left.tif"
+    with rasterio.open(cm) as src:
+        width = src.width // 2
+        with rasterio.open(half, "w", **dict(src.profile, width=width)) as dst:
+            dst.write(src.read(window=Window(0, 0, width, src.height)))
+        height = src.height
+    result = detect_changes(before, after, _outputs(tmp_path / "out"), ChangeParams(method="cva"), reference=str(half))
+    whole = evaluate_change(str(tmp_path / "out" / "change.tif"), cm)
+    assert result.metrics["pixels"] == height * width < whole["pixels"]

@@ -239,3 +239,36 @@ def test_a_large_set_of_small_pairs_is_held_in_memory_only_up_to_a_budget(shared
     assert sorted(sampler.cache) == [0, 1]
     crops = [sampler.sample() for _ in range(30)]  # the third pair is read by windows
     assert all(c[0].shape == (3, 64, 64) for c in crops)
+
+
+def test_a_float_model_exported_with_an_all_32_bit_plan_is_full_precision(shared_data, tmp_path):
+    """Exports of float models written before 2026-12-03 carry an all-32 bit plan: they are not compressed, so
+    training starts from them and compression takes them (both refused them as compressed)."""
+    import dataclasses
+
+    from rslab.core.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from rslab.core.quantization import bit_plan
+    from rslab.core.weights import default_checkpoint
+
+    shipped = load_checkpoint(default_checkpoint("change_detection"))
+    plan = bit_plan(build_model(shipped))
+    assert {b for bits in plan.values() for b in bits.values()} == {32}
+    old_export = str(tmp_path / "old_float_export.pt")
+    save_checkpoint(old_export, shipped.state_dict, dataclasses.replace(shipped.card, bit_widths=plan))
+    card = read_card(old_export)
+    assert not card.compressed and not card.summary()["quantised"]
+    pair = _levir(shared_data, "test_2_0000_0000.png")
+    result = train_change_detector([pair], [pair], str(tmp_path / "tuned.pt"),
+                                   TrainChangeParams(**dict(TINY, iterations=1), init_checkpoint=old_export))
+    assert result.history and load_checkpoint(str(tmp_path / "tuned.pt")).card.arguments == shipped.card.arguments
+    compressed = str(default_checkpoint("change_detection")).replace(".pt", "_compressed.pt")
+    assert read_card(compressed).compressed
+
+
+def test_every_pair_file_is_listed_among_a_runs_inputs_even_with_repeated_names():
+    """Training and validation folders often reuse file names (train/00001.png, val/00001.png)."""
+    from rslab.core.change_training import training_inputs
+
+    pairs = [ChangePair(f"/d/{part}/A/1.png", f"/d/{part}/B/1.png", f"/d/{part}/label/1.png") for part in ("t", "v")]
+    listed = set(training_inputs(pairs[:1], pairs[1:], "/d/start.pt").values())
+    assert listed == {getattr(p, role) for p in pairs for role in ("before", "after", "label")} | {"/d/start.pt"}

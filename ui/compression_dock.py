@@ -140,7 +140,7 @@ def checkpoint_summary(path: str, cancelled: Optional[Callable[[], bool]] = None
         raise JobCancelled()
     report = model_bops_report(path)
     return CheckpointSummary(path=path, task=card.task, architecture=card.architecture,
-                             compressed=card.bit_widths is not None,
+                             compressed=card.compressed,
                              compression=dict(card.training.get("compression") or {}),
                              description=card.description, report=report)
 

@@ -242,7 +242,7 @@ class ExportDialog(QDialog):
             self._update_buttons()
             return False
         self.model, self.card, self.example = model, checkpoint.card, example
-        compressed = checkpoint.card.bit_widths is not None
+        compressed = checkpoint.card.compressed
         bits = sorted({b for layer in (checkpoint.card.bit_widths or {}).values() for b in layer.values()})
         self.model_info.setStyleSheet("color: #555;")
         self.model_info.setText(
