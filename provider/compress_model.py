@@ -66,7 +66,7 @@ class CompressModelAlgorithm(RSLabAlgorithm):
                                                        double, 0.5, minValue=0.0, maxValue=0.95))
         self.addParameter(QgsProcessingParameterString(self.MAX_BITS, "Maximum bits per stage", "8,6,4"))
         self.addParameter(QgsProcessingParameterNumber(self.PENALTY, "Penalty factor (PIC-PQ lambda)", double,
-                                                       round(1 / 6, 6), minValue=0.0, maxValue=8.0))
+                                                       1 / 6, minValue=0.0, maxValue=8.0))
         self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, "Training epochs", double, 1.0, minValue=0.01))
         self.addParameter(QgsProcessingParameterNumber(self.GHOST_THRESHOLD, "GHOST k-means threshold", double, 0.1,
                                                        minValue=1e-6))

@@ -58,7 +58,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             "BANDS: optional bands of both dates to use, in this order (all if empty), e.g. Sentinel-2's 10 m "
             "bands for CVA; a model needs the bands it was trained on (a model trained with BANDS names them in "
             "its error message).\n"
-            "THRESHOLD: probability above which a pixel is changed (0.5; for CVA 0.5 is Otsu's threshold).\n"
+            "THRESHOLD: probability at or above which a pixel is changed (0.5; for CVA 0.5 is Otsu's threshold).\n"
             "REFERENCE: optional change reference: the report then has precision, recall, F1, IoU, OA, kappa "
             "and the uncertainty's ROC-AUC for finding wrong pixels, over the reference's labelled pixels.\n"
             "REFERENCE_CODING: how the reference's values read: 0 binary (0 no change, non-zero change) or "

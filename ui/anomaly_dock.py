@@ -297,7 +297,7 @@ class AnomalyDock(JobDock):
         self.outer_spin = odd_spin_box(self, 3, LRX_MAX_OUTER, 11,
                                        f"Outer window in pixels, odd, larger than the inner one, at most {LRX_MAX_OUTER}")
         self.reference_combo = self._raster_combo(allow_empty=True)
-        self.reference_combo.setToolTip("Optional anomaly reference on the same grid (non-zero = anomaly): "
+        self.reference_combo.setToolTip("Optional anomaly reference (non-zero = anomaly; on another grid it is resampled): "
                                         "gives AUC(D,F), AUC(F,τ), AUC_BS and the ROC curve")
         self.far_check = QCheckBox("false-alarm rate", self)
         self.far_check.setToolTip("Also write a mask of the pixels above the score that this share of pixels exceeds")
