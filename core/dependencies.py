@@ -29,10 +29,12 @@ import importlib.machinery
 import importlib.util
 import os
 import pkgutil
+import queue
 import re
 import shlex
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence
@@ -186,15 +188,27 @@ def install_commands(
     return commands
 
 
+CANCELLED = -1  # what run_commands returns when cancelled
+
+
+def _pump(stream, lines: "queue.Queue[Optional[str]]") -> None:
+    """Copy a command's output lines into `lines`, then None at its end (a thread of run_commands)."""
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
 def run_commands(
     commands: Sequence[Sequence[str]],
     log: Callable[[str], None] = print,
     cancelled: Callable[[], bool] = lambda: False,
+    poll: float = 0.2,
 ) -> int:
-    """Run commands one after another, streaming their output lines to `log`.
+    """Run commands one after another, streaming their output lines to `log` (from the calling thread).
 
-    Returns the first non-zero exit code (0 when all succeed). A cancel
-    terminates the running command and returns -1.
+    Returns the first non-zero exit code (0 when all succeed). A cancel is noticed within `poll` seconds,
+    also while a command prints nothing (pip resolving or building a wheel): the command is terminated
+    (killed if it has not stopped 10 s later) and CANCELLED is returned.
     """
     for command in commands:
         log("$ " + " ".join(command))
@@ -202,14 +216,34 @@ def run_commands(
             list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log(line.rstrip())
-            if cancelled():
-                proc.terminate()
-                proc.wait()
-                log("cancelled")
-                return -1
-        code = proc.wait()
+        lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=poll)
+                except queue.Empty:
+                    line = ""
+                if line is None:
+                    break
+                if line:
+                    log(line.rstrip())
+                if cancelled():
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                    log("cancelled")
+                    return CANCELLED
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            reader.join(timeout=5)
+            proc.stdout.close()
         if code != 0:
             return code
     return 0

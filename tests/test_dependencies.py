@@ -148,3 +148,19 @@ def test_failed_install_reports_exit_code(tmp_path):
     )
     assert code != 0
     assert any("No matching distribution" in line for line in lines)
+
+
+def test_a_cancel_stops_a_command_that_prints_nothing(tmp_path):
+    """pip resolving or building prints nothing for long stretches: the cancel used to wait for its next line
+    (here: never, so the command ran to the end and the run counted as a success)."""
+    import time
+
+    marker = tmp_path / "finished"
+    command = [sys.executable, "-c", f"import time, pathlib; time.sleep(4); pathlib.Path({str(marker)!r}).touch()"]
+    start = time.monotonic()
+    lines = []
+    code = dependencies.run_commands([command, command], log=lines.append,
+                                     cancelled=lambda: time.monotonic() - start > 0.5)
+    assert code == dependencies.CANCELLED and lines[-1] == "cancelled"
+    time.sleep(4)
+    assert not marker.exists()  # terminated, not left to finish

@@ -99,3 +99,19 @@ def test_unloading_the_plugin_during_an_install_cancels_it(iface, qtbot, probe_r
         QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
         assert sip.isdeleted(dialog) and task.isCanceled()
     assert done.args[0] is None
+
+
+def test_cancelling_a_silent_install_stops_it_and_says_so(iface, qtbot, probe_requirement, monkeypatch):
+    """pip prints nothing while it resolves or builds: a cancel (from QGIS's task manager) stops it anyway; it used
+    to wait for pip's next line (30 s here) and then read as a failure."""
+    monkeypatch.setattr(dependencies, "install_commands", lambda *_, **__: [["sh", "-c", "sleep 30; echo done"]])
+    plugin = rslab.classFactory(iface)
+    plugin.initGui()
+    try:
+        dialog = plugin.show_diagnostics()
+        qtbot.mouseClick(dialog.install_button, Qt.LeftButton)
+        with qtbot.waitSignal(dialog.install_task.jobFinished, timeout=10000) as done:
+            dialog.install_task.cancel()
+        assert done.args[0] is None and dialog.status.text() == "Installation cancelled."
+    finally:
+        plugin.unload()

@@ -73,10 +73,12 @@ class DiagnosticsDialog(QDialog):
         self.text.appendPlainText("\nInstalling into " + str(private_env_dir()) + " ...")
 
         def job(progress, cancelled):
-            code = dependencies.run_commands(commands, log=lambda line: progress(0.5, line), cancelled=cancelled)
-            if code != 0:
-                from ..core.errors import RSLabError
+            from ..core.errors import JobCancelled, RSLabError
 
+            code = dependencies.run_commands(commands, log=lambda line: progress(0.5, line), cancelled=cancelled)
+            if code == dependencies.CANCELLED:
+                raise JobCancelled()
+            if code != 0:
                 raise RSLabError(f"pip stopped with exit code {code}; see the log above")
             return code
 
@@ -93,7 +95,8 @@ class DiagnosticsDialog(QDialog):
         activate_environments()
         if error:  # keep pip's log on screen: it says why
             self.install_button.setEnabled(bool(dependencies.missing()))
-            self.status.setText("Installation failed: " + error.splitlines()[0])
+            self.status.setText("Installation cancelled." if error.startswith("cancelled")
+                                else "Installation failed: " + error.splitlines()[0])
         else:
             self.refresh()
             self.status.setText("Installed. The packages are importable now; restart QGIS if a tool still reports them missing.")
