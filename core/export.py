@@ -688,6 +688,25 @@ def _float64_twin(model: Any) -> Any:
     return twin.double()
 
 
+CHECK_SAMPLES = 4  # inputs the ONNX checks run on (the dialog's button and export_all's report)
+
+
+def sample_inputs(example: Tuple[Any, ...], count: int = CHECK_SAMPLES, seed: int = 0) -> List[Tuple[Any, ...]]:
+    """`count` input tuples shaped like `example`: float tensors drawn at random (seeded), others kept.
+
+    For the ONNX checks: the example inputs of a task are zeros (two identical dates for a change
+    detector), on which both runtimes agree whatever the export gets wrong.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(count):
+        samples.append(tuple(torch.randn(x.shape, generator=generator) if x.is_floating_point() and x.dim() >= 2
+                             else x.clone() for x in example))
+    return samples
+
+
 def check_onnx(model: Any, example_inputs_list: Sequence[Tuple[Any, ...]], onnx_path: str,
                baseline: bool = False) -> Dict[str, float]:
     """Run onnxruntime and PyTorch (the model in eval mode, on CPU) on the same inputs and compare.
@@ -968,8 +987,10 @@ def export_all(model: Any, card: Optional[ModelCard], example_inputs: Tuple[Any,
                 info = _write_onnx(model, example_inputs, target, None, None, 17)
                 report_extra.setdefault("onnx", {k: v for k, v in info.items() if k != "path"})
                 if check and _has_onnxruntime():
-                    checked = check_onnx(model, [example_inputs], target)
-                    report_extra.setdefault("onnx_check", {k: (None if math.isnan(v) else v) for k, v in checked.items()})
+                    checked = check_onnx(model, sample_inputs(example_inputs), target)
+                    report_extra.setdefault("onnx_check", dict(
+                        {k: (None if math.isnan(v) else v) for k, v in checked.items()},
+                        inputs=f"{CHECK_SAMPLES} random inputs shaped like the example (seed 0)"))
             elif fmt == "torchscript":
                 _write_torchscript(model, example_inputs, target)
             else:

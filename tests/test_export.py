@@ -436,6 +436,7 @@ def test_export_all_writes_every_format(resnet, cifar, tmp_path):
     with open(paths["report"], encoding="utf-8") as handle:
         report = json.load(handle)
     assert report["onnx_check"]["agrees_within_one_step"] == 1.0
+    assert report["onnx_check"]["inputs"].startswith("4 random inputs")  # not the example's zeros
     assert report["onnx"]["outputs"] == ["output"]
 
 

@@ -39,7 +39,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.errors import JobCancelled, RSLabError
-from ..core.export import SUFFIXES, export_paths  # torch-free at import; torch is imported by the jobs
+from ..core.export import CHECK_SAMPLES, SUFFIXES, export_paths, sample_inputs  # torch-free at import
 from . import task as tasks
 from .job_dock import cancel_if_alive, user_path
 from .widgets import checkpoint_widget, folder_widget, message_label
@@ -58,20 +58,8 @@ FORMAT_TIPS = {
     "torchscript": "A traced module computing exactly what the PyTorch model computes (torch.jit.load)",
     "report": "BOPs, MACs, parameters and size, in total and per layer, with the bit plan and the compression record",
 }
-CHECK_SAMPLES = 4
+
 ERROR_STYLE = "color: #b00020;"
-
-
-def sample_inputs(example: Tuple[Any, ...], count: int = CHECK_SAMPLES, seed: int = 0) -> List[Tuple[Any, ...]]:
-    """`count` input tuples shaped like `example`: float tensors drawn at random (seeded), others kept."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    samples = []
-    for _ in range(count):
-        samples.append(tuple(torch.randn(x.shape, generator=generator) if x.is_floating_point() and x.dim() >= 2
-                             else x.clone() for x in example))
-    return samples
 
 
 def describe_shape(x: Any) -> str:
