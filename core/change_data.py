@@ -87,6 +87,30 @@ def check_pair(pair: ChangePair) -> Tuple[int, int, int]:
     return ia.count, ia.height, ia.width
 
 
+def pair_bands(pairs: Sequence[ChangePair]) -> int:
+    """The band count all `pairs` share (each checked with check_pair), or RSLabError."""
+    bands = {check_pair(p)[0] for p in pairs}
+    if len(bands) != 1:
+        raise RSLabError(f"the training pairs have different band counts: {sorted(bands)}")
+    return bands.pop()
+
+
+def fill_nodata(before: np.ndarray, after: np.ndarray, valid: np.ndarray,
+                fill: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """Both dates (float32) with the pixels not valid in both set to `fill` (the model's band means).
+
+    The one treatment of nodata for the change model, in training, validation and detection alike: a
+    NaN fed to the network spreads through its global pooling to the whole tile (NaN weights after one
+    training step), and a -9999 makes the validation F1 meaningless beside what detection then gives.
+    """
+    before, after = before.astype(np.float32), after.astype(np.float32)
+    if not valid.all():
+        values = np.asarray(fill, np.float32)[:, None]
+        before[:, ~valid] = values
+        after[:, ~valid] = values
+    return before, after
+
+
 class PairSampler:
     """Random training crops (with flips, 90-degree turns and date swaps) from a list of pairs.
 
@@ -101,26 +125,26 @@ class PairSampler:
 
     Pairs up to IN_MEMORY_PIXELS each are read whole once, while their total stays under IN_MEMORY_BYTES
     (a folder of 637 LEVIR-CD pairs of 1024 x 1024 would otherwise hold 19 GB); the others are read by
-    windows for each crop. `check` (a cancel check) runs before each whole read.
+    windows for each crop. `check` (a cancel check) runs before each whole read. With `fill` (the
+    model's band means) nodata pixels and the padding of crops larger than a raster hold those values,
+    as detection feeds them (fill_nodata).
     """
 
     def __init__(self, pairs: Sequence[ChangePair], crop: int, seed: int = 0,
                  jitter: float = 0.0, paste: float = 0.0, coding: str = "binary",
-                 centred: Optional[bool] = None, check: Optional[Callable[[], None]] = None) -> None:
+                 centred: Optional[bool] = None, check: Optional[Callable[[], None]] = None,
+                 fill: Optional[Sequence[float]] = None) -> None:
         if not pairs:
             raise RSLabError("no training pairs were given")
         self.pairs = list(pairs)
+        self.fill = fill
         self.coding = coding  # how the label rasters read (core/change_reference.py)
         self.crop = crop
         self.jitter = jitter
         self.paste = paste
         self.rng = np.random.default_rng(seed)
-        shapes = [check_pair(p) for p in self.pairs]
-        bands = {s[0] for s in shapes}
-        if len(bands) != 1:
-            raise RSLabError(f"the training pairs have different band counts: {sorted(bands)}")
-        self.bands = bands.pop()
-        self.shapes = [(h, w) for _, h, w in shapes]
+        self.bands = pair_bands(self.pairs)
+        self.shapes = [check_pair(p)[1:] for p in self.pairs]
         self.cache = {}
         cached = 0  # bytes: two float32 dates, a float32 label, a valid mask per pixel
         pixel_bytes = 2 * 4 * self.bands + 4 + 1
@@ -128,7 +152,7 @@ class PairSampler:
             if h * w <= IN_MEMORY_PIXELS and cached + h * w * pixel_bytes <= IN_MEMORY_BYTES:
                 if check is not None:
                     check()
-                self.cache[i] = read_pair(pair, Window(0, 0, w, h), coding)
+                self.cache[i] = read_pair(pair, Window(0, 0, w, h), coding, fill)
                 cached += h * w * pixel_bytes
         # partial labels: crops centred on labelled pixels (see LabelledPixels); else anywhere
         self.centred = coding == "partial" if centred is None else centred
@@ -164,8 +188,8 @@ class PairSampler:
             sl = (slice(int(win.row_off), int(win.row_off + win.height)), slice(int(win.col_off), int(win.col_off + win.width)))
             a, b, y, v = a[(slice(None),) + sl], b[(slice(None),) + sl], y[sl], v[sl]
         else:
-            a, b, y, v = read_pair(self.pairs[i], win, self.coding)
-        a, b, y, v = pad_to(a, b, y, v, self.crop)
+            a, b, y, v = read_pair(self.pairs[i], win, self.coding, self.fill)
+        a, b, y, v = pad_to(a, b, y, v, self.crop, self.fill)
         if self.paste and self.rng.random() < self.paste:
             b, y, v = self._paste_changes(b, y, v)
         if self.jitter and self.rng.random() < self.jitter:
@@ -204,7 +228,8 @@ class PairSampler:
         c = int(self.rng.integers(0, max(w - size, 0) + 1))
         db, dy, dv = db[:, r:r + size, c:c + size], dy[r:r + size, c:c + size], dv[r:r + size, c:c + size]
         take = np.zeros_like(y, dtype=bool)
-        take[:dy.shape[0], :dy.shape[1]] = (dy > 0) & dv
+        # only onto this crop's valid pixels: padding and nodata stay out of the loss
+        take[:dy.shape[0], :dy.shape[1]] = (dy > 0) & dv & v[:dy.shape[0], :dy.shape[1]]
         if not take.any():
             return b, y, v
         b, y, v = b.copy(), y.copy(), v.copy()
@@ -256,28 +281,35 @@ class LabelledPixels:
         return int(win.row_off) + int(rows[k]), int(win.col_off) + int(cols[k])
 
 
-def read_pair(pair: ChangePair, window: Window,
-              coding: str = "binary") -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def read_pair(pair: ChangePair, window: Window, coding: str = "binary",
+              fill: Optional[Sequence[float]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """before, after (float32), label (float32 0/1) and valid mask for one window of a pair.
 
     The label raster is read under `coding` (core/change_reference.py); its
-    unlabelled and nodata pixels are invalid, like nodata in either image.
+    unlabelled and nodata pixels are invalid, like nodata in either image. With
+    `fill` (the model's band means), nodata in either image holds it (fill_nodata).
     """
     with gdal_env(), open_raster(pair.before) as a, open_raster(pair.after) as b, open_raster(pair.label) as lab:
         xa, va = read_window(a, window)
         xb, vb = read_window(b, window)
         changed, labelled = read_reference(lab, window, coding)
+    if fill is not None:
+        xa, xb = fill_nodata(xa, xb, va & vb, fill)
     return xa.astype(np.float32), xb.astype(np.float32), changed.astype(np.float32), va & vb & labelled
 
 
-def pad_to(a, b, y, v, size: int):
-    """Pad crops smaller than `size` (small rasters) with invalid pixels."""
+def pad_to(a, b, y, v, size: int, fill: Optional[Sequence[float]] = None):
+    """Pad crops smaller than `size` (small rasters) with invalid pixels (holding `fill`, else 0)."""
     h, w = y.shape
     if h >= size and w >= size:
         return a, b, y, v
     ph, pw = max(0, size - h), max(0, size - w)
     pad3 = ((0, 0), (0, ph), (0, pw))
-    return (np.pad(a, pad3), np.pad(b, pad3), np.pad(y, ((0, ph), (0, pw))), np.pad(v, ((0, ph), (0, pw))))
+    v = np.pad(v, ((0, ph), (0, pw)))
+    a, b = np.pad(a, pad3), np.pad(b, pad3)
+    if fill is not None:
+        a, b = fill_nodata(a, b, np.pad(np.ones((h, w), bool), ((0, ph), (0, pw))), fill)
+    return a, b, np.pad(y, ((0, ph), (0, pw))), v
 
 
 def band_statistics(paths: Sequence[str], max_pixels: int = 2_000_000) -> Tuple[List[float], List[float]]:

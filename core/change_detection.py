@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from .alignment import align_to
 from .bands import band_descriptions, band_order_note, band_subset, check_bands
-from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics
+from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics, fill_nodata
 from .change_model import predict_pair, trained_bands_hint
 from .change_reference import check_coding, coding_note, read_reference, survey_reference
 from .checkpoint import Checkpoint, build_model, load_checkpoint
@@ -213,11 +213,7 @@ class ModelScorer:
         self.device = device
 
     def __call__(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray):
-        if not valid.all():
-            before, after = before.astype(np.float32), after.astype(np.float32)
-            fill = np.asarray(self.mean, np.float32)[:, None]
-            before[:, ~valid] = fill
-            after[:, ~valid] = fill
+        before, after = fill_nodata(before, after, valid, self.mean)
         return predict_pair(self.model, before, after, self.mean, self.std, self.device)
 
 

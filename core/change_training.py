@@ -23,7 +23,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .bands import band_descriptions
-from .change_data import ChangePair, PairSampler, band_views, check_pair, default_normalisation, read_pair
+from .change_data import (ChangePair, PairSampler, band_views, check_pair, default_normalisation, pair_bands,
+                          read_pair)
 from .change_model import predict_pair, trained_bands_hint
 from .change_reference import ReferenceValues, check_coding, coding_note, survey_reference
 from .checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
@@ -67,6 +68,9 @@ class TrainChangeParams:
                 raise RSLabError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.crop < 32 or self.crop % 32:
             raise RSLabError(f"the training crop must be a multiple of 32 (at least 32), got {self.crop}")
+        if self.batch_size == 1 and self.crop < 64:
+            # the deepest features of a 32-pixel crop are 1 x 1: training BatchNorm needs more than one value
+            raise RSLabError("a batch of one crop needs crops of at least 64 pixels; use a larger crop or batch")
         if not 0 < self.lr < 1:
             raise RSLabError(f"the learning rate must be between 0 and 1, got {self.lr}")
         if self.optimiser not in ("adamw", "sgd"):
@@ -118,7 +122,7 @@ def evaluate(model, pairs: Sequence[ChangePair], mean, std, device, threshold: f
         for t in tile_grid(h, w, tile):
             if check is not None:
                 check()
-            a, b, y, v = read_pair(pair, t.read, coding)
+            a, b, y, v = read_pair(pair, t.read, coding, fill=mean)  # nodata as detection feeds it
             prob, _ = predict_pair(model, a, b, mean, std, device)
             r, c = int(t.core.row_off - t.read.row_off), int(t.core.col_off - t.read.col_off)
             core = (slice(r, r + int(t.core.height)), slice(c, c + int(t.core.width)))
@@ -195,25 +199,27 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         survey_reference(label, waiting, seen=labels)
     # stops on labels the coding cannot read, before any work
     note = coding_note(labels, params.label_coding, "training labels")
-    sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste, params.label_coding,
-                          CROP_SAMPLING[params.crop_sampling], check=monitor.check)
+    band_count = pair_bands(train_pairs)
     val_bands = {check_pair(p)[0] for p in val_pairs}
-    if val_bands != {sampler.bands}:
-        raise RSLabError(f"validation pairs have {sorted(val_bands)} bands, training pairs {sampler.bands}")
+    if val_bands != {band_count}:
+        raise RSLabError(f"validation pairs have {sorted(val_bands)} bands, training pairs {band_count}")
 
     if init is not None:
-        if init.card.arguments.get("bands") != sampler.bands:
+        if init.card.arguments.get("bands") != band_count:
             raise RSLabError(
                 f"the starting checkpoint was trained for {init.card.arguments.get('bands')} bands, "
-                f"the training data has {sampler.bands}{trained_bands_hint(init.card)}"
+                f"the training data has {band_count}{trained_bands_hint(init.card)}"
             )
         model = build_model(init)
         mean, std = init.card.normalisation["mean"], init.card.normalisation["std"]
         arguments = dict(init.card.arguments)
     else:
-        arguments = {"bands": sampler.bands, "base": params.base, "channels": params.channels}
+        arguments = {"bands": band_count, "base": params.base, "channels": params.channels}
         model = ArcdNet(**arguments)
-        mean, std = default_normalisation(train_pairs, sampler.bands)
+        mean, std = default_normalisation(train_pairs, band_count)
+    # crops hold the band means where either date is nodata, as detection feeds the model (fill_nodata)
+    sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste, params.label_coding,
+                          CROP_SAMPLING[params.crop_sampling], check=monitor.check, fill=mean)
     model.to(device).train()
     if params.optimiser == "sgd":  # the fine-tuning recipe of the compression code (PIC-PQ): SGD, Nesterov
         optimiser = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)

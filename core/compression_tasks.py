@@ -178,7 +178,7 @@ class ChangeDetectionTask(CompressionTask):
         self.training, self.evaluation = training, evaluation
         self.mean = checkpoint.card.normalisation["mean"]
         self.std = checkpoint.card.normalisation["std"]
-        self.sampler = PairSampler(training, crop, seed)
+        self.sampler = PairSampler(training, crop, seed, fill=self.mean)  # nodata as detection feeds it
         self.rng = np.random.default_rng(seed)
         self.bands = self.sampler.bands
 

@@ -272,3 +272,71 @@ def test_every_pair_file_is_listed_among_a_runs_inputs_even_with_repeated_names(
     pairs = [ChangePair(f"/d/{part}/A/1.png", f"/d/{part}/B/1.png", f"/d/{part}/label/1.png") for part in ("t", "v")]
     listed = set(training_inputs(pairs[:1], pairs[1:], "/d/start.pt").values())
     assert listed == {getattr(p, role) for p in pairs for role in ("before", "after", "label")} | {"/d/start.pt"}
+
+
+def _with_nodata(pair: ChangePair, folder, nodata: float, rows=slice(0, 40)) -> ChangePair:
+    """The pair as float32 GeoTIFFs whose before date is `nodata` over `rows` (a strip the sensor missed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for role in ("before", "after"):
+        with rasterio.open(getattr(pair, role)) as src:
+            data = src.read().astype(np.float32)
+        if role == "before":
+            data[:, rows] = nodata
+        path = folder / f"{role}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                           dtype="float32", nodata=nodata) as dst:
+            dst.write(data)
+        paths.append(str(path))
+    return ChangePair(paths[0], paths[1], pair.label)
+
+
+def test_nodata_reaches_the_model_as_detection_feeds_it(shared_data, tmp_path):
+    """Training and validation fed nodata to the network as read: a NaN strip spread through its global pooling
+    (NaN loss, a checkpoint of NaN weights), and a -9999 strip made the validation F1 0 where detection, which
+    fills nodata with the band means, scores the same model at 0.89."""
+    import torch
+
+    from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes
+    from rslab.core.change_training import evaluate
+    from rslab.core.checkpoint import build_model, load_checkpoint
+    from rslab.core.weights import default_checkpoint
+
+    pair = _levir(shared_data, "test_102_0512_0000.png")
+    with_nan = _with_nodata(pair, tmp_path / "nan", float("nan"))
+    result = train_change_detector([with_nan], [with_nan], str(tmp_path / "m.pt"), TrainChangeParams(**TINY))
+    assert all(np.isfinite(r["loss"]) for r in result.history)
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(str(tmp_path / "m.pt")).state_dict.values())
+
+    shipped = load_checkpoint(default_checkpoint("change_detection"))
+    model, (mean, std) = build_model(shipped), (shipped.card.normalisation["mean"], shipped.card.normalisation["std"])
+    with_fill = _with_nodata(pair, tmp_path / "fill", -9999.0)
+    validated = evaluate(model, [with_fill], mean, std, torch.device("cpu"))
+    detected = detect_changes(with_fill.before, with_fill.after, ChangeOutputs(str(tmp_path / "c.tif")),
+                              ChangeParams(), reference=with_fill.label)
+    assert validated["pixels"] == detected.metrics["pixels"] == 256 * (256 - 40)
+    assert validated["f1"] == pytest.approx(detected.metrics["f1"], abs=1e-6) and validated["f1"] > 0.5
+
+
+def test_pasted_changes_stay_off_padding_and_nodata(shared_data, tmp_path):
+    """Crops larger than a 40 x 40 raster are padded: pasted changes used to mark padding as valid 'change'."""
+    pair = _levir(shared_data, "test_102_0512_0000.png")
+    small = []
+    for role in ("before", "after", "label"):
+        with rasterio.open(getattr(pair, role)) as src:
+            data = src.read(window=Window(100, 100, 40, 40))
+        path = tmp_path / f"{role}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=data.shape[0],
+                           dtype=data.dtype.name) as dst:
+            dst.write(data)
+        small.append(str(path))
+    sampler = PairSampler([ChangePair(*small), pair], 64, paste=1.0)  # the 256 x 256 pair donates changes
+    sampler.weights = np.array([1.0, 0.0])  # crops from the small raster only
+    assert all(sampler.sample()[3].sum() <= 40 * 40 for _ in range(40))
+
+
+def test_a_batch_of_one_needs_crops_of_64_pixels():
+    with pytest.raises(RSLabError, match="at least 64 pixels"):
+        TrainChangeParams(batch_size=1, crop=32)
+    TrainChangeParams(batch_size=1, crop=64)
+    TrainChangeParams(batch_size=2, crop=32)
