@@ -97,7 +97,7 @@ import numpy as np
 from .checkpoint import ModelCard, save_checkpoint
 from .errors import RSLabError
 from .job import JobMonitor
-from .outputs import PendingOutputs
+from .outputs import PendingOutputs, check_name_length
 
 FORMATS = ("checkpoint", "onnx", "torchscript", "report")
 SUFFIXES = {"checkpoint": ".pt", "onnx": ".onnx", "torchscript": ".torchscript.pt", "report": ".report.json"}
@@ -185,6 +185,7 @@ def _check_targets(paths: Sequence[str], overwrite: bool) -> None:
     for path in paths:
         if not path:
             raise RSLabError("no output file name given")
+        check_name_length(path)
         if os.path.isdir(path):
             raise RSLabError(f"{path} is a folder; give a file name")
     existing = existing_targets(paths)
@@ -728,7 +729,8 @@ def check_onnx(model: Any, example_inputs_list: Sequence[Tuple[Any, ...]], onnx_
       against PyTorch from the same quantised inputs. The export agrees with PyTorch to
       within one quantisation step when, here, every output differs by at most one
       output step (`forced.max_steps <= 1`) and every code by at most one level
-      (`forced.codes.max_diff <= 1`); `agrees_within_one_step` is 1.0 exactly then.
+      (`forced.codes.max_diff <= 1`); `agrees_within_one_step` is 1.0 exactly then (nan for
+      a model without a quantised layer: no step to agree within; `o.max_abs_diff` says it).
 
     Keys, for each output `o` (with and without "forced."): `o.max_abs_diff`, `o.step`,
     `o.steps` (max_abs_diff / step), `o.fraction_within_one_step` (of output elements);
@@ -822,8 +824,11 @@ def check_onnx(model: Any, example_inputs_list: Sequence[Tuple[Any, ...]], onnx_
     result: Dict[str, float] = {"samples": float(len(example_inputs_list))}
     for prefix, tally in tallies.items():
         result.update(tally.result(prefix))
-    agrees = (not math.isnan(result["forced.max_steps"]) and result["forced.max_steps"] <= 1.0
-              and result["forced.codes.max_diff"] <= 1.0)
+    if math.isnan(result["forced.max_steps"]):
+        # no quantised layer: no step to agree within (nan, null in reports); the max_abs_diff figures say it
+        result["agrees_within_one_step"] = float("nan")
+        return result
+    agrees = result["forced.max_steps"] <= 1.0 and result["forced.codes.max_diff"] <= 1.0
     result["agrees_within_one_step"] = 1.0 if agrees else 0.0
     return result
 

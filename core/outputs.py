@@ -37,6 +37,17 @@ def same_file(a: PathLike, b: PathLike) -> bool:
 
 
 RASTER_SUFFIXES = (".tif", ".tiff")  # every raster RS Lab writes is a GeoTIFF
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows alike)
+
+
+def check_name_length(path: PathLike) -> None:
+    """RSLabError for a file name longer than the file system takes (OSError 'File name too long' otherwise,
+    deep inside a job or from Path.is_dir)."""
+    name = os.path.basename(os.fspath(path))
+    size = len(os.fsencode(name))
+    if size > NAME_MAX:
+        raise RSLabError(f"the file name {name[:40]}… is {size} bytes long; file names hold at most {NAME_MAX}: "
+                         "choose a shorter name")
 
 
 def check_output_paths(outputs: Mapping[str, Optional[PathLike]], inputs: Optional[Mapping[str, Optional[PathLike]]] = None,
@@ -50,6 +61,8 @@ def check_output_paths(outputs: Mapping[str, Optional[PathLike]], inputs: Option
     one file left only the last one written.
     """
     given = [(what, path) for what, path in outputs.items() if path]
+    for _, path in given:
+        check_name_length(path)
     for what in rasters:
         path = outputs.get(what)
         if path and os.path.splitext(os.fspath(path))[1].lower() not in RASTER_SUFFIXES:
@@ -84,6 +97,7 @@ class PendingOutputs:
 
     def temp(self, final_path: PathLike) -> str:
         """Return the temporary path to write in place of `final_path`."""
+        check_name_length(final_path)
         final = Path(os.path.realpath(Path(final_path).expanduser()))
         if final in self._pending:
             raise RSLabError(f"two outputs name one file ({final.name}); give each output its own name")

@@ -219,3 +219,48 @@ def test_a_compressed_bsdm_denoiser_exports_and_checks(qtbot, samples, tmp_path)
     if os.environ.get("RSLAB_SCREENSHOTS"):
         qtbot.wait(100)  # the layout takes the new label text on the next turn of the event loop
         widget.grab().save(os.path.join(os.environ["RSLAB_SCREENSHOTS"], "export_dialog_bsdm.png"))
+
+
+def test_another_checkpoint_brings_its_own_record_and_names(qtbot, compressed, tmp_path):
+    """Opened after a compression run (its report given), then switched to the shipped ResNet: the report and
+    file names used to stay the run's ('ghost', 'resnet20_mixed_export') on the other model's files."""
+    from rslab.core.weights import default_checkpoint
+
+    widget = ExportDialog(compressed, report={"method": "pic_pq", "bops_ratio": 7.7})
+    qtbot.addWidget(widget)
+    assert widget.name_edit.text() == "resnet20_mixed_export"
+    assert widget._report_extra()["compression"] == {"method": "pic_pq", "bops_ratio": 7.7}
+    other = default_checkpoint("classification")  # the shipped, full-precision CIFAR ResNet-20
+    widget.checkpoint_file.setFilePath(other)
+    assert widget.name_edit.text() == "resnet20_cifar_subset_export"
+    assert widget.folder.filePath() == os.path.dirname(other)
+    assert "compression" not in widget._report_extra()  # the float ResNet has no compression record
+    widget.name_edit.setText("mine")  # a name the user typed stays
+    widget.checkpoint_file.setFilePath(compressed)
+    assert widget.name_edit.text() == "mine" and widget._report_extra()["compression"]["method"] == "pic_pq"
+
+
+def test_closing_the_dialog_cancels_a_running_export(qtbot, dialog, tmp_path):
+    with qtbot.waitSignal(dialog.exported, timeout=TIMEOUT_MS) as done:
+        qtbot.mouseClick(dialog.save_button, Qt.LeftButton)
+        dialog.close()
+    written, error = done.args
+    assert written == {} and error.startswith("cancelled") and not (tmp_path / "export").exists()
+
+
+def test_a_full_precision_model_checks_by_its_difference_and_long_names_are_refused(qtbot, tmp_path):
+    from rslab.core.weights import default_checkpoint
+
+    float_model = default_checkpoint("classification")
+    widget = ExportDialog(float_model)
+    qtbot.addWidget(widget)
+    with qtbot.waitSignal(widget.checked, timeout=TIMEOUT_MS) as done:
+        qtbot.mouseClick(widget.check_button, Qt.LeftButton)
+    check, error = done.args
+    assert error == "" and check["agrees_within_one_step"] != check["agrees_within_one_step"]  # nan: no step
+    assert widget.check_label.text().startswith("Full precision (no quantised layer) over 4 sample inputs: "
+                                                "max |ONNX - PyTorch| = ")
+    widget.folder.setFilePath(str(tmp_path / "out"))
+    widget.name_edit.setText("遥" * 82)  # 246 bytes: the .pt fits 255, .torchscript.pt does not
+    written, error = click_save(qtbot, widget)
+    assert written == {} and "file names hold at most 255" in error and not (tmp_path / "out").exists()

@@ -97,13 +97,15 @@ def describe_check(check: Dict[str, float]) -> str:
     """
     samples = int(check.get("samples", 0))
     forced = check.get("forced.max_steps", float("nan"))
+    outputs = [k[:-len(".max_abs_diff")] for k in check if k.endswith(".max_abs_diff") and not k.startswith("forced.")]
     if math.isnan(forced):
-        return f"no quantised layer to check over {samples} sample inputs"
+        worst = max((check[f"{o}.max_abs_diff"] for o in outputs), default=float("nan"))
+        return (f"Full precision (no quantised layer) over {samples} sample inputs: "
+                f"max |ONNX - PyTorch| = {worst:.3g}")
     agrees = check.get("agrees_within_one_step", 0.0) >= 1.0
     text = (f"{'Agrees' if agrees else 'DISAGREES'} layer by layer over {samples} sample inputs: "
             f"at most {forced:.3g} quantisation steps per output, codes within "
             f"{int(check.get('forced.codes.max_diff', 0))} level(s)")
-    outputs = [k[:-len(".max_abs_diff")] for k in check if k.endswith(".max_abs_diff") and not k.startswith("forced.")]
     if outputs:
         worst = max(check[f"{o}.max_abs_diff"] for o in outputs)
         text += (f".\nEnd to end (rounding drift): max |ONNX - PyTorch| = {worst:.3g}, "
@@ -121,7 +123,9 @@ class ExportDialog(QDialog):
                  parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("RS Lab: export a model")
-        self.report = report  # the compression run's report, written into the JSON report when given
+        self.report = report  # the compression run's report, written into the JSON report of that checkpoint
+        self._report_for = user_path(checkpoint) if report else ""
+        self._defaults = ("", "")  # the folder and base name load() filled in, replaced when still untouched
         self.model: Any = None
         self.card: Any = None
         self.example: Optional[Tuple[Any, ...]] = None
@@ -237,10 +241,13 @@ class ExportDialog(QDialog):
             f"{checkpoint.card.task} · {checkpoint.card.architecture} · "
             + (f"compressed ({', '.join(map(str, bits))} bits)" if compressed else "full precision (32 bits)")
             + f" · input {' + '.join(describe_shape(x) for x in example)}")
-        if not user_path(self.folder.filePath()):
-            self.folder.setFilePath(os.path.dirname(os.path.abspath(path)))
-        if not self.name_edit.text().strip():
-            self.name_edit.setText(f"{Path(path).stem}_export")
+        # defaults follow the checkpoint until the user types their own
+        folder, name = os.path.dirname(os.path.abspath(path)), f"{Path(path).stem}_export"
+        if user_path(self.folder.filePath()) in ("", self._defaults[0]):
+            self.folder.setFilePath(folder)
+        if self.name_edit.text().strip() in ("", self._defaults[1]):
+            self.name_edit.setText(name)
+        self._defaults = (folder, name)
         self._set_status("")
         self._update_buttons()
         return True
@@ -313,7 +320,10 @@ class ExportDialog(QDialog):
         """What the JSON report carries beyond the BOPs: the source checkpoint and its compression record."""
         extra: Dict[str, Any] = {"source_checkpoint": user_path(self.checkpoint_file.filePath()),
                                  "card": self.card.summary()}
-        compression = self.report or self.card.training.get("compression")
+        source = user_path(self.checkpoint_file.filePath())
+        # the run's report belongs to the checkpoint it wrote; another one carries its own card's record
+        compression = (self.report if self.report and source == self._report_for else None) \
+            or self.card.training.get("compression")
         if compression:
             extra["compression"] = compression
         return json.loads(json.dumps(extra, default=str))  # plain JSON values only
@@ -372,6 +382,20 @@ class ExportDialog(QDialog):
         self.check_label.setText(describe_check(check))
         self._set_status("")
         self.checked.emit(check, "")
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        """Closing the dialog cancels a running export or check: it would otherwise write files unseen."""
+        self._cancel_running()
+        super().closeEvent(event)
+
+    def reject(self) -> None:
+        """Esc: as Close."""
+        self._cancel_running()
+        super().reject()
+
+    def _cancel_running(self) -> None:
+        if self.task is not None:
+            cancel_if_alive(self.task)
 
     # state ------------------------------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:
