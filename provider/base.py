@@ -120,6 +120,20 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
                           f"{burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} change pixels")
         return burnt.path
 
+    def output_layer_path(self, parameters, name: str, context: QgsProcessingContext) -> str:
+        """An output layer's file, with ~ expanded ('' when not asked for).
+
+        The engine expands ~ when it writes; the path Processing loads (and returns to a model) must be that
+        same file, or QGIS reports the output as 'not correctly generated' and never styles it.
+        """
+        path = self.parameterAsOutputLayer(parameters, name, context) or ""
+        expanded = os.path.expanduser(path)
+        if expanded != path and context.willLoadLayerOnCompletion(path):
+            layers = context.layersToLoadOnCompletion()  # a copy: re-keyed, then set back
+            layers[expanded] = layers.pop(path)
+            context.setLayersToLoadOnCompletion(layers)
+        return expanded
+
     @staticmethod
     def post_process_output(context: QgsProcessingContext, layer_id: str,
                             post: QgsProcessingLayerPostProcessorInterface) -> None:

@@ -151,11 +151,11 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
 
     def read_outputs(self, parameters, context, params: AnomalyParams) -> AnomalyOutputs:
         """Output paths; with a false-alarm rate but the mask output skipped, the mask goes to a temporary file."""
-        mask = self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context) or None
+        mask = self.output_layer_path(parameters, self.OUTPUT_MASK, context) or None
         if mask is None and params.false_alarm_rate is not None:
             mask = QgsProcessingUtils.generateTempFilename("anomaly_mask.tif")
         return AnomalyOutputs(
-            scores=self.parameterAsOutputLayer(parameters, self.OUTPUT_SCORES, context),
+            scores=self.output_layer_path(parameters, self.OUTPUT_SCORES, context),
             mask=mask,
             report=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None,
             model=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context) or None,

@@ -115,9 +115,9 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
         )
         outputs = ChangeOutputs(
-            change=self.parameterAsOutputLayer(parameters, self.OUTPUT_CHANGE, context),
-            probability=self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context) or None,
-            uncertainty=self.parameterAsOutputLayer(parameters, self.OUTPUT_UNCERTAINTY, context) or None,
+            change=self.output_layer_path(parameters, self.OUTPUT_CHANGE, context),
+            probability=self.output_layer_path(parameters, self.OUTPUT_PROBABILITY, context) or None,
+            uncertainty=self.output_layer_path(parameters, self.OUTPUT_UNCERTAINTY, context) or None,
             report=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None,
         )
         progress, cancelled = feedback_callbacks(feedback)
@@ -133,6 +133,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         out = {self.OUTPUT_CHANGE: outputs.change}
         if outputs.probability:
             out[self.OUTPUT_PROBABILITY] = outputs.probability
+            self.style_output(context, outputs.probability, "probability.qml")  # 0..1, not stretched per run
         if outputs.uncertainty:
             out[self.OUTPUT_UNCERTAINTY] = outputs.uncertainty
             self.style_output(context, outputs.uncertainty, "uncertainty.qml")

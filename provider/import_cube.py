@@ -75,8 +75,8 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
             cube_key=self.parameterAsString(parameters, self.CUBE_KEY, context),
             gt_key=self.parameterAsString(parameters, self.GT_KEY, context) or "",
         )
-        cube_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_CUBE, context)
-        gt_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_GT, context) or None
+        cube_path = self.output_layer_path(parameters, self.OUTPUT_CUBE, context)
+        gt_path = self.output_layer_path(parameters, self.OUTPUT_GT, context) or None
         progress, cancelled = feedback_callbacks(feedback)
         result = import_cube(source, cube_path, gt_path, params, progress, cancelled)
         feedback.pushInfo(

@@ -82,9 +82,10 @@ def test_run_adds_one_styled_group_above_the_after_layer(method, qtbot, dock, le
 
     assert error == "" and result is dock.result and result.method == method
     root = project.layerTreeRoot()
-    assert group_names(project) == ["Changes: before → after"]
+    name = "Changes: before → after " + ("(CVA)" if method == "cva" else f"(AR-CDNet, {os.path.basename(checkpoint)})")
+    assert group_names(project) == [name]  # the method named: runs of two methods can be told apart
     group = dock.group
-    assert [n.name() for n in root.children()] == ["reference", "before", "Changes: before → after", "after"]
+    assert [n.name() for n in root.children()] == ["reference", "before", name, "after"]
     uncertainty, change = [node.layer() for node in group.findLayers()]
     assert isinstance(change.renderer(), QgsPalettedRasterRenderer)
     assert {c.value: c.color.alpha() for c in change.renderer().classes()} == {0.0: 0, 1.0: 255}
@@ -124,7 +125,7 @@ def test_without_reference_no_accuracy_and_a_temporary_folder(qtbot, dock, levir
         assert all(os.path.basename(f).startswith("rslab-changes-") for f in folders)
         assert folders[0] != folders[1]  # a new folder per run
         assert folders[1] in dock.status_label.text()
-        assert group_names(project) == ["Changes: before → after"] * 2
+        assert group_names(project) == ["Changes: before → after (CVA)"] * 2
     finally:
         project.clear()
         for folder in folders:
@@ -280,7 +281,7 @@ def test_group_lands_inside_the_after_layers_group(qtbot, dock, levir, project, 
     _, error = click_run(qtbot, dock)
     assert error == ""
     first = dates.children()[0]
-    assert isinstance(first, QgsLayerTreeGroup) and first.name() == "Changes: before → after"
+    assert isinstance(first, QgsLayerTreeGroup) and first.name() == "Changes: before → after (CVA)"
     assert dates.children()[1].layerId() == levir["after"].id()
 
 
@@ -457,4 +458,5 @@ def test_the_shipped_compressed_detector_is_listed_and_runs(qtbot, dock, levir, 
     dock.model_combo.setCurrentIndex(dock.model_combo.findData(compressed[0]))
     result, error = click_run(qtbot, dock)
     assert error == "" and result.model["path"] == os.path.abspath(compressed[0])
-    assert result.metrics["f1"] > 0.3 and group_names(project) == ["Changes: before → after"]
+    assert result.metrics["f1"] > 0.3
+    assert group_names(project) == [f"Changes: before → after (AR-CDNet, {os.path.basename(compressed[0])})"]

@@ -217,3 +217,31 @@ def test_train_change_detector_on_label_polygons(tmp_path, change_copy, provider
                                                           OUTPUT_MODEL=str(tmp_path / "x.pt"),
                                                           OUTPUT_REPORT=str(tmp_path / "x.pt")))
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_loaded_outputs_named_with_a_tilde_are_styled_and_probability_spans_0_to_1(tmp_path, samples, provider,
+                                                                                   monkeypatch):
+    """runAndLoadResults, as the Processing dialog does. An output typed as '~/change.tif' was written to the home
+    folder but returned and loaded as '~/change.tif' (not correctly generated, never styled); the probability
+    layer was loaded unstyled, stretched to its own range (0.81 drawn as white as a certain change)."""
+    from qgis.core import QgsPalettedRasterRenderer, QgsProject, QgsSingleBandPseudoColorRenderer
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    before, after, _ = (shutil.copy(path, tmp_path) for path in _pair(samples))  # QGIS writes .aux.xml beside
+    project = QgsProject.instance()
+    project.clear()
+    try:
+        result = processing.runAndLoadResults("rslab:detect_changes", {
+            "BEFORE": before, "AFTER": after, "METHOD": 1, "OUTPUT_CHANGE": "~/change.tif", "OUTPUT_PROBABILITY": str(tmp_path / "prob.tif"),
+            "OUTPUT_UNCERTAINTY": str(tmp_path / "unc.tif")})
+        assert result["OUTPUT_CHANGE"] == str(home / "change.tif")
+        loaded = {layer.source(): layer for layer in project.mapLayers().values()}
+        change, probability = loaded[str(home / "change.tif")], loaded[str(tmp_path / "prob.tif")]
+        assert change.isValid() and isinstance(change.renderer(), QgsPalettedRasterRenderer)
+        renderer = probability.renderer()
+        assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+        assert (renderer.classificationMin(), renderer.classificationMax()) == (0.0, 1.0)
+    finally:
+        project.clear()

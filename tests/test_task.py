@@ -80,3 +80,17 @@ def test_job_error_is_reported_not_raised(qtbot):
     with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
         tasks.start(task)
     assert done.args == [None, "the two layers do not overlap"]
+
+
+def test_layers_without_a_group_stack_first_on_top(tmp_path, samples):
+    """add_layers' order without a group: the first spec on top, as with a group (it came out reversed)."""
+    from rslab.ui.layers import add_layers
+
+    project = QgsProject.instance()
+    project.clear()
+    try:
+        path = str(samples / "rasterio_RGB.byte.tif")
+        add_layers([LayerSpec(path, "first"), LayerSpec(path, "second")], project=project)
+        assert [n.name() for n in project.layerTreeRoot().children()] == ["first", "second"]
+    finally:
+        project.clear()

@@ -452,7 +452,8 @@ class ChangeDetectionDock(JobDock):
         if after_node is not None and isinstance(after_node.parent(), QgsLayerTreeGroup):
             parent = after_node.parent()
             index = parent.children().index(after_node)
-        group = parent.insertGroup(index, f"Changes: {request.before_name} → {request.after_name}")
+        method = "CVA" if result.method == "cva" else f"AR-CDNet, {os.path.basename(result.model.get('path', ''))}"
+        group = parent.insertGroup(index, f"Changes: {request.before_name} → {request.after_name} ({method})")
         for layer in layers:
             project.addMapLayer(layer, False)
             group.addLayer(layer)

@@ -65,10 +65,12 @@ def add_layers(
     layers = [make_layer(spec) for spec in specs]
     root = project.layerTreeRoot()
     group: Optional[QgsLayerTreeGroup] = root.insertGroup(0, group_name) if group_name else None
-    for layer in layers:
-        project.addMapLayer(layer, addToLegend=group is None)
+    for index, layer in enumerate(layers):
+        project.addMapLayer(layer, addToLegend=False)
         if group is not None:
             group.addLayer(layer)
+        else:
+            root.insertLayer(index, layer)  # in order at the top (addToLegend would put the last one on top)
     return layers
 
 
