@@ -146,19 +146,19 @@ class PairSampler:
         self.bands = pair_bands(self.pairs)
         self.shapes = [check_pair(p)[1:] for p in self.pairs]
         self.cache = {}
-        cached = 0  # bytes: two float32 dates, a float32 label, a valid mask per pixel
-        pixel_bytes = 2 * 4 * self.bands + 4 + 1
+        cached = 0  # bytes: two float32 dates, a float32 label, the valid and image-valid masks per pixel
+        pixel_bytes = 2 * 4 * self.bands + 4 + 2
         for i, (pair, (h, w)) in enumerate(zip(self.pairs, self.shapes)):
             if h * w <= IN_MEMORY_PIXELS and cached + h * w * pixel_bytes <= IN_MEMORY_BYTES:
                 if check is not None:
                     check()
-                self.cache[i] = read_pair(pair, Window(0, 0, w, h), coding, fill)
+                self.cache[i] = read_pair_masks(pair, Window(0, 0, w, h), coding, fill)
                 cached += h * w * pixel_bytes
         # partial labels: crops centred on labelled pixels (see LabelledPixels); else anywhere
         self.centred = coding == "partial" if centred is None else centred
         self.labelled: List[LabelledPixels] = []
         if self.centred:
-            self.labelled = [LabelledPixels(pair, shape, crop, coding, self.cache.get(i, (None,) * 4)[3])
+            self.labelled = [LabelledPixels(pair, shape, crop, coding, self.cache.get(i, (None,) * 5)[3])
                              for i, (pair, shape) in enumerate(zip(self.pairs, self.shapes))]
             weights = np.array([index.total for index in self.labelled], dtype=np.float64)
             if not weights.sum():
@@ -184,14 +184,15 @@ class PairSampler:
         i = int(self.rng.choice(len(self.pairs), p=self.weights))
         win = self._window(i)
         if i in self.cache:
-            a, b, y, v = self.cache[i]
+            a, b, y, v, image = self.cache[i]
             sl = (slice(int(win.row_off), int(win.row_off + win.height)), slice(int(win.col_off), int(win.col_off + win.width)))
-            a, b, y, v = a[(slice(None),) + sl], b[(slice(None),) + sl], y[sl], v[sl]
+            a, b, y, v, image = a[(slice(None),) + sl], b[(slice(None),) + sl], y[sl], v[sl], image[sl]
         else:
-            a, b, y, v = read_pair(self.pairs[i], win, self.coding, self.fill)
+            a, b, y, v, image = read_pair_masks(self.pairs[i], win, self.coding, self.fill)
         a, b, y, v = pad_to(a, b, y, v, self.crop, self.fill)
+        image = np.pad(image, ((0, y.shape[0] - image.shape[0]), (0, y.shape[1] - image.shape[1])))
         if self.paste and self.rng.random() < self.paste:
-            b, y, v = self._paste_changes(b, y, v)
+            b, y, v = self._paste_changes(b, y, v, image)
         if self.jitter and self.rng.random() < self.jitter:
             a, b = self._photometric(a), self._photometric(b)
         if self.rng.random() < 0.5:
@@ -215,21 +216,22 @@ class PairSampler:
         offset = self.rng.uniform(-0.08, 0.08) * float(x.mean())
         return (x * gain + offset).astype(np.float32)
 
-    def _paste_changes(self, b: np.ndarray, y: np.ndarray, v: np.ndarray):
-        """Paste another in-memory crop's changed pixels (after image, label set) into this after image."""
+    def _paste_changes(self, b: np.ndarray, y: np.ndarray, v: np.ndarray, image: np.ndarray):
+        """Paste another in-memory crop's changed pixels (after image, label set) into this after image, where
+        this crop has data in both dates (`image`: not padding, not nodata; labelled or not)."""
         donors = [i for i in self.cache if self.cache[i][2].any()]
         if not donors:
             return b, y, v
         j = donors[int(self.rng.integers(len(donors)))]
-        _, db, dy, dv = self.cache[j]
+        _, db, dy, dv, _ = self.cache[j]
         h, w = dy.shape
         size = y.shape[0]
         r = int(self.rng.integers(0, max(h - size, 0) + 1))
         c = int(self.rng.integers(0, max(w - size, 0) + 1))
         db, dy, dv = db[:, r:r + size, c:c + size], dy[r:r + size, c:c + size], dv[r:r + size, c:c + size]
         take = np.zeros_like(y, dtype=bool)
-        # only onto this crop's valid pixels: padding and nodata stay out of the loss
-        take[:dy.shape[0], :dy.shape[1]] = (dy > 0) & dv & v[:dy.shape[0], :dy.shape[1]]
+        # only where this crop has data: padding and nodata stay out of the loss
+        take[:dy.shape[0], :dy.shape[1]] = (dy > 0) & dv & image[:dy.shape[0], :dy.shape[1]]
         if not take.any():
             return b, y, v
         b, y, v = b.copy(), y.copy(), v.copy()
@@ -289,13 +291,20 @@ def read_pair(pair: ChangePair, window: Window, coding: str = "binary",
     unlabelled and nodata pixels are invalid, like nodata in either image. With
     `fill` (the model's band means), nodata in either image holds it (fill_nodata).
     """
+    return read_pair_masks(pair, window, coding, fill)[:4]
+
+
+def read_pair_masks(pair: ChangePair, window: Window, coding: str = "binary",
+                    fill: Optional[Sequence[float]] = None) -> Tuple[np.ndarray, ...]:
+    """read_pair's four arrays and the image mask: where both dates hold data, labelled or not."""
     with gdal_env(), open_raster(pair.before) as a, open_raster(pair.after) as b, open_raster(pair.label) as lab:
         xa, va = read_window(a, window)
         xb, vb = read_window(b, window)
         changed, labelled = read_reference(lab, window, coding)
+    image = va & vb
     if fill is not None:
-        xa, xb = fill_nodata(xa, xb, va & vb, fill)
-    return xa.astype(np.float32), xb.astype(np.float32), changed.astype(np.float32), va & vb & labelled
+        xa, xb = fill_nodata(xa, xb, image, fill)
+    return xa.astype(np.float32), xb.astype(np.float32), changed.astype(np.float32), image & labelled, image
 
 
 def pad_to(a, b, y, v, size: int, fill: Optional[Sequence[float]] = None):

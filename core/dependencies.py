@@ -32,6 +32,7 @@ import pkgutil
 import queue
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -192,10 +193,34 @@ CANCELLED = -1  # what run_commands returns when cancelled
 
 
 def _pump(stream, lines: "queue.Queue[Optional[str]]") -> None:
-    """Copy a command's output lines into `lines`, then None at its end (a thread of run_commands)."""
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
+    """Copy a command's output lines into `lines`, then None at its end, whatever ends it (a thread of
+    run_commands: without the None it would wait for ever)."""
+    try:
+        for line in stream:
+            lines.put(line)
+    except (OSError, ValueError):  # the pipe closed under it
+        pass
+    finally:
+        lines.put(None)
+
+
+def _stop(proc: "subprocess.Popen[str]") -> None:
+    """Terminate a command and everything it started (its own session), killed if still there 10 s later."""
+    def signal_all(sig: int) -> None:
+        try:
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, sig)  # pip's build subprocesses too, which may hold the output pipe
+            else:
+                proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    signal_all(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        signal_all(getattr(signal, "SIGKILL", signal.SIGTERM))
+        proc.wait()
 
 
 def run_commands(
@@ -213,7 +238,9 @@ def run_commands(
     for command in commands:
         log("$ " + " ".join(command))
         proc = subprocess.Popen(
-            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            errors="replace",  # a build's non-UTF-8 output must not stop the reader (the run would hang)
+            start_new_session=True,  # a cancel stops the command's own subprocesses too (ignored on Windows)
         )
         assert proc.stdout is not None
         lines: "queue.Queue[Optional[str]]" = queue.Queue()
@@ -230,20 +257,16 @@ def run_commands(
                 if line:
                     log(line.rstrip())
                 if cancelled():
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                    _stop(proc)
                     log("cancelled")
                     return CANCELLED
             code = proc.wait()
         finally:
             if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+                _stop(proc)
             reader.join(timeout=5)
-            proc.stdout.close()
+            if not reader.is_alive():  # else a straggler still holds the pipe: the daemon reader closes with it
+                proc.stdout.close()
         if code != 0:
             return code
     return 0

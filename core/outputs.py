@@ -41,13 +41,13 @@ NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows alike)
 
 
 def check_name_length(path: PathLike) -> None:
-    """RSLabError for a file name longer than the file system takes (OSError 'File name too long' otherwise,
-    deep inside a job or from Path.is_dir)."""
-    name = os.path.basename(os.fspath(path))
-    size = len(os.fsencode(name))
-    if size > NAME_MAX:
-        raise RSLabError(f"the file name {name[:40]}… is {size} bytes long; file names hold at most {NAME_MAX}: "
-                         "choose a shorter name")
+    """RSLabError for a file or folder name longer than the file system takes (OSError 'File name too long'
+    otherwise, deep inside a job or from Path.is_dir)."""
+    for name in Path(os.fspath(path)).parts:
+        size = len(os.fsencode(name))
+        if size > NAME_MAX:
+            raise RSLabError(f"the name {name[:40]}… is {size} bytes long; file names hold at most {NAME_MAX}: "
+                             "choose a shorter name")
 
 
 def check_output_paths(outputs: Mapping[str, Optional[PathLike]], inputs: Optional[Mapping[str, Optional[PathLike]]] = None,

@@ -233,7 +233,7 @@ def test_a_large_set_of_small_pairs_is_held_in_memory_only_up_to_a_budget(shared
 
     pairs = [_levir(shared_data, name) for name in ("test_2_0000_0000.png", "test_102_0512_0000.png",
                                                     "test_77_0512_0256.png")]
-    per_pair = 256 * 256 * (2 * 4 * 3 + 4 + 1)
+    per_pair = 256 * 256 * (2 * 4 * 3 + 4 + 2)  # two float32 dates, a float32 label, two masks
     monkeypatch.setattr(change_data, "IN_MEMORY_BYTES", 2 * per_pair)
     sampler = PairSampler(pairs, 64)
     assert sorted(sampler.cache) == [0, 1]
@@ -340,3 +340,16 @@ def test_a_batch_of_one_needs_crops_of_64_pixels():
         TrainChangeParams(batch_size=1, crop=32)
     TrainChangeParams(batch_size=1, crop=64)
     TrainChangeParams(batch_size=2, crop=32)
+
+
+def test_pasted_changes_land_on_unlabelled_pixels_with_data(shared_data):
+    """Partial labels leave most of a crop unlabelled but with data in both dates: pastes belong there too (the
+    padding fix had limited them to labelled pixels, 80 % fewer)."""
+    sampler = PairSampler([_levir(shared_data, "test_102_0512_0000.png")], 64, paste=1.0)
+    b = np.zeros((3, 64, 64), np.float32)
+    unlabelled, data = np.zeros((64, 64), bool), np.ones((64, 64), bool)
+    pasted = [sampler._paste_changes(b, np.zeros((64, 64), np.float32), unlabelled, data)[2].sum() for _ in range(20)]
+    assert sum(pasted) > 0
+    no_data = np.zeros((64, 64), bool)
+    assert all(sampler._paste_changes(b, np.zeros((64, 64), np.float32), unlabelled, no_data)[2].sum() == 0
+               for _ in range(20))

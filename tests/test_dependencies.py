@@ -164,3 +164,21 @@ def test_a_cancel_stops_a_command_that_prints_nothing(tmp_path):
     assert code == dependencies.CANCELLED and lines[-1] == "cancelled"
     time.sleep(4)
     assert not marker.exists()  # terminated, not left to finish
+
+
+def test_output_that_is_not_utf8_and_subprocesses_holding_the_pipe_do_not_hang_a_run(tmp_path):
+    """A byte that is not UTF-8 killed the output reader and left the run waiting for ever; a cancel stopped the
+    command but not a subprocess it had started (which kept the output pipe open, and the cancel waiting)."""
+    import time
+
+    latin1 = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'M\\xfcller\\n'); sys.exit(3)"]
+    lines = []
+    assert dependencies.run_commands([latin1], log=lines.append) == 3 and lines[-1] == "M\ufffdller"
+
+    marker = tmp_path / "straggler_finished"
+    start = time.monotonic()
+    straggler = ["sh", "-c", f"(sleep 3; touch {marker}) & echo started; sleep 30"]
+    code = dependencies.run_commands([straggler], log=lines.append, cancelled=lambda: time.monotonic() - start > 0.5)
+    assert code == dependencies.CANCELLED
+    time.sleep(4)
+    assert not marker.exists()  # the command's own subprocess was stopped with it

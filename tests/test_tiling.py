@@ -216,8 +216,9 @@ def test_names_at_the_file_system_limit_commit_and_cancel_cleanly(tmp_path, samp
     with pytest.raises(JobCancelled):
         _run([src], str(out), lambda a, v: [a[0][0]], TileSpec(128, 0), monitor=JobMonitor(None, lambda: True))
     assert os.listdir(tmp_path) == []
-    with pytest.raises(RSLabError, match="file names hold at most 255"):  # was OSError 'File name too long'
-        _run([src], str(tmp_path / ("n" * 252 + ".tif")), lambda a, v: [a[0][0]], TileSpec(128, 0))
+    for too_long in (tmp_path / ("n" * 252 + ".tif"), tmp_path / ("d" * 256) / "out.tif"):  # a file, a folder
+        with pytest.raises(RSLabError, match="file names hold at most 255"):  # was OSError 'File name too long'
+            _run([src], str(too_long), lambda a, v: [a[0][0]], TileSpec(128, 0))
 
 
 def test_two_outputs_naming_one_file_are_refused(tmp_path):
