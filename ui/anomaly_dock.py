@@ -474,13 +474,11 @@ class AnomalyDock(JobDock):
         self.result = run.result
         if run.mean_spectrum is not None:
             self.mean_spectra[request.cube] = run.mean_spectrum
-        self.group = None
-        if not self.project_closed:  # else the layers would land in an unrelated project
-            try:
-                self.group = self._add_layers(request, run.result)
-            except RSLabError as exc:
-                self._fail(str(exc))
-                return
+        error = self._add_result_layers(request, run.result)
+        if error:
+            self._fail(error)
+            return
+        if self.group is not None:
             self._scores[request.layer_id] = run.result.outputs.scores
             self._remember_roc(request, run)
         self.progress_bar.setValue(100)

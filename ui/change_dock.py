@@ -422,14 +422,11 @@ class ChangeDetectionDock(JobDock):
             self.runFinished.emit(None, error)
             return
         self.result, self.histogram_data = run.result, run.histogram
-        self.group = None
-        if not self.project_closed:  # else the layers would land in an unrelated project
-            try:
-                self.group = self._add_layers(request, run.result)
-            except RSLabError as exc:
-                self._report_failure(str(exc))
-                self.runFinished.emit(None, str(exc))
-                return
+        error = self._add_result_layers(request, run.result)
+        if error:
+            self._report_failure(error)
+            self.runFinished.emit(None, error)
+            return
         self.progress_bar.setValue(100)
         self._show_metrics(run)
         self._plot_histogram(run.histogram)

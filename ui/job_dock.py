@@ -189,6 +189,18 @@ class JobDock(QWidget):
         self._set_running(False)
         return request
 
+    def _add_result_layers(self, request: Any, result: Any) -> str:
+        """Add a finished run's layers (the subclass's `_add_layers`) unless its project was closed meanwhile;
+        the error text when QGIS could not open them, else ''. `self.group` is the new group or None."""
+        self.group = None
+        if self.project_closed:  # the layers would land in an unrelated project
+            return ""
+        try:
+            self.group = self._add_layers(request, result)
+        except RSLabError as exc:
+            return str(exc)
+        return ""
+
     def _done_text(self, folder: str) -> str:
         """The status line of a finished run, saying why no layers were added when its project was closed."""
         if self.project_closed:
