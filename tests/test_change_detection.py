@@ -403,9 +403,7 @@ def test_an_after_image_and_a_reference_of_one_file_name_are_each_resampled(tmp_
 def test_cva_of_two_identical_dates_marks_no_change(tmp_path, shared_data):
     before, _, label = _levir(shared_data)
     result = detect_changes(before, before, _outputs(tmp_path), ChangeParams(method="cva"), reference=label)
-    change, _ = _read(tmp_path / "change.tif")
-    prob, _ = _read(tmp_path / "prob.tif")
-    unc, _ = _read(tmp_path / "unc.tif")
+    change, prob, unc = (_read(tmp_path / name)[0] for name in ("change.tif", "prob.tif", "unc.tif"))
     assert (change == 0).all() and (prob == 0).all() and (unc == 0).all()
     assert any("no change threshold" in note for note in result.notes)
     assert result.metrics["recall"] == 0 and result.metrics["oa"] == pytest.approx(1 - (_read(label)[0] > 0).mean())
