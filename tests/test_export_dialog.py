@@ -258,7 +258,7 @@ def test_a_full_precision_model_checks_by_its_difference_and_long_names_are_refu
         qtbot.mouseClick(widget.check_button, Qt.LeftButton)
     check, error = done.args
     assert error == "" and check["agrees_within_one_step"] != check["agrees_within_one_step"]  # nan: no step
-    assert widget.check_label.text().startswith("Full precision (no quantised layer) over 4 sample inputs: "
+    assert widget.check_label.text().startswith("Full precision (no quantised layer) over 4 sample inputs:\n"
                                                 "max |ONNX - PyTorch| = ")
     widget.folder.setFilePath(str(tmp_path / "out"))
     widget.name_edit.setText("遥" * 82)  # 246 bytes: the .pt fits 255, .torchscript.pt does not

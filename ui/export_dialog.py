@@ -100,7 +100,7 @@ def describe_check(check: Dict[str, float]) -> str:
     outputs = [k[:-len(".max_abs_diff")] for k in check if k.endswith(".max_abs_diff") and not k.startswith("forced.")]
     if math.isnan(forced):
         worst = max((check[f"{o}.max_abs_diff"] for o in outputs), default=float("nan"))
-        return (f"Full precision (no quantised layer) over {samples} sample inputs: "
+        return (f"Full precision (no quantised layer) over {samples} sample inputs:\n"
                 f"max |ONNX - PyTorch| = {worst:.3g}")
     agrees = check.get("agrees_within_one_step", 0.0) >= 1.0
     text = (f"{'Agrees' if agrees else 'DISAGREES'} layer by layer over {samples} sample inputs: "
