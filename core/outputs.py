@@ -82,9 +82,7 @@ def _remove_with_sidecars(path: Path) -> None:
     for candidate in [path] + [Path(str(path) + s) for s in _SIDECARS]:
         try:
             candidate.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError:  # cleanup never hides the error being handled (a name too long with a sidecar suffix)
+        except OSError:  # missing, or a name too long with a sidecar suffix: cleanup never hides the error handled
             pass
 
 
