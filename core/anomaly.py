@@ -548,6 +548,14 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> Tup
 # --- the job ------------------------------------------------------------------------------------------
 
 
+def check_anomaly_outputs(params: AnomalyParams, outputs: AnomalyOutputs) -> None:
+    """RSLabError for outputs the parameters cannot give (a mask without a rate, a denoiser without BSDM)."""
+    if outputs.model and params.method != "bsdm_rx":
+        raise RSLabError(f"only bsdm_rx trains a denoiser to save; {params.method} has none")
+    if outputs.mask and params.false_alarm_rate is None:
+        raise RSLabError("a mask output needs a false-alarm rate to threshold the scores at")
+
+
 def detect_anomalies(
     cube: str,
     outputs: AnomalyOutputs,
@@ -564,10 +572,7 @@ def detect_anomalies(
     info = raster_info(cube)
     if info.count < 2:
         raise RSLabError(f"{os.path.basename(cube)} has {info.count} band; anomaly detection needs a multiband image")
-    if outputs.model and params.method != "bsdm_rx":
-        raise RSLabError(f"only bsdm_rx trains a denoiser to save; {params.method} has none")
-    if outputs.mask and params.false_alarm_rate is None:
-        raise RSLabError("a mask output needs a false-alarm rate to threshold the scores at")
+    check_anomaly_outputs(params, outputs)
     result = AnomalyResult(outputs=outputs, method=params.method, params=asdict(params), width=info.width,
                            height=info.height, bands=info.count, timings=monitor.timings, device="cpu (numpy)")
 

@@ -76,6 +76,7 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        feedback = feedback or QgsProcessingFeedback()  # the API allows none
         try:
             return self.execute(parameters, context, feedback)
         except JobCancelled:
@@ -86,6 +87,27 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
 
     def execute(self, parameters, context, feedback) -> Dict:
         raise QgsProcessingException(f"{self.name()} does not implement execute()")
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """Processing's checks, then `check_parameters`: the dialog warns before a run starts, and a batch row
+        that cannot run fails before the rows ahead of it run (minutes of BSDM each), not after."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self.check_parameters(parameters, context)
+        except RSLabError as exc:
+            return False, str(exc)
+        return True, ""
+
+    def check_parameters(self, parameters, context) -> None:
+        """Cheap checks of parameter values and combinations (the engine's own), RSLabError when wrong; no file
+        is read. Subclasses extend it."""
+
+    def output_file_path(self, parameters, name: str, context: QgsProcessingContext) -> str:
+        """A file output's path with ~ expanded ('' when not asked for): the path the engine writes, returned
+        to a model's next step as it is."""
+        return os.path.expanduser(self.parameterAsFileOutput(parameters, name, context) or "")
 
     def raster_path(self, parameters, name: str, context, optional: bool = False):
         """The file behind a raster layer parameter; RSLabError if the layer is not a local file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
+    QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -77,18 +78,12 @@ class CompressModelAlgorithm(RSLabAlgorithm):
                                                                 "RS Lab checkpoints (*.pt)"))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Compression report",
                                                                 "JSON files (*.json)", optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputNumber("BOPS_RATIO", "BOPs ratio (before / after)"))  # for a model's next step
 
-    def execute(self, parameters, context, feedback):
-        from ..core.compression import CompressParams, compress_checkpoint
-        from ..core.outputs import PendingOutputs
+    def read_params(self, parameters, context):
+        from ..core.compression import CompressParams
 
-        model = self.parameterAsFile(parameters, self.MODEL, context)
-        data = self.parameterAsFile(parameters, self.DATA, context)
-        if not model:
-            raise RSLabError("MODEL: no checkpoint was given")
-        if not data:
-            raise RSLabError("DATA: no training / evaluation data was given")
-        params = CompressParams(
+        return CompressParams(
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             flops_reduction=self.parameterAsDouble(parameters, self.FLOPS_REDUCTION, context),
             max_bits=parse_max_bits(self.parameterAsString(parameters, self.MAX_BITS, context), "MAX_BITS"),
@@ -98,8 +93,23 @@ class CompressModelAlgorithm(RSLabAlgorithm):
             distillation_weight=self.parameterAsDouble(parameters, self.DISTILLATION_WEIGHT, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
         )
-        output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
-        report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+
+    def check_parameters(self, parameters, context) -> None:
+        self.read_params(parameters, context)
+
+    def execute(self, parameters, context, feedback):
+        from ..core.compression import compress_checkpoint
+        from ..core.outputs import PendingOutputs
+
+        model = self.parameterAsFile(parameters, self.MODEL, context)
+        data = self.parameterAsFile(parameters, self.DATA, context)
+        if not model:
+            raise RSLabError("MODEL: no checkpoint was given")
+        if not data:
+            raise RSLabError("DATA: no training / evaluation data was given")
+        params = self.read_params(parameters, context)
+        output = self.output_file_path(parameters, self.OUTPUT_MODEL, context)
+        report_path = self.output_file_path(parameters, self.OUTPUT_REPORT, context)
         progress, cancelled = feedback_callbacks(feedback)
 
         def on_step(entry):

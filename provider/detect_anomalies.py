@@ -22,7 +22,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.anomaly import LRX_MAX_OUTER, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, detect_anomalies
+from ..core.anomaly import (LRX_MAX_OUTER, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, check_anomaly_outputs,
+                            detect_anomalies)
 from ..ui.layers import fit_score_stretch
 from .base import RSLabAlgorithm, StyleFromQml, feedback_callbacks
 
@@ -157,9 +158,15 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         return AnomalyOutputs(
             scores=self.output_layer_path(parameters, self.OUTPUT_SCORES, context),
             mask=mask,
-            report=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None,
-            model=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context) or None,
+            report=self.output_file_path(parameters, self.OUTPUT_REPORT, context) or None,
+            model=self.output_file_path(parameters, self.OUTPUT_MODEL, context) or None,
         )
+
+    def check_parameters(self, parameters, context) -> None:
+        params = self.read_params(parameters, context)  # windows, rate (above 0, below 1), iterations
+        check_anomaly_outputs(params, AnomalyOutputs(
+            scores="", mask=self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context) or None,
+            model=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context) or None))
 
     # running ------------------------------------------------------------------------------------------
     def execute(self, parameters, context, feedback):

@@ -96,6 +96,20 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Report", "JSON files (*.json)",
                                                                 optional=True, createByDefault=True))
 
+    def read_params(self, parameters, context, coding: str) -> ChangeParams:
+        return ChangeParams(
+            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
+            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            reference_coding=coding,
+            bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
+        )
+
+    def check_parameters(self, parameters, context) -> None:
+        self.read_params(parameters, context, "binary")
+        if self.given(parameters, self.REFERENCE_POLYGONS) and self.given(parameters, self.REFERENCE):
+            raise RSLabError("give REFERENCE or REFERENCE_POLYGONS, not both")
+
     def execute(self, parameters, context, feedback):
         before = self.raster_path(parameters, self.BEFORE, context)
         after = self.raster_path(parameters, self.AFTER, context)
@@ -107,18 +121,12 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             reference = self.burnt_polygons(parameters, self.REFERENCE_POLYGONS, self.REFERENCE_FIELD, context,
                                             feedback, before)
             coding = "partial"  # 0 is where no polygon was drawn
-        params = ChangeParams(
-            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
-            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
-            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-            reference_coding=coding,
-            bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
-        )
+        params = self.read_params(parameters, context, coding)
         outputs = ChangeOutputs(
             change=self.output_layer_path(parameters, self.OUTPUT_CHANGE, context),
             probability=self.output_layer_path(parameters, self.OUTPUT_PROBABILITY, context) or None,
             uncertainty=self.output_layer_path(parameters, self.OUTPUT_UNCERTAINTY, context) or None,
-            report=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None,
+            report=self.output_file_path(parameters, self.OUTPUT_REPORT, context) or None,
         )
         progress, cancelled = feedback_callbacks(feedback)
         result = detect_changes(before, after, outputs, params, reference, progress, cancelled)

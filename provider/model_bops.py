@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
+    QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -49,6 +50,9 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
                                                        QgsProcessingParameterNumber.Integer, 0, minValue=0,
                                                        maxValue=MAX_INPUT_SIZE))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "BOPs report", "JSON files (*.json)"))
+        # numbers a model's next step can take (returned by every run)
+        self.addOutput(QgsProcessingOutputNumber("TOTAL_BOPS", "Total BOPs"))
+        self.addOutput(QgsProcessingOutputNumber("SIZE_MB", "Model size (MB)"))
 
     def execute(self, parameters, context, feedback):
         from ..core.compression import model_bops_report
@@ -60,7 +64,7 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
         mode = MODES[self.parameterAsEnum(parameters, self.MODE, context)]
         size = self.parameterAsInt(parameters, self.INPUT_SIZE, context) or None
         report = model_bops_report(model, mode, size)
-        output = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        output = self.output_file_path(parameters, self.OUTPUT_REPORT, context)
         with PendingOutputs() as pending, open(pending.temp(output), "w") as handle:
             json.dump(report, handle, indent=1)
         feedback.pushInfo(f"{report['total_bops'] / 1e9:.3f} GBOPs, {report['total_macs'] / 1e6:.2f} M MACs, "

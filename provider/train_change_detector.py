@@ -19,7 +19,7 @@ from ..core.change_data import ChangePair, pairs_from_folder, split_validation
 from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.change_training import TrainChangeParams, train_change_detector, training_inputs
 from ..core.errors import RSLabError
-from ..core.outputs import check_output_paths
+from ..core.outputs import PendingOutputs, check_output_paths
 from .base import RSLabAlgorithm, feedback_callbacks
 
 WIDTHS = [("narrow: encoder 32, decoder 32 (3.6 M parameters)", 32, 32),
@@ -109,6 +109,26 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Training report",
                                                                 "JSON files (*.json)", optional=True, createByDefault=False))
 
+    def read_params(self, parameters, context, burnt: bool = False) -> TrainChangeParams:
+        _, base, channels = WIDTHS[self.parameterAsEnum(parameters, self.WIDTH, context)]
+        return TrainChangeParams(
+            iterations=self.parameterAsInt(parameters, self.ITERATIONS, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            crop=self.parameterAsInt(parameters, self.CROP, context),
+            lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+            base=base, channels=channels, seed=self.parameterAsInt(parameters, self.SEED, context),
+            init_checkpoint=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
+            # burnt polygons are partial labels whatever LABEL_CODING says: 0 is where no polygon was drawn
+            label_coding="partial" if burnt else list(CODINGS)[
+                self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
+            bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
+        )
+
+    def check_parameters(self, parameters, context) -> None:
+        self.read_params(parameters, context)  # crop a multiple of 32, a batch of one with 64-pixel crops, ...
+        if self.given(parameters, self.LABEL_POLYGONS) and self.given(parameters, self.LABEL):
+            raise RSLabError("give LABEL or LABEL_POLYGONS, not both")
+
     def _pairs(self, parameters, context, feedback):
         """(pairs, description, whether the labels were burnt from polygons)."""
         folder = self.parameterAsFile(parameters, self.TRAIN_FOLDER, context)
@@ -141,21 +161,9 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
                 feedback.pushWarning("only one training pair: it is also the validation pair")
             else:
                 feedback.pushInfo("validation pairs held out: " + ", ".join(p.name for p in val))
-        _, base, channels = WIDTHS[self.parameterAsEnum(parameters, self.WIDTH, context)]
-        params = TrainChangeParams(
-            iterations=self.parameterAsInt(parameters, self.ITERATIONS, context),
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            crop=self.parameterAsInt(parameters, self.CROP, context),
-            lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
-            base=base, channels=channels, seed=seed,
-            init_checkpoint=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
-            # burnt polygons are partial labels whatever LABEL_CODING says: 0 is where no polygon was drawn
-            label_coding="partial" if burnt else list(CODINGS)[
-                self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
-            bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
-        )
-        output = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
-        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        params = self.read_params(parameters, context, burnt)
+        output = self.output_file_path(parameters, self.OUTPUT_MODEL, context)
+        report = self.output_file_path(parameters, self.OUTPUT_REPORT, context)
         # before any work: the report naming the checkpoint (or an input) would replace it after the training
         check_output_paths({"checkpoint": output, "report": report},
                            training_inputs(train, val, params.init_checkpoint))
@@ -170,8 +178,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             feedback.pushWarning(note)
         feedback.pushInfo(f"best validation F1 {result.best_f1:.4f} at iteration {result.best_iteration} on {result.device}")
         out = {self.OUTPUT_MODEL: output}
-        if report:
-            with open(report, "w") as handle:
+        if report:  # under a temporary name, renamed when complete; its folder is made if missing
+            with PendingOutputs() as pending, open(pending.temp(report), "w") as handle:
                 json.dump({"best_f1": result.best_f1, "best_iteration": result.best_iteration,
                            "device": result.device, "history": result.history, "timings": result.timings,
                            "label_coding": params.label_coding, "bands": list(params.bands or []) or None,

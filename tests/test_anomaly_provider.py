@@ -217,3 +217,23 @@ def test_outputs_naming_an_input_are_refused_and_the_input_is_kept(tmp_path, sce
     assert sorted(os.listdir(tmp_path)) == ["cube.tif", "gt.tif"]
     assert all(open(path, "rb").read() == data for path, data in before.items())
     assert provider.supportedOutputRasterLayerExtensions() == ["tif"]
+
+
+def test_combinations_that_cannot_run_are_caught_before_the_run(tmp_path, scene, provider):
+    """checkParameterValues (the Processing dialog's and a batch's check before running) runs the engine's checks:
+    before, each of these passed it and failed only once started (after earlier batch rows had run)."""
+    from qgis.core import QgsApplication, QgsProcessingContext
+
+    cube, _ = scene
+    algorithm = QgsApplication.processingRegistry().algorithmById("rslab:detect_anomalies")
+    base = {"INPUT": cube, "METHOD": 1, "OUTPUT_SCORES": str(tmp_path / "s.tif")}
+    cases = [({"FALSE_ALARM_RATE": 1.0}, "above 0 and below 1"),
+             ({"OUTPUT_MASK": str(tmp_path / "m.tif")}, "a mask output needs a false-alarm rate"),
+             ({"METHOD": 2, "INNER_WINDOW": 4}, "inner_window must be an odd number")]
+    for extra, message in cases:
+        ok, text = algorithm.checkParameterValues(dict(base, **extra), QgsProcessingContext())
+        assert not ok and message in text
+    assert algorithm.checkParameterValues(dict(base, FALSE_ALARM_RATE=0.01), QgsProcessingContext()) == (True, "")
+    # and a run without a feedback object (the API allows it)
+    results, ok = algorithm.run(dict(base, OUTPUT_REPORT=str(tmp_path / "r.json")), QgsProcessingContext(), None)
+    assert ok and os.path.exists(results["OUTPUT_SCORES"])

@@ -211,6 +211,17 @@ def test_train_change_detector_on_label_polygons(tmp_path, change_copy, provider
         processing.run("rslab:train_change_detector", dict(
             tiny, **dates, LABEL=str(root / "Nanjing_reference_0unl_1unch_2ch.tif"), LABEL_POLYGONS=polygons,
             OUTPUT_MODEL=str(tmp_path / "x.pt")))
+    # a report in a folder that does not exist yet, named with ~: the run failed at its very end, after training,
+    # with a traceback (a plain open() of '~/reports/t.json'), and left the checkpoint behind
+    home = tmp_path / "home"
+    home.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        result = processing.run("rslab:train_change_detector", dict(
+            tiny, **dates, LABEL_POLYGONS=polygons, OUTPUT_MODEL=str(tmp_path / "t.pt"),
+            OUTPUT_REPORT="~/reports/t.json"))
+    assert result["OUTPUT_REPORT"] == str(home / "reports" / "t.json")
+    assert json.loads((home / "reports" / "t.json").read_text())["label_coding"] == "partial"
     # the report used to be written over the checkpoint just trained
     with pytest.raises(QgsProcessingException, match="the checkpoint and the report are one file"):
         processing.run("rslab:train_change_detector", dict(tiny, **dates, LABEL_POLYGONS=polygons,

@@ -138,3 +138,14 @@ def test_model_bops_from_the_command_line(tmp_path, qgis_process, resnet_checkpo
     assert done.returncode == 0, done.stderr + done.stdout
     report = json.loads(out.read_text())
     assert report["mode"] == "pic_pq" and report["total_macs"] == 40_550_400 + 640  # ResNet-20 convs + the classifier
+
+
+def test_numbers_are_declared_outputs_a_model_can_chain(provider):
+    """TOTAL_BOPS, SIZE_MB and BOPS_RATIO were returned but not declared: the modeler could not offer them."""
+    from qgis.core import QgsApplication
+
+    registry = QgsApplication.processingRegistry()
+    declared = {alg: {o.name() for o in registry.algorithmById(alg).outputDefinitions()}
+                for alg in ("rslab:model_bops", "rslab:compress_model")}
+    assert {"TOTAL_BOPS", "SIZE_MB"} <= declared["rslab:model_bops"]
+    assert "BOPS_RATIO" in declared["rslab:compress_model"]
