@@ -87,12 +87,14 @@ def check_pair(pair: ChangePair) -> Tuple[int, int, int]:
     return ia.count, ia.height, ia.width
 
 
-def pair_bands(pairs: Sequence[ChangePair]) -> int:
-    """The band count all `pairs` share (each checked with check_pair), or RSLabError."""
-    bands = {check_pair(p)[0] for p in pairs}
+def pair_shapes(pairs: Sequence[ChangePair]) -> Tuple[int, List[Tuple[int, int]]]:
+    """The band count all `pairs` share and each pair's (height, width), each checked with check_pair once;
+    RSLabError when the band counts differ."""
+    checked = [check_pair(p) for p in pairs]
+    bands = {c[0] for c in checked}
     if len(bands) != 1:
         raise RSLabError(f"the training pairs have different band counts: {sorted(bands)}")
-    return bands.pop()
+    return bands.pop(), [(h, w) for _, h, w in checked]
 
 
 def fill_nodata(before: np.ndarray, after: np.ndarray, valid: np.ndarray,
@@ -143,8 +145,7 @@ class PairSampler:
         self.jitter = jitter
         self.paste = paste
         self.rng = np.random.default_rng(seed)
-        self.bands = pair_bands(self.pairs)
-        self.shapes = [check_pair(p)[1:] for p in self.pairs]
+        self.bands, self.shapes = pair_shapes(self.pairs)
         self.cache = {}
         cached = 0  # bytes: two float32 dates, a float32 label, the valid and image-valid masks per pixel
         pixel_bytes = 2 * 4 * self.bands + 4 + 2
@@ -189,8 +190,7 @@ class PairSampler:
             a, b, y, v, image = a[(slice(None),) + sl], b[(slice(None),) + sl], y[sl], v[sl], image[sl]
         else:
             a, b, y, v, image = read_pair_masks(self.pairs[i], win, self.coding, self.fill)
-        a, b, y, v = pad_to(a, b, y, v, self.crop, self.fill)
-        image = np.pad(image, ((0, y.shape[0] - image.shape[0]), (0, y.shape[1] - image.shape[1])))
+        a, b, y, v, image = pad_to(a, b, y, v, image, self.crop, self.fill)
         if self.paste and self.rng.random() < self.paste:
             b, y, v = self._paste_changes(b, y, v, image)
         if self.jitter and self.rng.random() < self.jitter:
@@ -307,18 +307,18 @@ def read_pair_masks(pair: ChangePair, window: Window, coding: str = "binary",
     return xa.astype(np.float32), xb.astype(np.float32), changed.astype(np.float32), image & labelled, image
 
 
-def pad_to(a, b, y, v, size: int, fill: Optional[Sequence[float]] = None):
-    """Pad crops smaller than `size` (small rasters) with invalid pixels (holding `fill`, else 0)."""
+def pad_to(a, b, y, v, image, size: int, fill: Optional[Sequence[float]] = None):
+    """Pad crops smaller than `size` (small rasters) with invalid pixels, outside the image mask (holding
+    `fill`, else 0)."""
     h, w = y.shape
     if h >= size and w >= size:
-        return a, b, y, v
-    ph, pw = max(0, size - h), max(0, size - w)
-    pad3 = ((0, 0), (0, ph), (0, pw))
-    v = np.pad(v, ((0, ph), (0, pw)))
-    a, b = np.pad(a, pad3), np.pad(b, pad3)
-    if fill is not None:
-        a, b = fill_nodata(a, b, np.pad(np.ones((h, w), bool), ((0, ph), (0, pw))), fill)
-    return a, b, np.pad(y, ((0, ph), (0, pw))), v
+        return a, b, y, v, image
+    pad2 = ((0, max(0, size - h)), (0, max(0, size - w)))
+    a, b = np.pad(a, ((0, 0),) + pad2), np.pad(b, ((0, 0),) + pad2)
+    y, v, image = np.pad(y, pad2), np.pad(v, pad2), np.pad(image, pad2)
+    if fill is not None:  # the padding (nodata inside was filled when read)
+        a, b = fill_nodata(a, b, image, fill)
+    return a, b, y, v, image
 
 
 def band_statistics(paths: Sequence[str], max_pixels: int = 2_000_000) -> Tuple[List[float], List[float]]:

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .bands import band_descriptions
-from .change_data import (ChangePair, PairSampler, band_views, check_pair, default_normalisation, pair_bands,
+from .change_data import (ChangePair, PairSampler, band_views, check_pair, default_normalisation, pair_shapes,
                           read_pair)
 from .change_model import predict_pair, trained_bands_hint
 from .change_reference import ReferenceValues, check_coding, coding_note, survey_reference
@@ -199,7 +199,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         survey_reference(label, waiting, seen=labels)
     # stops on labels the coding cannot read, before any work
     note = coding_note(labels, params.label_coding, "training labels")
-    band_count = pair_bands(train_pairs)
+    band_count, _ = pair_shapes(train_pairs)
     val_bands = {check_pair(p)[0] for p in val_pairs}
     if val_bands != {band_count}:
         raise RSLabError(f"validation pairs have {sorted(val_bands)} bands, training pairs {band_count}")
