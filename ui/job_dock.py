@@ -228,7 +228,7 @@ class JobDock(QWidget):
         if context:
             first = f"{context}: {first}"
         self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
-        self.status_label.setText(first[:1].upper() + first[1:] if cancelled else "Failed: " + first)  # "Cancelled; ..."
+        self.status_label.setText(tasks.stopped_text(first, cancelled))
         self.progress_bar.setValue(0)
         if self.iface is not None and not cancelled:
             self.iface.messageBar().pushMessage(self.MESSAGE_TITLE, first, Qgis.Critical, 0)

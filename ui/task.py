@@ -17,6 +17,8 @@ from qgis.PyQt.QtCore import pyqtSignal
 from ..core.errors import JobCancelled, RSLabError
 from .layers import LayerSpec, add_layers
 
+CANCELLED = "cancelled; no output was written"  # a JobTask's error when its job was cancelled
+
 Job = Callable[[Callable[[float, str], None], Callable[[], bool]], Any]
 
 # QgsTaskManager does not keep the Python wrapper alive; we do, until finished().
@@ -56,7 +58,7 @@ class JobTask(QgsTask):
             self.result = self._job(self._progress, self.isCanceled)
             return True
         except JobCancelled:
-            self.error = "cancelled; no output was written"
+            self.error = CANCELLED
         except RSLabError as exc:
             self.error = str(exc)
         except Exception:  # a bug: keep the traceback for the log
@@ -72,11 +74,17 @@ class JobTask(QgsTask):
                 ok, self.error = False, str(exc)
         if not ok:
             if not self.error:
-                self.error = "cancelled; no output was written"
+                self.error = CANCELLED
             QgsMessageLog.logMessage(f"{self.description()}: {self.error}", "RS Lab", Qgis.Warning)
         if self._on_finished is not None:
             self._on_finished(self.result if ok else None, "" if ok else self.error)
         self.jobFinished.emit(self.result if ok else None, "" if ok else self.error)
+
+
+def stopped_text(reason: str, cancelled: bool, failed: str = "Failed") -> str:
+    """The status line of a job that stopped: the reason capitalised when it was cancelled ("Cancelled; no output
+    was written"), else '<failed>: <reason>'."""
+    return reason[:1].upper() + reason[1:] if cancelled else f"{failed}: {reason}"
 
 
 def start(task: JobTask) -> JobTask:

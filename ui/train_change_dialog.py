@@ -426,7 +426,7 @@ class TrainChangeDialog(QDialog):
         cancelled = error.startswith("cancelled")
         self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
         first = error.splitlines()[0]
-        self.status_label.setText(first[:1].upper() + first[1:] if cancelled else "Training failed: " + first)
+        self.status_label.setText(tasks.stopped_text(first, cancelled, "Training failed"))
         self.progress_bar.setValue(0)
         self.log.appendPlainText(error)
 
