@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .bops import FULL_PRECISION, MAX_BITS, MIN_BITS, MODES, bops_ratio, count_bops
 from .checkpoint import build_model, load_checkpoint
+from .pic_pq import MAX_PENALTY, MAX_REDUCTION
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .outputs import check_output_paths
@@ -49,11 +50,11 @@ class CompressParams:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise RSLabError(f"unknown compression method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not 0.0 <= self.flops_reduction <= 0.95:
-            raise RSLabError(f"the FLOPs reduction must be between 0 and 0.95, got {self.flops_reduction}")
+        if not 0.0 <= self.flops_reduction <= MAX_REDUCTION:
+            raise RSLabError(f"the FLOPs reduction must be between 0 and {MAX_REDUCTION:g}, got {self.flops_reduction}")
         self._check_max_bits()
-        if not 0.0 <= self.penalty <= 8.0:
-            raise RSLabError(f"the penalty factor must be between 0 and 8, got {self.penalty}")
+        if not 0.0 <= self.penalty <= MAX_PENALTY:
+            raise RSLabError(f"the penalty factor must be between 0 and {MAX_PENALTY:g}, got {self.penalty}")
         if not 0.0 < self.epochs <= 1000:
             raise RSLabError(f"epochs must be positive (at most 1000), got {self.epochs}")
         if self.ghost_threshold <= 0:

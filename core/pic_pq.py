@@ -90,7 +90,8 @@ if TYPE_CHECKING:  # torch is imported lazily: the UI builds PicPqParams without
 
     from .compression_tasks import CompressionTask
 
-MAX_REDUCTION = 0.95
+MAX_REDUCTION = 0.95  # largest FLOPs reduction PIC-PQ takes (the dock, Processing and CompressParams use it)
+MAX_PENALTY = 8.0  # largest bit penalty lambda: from 6 on, any pruned layer under an 8-bit ceiling gets MIN_BITS
 MIN_KEEP_FRACTION, MIN_KEEP = 0.10, 2
 MUTATE_FRACTION = 0.10
 VAL_BATCHES = 2  # fixed batches the fitness loss is measured on
@@ -131,8 +132,8 @@ class PicPqParams:
             if int(b) != b or not MIN_BITS <= int(b) <= MAX_BITS:
                 raise RSLabError(f"maximum bit widths must be whole numbers from {MIN_BITS} to {MAX_BITS}; got {b}")
         object.__setattr__(self, "max_bits", tuple(int(b) for b in bits))
-        if not 0.0 <= float(self.penalty) <= 10.0:
-            raise RSLabError(f"the bit penalty lambda must be between 0 and 10; got {self.penalty}")
+        if not 0.0 <= float(self.penalty) <= MAX_PENALTY:
+            raise RSLabError(f"the bit penalty lambda must be between 0 and {MAX_PENALTY:g}; got {self.penalty}")
         for name, low in (("generations", 0), ("population", 1), ("sample", 1), ("fitness_steps", 0),
                           ("rank_batches", 1), ("rank_batch_size", 1), ("finetune_steps", 0),
                           ("qat_steps", 0), ("batch_size", 1)):

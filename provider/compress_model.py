@@ -14,6 +14,7 @@ from qgis.core import (
 
 from ..core.compression import parse_max_bits
 from ..core.errors import RSLabError
+from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
 from .base import RSLabAlgorithm, feedback_callbacks
 
 METHODS = ("pic_pq", "ghost")
@@ -63,11 +64,11 @@ class CompressModelAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFile(self.MODEL, "Checkpoint to compress", extension="pt"))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
         self.addParameter(QgsProcessingParameterFile(self.DATA, "Training / evaluation data (file or folder)"))
-        self.addParameter(QgsProcessingParameterNumber(self.FLOPS_REDUCTION, "FLOPs reduction (PIC-PQ, 0..0.95)",
-                                                       double, 0.5, minValue=0.0, maxValue=0.95))
+        self.addParameter(QgsProcessingParameterNumber(self.FLOPS_REDUCTION, f"FLOPs reduction (PIC-PQ, 0..{MAX_REDUCTION:g})",
+                                                       double, 0.5, minValue=0.0, maxValue=MAX_REDUCTION))
         self.addParameter(QgsProcessingParameterString(self.MAX_BITS, "Maximum bits per stage", "8,6,4"))
         self.addParameter(QgsProcessingParameterNumber(self.PENALTY, "Penalty factor (PIC-PQ lambda)", double,
-                                                       1 / 6, minValue=0.0, maxValue=8.0))
+                                                       1 / 6, minValue=0.0, maxValue=MAX_PENALTY))
         self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, "Training epochs", double, 1.0, minValue=0.01))
         self.addParameter(QgsProcessingParameterNumber(self.GHOST_THRESHOLD, "GHOST k-means threshold", double, 0.1,
                                                        minValue=1e-6))

@@ -98,6 +98,8 @@ def test_method_settings_follow_the_method(dock):
     assert dock.pic_pq_box.isVisibleTo(dock) and not dock.ghost_box.isVisibleTo(dock)
     dock.bits_edit.setText("8, 6,4")
     assert dock.params().max_bits == (8, 6, 4)
+    from rslab.core.pic_pq import MAX_PENALTY, MAX_REDUCTION
+    assert (dock.penalty_spin.maximum(), dock.flops_spin.maximum()) == (MAX_PENALTY, MAX_REDUCTION)
 
 
 def test_a_tiny_ghost_run_fills_the_after_readouts_table_chart_and_curves(qtbot, dock, resnet, samples, tmp_path):

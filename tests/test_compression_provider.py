@@ -129,6 +129,10 @@ def test_model_bops_input_size_has_a_ceiling(tmp_path, provider, resnet_checkpoi
 
     algorithm = QgsApplication.processingRegistry().algorithmById("rslab:model_bops")
     assert algorithm.parameterDefinition("INPUT_SIZE").maximum() == MAX_INPUT_SIZE
+    from rslab.core.pic_pq import MAX_PENALTY, MAX_REDUCTION
+    compress = QgsApplication.processingRegistry().algorithmById("rslab:compress_model")
+    assert compress.parameterDefinition("PENALTY").maximum() == MAX_PENALTY
+    assert compress.parameterDefinition("FLOPS_REDUCTION").maximum() == MAX_REDUCTION
 
 
 def test_model_bops_from_the_command_line(tmp_path, qgis_process, resnet_checkpoint):

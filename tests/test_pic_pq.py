@@ -98,6 +98,17 @@ def test_bad_parameters_are_refused():
         PicPqParams(finetune_steps=-1)
 
 
+def test_the_job_the_engine_and_the_ui_take_one_penalty_range():
+    """PicPqParams once took lambda up to 10 while the job, dock and Processing stopped at 8."""
+    from rslab.core.compression import CompressParams
+    from rslab.core.pic_pq import MAX_PENALTY
+    PicPqParams(penalty=MAX_PENALTY)
+    CompressParams(penalty=MAX_PENALTY)
+    for build in (PicPqParams, CompressParams):
+        with pytest.raises(RSLabError, match="between 0 and 8"):
+            build(penalty=MAX_PENALTY + 1)
+
+
 # --- filter property ----------------------------------------------------------------------
 
 

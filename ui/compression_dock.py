@@ -48,6 +48,7 @@ from ..core.bops import MAX_BITS, MIN_BITS
 from ..core.compression import (METHOD_LABELS, CompressParams, CompressResult, parse_max_bits,
                                 refuse_overwriting_source)
 from ..core.errors import RSLabError
+from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
 from .job_dock import NEW_CHECKPOINT_HINT, JobDock, cancel_if_alive, new_checkpoint_path, user_path
@@ -291,13 +292,13 @@ class CompressionDock(JobDock):
 
     def _build_method_settings(self) -> None:
         self.pic_pq_box = QGroupBox("PIC-PQ settings", self)
-        self.flops_spin = double_spin_box(self, 0.0, 0.95, 0.5, 2, 0.05,
+        self.flops_spin = double_spin_box(self, 0.0, MAX_REDUCTION, 0.5, 2, 0.05,
                                           "Fraction of the multiply-accumulates pruned away (0 = quantise only)")
         self.bits_edit = QLineEdit("8,6,4", self)
         self.bits_edit.setToolTip("Maximum weight/activation bits per stage of the network, first stage first "
                                   f"({MIN_BITS}..{MAX_BITS} each; the CIFAR ResNet's first conv and classifier stay "
                                   "at full precision by themselves)")
-        self.penalty_spin = double_spin_box(self, 0.0, 8.0, round(1 / 6, 4), 4, 0.05,
+        self.penalty_spin = double_spin_box(self, 0.0, MAX_PENALTY, round(1 / 6, 4), 4, 0.05,
                                             "Penalty factor λ: how strongly a heavily pruned layer is pushed "
                                             "to fewer bits")
         self.generations_spin = spin_box(self, 1, 1000, 20, 1,
