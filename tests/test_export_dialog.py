@@ -10,7 +10,9 @@ from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtWidgets import QApplication, QMessageBox
 
 from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint
+from rslab.core.dependencies import PLUGIN_DIR
 from rslab.ui.export_dialog import ExportDialog
+from rslab.ui.job_dock import profile_folder
 
 TIMEOUT_MS = 180_000
 STEM = "resnet20_mixed"
@@ -233,11 +235,14 @@ def test_another_checkpoint_brings_its_own_record_and_names(qtbot, compressed, t
     other = default_checkpoint("classification")  # the shipped, full-precision CIFAR ResNet-20
     widget.checkpoint_file.setFilePath(other)
     assert widget.name_edit.text() == "resnet20_cifar_subset_export"
-    assert widget.folder.filePath() == os.path.dirname(other)
+    # a shipped checkpoint lies in the plugin folder, which a plugin update replaces: not there
+    assert widget.folder.filePath() == str(profile_folder("exports"))
+    assert not widget.folder.filePath().startswith(str(PLUGIN_DIR))
     assert "compression" not in widget._report_extra()  # the float ResNet has no compression record
     widget.name_edit.setText("mine")  # a name the user typed stays
     widget.checkpoint_file.setFilePath(compressed)
     assert widget.name_edit.text() == "mine" and widget._report_extra()["compression"]["method"] == "pic_pq"
+    assert widget.folder.filePath() == os.path.dirname(compressed)  # a user's checkpoint: its own folder
 
 
 def test_closing_the_dialog_cancels_a_running_export(qtbot, dialog, tmp_path):

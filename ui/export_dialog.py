@@ -39,9 +39,10 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.errors import JobCancelled, RSLabError
+from ..core.dependencies import PLUGIN_DIR
 from ..core.export import CHECK_SAMPLES, SUFFIXES, export_paths, sample_inputs  # torch-free at import
 from . import task as tasks
-from .job_dock import cancel_if_alive, user_path
+from .job_dock import cancel_if_alive, profile_folder, user_path
 from .widgets import checkpoint_widget, folder_widget, message_label
 
 # (format key of core.export, label); the file suffixes come from core.export.SUFFIXES
@@ -60,6 +61,13 @@ FORMAT_TIPS = {
 }
 
 ERROR_STYLE = "color: #b00020;"
+
+
+def default_export_folder(checkpoint: str) -> str:
+    """The checkpoint's own folder, except for the plugin's shipped weights: files written into the plugin
+    folder would be lost with the next plugin update, so those export to the profile's rslab/exports."""
+    folder = Path(checkpoint).resolve().parent
+    return str(profile_folder("exports") if PLUGIN_DIR in (folder, *folder.parents) else folder)
 
 
 def describe_shape(x: Any) -> str:
@@ -242,7 +250,7 @@ class ExportDialog(QDialog):
             + (f"compressed ({', '.join(map(str, bits))} bits)" if compressed else "full precision (32 bits)")
             + f" · input {' + '.join(describe_shape(x) for x in example)}")
         # defaults follow the checkpoint until the user types their own
-        folder, name = os.path.dirname(os.path.abspath(path)), f"{Path(path).stem}_export"
+        folder, name = default_export_folder(path), f"{Path(path).stem}_export"
         if user_path(self.folder.filePath()) in ("", self._defaults[0]):
             self.folder.setFilePath(folder)
         if self.name_edit.text().strip() in ("", self._defaults[1]):

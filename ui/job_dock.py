@@ -106,10 +106,16 @@ def user_path(text: str) -> str:
 NEW_CHECKPOINT_HINT = "a new file under the QGIS profile (rslab/checkpoints)"  # placeholder of 'save as' fields
 
 
+def profile_folder(name: str) -> Path:
+    """`rslab/<name>` under the QGIS profile: files the user keeps (checkpoints, exports) outlive temporary
+    folders and, unlike the plugin's own folder, plugin updates."""
+    return Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / name
+
+
 def new_checkpoint_path(stem: str) -> str:
     """`<stem>_<date-time>.pt` under the QGIS profile, so models outlive temporary folders; `_2`, `_3`, … when
     that file exists (two runs in one second)."""
-    folder = Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / "checkpoints"
+    folder = profile_folder("checkpoints")
     base = folder / f"{stem}_{_dt.datetime.now():%Y%m%d-%H%M%S}"
     path, n = f"{base}.pt", 1
     while os.path.exists(path):
