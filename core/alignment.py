@@ -48,8 +48,15 @@ def align_to(
     workdir: str,
     role: str = "second raster",
     resampling: str = "bilinear",
+    labels: bool = False,
 ) -> Tuple[str, Optional[str]]:
-    """Return (path to read, note): `path` itself when it is on `reference`'s grid, else a warped VRT."""
+    """Return (path to read, note): `path` itself when it is on `reference`'s grid, else a warped VRT.
+
+    `labels`: `path` is a label or reference raster, whose nodata value 0 is often only there to draw a 0/1
+    mask's background transparent (raster_io.read_label_window reads such 0s as the label 0). The warp
+    must then carry those 0s across as values: left as nodata, they would come out under the VRT's alpha,
+    which hides them like the pixels outside the source, and every background pixel would be lost.
+    """
     other = raster_info(path)
     if same_grid(reference, other):
         return path, None
@@ -86,6 +93,7 @@ def align_to(
         dstSRS=reference.crs.to_wkt() if reference.crs is not None else None,
         resampleAlg=RESAMPLING[resampling],
         dstAlpha=True,
+        srcNodata="None" if labels and other.nodata == 0 else None,
     )
     try:
         gdal.Warp(vrt, path, options=options)

@@ -272,7 +272,8 @@ def detect_changes(
             result.notes.append(note)
         reference_path = None
         if reference:
-            reference_path, ref_note = align_to(info, reference, workdir, role="reference", resampling="nearest")
+            reference_path, ref_note = align_to(info, reference, workdir, role="reference", resampling="nearest",
+                                              labels=True)
             if ref_note:
                 result.notes.append(ref_note)
             result.reference_coding = params.reference_coding

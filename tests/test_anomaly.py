@@ -613,9 +613,12 @@ def test_scores_of_a_cube_placed_by_ground_control_points_carry_the_points(tmp_p
                 [(p.row, p.col, p.x, p.y) for p in points]
 
 
-def test_a_reference_covering_part_of_the_cube_scores_only_there(tmp_path, beach2):
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_a_reference_covering_part_of_the_cube_scores_only_there(tmp_path, beach2, nodata):
     """beach-2 placed in UTM 33N and its reference cut to the left 60 columns (a smaller grid): resampled onto the
-    cube's grid, the rest is outside it and neither anomaly nor background (it was read as background)."""
+    cube's grid, the rest is outside it and neither anomaly nor background (it was read as background).
+    With nodata 0 on the 0/1 reference (a GIS tool's transparent background) its 0s are still background:
+    the warp had made them nodata, and the run stopped at 'every pixel an anomaly'."""
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -627,7 +630,8 @@ def test_a_reference_covering_part_of_the_cube_scores_only_there(tmp_path, beach
             dst.write(src.read())
     with rasterio.open(gt) as src:
         left = src.read(1, window=Window(0, 0, 60, src.height))
-        with rasterio.open(tmp_path / "gt_left.tif", "w", **dict(src.profile, width=60, **placed)) as dst:
+        profile = dict(src.profile, width=60, nodata=nodata, **placed)
+        with rasterio.open(tmp_path / "gt_left.tif", "w", **profile) as dst:
             dst.write(left, 1)
     result = detect_anomalies(str(tmp_path / "cube.tif"), AnomalyOutputs(str(tmp_path / "s.tif")),
                               AnomalyParams(method="rx"), reference=str(tmp_path / "gt_left.tif"))

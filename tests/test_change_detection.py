@@ -461,15 +461,19 @@ def test_outputs_naming_an_input_or_each_other_are_refused(tmp_path, nanjing):
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in kept)
 
 
-def test_a_reference_covering_part_of_the_image_scores_only_there(tmp_path, oscd):
+@pytest.mark.parametrize("nodata", ["as shipped", 0])
+def test_a_reference_covering_part_of_the_image_scores_only_there(tmp_path, oscd, nodata):
     """Rennes' reference cut to its left half (its own, smaller grid): resampled onto the before grid, the right
     half is outside it (the VRT's alpha). Those pixels are not labelled; they were read as 'no change' when 0
-    stood for labelled no-change whatever masked it."""
+    stood for labelled no-change whatever masked it. With nodata 0 (a 0/1 mask drawn transparent) the left
+    half's 0s stay labelled no-change: the warp had made them nodata, and the run refused the reference."""
     before, after, cm = oscd
     half = tmp_path / "cm_left.tif"
     with rasterio.open(cm) as src:
         width = src.width // 2
-        with rasterio.open(half, "w", **dict(src.profile, width=width)) as dst:
+        profile = dict(src.profile, width=width) if nodata == "as shipped" else dict(src.profile, width=width,
+                                                                                       nodata=nodata)
+        with rasterio.open(half, "w", **profile) as dst:
             dst.write(src.read(window=Window(0, 0, width, src.height)))
         height = src.height
     result = detect_changes(before, after, _outputs(tmp_path / "out"), ChangeParams(method="cva"), reference=str(half))
