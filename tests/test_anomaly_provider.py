@@ -220,8 +220,8 @@ def test_outputs_naming_an_input_are_refused_and_the_input_is_kept(tmp_path, sce
 
 
 def test_combinations_that_cannot_run_are_caught_before_the_run(tmp_path, scene, provider):
-    """checkParameterValues (the Processing dialog's and a batch's check before running) runs the engine's checks:
-    before, each of these passed it and failed only once started (after earlier batch rows had run)."""
+    """checkParameterValues (the Processing dialog's check before running; processing.run's and qgis_process's)
+    runs the engine's checks: before, each of these passed it and failed only once the run had started."""
     from qgis.core import QgsApplication, QgsProcessingContext
 
     cube, _ = scene
