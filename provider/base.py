@@ -11,7 +11,10 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
+    QgsRasterLayer,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QIcon
 
@@ -89,16 +92,32 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         raise QgsProcessingException(f"{self.name()} does not implement execute()")
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """Processing's checks, then `check_parameters`: the dialog warns before a run starts, and a batch row
-        that cannot run fails before the rows ahead of it run (minutes of BSDM each), not after."""
+        """Processing's checks, then `check_parameters`: the dialog warns before a run starts, processing.run
+        and qgis_process refuse before any work (QGIS 3.22's batch dialog calls this only as each row starts)."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
-            return ok, message
+            return ok, self._not_a_raster(parameters) or message
         try:
             self.check_parameters(parameters, context)
         except RSLabError as exc:
             return False, str(exc)
         return True, ""
+
+    def _not_a_raster(self, parameters) -> str:
+        """For a raster parameter given a file that exists but is no raster (a vector mask as REFERENCE):
+        Processing's own message says 'not found'."""
+        for definition in self.parameterDefinitions():
+            value = parameters.get(definition.name())
+            if (isinstance(definition, QgsProcessingParameterRasterLayer) and isinstance(value, str)
+                    and os.path.isfile(value) and not QgsRasterLayer(value, "", "gdal").isValid()):
+                message = f"{definition.name()}: {value} is not a raster GDAL can read"
+                if not QgsVectorLayer(value, "", "ogr").isValid():
+                    return message
+                polygons = f"{definition.name()}_POLYGONS"  # detect_changes' REFERENCE, train's LABEL
+                return message + (f" (a vector layer: give it as {polygons})"
+                                  if self.parameterDefinition(polygons) is not None
+                                  else " (a vector layer: rasterise it first)")
+        return ""
 
     def check_parameters(self, parameters, context) -> None:
         """Cheap checks of parameter values and combinations (the engine's own), RSLabError when wrong; no file

@@ -234,6 +234,18 @@ def test_combinations_that_cannot_run_are_caught_before_the_run(tmp_path, scene,
         ok, text = algorithm.checkParameterValues(dict(base, **extra), QgsProcessingContext())
         assert not ok and message in text
     assert algorithm.checkParameterValues(dict(base, FALSE_ALARM_RATE=0.01), QgsProcessingContext()) == (True, "")
+    # a vector mask as the reference: Processing's own message was 'not found', for a file that is there
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorFileWriter, QgsVectorLayer
+    polygons = QgsVectorLayer("Polygon?crs=EPSG:32633", "anomalies", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromWkt("POLYGON((0 0, 10 0, 10 10, 0 10, 0 0))"))
+    polygons.dataProvider().addFeatures([feature])
+    gpkg = str(tmp_path / "anomalies.gpkg")
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    QgsVectorFileWriter.writeAsVectorFormatV2(polygons, gpkg, QgsProcessingContext().transformContext(), options)
+    ok, text = algorithm.checkParameterValues(dict(base, REFERENCE=gpkg), QgsProcessingContext())
+    assert not ok and text == f"REFERENCE: {gpkg} is not a raster GDAL can read (a vector layer: rasterise it first)"
     # and a run without a feedback object (the API allows it)
     results, ok = algorithm.run(dict(base, OUTPUT_REPORT=str(tmp_path / "r.json")), QgsProcessingContext(), None)
     assert ok and os.path.exists(results["OUTPUT_SCORES"])

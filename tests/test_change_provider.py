@@ -75,6 +75,10 @@ def test_detect_changes_scored_against_polygons(tmp_path, change_copy, provider)
     with pytest.raises(QgsProcessingException, match="REFERENCE or REFERENCE_POLYGONS, not both"):
         processing.run("rslab:detect_changes", dict(params, REFERENCE=str(root / "Nanjing_reference_0unl_1unch_2ch.tif"),
                                                     REFERENCE_POLYGONS=polygons, OUTPUT_CHANGE=str(tmp_path / "x.tif")))
+    # the polygons given as REFERENCE: Processing's own message was 'not found', for a file that is there
+    with pytest.raises(QgsProcessingException, match=f"REFERENCE: {polygons} is not a raster GDAL can read "
+                                                     r"\(a vector layer: give it as REFERENCE_POLYGONS\)"):
+        processing.run("rslab:detect_changes", dict(params, REFERENCE=polygons, OUTPUT_CHANGE=str(tmp_path / "x.tif")))
     assert not (tmp_path / "x.tif").exists()
 
 
