@@ -32,6 +32,8 @@ class RSLabPlugin:
 
     # Processing -----------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
+        if dependencies.missing_system(dependencies.LOAD_MODULES):
+            return  # the provider imports them; initGui says what to install
         from .provider.provider import RSLabProvider
 
         if self.provider is None:
@@ -43,6 +45,13 @@ class RSLabPlugin:
         self.initProcessing()
         self.toolbar = self.iface.addToolBar("RS Lab")
         self.toolbar.setObjectName("RSLabToolbar")
+        system = dependencies.missing_system(dependencies.LOAD_MODULES)
+        if system:  # no tool can load without them: only Diagnostics, and what to install
+            self._add_action("Diagnostics…", "diagnostics.svg", self.show_diagnostics)
+            self.iface.messageBar().pushCritical(
+                "RS Lab", "cannot start: the Debian packages " + ", ".join(system) + " are not installed. Install "
+                f"them ({dependencies.apt_command(system)}) and restart QGIS.")
+            return
         self._add_action("Import hyperspectral cube…", "rslab.svg", self.open_import_cube, toolbar=False)
         self._add_action("Detect changes…", "change.svg", self.show_change_dock)
         self._add_action("Train a change detector…", "train.svg", self.show_change_training, toolbar=False)

@@ -73,6 +73,39 @@ def missing(requirements: Optional[Iterable[Requirement]] = None) -> List[Requir
     return [r for r in reqs if importlib.util.find_spec(r.module) is None]
 
 
+# Modules the plugin imports from Debian, not from requirements.txt (pip's wheels of them clash with QGIS's
+# GDAL and numpy), with their Debian packages. QGIS itself depends on none of them.
+SYSTEM_MODULES = {"rasterio": "python3-rasterio", "scipy": "python3-scipy", "pyqtgraph": "python3-pyqtgraph",
+                  "h5py": "python3-h5py"}
+
+
+LOAD_MODULES = ("rasterio", "scipy", "pyqtgraph")  # imported as the provider and docks load (h5py: v7.3 .mat only)
+
+
+def missing_system(modules: Optional[Iterable[str]] = None) -> List[str]:
+    """The Debian packages of `modules` (SYSTEM_MODULES keys, default all) whose module cannot be imported."""
+    return [SYSTEM_MODULES[m] for m in (SYSTEM_MODULES if modules is None else modules)
+            if importlib.util.find_spec(m) is None]
+
+
+def apt_command(packages: Sequence[str]) -> str:
+    return "sudo apt-get install " + " ".join(packages)
+
+
+def missing_package_message(exc: ImportError) -> Optional[str]:
+    """What to tell a user whose job stopped on a package RS Lab needs but that is not installed; None when
+    the module is none of those (then the error is a bug and keeps its traceback)."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    for requirement in read_requirements():
+        if requirement.module == name:
+            return (f"the Python package {requirement.name} is not installed, and this job needs it: install "
+                    "it with RS Lab > Diagnostics > Install missing packages, then run the job again")
+    if name in SYSTEM_MODULES:
+        return (f"the Python package {name} is not installed, and this job needs it: install the Debian package "
+                f"({apt_command([SYSTEM_MODULES[name]])}), then restart QGIS")
+    return None
+
+
 def site_packages(env_dir: Path) -> Optional[Path]:
     """The env's site-packages for *this* Python's major.minor, or None if it has none."""
     candidate = Path(env_dir) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
@@ -121,6 +154,9 @@ def preferred_packages() -> List[str]:
     return sorted({n for f in sys.meta_path if isinstance(f, EnvPackagesFirst) for n in f.names})
 
 
+ADDED_FOLDERS: List[str] = []  # every site-packages folder `activate` appended in this process (diagnostics)
+
+
 def activate(env_dirs: Sequence[Path]) -> List[str]:
     """Append the site-packages of each existing env to sys.path; return those added.
 
@@ -133,6 +169,7 @@ def activate(env_dirs: Sequence[Path]) -> List[str]:
         if sp is not None and str(sp) not in sys.path:
             sys.path.append(str(sp))
             added.append(str(sp))
+    ADDED_FOLDERS.extend(added)
     if added:
         importlib.invalidate_caches()
     for sp in added:

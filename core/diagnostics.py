@@ -81,11 +81,13 @@ def collect(extra: Optional[Dict[str, str]] = None) -> List[Row]:
         ("scipy", _module_version("scipy")),
     ]
     rows += _torch_rows()
-    envs = [str(p) for p in sys.path if "site-packages" in p and (".venv" in p or "rslab" in p)]
-    rows.append(("package folders", ", ".join(envs) or "none added"))
+    added = [p for p in dependencies.ADDED_FOLDERS if p in sys.path]
+    rows.append(("package folders", ", ".join(added) or "none added"))
     rows.append(("env over system", ", ".join(dependencies.preferred_packages()) or "none"))
     absent = dependencies.missing()
     rows.append(("missing packages", ", ".join(r.spec for r in absent) if absent else "none"))
+    system = dependencies.missing_system()
+    rows.append(("missing Debian packages", dependencies.apt_command(system) if system else "none"))
     return rows
 
 

@@ -19,6 +19,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.change_labels import burn_labels
+from ..core.dependencies import missing_package_message
 from ..core.errors import JobCancelled, RSLabError
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
@@ -87,6 +88,11 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
             return {}
         except RSLabError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        except ImportError as exc:  # torch not installed yet: say what to do, not a traceback
+            message = missing_package_message(exc)
+            if message is None:
+                raise
+            raise QgsProcessingException(message) from exc
 
     def execute(self, parameters, context, feedback) -> Dict:
         raise QgsProcessingException(f"{self.name()} does not implement execute()")

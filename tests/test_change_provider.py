@@ -260,3 +260,19 @@ def test_loaded_outputs_named_with_a_tilde_are_styled_and_probability_spans_0_to
         assert (renderer.classificationMin(), renderer.classificationMax()) == (0.0, 1.0)
     finally:
         project.clear()
+
+
+def test_without_torch_ar_cdnet_says_what_to_install_and_cva_runs(tmp_path, samples, provider, monkeypatch):
+    """A zip install before 'Install missing packages': qgis_process printed a ModuleNotFoundError traceback."""
+    import sys
+
+    before, after, _ = _pair(samples)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as on a QGIS without it
+    with pytest.raises(QgsProcessingException, match="^the Python package torch is not installed, and this job "
+                                                     "needs it: install it with RS Lab > Diagnostics"):
+        processing.run("rslab:detect_changes", {"BEFORE": before, "AFTER": after, "METHOD": 0,
+                                                "OUTPUT_CHANGE": str(tmp_path / "net.tif")})
+    assert os.listdir(tmp_path) == []
+    result = processing.run("rslab:detect_changes", {"BEFORE": before, "AFTER": after, "METHOD": 1,
+                                                     "OUTPUT_CHANGE": str(tmp_path / "cva.tif")})
+    assert os.path.exists(result["OUTPUT_CHANGE"])

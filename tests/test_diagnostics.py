@@ -16,6 +16,11 @@ from rslab.ui.environment import private_env_dir
 from wheels import build_wheel
 
 
+def row(text: str, key: str) -> str:
+    """The value of one 'key : value' line of the diagnostics text."""
+    return next(line.split(" : ", 1)[1] for line in text.splitlines() if line.split(" : ", 1)[0].strip() == key)
+
+
 def test_dialog_shows_versions_and_copies_them(qtbot):
     dialog = DiagnosticsDialog()
     qtbot.addWidget(dialog)
@@ -24,8 +29,9 @@ def test_dialog_shows_versions_and_copies_them(qtbot):
     import torch
 
     for expected in ("RS Lab", Qgis.version(), "GDAL", "numpy", numpy.__version__, torch.__version__,
-                     "compute device", "cpu (", "CPU threads", "missing packages : none"):
+                     "compute device", "cpu (", "CPU threads"):
         assert expected in text, expected
+    assert row(text, "missing packages") == row(text, "missing Debian packages") == "none"
     assert not dialog.install_button.isEnabled()
     qtbot.mouseClick(dialog.copy_button, Qt.LeftButton)
     assert QGuiApplication.clipboard().text() == text
@@ -56,9 +62,11 @@ def test_install_button_installs_into_the_private_env(qtbot, probe_requirement):
     assert not dialog.install_button.isEnabled()
     qtbot.waitUntil(lambda: dialog.install_task is None, timeout=120000)
     assert dialog.status.text().startswith("Installed"), dialog.status.text()
-    assert "missing packages : none" in dialog.text.toPlainText()
+    assert row(dialog.text.toPlainText(), "missing packages") == "none"
     site = dependencies.site_packages(private_env_dir())
     assert site is not None and (site / "rslabprobe" / "__init__.py").exists()
+    # the folder it activated, whatever its name (it was found by '.venv' or 'rslab' in the path)
+    assert row(dialog.text.toPlainText(), "package folders") == str(site)
     assert private_env_dir() == probe_requirement.parent / "private-env"
 
 
@@ -115,3 +123,37 @@ def test_cancelling_a_silent_install_stops_it_and_says_so(iface, qtbot, probe_re
         assert done.args[0] is None and dialog.status.text() == "Installation cancelled."
     finally:
         plugin.unload()
+
+
+def test_without_its_debian_packages_the_plugin_offers_diagnostics_and_the_apt_command(iface, qtbot, monkeypatch):
+    """A zip installed on a QGIS without python3-rasterio (Debian's qgis does not pull it in): the provider's
+    imports raised ModuleNotFoundError, and the plugin loaded with no menu, no provider and no Diagnostics."""
+    from qgis.core import QgsApplication
+
+    monkeypatch.setitem(dependencies.SYSTEM_MODULES, "rslab_absent_module", "python3-rslab-absent")
+    monkeypatch.setattr(dependencies, "LOAD_MODULES", dependencies.LOAD_MODULES + ("rslab_absent_module",))
+    providers = len(QgsApplication.processingRegistry().providers())
+    plugin = rslab.classFactory(iface)
+    plugin.initGui()
+    try:
+        assert [a.text() for a in plugin.actions] == ["Diagnostics…"] and plugin.provider is None
+        assert len(QgsApplication.processingRegistry().providers()) == providers
+        item = iface.messageBar().currentItem()
+        assert item.level() == Qgis.Critical
+        assert "sudo apt-get install python3-rslab-absent" in item.text() and "restart QGIS" in item.text()
+        dialog = plugin.show_diagnostics()
+        assert row(dialog.text.toPlainText(), "missing Debian packages") == "sudo apt-get install python3-rslab-absent"
+    finally:
+        plugin.unload()
+    assert plugin.actions == [] and plugin.dialogs == []
+
+
+def test_a_job_that_needs_a_package_not_installed_says_which_and_how():
+    torch = ModuleNotFoundError("No module named 'torch'", name="torch")
+    assert dependencies.missing_package_message(torch) == (
+        "the Python package torch is not installed, and this job needs it: install it with RS Lab > Diagnostics > "
+        "Install missing packages, then run the job again")
+    assert "sudo apt-get install python3-h5py" in dependencies.missing_package_message(
+        ModuleNotFoundError("No module named 'h5py'", name="h5py"))
+    assert dependencies.missing_package_message(ModuleNotFoundError("x", name="rslab.no_such_module")) is None
+    assert dependencies.missing_system(["rasterio", "scipy", "pyqtgraph", "h5py"]) == []

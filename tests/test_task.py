@@ -82,6 +82,22 @@ def test_job_error_is_reported_not_raised(qtbot):
     assert done.args == [None, "the two layers do not overlap"]
 
 
+def test_a_package_not_installed_is_named_and_a_bug_keeps_its_traceback(qtbot):
+    """torch not installed yet (a zip install before 'Install missing packages'): the dock said 'unexpected
+    error; the traceback is in the Log Messages panel'."""
+    def job(name):
+        def run(progress, cancelled):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return run
+
+    for name, start in (("torch", "the Python package torch is not installed, and this job needs it"),
+                        ("rslab.no_such_module", "unexpected error:\nTraceback")):
+        task = tasks.JobTask("failing", job(name))
+        with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
+            tasks.start(task)
+        assert done.args[0] is None and done.args[1].startswith(start)
+
+
 def test_layers_without_a_group_stack_first_on_top(tmp_path, samples):
     """add_layers' order without a group: the first spec on top, as with a group (it came out reversed)."""
     from rslab.ui.layers import add_layers

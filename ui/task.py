@@ -14,6 +14,7 @@ from qgis.core import QgsApplication, QgsMessageLog, Qgis, QgsTask
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import pyqtSignal
 
+from ..core.dependencies import missing_package_message
 from ..core.errors import JobCancelled, RSLabError
 from .layers import LayerSpec, add_layers
 
@@ -61,8 +62,9 @@ class JobTask(QgsTask):
             self.error = CANCELLED
         except RSLabError as exc:
             self.error = str(exc)
-        except Exception:  # a bug: keep the traceback for the log
-            self.error = "unexpected error:\n" + traceback.format_exc()
+        except Exception as exc:  # a bug: keep the traceback for the log; a package not installed yet: say so
+            message = missing_package_message(exc) if isinstance(exc, ImportError) else None
+            self.error = message or "unexpected error:\n" + traceback.format_exc()
         return False
 
     def finished(self, ok: bool) -> None:  # main thread
