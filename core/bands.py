@@ -88,6 +88,49 @@ def true_colour_bands(path: str) -> Optional[Tuple[int, int, int]]:
     return chosen[0], chosen[1], chosen[2]
 
 
+COLOURS = ("red", "green", "blue")
+_COLOUR_WORD = re.compile(r"\b(red|green|blue)\b(?![\s_-]*edge)", re.IGNORECASE)  # not Sentinel-2's "red edge"
+
+
+def colour_bands(path: str) -> Optional[Tuple[int, int, int]]:
+    """The file's (red, green, blue) bands, 1-based: the bands whose descriptions name one colour each
+    ("Red", "B4 red"), else by wavelength (`true_colour_bands`); None when neither says.
+
+    An RGB model's card names its bands "red", "green", "blue" (by convention, in that order); images
+    stored blue-green-red (Sentinel-2's B02, B03, B04; Landsat TM 1-3) must be read in the model's order.
+    """
+    with gdal_env(), open_raster(path) as ds:
+        bands = data_bands(ds)
+        descriptions = [(ds.descriptions[band - 1] or "") for band in bands]
+    found = {}
+    for band, text in zip(bands, descriptions):
+        words = {word.lower() for word in _COLOUR_WORD.findall(text)}
+        if len(words) == 1:
+            found.setdefault(words.pop(), []).append(band)
+    if all(len(found.get(colour, [])) == 1 for colour in COLOURS):
+        return found["red"][0], found["green"][0], found["blue"][0]
+    return true_colour_bands(path)
+
+
+def colour_order_note(model_bands: Sequence[str], path: str, bands: Optional[Sequence[int]]) -> Optional[str]:
+    """A note when a model trained on red, green, blue (its card's band names, in some order) reads the
+    image's `bands` (None: all, in file order) and the image says its colours lie in other bands."""
+    names = [name.lower() for name in model_bands]
+    if sorted(names) != sorted(COLOURS):
+        return None
+    colours = colour_bands(path)
+    if colours is None:
+        return None
+    wanted = [dict(zip(COLOURS, colours))[name] for name in names]
+    read = list(bands) if bands else list(range(1, len(wanted) + 1))
+    if read == wanted:
+        return None
+    return (f"the model takes {', '.join(names)}, and in these images those are bands "
+            f"{', '.join(map(str, wanted))} (their band descriptions or wavelengths say so), but bands "
+            f"{', '.join(map(str, read))} were read: the change map is meaningless; choose bands "
+            f"{', '.join(map(str, wanted))}, in that order (BANDS)")
+
+
 def band_descriptions(path: str) -> Optional[List[str]]:
     """The data bands' descriptions (e.g. Sentinel-2's "B02"), or None unless every band has its own."""
     with gdal_env(), open_raster(path) as ds:

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from .alignment import align_to
-from .bands import band_descriptions, band_order_note, band_subset, check_bands
+from .bands import band_descriptions, band_order_note, band_subset, check_bands, colour_order_note
 from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics, fill_nodata
 from .change_model import predict_pair, trained_bands_hint
 from .change_reference import check_coding, coding_note, read_reference, survey_reference
@@ -286,7 +286,8 @@ def detect_changes(
             scorer = ModelScorer(checkpoint, device)
             with monitor.timed("statistics"):
                 range_note = input_range_note([before, after_path], scorer.mean, scorer.std)
-            order_note = band_order_note(checkpoint.card.bands, band_descriptions(before))
+            order_note = (band_order_note(checkpoint.card.bands, band_descriptions(before))
+                          or colour_order_note(checkpoint.card.bands, info.path, params.bands))
             result.notes.extend(note for note in (order_note, range_note) if note)
             result.device = describe_device(device)
             result.model = dict(checkpoint.card.summary(), path=os.path.abspath(checkpoint.path))

@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 
@@ -211,3 +212,24 @@ def tiny_change_checkpoint(tmp_path_factory, shared_data) -> str:
     params = TrainChangeParams(iterations=3, eval_every=3, crop=64, batch_size=2, base=8, channels=8, warmup=1)
     train_change_detector(pairs[:1], pairs[1:], path, params)
     return path
+
+
+@pytest.fixture(scope="session")
+def bgr_pair(tmp_path_factory) -> Tuple[str, str, str]:
+    """The bundled LEVIR-CD pair (test_7) as GeoTIFFs stored blue, green, red, with band descriptions "Blue",
+    "Green", "Red" (as Sentinel-2's B02, B03, B04 or Landsat TM 1-3 come), and its label."""
+    import numpy as np
+    import rasterio
+
+    folder = tmp_path_factory.mktemp("bgr")
+    paths = []
+    for name in ("levir_test_7_A.png", "levir_test_7_B.png"):
+        with rasterio.open(SAMPLES / name) as src:
+            rgb = src.read()
+        path = str(folder / name.replace(".png", "_bgr.tif"))
+        with rasterio.open(path, "w", driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=3,
+                           dtype=rgb.dtype, photometric="MINISBLACK") as dst:
+            dst.write(np.ascontiguousarray(rgb[::-1]))
+            dst.descriptions = ("Blue", "Green", "Red")
+        paths.append(path)
+    return paths[0], paths[1], str(SAMPLES / "levir_test_7_label.png")

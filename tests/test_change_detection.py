@@ -479,3 +479,41 @@ def test_a_reference_covering_part_of_the_image_scores_only_there(tmp_path, oscd
     result = detect_changes(before, after, _outputs(tmp_path / "out"), ChangeParams(method="cva"), reference=str(half))
     whole = evaluate_change(str(tmp_path / "out" / "change.tif"), cm)
     assert result.metrics["pixels"] == height * width < whole["pixels"]
+
+
+def test_an_rgb_model_on_images_stored_blue_green_red_is_told_which_bands_to_read(tmp_path, bgr_pair, samples):
+    """The shipped model (red, green, blue) on the bundled pair stored blue-green-red with its band descriptions:
+    read as stored, F1 fell from 0.73 to 0 without a word; now a note names bands 3, 2, 1, and with them the
+    map is the RGB pair's."""
+    from rslab.core.bands import colour_bands, colour_order_note
+
+    before, after, label = bgr_pair
+    assert colour_bands(before) == (3, 2, 1)
+    runs = {}
+    for name, bands in (("as_stored", None), ("chosen", (3, 2, 1))):
+        runs[name] = detect_changes(before, after, _outputs(tmp_path / name), ChangeParams(bands=bands),
+                                    reference=label)
+    rgb = detect_changes(str(samples / "levir_test_7_A.png"), str(samples / "levir_test_7_B.png"),
+                         _outputs(tmp_path / "rgb"), ChangeParams(), reference=label)
+    wrong = [n for n in runs["as_stored"].notes if "choose bands 3, 2, 1, in that order" in n]
+    assert len(wrong) == 1 and "bands 1, 2, 3 were read" in wrong[0]
+    assert not [n for n in runs["chosen"].notes if "choose bands" in n]
+    assert runs["chosen"].metrics["f1"] == rgb.metrics["f1"] > runs["as_stored"].metrics["f1"] + 0.2
+    # a model of other names, or an image that does not say, gets no such note
+    assert colour_order_note(["B04", "B03", "B02"], before, None) is None
+    assert colour_order_note(["red", "green", "blue"], str(samples / "levir_test_7_A.png"), None) is None
+
+
+def test_colour_words_in_band_descriptions(tmp_path):
+    from rslab.core.bands import colour_bands
+
+    def described(names):
+        path = str(tmp_path / f"{len(list(tmp_path.iterdir()))}.tif")
+        with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=len(names), dtype="uint16") as dst:
+            dst.descriptions = tuple(names)
+        return path
+
+    assert colour_bands(described(["B2 blue", "B3 green", "B4 red", "B8 NIR"])) == (3, 2, 1)
+    assert colour_bands(described(["B2 Blue", "B3 Green", "B4 Red", "B5 Red Edge 1", "B8 NIR"])) == (3, 2, 1)
+    assert colour_bands(described(["red", "red", "green", "blue"])) is None  # two reds: it does not say
+    assert colour_bands(described(["B02", "B03", "B04"])) is None

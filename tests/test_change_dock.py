@@ -265,10 +265,10 @@ def test_a_model_trained_on_chosen_bands_checks_them(qtbot, dock, project, share
     result, error = click_run(qtbot, dock)
     assert error == "" and result.bands == [4, 3, 2, 8]
     assert not [note for note in result.notes if "trained on bands" in note]
-    dock.bands_combo.setItemCheckState(7, Qt.Unchecked)  # no longer the model's bands: band order
-    assert dock.chosen_bands() == (2, 3, 4)
+    dock.bands_combo.setItemCheckState(7, Qt.Unchecked)  # the others keep their order
+    assert dock.chosen_bands() == (4, 3, 2)
     dock.model_combo.setCurrentIndex(0)  # the shipped model leaves the choice as it is
-    assert dock.chosen_bands() == (2, 3, 4)
+    assert dock.chosen_bands() == (4, 3, 2)
 
 
 def test_group_lands_inside_the_after_layers_group(qtbot, dock, levir, project, tmp_path):
@@ -460,3 +460,29 @@ def test_the_shipped_compressed_detector_is_listed_and_runs(qtbot, dock, levir, 
     assert error == "" and result.model["path"] == os.path.abspath(compressed[0])
     assert result.metrics["f1"] > 0.3
     assert group_names(project) == [f"Changes: before → after (AR-CDNet, {os.path.basename(compressed[0])})"]
+
+
+def test_bands_read_in_the_order_checked_and_an_rgb_model_checks_red_green_blue(qtbot, dock, project, bgr_pair,
+                                                                                tmp_path):
+    """Images stored blue-green-red that say so: the shipped model (red, green, blue) checks bands 3, 2, 1 and
+    the box shows that order. A person's checks give the order they were made in; the dock read checked
+    bands in file order only, so it could not feed this pair to the shipped model the right way round."""
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", Path(path)), role)
+              for path, role in zip(bgr_pair, ("before", "after", "label"))]
+    choose(dock, layers[0], layers[1], "arcdnet", layers[2], output=tmp_path / "out")
+    assert dock.chosen_bands() == (3, 2, 1)
+    names = [dock.bands_combo.itemText(i) for i in range(3)]
+    assert dock.bands_combo.lineEdit().text() == ", ".join(names[::-1]) and "Red" in names[2]
+    result, error = click_run(qtbot, dock)
+    assert error == "" and result.bands == [3, 2, 1] and result.metrics["f1"] > 0.7
+    assert not [note for note in result.notes if "choose bands" in note]
+    for index in range(3):
+        dock.bands_combo.setItemCheckState(index, Qt.Unchecked)
+    assert dock.chosen_bands() is None and dock.bands_combo.lineEdit().text() == "all bands"
+    for band in (1, 3, 2):
+        dock.bands_combo.setItemCheckState(band - 1, Qt.Checked)
+    assert dock.chosen_bands() == (1, 3, 2)
+    assert dock.bands_combo.lineEdit().text() == ", ".join(names[b - 1] for b in (1, 3, 2))
+    dock.bands_combo.resize(dock.bands_combo.width() + 40, dock.bands_combo.height())  # QGIS redraws its text
+    qtbot.wait(50)
+    assert dock.bands_combo.lineEdit().text() == ", ".join(names[b - 1] for b in (1, 3, 2))

@@ -39,7 +39,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.bands import band_ranges
+from ..core.bands import COLOURS, band_ranges, colour_bands
 from ..core.change_model import trained_bands
 from ..core.change_detection import MASK_NODATA, ChangeOutputs, ChangeParams, ChangeResult, detect_changes
 from ..core.checkpoint import read_card
@@ -184,7 +184,7 @@ class ChangeDetectionDock(JobDock):
         self._request: Optional[ChangeRequest] = None
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
         # (checkpoint path, modification time) -> the bands its model was trained on (None: all)
-        self._model_bands: Dict[Tuple[str, float], Optional[List[int]]] = {}
+        self._model_bands: Dict[Tuple[str, float], Tuple[Optional[List[int]], List[str]]] = {}  # trained, names
         self._shipped: Set[str] = set()
         self._burnt_dir: Optional[str] = None  # where reference polygons are burnt into a raster
         self._build()
@@ -344,27 +344,45 @@ class ChangeDetectionDock(JobDock):
         self._check_model_bands()
 
     def _check_model_bands(self) -> None:
-        """Check the bands the selected model was trained on, when its card records them and the before layer
-        has them (a model trained with BANDS; the shipped one was trained on all of its images' bands)."""
+        """Check the bands the selected model reads, when the before layer has them: those its card says it
+        was trained on (a model trained with BANDS), else, for a model of red, green and blue (the shipped
+        ones), the layer's red, green and blue bands when its band descriptions or wavelengths say which and
+        they are not bands 1, 2, 3 (a file stored blue-green-red fed as is gives a meaningless map)."""
         if self.method_combo.currentData() != "arcdnet":
             return
         path = self.model_combo.currentData() or user_path(self.model_file.filePath())
-        if path in self._shipped:  # trained on all their images' bands: no need to load torch to read the card
+        if path in self._shipped:  # no need to load torch to read the card: the shipped ones read RGB
+            self._check_colour_bands(COLOURS)
             return
         if not os.path.isfile(path):
             return
         key = (path, os.path.getmtime(path))  # a checkpoint trained again to the same file is read again
         if key not in self._model_bands:
             try:
-                self._model_bands[key] = trained_bands(read_card(path))
+                card = read_card(path)
+                self._model_bands[key] = (trained_bands(card), list(card.bands or []))
             except RSLabError:  # not a checkpoint: running says so
-                self._model_bands[key] = None
-        bands = self._model_bands[key]
+                self._model_bands[key] = (None, [])
+        bands, names = self._model_bands[key]
         if bands and max(bands) <= self.bands_combo.count():
             self.bands_combo.check(bands)
+        else:
+            self._check_colour_bands(names)
+
+    def _check_colour_bands(self, names: List[str]) -> None:
+        layer = self.before_combo.currentLayer()
+        if layer is None or layer.providerType() != "gdal" or sorted(n.lower() for n in names) != sorted(COLOURS):
+            return
+        try:
+            colours = dict(zip(COLOURS, colour_bands(layer.source().split("|")[0]) or ()))
+        except RSLabError:
+            return
+        wanted = [colours[n.lower()] for n in names] if colours else []
+        if wanted and wanted != list(range(1, len(wanted) + 1)) and not self.bands_combo.chosen():
+            self.bands_combo.check(wanted)
 
     def chosen_bands(self) -> Optional[Tuple[int, ...]]:
-        """The checked bands (in band order, or in the model's order when they are its bands); None = all."""
+        """The checked bands in their reading order (as checked, or the model's); None = all."""
         return self.bands_combo.chosen()
 
     def _update_coding_widget(self) -> None:

@@ -115,39 +115,65 @@ def follow_label_layer(layer: Optional[QgsMapLayer], field: QgsFieldComboBox, co
 class BandChooser(QgsCheckableComboBox):
     """A checkable list of a raster's bands; none checked means all bands.
 
-    `chosen()` gives the checked bands in band order, except after `check(bands)` (a model's bands,
-    say): while exactly those stay checked it gives them in the order they were given.
+    The bands are read in the order they were checked (a model trained on red, green, blue reads a
+    blue-green-red file as bands 3, 2, 1), or in the order `check(bands)` gave; the box shows that order.
     """
 
     def __init__(self, parent: QWidget, tip: str) -> None:
         super().__init__(parent)
         self.setDefaultText("all bands")
+        self._tip = tip
         self.setToolTip(tip)
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self._order: List[int] = []
+        self.model().dataChanged.connect(self._follow_checks)  # 3.22: no checkedItemsChanged on setItemCheckState
 
     def list_layer(self, layer: Optional[QgsRasterLayer]) -> None:
         """Offer `layer`'s bands (none checked); no items without a valid layer."""
         self.clear()
         self._order = []
-        if layer is None or not layer.isValid():
-            return
-        for band in range(1, layer.bandCount() + 1):
-            self.addItemWithCheckState(layer.bandName(band), Qt.Unchecked, band)
+        if layer is not None and layer.isValid():
+            for band in range(1, layer.bandCount() + 1):
+                self.addItemWithCheckState(layer.bandName(band), Qt.Unchecked, band)
+        self._show_order()
 
     def check(self, bands: Sequence[int]) -> None:
-        """Check exactly `bands` (1-based) and remember their order."""
+        """Check exactly `bands` (1-based), to be read in this order."""
         wanted = set(bands)
         for index in range(self.count()):
             self.setItemCheckState(index, Qt.Checked if self.itemData(index) in wanted else Qt.Unchecked)
-        self._order = list(bands)
+        self._order = [b for b in bands if b in self._checked()]
+        self._show_order()
 
     def chosen(self) -> Optional[Tuple[int, ...]]:
-        """The checked bands (see the class); None when none is checked (all bands)."""
-        checked = sorted(int(band) for band in self.checkedItemsData())
-        if self._order and sorted(self._order) == checked:
-            return tuple(self._order)
-        return tuple(checked) or None
+        """The checked bands in their reading order; None when none is checked (all bands)."""
+        checked = self._checked()
+        return tuple([b for b in self._order if b in checked] + sorted(checked - set(self._order))) or None
+
+    def _checked(self) -> set:
+        return {int(band) for band in self.checkedItemsData()}
+
+    def _follow_checks(self, *_: object) -> None:
+        """A band checked now goes last; one unchecked leaves the order."""
+        checked = self._checked()
+        kept = [b for b in self._order if b in checked]
+        self._order = kept + sorted(checked - set(kept))
+        self._show_order()
+
+    def _show_order(self) -> None:
+        """The box's text lists the checked bands in reading order (QGIS's own lists them in band order)."""
+        bands = self.chosen()
+        if not bands:
+            self.setToolTip(self._tip)
+            return
+        names = {int(self.itemData(i)): self.itemText(i) for i in range(self.count())}
+        text = ", ".join(names.get(b, str(b)) for b in bands)
+        self.lineEdit().setText(text)
+        self.setToolTip(f"Read in this order: {text}\n\n{self._tip}")
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API): QGIS redraws its own text on resize
+        super().resizeEvent(event)
+        self._show_order()
 
 
 def spin_box(parent: QWidget, low: int, high: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:
