@@ -16,6 +16,7 @@ tile-sampled tasks (the change detector's training uses the same unit).
 from __future__ import annotations
 
 import copy
+import json
 import datetime as _dt
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -25,7 +26,7 @@ from .checkpoint import build_model, load_checkpoint
 from .pic_pq import MAX_PENALTY, MAX_REDUCTION
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
-from .outputs import check_output_paths
+from .outputs import PendingOutputs, check_output_paths
 
 METHODS = ("pic_pq", "ghost")
 METHOD_LABELS = {"pic_pq": "PIC-PQ (pruning + mixed precision)", "ghost": "GHOST (hybrid quantisation + self-distillation)"}
@@ -151,9 +152,11 @@ def parse_max_bits(text: str, name: str = "the maximum bits per stage") -> Tuple
     return bits
 
 
-def refuse_overwriting_source(model_path: str, output_path: str) -> None:
-    """RSLabError if `output_path` names the checkpoint being compressed (links and spellings resolved)."""
-    check_output_paths({"compressed checkpoint": output_path}, {"checkpoint being compressed": model_path})
+def check_compression_outputs(model_path: str, output_path: str, report_path: Optional[str] = None) -> None:
+    """RSLabError, before any work, if an output names the checkpoint being compressed or the other output
+    (links and spellings resolved), or cannot be written where it is asked for."""
+    check_output_paths({"compressed checkpoint": output_path, "report": report_path},
+                       {"checkpoint being compressed": model_path})
 
 
 def compress_checkpoint(
@@ -165,14 +168,16 @@ def compress_checkpoint(
     cancelled: Optional[CancelledFn] = None,
     on_step: Optional[StepFn] = None,
     task_options: Optional[Dict[str, Any]] = None,
+    report_path: Optional[str] = None,
 ) -> CompressResult:
-    """Compress the checkpoint at `model_path` with `params.method`; write the result to `output_path`."""
+    """Compress the checkpoint at `model_path` with `params.method`; write the result to `output_path`, and
+    `result.report()` as JSON to `report_path` when given (both or neither: one commit)."""
     import torch
 
     from .compression_tasks import task_for
     from .export import export_checkpoint
 
-    refuse_overwriting_source(model_path, output_path)
+    check_compression_outputs(model_path, output_path, report_path)
     monitor = JobMonitor(progress, cancelled)
     monitor.step(0.0, "reading the checkpoint and the data")
     checkpoint = load_checkpoint(model_path)
@@ -222,8 +227,12 @@ def compress_checkpoint(
         },
     }
     monitor.check()
-    export_checkpoint(compressed, card, output_path, overwrite=True)
     result.checkpoint = output_path
+    with PendingOutputs() as pending:
+        export_checkpoint(compressed, card, pending.temp(output_path), overwrite=True)
+        if report_path:
+            with open(pending.temp(report_path), "w") as handle:
+                json.dump(result.report(), handle, indent=1, default=str)
     monitor.done(f"{result.bops_ratio:.1f}x fewer BOPs; {task.metric} "
                  f"{result.scores_before[task.metric]:.2f} -> {result.scores_after[task.metric]:.2f}")
     return result

@@ -61,8 +61,9 @@ def check_output_paths(outputs: Mapping[str, Optional[PathLike]], inputs: Option
     one file left only the last one written.
     """
     given = [(what, path) for what, path in outputs.items() if path]
-    for _, path in given:
+    for what, path in given:
         check_name_length(path)
+        check_output_folder(path, what)
     for what in rasters:
         path = outputs.get(what)
         if path and os.path.splitext(os.fspath(path))[1].lower() not in RASTER_SUFFIXES:
@@ -76,6 +77,19 @@ def check_output_paths(outputs: Mapping[str, Optional[PathLike]], inputs: Option
             if source_path and same_file(path, source_path):
                 raise RSLabError(f"the {what} would replace the {source} ({os.path.basename(source_path)}); "
                                  "give the output another name")
+
+
+def check_output_folder(path: PathLike, what: str = "output") -> None:
+    """RSLabError unless `path`'s folder is one that exists and takes files, or can be made under one: a path
+    running through a file (out.tif/x.tif), or a folder not writable, were found only when the output was
+    written, after the whole job, and the message named an internal temporary file."""
+    final = Path(os.path.realpath(Path(os.fspath(path)).expanduser()))
+    existing = next(p for p in final.parents if p.exists())
+    if not existing.is_dir():
+        raise RSLabError(f"the {what} ({final.name}) cannot go into {final.parent}: {existing} is a file, "
+                         "not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RSLabError(f"the {what} ({final.name}) cannot be written: the folder {existing} is not writable")
 
 
 def _remove_with_sidecars(path: Path) -> None:

@@ -1,7 +1,6 @@
 """rslab:compress_model: PIC-PQ or GHOST compression of an RS Lab checkpoint."""
 from __future__ import annotations
 
-import json
 
 from qgis.core import (
     QgsProcessingOutputNumber,
@@ -100,7 +99,6 @@ class CompressModelAlgorithm(RSLabAlgorithm):
 
     def execute(self, parameters, context, feedback):
         from ..core.compression import compress_checkpoint
-        from ..core.outputs import PendingOutputs
 
         model = self.parameterAsFile(parameters, self.MODEL, context)
         data = self.parameterAsFile(parameters, self.DATA, context)
@@ -118,7 +116,8 @@ class CompressModelAlgorithm(RSLabAlgorithm):
                 feedback.pushInfo(f"{entry.get('phase', '')} step {entry.get('step', '')}: "
                                   f"{entry['metric']:.3f}")
 
-        result = compress_checkpoint(model, data, output, params, progress, cancelled, on_step)
+        result = compress_checkpoint(model, data, output, params, progress, cancelled, on_step,
+                                     report_path=report_path or None)
         metric = result.metric
         feedback.pushInfo(f"BOPs {result.before['gbops']:.3f} G -> {result.after['gbops']:.3f} G "
                           f"({result.bops_ratio:.1f}x fewer); size {result.before['size_mb']:.3f} -> "
@@ -126,7 +125,5 @@ class CompressModelAlgorithm(RSLabAlgorithm):
                           f"{result.scores_after[metric]:.2f}")
         out = {self.OUTPUT_MODEL: output, "BOPS_RATIO": result.bops_ratio}
         if report_path:
-            with PendingOutputs() as pending, open(pending.temp(report_path), "w") as handle:
-                json.dump(result.report(), handle, indent=1, default=str)
             out[self.OUTPUT_REPORT] = report_path
         return out

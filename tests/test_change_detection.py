@@ -453,7 +453,12 @@ def test_outputs_naming_an_input_or_each_other_are_refused(tmp_path, nanjing):
              (ChangeOutputs(str(tmp_path / "c.tif"), uncertainty=reference), "the uncertainty raster would replace the reference"),
              (ChangeOutputs(str(tmp_path / "c.tif"), probability=str(tmp_path / "c.tif")),
               "the change mask and the probability raster are one file"),
-             (ChangeOutputs(str(tmp_path / "c.img")), "give it a .tif name")]
+             (ChangeOutputs(str(tmp_path / "c.img")), "give it a .tif name"),
+             # a folder that is a file: the message named an internal temporary file, after the work was done
+             (ChangeOutputs(str(tmp_path / "c.tif"), report=str(tmp_path / "notes.txt" / "r.json")),
+              f"the report \\(r.json\\) cannot go into {tmp_path / 'notes.txt'}: {tmp_path / 'notes.txt'} is a file")]
+    kept[str(tmp_path / "notes.txt")] = b"a file"
+    (tmp_path / "notes.txt").write_bytes(b"a file")
     for outputs, message in cases:
         with pytest.raises(RSLabError, match=message):
             detect_changes(before, after, outputs, ChangeParams(method="cva"), reference=reference)

@@ -153,3 +153,42 @@ def test_numbers_are_declared_outputs_a_model_can_chain(provider):
                 for alg in ("rslab:model_bops", "rslab:compress_model")}
     assert {"TOTAL_BOPS", "SIZE_MB"} <= declared["rslab:model_bops"]
     assert "BOPS_RATIO" in declared["rslab:compress_model"]
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, samples, provider, resnet_checkpoint,
+                                                                    monkeypatch):
+    """A report (or checkpoint) path through a file, or in a folder not writable, failed only after the whole
+    compression (8-14 min at the README's settings), and a failed report left the checkpoint behind. The data
+    here do not fit the model: an error about them would mean the work had started."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    output = tmp_path / "c.pt"
+    params = {"MODEL": resnet_checkpoint, "METHOD": 1, "DATA": str(samples / "abu-beach-2.mat"), "EPOCHS": 0.02,
+              "OUTPUT_MODEL": str(output)}
+    for change, message in (({"OUTPUT_REPORT": str(blocker / "sub" / "r.json")}, f"{blocker} is a file, not a folder"),
+                            ({"OUTPUT_MODEL": str(blocker / "c.pt")}, f"{blocker} is a file, not a folder")):
+        with pytest.raises(QgsProcessingException, match=message):
+            processing.run("rslab:compress_model", dict(params, **change))
+    real_access = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(locked)
+                        else real_access(path, mode, **kw))
+    with pytest.raises(QgsProcessingException, match=f"the folder {locked} is not writable"):
+        processing.run("rslab:compress_model", dict(params, OUTPUT_REPORT=str(locked / "r.json")))
+    assert sorted(os.listdir(tmp_path)) == sorted(["locked", "notes.txt", os.path.basename(resnet_checkpoint)])
+
+
+def test_checkpoint_and_report_are_written_together(tmp_path, samples, resnet_checkpoint, monkeypatch):
+    """A report that fails as it is written takes the checkpoint with it (it was committed first and stayed)."""
+    from rslab.core import compression
+    from rslab.core.compression import CompressParams, compress_checkpoint
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(compression.json, "dump", no_room)
+    with pytest.raises(OSError, match="No space left"):
+        compress_checkpoint(resnet_checkpoint, str(samples / "cifar10_sample.npz"), str(tmp_path / "c.pt"),
+                            CompressParams(method="ghost", epochs=0.02), report_path=str(tmp_path / "r.json"))
+    assert os.listdir(tmp_path) == [os.path.basename(resnet_checkpoint)]

@@ -45,8 +45,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.bops import MAX_BITS, MIN_BITS
-from ..core.compression import (METHOD_LABELS, CompressParams, CompressResult, parse_max_bits,
-                                refuse_overwriting_source)
+from ..core.compression import (METHOD_LABELS, CompressParams, CompressResult, check_compression_outputs,
+                                parse_max_bits)
 from ..core.errors import RSLabError
 from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
 from ..core.weights import SHIPPED, shipped_checkpoints
@@ -580,7 +580,7 @@ class CompressionDock(JobDock):
             raise RSLabError(f"{output} is a folder; give a file name for the compressed checkpoint")
         if not output.lower().endswith(".pt"):
             output += ".pt"
-        refuse_overwriting_source(path, output)
+        check_compression_outputs(path, output)
         return CompressRequest(model=path, data=data, output=output, params=params, on_step=on_step)
 
     def run(self) -> None:
