@@ -186,27 +186,46 @@ def read_card(path: str) -> ModelCard:
 
 
 def build_model(checkpoint: Checkpoint) -> Any:
-    """Instantiate the card's architecture from the registry and load the weights (strictly)."""
+    """Instantiate the card's architecture from the registry and load the weights (strictly).
+
+    A compressed model takes its pruned layer shapes from its tensors one by one, so a damaged file can
+    give layers that do not chain, or lack a weight scale; both are refused here (a smoke run of one small
+    input for the first) rather than failing with a traceback inside a job.
+    """
     from ..models import registry
 
     model = registry.build(checkpoint.card.architecture, checkpoint.card.arguments)
-    if checkpoint.card.bit_widths is not None:  # a compressed model: pruned shapes, then quantisers
-        from .model_shapes import conform_to_state_dict
-        from .quantization import apply_bit_plan, unpack_state
-
-        state = {k.replace(".weight_levels", ".weight"): v for k, v in checkpoint.state_dict.items()
-                 if not k.endswith(".weight_scale")}  # packed int8 weights have the layer's shape
-        conform_to_state_dict(model, state)
-        apply_bit_plan(model, checkpoint.card.bit_widths)
-        state = unpack_state(model, checkpoint.state_dict)
-    else:
-        state = checkpoint.state_dict
+    compressed = checkpoint.card.bit_widths is not None
     try:
+        if compressed:  # pruned shapes, then quantisers
+            from .model_shapes import conform_to_state_dict
+            from .quantization import apply_bit_plan, unpack_state
+
+            state = {k.replace(".weight_levels", ".weight"): v for k, v in checkpoint.state_dict.items()
+                     if not k.endswith(".weight_scale")}  # packed int8 weights have the layer's shape
+            conform_to_state_dict(model, state)
+            apply_bit_plan(model, checkpoint.card.bit_widths)
+            state = unpack_state(model, checkpoint.state_dict)
+        else:
+            state = checkpoint.state_dict
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+        model.eval()
+        if compressed:
+            _smoke_run(model, checkpoint.card)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
         raise RSLabError(
             f"the weights in {os.path.basename(checkpoint.path) or 'the checkpoint'} do not fit "
-            f"architecture {checkpoint.card.architecture!r}: {str(exc).splitlines()[0]}"
+            f"architecture {checkpoint.card.architecture!r}: {detail}"
         ) from exc
-    model.eval()
     return model
+
+
+def _smoke_run(model: Any, card: ModelCard) -> None:
+    """One forward pass of the smallest example input (RuntimeError when the layers do not chain)."""
+    import torch
+
+    from .compression_tasks import MIN_INPUT_SIZE, example_inputs_for
+
+    with torch.no_grad():
+        model(*example_inputs_for(card, MIN_INPUT_SIZE))

@@ -134,3 +134,26 @@ def test_a_malformed_card_is_refused_with_a_message(tmp_path, change, message):
     torch.save(payload, path)
     with pytest.raises(RSLabError, match="not a number"):
         load_checkpoint(str(path))
+
+
+@pytest.mark.parametrize("damage", ["a channel cut from one layer's weights", "one layer's weight scale lost"])
+def test_a_damaged_compressed_checkpoint_is_refused_with_a_message(tmp_path, damage):
+    """The shipped compressed AR-CDNet, damaged: pruned shapes are read from each tensor, so a cut channel built
+    a model whose layers do not chain (a RuntimeError in the first forward pass, inside detect_changes), and a
+    missing scale raised a KeyError; both reached the user as tracebacks."""
+    import copy
+
+    from rslab.core.weights import WEIGHTS_DIR
+
+    shipped = load_checkpoint(str(WEIGHTS_DIR / "arcdnet_levir_dsifn_compressed.pt"))
+    assert build_model(shipped) is not None  # the intact file passes the same checks
+    state = dict(shipped.state_dict)
+    if damage.startswith("a channel"):
+        key = [k for k in state if k.endswith(".weight_levels")][3]
+        state[key] = state[key][:, :-1].contiguous()
+    else:
+        del state[[k for k in state if k.endswith(".weight_scale")][0]]
+    path = str(tmp_path / "damaged.pt")
+    save_checkpoint(path, state, copy.deepcopy(shipped.card))
+    with pytest.raises(RSLabError, match="the weights in damaged.pt do not fit architecture 'arcdnet': "):
+        build_model(load_checkpoint(path))
