@@ -8,6 +8,7 @@ training set of big GeoTIFFs never has to fit in memory.
 """
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +348,27 @@ def default_normalisation(pairs: Sequence[ChangePair], bands: int) -> Tuple[List
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
     return band_statistics([path for pair in pairs for path in (pair.before, pair.after)])
 
+
+
+VALIDATION_SHARE = 0.2  # of a training folder's pairs held out for validation when no validation pairs are given
+
+
+def training_split(pairs: Sequence[ChangePair], validation: Optional[Sequence[ChangePair]] = None,
+                   seed: int = 0) -> Tuple[List[ChangePair], List[ChangePair], Optional[str]]:
+    """(train, validation, note) as every front end splits (the Train dialog and Processing held out
+    different pairs of one folder, and only Processing took a folder of one pair): the `validation` pairs
+    when given, else VALIDATION_SHARE of `pairs` held out by `split_validation`. The note says when the
+    checkpoint will be chosen on pairs it trains on (one pair; validation pairs that are training pairs)."""
+    if validation:
+        seen = {(os.path.realpath(p.before), os.path.realpath(p.after)) for p in pairs}
+        both = [p.name for p in validation if (os.path.realpath(p.before), os.path.realpath(p.after)) in seen]
+        note = (f"the validation pairs {', '.join(both)} are training pairs too: the validation F1 is measured on "
+                "data the model has seen, and the checkpoint kept is chosen on it") if both else None
+        return list(pairs), list(validation), note
+    train, val = split_validation(pairs, VALIDATION_SHARE, seed)
+    note = ("only one training pair: it is also the validation pair, so the checkpoint kept is chosen on data "
+            "the model has seen (give a validation folder to avoid that)") if train == val else None
+    return train, val, note
 
 
 def split_validation(pairs: Sequence[ChangePair], fraction: float = 0.2, seed: int = 0) -> Tuple[List[ChangePair], List[ChangePair]]:

@@ -15,6 +15,7 @@ preferred orientation.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -204,6 +205,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
     if val_bands != {band_count}:
         raise RSLabError(f"validation pairs have {sorted(val_bands)} bands, training pairs {band_count}")
 
+    width_note = None
     if init is not None:
         if init.card.arguments.get("bands") != band_count:
             raise RSLabError(
@@ -213,6 +215,11 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         model = build_model(init)
         mean, std = init.card.normalisation["mean"], init.card.normalisation["std"]
         arguments = dict(init.card.arguments)
+        asked = {"base": params.base, "channels": params.channels}
+        if any(arguments.get(k) != v for k, v in asked.items()):
+            width_note = (f"the starting checkpoint fixes the network width (base {arguments.get('base')}, channels "
+                          f"{arguments.get('channels')}); the width asked for (base {params.base}, channels "
+                          f"{params.channels}) was not used")
     else:
         arguments = {"bands": band_count, "base": params.base, "channels": params.channels}
         model = ArcdNet(**arguments)
@@ -228,7 +235,8 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
     m_t = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
     s_t = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
 
-    result = TrainChangeResult(device=describe_device(device), timings=monitor.timings, notes=[note] if note else [])
+    result = TrainChangeResult(device=describe_device(device), timings=monitor.timings,
+                               notes=[n for n in (note, width_note) if n])
     best_state: Optional[Dict] = None
     best_scores: Dict[str, float] = {}
     start = time.perf_counter()
@@ -249,13 +257,15 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
             with monitor.timed("validate"):
                 scores = evaluate(model, val_pairs, mean, std, device, params.threshold, coding=params.label_coding,
                                   check=monitor.check)
+            # validation pairs without a changed pixel score F1 0 whatever the model: the last state is kept
+            keep = best_state is None or scores["f1"] > result.best_f1 or not scores["changed"]
             record = {"epoch": len(result.history) + 1, "iteration": iteration + 1,
                       "loss": float(np.mean(running)), "val_f1": scores["f1"], "val_iou": scores["iou"],
-                      "lr": learning_rate(iteration, params), "seconds": time.perf_counter() - start}
+                      "lr": learning_rate(iteration, params), "seconds": time.perf_counter() - start,
+                      "kept": keep}  # these weights are the ones kept so far
             running = []
             result.history.append(record)
-            # validation pairs without a changed pixel score F1 0 whatever the model: the last state is kept
-            if best_state is None or scores["f1"] > result.best_f1 or not scores["changed"]:
+            if keep:
                 result.best_f1, result.best_iteration = scores["f1"], iteration + 1
                 best_scores = scores
                 best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
@@ -269,7 +279,9 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
                             "checkpoint: the last one is kept; validate on pairs with changes")
     # the bands' own descriptions (e.g. Sentinel-2's B02 ...) when the images carry them, so that detection can
     # tell a pair whose bands differ (core/bands.py band_order_note); else names by convention
+    # (chosen bands without descriptions keep their numbers: bands 4, 3, 2 of a Landsat scene are no RGB)
     bands = band_descriptions(train_pairs[0].before) or (
+        [f"band {b}" for b in params.bands] if params.bands else
         ["red", "green", "blue"] if sampler.bands == 3 else [f"band {i + 1}" for i in range(sampler.bands)])
     card = ModelCard(
         task=TASK,
@@ -282,7 +294,11 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
             "data": data_description or ", ".join(p.name for p in train_pairs),
             "train_pairs": [p.name for p in train_pairs],
             "validation_pairs": [p.name for p in val_pairs],
-            "params": {k: v for k, v in asdict(params).items() if k != "init_checkpoint"},
+            # the width trained is the starting checkpoint's when there is one (TrainChangeParams' is unused)
+            "params": {**{k: v for k, v in asdict(params).items() if k != "init_checkpoint"},
+                       "base": arguments["base"], "channels": arguments["channels"]},
+            **({"started_from": {"file": os.path.basename(init.path), "description": init.card.description}}
+               if init is not None else {}),
             "seconds": round(time.perf_counter() - start, 1),
             "device": result.device,
             "date": _dt.date.today().isoformat(),

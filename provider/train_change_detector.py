@@ -15,7 +15,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ..core.change_data import ChangePair, pairs_from_folder, split_validation
+from ..core.change_data import ChangePair, pairs_from_folder, training_split
 from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.change_training import TrainChangeParams, train_change_detector, training_inputs
 from ..core.errors import RSLabError
@@ -153,14 +153,11 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         pairs, description, burnt = self._pairs(parameters, context, feedback)
         seed = self.parameterAsInt(parameters, self.SEED, context)
         val_folder = self.parameterAsFile(parameters, self.VALIDATION_FOLDER, context)
-        if val_folder:
-            train, val = pairs, pairs_from_folder(val_folder)
-        else:
-            train, val = split_validation(pairs, 0.2, seed)
-            if val == train:
-                feedback.pushWarning("only one training pair: it is also the validation pair")
-            else:
-                feedback.pushInfo("validation pairs held out: " + ", ".join(p.name for p in val))
+        train, val, note = training_split(pairs, pairs_from_folder(val_folder) if val_folder else None, seed)
+        if note:
+            feedback.pushWarning(note)
+        elif not val_folder:
+            feedback.pushInfo("validation pairs held out: " + ", ".join(p.name for p in val))
         params = self.read_params(parameters, context, burnt)
         output = self.output_file_path(parameters, self.OUTPUT_MODEL, context)
         report = self.output_file_path(parameters, self.OUTPUT_REPORT, context)

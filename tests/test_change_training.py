@@ -1,12 +1,14 @@
 """Training AR-CDNet on a partially labelled pair: unlabelled pixels stay out of the loss and the validation."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
 
-from rslab.core.change_data import ChangePair, LabelledPixels, PairSampler, read_pair
+from rslab.core.change_data import ChangePair, LabelledPixels, PairSampler, pairs_from_folder, read_pair
 from rslab.core.change_training import TrainChangeParams, train_change_detector
 from rslab.core.checkpoint import read_card
 from rslab.core.errors import RSLabError
@@ -353,3 +355,42 @@ def test_pasted_changes_land_on_unlabelled_pixels_with_data(shared_data):
     no_data = np.zeros((64, 64), bool)
     assert all(sampler._paste_changes(b, np.zeros((64, 64), np.float32), unlabelled, no_data)[2].sum() == 0
                for _ in range(20))
+
+
+def test_a_starting_checkpoint_fixes_the_width_and_the_card_says_so(shared_data, tmp_path, tiny_change_checkpoint):
+    """A width asked for beside a starting checkpoint was dropped silently, while the card's params recorded
+    it (base 64 on a base-8 model), and the card did not say the model was fine-tuned from another."""
+    pairs = pairs_from_folder(str(shared_data / "change" / "levir_cd_256"), ["train_36_0512_0512", "test_77_0512_0256"])
+    output = str(tmp_path / "tuned.pt")
+    result = train_change_detector(pairs[:1], pairs[1:], output,
+                                   TrainChangeParams(iterations=1, eval_every=1, crop=64, batch_size=2, base=64,
+                                                     channels=64, init_checkpoint=tiny_change_checkpoint))
+    card = read_card(output)
+    used = {k: card.arguments[k] for k in ("base", "channels")}
+    assert {k: card.training["params"][k] for k in ("base", "channels")} == used != {"base": 64, "channels": 64}
+    assert card.training["started_from"]["file"] == os.path.basename(tiny_change_checkpoint)
+    assert [n for n in result.notes if n.startswith("the starting checkpoint fixes the network width")]
+    assert result.history[-1]["kept"] is True
+
+
+def test_chosen_bands_without_descriptions_keep_their_numbers_in_the_card(shared_data, tmp_path):
+    """Landsat Nanjing's bands 4, 3, 2 (near infrared, red, green) were named red, green, blue in the card."""
+    root = shared_data / "change" / "landsat_nanjing"
+    pair = ChangePair(str(root / "Nanjing_t1_TM6b.tif"), str(root / "Nanjing_t2_TM6b.tif"),
+                      str(root / "Nanjing_reference_0unl_1unch_2ch.tif"))
+    output = str(tmp_path / "nir.pt")
+    train_change_detector([pair], [pair], output, TrainChangeParams(iterations=1, eval_every=1, crop=64, batch_size=2,
+                                                                    base=8, channels=8, bands=(4, 3, 2),
+                                                                    label_coding="partial"))
+    assert read_card(output).bands == ["band 4", "band 3", "band 2"]
+
+
+def test_a_0_1_label_read_as_partial_gets_a_note(tmp_path):
+    """Read as partial, a 0/1 mask's changes (1) train as 'no change': no word was said."""
+    from rslab.core.change_reference import ReferenceValues, coding_note
+
+    seen = ReferenceValues()
+    seen.present.update({0, 1})
+    assert "0 and 1 only, read as partial" in coding_note(seen, "partial", "training labels")
+    seen.present.add(2)
+    assert coding_note(seen, "partial", "training labels") is None

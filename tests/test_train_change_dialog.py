@@ -14,7 +14,7 @@ from project_layers import add_raster
 from rslab.core.change_data import pairs_from_folder
 from rslab.core.checkpoint import read_card
 from rslab.core.errors import RSLabError
-from rslab.ui.train_change_dialog import TrainChangeDialog, hold_out
+from rslab.ui.train_change_dialog import TrainChangeDialog
 
 PAIRS = ("test_2_0000_0000", "test_77_0512_0256")
 TIMEOUT_MS = 120_000
@@ -64,7 +64,10 @@ def test_short_training_plots_every_epoch_and_emits_the_checkpoint(qtbot, dialog
     assert path == str(output) + ".pt" and os.path.isfile(path)
     card = read_card(path)
     assert card.arguments == {"bands": 3, "base": 8, "channels": 8}
-    assert card.training["validation_pairs"] == [PAIRS[1]] and card.training["train_pairs"] == [PAIRS[0]]
+    from rslab.core.change_data import training_split
+
+    train, val, _ = training_split(pairs_from_folder(str(two_pairs)))  # the split Processing makes too
+    assert card.training["validation_pairs"] == [val[0].name] and card.training["train_pairs"] == [train[0].name]
 
     epochs, losses = dialog.loss_curve.getData()
     _, f1 = dialog.f1_curve.getData()
@@ -75,7 +78,7 @@ def test_short_training_plots_every_epoch_and_emits_the_checkpoint(qtbot, dialog
     assert list(best_x) == [dialog.result.best_iteration] and list(best_y) == [dialog.result.best_f1]
     assert dialog.status_label.text().startswith(f"Best validation F1 {dialog.result.best_f1:.3f}")
     log = dialog.log.toPlainText()
-    assert f"Validation pairs (1, held out): {PAIRS[1]}" in log and "epoch 3 (iteration 3)" in log
+    assert f"Validation pairs (1, held out): {val[0].name}" in log and "epoch 3 (iteration 3)" in log
     assert dialog.progress_bar.value() == 100 and dialog.start_button.isEnabled()
 
 
@@ -156,7 +159,7 @@ def test_training_on_layers_of_the_project(qtbot, dialog, project, shared_data, 
     assert dialog.from_layers() and dialog.data_pages.currentIndex() == 1
     assert dialog.val_dir.lineEdit().placeholderText() == "optional: if empty, the pair validates on itself"
     assert dialog.bands_combo.count() == 6 and dialog.coding_combo.currentData() == "partial"
-    train, val = dialog.split()
+    train, val, _ = dialog.split()
     assert train == val and train[0].label == str(tmp_path / "Nanjing_reference_0unl_1unch_2ch.tif")
     with qtbot.waitSignal(dialog.trained, timeout=TIMEOUT_MS):
         qtbot.mouseClick(dialog.start_button, Qt.LeftButton)
@@ -219,7 +222,7 @@ def test_a_folder_without_the_layout_is_refused_clearly(qtbot, dialog, tmp_path)
 def test_a_validation_folder_replaces_the_hold_out(qtbot, dialog, two_pairs, shared_data, tmp_path):
     configure(dialog, two_pairs, tmp_path / "model.pt")
     dialog.val_dir.setFilePath(str(shared_data / "change" / "levir_cd_256"))
-    train, val = dialog.split()
+    train, val, _ = dialog.split()
     assert [p.name for p in train] == list(PAIRS) and len(val) == 11
 
 
@@ -262,14 +265,27 @@ def test_width_presets_fill_and_lock_the_spin_boxes(dialog):
     assert dialog.width_combo.itemText(0) == "narrow 32/32 (default)"
 
 
-def test_hold_out_is_deterministic_and_keeps_one_at_least(shared_data):
-    pairs = pairs_from_folder(str(shared_data / "change" / "levir_cd_256"))
-    train, val = hold_out(pairs)
-    assert len(val) == 2 and len(train) == 9 and not set(train) & set(val)
-    assert hold_out(pairs) == (train, val)
-    assert len(hold_out(pairs[:3])[1]) == 1
-    with pytest.raises(RSLabError, match="at least two"):
-        hold_out(pairs[:1])
+def test_the_dialog_holds_out_what_processing_holds_out(dialog, shared_data, tmp_path):
+    """One split for both front ends (core/change_data.training_split): the dialog held out every k-th pair and
+    Processing a seeded 20 %, so their validation F1s on one folder were not comparable, and the dialog
+    refused a folder of one pair that Processing trained on (validating on the pair itself, with a warning)."""
+    from rslab.core.change_data import training_split
+
+    folder = shared_data / "change" / "levir_cd_256"
+    dialog.data_dir.setFilePath(str(folder))
+    train, val, note = dialog.split()
+    assert (train, val, note) == training_split(pairs_from_folder(str(folder)))
+    assert len(val) == 2 and len(train) == 9 and not set(train) & set(val) and note is None
+    one = tmp_path / "one"
+    for sub in ("A", "B", "label"):
+        (one / sub).mkdir(parents=True)
+        shutil.copy(folder / sub / f"{train[0].name}.png", one / sub)
+    dialog.data_dir.setFilePath(str(one))
+    train, val, note = dialog.split()
+    assert train == val and len(train) == 1 and note.startswith("only one training pair: it is also the validation")
+    dialog.val_dir.setFilePath(str(one))  # validating on the training pairs: said so
+    train, val, note = dialog.split()
+    assert train == val and note.startswith(f"the validation pairs {train[0].name} are training pairs too")
 
 
 def test_folders_typed_with_a_tilde_are_in_the_home_folder(dialog, two_pairs, tmp_path, monkeypatch):
@@ -280,5 +296,23 @@ def test_folders_typed_with_a_tilde_are_in_the_home_folder(dialog, two_pairs, tm
     monkeypatch.setenv("HOME", str(home))
     dialog.data_dir.setFilePath("~/pairs")
     dialog.val_dir.setFilePath("~/pairs")
-    train, val = dialog.split()
+    train, val, _ = dialog.split()
     assert [p.name for p in train] == [p.name for p in val] == list(PAIRS)
+
+
+def test_two_runs_started_in_one_second_get_two_checkpoint_names(monkeypatch):
+    """The name is given when a run starts and the file written when it ends: two dialogs started in the same
+    second were both given arcdnet_<time>.pt, and the second model replaced the first."""
+    import datetime
+
+    from rslab.ui import job_dock
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 3, 9, 0, 0)
+
+    monkeypatch.setattr(job_dock._dt, "datetime", Frozen)
+    first, second = job_dock.new_checkpoint_path("arcdnet"), job_dock.new_checkpoint_path("arcdnet")
+    assert first.endswith("arcdnet_20261203-090000.pt") and second.endswith("arcdnet_20261203-090000_2.pt")
+    assert not os.path.exists(first) and not os.path.exists(second)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Set, Tuple
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsProject, QgsProviderRegistry
 from qgis.gui import QgsMapLayerComboBox
@@ -112,15 +112,20 @@ def profile_folder(name: str) -> Path:
     return Path(QgsApplication.qgisSettingsDirPath()) / "rslab" / name
 
 
+_HANDED_OUT: Set[str] = set()  # new checkpoint names given to runs in this session (their files come at the end)
+
+
 def new_checkpoint_path(stem: str) -> str:
     """`<stem>_<date-time>.pt` under the QGIS profile, so models outlive temporary folders; `_2`, `_3`, … when
-    that file exists (two runs in one second)."""
+    that file exists or another run of this session was given that name (two runs started in one second: the
+    file is written only when a run ends, and the second run's model replaced the first's)."""
     folder = profile_folder("checkpoints")
     base = folder / f"{stem}_{_dt.datetime.now():%Y%m%d-%H%M%S}"
     path, n = f"{base}.pt", 1
-    while os.path.exists(path):
+    while os.path.exists(path) or path in _HANDED_OUT:
         n += 1
         path = f"{base}_{n}.pt"
+    _HANDED_OUT.add(path)
     return path
 
 

@@ -29,7 +29,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.change_data import ChangePair, pairs_from_folder
+from ..core.change_data import ChangePair, pairs_from_folder, training_split
 from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
 from ..core.errors import RSLabError
 from . import task as tasks
@@ -66,26 +66,7 @@ WIDTHS: List[Tuple[str, str, Optional[Tuple[int, int]]]] = [
     ("custom", "custom", None),
 ]
 WIDTH_SIZES: Dict[str, Optional[Tuple[int, int]]] = {key: sizes for key, _, sizes in WIDTHS}
-VALIDATION_SHARE = 0.2
 SOURCES = [("folder", "a folder of pairs (A/, B/, label/)"), ("layers", "layers of this project (one pair)")]
-
-
-def hold_out(pairs: Sequence[ChangePair], share: float = VALIDATION_SHARE) -> Tuple[List[ChangePair], List[ChangePair]]:
-    """Split pairs into (train, validation): about `share` of them, at least one, evenly spread.
-
-    Deterministic (every k-th pair of the sorted list), so the same folder
-    always gives the same split and a rerun is comparable.
-    """
-    if len(pairs) < 2:
-        raise RSLabError(
-            f"the training folder has {len(pairs)} pair; holding one out for validation needs at least two "
-            "(or give a validation folder)"
-        )
-    count = max(1, round(share * len(pairs)))
-    picked = {int((i + 0.5) * len(pairs) / count) for i in range(count)}
-    train = [p for i, p in enumerate(pairs) if i not in picked]
-    val = [p for i, p in enumerate(pairs) if i in picked]
-    return train, val
 
 
 def default_checkpoint_path() -> str:
@@ -298,21 +279,19 @@ class TrainChangeDialog(QDialog):
             label_coding=self.coding_combo.currentData(), bands=self.bands_combo.chosen(),
         )
 
-    def split(self) -> Tuple[List[ChangePair], List[ChangePair]]:
-        """(train, validation) pairs: from the folders, a held-out share when no validation folder is given;
-        from the layers, one pair that also validates unless a validation folder is given."""
+    def split(self, seed: int = 0) -> Tuple[List[ChangePair], List[ChangePair], Optional[str]]:
+        """(train, validation, note) as Processing splits (core/change_data.training_split): the validation
+        folder's pairs, else a held-out share of the folder's pairs; one pair (the layers) also validates."""
         val_folder = user_path(self.val_dir.filePath())
+        validation = pairs_from_folder(val_folder) if val_folder else None
         if self.from_layers():
             before_path, after_path = date_files(self.before_layer.currentLayer(), self.after_layer.currentLayer())
-            pair = ChangePair(before_path, after_path, self._label_path(before_path))
-            return [pair], pairs_from_folder(val_folder) if val_folder else [pair]
+            return training_split([ChangePair(before_path, after_path, self._label_path(before_path))], validation,
+                                  seed)
         folder = user_path(self.data_dir.filePath())
         if not folder:
             raise RSLabError("choose the training data folder (with A/, B/ and label/ sub-folders)")
-        pairs = pairs_from_folder(folder)
-        if val_folder:
-            return pairs, pairs_from_folder(val_folder)
-        return hold_out(pairs)
+        return training_split(pairs_from_folder(folder), validation, seed)
 
     def _label_path(self, grid: str) -> str:
         """The label layer's raster; for polygons, a raster they are burnt into on `grid` (a temporary file)."""
@@ -338,11 +317,14 @@ class TrainChangeDialog(QDialog):
         if self.task is not None:
             return
         try:
-            params, (train, val), output = self.params(), self.split(), self.checkpoint_path()
+            params = self.params()
+            (train, val, note), output = self.split(params.seed), self.checkpoint_path()
         except RSLabError as exc:
             self._fail(str(exc))
             return
         self._reset(train, val, output)
+        if note:
+            self.log.appendPlainText(note)
         bridge = EpochBridge()  # no parent: the job closure keeps it alive as long as the worker may emit
         bridge.epoch.connect(self._on_epoch, Qt.QueuedConnection)
         if self.from_layers():
@@ -375,7 +357,7 @@ class TrainChangeDialog(QDialog):
         self.status_label.setStyleSheet("")
         self.status_label.setText("Starting…")
         held = "from the validation folder" if user_path(self.val_dir.filePath()) else (
-            "the training pair itself: give a validation folder for a fair score" if self.from_layers() else "held out")
+            "the training pair itself" if list(train) == list(val) else "held out")
         self.log.appendPlainText(f"Training pairs ({len(train)}): {', '.join(p.name for p in train)}")
         self.log.appendPlainText(f"Validation pairs ({len(val)}, {held}): {', '.join(p.name for p in val)}")
         if self.bands_combo.chosen():
@@ -396,7 +378,7 @@ class TrainChangeDialog(QDialog):
         epochs = [r["epoch"] for r in self.history]
         self.loss_curve.setData(epochs, [r["loss"] for r in self.history])
         self.f1_curve.setData(epochs, [r["val_f1"] for r in self.history])
-        best = max(self.history, key=lambda r: r["val_f1"])  # the first best, as the trainer keeps it
+        best = [r for r in self.history if r["kept"]][-1]  # the trainer's choice (the last, when F1 cannot choose)
         self.best_marker.setData([best["epoch"]], [best["val_f1"]])
         self.log.appendPlainText(
             f"epoch {int(record['epoch'])} (iteration {int(record['iteration'])}): loss {record['loss']:.4f}, "
