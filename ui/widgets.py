@@ -169,6 +169,7 @@ class BandChooser(QgsCheckableComboBox):
         names = {int(self.itemData(i)): self.itemText(i) for i in range(self.count())}
         text = ", ".join(names.get(b, str(b)) for b in bands)
         self.lineEdit().setText(text)
+        self.lineEdit().setCursorPosition(0)  # the first band read shows when the list is longer than the box
         self.setToolTip(f"Read in this order: {text}\n\n{self._tip}")
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API): QGIS redraws its own text on resize
