@@ -89,7 +89,8 @@ def true_colour_bands(path: str) -> Optional[Tuple[int, int, int]]:
 
 
 COLOURS = ("red", "green", "blue")
-_COLOUR_WORD = re.compile(r"\b(red|green|blue)\b(?![\s_-]*edge)", re.IGNORECASE)  # not Sentinel-2's "red edge"
+# a colour word not inside another word ("band_red" counts, "redness" not), and not Sentinel-2's "red edge"
+_COLOUR_WORD = re.compile(r"(?<![a-z])(red|green|blue)(?![a-z])(?![\s_-]*edge)", re.IGNORECASE)
 
 
 def colour_bands(path: str) -> Optional[Tuple[int, int, int]]:

@@ -109,7 +109,8 @@ def coding_note(seen: ReferenceValues, coding: str, what: str = "reference") -> 
             raise RSLabError(f"no pixel of the {what} is labelled (1 = no change, 2 = change) under the partial "
                              "coding: choose the binary coding, or other rasters")
         if 2 not in seen.present:  # a 0/1 mask: its changes (1) read as 'no change', the rest as 'not labelled'
-            return (f"the values of the {what} are 0 and 1 only, read as partial (0 = not labelled, 1 = no change): "
+            values = " and ".join(str(v) for v in sorted(seen.present))
+            return (f"the values of the {what} are {values} only, read as partial (0 = not labelled, 1 = no change): "
                     "no pixel is labelled as change; if 1 means change, choose the binary coding")
         return None
     if seen.other is None and {1, 2} <= seen.present:

@@ -296,7 +296,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
             "validation_pairs": [p.name for p in val_pairs],
             # the width trained is the starting checkpoint's when there is one (TrainChangeParams' is unused)
             "params": {**{k: v for k, v in asdict(params).items() if k != "init_checkpoint"},
-                       "base": arguments["base"], "channels": arguments["channels"]},
+                       "base": arguments.get("base"), "channels": arguments.get("channels")},
             **({"started_from": {"file": os.path.basename(init.path), "description": init.card.description}}
                if init is not None else {}),
             "seconds": round(time.perf_counter() - start, 1),

@@ -96,6 +96,10 @@ def missing_package_message(exc: ImportError) -> Optional[str]:
     """What to tell a user whose job stopped on a package RS Lab needs but that is not installed; None when
     the module is none of those (then the error is a bug and keeps its traceback)."""
     name = (getattr(exc, "name", None) or "").split(".")[0]
+    # only a package that is not there: a wrong name imported from an installed torch, or a library torch
+    # cannot load, is another fault and keeps its traceback
+    if not isinstance(exc, ModuleNotFoundError) or not name or importlib.util.find_spec(name) is not None:
+        return None
     for requirement in read_requirements():
         if requirement.module == name:
             return (f"the Python package {requirement.name} is not installed, and this job needs it: install "

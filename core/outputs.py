@@ -84,7 +84,13 @@ def check_output_folder(path: PathLike, what: str = "output") -> None:
     running through a file (out.tif/x.tif), or a folder not writable, were found only when the output was
     written, after the whole job, and the message named an internal temporary file."""
     final = Path(os.path.realpath(Path(os.fspath(path)).expanduser()))
-    existing = next(p for p in final.parents if p.exists())
+    existing = final.parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except PermissionError:  # a folder above it that this user may not enter
+        raise RSLabError(f"the {what} ({final.name}) cannot be written: a folder on the way to {final.parent} "
+                         "may not be entered") from None
     if not existing.is_dir():
         raise RSLabError(f"the {what} ({final.name}) cannot go into {final.parent}: {existing} is a file, "
                          "not a folder")

@@ -120,9 +120,11 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
                 if not QgsVectorLayer(value, "", "ogr").isValid():
                     return message
                 polygons = f"{definition.name()}_POLYGONS"  # detect_changes' REFERENCE, train's LABEL
-                return message + (f" (a vector layer: give it as {polygons})"
-                                  if self.parameterDefinition(polygons) is not None
-                                  else " (a vector layer: rasterise it first)")
+                if self.parameterDefinition(polygons) is not None:
+                    return message + f" (a vector layer: give it as {polygons})"
+                # a mask drawn as polygons can be burnt into a raster; an image cannot come from a vector
+                return message + (" (a vector layer: rasterise it first)" if definition.name() == "REFERENCE"
+                                  else " (a vector layer)")
         return ""
 
     def check_parameters(self, parameters, context) -> None:

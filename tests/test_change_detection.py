@@ -522,3 +522,5 @@ def test_colour_words_in_band_descriptions(tmp_path):
     assert colour_bands(described(["B2 Blue", "B3 Green", "B4 Red", "B5 Red Edge 1", "B8 NIR"])) == (3, 2, 1)
     assert colour_bands(described(["red", "red", "green", "blue"])) is None  # two reds: it does not say
     assert colour_bands(described(["B02", "B03", "B04"])) is None
+    assert colour_bands(described(["band_blue", "band_green", "band_red"])) == (3, 2, 1)  # '_' is a word character
+    assert colour_bands(described(["reddish", "greenery", "blueprint"])) is None

@@ -392,5 +392,7 @@ def test_a_0_1_label_read_as_partial_gets_a_note(tmp_path):
     seen = ReferenceValues()
     seen.present.update({0, 1})
     assert "0 and 1 only, read as partial" in coding_note(seen, "partial", "training labels")
+    seen.present.discard(0)
+    assert "the values of the training labels are 1 only" in coding_note(seen, "partial", "training labels")
     seen.present.add(2)
     assert coding_note(seen, "partial", "training labels") is None

@@ -148,7 +148,9 @@ def test_without_its_debian_packages_the_plugin_offers_diagnostics_and_the_apt_c
     assert plugin.actions == [] and plugin.dialogs == []
 
 
-def test_a_job_that_needs_a_package_not_installed_says_which_and_how():
+def test_a_job_that_needs_a_package_not_installed_says_which_and_how(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a QGIS without torch
+    monkeypatch.setitem(sys.modules, "h5py", None)
     torch = ModuleNotFoundError("No module named 'torch'", name="torch")
     assert dependencies.missing_package_message(torch) == (
         "the Python package torch is not installed, and this job needs it: install it with RS Lab > Diagnostics > "
@@ -156,4 +158,11 @@ def test_a_job_that_needs_a_package_not_installed_says_which_and_how():
     assert "sudo apt-get install python3-h5py" in dependencies.missing_package_message(
         ModuleNotFoundError("No module named 'h5py'", name="h5py"))
     assert dependencies.missing_package_message(ModuleNotFoundError("x", name="rslab.no_such_module")) is None
-    assert dependencies.missing_system(["rasterio", "scipy", "pyqtgraph", "h5py"]) == []
+    assert dependencies.missing_system(["rasterio", "scipy", "pyqtgraph"]) == []
+
+
+def test_an_import_error_of_an_installed_package_is_not_called_missing():
+    """A wrong name imported from an installed torch (or a library torch cannot load) carries name='torch' too:
+    it was told 'torch is not installed', and the traceback that says what is wrong was dropped."""
+    assert dependencies.missing_package_message(ImportError("cannot import name 'x' from 'torch'", name="torch")) is None
+    assert dependencies.missing_package_message(ModuleNotFoundError("No module named 'torch.x'", name="torch.x")) is None

@@ -82,7 +82,7 @@ def test_job_error_is_reported_not_raised(qtbot):
     assert done.args == [None, "the two layers do not overlap"]
 
 
-def test_a_package_not_installed_is_named_and_a_bug_keeps_its_traceback(qtbot):
+def test_a_package_not_installed_is_named_and_a_bug_keeps_its_traceback(qtbot, monkeypatch):
     """torch not installed yet (a zip install before 'Install missing packages'): the dock said 'unexpected
     error; the traceback is in the Log Messages panel'."""
     def job(name):
@@ -90,7 +90,11 @@ def test_a_package_not_installed_is_named_and_a_bug_keeps_its_traceback(qtbot):
             raise ModuleNotFoundError(f"No module named '{name}'", name=name)
         return run
 
-    for name, start in (("torch", "the Python package torch is not installed, and this job needs it"),
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as on a QGIS without onnx
+    for name, start in (("onnx", "the Python package onnx is not installed, and this job needs it"),
+                        ("torch.no_such_module", "unexpected error:\nTraceback"),  # torch is there: a bug
                         ("rslab.no_such_module", "unexpected error:\nTraceback")):
         task = tasks.JobTask("failing", job(name))
         with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:

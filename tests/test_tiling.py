@@ -286,3 +286,28 @@ def test_work_files_go_to_the_temporary_folder_or_beside_the_outputs_or_nowhere(
         with work_folder("rslab-test-", 10 * gb, str(beside), "a job"):
             raise AssertionError("the job must not start")
     assert os.listdir(system_temp) == [] and os.listdir(beside) == []
+
+
+def test_output_folders_that_cannot_take_the_file_are_refused_with_a_message(tmp_path, monkeypatch):
+    """A file on the way, a folder this user may not enter (PermissionError from Path.exists, raw), and the
+    root folder itself (StopIteration: '/' has no parents)."""
+    from pathlib import Path
+
+    from rslab.core.outputs import check_output_folder
+
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(RSLabError, match="notes.txt is a file, not a folder"):
+        check_output_folder(str(tmp_path / "notes.txt" / "sub" / "out.tif"), "change mask")
+    check_output_folder(str(tmp_path / "new" / "deeper" / "out.tif"))  # folders to be made under one that takes them
+    check_output_folder("/")
+    locked = tmp_path / "locked"
+    real_exists = Path.exists
+
+    def exists(self):
+        if self == locked / "sub":
+            raise PermissionError(13, "Permission denied")
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    with pytest.raises(RSLabError, match="may not be entered"):
+        check_output_folder(str(locked / "sub" / "out.tif"))

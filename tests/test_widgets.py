@@ -63,3 +63,47 @@ def test_checkpoint_choosers_open_or_save_pt_files_and_folders_choose_folders(qt
     assert saver.lineEdit().placeholderText() == "a new file"
     assert folder.storageMode() == QgsFileWidget.GetDirectory
     assert folder.lineEdit().placeholderText() == "a new temporary folder per run"
+
+
+def test_band_chooser_reads_bands_in_the_order_clicked_and_shows_it(qtbot, tmp_path):
+    """Clicks in the popup list, as a person makes them: the order is kept, and the box shows it (QGIS writes
+    its own text, in band order, after each click; the order showed only in the tooltip)."""
+    import numpy as np
+    import rasterio
+    from qgis.core import QgsRasterLayer
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtTest import QTest
+
+    from rslab.ui.widgets import BandChooser
+
+    path = str(tmp_path / "four.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=4, dtype="uint8") as dst:
+        dst.write(np.zeros((4, 8, 8), np.uint8))
+        dst.descriptions = ("Blue", "Green", "Red", "NIR")
+    box = BandChooser(None, "tip")
+    qtbot.addWidget(box)
+    box.resize(600, 30)
+    box.show()
+    box.list_layer(QgsRasterLayer(path, "four"))
+    names = [box.itemText(i) for i in range(4)]
+
+    def click(row):
+        box.showPopup()
+        qtbot.waitUntil(box.view().isVisible)
+        rect = box.view().visualRect(box.model().index(row, 0))
+        QTest.mouseClick(box.view().viewport(), Qt.LeftButton, Qt.NoModifier, rect.center())
+        qtbot.wait(20)
+
+    for row in (2, 1, 0):  # red, green, blue
+        click(row)
+    box.hidePopup()
+    qtbot.wait(20)
+    assert box.chosen() == (3, 2, 1) and box.lineEdit().text() == ", ".join(names[2::-1])
+    click(1)  # green off, and on again: it goes last
+    click(1)
+    box.hidePopup()
+    qtbot.wait(20)
+    assert box.chosen() == (3, 1, 2) and box.lineEdit().text() == ", ".join(names[b - 1] for b in (3, 1, 2))
+    assert box.toolTip().startswith("Read in this order: " + names[2])
+    box.deselectAllOptions()
+    assert box.chosen() is None and box.lineEdit().text() == "all bands" and box.toolTip() == "tip"

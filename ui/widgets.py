@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsRasterLayer
 from qgis.gui import QgsCheckableComboBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QValidator
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -127,6 +127,12 @@ class BandChooser(QgsCheckableComboBox):
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self._order: List[int] = []
         self.model().dataChanged.connect(self._follow_checks)  # 3.22: no checkedItemsChanged on setItemCheckState
+        # a click in the list: QGIS writes its own text (in band order) after the slots above have run, so the
+        # order is shown again once the event loop is back (a child timer: none fires after the box is gone)
+        self._redraw = QTimer(self)
+        self._redraw.setSingleShot(True)
+        self._redraw.setInterval(0)
+        self._redraw.timeout.connect(self._show_order)
 
     def list_layer(self, layer: Optional[QgsRasterLayer]) -> None:
         """Offer `layer`'s bands (none checked); no items without a valid layer."""
@@ -159,6 +165,7 @@ class BandChooser(QgsCheckableComboBox):
         kept = [b for b in self._order if b in checked]
         self._order = kept + sorted(checked - set(kept))
         self._show_order()
+        self._redraw.start()
 
     def _show_order(self) -> None:
         """The box's text lists the checked bands in reading order (QGIS's own lists them in band order)."""
