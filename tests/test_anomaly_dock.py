@@ -492,3 +492,64 @@ def test_a_failed_mean_spectrum_says_so_in_one_line(dock, scene):
                                         "Messages panel, tab RS Lab")
     dock._mean_finished("cube.tif", None, "the image is empty")
     assert dock.status_label.text() == "Failed: mean spectrum: the image is empty"
+
+
+def drawn_labels(axis):
+    """The tick labels pyqtgraph actually draws on `axis` (it leaves out those that would stick out of it)."""
+    from qgis.PyQt.QtGui import QImage, QPainter
+
+    image = QImage(10, 10, QImage.Format_ARGB32)
+    painter = QPainter(image)
+    specs = axis.generateDrawSpecs(painter)
+    painter.end()
+    return [text for _, _, text in specs[2]]
+
+
+def test_readouts_and_curves_belong_to_the_image_and_reference_picked(qtbot, dock, scene, project, beach2, tmp_path):
+    """Switching image left the other image's AUCs on screen; picking another reference, or none, left the curves
+    of the earlier one up (under 'Accuracy not computed'); a nodata click left the spectrum picked before; the
+    ROC axes did not draw their first decade, nor 0 and 1 on a short plot."""
+    cube, reference = scene
+    choose(dock, cube, "rx", reference, output=tmp_path)
+    dock.resize(420, 900)
+    dock.show()
+    rx, error = click_run(qtbot, dock)
+    assert error == "" and "beach-2" in dock.metrics_label.text() and "AUC(D,F)" in dock.metrics_label.text()
+    qtbot.wait(100)
+    assert drawn_labels(dock.roc_plot.getAxis("bottom")) == DECADES
+    assert {"0", "1"} <= set(drawn_labels(dock.roc_plot.getAxis("left")))
+
+    other = add_raster(project, beach2[0], "beach-2 again")
+    dock.layer_combo.setLayer(other)
+    assert dock.metrics_label.text() == "" and not dock.visible_roc_curves()
+    dock.layer_combo.setLayer(cube)  # back: its readout and curve again
+    assert "AUC(D,F)" in dock.metrics_label.text() and list(dock.visible_roc_curves()) == ["rx"]
+    dock.reference_combo.setLayer(None)
+    assert not dock.visible_roc_curves()
+    _, error = click_run(qtbot, dock)
+    assert error == "" and "Accuracy not computed" in dock.metrics_label.text() and not dock.visible_roc_curves()
+
+    assert dock.show_spectrum_at(map_point(cube, 10, 10)) is not None
+    assert len(dock.pixel_curve.getData()[0]) > 0
+    with rasterio.open(beach2[0]) as src:
+        profile, data = src.profile, src.read()
+    data[:, 0, :3] = -9999
+    holed = tmp_path / "holed.tif"
+    with rasterio.open(holed, "w", **dict(profile, nodata=-9999)) as dst:
+        dst.write(data)
+    holed_layer = add_raster(project, holed, "holed")
+    dock.layer_combo.setLayer(holed_layer)
+    assert dock.show_spectrum_at(map_point(holed_layer, 0, 1)) is None and "nodata" in dock.status_label.text()
+    assert dock.pixel_curve.getData()[0] is None or len(dock.pixel_curve.getData()[0]) == 0
+    assert dock.spectrum_legend.text() == ""
+
+
+def test_pick_pixel_after_the_canvas_is_gone_does_nothing(dock, iface, monkeypatch):
+    """QGIS closing deletes the canvas, which deactivates the tool, which unchecks Pick pixel: it raised
+    'wrapped C/C++ object of type QgsMapCanvas has been deleted'."""
+    from rslab.ui import anomaly_dock
+
+    monkeypatch.setattr(anomaly_dock.sip, "isdeleted", lambda obj: obj is iface.mapCanvas())
+    dock._toggle_pick(False)
+    dock._toggle_pick(True)
+    assert dock.map_tool is None

@@ -260,6 +260,7 @@ class AnomalyDock(JobDock):
         self.roc_runs: Dict[str, Dict[str, RocCurve]] = {}  # input layer id -> method -> latest ROC
         self._roc_reference: Dict[str, Optional[str]] = {}  # input layer id -> the reference its ROCs used
         self._scores: Dict[str, str] = {}  # input layer id -> latest score raster (for the picked pixel's score)
+        self._metrics: Dict[str, str] = {}  # input layer id -> its latest run's readout (shown with that image)
         self.mean_spectra: Dict[str, np.ndarray] = {}  # file -> scene mean spectrum
         self._mean_tasks: Dict[str, tasks.JobTask] = {}
         self._request: Optional[AnomalyRequest] = None
@@ -332,7 +333,7 @@ class AnomalyDock(JobDock):
         """
         plot = result_plot(self, "false-alarm rate", "detection rate", PLOT_HEIGHT)
         plot.setLogMode(x=True, y=False)
-        plot.setYRange(0, 1, padding=0.04)  # padding: the 0 and 1 tick labels stay inside the axis
+        plot.setYRange(-0.1, 1.1, padding=0)  # room for the 0 and 1 tick labels (see _show_roc_of_current_layer)
         self.roc_curves: Dict[str, pg.PlotDataItem] = {}
         for method, colour in METHOD_PENS.items():
             curve = pg.PlotDataItem(pen=pg.mkPen(colour, width=2))
@@ -403,6 +404,7 @@ class AnomalyDock(JobDock):
         self.far_check.toggled.connect(self.far_spin.setEnabled)
         self.far_spin.setEnabled(self.far_check.isChecked())  # the mask choice may be restored (ui/settings.py)
         self.layer_combo.layerChanged.connect(self._show_roc_of_current_layer)
+        self.reference_combo.layerChanged.connect(self._show_roc_of_current_layer)
         self.layer_combo.layerChanged.connect(self._update_true_colour_button)
         self._update_true_colour_button()
         self.true_colour_button.clicked.connect(self.show_image_in_true_colour)
@@ -482,8 +484,9 @@ class AnomalyDock(JobDock):
             self._scores[request.layer_id] = run.result.outputs.scores
             self._remember_roc(request, run)
         self.progress_bar.setValue(100)
-        self._show_metrics(run)
+        self._metrics[request.layer_id] = self._metrics_text(run, request.layer_name)
         self._show_roc_of_current_layer()
+        self.metrics_label.setText(self._metrics[request.layer_id])  # the run just ended (it names its image)
         self._set_status(self._done_text(request.output_dir))
         self.runFinished.emit(run.result, "")
 
@@ -527,11 +530,11 @@ class AnomalyDock(JobDock):
             index -= 1
         return parent, index
 
-    def _show_metrics(self, run: AnomalyRun) -> None:
+    def _metrics_text(self, run: AnomalyRun, layer_name: str) -> str:
         """Run facts, then the AUCs as 'name value' pairs that wrap only between pairs (docks are narrow)."""
         result = run.result
         seconds = f"{run.seconds:.1f} s" if run.seconds >= 1 else f"{run.seconds:.2f} s"
-        facts = [METHOD_LABELS[result.method], result.device, seconds,
+        facts = [METHOD_LABELS[result.method], layer_name, result.device, seconds,
                  f"{result.width} × {result.height} px × {result.bands} bands"]
         text = "<p>" + " · ".join(html.escape(fact).replace(" ", "&nbsp;") for fact in facts) + "</p>"
         if result.metrics:
@@ -546,7 +549,7 @@ class AnomalyDock(JobDock):
                      f"(false-alarm rate {result.params['false_alarm_rate']:g})</p>")
         if result.notes:  # how BSDM trained, a resampled reference, a denoiser read from a file
             text += "<p>" + "<br>".join(html.escape(note) for note in result.notes) + "</p>"
-        self.metrics_label.setText(text)
+        return text
 
     def _remember_roc(self, request: AnomalyRequest, run: AnomalyRun) -> None:
         """Keep this run's ROC beside earlier ones on the same layer; a new reference starts the comparison over."""
@@ -557,10 +560,22 @@ class AnomalyDock(JobDock):
         self._roc_reference[request.layer_id] = request.reference
         self.roc_runs.setdefault(request.layer_id, {})[run.result.method] = run.roc
 
+    def _current_reference(self) -> Optional[str]:
+        layer = self.reference_combo.currentLayer()
+        try:
+            return layer_file(layer, "reference") if layer is not None else None
+        except RSLabError:
+            return None
+
     def _show_roc_of_current_layer(self, *_: object) -> None:
-        """Draw the kept ROC curves of the layer picked in the image combo (one per method)."""
+        """Draw the kept ROC curves of the image picked (one per method), when they were drawn against the
+        reference picked now (curves of another reference, under a run without one, misled), and the readout
+        of that image's latest run (another image's AUCs read as this one's)."""
         layer = self.layer_combo.currentLayer()
+        self.metrics_label.setText(self._metrics.get(layer.id(), "") if layer is not None else "")
         runs = self.roc_runs.get(layer.id(), {}) if layer is not None else {}
+        if runs and self._roc_reference.get(layer.id()) != self._current_reference():
+            runs = {}
         entries = []
         smallest = 1.0 if runs else EMPTY_ROC_FLOOR
         for method, curve in self.roc_curves.items():
@@ -576,8 +591,10 @@ class AnomalyDock(JobDock):
         self.roc_legend.setText("&nbsp;&nbsp;&nbsp; ".join(entries))
         first = math.floor(math.log10(smallest))
         self.roc_plot.getAxis("bottom").setTicks([[(k, decade_label(k)) for k in range(first, 1)]])
-        self.roc_plot.setXRange(math.log10(smallest), 0, padding=0.05)
-        self.roc_plot.setYRange(0, 1, padding=0.04)
+        # margins in axis units, not a share of the range: pyqtgraph leaves out an end label that would
+        # stick out of its axis (the first decade and the 0 and 1 of a short plot were not drawn)
+        self.roc_plot.setXRange(min(first, math.log10(smallest)) - 0.35, 0.2, padding=0)
+        self.roc_plot.setYRange(-0.1, 1.1, padding=0)
 
     def visible_roc_curves(self) -> Dict[str, pg.PlotDataItem]:
         """The ROC curves shown now, by method."""
@@ -616,6 +633,8 @@ class AnomalyDock(JobDock):
         if self.iface is None:
             return
         canvas = self.iface.mapCanvas()
+        if sip.isdeleted(canvas):  # QGIS closing: the canvas went first and deactivated the tool
+            return
         if self.map_tool is None:
             self.map_tool = QgsMapToolEmitPoint(canvas)
             self.map_tool.canvasClicked.connect(self._canvas_clicked)
@@ -669,6 +688,8 @@ class AnomalyDock(JobDock):
         picked = read_spectrum(path, row, col)
         if picked is None:
             self._set_status(f"Pixel (row {row}, column {col}) of {layer.name()} is nodata.")
+            self.pixel_curve.setData([], [])  # not the spectrum picked before, under this status
+            self.spectrum_legend.setText("")
             return None
         spectrum, bands, axis_title = picked
         self.spectrum_plot.setLabel("bottom", axis_title)
