@@ -271,7 +271,8 @@ def test_the_dialog_holds_out_what_processing_holds_out(dialog, shared_data, tmp
     refused a folder of one pair that Processing trained on (validating on the pair itself, with a warning)."""
     from rslab.core.change_data import training_split
 
-    folder = shared_data / "change" / "levir_cd_256"
+    folder = tmp_path / "levir"  # a copy: the dialog opens the first before image with QGIS (it writes .aux.xml)
+    shutil.copytree(shared_data / "change" / "levir_cd_256", folder)
     dialog.data_dir.setFilePath(str(folder))
     train, val, note = dialog.split()
     assert (train, val, note) == training_split(pairs_from_folder(str(folder)))
