@@ -23,6 +23,53 @@ from .errors import RSLabError
 PathLike = Union[str, "os.PathLike[str]"]
 
 _SIDECARS = (".aux.xml", ".ovr", ".msk")
+PARTIAL_PREFIX = ".rslab-partial-"  # an output being written (renamed to its own name when complete)
+
+
+def room_left(path: PathLike) -> str:
+    """'1.2 GB free in <folder>' for the folder that holds `path` (for messages about failed writes)."""
+    folder = Path(os.fspath(path)).expanduser().resolve().parent
+    try:
+        return f"{_gigabytes(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        return f"free space in {folder} unknown"
+
+
+def write_failed(path: PathLike, exc: BaseException, what: str) -> RSLabError:
+    """The error for outputs GDAL could not write or read back (a full disk, mostly): it says `what` failed
+    ("could not write the outputs") and the room left, not the name of a temporary file."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first.replace(f"{os.fspath(path)}: ", "").replace(os.fspath(path), "the output")
+    return RSLabError(f"{what} ({first}); {room_left(path)}: is the disk full?")
+
+
+def check_complete(path: PathLike, final_name: str) -> None:
+    """RSLabError unless the GeoTIFF at `path` opens and the file holds every block its directory lists.
+
+    GDAL writes its cached blocks and the directory when the file is closed, and a write that fails then
+    (a disk that fills) raises nothing through rasterio: the job went on, and a truncated file was renamed
+    into place as a result.
+    """
+    from osgeo import gdal
+
+    gdal.UseExceptions()  # as everywhere in RS Lab (core/alignment.py, core/bands.py)
+    size = os.path.getsize(path)
+    try:
+        ds = gdal.Open(os.fspath(path))
+        for index in range(1, ds.RasterCount + 1):
+            band = ds.GetRasterBand(index)
+            block_x, block_y = band.GetBlockSize()
+            for y in range((ds.RasterYSize + block_y - 1) // block_y):
+                for x in range((ds.RasterXSize + block_x - 1) // block_x):
+                    offset = band.GetMetadataItem(f"BLOCK_OFFSET_{x}_{y}", "TIFF")
+                    length = band.GetMetadataItem(f"BLOCK_SIZE_{x}_{y}", "TIFF")
+                    if offset and length and int(offset) + int(length) > size:
+                        raise RuntimeError(f"block ({x}, {y}) of band {index} lies past the end of the file")
+        ds = None
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[0].replace(f"{os.fspath(path)}: ", "").replace(os.fspath(path), final_name)
+        raise RSLabError(f"{final_name} was not written completely ({detail}); "
+                         f"{room_left(path)}: is the disk full?") from exc
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:
@@ -132,7 +179,7 @@ class PendingOutputs:
             raise RSLabError(f"the output folder {final.parent} is not writable")
         # Keep the extension last so drivers that look at it still see it; a short name of its own, so a final
         # name near the file system's 255-byte limit still has a temporary name
-        tmp = final.with_name(f".rslab-partial-{uuid.uuid4().hex[:12]}{final.suffix[:16]}")
+        tmp = final.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:12]}{final.suffix[:16]}")
         self._pending[final] = tmp
         return str(tmp)
 
@@ -141,6 +188,8 @@ class PendingOutputs:
         for final, tmp in self._pending.items():
             if not tmp.exists():
                 raise RSLabError(f"internal error: {final.name} was never written")
+            if final.suffix.lower() in RASTER_SUFFIXES:
+                check_complete(tmp, final.name)
         for final, tmp in self._pending.items():
             _remove_with_sidecars(final)
             os.replace(tmp, final)
@@ -175,7 +224,11 @@ class PendingOutputs:
         tb: Optional[TracebackType],
     ) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:  # an output found incomplete: none is renamed into place, none is left
+                self.discard()
+                raise
         else:
             self.discard()
 

@@ -22,6 +22,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from .errors import RSLabError
+from .outputs import PARTIAL_PREFIX, write_failed
 
 # GDAL's block cache defaults to 5 % of RAM; windowed jobs need far less, and
 # a big cache would hide whether memory really stays bounded.
@@ -80,6 +81,8 @@ def open_raster(path: str) -> Any:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = rasterio.open(path)
     except RasterioIOError as exc:
+        if os.path.basename(path).startswith(PARTIAL_PREFIX):  # an output of this job, read back
+            raise write_failed(path, exc, "could not read back an output of this job") from exc
         raise RSLabError(f"{os.path.basename(path)} is not a raster GDAL can read ({exc})") from exc
     if ds.width == 0 or ds.height == 0 or ds.count == 0:
         ds.close()

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from .errors import RSLabError
 from .job import JobMonitor
+from .outputs import write_failed
 from .raster_io import RasterInfo, describe, gdal_env, open_output, open_raster, output_profile, read_window
 
 STITCH_MODES = ("centre", "blend", "partition")
@@ -211,6 +213,10 @@ def run_tiled(
                 _run_centre(datasets, outputs, sinks, fn, tiles, monitor)
             else:
                 _run_blend(datasets, outputs, sinks, fn, tiles, spec, info, monitor)
+        except RasterioIOError as exc:  # GDAL flushing blocks it could not write: a full disk, mostly
+            if sinks and "writ" in str(exc).lower():
+                raise write_failed(outputs[0].path, exc, "could not write the outputs") from exc
+            raise
         finally:
             for sink in sinks:
                 sink.close()

@@ -311,3 +311,28 @@ def test_output_folders_that_cannot_take_the_file_are_refused_with_a_message(tmp
     monkeypatch.setattr(Path, "exists", exists)
     with pytest.raises(RSLabError, match="may not be entered"):
         check_output_folder(str(locked / "sub" / "out.tif"))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.95])
+def test_a_geotiff_cut_short_is_not_renamed_into_place(tmp_path, keep):
+    """A disk that fills while GDAL flushes its last blocks at close raises nothing through rasterio: a cut-off
+    change mask was renamed into place and the job reported success. Now the commit checks every block is in
+    the file; nothing is left, and the message names the output, not the temporary file."""
+    from rslab.core.outputs import PARTIAL_PREFIX, PendingOutputs
+
+    final = tmp_path / "change.tif"
+    rng = np.random.default_rng(0)
+    profile = dict(driver="GTiff", width=1024, height=1024, count=1, dtype="float32", tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate")
+    with pytest.raises(RSLabError, match=r"^change.tif was not written completely \(.*is the disk full\?$") as raised:
+        with PendingOutputs() as pending:
+            temp = pending.temp(final)
+            with rasterio.open(temp, "w", **profile) as dst:
+                dst.write(rng.random((1, 1024, 1024), dtype=np.float32))
+            with open(temp, "r+b") as handle:
+                handle.truncate(int(os.path.getsize(temp) * keep))
+    assert PARTIAL_PREFIX not in str(raised.value) and os.listdir(tmp_path) == []
+    with PendingOutputs() as pending:  # the same file whole: committed
+        with rasterio.open(pending.temp(final), "w", **profile) as dst:
+            dst.write(rng.random((1, 1024, 1024), dtype=np.float32))
+    assert os.listdir(tmp_path) == ["change.tif"]
