@@ -284,6 +284,7 @@ def detect_changes(
         if checkpoint is not None:
             device = select_device(params.device)
             scorer = ModelScorer(checkpoint, device)
+            monitor.step(0.0, "sampling both dates (their value range against the model's)")
             with monitor.timed("statistics"):
                 range_note = input_range_note([before, after_path], scorer.mean, scorer.std)
             order_note = (band_order_note(checkpoint.card.bands, band_descriptions(before))
@@ -295,6 +296,7 @@ def detect_changes(
             def score(a, b, valid):
                 return scorer(a, b, valid)
         else:
+            monitor.step(0.0, "sampling both dates for CVA's scale and threshold")
             with monitor.timed("statistics"):
                 cva = CvaScorer(before, after_path)
             result.device = "cpu (numpy)"
