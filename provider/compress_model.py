@@ -63,7 +63,8 @@ class CompressModelAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFile(self.MODEL, "Checkpoint to compress", extension="pt"))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
         self.addParameter(QgsProcessingParameterFile(self.DATA, "Training / evaluation data (file or folder)"))
-        self.addParameter(QgsProcessingParameterNumber(self.FLOPS_REDUCTION, f"FLOPs reduction (PIC-PQ, 0..{MAX_REDUCTION:g})",
+        self.addParameter(QgsProcessingParameterNumber(self.FLOPS_REDUCTION,
+                                                       f"FLOPs reduction (PIC-PQ, 0..{MAX_REDUCTION:g})",
                                                        double, 0.5, minValue=0.0, maxValue=MAX_REDUCTION))
         self.addParameter(QgsProcessingParameterString(self.MAX_BITS, "Maximum bits per stage", "8,6,4"))
         self.addParameter(QgsProcessingParameterNumber(self.PENALTY, "Penalty factor (PIC-PQ lambda)", double,
