@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 from qgis.core import QgsApplication
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QDockWidget, QPushButton
@@ -28,6 +29,7 @@ class RSLabPlugin:
         self.actions: List[QAction] = []
         self.docks: Dict[str, QDockWidget] = {}
         self.dialogs: list = []
+        self._missing_message = None  # the load-time warning about missing Python packages, while shown
         activate_environments()
 
     # Processing -----------------------------------------------------------
@@ -84,6 +86,7 @@ class RSLabPlugin:
         button.clicked.connect(self.show_diagnostics)
         widget.layout().addWidget(button)
         bar.pushWidget(widget, 1)  # Qgis.Warning
+        self._missing_message = widget
 
     def show_dock(self, key: str, title: str, factory: Callable[[], object]) -> QDockWidget:
         """Create dock `key` on first use (lazily), then show and raise it."""
@@ -121,10 +124,17 @@ class RSLabPlugin:
         from .ui.diagnostics_dialog import DiagnosticsDialog
 
         dialog = DiagnosticsDialog(self.iface.mainWindow())
+        dialog.installed.connect(self._clear_missing_message)
         self.dialogs.append(dialog)
         dialog.finished.connect(lambda _=0, d=dialog: self._forget(d))
         dialog.show()
         return dialog
+
+    def _clear_missing_message(self) -> None:
+        """The load-time 'missing Python packages' warning, once they are installed (it stayed up)."""
+        widget, self._missing_message = self._missing_message, None
+        if widget is not None and not sip.isdeleted(widget) and not dependencies.missing():
+            self.iface.messageBar().popWidget(widget)
 
     def _forget(self, dialog) -> None:
         if dialog in self.dialogs:

@@ -88,6 +88,12 @@ def test_plugin_warns_about_missing_packages_with_an_install_button(iface, qtbot
         button = [b for b in item.findChildren(QPushButton) if b.text() == "Install…"][0]
         qtbot.mouseClick(button, Qt.LeftButton)
         assert len(plugin.dialogs) == 1 and plugin.dialogs[0].isVisible()
+        dialog = plugin.dialogs[0]
+        qtbot.mouseClick(dialog.install_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: dialog.install_task is None, timeout=120000)
+        assert dialog.status.text().startswith("Installed")
+        # the warning goes once the packages are there (it stayed up, naming packages now installed)
+        assert all("rslabprobe" not in message.text() for message in iface.messageBar().items())
     finally:
         plugin.unload()
     assert plugin.dialogs == []

@@ -6,6 +6,7 @@ from functools import partial
 
 from qgis.core import Qgis
 from qgis.PyQt import sip
+from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtGui import QFontDatabase, QGuiApplication
 from qgis.PyQt.QtWidgets import QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout
 
@@ -21,6 +22,8 @@ def qgis_rows() -> dict:
 
 
 class DiagnosticsDialog(QDialog):
+    installed = pyqtSignal()  # the missing packages were installed (the plugin clears its load-time warning)
+
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.setWindowTitle("RS Lab diagnostics")
@@ -100,3 +103,4 @@ class DiagnosticsDialog(QDialog):
         else:
             self.refresh()
             self.status.setText("Installed. The packages are importable now; restart QGIS if a tool still reports them missing.")
+            self.installed.emit()
