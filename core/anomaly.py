@@ -237,9 +237,9 @@ def valid_summary(path: str, monitor: Optional[JobMonitor] = None) -> ValidSumma
     return ValidSummary(lo, hi, count, total / count if count else np.full(info.count, np.nan))
 
 
-def score_bounds(path: str) -> Tuple[float, float]:
+def score_bounds(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[float, float]:
     """(min, max) of the written scores over valid pixels."""
-    summary = valid_summary(path)
+    summary = valid_summary(path, monitor)
     if not summary.count:
         raise RSLabError("no valid pixel was scored")
     return summary.lo, summary.hi
@@ -512,7 +512,8 @@ def flagged_pixels(rate: float, total: int) -> int:
     return int(math.floor(product + 1e-9 * max(1.0, product)))
 
 
-def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> Tuple[float, int, int]:
+def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float,
+                          monitor: Optional[JobMonitor] = None) -> Tuple[float, int, int]:
     """(threshold, pixels above it, valid pixels): floor(rate x valid pixels) lie above it (fewer only where scores tie).
 
     Two passes, by windows: a histogram finds the bin that holds the cut, then the scores
@@ -522,17 +523,20 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> Tup
     edge, and the count is then of the pixels in the bins above it.
     """
     info = raster_info(scores)
+    monitor = monitor or JobMonitor()
 
-    def bins():
+    def bins(start: float, end: float):
         with gdal_env(), open_raster(scores) as s:
-            for window in _windows(info):
+            windows = _windows(info)
+            for i, window in enumerate(windows):
+                monitor.step(start + (end - start) * i / len(windows), "the false-alarm threshold")
                 value, valid = read_window(s, window)
                 value = value[0][valid]
                 yield value, np.clip((normalised_scores(value, lo, hi) * SCORE_BINS).astype(np.int64), 0,
                                      SCORE_BINS - 1)
 
     counts = np.zeros(SCORE_BINS, np.int64)
-    for _, index in bins():
+    for _, index in bins(0.0, 0.5):
         counts += np.bincount(index, minlength=SCORE_BINS)
     total = int(counts.sum())
     flagged = flagged_pixels(rate, total)
@@ -540,7 +544,7 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float) -> Tup
     cut = int(np.searchsorted(-above, -(flagged + 1), side="right")) - 1  # the bin holding the (flagged+1)-th highest
     if counts[cut] > EXACT_ROC_LIMIT:
         return lo + (hi - lo) * (cut + 1) / SCORE_BINS, int(above[cut + 1]), total
-    in_bin = np.sort(np.concatenate([value[index == cut] for value, index in bins()]))[::-1]
+    in_bin = np.sort(np.concatenate([value[index == cut] for value, index in bins(0.5, 1.0)]))[::-1]
     threshold = in_bin[flagged - above[cut + 1]]
     return float(threshold), int(above[cut + 1] + np.count_nonzero(in_bin > threshold)), total
 
@@ -630,7 +634,7 @@ def detect_anomalies(
                         f"band; about {PIXELS_PER_BAND_ADVISED} per band are advised): the scores are noisy, "
                         "a larger area or fewer bands would help")
                 _score_raster(source, scores_path, RxScorer(mean, cov), monitor.sub(0.85, 0.95))
-            lo_hi = score_bounds(scores_path)
+            lo_hi = score_bounds(scores_path, monitor.sub(0.95, 0.96))
         result.score_range = lo_hi
         if reference:
             with monitor.timed("evaluate"):
@@ -642,7 +646,7 @@ def detect_anomalies(
                         f"comes from a {ROC_BINS}-bin score histogram, not the exact ranks")
         if params.false_alarm_rate is not None:
             result.threshold, result.mask_pixels, scored = false_alarm_threshold(
-                scores_path, params.false_alarm_rate, *lo_hi)
+                scores_path, params.false_alarm_rate, *lo_hi, monitor=monitor.sub(0.96, 0.97))
             if flagged_pixels(params.false_alarm_rate, scored) == 0:
                 result.notes.append(
                     f"a false-alarm rate of {params.false_alarm_rate:g} flags no pixel of these {scored:,} "
@@ -657,7 +661,7 @@ def detect_anomalies(
 
                 run_tiled([scores_path], [OutputSpec(pending.temp(outputs.mask), 1, "uint8", MASK_NODATA,
                                                      ("anomaly (1) / background (0)",))], to_mask,
-                          TileSpec(STATS_TILE, 0, "partition"), monitor.sub(0.95, 0.99))
+                          TileSpec(STATS_TILE, 0, "partition"), monitor.sub(0.97, 0.99))
         if outputs.report:
             with open(pending.temp(outputs.report), "w") as handle:
                 json.dump(result.report(), handle, indent=1, default=str)
