@@ -486,3 +486,47 @@ def test_bands_read_in_the_order_checked_and_an_rgb_model_checks_red_green_blue(
     dock.bands_combo.resize(dock.bands_combo.width() + 40, dock.bands_combo.height())  # QGIS redraws its text
     qtbot.wait(50)
     assert dock.bands_combo.lineEdit().text() == ", ".join(names[b - 1] for b in (1, 3, 2))
+
+
+def test_the_readout_the_field_the_training_pair_and_the_group_order_follow_the_dock(qtbot, dock, project,
+                                                                                   shared_data, tmp_path):
+    """Four faults a review found driving the dock: the last run's figures stayed on screen after another pair
+    or reference was picked (and under a run refused before it started); a GeoPackage's polygons preselected
+    'fid', which the run then refused; Train… opened a second time kept the first pair; a second run's group
+    went under the first, whose opaque mask hid it."""
+    from qgis.core import QgsVectorLayer
+    from test_change_labels import polygonise
+
+    source = shared_data / "change" / "landsat_nanjing"
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", source / name), role) for name, role in (
+        ("Nanjing_t1_TM6b.tif", "t1"), ("Nanjing_t2_TM6b.tif", "t2"), ("Nanjing_reference_0unl_1unch_2ch.tif", "ref"))]
+    polygons = QgsVectorLayer(polygonise(str(source / "Nanjing_reference_0unl_1unch_2ch.tif"),
+                                         str(tmp_path / "drawn.gpkg"), field="cls"), "drawn", "ogr")
+    project.addMapLayer(polygons)
+    choose(dock, layers[0], layers[1], "cva", polygons, output=tmp_path / "out")
+    assert dock.reference_field.currentField() == "cls"  # not the GeoPackage's key 'fid'
+    first, error = click_run(qtbot, dock)
+    assert error == "" and first.metrics["pixels"] == 14756 and "F1" in dock.metrics_label.text()
+
+    dock.reference_combo.setLayer(layers[2])  # another reference: the figures were the polygons'
+    assert dock.metrics_label.text() == "" and dock.status_label.text() == ""
+    assert all(len(curve.getData()[0] or []) == 0 for curve in dock.histogram_curves.values())
+    _, error = click_run(qtbot, dock)
+    assert error == "" and dock.metrics_label.text()
+    dock.model_combo.setCurrentIndex(dock.model_combo.findText(CUSTOM_CHECKPOINT))
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData("arcdnet"))
+    dock.model_file.setFilePath(str(tmp_path / "no_such_model.pt"))
+    _, error = click_run(qtbot, dock)  # refused before it starts: no figures of the run before under it
+    assert error and dock.metrics_label.text() == ""
+
+    groups = [n for n in project.layerTreeRoot().children() if n.name().startswith("Changes:")]
+    assert len(groups) == 2 and groups[0] is dock.group  # the newest run on top
+
+    dock.reference_combo.setLayer(polygons)
+    dock.open_training()
+    assert dock.train_dialog.label_layer.currentLayer() is polygons
+    dock.train_dialog.close()
+    dock.reference_combo.setLayer(layers[2])
+    dock.open_training()  # opened again: on the dock's pair and reference now
+    assert dock.train_dialog.label_layer.currentLayer() is layers[2]
+    dock.train_dialog.close()

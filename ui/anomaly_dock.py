@@ -88,7 +88,6 @@ METHOD_TIPS = {
 METHOD_PENS = {"bsdm_rx": (214, 39, 40), "rx": (31, 119, 180), "lrx": (44, 160, 44)}
 PIXEL_PEN = (0, 150, 200)  # the anomaly mask's colour family (resources/styles/anomaly_mask.qml is #00e5ff)
 MEAN_PEN = (110, 110, 110)
-INPUT_PROPERTY = "rslab/anomaly_input"  # on result groups: the input layer's id
 PLOT_HEIGHT = 200  # the ROC and spectrum plots' least height in pixels
 EMPTY_ROC_FLOOR = 1e-4  # the false-alarm axis before a run: 1 / the pixels of a 100 x 100 scene
 TRUE_COLOUR_TIP = "Draw the image from its bands nearest red, green and blue light (640, 550, 470 nm)"
@@ -453,6 +452,7 @@ class AnomalyDock(JobDock):
         """Start detection in the background (the 'Detect anomalies' button)."""
         if self.is_running():
             return  # one run at a time; the button is disabled meanwhile
+        self.metrics_label.clear()  # also when the run is refused: no earlier figures under a 'Failed' line
         try:
             request = self.build_request()
         except RSLabError as exc:
@@ -460,7 +460,6 @@ class AnomalyDock(JobDock):
             self.runFinished.emit(None, str(exc))
             return
         self.result = None
-        self.metrics_label.clear()
         self._set_status(f"Detecting anomalies in {request.layer_name} ({METHOD_LABELS[request.params.method]}) …")
         self.start_job(request, f"RS Lab: anomalies in {request.layer_name}")
 
@@ -504,31 +503,7 @@ class AnomalyDock(JobDock):
             rate = result.params["false_alarm_rate"]
             layers.insert(0, make_layer(LayerSpec(result.outputs.mask, f"{label} mask (false-alarm rate {rate:g})",
                                                   MASK_STYLE)))
-        project = QgsProject.instance()
-        parent, index = self._group_position(project, request.layer_id)
-        group = parent.insertGroup(index, f"Anomalies: {request.layer_name} ({label})")
-        group.setCustomProperty(INPUT_PROPERTY, request.layer_id)
-        for layer in layers:
-            project.addMapLayer(layer, False)
-            group.addLayer(layer)
-        return group
-
-    @staticmethod
-    def _group_position(project: QgsProject, layer_id: str) -> Tuple[QgsLayerTreeGroup, int]:
-        """Where a new result group goes: above the input layer and above earlier result groups of that input.
-
-        So the latest run is drawn on top, and a run on the image lies under it.
-        """
-        root = project.layerTreeRoot()
-        node = root.findLayer(layer_id)
-        if node is None or not isinstance(node.parent(), QgsLayerTreeGroup):
-            return root, 0
-        parent = node.parent()
-        siblings = parent.children()
-        index = siblings.index(node)
-        while index > 0 and siblings[index - 1].customProperty(INPUT_PROPERTY) == layer_id:
-            index -= 1
-        return parent, index
+        return self.add_result_group(f"Anomalies: {request.layer_name} ({label})", request.layer_id, layers)
 
     def _metrics_text(self, run: AnomalyRun, layer_name: str) -> str:
         """Run facts, then the AUCs as 'name value' pairs that wrap only between pairs (docks are narrow)."""

@@ -294,6 +294,8 @@ class ChangeDetectionDock(JobDock):
         self.model_file.fileChanged.connect(self._check_model_bands)
         self.reference_combo.layerChanged.connect(self._update_coding_widget)
         self.before_combo.layerChanged.connect(self._list_bands)
+        for combo in (self.before_combo, self.after_combo, self.reference_combo):
+            combo.layerChanged.connect(self._clear_result)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.train_button.clicked.connect(self.open_training)
@@ -417,15 +419,13 @@ class ChangeDetectionDock(JobDock):
         """Start detection in the background (the 'Detect changes' button)."""
         if self.is_running():
             return  # one run at a time; the button is disabled meanwhile
+        self._clear_result()  # also when the run is refused: the last run's figures under a 'Failed' line misled
         try:
             request = self.build_request()
         except RSLabError as exc:
             self._report_failure(str(exc))
             self.runFinished.emit(None, str(exc))
             return
-        self.result, self.histogram_data = None, None
-        self.metrics_label.clear()
-        self._clear_histogram()
         self._set_status(f"Detecting changes: {request.before_name} → {request.after_name} …")
         self.start_job(request, f"RS Lab: changes {request.before_name} → {request.after_name}")
 
@@ -460,19 +460,9 @@ class ChangeDetectionDock(JobDock):
         layers = [make_layer(LayerSpec(result.outputs.uncertainty, "uncertainty", "uncertainty.qml")),
                   make_layer(LayerSpec(result.outputs.change, f"changes (threshold {result.threshold:g})",
                                        "change_mask.qml"))]
-        project = QgsProject.instance()
-        root = project.layerTreeRoot()
-        parent, index = root, 0
-        after_node = root.findLayer(request.after_layer_id)
-        if after_node is not None and isinstance(after_node.parent(), QgsLayerTreeGroup):
-            parent = after_node.parent()
-            index = parent.children().index(after_node)
         method = "CVA" if result.method == "cva" else f"AR-CDNet, {os.path.basename(result.model.get('path', ''))}"
-        group = parent.insertGroup(index, f"Changes: {request.before_name} → {request.after_name} ({method})")
-        for layer in layers:
-            project.addMapLayer(layer, False)
-            group.addLayer(layer)
-        return group
+        return self.add_result_group(f"Changes: {request.before_name} → {request.after_name} ({method})",
+                                     request.after_layer_id, layers)
 
     def _show_metrics(self, run: ChangeRun) -> None:
         """Run facts, then the scores as 'name value' pairs that wrap only between pairs (docks are narrow)."""
@@ -497,6 +487,16 @@ class ChangeDetectionDock(JobDock):
         else:
             text += "<p>Accuracy not computed: no reference layer was given.</p>"
         self.metrics_label.setText(text)
+
+    def _clear_result(self, *_: object) -> None:
+        """Empty the readout, histogram and status line: they describe the last run's pair and reference, and
+        read as the new pair's once another is picked."""
+        if self.is_running():
+            return
+        self.result, self.histogram_data = None, None
+        self.metrics_label.clear()
+        self._clear_histogram()
+        self._set_status("")
 
     def _clear_histogram(self) -> None:
         for name, curve in self.histogram_curves.items():
@@ -534,9 +534,11 @@ class ChangeDetectionDock(JobDock):
         if self.train_dialog is None:
             self.train_dialog = TrainChangeDialog(self)
             self.train_dialog.trained.connect(self.add_checkpoint)
-            if self.reference_combo.currentLayer() is not None:  # a labelled pair here: offer to train on it
-                self.train_dialog.use_layers(self.before_combo.currentLayer(), self.after_combo.currentLayer(),
-                                             self.reference_combo.currentLayer(), self.coding_combo.currentData(),
-                                             self.reference_field.currentField())
+        # a labelled pair here: offer to train on it, also when the dialog was opened before on another pair
+        # (it kept that one); not while it trains
+        if self.reference_combo.currentLayer() is not None and self.train_dialog.task is None:
+            self.train_dialog.use_layers(self.before_combo.currentLayer(), self.after_combo.currentLayer(),
+                                         self.reference_combo.currentLayer(), self.coding_combo.currentData(),
+                                         self.reference_field.currentField())
         self.train_dialog.show()
         self.train_dialog.raise_()

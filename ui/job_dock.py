@@ -14,9 +14,9 @@ import shutil
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Optional, Set, Tuple
+from typing import Any, Iterable, List, Optional, Set, Tuple
 
-from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsProject, QgsProviderRegistry
+from qgis.core import Qgis, QgsApplication, QgsLayerTreeGroup, QgsMapLayer, QgsProject, QgsProviderRegistry
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject
@@ -103,6 +103,7 @@ def user_path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text)) if text else ""
 
 
+RESULT_OF = "rslab/result_of"  # on a result group: the id of the input layer it was computed from
 NEW_CHECKPOINT_HINT = "a new file under the QGIS profile (rslab/checkpoints)"  # placeholder of 'save as' fields
 
 
@@ -211,6 +212,28 @@ class JobDock(QWidget):
         except RSLabError as exc:
             return str(exc)
         return ""
+
+    @staticmethod
+    def add_result_group(name: str, layer_id: str, layers: List[QgsMapLayer]) -> QgsLayerTreeGroup:
+        """A group of `layers` above the input layer `layer_id` and above earlier result groups of that input,
+        so the latest run is drawn on top (a change run inserted at the after layer went under earlier runs,
+        whose opaque masks then hid it)."""
+        project = QgsProject.instance()
+        root = project.layerTreeRoot()
+        parent, index = root, 0
+        node = root.findLayer(layer_id)
+        if node is not None and isinstance(node.parent(), QgsLayerTreeGroup):
+            parent = node.parent()
+            siblings = parent.children()
+            index = siblings.index(node)
+            while index > 0 and siblings[index - 1].customProperty(RESULT_OF) == layer_id:
+                index -= 1
+        group = parent.insertGroup(index, name)
+        group.setCustomProperty(RESULT_OF, layer_id)
+        for layer in layers:
+            project.addMapLayer(layer, False)
+            group.addLayer(layer)
+        return group
 
     def _done_text(self, folder: str) -> str:
         """The status line of a finished run, saying why no layers were added when its project was closed."""

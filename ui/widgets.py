@@ -102,7 +102,12 @@ def follow_label_layer(layer: Optional[QgsMapLayer], field: QgsFieldComboBox, co
     field.setEnabled(polygons)
     imposed_over = coding.property("rslab_coding_before_polygons")
     if polygons:
-        field.setCurrentIndex(max(field.findText("label"), 0))
+        # 'label', else the first field that is not the layer's key: a GeoPackage's 'fid' is listed first, but
+        # OGR, which burns the polygons, has no such field
+        keys = {layer.fields().at(i).name() for i in layer.primaryKeyAttributes()}
+        names = [field.itemText(i) for i in range(field.count())]
+        usable = [name for name in names if name not in keys]
+        field.setField("label" if "label" in names else (usable or names or [""])[0])
         if imposed_over is None:
             coding.setProperty("rslab_coding_before_polygons", coding.currentData())
         coding.setCurrentIndex(coding.findData("partial"))
