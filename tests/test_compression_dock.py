@@ -103,6 +103,8 @@ def test_method_settings_follow_the_method(dock):
 
 
 def test_a_tiny_ghost_run_fills_the_after_readouts_table_chart_and_curves(qtbot, dock, resnet, samples, tmp_path):
+    dock.resize(300, 900)  # narrow: the readouts of a run must widen it, not be cut ('25.5x s', '-6')
+    dock.show()
     summary, error = choose(qtbot, dock, resnet)
     assert error == "" and summary.task == "classification"
     assert dock.data_file.storageMode() == QgsFileWidget.GetFile
@@ -118,6 +120,8 @@ def test_a_tiny_ghost_run_fills_the_after_readouts_table_chart_and_curves(qtbot,
 
     assert readout(dock, "bops", "before") != DASH and readout(dock, "bops", "after") != DASH
     assert readout(dock, "bops", "change") == f"{result.bops_ratio:.1f}× fewer" and result.bops_ratio > 1
+    qtbot.wait(100)
+    assert all(label.width() >= label.sizeHint().width() for label in dock.readouts.values())
     assert readout(dock, "size", "change").endswith("× smaller")
     assert dock.readout_names["metric"].text() == "Accuracy (%)"
     assert readout(dock, "metric", "before") == f"{result.scores_before['accuracy']:.2f}"
@@ -127,6 +131,8 @@ def test_a_tiny_ghost_run_fills_the_after_readouts_table_chart_and_curves(qtbot,
               if type(module).__name__ in ("Conv2d", "Linear")]
     table = dock.layer_table
     assert table.rowCount() == len(layers) == 20
+    qtbot.wait(50)
+    assert table.columnWidth(0) >= 100  # the names are readable (36 px, '…0', at a usual dock width)
     assert [table.item(row, 0).text() for row in range(table.rowCount())] == layers
     after = {layer["name"]: layer for layer in result.after["layers"]}
     for row, name in enumerate(layers):
@@ -153,6 +159,11 @@ def test_a_tiny_ghost_run_fills_the_after_readouts_table_chart_and_curves(qtbot,
     assert dialog.checkpoint_file.filePath() == str(output) and dialog.model is not None
     assert dialog.report["bops_ratio"] == round(result.bops_ratio, 3)
     dialog.close()
+
+    # another checkpoint: none of this run stays, its 'Done: 16.0x fewer BOPs' status line included
+    summary, error = choose(qtbot, dock, shipped_checkpoints("change_detection")[0][1])
+    assert error == "" and dock.status_label.text() == "" and dock.progress_bar.value() == 0
+    assert readout(dock, "bops", "after") == DASH and not dock.export_button.isEnabled()
 
 
 def test_cancel_leaves_no_output(qtbot, dock, resnet, samples, tmp_path):

@@ -75,6 +75,9 @@ def test_all_four_formats_of_a_compressed_checkpoint(qtbot, dialog, compressed, 
     assert written == {fmt: str(folder / name) for fmt, name in zip(("checkpoint", "onnx", "torchscript", "report"),
                                                                       NAMES)}
     assert dialog.status_label.text().startswith("Written:") and dialog.progress_bar.value() == 100
+    qtbot.wait(50)  # every written path shows (the dialog kept its first size: two of four were hidden)
+    for label in (dialog.status_label, dialog.model_info):
+        assert label.height() >= label.heightForWidth(label.width()), label.text()
 
     source, exported = load_checkpoint(compressed), load_checkpoint(written["checkpoint"])
     assert exported.card.bit_widths == source.card.bit_widths

@@ -84,6 +84,7 @@ METRIC_PEN = (40, 110, 200)
 DASH = "—"
 # readout rows: key -> label (the metric row's label follows the checkpoint's task)
 READOUT_ROWS = (("bops", "BOPs"), ("params", "Parameters"), ("size", "Size"), ("metric", "Score"))
+NAME_COLUMN_MIN = 110  # px of the per-layer table's name column ('layer.8.conv2', 'encoder.stem.0.0')
 READOUT_COLUMNS = ("Before", "After", "Change")
 TABLE_HEADERS = ("Layer", "Channels\nkept", "W\nbits", "A\nbits", "BOPs\nbefore→after")
 TABLE_TIPS = ("Conv or linear layer (hover a name for its shape and MACs)",
@@ -471,6 +472,8 @@ class CompressionDock(JobDock):
         self._summary_path = path
         self.summary, self.summary_error, self.result = None, "", None
         self._clear_results()
+        self._set_status("")  # 'Done: 16.0x fewer BOPs' was the last checkpoint's run
+        self.progress_bar.setValue(0)
         self._update_export_button()
         if not path:
             self.model_info.setText("Choose a checkpoint file (.pt).")
@@ -691,9 +694,13 @@ class CompressionDock(JobDock):
         self.loss_curve.setData([], [])
         self.metric_curve.setData([], [])
         self.metric_plot.setTitle("Score", size="9pt")
+        for plot in (self.loss_plot, self.metric_plot):  # not the last run's ranges around empty curves
+            plot.enableAutoRange()
 
     def _set_readout(self, key: str, column: str, text: str) -> None:
-        self.readouts[(key, column)].setText(text)
+        label = self.readouts[(key, column)]
+        label.setText(text)
+        label.setMinimumWidth(label.sizeHint().width())  # a narrow dock widens to it, not cut it ('25.5x s')
 
     def _fill_totals(self, column: str, report: Dict[str, Any]) -> None:
         self._set_readout("bops", column, si(report["total_bops"]))
@@ -771,9 +778,20 @@ class CompressionDock(JobDock):
                                     f"{layer['out_channels']} channels, "
                                     f"{si(layer['macs'])} MACs")
                 self.layer_table.setItem(row, col, item)
+        self._keep_names_readable()
         self._plot_bars([layer["bops"] for layer in rows] if before is not None else None,
                         [after_by_name.get(layer["name"], {}).get("bops", 0) for layer in rows]
                         if after is not None else None)
+
+    def _keep_names_readable(self) -> None:
+        """The table asks for room for NAME_COLUMN_MIN px of layer names beside its figures: the names took what
+        the figures left, 36 px at a usual dock width ('…0', '…1')."""
+        table = self.layer_table
+        figures = sum(max(table.sizeHintForColumn(col), table.horizontalHeader().sectionSizeHint(col))
+                      for col in range(1, table.columnCount()))
+        chrome = table.verticalHeader().sizeHint().width() + table.frameWidth() * 2 + \
+            table.verticalScrollBar().sizeHint().width()
+        table.setMinimumWidth(figures + NAME_COLUMN_MIN + chrome)
 
     def _plot_bars(self, before: Optional[Sequence[float]], after: Optional[Sequence[float]]) -> None:
         """log10 BOPs per layer, before (left) and after (right) of each row's position."""

@@ -423,7 +423,18 @@ class ExportDialog(QDialog):
         self.status_label.setStyleSheet(ERROR_STYLE)
         self.status_label.setText("Not exported: " + first)
         self.progress_bar.setValue(0)
+        self._fit_height()
 
     def _set_status(self, text: str) -> None:
         self.status_label.setStyleSheet("")
         self.status_label.setText(text)
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        """Grow to show every line of the status (four written paths) and of the model summary: at the size
+        set once, wrapped labels were squeezed and overlapped, and two of the four paths were hidden."""
+        self.layout().activate()
+        needed = self.layout().totalHeightForWidth(self.width()) if self.layout().hasHeightForWidth() \
+            else self.sizeHint().height()
+        if needed > self.height():
+            self.resize(self.width(), needed)

@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsRasterLayer
 from qgis.gui import QgsCheckableComboBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtCore import QEvent, QObject, Qt, QTimer
 from qgis.PyQt.QtGui import QValidator
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -238,14 +238,35 @@ def double_spin_box(parent: QWidget, low: float, high: float, value: float, deci
     return spin
 
 
+class _FollowWidth(QObject):
+    """Keeps a scroll area at least as wide as its body's minimum size, whenever the body's layout changes."""
+
+    def __init__(self, scroll: QScrollArea, body: QWidget) -> None:
+        super().__init__(scroll)
+        self.scroll, self.body = scroll, body
+
+    def fit(self) -> None:
+        width = self.body.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width() + 4
+        if width != self.scroll.minimumWidth():
+            self.scroll.setMinimumWidth(width)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        if event.type() == QEvent.LayoutRequest:
+            self.fit()
+        return False
+
+
 def scroll_body(owner: QWidget, body: QWidget) -> None:
     """Make `body` the scrollable content of `owner`, so a tall dock stays usable on a short screen."""
     scroll = QScrollArea(owner)
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.NoFrame)
     scroll.setWidget(body)
-    # a scroll area's own minimum width is tiny: without this, a narrow dock area clips the form's right edge
-    scroll.setMinimumWidth(body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4)
+    # a scroll area's own minimum width is tiny: without this, a narrow dock area clips the form's right edge;
+    # kept in step with the body, whose readouts widen after a run (a result's 'Change' column was cut)
+    follower = _FollowWidth(scroll, body)
+    follower.fit()
+    body.installEventFilter(follower)
     outer = QVBoxLayout(owner)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)
