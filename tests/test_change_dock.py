@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -101,8 +102,10 @@ def test_run_adds_one_styled_group_above_the_after_layer(method, qtbot, dock, le
     assert "F1" in text and f"{result.metrics['f1']:.3f}" in text and "Kappa" in text and "Uncertainty&nbsp;AUC" in text
     assert result.device.replace(" ", "&nbsp;") in text
     assert dock.histogram_data.sampled == 256 * 256 and dock.histogram_data.step == 1
-    labels = {name: dock.histogram_legend.getLabel(curve).text for name, curve in dock.histogram_curves.items()}
-    counts = {name: int(label.split("(")[1].split(" ")[0].replace(",", "")) for name, label in labels.items()}
+    legend = re.sub(r"<[^>]+>", "", dock.histogram_legend.text()).replace("&nbsp;", " ")
+    counts = {name: int(number.replace(",", "")) for name, number in re.findall(r"(unchanged|changed) \(([\d,]+) px\)",
+                                                                                  legend)}
+    assert set(counts) == {"unchanged", "changed"}
     assert sum(counts.values()) == 256 * 256 and counts["unchanged"] > 0
     assert counts["changed"] > 0 or method == "arcdnet"  # the two-iteration model may call nothing changed
     for name, curve in dock.histogram_curves.items():

@@ -74,6 +74,14 @@ def test_short_training_plots_every_epoch_and_emits_the_checkpoint(qtbot, dialog
     assert list(epochs) == [1, 2, 3] and len(losses) == 3 and len(f1) == 3
     assert all(loss > 0 for loss in losses) and all(0 <= v <= 1 for v in f1)
     assert [r["iteration"] for r in dialog.history] == [1, 2, 3]
+    from qgis.PyQt.QtGui import QImage, QPainter
+
+    painter = QPainter(QImage(10, 10, QImage.Format_ARGB32))
+    for plot in (dialog.loss_plot, dialog.f1_plot):  # whole epochs only (it ticked 1.2, 1.4, ...)
+        drawn = [text for _, _, text in plot.getAxis("bottom").generateDrawSpecs(painter)[2]]
+        assert drawn and all(float(text).is_integer() for text in drawn), drawn
+    assert {"0", "1"} <= {text for _, _, text in dialog.f1_plot.getAxis("left").generateDrawSpecs(painter)[2]}
+    painter.end()
     best_x, best_y = dialog.best_marker.getData()
     assert list(best_x) == [dialog.result.best_iteration] and list(best_y) == [dialog.result.best_f1]
     assert dialog.status_label.text().startswith(f"Best validation F1 {dialog.result.best_f1:.3f}")

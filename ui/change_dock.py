@@ -52,12 +52,14 @@ from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
 from .widgets import (BandChooser, checkpoint_widget, coding_combo, double_spin_box, folder_widget,
-                      follow_label_layer, label_field_combo, label_layer_combo, result_plot, scroll_body)
+                      follow_label_layer, label_field_combo, label_layer_combo, legend_mark, result_plot,
+                      scroll_body)
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
 CHANGED_PEN = (255, 26, 102)  # the change mask's colour (resources/styles/change_mask.qml)
 UNCHANGED_PEN = (90, 140, 200)
+HISTOGRAM_PENS = {"unchanged": UNCHANGED_PEN, "changed": CHANGED_PEN}
 METRIC_ROWS = (
     ("precision", "Precision"),
     ("recall", "Recall"),
@@ -245,9 +247,12 @@ class ChangeDetectionDock(JobDock):
         """The plot with its two curves, made once: pyqtgraph under QGIS's PyQt fails when items are removed."""
         plot = result_plot(self, "uncertainty", "share of pixels", 160)
         plot.setXRange(0, 1, padding=0.02)
-        self.histogram_legend = plot.addLegend(offset=(-10, 10), brush=pg.mkBrush(255, 255, 255, 210))
+        # the legend is a label under the plot: inside it, a narrow dock's legend covered the bars near 0
+        self.histogram_legend = QLabel(self)
+        self.histogram_legend.setWordWrap(True)
+        self.histogram_legend.setTextFormat(Qt.RichText)
         self.histogram_curves = {}
-        for name, colour in (("unchanged", UNCHANGED_PEN), ("changed", CHANGED_PEN)):
+        for name, colour in HISTOGRAM_PENS.items():
             curve = pg.PlotDataItem(stepMode="center", fillLevel=0, pen=pg.mkPen(colour, width=2),
                                     brush=pg.mkBrush(*colour, 70), name=name)
             plot.addItem(curve)
@@ -277,6 +282,7 @@ class ChangeDetectionDock(JobDock):
         result_layout = QVBoxLayout(results)
         result_layout.addWidget(self.metrics_label)
         result_layout.addWidget(self.histogram, 1)
+        result_layout.addWidget(self.histogram_legend)
         body = QWidget(self)
         layout = QVBoxLayout(body)
         layout.addLayout(inputs)
@@ -499,9 +505,9 @@ class ChangeDetectionDock(JobDock):
         self._set_status("")
 
     def _clear_histogram(self) -> None:
-        for name, curve in self.histogram_curves.items():
+        for curve in self.histogram_curves.values():
             curve.clear()
-            self.histogram_legend.getLabel(curve).setText(name)
+        self.histogram_legend.clear()
         self.histogram.setTitle(None)
 
     def _plot_histogram(self, histogram: Optional[UncertaintyHistogram]) -> None:
@@ -509,15 +515,18 @@ class ChangeDetectionDock(JobDock):
         self._clear_histogram()
         if histogram is None or not histogram.sampled:
             return
+        entries = []
         for name, counts in (("unchanged", histogram.unchanged), ("changed", histogram.changed)):
             total = int(counts.sum())
             share = counts / total if total else counts.astype(float)
             curve = self.histogram_curves[name]
             curve.setData(histogram.edges, share)
-            self.histogram_legend.getLabel(curve).setText(f"{name} ({total:,} px)")
-        self.histogram.setXRange(0, 1, padding=0.02)
+            entries.append(f"{legend_mark(HISTOGRAM_PENS[name])}&nbsp;{name}&nbsp;({total:,}&nbsp;px)")
+        self.histogram_legend.setText("&nbsp;&nbsp;&nbsp; ".join(entries))
+        # margins in axis units: pyqtgraph leaves out end labels that would stick out (0 and 1 were not drawn)
+        self.histogram.setXRange(-0.08, 1.08, padding=0)
         peak = max(float(curve.getData()[1].max()) for curve in self.histogram_curves.values())
-        self.histogram.setYRange(0, 1.4 * peak, padding=0)  # headroom: the legend sits above the bars
+        self.histogram.setYRange(-0.08 * peak, 1.1 * peak, padding=0)
         decimated = f" (1 in {histogram.step}×{histogram.step} px)" if histogram.step > 1 else ""
         self.histogram.setTitle(f"Uncertainty by class{decimated}", size="9pt")
 

@@ -7,6 +7,7 @@ only ever touched on the GUI thread.
 """
 from __future__ import annotations
 
+import math
 import os
 from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -163,7 +164,7 @@ class TrainChangeDialog(QDialog):
         self.log.setMaximumHeight(120)
         self.loss_plot, self.loss_curve = self._plot("Training loss", "loss", (200, 80, 40))
         self.f1_plot, self.f1_curve = self._plot("Validation F1 (★ = kept)", "F1", (40, 110, 200))
-        self.f1_plot.setYRange(0, 1, padding=0.02)
+        self.f1_plot.setYRange(-0.08, 1.08, padding=0)  # room for the 0 and 1 labels (else not drawn)
         self.best_marker = pg.ScatterPlotItem(symbol="star", size=16, pen=pg.mkPen("k"),
                                               brush=pg.mkBrush(255, 200, 0))
         self.f1_plot.addItem(self.best_marker)  # the epoch whose weights are kept
@@ -380,6 +381,9 @@ class TrainChangeDialog(QDialog):
         self.f1_curve.setData(epochs, [r["val_f1"] for r in self.history])
         best = [r for r in self.history if r["kept"]][-1]  # the trainer's choice (the last, when F1 cannot choose)
         self.best_marker.setData([best["epoch"]], [best["val_f1"]])
+        step = max(1, math.ceil(len(self.history) / 8))  # whole epochs (pyqtgraph ticked 1.2, 1.4, ...)
+        for plot in (self.loss_plot, self.f1_plot):
+            plot.getAxis("bottom").setTickSpacing(step, step)
         self.log.appendPlainText(
             f"epoch {int(record['epoch'])} (iteration {int(record['iteration'])}): loss {record['loss']:.4f}, "
             f"validation F1 {record['val_f1']:.3f}, IoU {record['val_iou']:.3f}, {record['seconds']:.0f} s"
