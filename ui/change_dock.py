@@ -25,7 +25,6 @@ import pyqtgraph as pg
 from qgis.core import (
     Qgis,
     QgsLayerTreeGroup,
-    QgsProject,
 )
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
