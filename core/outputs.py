@@ -35,12 +35,17 @@ def room_left(path: PathLike) -> str:
         return f"free space in {folder} unknown"
 
 
+def _first_line_without(exc: BaseException, path: PathLike, name: str) -> str:
+    """GDAL's message, first line, with the temporary file's path (GDAL names it) replaced by `name`."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.replace(f"{os.fspath(path)}: ", "").replace(os.fspath(path), name)
+
+
 def write_failed(path: PathLike, exc: BaseException, what: str) -> RSLabError:
     """The error for outputs GDAL could not write or read back (a full disk, mostly): it says `what` failed
     ("could not write the outputs") and the room left, not the name of a temporary file."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    first = first.replace(f"{os.fspath(path)}: ", "").replace(os.fspath(path), "the output")
-    return RSLabError(f"{what} ({first}); {room_left(path)}: is the disk full?")
+    return RSLabError(f"{what} ({_first_line_without(exc, path, 'the output')}); {room_left(path)}: "
+                      "is the disk full?")
 
 
 def check_complete(path: PathLike, final_name: str) -> None:
@@ -67,9 +72,9 @@ def check_complete(path: PathLike, final_name: str) -> None:
                         raise RuntimeError(f"block ({x}, {y}) of band {index} lies past the end of the file")
         ds = None
     except RuntimeError as exc:
-        detail = str(exc).splitlines()[0].replace(f"{os.fspath(path)}: ", "").replace(os.fspath(path), final_name)
-        raise RSLabError(f"{final_name} was not written completely ({detail}); "
-                         f"{room_left(path)}: is the disk full?") from exc
+        detail = _first_line_without(exc, path, final_name)
+        raise RSLabError(f"{final_name} was not written completely ({detail}); {room_left(path)}: "
+                         "is the disk full?") from exc
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:

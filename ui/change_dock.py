@@ -46,7 +46,8 @@ from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
 from . import task as tasks
-from .job_dock import JobDock, date_files, label_file, safe_name, scratch_folder, unused_stem, user_path
+from .job_dock import (JobDock, date_files, label_file, layer_file, safe_name, scratch_folder, unused_stem,
+                       user_path)
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
@@ -377,11 +378,10 @@ class ChangeDetectionDock(JobDock):
             self._check_colour_bands(names)
 
     def _check_colour_bands(self, names: List[str]) -> None:
-        layer = self.before_combo.currentLayer()
-        if layer is None or layer.providerType() != "gdal" or sorted(n.lower() for n in names) != sorted(COLOURS):
+        if sorted(n.lower() for n in names) != sorted(COLOURS):
             return
-        try:
-            colours = dict(zip(COLOURS, colour_bands(layer.source().split("|")[0]) or ()))
+        try:  # no file behind the layer, or one GDAL cannot read: nothing to check (running says why)
+            colours = dict(zip(COLOURS, colour_bands(layer_file(self.before_combo.currentLayer(), "before")) or ()))
         except RSLabError:
             return
         wanted = [colours[n.lower()] for n in names] if colours else []
