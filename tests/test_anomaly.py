@@ -641,22 +641,24 @@ def test_a_reference_covering_part_of_the_cube_scores_only_there(tmp_path, beach
 
 @pytest.mark.parametrize("method", ["rx", "lrx"])
 def test_the_last_passes_report_progress_and_stop_on_cancel(tmp_path, beach2, method):
-    """The score range and the false-alarm threshold read the whole score raster once or twice after scoring
-    without a progress report or a cancel check (a pause nobody could stop on a large image)."""
+    """The score range, the ROC against the reference and the false-alarm threshold read the whole score raster
+    once to three times after scoring without a progress report or a cancel check (a pause nobody could stop on
+    a large image)."""
     from rslab.core.errors import JobCancelled
 
-    cube, _ = beach2
+    cube, gt = beach2
     seen = []
     detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s.tif"), str(tmp_path / "m.tif")),
-                     AnomalyParams(method=method, false_alarm_rate=0.01),
+                     AnomalyParams(method=method, false_alarm_rate=0.01), reference=str(gt),
                      progress=lambda fraction, text: seen.append((fraction, text)))
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert {"value range", "the false-alarm threshold"} <= {text for _, text in seen}
-    for phase in ("value range", "the false-alarm threshold"):
+    phases = ("value range", "comparing the scores with the reference", "the false-alarm threshold")
+    assert set(phases) <= {text for _, text in seen}
+    for phase in phases:
         asked = []
         with pytest.raises(JobCancelled):
             detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "c.tif"), str(tmp_path / "cm.tif")),
-                             AnomalyParams(method=method, false_alarm_rate=0.01),
+                             AnomalyParams(method=method, false_alarm_rate=0.01), reference=str(gt),
                              progress=lambda fraction, text: asked.append(text), cancelled=lambda: phase in asked)
         assert not (tmp_path / "c.tif").exists() and not (tmp_path / "cm.tif").exists()
