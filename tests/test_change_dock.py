@@ -533,3 +533,14 @@ def test_the_readout_the_field_the_training_pair_and_the_group_order_follow_the_
     dock.open_training()  # opened again: on the dock's pair and reference now
     assert dock.train_dialog.label_layer.currentLayer() is layers[2]
     dock.train_dialog.close()
+
+
+def test_a_dock_at_its_least_width_shows_the_model_and_method_names(qtbot, dock, levir):
+    """A 300 px dock showed 'AR' of the shipped model's name beside Train… and 'AR-CDNet (d' as the method."""
+    dock.resize(300, 900)
+    dock.show()
+    qtbot.waitUntil(lambda: dock.width() == dock.minimumSizeHint().width())
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData("arcdnet"))
+    assert dock.model_combo.currentText().startswith("AR-CDNet, LEVIR")
+    for combo, shown in ((dock.model_combo, "AR-CDNet, LEVIR"), (dock.method_combo, "AR-CDNet (deep model)")):
+        assert combo.width() >= combo.fontMetrics().horizontalAdvance(shown) + 20  # + the arrow

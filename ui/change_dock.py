@@ -57,6 +57,7 @@ from .widgets import (BandChooser, checkpoint_widget, coding_combo, double_spin_
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
+COMBO_MIN_CHARACTERS = 9  # the Method and Model lists show at least this much of an entry at the dock's least width
 CHANGED_PEN = (255, 26, 102)  # the change mask's colour (resources/styles/change_mask.qml)
 UNCHANGED_PEN = (90, 140, 200)
 HISTOGRAM_PENS = {"unchanged": UNCHANGED_PEN, "changed": CHANGED_PEN}
@@ -230,6 +231,10 @@ class ChangeDetectionDock(JobDock):
                                              "trained on chosen bands checks them when selected)")
         self.model_combo = QComboBox(self)
         self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        # the dock's least width keeps this many characters of a model's name and the method legible (a 300 px
+        # dock showed 'AR' beside Train…); longer names show whole in the list and as a tooltip
+        for combo in (self.method_combo, self.model_combo):
+            combo.setMinimumContentsLength(COMBO_MIN_CHARACTERS)
         self.model_file = checkpoint_widget(self)
         self.train_button = QPushButton("Train…", self)
         self.train_button.setToolTip("Train an AR-CDNet model on your own change pairs")
