@@ -50,6 +50,19 @@ from processing.core.Processing import Processing  # noqa: E402
 Processing.initialize()
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Cancel the background tasks a test's dock left running (a checkpoint still being read) and wait for them:
+    a worker thread cut off by the interpreter's exit made Qt print 'Qt Concurrent has caught an exception'."""
+    import time
+
+    manager = QgsApplication.taskManager()
+    manager.cancelAll()
+    deadline = time.monotonic() + 30
+    while manager.countActiveTasks() and time.monotonic() < deadline:
+        _APP.processEvents()
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="session")
 def qapp():
     """pytest-qt's application is QGIS's application."""

@@ -11,7 +11,7 @@ from qgis.PyQt.QtCore import Qt
 import rslab
 from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
 from rslab.core.weights import SHIPPED, shipped_checkpoints
-from rslab.ui.compression_dock import CUSTOM_CHECKPOINT, DASH, CompressionDock, si
+from rslab.ui.compression_dock import CUSTOM_CHECKPOINT, DASH, TABLE_HEADERS, CompressionDock, si
 from rslab.ui.export_dialog import ExportDialog
 
 TIMEOUT_MS = 240_000  # two busy CPU cores
@@ -285,3 +285,12 @@ def test_the_plugin_menu_opens_the_panel_and_unloading_stops_its_run(qtbot, ifac
     finally:
         if plugin is not None:
             plugin.unload()
+
+
+def test_the_empty_layer_table_shows_its_name_header_whole(qtbot, dock):
+    """Before any checkpoint is read the name column took what the figures left: its header read '.aye'."""
+    dock.resize(300, 1000)
+    dock.show()
+    qtbot.wait(300)
+    header = dock.layer_table.horizontalHeader()
+    assert dock.layer_table.columnWidth(0) >= header.fontMetrics().horizontalAdvance(TABLE_HEADERS[0]) + 10

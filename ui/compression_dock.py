@@ -366,6 +366,7 @@ class CompressionDock(JobDock):
         header.setSectionResizeMode(0, QHeaderView.Stretch)  # the names take what the figures leave (elided)
         for col in range(1, len(TABLE_HEADERS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
+        self._keep_names_readable()  # also while empty: its 'Layer' header read '.aye' until a checkpoint was read
 
         self.chart = self._make_chart()
         self.loss_plot, self.loss_curve = self._curve_plot("Training loss", "loss", LOSS_PEN)
