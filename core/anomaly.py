@@ -44,6 +44,7 @@ from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
 from .outputs import PendingOutputs, check_output_paths, work_folder
 from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_label_window, read_window
+from .seeding import seeded_global_generator
 from .tiling import OutputSpec, TileSpec, partition, run_tiled
 
 METHODS = ("bsdm_rx", "rx", "lrx")
@@ -190,6 +191,13 @@ class RxScorer:
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         centred = pixels - self.mean
         return ((centred @ self.inverse) * centred).sum(axis=1)  # a plain einsum here is 13x slower
+
+
+def global_rx(pixels: np.ndarray) -> np.ndarray:
+    """Global RX scores of pixels held in memory (N, B), with the statistics scene_statistics gives by windows."""
+    mean = pixels.mean(axis=0)
+    centred = pixels - mean
+    return RxScorer(mean, centred.T @ centred / (len(pixels) - 1))(pixels)
 
 
 def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> None:
@@ -341,20 +349,18 @@ def train_bsdm(sample: np.ndarray, params: AnomalyParams, device,
     """
     import torch
 
-    from ..models.bsdm import T_FIXED, BSDMDenoiser, pixel_statistics, schedule
+    from ..models.bsdm import T_FIXED, BSDMDenoiser, fixed_noise_input, pixel_statistics
 
     precision = params.precision
     if precision == "auto":
         precision = "bfloat16" if native_bfloat16(device) else "float32"
-    torch.manual_seed(params.seed)
-    generator = torch.Generator().manual_seed(params.seed)
-    x = torch.from_numpy(sample)
-    noise = torch.randn(x.shape, generator=generator) * x.std() + x.mean()  # drawn once, reused at every step
-    sqrt_abar, gamma = schedule(T_FIXED)
-    x_t = (sqrt_abar * x + gamma * noise).to(device)
+    noise, x_t = fixed_noise_input(torch.from_numpy(sample), params.seed)  # drawn once, reused at every step
+    x_t = x_t.to(device)
     statistics = pixel_statistics(x_t)  # x_t is the same at every iteration, so are its per-pixel statistics
     noise = noise.to(device)
-    model = BSDMDenoiser(sample.shape[1]).to(device)
+    with seeded_global_generator(params.seed):  # the initial weights
+        model = BSDMDenoiser(sample.shape[1])
+    model.to(device)
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters instead of a loop over them
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, params.iterations, eta_min=1e-5)

@@ -34,6 +34,7 @@ from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import Confusion
 from .outputs import check_output_paths
+from .seeding import seeded_global_generator
 from .tiling import TileSpec, tile_grid
 
 TASK = "change_detection"
@@ -192,7 +193,6 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         # without bit widths) would not load: compression comes after fine-tuning
         raise RSLabError("the starting checkpoint is compressed (pruned and quantised); fine-tune its "
                          "full-precision model, then compress the result")
-    torch.manual_seed(params.seed)
     device = select_device()
     labels = ReferenceValues()
     waiting = monitor.sub(0.0, 0.0)  # the data is read before the first iteration: cancel checks, no progress
@@ -222,7 +222,8 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
                           f"{params.channels}) was not used")
     else:
         arguments = {"bands": band_count, "base": params.base, "channels": params.channels}
-        model = ArcdNet(**arguments)
+        with seeded_global_generator(params.seed):  # the initial weights
+            model = ArcdNet(**arguments)
         mean, std = default_normalisation(train_pairs, band_count)
     # crops hold the band means where either date is nodata, as detection feeds the model (fill_nodata)
     sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste, params.label_coding,

@@ -172,8 +172,6 @@ def compress_checkpoint(
 ) -> CompressResult:
     """Compress the checkpoint at `model_path` with `params.method`; write the result to `output_path`, and
     `result.report()` as JSON to `report_path` when given (both or neither: one commit)."""
-    import torch
-
     from .compression_tasks import task_for
     from .export import export_checkpoint
 
@@ -183,8 +181,7 @@ def compress_checkpoint(
     checkpoint = load_checkpoint(model_path)
     if checkpoint.card.compressed:
         raise RSLabError(f"{checkpoint.path} is already compressed; start from a full-precision checkpoint")
-    torch.manual_seed(params.seed)
-    model = build_model(checkpoint)
+    model = build_model(checkpoint)  # its weights are the checkpoint's: nothing random
     task = task_for(checkpoint, data_path, params.seed, **(task_options or {}))
     example = task.example_inputs()
     result = CompressResult(method=params.method, metric=task.metric, device="cpu", timings=monitor.timings)

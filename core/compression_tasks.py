@@ -233,29 +233,37 @@ class AnomalyTask(CompressionTask):
     def __init__(self, checkpoint: Checkpoint, data_path: str, seed: int = 0, rounds: int = 10) -> None:
         import torch
 
-        from ..models.bsdm import T_FIXED, schedule
+        from ..models.bsdm import T_FIXED, fixed_noise_input
 
-        cube, reference = self._read(data_path)
+        pixels, reference = self._read(data_path)  # the valid pixels (N, B), as detection reads the scene
         bands = int(checkpoint.card.arguments.get("bands", 0))
-        if cube.shape[0] != bands:
-            raise RSLabError(f"the denoiser was trained for {bands} bands; {os.path.basename(data_path)} has {cube.shape[0]}")
-        pixels = cube.reshape(bands, -1).T.astype(np.float64)
+        if pixels.shape[1] != bands:
+            raise RSLabError(f"the denoiser was trained for {bands} bands; {os.path.basename(data_path)} has "
+                             f"{pixels.shape[1]}{' good bands' if self.bad_band_note else ''}")
         lo, hi = float(pixels.min()), float(pixels.max())
         if hi <= lo:
             raise RSLabError("the scene is constant: there is nothing to score")
         x = torch.from_numpy(((pixels - lo) / (hi - lo)).astype(np.float32))
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(x.shape, generator=generator) * x.std() + x.mean()
-        sqrt_abar, gamma = schedule(T_FIXED)
-        self.x, self.noise, self.x_t = x, noise, sqrt_abar * x + gamma * noise
+        self.x = x
+        self.noise, self.x_t = fixed_noise_input(x, seed)
         self.step = torch.tensor(T_FIXED)
-        self.reference = None if reference is None else reference.reshape(-1) != 0
+        self.reference = reference
         self.rounds = rounds
         self.rng = np.random.default_rng(seed)
 
-    def _read(self, path: str):
-        from .raster_io import gdal_env, open_raster
+    def _read(self, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(valid pixels (N, B) in float64, their reference (N,) bool or None), read as detect_anomalies reads
+        a scene: bands the ENVI header flags bad left out, nodata and NaN pixels left out of everything.
+        (Read with every band and pixel, a scene with NaN nodata scored NaN and failed as 'diverged', and a
+        denoiser saved by detection on an ENVI scene with bad bands did not match its own scene.)"""
+        import tempfile
 
+        from rasterio.windows import Window
+
+        from .bands import good_band_view
+        from .raster_io import gdal_env, open_raster, read_window
+
+        self.bad_band_note: Optional[str] = None
         if not os.path.isfile(path):
             raise RSLabError(f"anomaly scene not found: {path}")
         if path.lower().endswith(".mat"):
@@ -265,17 +273,26 @@ class AnomalyTask(CompressionTask):
             if "data" not in variables:
                 raise RSLabError(f"{os.path.basename(path)} has no 'data' cube")
             cube = np.moveaxis(np.asarray(variables["data"]), -1, 0)
+            valid = np.isfinite(cube).all(axis=0)
             reference = variables.get("map")
+            if reference is not None and np.shape(reference) != valid.shape:
+                raise RSLabError(f"{os.path.basename(path)}'s 'map' is {np.shape(reference)}, its cube "
+                                 f"{valid.shape[0]} x {valid.shape[1]} pixels")
         else:
-            with gdal_env(), open_raster(path) as ds:
-                if ds.width * ds.height > self.MAX_PIXELS:
-                    raise RSLabError(f"the scene has {ds.width * ds.height} pixels; compression scores a scene of at most "
-                                     f"{self.MAX_PIXELS} in memory: clip it first")
-                cube = ds.read()
+            with tempfile.TemporaryDirectory(prefix="rslab-scene-") as workdir:
+                source, self.bad_band_note = good_band_view(path, workdir)
+                with gdal_env(), open_raster(source) as ds:
+                    if ds.width * ds.height > self.MAX_PIXELS:
+                        raise RSLabError(f"the scene has {ds.width * ds.height} pixels; compression scores a scene "
+                                         f"of at most {self.MAX_PIXELS} in memory: clip it first")
+                    cube, valid = read_window(ds, Window(0, 0, ds.width, ds.height))
             reference = None
         if cube.shape[1] * cube.shape[2] > self.MAX_PIXELS:
             raise RSLabError(f"the scene is larger than {self.MAX_PIXELS} pixels; clip it first")
-        return cube, reference
+        if not valid.any():
+            raise RSLabError(f"{os.path.basename(path)} has no valid pixel (every one is nodata or NaN)")
+        pixels = cube[:, valid].T.astype(np.float64)
+        return pixels, None if reference is None else np.asarray(reference)[valid] != 0
 
     def example_inputs(self) -> Tuple[Any, ...]:
         return (self.x[:1], self.step)
@@ -302,7 +319,7 @@ class AnomalyTask(CompressionTask):
         import torch.nn.functional as F
 
         from ..models.bsdm import suppress_background
-        from .anomaly import RxScorer
+        from .anomaly import global_rx
 
         was_training = model.training
         model.eval()
@@ -314,10 +331,7 @@ class AnomalyTask(CompressionTask):
         if self.reference is None or not self.reference.any() or self.reference.all():
             scores["auc"] = 100.0 * (1.0 - loss)
             return scores
-        mean = suppressed.mean(0)
-        centred = suppressed - mean
-        rx = RxScorer(mean, centred.T @ centred / len(centred))(suppressed)
-        scores["auc"] = 100.0 * rank_auc(rx, self.reference)
+        scores["auc"] = 100.0 * rank_auc(global_rx(suppressed), self.reference)
         return scores
 
 

@@ -94,6 +94,7 @@ from .errors import RSLabError
 from .job import JobMonitor
 from .quantization import (MAX_BITS, MIN_BITS, apply_bit_plan, calibrate_activations, is_quantised,
                            quantisable_layers)
+from .seeding import seeded_global_generator
 
 FIT_SAMPLE = 20_000  # weights the k-means centres are fitted on, at most
 LLOYD_ITERATIONS = 300  # upper bound; 1-D Lloyd usually stops (no point changes cluster) far sooner
@@ -531,8 +532,7 @@ def _compress(model: nn.Module, teacher: nn.Module, task: Any, params: GhostPara
 
     # 3. QAT with guided self-distillation
     generator = torch.Generator().manual_seed(params.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
+    with seeded_global_generator(params.seed):  # the projection heads' initial weights
         teaching = SelfTeaching(channels, params.projection_dim, generator=generator)
     optimiser, schedule = make_optimiser(model, teaching, params)
     student_capture = _Capture(model, points)

@@ -692,9 +692,8 @@ def compress_pic_pq(model: "nn.Module", task: "CompressionTask", params: PicPqPa
     steps) and {"phase", "step", "metric", "eval_loss"} after each evaluation
     (after fine-tuning and after QAT; metric = `task.metric` in percent).
     Raises RSLabError for a target the prunable layers cannot reach, JobCancelled on cancel.
+    Draws nothing from torch's global generator (its evolution and batches use their own generators).
     """
-    import torch
-
     from .bops import bops_ratio, count_bops
     from .quantization import apply_bit_plan, calibrate_activations, is_quantised, quantisable_layers
 
@@ -716,75 +715,73 @@ def compress_pic_pq(model: "nn.Module", task: "CompressionTask", params: PicPqPa
         ranges[key] = monitor.sub(start, start + w / total)
         start += w / total
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
-        monitor.step(0.0, "measuring the model")
-        before_report = count_bops(model, example)
-        stages = layer_stages(model)
-        l1_before = l1_masses(model)
-        shapes_before = _layer_shapes(model)
-        metrics: Dict[str, Dict[str, float]] = {}  # the float model is scored by the caller (core/compression.py)
+    monitor.step(0.0, "measuring the model")
+    before_report = count_bops(model, example)
+    stages = layer_stages(model)
+    l1_before = l1_masses(model)
+    shapes_before = _layer_shapes(model)
+    metrics: Dict[str, Dict[str, float]] = {}  # the float model is scored by the caller (core/compression.py)
 
-        evolution: Dict[str, Any] = {}
-        skipped: Dict[str, str] = {}
-        removal: Dict[str, List[int]] = {}
-        estimated = float(before_report.total_macs)
-        if prune:
-            t = time.perf_counter()
-            analysis = analyse_pruning(model, example)
-            skipped = analysis.skipped
-            if not analysis.groups:
-                raise RSLabError("this model has no channels PIC-PQ can prune safely; set the FLOPs reduction to 0 "
-                                 "to quantise it only")
-            reachable = max_reduction(analysis)
-            if params.flops_reduction > reachable + 1e-9:
-                raise RSLabError(f"at most {100 * reachable:.1f} % of this model's FLOPs can be pruned (every "
-                                 f"prunable layer keeping {int(100 * MIN_KEEP_FRACTION)} % of its filters); "
-                                 f"asked for {100 * params.flops_reduction:.1f} %")
-            timings["analysis"] = time.perf_counter() - t
-
-            t = time.perf_counter()
-            ranges["rank"].step(0.0, "filter property: feature map ranks")
-            fp = filter_property(model, task, analysis.scored_layers, params.rank_batches, params.rank_batch_size)
-            ranges["rank"].step(1.0, "filter property done")
-            timings["filter_property"] = time.perf_counter() - t
-
-            t = time.perf_counter()
-            fitness = _Fitness(model, task, example, params, ranges["evolution"])
-            a, b, evolution = _evolve(analysis, fp, fitness, params, ranges["evolution"], on_step)
-            evolution["a"], evolution["b"] = a, b
-            timings["evolution"] = time.perf_counter() - t
-
-            importance = group_importance(analysis, fp, a, b)
-            removal, estimated = select_channels(analysis, importance, params.flops_reduction)
-            prune_channels(model, example, removal)
-        l1_after = l1_masses(model)
-        bits, ratios = assign_bits(l1_before, l1_after, stages, params.max_bits, params.penalty)
-        pruned_report = count_bops(model, example)
-
-        if prune:
-            t = time.perf_counter()
-            _train(model, task, params.finetune_steps, params, ranges["finetune"], on_step, "finetune")
-            metrics["pruned"] = task.evaluate(model)
-            _report_metric(on_step, "finetune", params.finetune_steps, metrics["pruned"], task.metric)
-            timings["finetune"] = time.perf_counter() - t
+    evolution: Dict[str, Any] = {}
+    skipped: Dict[str, str] = {}
+    removal: Dict[str, List[int]] = {}
+    estimated = float(before_report.total_macs)
+    if prune:
+        t = time.perf_counter()
+        analysis = analyse_pruning(model, example)
+        skipped = analysis.skipped
+        if not analysis.groups:
+            raise RSLabError("this model has no channels PIC-PQ can prune safely; set the FLOPs reduction to 0 "
+                             "to quantise it only")
+        reachable = max_reduction(analysis)
+        if params.flops_reduction > reachable + 1e-9:
+            raise RSLabError(f"at most {100 * reachable:.1f} % of this model's FLOPs can be pruned (every "
+                             f"prunable layer keeping {int(100 * MIN_KEEP_FRACTION)} % of its filters); "
+                             f"asked for {100 * params.flops_reduction:.1f} %")
+        timings["analysis"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        qat = ranges["qat"]
-        act_steps = params.qat_steps // 2
-        apply_bit_plan(model, {n: {"weight": FULL_PRECISION, "activation": b} for n, b in bits.items()})
-        calibrate_activations(model, task.calibration_batches())
-        qat.step(2 / weights["qat"], "calibrated activation ranges")
-        _train(model, task, act_steps, params, qat.sub(2 / weights["qat"], (2 + act_steps) / weights["qat"]),
-               on_step, "qat_activations")
-        apply_bit_plan(model, {n: {"weight": b, "activation": b} for n, b in bits.items()})
-        _train(model, task, params.qat_steps - act_steps, params, qat.sub((2 + act_steps) / weights["qat"], 1.0),
-               on_step, "qat_full")
-        metrics["quantised"] = task.evaluate(model)
-        _report_metric(on_step, "qat_full", params.qat_steps, metrics["quantised"], task.metric)
-        timings["qat"] = time.perf_counter() - t
-        model.eval()
-        monitor.step(1.0, "PIC-PQ done")
+        ranges["rank"].step(0.0, "filter property: feature map ranks")
+        fp = filter_property(model, task, analysis.scored_layers, params.rank_batches, params.rank_batch_size)
+        ranges["rank"].step(1.0, "filter property done")
+        timings["filter_property"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        fitness = _Fitness(model, task, example, params, ranges["evolution"])
+        a, b, evolution = _evolve(analysis, fp, fitness, params, ranges["evolution"], on_step)
+        evolution["a"], evolution["b"] = a, b
+        timings["evolution"] = time.perf_counter() - t
+
+        importance = group_importance(analysis, fp, a, b)
+        removal, estimated = select_channels(analysis, importance, params.flops_reduction)
+        prune_channels(model, example, removal)
+    l1_after = l1_masses(model)
+    bits, ratios = assign_bits(l1_before, l1_after, stages, params.max_bits, params.penalty)
+    pruned_report = count_bops(model, example)
+
+    if prune:
+        t = time.perf_counter()
+        _train(model, task, params.finetune_steps, params, ranges["finetune"], on_step, "finetune")
+        metrics["pruned"] = task.evaluate(model)
+        _report_metric(on_step, "finetune", params.finetune_steps, metrics["pruned"], task.metric)
+        timings["finetune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    qat = ranges["qat"]
+    act_steps = params.qat_steps // 2
+    apply_bit_plan(model, {n: {"weight": FULL_PRECISION, "activation": b} for n, b in bits.items()})
+    calibrate_activations(model, task.calibration_batches())
+    qat.step(2 / weights["qat"], "calibrated activation ranges")
+    _train(model, task, act_steps, params, qat.sub(2 / weights["qat"], (2 + act_steps) / weights["qat"]),
+           on_step, "qat_activations")
+    apply_bit_plan(model, {n: {"weight": b, "activation": b} for n, b in bits.items()})
+    _train(model, task, params.qat_steps - act_steps, params, qat.sub((2 + act_steps) / weights["qat"], 1.0),
+           on_step, "qat_full")
+    metrics["quantised"] = task.evaluate(model)
+    _report_metric(on_step, "qat_full", params.qat_steps, metrics["quantised"], task.metric)
+    timings["qat"] = time.perf_counter() - t
+    model.eval()
+    monitor.step(1.0, "PIC-PQ done")
 
     after_report = count_bops(model, example)
     shapes_after = _layer_shapes(model)

@@ -41,6 +41,16 @@ def schedule(t: int = T_FIXED) -> Tuple[float, float]:
     return sqrt_abar, gamma
 
 
+def fixed_noise_input(x: Tensor, seed: int, t: int = T_FIXED) -> Tuple[Tensor, Tensor]:
+    """(N, x_t): BSDM's pseudo background noise, one draw from Normal(mean(x), std(x)) with the scene's global
+    scalars in x's shape, from its own generator (the same seed gives the same draw), and the noisy input
+    x_t = sqrt(abar_t) x + gamma_t N that training and fine-tuning feed at every step."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x.shape, generator=generator) * x.std() + x.mean()
+    sqrt_abar, gamma = schedule(t)
+    return noise, sqrt_abar * x + gamma * noise
+
+
 def sinusoidal_embedding(t: Tensor, dim: int = EMBED) -> Tensor:
     """Transformer-style sinusoidal embedding of integer steps t: (N,) -> (N, dim)."""
     half = dim // 2

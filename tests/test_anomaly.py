@@ -125,6 +125,40 @@ def test_bsdm_rx_is_deterministic_under_a_seed(tmp_path, beach2):
     assert other.device.startswith(("cpu", "cuda"))
 
 
+def test_a_seed_gives_the_same_denoiser_while_another_job_trains(beach2):
+    """torch's global generator, which gives a network's initial weights, is shared by every thread of QGIS: a
+    BSDM run beside another job that seeded and drew from it (another BSDM run, a training) trained another
+    denoiser from the same seed."""
+    import threading
+
+    from rslab.core.job import JobMonitor
+
+    cube, _ = beach2
+    sample = _training_sample(str(cube), *_cube_range(cube), 300, 100 * 100, np.random.default_rng(0))
+    cpu = torch.device("cpu")
+
+    def weights(seed):
+        model, _, _ = train_bsdm(sample, AnomalyParams(iterations=1, seed=seed, precision="float32"), cpu,
+                                 JobMonitor())
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    alone = weights(0)
+    stop = threading.Event()
+
+    def other_job():
+        while not stop.is_set():
+            weights(1)
+
+    thread = threading.Thread(target=other_job)
+    thread.start()
+    try:
+        beside = [weights(0) for _ in range(8)]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(torch.equal(w, alone) for w in beside)
+
+
 def test_bfloat16_training_follows_float32_on_a_real_scene(beach2):
     """Training in bfloat16 (autocast; the default where the hardware has it) tracks float32 closely."""
     from rslab.core.device import native_bfloat16
@@ -488,6 +522,46 @@ def test_bsdm_denoiser_compresses_and_runs_compressed(tmp_path, beach2, samples)
         compress_checkpoint(str(tmp_path / "bsdm.pt"), str(samples / "abu-beach-2.mat"), str(tmp_path / "p.pt"),
                             CompressParams(method="pic_pq", flops_reduction=0.3, epochs=0.02, batch_size=128))
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_a_denoiser_saved_by_detection_compresses_on_its_own_scene(tmp_path, beach2):
+    """Compression read the scene with every band and pixel: a scene with NaN nodata scored NaN and failed as
+    'diverged', and an ENVI scene with bad bands (bbl) did not match the denoiser detection saved from it."""
+    from rslab.core.checkpoint import build_model, load_checkpoint
+    from rslab.core.compression import CompressParams, compress_checkpoint
+    from rslab.core.compression_tasks import task_for
+
+    cube, _ = beach2
+
+    def with_nan(data):
+        data = data.astype(np.float32)
+        data[:, :, :3] = np.nan
+        return data
+
+    nan_scene = _copy(cube, tmp_path / "nan.tif", with_nan, "float32", float("nan"))
+    with rasterio.open(cube) as src:
+        data = src.read()
+    envi = str(tmp_path / "scene.img")
+    with rasterio.open(envi, "w", driver="ENVI", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype) as dst:
+        dst.write(data)
+    flags = ["1"] * data.shape[0]
+    flags[5] = flags[6] = "0"
+    with open(tmp_path / "scene.hdr", "a") as header:
+        header.write("bbl = {" + ", ".join(flags) + "}\n")
+    for scene, pixels, bands in ((nan_scene, 100 * 97, data.shape[0]), (envi, 100 * 100, data.shape[0] - 2)):
+        model = str(tmp_path / f"{os.path.basename(scene)}.pt")
+        detect_anomalies(scene, AnomalyOutputs(str(tmp_path / f"{os.path.basename(scene)}_s.tif"), model=model),
+                         AnomalyParams(method="bsdm_rx", iterations=3))
+        checkpoint = load_checkpoint(model)
+        task = task_for(checkpoint, scene)
+        assert tuple(task.x.shape) == (pixels, bands) and torch.isfinite(task.x).all()
+        assert float(task.x.min()) == 0.0 and float(task.x.max()) == 1.0
+        assert np.isfinite(task.evaluate(build_model(checkpoint))["loss"])
+        result = compress_checkpoint(model, scene, str(tmp_path / f"{os.path.basename(scene)}_small.pt"),
+                                     CompressParams(method="pic_pq", flops_reduction=0.0, max_bits=(8,), epochs=0.01,
+                                                    generations=1, batch_size=128))
+        assert np.isfinite(result.scores_after["loss"])
 
 
 def test_rx_says_when_the_covariance_rests_on_few_pixels_per_band(tmp_path, shared_data, beach2):

@@ -241,8 +241,11 @@ def test_compress_resnet20_end_to_end(cifar, tmp_path):
     untouched = copy.deepcopy(model.state_dict())
     progress, steps = [], []
     params = PicPqParams(flops_reduction=0.5, **TINY)
+    global_state = torch.random.get_rng_state()
     compressed, details = compress_pic_pq(model, task, params, JobMonitor(lambda f, m: progress.append(f)),
                                           steps.append)
+    # nothing drawn from torch's process-wide generator, which other jobs of the QGIS process share
+    assert torch.equal(torch.random.get_rng_state(), global_state)
     json.dumps(details)
     example = task.example_inputs()
     before, after = count_bops(model, example), count_bops(compressed, example)
