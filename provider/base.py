@@ -21,6 +21,7 @@ from qgis.PyQt.QtGui import QIcon
 from ..core.change_labels import burn_labels
 from ..core.dependencies import missing_package_message
 from ..core.errors import JobCancelled, RSLabError
+from ..ui.layers import layer_file
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 STYLE_DIR = PLUGIN_DIR / "resources" / "styles"
@@ -136,19 +137,15 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         to a model's next step as it is."""
         return os.path.expanduser(self.parameterAsFileOutput(parameters, name, context) or "")
 
-    def raster_path(self, parameters, name: str, context, optional: bool = False):
-        """The file behind a raster layer parameter; RSLabError if the layer is not a local file."""
+    def raster_path(self, parameters, name: str, context, optional: bool = False) -> Optional[str]:
+        """The file behind a raster layer parameter; RSLabError if the layer is not a local file (None for an
+        optional parameter left empty)."""
         layer = self.parameterAsRasterLayer(parameters, name, context)
         if layer is None:
             if optional:
                 return None
             raise RSLabError(f"{name}: no raster layer was given")
-        if layer.providerType() != "gdal":
-            raise RSLabError(
-                f"{name}: layer '{layer.name()}' is not a file GDAL reads (provider {layer.providerType()}); "
-                "export it to a GeoTIFF first"
-            )
-        return layer.source().split("|")[0]
+        return layer_file(layer, name)
 
     @staticmethod
     def given(parameters, name: str) -> bool:

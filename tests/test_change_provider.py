@@ -108,6 +108,22 @@ def test_detect_changes_with_loaded_layers_and_bad_input(tmp_path, samples, prov
     assert not (tmp_path / "bad.tif").exists()
 
 
+def test_a_raster_inside_a_zip_gets_the_docks_message(tmp_path, samples, provider):
+    """Processing passed '/vsizip/…' on to the engine, which said 'raster file not found' of a file QGIS reads."""
+    import zipfile
+
+    before, after, _ = _pair(samples)
+    with zipfile.ZipFile(tmp_path / "pair.zip", "w") as archive:
+        archive.write(before, "before.tif")
+        archive.write(after, "after.tif")
+    layers = [QgsRasterLayer(f"/vsizip/{tmp_path}/pair.zip/{name}.tif", name) for name in ("before", "after")]
+    assert all(layer.isValid() for layer in layers)
+    with pytest.raises(QgsProcessingException, match="BEFORE layer 'before' is not a raster file on disk"):
+        processing.run("rslab:detect_changes", {"BEFORE": layers[0], "AFTER": layers[1], "METHOD": 1,
+                                                "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
+    assert not (tmp_path / "c.tif").exists()
+
+
 def test_train_change_detector_processing_run(tmp_path, shared_data, provider):
     output = tmp_path / "model.pt"
     result = processing.run("rslab:train_change_detector", {

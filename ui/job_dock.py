@@ -25,23 +25,9 @@ from qgis.PyQt.QtWidgets import QProgressBar, QPushButton, QWidget
 from ..core.change_labels import burn_labels
 from ..core.errors import RSLabError
 from . import task as tasks
+from .layers import layer_file
 from .task import cancel_if_alive
 from .widgets import message_label, raster_combo
-
-
-def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
-    """The file behind a raster layer, or RSLabError saying why it cannot be used."""
-    if layer is None:
-        raise RSLabError(f"choose the {role} layer")
-    if layer.type() != QgsMapLayer.RasterLayer:
-        raise RSLabError(f"the {role} layer '{layer.name()}' is not a raster layer")
-    path = layer.source().split("|")[0]
-    if layer.providerType() != "gdal" or not os.path.isfile(path):
-        raise RSLabError(
-            f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
-            "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
-        )
-    return path
 
 
 def date_files(before: Optional[QgsMapLayer], after: Optional[QgsMapLayer]) -> Tuple[str, str]:

@@ -1,6 +1,7 @@
-"""Adding job outputs to the project as styled layers (main thread only)."""
+"""Reading project layers' files, and adding job outputs to the project as styled layers (main thread only)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
@@ -9,6 +10,7 @@ from qgis.core import (
     QgsColorRampShader,
     QgsContrastEnhancement,
     QgsLayerTreeGroup,
+    QgsMapLayer,
     QgsMultiBandColorRenderer,
     QgsProject,
     QgsRasterLayer,
@@ -32,6 +34,23 @@ class LayerSpec:
     style: Optional[str] = None
     kind: str = "raster"  # or "vector"
     opacity: Optional[float] = None
+
+
+def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
+    """The file behind a raster layer, or RSLabError saying why it cannot be used: the one check of the docks
+    and the Processing algorithms (Processing once passed a raster inside a .zip, '/vsizip/…', on to the
+    engine, which answered 'raster file not found')."""
+    if layer is None:
+        raise RSLabError(f"choose the {role} layer")
+    if layer.type() != QgsMapLayer.RasterLayer:
+        raise RSLabError(f"the {role} layer '{layer.name()}' is not a raster layer")
+    path = layer.source().split("|")[0]
+    if layer.providerType() != "gdal" or not os.path.isfile(path):
+        raise RSLabError(
+            f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
+            "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
+        )
+    return path
 
 
 def style_path(style: str) -> Path:
