@@ -587,7 +587,8 @@ def detect_anomalies(
     """Score every pixel of a hyperspectral raster for anomaly (higher = more anomalous)."""
     monitor = JobMonitor(progress, cancelled)
     check_output_paths({"scores raster": outputs.scores, "mask raster": outputs.mask, "report": outputs.report,
-                        "denoiser checkpoint": outputs.model}, {"input image": cube, "reference": reference},
+                        "denoiser checkpoint": outputs.model},
+                       {"input image": cube, "reference": reference, "denoiser read": params.model},
                        rasters=("scores raster", "mask raster"))
     info = raster_info(cube)
     if info.count < 2:

@@ -152,11 +152,13 @@ def parse_max_bits(text: str, name: str = "the maximum bits per stage") -> Tuple
     return bits
 
 
-def check_compression_outputs(model_path: str, output_path: str, report_path: Optional[str] = None) -> None:
-    """RSLabError, before any work, if an output names the checkpoint being compressed or the other output
-    (links and spellings resolved), or cannot be written where it is asked for."""
+def check_compression_outputs(model_path: str, output_path: str, report_path: Optional[str] = None,
+                              data_path: Optional[str] = None) -> None:
+    """RSLabError, before any work, if an output names the checkpoint being compressed, the data (or a file of
+    a data folder) or the other output (links and spellings resolved), or cannot be written where it is
+    asked for."""
     check_output_paths({"compressed checkpoint": output_path, "report": report_path},
-                       {"checkpoint being compressed": model_path})
+                       {"checkpoint being compressed": model_path, "data": data_path})
 
 
 def compress_checkpoint(
@@ -175,7 +177,7 @@ def compress_checkpoint(
     from .compression_tasks import task_for
     from .export import export_checkpoint
 
-    check_compression_outputs(model_path, output_path, report_path)
+    check_compression_outputs(model_path, output_path, report_path, data_path)
     monitor = JobMonitor(progress, cancelled)
     monitor.step(0.0, "reading the checkpoint and the data")
     checkpoint = load_checkpoint(model_path)

@@ -129,6 +129,15 @@ def check_output_paths(outputs: Mapping[str, Optional[PathLike]], inputs: Option
             if source_path and same_file(path, source_path):
                 raise RSLabError(f"the {what} would replace the {source} ({os.path.basename(source_path)}); "
                                  "give the output another name")
+            if source_path and os.path.isdir(source_path) and os.path.exists(path) and _inside(path, source_path):
+                raise RSLabError(f"the {what} would replace {os.path.basename(path)} in the {source} folder "
+                                 f"({os.path.basename(os.path.normpath(source_path))}); give the output another name")
+
+
+def _inside(path: PathLike, folder: PathLike) -> bool:
+    """Whether `path` lies somewhere under `folder` (links resolved)."""
+    real = Path(os.path.realpath(os.path.expanduser(path)))
+    return Path(os.path.realpath(os.path.expanduser(folder))) in real.parents
 
 
 def check_output_folder(path: PathLike, what: str = "output") -> None:

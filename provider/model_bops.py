@@ -56,15 +56,16 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
 
     def execute(self, parameters, context, feedback):
         from ..core.compression import model_bops_report
-        from ..core.outputs import PendingOutputs
+        from ..core.outputs import PendingOutputs, check_output_paths
 
         model = self.parameterAsFile(parameters, self.MODEL, context)
         if not model:
             raise RSLabError("MODEL: no checkpoint was given")
         mode = MODES[self.parameterAsEnum(parameters, self.MODE, context)]
         size = self.parameterAsInt(parameters, self.INPUT_SIZE, context) or None
-        report = model_bops_report(model, mode, size)
         output = self.output_file_path(parameters, self.OUTPUT_REPORT, context)
+        check_output_paths({"report": output}, {"checkpoint": model})
+        report = model_bops_report(model, mode, size)
         with PendingOutputs() as pending, open(pending.temp(output), "w") as handle:
             json.dump(report, handle, indent=1)
         feedback.pushInfo(f"{report['total_bops'] / 1e9:.3f} GBOPs, {report['total_macs'] / 1e6:.2f} M MACs, "

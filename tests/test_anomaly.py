@@ -524,6 +524,18 @@ def test_bsdm_denoiser_compresses_and_runs_compressed(tmp_path, beach2, samples)
     assert not (tmp_path / "p.pt").exists()
 
 
+def test_no_output_replaces_the_denoiser_read(tmp_path, beach2):
+    """A report named as the MODEL it read replaced the denoiser with JSON."""
+    cube, _ = beach2
+    model = tmp_path / "den.pt"
+    model.write_bytes(b"a denoiser")
+    for outputs in (AnomalyOutputs(str(tmp_path / "s.tif"), report=str(model)),
+                    AnomalyOutputs(str(tmp_path / "s.tif"), model=str(model))):
+        with pytest.raises(RSLabError, match="would replace the denoiser read"):
+            detect_anomalies(str(cube), outputs, AnomalyParams(method="bsdm_rx", model=str(model)))
+    assert model.read_bytes() == b"a denoiser" and not (tmp_path / "s.tif").exists()
+
+
 def test_a_denoiser_saved_by_detection_compresses_on_its_own_scene(tmp_path, beach2):
     """Compression read the scene with every band and pixel: a scene with NaN nodata scored NaN and failed as
     'diverged', and an ENVI scene with bad bands (bbl) did not match the denoiser detection saved from it."""

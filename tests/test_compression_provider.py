@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -109,6 +110,21 @@ def test_compress_model_refuses_to_write_over_its_source(tmp_path, samples, prov
             processing.run("rslab:compress_model", params)
         assert open(resnet_checkpoint, "rb").read() == original
         assert load_checkpoint(resnet_checkpoint).card.bit_widths is None
+
+
+def test_no_output_replaces_the_data_or_the_checkpoint_read(tmp_path, samples, provider, resnet_checkpoint):
+    """model_bops wrote its report over the checkpoint it read, and compress_model its outputs over the data."""
+    original = open(resnet_checkpoint, "rb").read()
+    with pytest.raises(QgsProcessingException, match="the report would replace the checkpoint"):
+        processing.run("rslab:model_bops", {"MODEL": resnet_checkpoint, "OUTPUT_REPORT": resnet_checkpoint})
+    assert open(resnet_checkpoint, "rb").read() == original
+    data = str(shutil.copy(samples / "cifar10_sample.npz", tmp_path / "data.npz"))
+    kept = open(data, "rb").read()
+    for output in ({"OUTPUT_MODEL": str(tmp_path / "c.pt"), "OUTPUT_REPORT": data}, {"OUTPUT_MODEL": data}):
+        with pytest.raises(QgsProcessingException, match="would replace the data"):
+            processing.run("rslab:compress_model", {"MODEL": resnet_checkpoint, "METHOD": 1, "DATA": data,
+                                                    "EPOCHS": 0.02, **output})
+        assert open(data, "rb").read() == kept and not (tmp_path / "c.pt").exists()
 
 
 def test_model_bops_input_size_has_a_ceiling(tmp_path, provider, resnet_checkpoint):

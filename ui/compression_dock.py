@@ -584,7 +584,7 @@ class CompressionDock(JobDock):
             raise RSLabError(f"{output} is a folder; give a file name for the compressed checkpoint")
         if not output.lower().endswith(".pt"):
             output += ".pt"
-        check_compression_outputs(path, output)
+        check_compression_outputs(path, output, data_path=data)
         return CompressRequest(model=path, data=data, output=output, params=params, on_step=on_step)
 
     def run(self) -> None:
