@@ -11,6 +11,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterFile,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
     QgsRasterLayer,
@@ -26,6 +27,16 @@ from ..ui.layers import layer_file
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 STYLE_DIR = PLUGIN_DIR / "resources" / "styles"
 ICON = PLUGIN_DIR / "resources" / "icons" / "rslab.svg"
+
+CHECKPOINT_FILTER = "RS Lab checkpoints (*.pt);;All files (*)"
+
+
+def checkpoint_parameter(name: str, description: str, optional: bool = False) -> QgsProcessingParameterFile:
+    """A checkpoint input: .pt offered first, any name taken (an `extension="pt"` input refused, with only
+    'Incorrect parameter value', a checkpoint the algorithms themselves had written as model.pth)."""
+    return QgsProcessingParameterFile(name, description, QgsProcessingParameterFile.File, "", None, optional,
+                                      CHECKPOINT_FILTER)
+
 
 # Post-processors must outlive the algorithm run that created them.
 _KEEP_ALIVE: List[QgsProcessingLayerPostProcessorInterface] = []

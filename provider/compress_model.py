@@ -14,7 +14,7 @@ from qgis.core import (
 from ..core.compression import parse_max_bits
 from ..core.errors import RSLabError
 from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
-from .base import RSLabAlgorithm, feedback_callbacks
+from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks
 
 METHODS = ("pic_pq", "ghost")
 
@@ -26,6 +26,7 @@ class CompressModelAlgorithm(RSLabAlgorithm):
     MODEL = "MODEL"
     METHOD = "METHOD"
     DATA = "DATA"
+    DATA_FOLDER = "DATA_FOLDER"
     FLOPS_REDUCTION = "FLOPS_REDUCTION"
     MAX_BITS = "MAX_BITS"
     PENALTY = "PENALTY"
@@ -50,9 +51,9 @@ class CompressModelAlgorithm(RSLabAlgorithm):
             "PENALTY factor), then fine-tunes and trains with quantisation. METHOD 1 ghost: per-layer bits from a "
             "k-means distortion threshold (at most the largest MAX_BITS value), then quantisation-aware training "
             "with the full-precision model as teacher (self-distillation with a learned switch). DATA: a .npz "
-            "of images (classification), a "
-            "folder with A/, B/, label/ (change detection: pairs the model was not trained on are scored), or an "
-            "ABU .mat scene / hyperspectral raster (BSDM denoiser). EPOCHS: training budget (an epoch is one "
+            "of images (classification), or an ABU .mat scene / hyperspectral raster (BSDM denoiser); "
+            "DATA_FOLDER instead, for change detection: a folder with A/, B/, label/ (pairs the model was not "
+            "trained on are scored). EPOCHS: training budget (an epoch is one "
             "pass over the images, or 100 iterations for tiled data). OUTPUT_MODEL: an RS Lab checkpoint with "
             "the bit widths in its model card, usable by the task tools (not MODEL itself). OUTPUT_REPORT: JSON "
             "with BOPs, size and scores before and after."
@@ -60,9 +61,14 @@ class CompressModelAlgorithm(RSLabAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         double, integer = QgsProcessingParameterNumber.Double, QgsProcessingParameterNumber.Integer
-        self.addParameter(QgsProcessingParameterFile(self.MODEL, "Checkpoint to compress", extension="pt"))
+        self.addParameter(checkpoint_parameter(self.MODEL, "Checkpoint to compress"))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
-        self.addParameter(QgsProcessingParameterFile(self.DATA, "Training / evaluation data (file or folder)"))
+        # two parameters: QGIS 3.22's file parameter takes files or folders, not both (a folder given as DATA
+        # was refused with 'Incorrect parameter value for DATA')
+        self.addParameter(QgsProcessingParameterFile(self.DATA, "Training / evaluation data file (.npz, .mat, raster)",
+                                                     optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.DATA_FOLDER, "…or data folder (change detection: A/, B/, "
+                                                     "label/)", QgsProcessingParameterFile.Folder, optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.FLOPS_REDUCTION,
                                                        f"FLOPs reduction (PIC-PQ, 0..{MAX_REDUCTION:g})",
                                                        double, 0.5, minValue=0.0, maxValue=MAX_REDUCTION))
@@ -97,16 +103,26 @@ class CompressModelAlgorithm(RSLabAlgorithm):
 
     def check_parameters(self, parameters, context) -> None:
         self.read_params(parameters, context)
+        self.data_path(parameters, context)
+
+    def data_path(self, parameters, context) -> str:
+        """DATA or DATA_FOLDER, whichever was given; RSLabError unless exactly one was."""
+        file = self.parameterAsFile(parameters, self.DATA, context)
+        folder = self.parameterAsFile(parameters, self.DATA_FOLDER, context)
+        if file and folder:
+            raise RSLabError("give DATA (a file) or DATA_FOLDER (a folder of change pairs), not both")
+        if not (file or folder):
+            raise RSLabError("DATA: no training / evaluation data was given (a file as DATA, or a folder of "
+                             "change pairs as DATA_FOLDER)")
+        return file or folder
 
     def execute(self, parameters, context, feedback):
         from ..core.compression import compress_checkpoint
 
         model = self.parameterAsFile(parameters, self.MODEL, context)
-        data = self.parameterAsFile(parameters, self.DATA, context)
         if not model:
             raise RSLabError("MODEL: no checkpoint was given")
-        if not data:
-            raise RSLabError("DATA: no training / evaluation data was given")
+        data = self.data_path(parameters, context)
         params = self.read_params(parameters, context)
         output = self.output_file_path(parameters, self.OUTPUT_MODEL, context)
         report_path = self.output_file_path(parameters, self.OUTPUT_REPORT, context)

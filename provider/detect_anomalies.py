@@ -13,7 +13,6 @@ from typing import Any, Dict, Optional
 from qgis.core import (
     QgsProcessingContext,
     QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -25,7 +24,7 @@ from qgis.PyQt.QtCore import QVariant
 from ..core.anomaly import (LRX_MAX_OUTER, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, check_anomaly_outputs,
                             detect_anomalies)
 from ..ui.layers import fit_score_stretch
-from .base import RSLabAlgorithm, StyleFromQml, feedback_callbacks
+from .base import RSLabAlgorithm, StyleFromQml, checkpoint_parameter, feedback_callbacks
 
 SCORES_STYLE = "anomaly_scores.qml"
 MASK_STYLE = "anomaly_mask.qml"
@@ -125,8 +124,8 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
                                                                   createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Report", "JSON files (*.json)",
                                                                 optional=True, createByDefault=True))
-        self.addParameter(QgsProcessingParameterFile(self.MODEL, "BSDM denoiser checkpoint (instead of training)",
-                                                     extension="pt", optional=True))
+        self.addParameter(checkpoint_parameter(self.MODEL, "BSDM denoiser checkpoint (instead of training)",
+                                               optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained BSDM denoiser",
                                                                 "RS Lab checkpoints (*.pt)", optional=True,
                                                                 createByDefault=False))

@@ -9,7 +9,6 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -19,7 +18,7 @@ from qgis.core import (
 from ..core.change_detection import METHODS, ChangeOutputs, ChangeParams, detect_changes
 from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.errors import RSLabError
-from .base import RSLabAlgorithm, feedback_callbacks
+from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks
 
 
 class DetectChangesAlgorithm(RSLabAlgorithm):
@@ -75,8 +74,8 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (all if none is chosen)", None, self.BEFORE,
                                                      optional=True, allowMultiple=True))
-        self.addParameter(QgsProcessingParameterFile(self.MODEL, "Model checkpoint (default weights if empty)",
-                                                     extension="pt", optional=True))
+        self.addParameter(checkpoint_parameter(self.MODEL, "Model checkpoint (default weights if empty)",
+                                               optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Threshold", QgsProcessingParameterNumber.Double,
                                                        defaultValue=0.5, minValue=0.01, maxValue=0.99))
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference change map", optional=True))

@@ -6,7 +6,6 @@ import json
 from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
 )
@@ -14,7 +13,7 @@ from qgis.core import (
 from ..core.bops import MODES
 from ..core.compression_tasks import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from ..core.errors import RSLabError
-from .base import RSLabAlgorithm
+from .base import RSLabAlgorithm, checkpoint_parameter
 
 
 class ModelBopsAlgorithm(RSLabAlgorithm):
@@ -44,7 +43,7 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFile(self.MODEL, "Checkpoint", extension="pt"))
+        self.addParameter(checkpoint_parameter(self.MODEL, "Checkpoint"))
         self.addParameter(QgsProcessingParameterEnum(self.MODE, "Counting convention", options=list(MODES), defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.INPUT_SIZE, "Input size (pixels, 0 = task default)",
                                                        QgsProcessingParameterNumber.Integer, 0, minValue=0,

@@ -20,7 +20,7 @@ from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.change_training import TrainChangeParams, train_change_detector, training_inputs
 from ..core.errors import RSLabError
 from ..core.outputs import PendingOutputs, check_output_paths
-from .base import RSLabAlgorithm, feedback_callbacks
+from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks
 
 WIDTHS = [("narrow: encoder 32, decoder 32 (3.6 M parameters)", 32, 32),
           ("full: encoder 64, decoder 64 (paper, 14.3 M parameters)", 64, 64)]
@@ -102,8 +102,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
                                                        QgsProcessingParameterNumber.Double, 5e-4, minValue=1e-6, maxValue=0.5))
         self.addParameter(QgsProcessingParameterEnum(self.WIDTH, "Network width", options=[w[0] for w in WIDTHS],
                                                      defaultValue=0))
-        self.addParameter(QgsProcessingParameterFile(self.INIT_MODEL, "Start from checkpoint", extension="pt",
-                                                     optional=True))
+        self.addParameter(checkpoint_parameter(self.INIT_MODEL, "Start from checkpoint", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.SEED, "Random seed", integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Checkpoint", "RS Lab checkpoints (*.pt)"))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Training report",

@@ -127,6 +127,34 @@ def test_no_output_replaces_the_data_or_the_checkpoint_read(tmp_path, samples, p
         assert open(data, "rb").read() == kept and not (tmp_path / "c.pt").exists()
 
 
+def test_a_change_detector_compresses_on_a_data_folder(tmp_path, samples, provider):
+    """QGIS 3.22's file parameter refuses folders: the folder of change pairs the README promised was refused
+    as DATA ('Incorrect parameter value'); it goes in DATA_FOLDER, and the checkpoint's name need not end .pt."""
+    from rslab.core.change_data import IMAGENET_MEAN, IMAGENET_STD
+    from rslab.models.arcdnet import ArcdNet
+
+    folder = tmp_path / "pairs"
+    for sub in ("A", "B", "label"):
+        (folder / sub).mkdir(parents=True)
+        for name in ("p1", "p2"):
+            shutil.copy(samples / f"levir_test_7_{'label' if sub == 'label' else sub}.png", folder / sub / f"{name}.png")
+    card = ModelCard(task="change_detection", architecture="arcdnet", arguments={"bands": 3, "base": 8, "channels": 8},
+                     bands=["red", "green", "blue"], normalisation={"mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+    model = str(tmp_path / "small.pth")
+    save_checkpoint(model, ArcdNet(bands=3, base=8, channels=8).state_dict(), card)
+    params = {"MODEL": model, "METHOD": 1, "EPOCHS": 0.01, "MAX_BITS": "8", "OUTPUT_MODEL": str(tmp_path / "c.pt")}
+    result = processing.run("rslab:compress_model", dict(params, DATA_FOLDER=str(folder)))
+    assert load_checkpoint(result["OUTPUT_MODEL"]).card.bit_widths and result["BOPS_RATIO"] > 1
+    for data, message in (({}, "no training / evaluation data"),
+                          ({"DATA": str(samples / "cifar10_sample.npz"), "DATA_FOLDER": str(folder)}, "not both"),
+                          ({"DATA_FOLDER": str(folder), "OUTPUT_REPORT": str(folder / "A" / "p1.png")},
+                           "would replace p1.png in the data folder")):
+        with pytest.raises(QgsProcessingException, match=message):
+            processing.run("rslab:compress_model", dict(params, OUTPUT_MODEL=str(tmp_path / "d.pt"), **data))
+        assert not (tmp_path / "d.pt").exists()
+    assert (folder / "A" / "p1.png").read_bytes() == (samples / "levir_test_7_A.png").read_bytes()
+
+
 def test_model_bops_input_size_has_a_ceiling(tmp_path, provider, resnet_checkpoint):
     """A huge INPUT_SIZE is refused by Processing and by the core, from one constant, before torch allocates."""
     from qgis.core import QgsApplication
