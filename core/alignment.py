@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 from rasterio.warp import transform_bounds
 
 from .errors import RSLabError
+from .gdal_exceptions import gdal_exceptions
 from .raster_io import RasterInfo, raster_info, same_grid
 
 RESAMPLING = {"bilinear": "bilinear", "nearest": "near"}
@@ -77,28 +78,26 @@ def align_to(
     covered = overlap_fraction(reference, other)
     if covered <= 0:
         raise RSLabError(f"the two layers do not overlap: the {role} lies outside the first raster's extent")
-    from osgeo import gdal
-
-    gdal.UseExceptions()
     # a name of its own per call: the after image and the reference may share a file name in one work folder
     handle, vrt = tempfile.mkstemp(prefix=f"aligned_{os.path.splitext(os.path.basename(path))[0]}_", suffix=".vrt",
                                    dir=workdir)
     os.close(handle)
     left, bottom, right, top = _bounds(reference)
-    options = gdal.WarpOptions(
-        format="VRT",
-        outputBounds=(left, bottom, right, top),
-        width=reference.width,
-        height=reference.height,
-        dstSRS=reference.crs.to_wkt() if reference.crs is not None else None,
-        resampleAlg=RESAMPLING[resampling],
-        dstAlpha=True,
-        srcNodata="None" if labels and other.nodata == 0 else None,
-    )
-    try:
-        gdal.Warp(vrt, path, options=options)
-    except RuntimeError as exc:
-        raise RSLabError(f"could not resample the {role} onto the first raster's grid: {exc}") from exc
+    with gdal_exceptions() as gdal:
+        options = gdal.WarpOptions(
+            format="VRT",
+            outputBounds=(left, bottom, right, top),
+            width=reference.width,
+            height=reference.height,
+            dstSRS=reference.crs.to_wkt() if reference.crs is not None else None,
+            resampleAlg=RESAMPLING[resampling],
+            dstAlpha=True,
+            srcNodata="None" if labels and other.nodata == 0 else None,
+        )
+        try:
+            gdal.Warp(vrt, path, options=options)
+        except RuntimeError as exc:
+            raise RSLabError(f"could not resample the {role} onto the first raster's grid: {exc}") from exc
     note = (
         f"the {role} ({other.width} x {other.height}, {other.crs or 'no CRS'}) was resampled ({resampling}) onto "
         f"the first raster's grid ({reference.width} x {reference.height}, {reference.crs or 'no CRS'}); "

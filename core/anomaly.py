@@ -382,7 +382,8 @@ def train_bsdm(sample: np.ndarray, params: AnomalyParams, device,
 
 
 def save_denoiser(model, path: str, scene: str, lo: float, hi: float, params: AnomalyParams) -> None:
-    """Write a trained BSDM denoiser as an RS Lab checkpoint (for reuse on the scene, or compression)."""
+    """Write a trained BSDM denoiser as an RS Lab checkpoint (for reuse on the scene, or compression) to `path`,
+    a temporary name of the job's PendingOutputs."""
     from .checkpoint import ModelCard, save_checkpoint
 
     bands = model.bands
@@ -394,7 +395,7 @@ def save_denoiser(model, path: str, scene: str, lo: float, hi: float, params: An
                                                               "max_train_pixels": params.max_train_pixels}},
         description="BSDM background-suppression denoiser, trained on one scene (RS Lab)",
     )
-    save_checkpoint(path, model.state_dict(), card)
+    save_checkpoint(path, model.state_dict(), card, atomic=False)
 
 
 def load_denoiser(path: str, bands: int):
@@ -572,6 +573,10 @@ def check_anomaly_outputs(params: AnomalyParams, outputs: AnomalyOutputs) -> Non
     """RSLabError for outputs the parameters cannot give (a mask without a rate, a denoiser without BSDM)."""
     if outputs.model and params.method != "bsdm_rx":
         raise RSLabError(f"only bsdm_rx trains a denoiser to save; {params.method} has none")
+    if outputs.model and params.model:
+        # a copy would carry a card saying it was trained on this image, for 500 iterations
+        raise RSLabError(f"nothing is trained when a denoiser is given ({os.path.basename(params.model)}), so "
+                         "there is no denoiser to save: leave the denoiser output empty")
     if outputs.mask and params.false_alarm_rate is None:
         raise RSLabError("a mask output needs a false-alarm rate to threshold the scores at")
 

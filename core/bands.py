@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 from rasterio.enums import ColorInterp
 
 from .errors import RSLabError
+from .gdal_exceptions import gdal_exceptions
 from .raster_io import band_wavelengths, data_bands, gdal_env, open_raster
 
 # Red, green and blue light: the centres a true-colour view takes its bands nearest to, and how far
@@ -50,18 +51,16 @@ def band_subset(path: str, bands: Sequence[int], workdir: str, tag: str = "bands
 
     An alpha band of `path` comes along as the VRT's last band, so its transparent pixels stay nodata.
     """
-    from osgeo import gdal
-
     with gdal_env(), open_raster(path) as ds:
         alpha = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
-    gdal.UseExceptions()
     view = os.path.join(workdir, f"{tag}_{os.path.basename(path)}.vrt")
-    options = gdal.TranslateOptions(format="VRT", bandList=list(bands) + alpha[:1])
-    try:
-        gdal.Translate(view, path, options=options)
-    except RuntimeError as exc:
-        raise RSLabError(f"could not read bands {band_ranges(sorted(bands))} of {os.path.basename(path)}: "
-                         f"{exc}") from exc
+    with gdal_exceptions() as gdal:
+        options = gdal.TranslateOptions(format="VRT", bandList=list(bands) + alpha[:1])
+        try:
+            gdal.Translate(view, path, options=options)
+        except RuntimeError as exc:
+            raise RSLabError(f"could not read bands {band_ranges(sorted(bands))} of {os.path.basename(path)}: "
+                             f"{exc}") from exc
     return view
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from .errors import RSLabError
+from .gdal_exceptions import gdal_exceptions
 from .raster_io import gdal_env, open_raster, raster_info
 
 NO_CHANGE, CHANGE = 1, 2
@@ -81,10 +82,14 @@ def burn_labels(polygons: str, field: str, grid: str, output: str, layer_name: O
     RSLabError, with no output, for a field or values the coding cannot read, non-polygon features, a grid
     without georeferencing, or polygons that cover no pixel of the grid.
     """
+    with gdal_exceptions():
+        return _burn_labels(polygons, field, grid, output, layer_name)
+
+
+def _burn_labels(polygons: str, field: str, grid: str, output: str, layer_name: Optional[str]) -> BurntLabels:
     import numpy as np
     from osgeo import gdal, osr
 
-    gdal.UseExceptions()
     name = os.path.basename(polygons) + (f" ({layer_name})" if layer_name else "")
     info = raster_info(grid)
     if not info.georeferenced:

@@ -129,14 +129,18 @@ class Checkpoint:
     path: str = ""
 
 
-def save_checkpoint(path: str, state_dict: Mapping[str, Any], card: ModelCard) -> None:
-    """Write weights and card to `path` (atomically: a temporary file renamed on success)."""
+def save_checkpoint(path: str, state_dict: Mapping[str, Any], card: ModelCard, atomic: bool = True) -> None:
+    """Write weights and card to `path` (atomically: a temporary file renamed on success; `atomic=False` for a
+    path that is already a job's temporary name, which the job commits with its other outputs)."""
     import torch
 
     if not card.created:
         card.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     payload = {"format": FORMAT, "version": VERSION, "card": card.to_json(), "state_dict": tensors}
+    if not atomic:
+        torch.save(payload, path)
+        return
     with PendingOutputs() as pending:
         torch.save(payload, pending.temp(path))
 

@@ -16,7 +16,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Dict, Iterator, Mapping, Optional, Sequence, Type, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Type, Union
 
 from .errors import RSLabError
 
@@ -55,26 +55,41 @@ def check_complete(path: PathLike, final_name: str) -> None:
     (a disk that fills) raises nothing through rasterio: the job went on, and a truncated file was renamed
     into place as a result.
     """
-    from osgeo import gdal
+    from .gdal_exceptions import gdal_exceptions
 
-    gdal.UseExceptions()  # as everywhere in RS Lab (core/alignment.py, core/bands.py)
     size = os.path.getsize(path)
+    detail = None
     try:
-        ds = gdal.Open(os.fspath(path))
-        for index in range(1, ds.RasterCount + 1):
-            band = ds.GetRasterBand(index)
-            block_x, block_y = band.GetBlockSize()
-            for y in range((ds.RasterYSize + block_y - 1) // block_y):
-                for x in range((ds.RasterXSize + block_x - 1) // block_x):
-                    offset = band.GetMetadataItem(f"BLOCK_OFFSET_{x}_{y}", "TIFF")
-                    length = band.GetMetadataItem(f"BLOCK_SIZE_{x}_{y}", "TIFF")
-                    if offset and length and int(offset) + int(length) > size:
-                        raise RuntimeError(f"block ({x}, {y}) of band {index} lies past the end of the file")
-        ds = None
+        with gdal_exceptions() as gdal:
+            _check_blocks(gdal.Open(os.fspath(path)), size)
     except RuntimeError as exc:
         detail = _first_line_without(exc, path, final_name)
+    # raised here, not in the except clause: the RuntimeError's traceback (kept as the new error's context)
+    # held the open dataset, and the caller's deletion of the file met an open handle (Windows refuses it)
+    if detail is not None:
         raise RSLabError(f"{final_name} was not written completely ({detail}); {room_left(path)}: "
-                         "is the disk full?") from exc
+                         "is the disk full?")
+
+
+def _check_blocks(ds: Any, size: int) -> None:
+    """RuntimeError if a block of the open GeoTIFF `ds` lies past `size` bytes."""
+    for index in range(1, ds.RasterCount + 1):
+        band = ds.GetRasterBand(index)
+        block_x, block_y = band.GetBlockSize()
+        for y in range((ds.RasterYSize + block_y - 1) // block_y):
+            for x in range((ds.RasterXSize + block_x - 1) // block_x):
+                offset = band.GetMetadataItem(f"BLOCK_OFFSET_{x}_{y}", "TIFF")
+                length = band.GetMetadataItem(f"BLOCK_SIZE_{x}_{y}", "TIFF")
+                if offset and length and int(offset) + int(length) > size:
+                    raise RuntimeError(f"block ({x}, {y}) of band {index} lies past the end of the file")
+
+
+def _tiff_or_empty(path: Path) -> bool:
+    """Whether a file is a TIFF (or nothing at all): a report or a checkpoint named .tif is neither, and was
+    said not to be 'written completely: is the disk full?'."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return not head or head[:2] in (b"II", b"MM")
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:
@@ -192,8 +207,9 @@ class PendingOutputs:
         if not os.access(final.parent, os.W_OK):
             raise RSLabError(f"the output folder {final.parent} is not writable")
         # Keep the extension last so drivers that look at it still see it; a short name of its own, so a final
-        # name near the file system's 255-byte limit still has a temporary name
-        tmp = final.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:12]}{final.suffix[:16]}")
+        # name near the file system's 255-byte limit still has a temporary name; one without an extension gets
+        # one (torch.save refused a bare '.rslab-partial-…', after a whole training)
+        tmp = final.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:12]}{final.suffix[:16] or '.partial'}")
         self._pending[final] = tmp
         return str(tmp)
 
@@ -202,7 +218,7 @@ class PendingOutputs:
         for final, tmp in self._pending.items():
             if not tmp.exists():
                 raise RSLabError(f"internal error: {final.name} was never written")
-            if final.suffix.lower() in RASTER_SUFFIXES:
+            if final.suffix.lower() in RASTER_SUFFIXES and _tiff_or_empty(tmp):
                 check_complete(tmp, final.name)
         for final, tmp in self._pending.items():
             _remove_with_sidecars(final)

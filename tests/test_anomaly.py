@@ -489,6 +489,10 @@ def test_trained_denoiser_is_saved_and_reused(tmp_path, beach2):
     assert np.allclose(_scores(tmp_path / "a.tif"), _scores(tmp_path / "b.tif"), rtol=1e-5)
     with pytest.raises(RSLabError, match="only used by bsdm_rx"):
         AnomalyParams(method="rx", model=str(tmp_path / "bsdm.pt"))
+    with pytest.raises(RSLabError, match="nothing is trained when a denoiser is given"):
+        detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "c.tif"), model=str(tmp_path / "copy.pt")),
+                         AnomalyParams(method="bsdm_rx", model=str(tmp_path / "bsdm.pt")))
+    assert not (tmp_path / "copy.pt").exists()
     with pytest.raises(RSLabError, match="only bsdm_rx trains"):
         detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "c.tif"), model=str(tmp_path / "m.pt")),
                          AnomalyParams(method="rx"))

@@ -332,7 +332,59 @@ def test_a_geotiff_cut_short_is_not_renamed_into_place(tmp_path, keep):
             with open(temp, "r+b") as handle:
                 handle.truncate(int(os.path.getsize(temp) * keep))
     assert PARTIAL_PREFIX not in str(raised.value) and os.listdir(tmp_path) == []
+    # the check closed the file before the failed commit deleted it (the error's traceback held it open, and
+    # Windows does not delete an open file)
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [path for path in held if PARTIAL_PREFIX in path]
     with PendingOutputs() as pending:  # the same file whole: committed
         with rasterio.open(pending.temp(final), "w", **profile) as dst:
             dst.write(rng.random((1, 1024, 1024), dtype=np.float32))
     assert os.listdir(tmp_path) == ["change.tif"]
+
+
+def test_outputs_without_an_extension_or_not_rasters_named_tif_are_committed(tmp_path):
+    """A checkpoint named without an extension got the temporary name '.rslab-partial-…', which torch.save
+    refuses, after the whole job; a report or checkpoint named .tif was checked as a GeoTIFF and said to be
+    'not written completely: is the disk full?'."""
+    import torch
+
+    from rslab.core.outputs import PendingOutputs
+
+    with PendingOutputs() as pending:
+        torch.save({"w": torch.ones(2)}, pending.temp(tmp_path / "model"))
+        with open(pending.temp(tmp_path / "report.tif"), "w") as handle:
+            handle.write("{}")
+    assert sorted(os.listdir(tmp_path)) == ["model", "report.tif"]
+    assert torch.equal(torch.load(tmp_path / "model")["w"], torch.ones(2))
+
+
+def test_rs_lab_leaves_gdals_exception_setting_as_it_found_it(tmp_path, samples):
+    """gdal.UseExceptions() stayed on after the first job: another plugin's gdal.Open('missing.tif') raised
+    instead of returning None."""
+    from osgeo import gdal
+
+    from rslab.core.alignment import align_to
+    from rslab.core.bands import band_subset
+    from rslab.core.outputs import PendingOutputs
+    from rslab.core.raster_io import raster_info
+
+    before = gdal.GetUseExceptions()
+    gdal.DontUseExceptions()
+    try:
+        source = str(samples / "rasterio_RGB.byte.tif")
+        band_subset(source, [1, 2], str(tmp_path), "two")
+        with rasterio.open(source) as ds:
+            profile = dict(ds.profile, width=ds.width // 2, height=ds.height // 2,
+                           transform=ds.transform * ds.transform.scale(2, 2))
+        with rasterio.open(tmp_path / "coarse.tif", "w", **profile) as dst:
+            dst.write(np.ones((profile["count"], profile["height"], profile["width"]), np.uint8))
+        align_to(raster_info(source), str(tmp_path / "coarse.tif"), str(tmp_path), role="reference")
+        with PendingOutputs() as pending:
+            with rasterio.open(pending.temp(tmp_path / "out.tif"), "w", **profile) as dst:
+                dst.write(np.ones((profile["count"], profile["height"], profile["width"]), np.uint8))
+        assert gdal.GetUseExceptions() == 0
+        assert gdal.Open(str(tmp_path / "missing.tif")) is None
+    finally:
+        if before:
+            gdal.UseExceptions()
