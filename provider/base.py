@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -157,6 +158,17 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
                 return None
             raise RSLabError(f"{name}: no raster layer was given")
         return layer_file(layer, name)
+
+    def band_list(self, parameters, name: str, context) -> Optional[Tuple[int, ...]]:
+        """A multiple band parameter's bands in the order given (None when empty). Commas are read as QGIS
+        reads semicolons: its own parser took '3,2,1' (as the messages write band lists) for band 0."""
+        value = parameters.get(name)
+        if isinstance(value, str) and re.search(r"[,\s]", value.strip()):
+            parts = [part for part in re.split(r"[;,\s]+", value.strip()) if part]
+            if not all(part.isdigit() for part in parts):
+                raise RSLabError(f"{name}: '{value}' is not a list of band numbers (write 3,2,1 or 3;2;1)")
+            return tuple(int(part) for part in parts) or None
+        return tuple(self.parameterAsInts(parameters, name, context)) or None
 
     @staticmethod
     def given(parameters, name: str) -> bool:

@@ -101,7 +101,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             reference_coding=coding,
-            bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
+            bands=self.band_list(parameters, self.BANDS, context),
         )
 
     def check_parameters(self, parameters, context) -> None:

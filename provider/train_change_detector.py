@@ -120,7 +120,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             # burnt polygons are partial labels whatever LABEL_CODING says: 0 is where no polygon was drawn
             label_coding="partial" if burnt else list(CODINGS)[
                 self.parameterAsEnum(parameters, self.LABEL_CODING, context)],
-            bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
+            bands=self.band_list(parameters, self.BANDS, context),
         )
 
     def check_parameters(self, parameters, context) -> None:

@@ -91,6 +91,12 @@ def test_detect_changes_on_chosen_bands(tmp_path, change_copy, provider):
     processing.run("rslab:detect_changes", params)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["bands"] == [2, 3, 4, 8] and report["metrics"]["f1"] > 0.4  # all 13 bands: 0.001
+    # written as the messages write band lists (QGIS's own parser read '4,3,2' as band 0)
+    for text in ("4,3,2", "4, 3, 2", "4;3;2"):
+        processing.run("rslab:detect_changes", dict(params, BANDS=text, REFERENCE=None))
+        assert json.loads((tmp_path / "report.json").read_text())["bands"] == [4, 3, 2], text
+    with pytest.raises(QgsProcessingException, match="is not a list of band numbers"):
+        processing.run("rslab:detect_changes", dict(params, BANDS="4, three", OUTPUT_CHANGE=str(tmp_path / "no.tif")))
     with pytest.raises(QgsProcessingException, match="there is no band 14"):
         processing.run("rslab:detect_changes", dict(params, BANDS=[2, 14], OUTPUT_CHANGE=str(tmp_path / "no.tif")))
     assert not (tmp_path / "no.tif").exists()
