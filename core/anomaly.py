@@ -149,6 +149,11 @@ def _pixels(ds, window) -> Tuple[np.ndarray, np.ndarray]:
     return data.reshape(data.shape[0], -1).T.astype(np.float64), valid.ravel()
 
 
+def too_few_pixels(pixels: int, bands: int) -> RSLabError:
+    """The error for an image RX cannot score: its covariance needs more valid pixels than bands."""
+    return RSLabError(f"the image has {pixels} valid pixels but {bands} bands; RX needs more pixels than bands")
+
+
 def scene_statistics(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[np.ndarray, np.ndarray, int]:
     """Mean (B,) and covariance (B, B) over the valid pixels, accumulated by windows (shifted for stability)."""
     monitor = monitor or JobMonitor()
@@ -172,9 +177,7 @@ def scene_statistics(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[n
             outer += x.T @ x
             n += len(x)
     if n <= info.count:
-        raise RSLabError(
-            f"the image has {n} valid pixels but {info.count} bands; RX needs more pixels than bands"
-        )
+        raise too_few_pixels(n, info.count)
     mean_shifted = total / n
     cov = (outer - n * np.outer(mean_shifted, mean_shifted)) / (n - 1)
     return mean_shifted + shift, cov, n
@@ -609,7 +612,7 @@ def detect_anomalies(
         scores_path = pending.temp(outputs.scores)
         workdir = stack.enter_context(work_folder("rslab-anomaly-", need, os.path.dirname(scores_path), what))
         scene = cube
-        cube, note = good_band_view(scene, workdir)  # ENVI's bad band list: those bands are left out
+        cube, note = good_band_view(scene, workdir, monitor.check)  # bad (bbl) and empty bands left out
         if note:
             result.notes.append(note)
             info = raster_info(cube)
@@ -627,6 +630,8 @@ def detect_anomalies(
             result.device = describe_device(device)
             with monitor.timed("bsdm_train"):
                 lo, hi, valid_pixels = _value_range(cube)
+                if valid_pixels <= info.count:  # said before training, not after it when RX's statistics fail
+                    raise too_few_pixels(valid_pixels, info.count)
                 if params.model:
                     model = load_denoiser(params.model, info.count).to(device)
                     result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")

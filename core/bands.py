@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from rasterio.enums import ColorInterp
 
@@ -165,24 +165,72 @@ def check_bands(bands: Sequence[int], count: int, name: str) -> None:
         raise RSLabError(f"{name} has {count} bands; there is no band {', '.join(map(str, outside))}")
 
 
-def good_band_view(path: str, workdir: str) -> Tuple[str, Optional[str]]:
-    """(path to read, note): `path` itself when no band is flagged bad, else a VRT of its good bands.
+EMPTY_BAND_TILE = 256  # pixels a side of the windows empty_bands reads (400 float32 bands: 100 MB)
 
+
+def empty_bands(path: str, bands: Sequence[int], check: Callable[[], None] = lambda: None) -> List[int]:
+    """Those of `bands` that hold no valid value anywhere: NaN, or the band's nodata value, in every pixel.
+
+    Read by windows only until every band has shown a valid value, which is
+    normally in the first window; an empty band is read to the end (alone).
+    `check` is called before each window (a job's cancel check).
+    """
+    import numpy as np
+    from rasterio.windows import Window
+
+    pending = sorted(bands)
+    with gdal_env(), open_raster(path) as ds:
+        floating = np.issubdtype(np.dtype(ds.dtypes[0]), np.floating)
+        for row in range(0, ds.height, EMPTY_BAND_TILE):
+            for col in range(0, ds.width, EMPTY_BAND_TILE):
+                if not pending:
+                    return []
+                check()
+                window = Window(col, row, min(EMPTY_BAND_TILE, ds.width - col), min(EMPTY_BAND_TILE, ds.height - row))
+                valid = ds.read_masks(pending, window=window) > 0
+                if floating:
+                    valid &= np.isfinite(ds.read(pending, window=window))
+                seen = valid.reshape(len(pending), -1).any(axis=1)
+                pending = [band for band, shown in zip(pending, seen) if not shown]
+    return pending
+
+
+def good_band_view(path: str, workdir: str, check: Callable[[], None] = lambda: None) -> Tuple[str, Optional[str]]:
+    """(path to read, note): `path` itself when every band is good, else a VRT of its good bands (good_bands)."""
+    good, count, note = good_bands(path, check)
+    if note is None:
+        return path, None
+    return band_subset(path, good, workdir, "good_bands"), note
+
+
+def good_bands(path: str, check: Callable[[], None] = lambda: None) -> Tuple[List[int], int, Optional[str]]:
+    """(good bands, 1-based; the data band count; a note naming the others, None when all are good).
+
+    Good: the ENVI header's bad band list (bbl) does not flag it, and it holds a valid value somewhere (an
+    all-NaN band, a masked water-vapour band, made every pixel invalid: 'the image has 0 valid pixels').
     RSLabError when fewer than two good bands remain.
     """
-    flags = _good_flags(path)
+    with gdal_env(), open_raster(path) as ds:
+        count = len(data_bands(ds))
+    flags = _good_flags(path) or [True] * count
+    name = os.path.basename(path)
     good = [band for band, ok in enumerate(flags, start=1) if ok]
     bad = [band for band, ok in enumerate(flags, start=1) if not ok]
-    if not bad:
-        return path, None
-    count = len(flags)
-    name = os.path.basename(path)
+    empty = empty_bands(path, good, check)
+    good = [band for band in good if band not in empty]
+    notes = []
+    if bad:
+        notes.append(f"{len(bad)} of {name}'s {count} bands are flagged bad in its ENVI header (bbl) and were left "
+                     f"out: bands {band_ranges(bad)}")
+    if empty:
+        notes.append(f"{len(empty)} of {name}'s {count} bands hold no valid value (NaN or nodata in every pixel) "
+                     f"and were left out: band{'s' if len(empty) > 1 else ''} {band_ranges(empty)}")
+    if not notes:
+        return good, count, None
     if len(good) < 2:
-        raise RSLabError(f"{name}'s ENVI bad band list (bbl) flags {len(bad)} of its {count} bands; "
-                         f"{len(good)} good band is too few for anomaly detection")
-    return band_subset(path, good, workdir, "good_bands"), (
-        f"{len(bad)} of {name}'s {count} bands are flagged bad in its ENVI header (bbl) and were left out: "
-        f"bands {band_ranges(bad)}")
+        raise RSLabError(f"{'; '.join(notes).replace(' and were left out', '')}; {len(good)} good band is too few "
+                         "for anomaly detection")
+    return good, count, "; ".join(notes)
 
 
 def band_ranges(bands: List[int]) -> str:

@@ -428,6 +428,11 @@ def test_bad_inputs(tmp_path, beach2, samples):
         dst.write(data[:, :5, :5])
     with pytest.raises(RSLabError, match="more pixels than bands"):
         detect_anomalies(str(tiny), AnomalyOutputs(str(out / "s.tif")), AnomalyParams(method="rx"))
+    said = []  # BSDM + RX says so before training (it trained all its iterations first)
+    with pytest.raises(RSLabError, match="more pixels than bands"):
+        detect_anomalies(str(tiny), AnomalyOutputs(str(out / "s.tif")), AnomalyParams(method="bsdm_rx"),
+                         progress=lambda fraction, text: said.append(text))
+    assert not [text for text in said if text.startswith("BSDM iteration")]
     with pytest.raises(RSLabError, match="georeferencing"):
         detect_anomalies(str(cube), AnomalyOutputs(str(out / "s.tif")), AnomalyParams(method="rx"),
                          reference=str(samples / "rasterio_RGB.byte.tif"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -325,8 +326,29 @@ def test_pick_tool_and_a_canvas_in_another_crs(qtbot, dock, iface, project, beac
 
     assert dock.show_spectrum_at(to_canvas.transform(QgsPointXY(400000, 4650000))) is None
     assert "outside utm cube" in dock.status_label.text()
+    dock.show_spectrum_at(to_canvas.transform(map_point(cube, row, col)))
+    assert dock.status_label.text() == ""  # the miss's message stood under the next pixel's spectrum
     canvas.setMapTool(QgsMapToolPan(canvas))  # another tool: the toggle pops up
     assert not dock.pick_button.isChecked()
+
+
+def test_a_band_all_nodata_is_a_gap_in_the_spectra(qtbot, dock, project, beach2, tmp_path):
+    """A band at its nodata value everywhere (-9999 in an int16 cube) pressed both spectra flat at -9999, and an
+    all-NaN band made every pixel 'nodata'."""
+    with rasterio.open(beach2[0]) as src:
+        data, profile = src.read().astype(np.float32), src.profile
+    data[50] = np.nan
+    with rasterio.open(tmp_path / "nan_band.tif", "w", **dict(profile, dtype="float32", nodata=float("nan"))) as dst:
+        dst.write(data)
+    cube = add_raster(project, tmp_path / "nan_band.tif", "nan band")
+    dock.layer_combo.setLayer(cube)
+    row, col = 40, 60
+    with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
+        spectrum = dock.show_spectrum_at(map_point(cube, row, col))
+    assert spectrum is not None and np.isnan(spectrum[50])
+    assert np.array_equal(np.delete(spectrum, 50), np.delete(data[:, row, col], 50))
+    mean = dock.mean_curve.getData()[1]
+    assert np.isnan(mean[50]) and np.allclose(np.delete(mean, 50), np.delete(data, 50, axis=0).reshape(BANDS - 1, -1).mean(axis=1))
 
 
 def test_a_reference_on_a_finer_grid_scores_and_plots_as_on_the_image_grid(qtbot, dock, project, beach2, tmp_path):
@@ -553,3 +575,20 @@ def test_pick_pixel_after_the_canvas_is_gone_does_nothing(dock, iface, monkeypat
     dock._toggle_pick(False)
     dock._toggle_pick(True)
     assert dock.map_tool is None
+
+
+def test_another_image_picked_during_a_run_keeps_its_own_readout(qtbot, dock, scene, project, tmp_path):
+    """A run that ended while another image was picked put its readout above the other image's ROC curves."""
+    cube, reference = scene
+    choose(dock, cube, "rx", reference, output=tmp_path / "first")
+    click_run(qtbot, dock)
+    first = dock.metrics_label.text()
+    other = add_raster(project, shutil.copy(cube.source(), tmp_path / "other.tif"), "other")
+    choose(dock, other, "lrx", reference, output=tmp_path / "second")
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS):
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+        dock.layer_combo.setLayer(cube)  # picked while local RX runs on 'other'
+    assert dock.metrics_label.text() == first and list(dock.visible_roc_curves()) == ["rx"]
+    assert "a run on other: pick it to see its readout" in dock.status_label.text()
+    dock.layer_combo.setLayer(other)
+    assert "other" in dock.metrics_label.text() and list(dock.visible_roc_curves()) == ["lrx"]

@@ -1,4 +1,5 @@
-"""ENVI bad band lists (bbl): the flagged bands are left out of anomaly detection, on a real ABU scene."""
+"""Bad bands left out of anomaly detection, on a real ABU scene: those an ENVI bad band list (bbl) flags, and
+bands with no valid value at all."""
 from __future__ import annotations
 
 import os
@@ -91,6 +92,39 @@ def test_bsdm_trains_on_the_good_bands_and_too_few_good_bands_stop_cleanly(scene
     text = (scene["noisy"].with_suffix(".hdr")).read_text().split("bbl")[0]
     header.write_text(text + "bbl = {" + ", ".join(["1"] + ["0"] * (scene["bands"] - 1)) + "}\n")
     out = tmp_path / "out"
-    with pytest.raises(RSLabError, match=f"flags {scene['bands'] - 1} of its {scene['bands']} bands"):
+    with pytest.raises(RSLabError, match=f"{scene['bands'] - 1} of one.img's {scene['bands']} bands are flagged bad "
+                                         r"in its ENVI header \(bbl\): bands 2-193; 1 good band is too few"):
         detect_anomalies(str(tmp_path / "one.img"), AnomalyOutputs(scores=str(out / "s.tif")), AnomalyParams(method="rx"))
     assert not out.exists() or os.listdir(out) == []
+
+
+@pytest.mark.parametrize("nodata", [float("nan"), -9999.0])
+def test_a_band_with_no_valid_value_is_left_out_with_a_note(scene, tmp_path, nodata):
+    """One band NaN (or nodata) in every pixel, as a masked water-vapour band: every pixel was invalid, and RX
+    said 'the image has 0 valid pixels', BSDM 'the image is constant'."""
+    with rasterio.open(scene["cube"]) as src:
+        data = src.read().astype(np.float32)
+        profile = dict(src.profile, dtype="float32", nodata=nodata)
+    data[50] = nodata
+    path = tmp_path / "nan_band.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    with rasterio.open(tmp_path / "without.tif", "w", **dict(profile, count=len(data) - 1)) as dst:
+        dst.write(np.delete(data, 50, axis=0))
+    for method in ("rx", "bsdm_rx"):
+        params = AnomalyParams(method=method, iterations=2)
+        result = detect_anomalies(str(path), AnomalyOutputs(str(tmp_path / f"{method}.tif")), params,
+                                  reference=str(scene["gt"]))
+        assert result.bands == len(data) - 1
+        assert any("1 of nan_band.tif's 193 bands hold no valid value (NaN or nodata in every pixel) and were "
+                   "left out: band 51" in note for note in result.notes), result.notes
+        alone = detect_anomalies(str(tmp_path / "without.tif"), AnomalyOutputs(str(tmp_path / f"w_{method}.tif")),
+                                 params, reference=str(scene["gt"]))
+        assert result.metrics["auc_df"] == alone.metrics["auc_df"]
+    data[:] = nodata  # every band empty: a clear message, no output
+    data[0] = 1.0
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    with pytest.raises(RSLabError, match="192 of nan_band.tif's 193 bands hold no valid value .*: bands 2-193; 1 good band is too few"):
+        detect_anomalies(str(path), AnomalyOutputs(str(tmp_path / "none.tif")), AnomalyParams(method="rx"))
+    assert not (tmp_path / "none.tif").exists()

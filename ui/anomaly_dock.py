@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -58,11 +59,11 @@ from ..core.anomaly import (
     detect_anomalies,
     valid_summary,
 )
-from ..core.bands import bad_bands, true_colour_bands
+from ..core.bands import bad_bands, band_subset, good_bands, true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import Roc
-from ..core.raster_io import band_wavelengths, gdal_env, open_raster, read_window
+from ..core.raster_io import band_wavelengths, data_bands, gdal_env, open_raster
 from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
@@ -159,8 +160,14 @@ class AnomalyRequest:
 
 
 def scene_mean(cube: str, monitor: JobMonitor) -> np.ndarray:
-    """The scene mean spectrum of `cube` (valid pixels, by windows), with gaps at its bad bands."""
-    return gap_bad_bands(valid_summary(cube, monitor).mean, cube)
+    """The scene mean spectrum of `cube` over the pixels detection scores (valid in its good bands, by
+    windows), with gaps at the bands detection leaves out (core/bands.good_bands: flagged bad, or empty)."""
+    good, count, note = good_bands(cube, monitor.check)
+    mean = np.full(count, np.nan)
+    with tempfile.TemporaryDirectory(prefix="rslab-mean-") as workdir:
+        view = band_subset(cube, good, workdir, "good_bands") if note else cube
+        mean[np.asarray(good) - 1] = valid_summary(view, monitor).mean
+    return mean
 
 
 def mean_spectrum_job(cube: str) -> Callable[[Callable[[float, str], None], Callable[[], bool]], np.ndarray]:
@@ -180,8 +187,15 @@ def gap_bad_bands(values: np.ndarray, path: str) -> np.ndarray:
 
 
 def _pixel_values(ds, row: int, col: int) -> Optional[np.ndarray]:
-    data, valid = read_window(ds, Window(col, row, 1, 1))
-    return data[:, 0, 0].astype(np.float64) if valid[0, 0] else None
+    """One pixel's values with NaN at the bands where it is nodata (or NaN); None when every band is."""
+    window = Window(col, row, 1, 1)
+    bands = data_bands(ds)
+    values = ds.read(bands, window=window)[:, 0, 0].astype(np.float64)
+    valid = (ds.read_masks(bands, window=window)[:, 0, 0] > 0) & np.isfinite(values)
+    if not valid.any():
+        return None
+    values[~valid] = np.nan  # a gap in the plot: a band all nodata pressed the rest of the spectrum flat
+    return values
 
 
 def read_pixel(path: str, row: int, col: int) -> Optional[np.ndarray]:
@@ -257,6 +271,7 @@ class AnomalyDock(JobDock):
         self.result: Optional[AnomalyResult] = None
         self.group: Optional[QgsLayerTreeGroup] = None
         self.roc_runs: Dict[str, Dict[str, RocCurve]] = {}  # input layer id -> method -> latest ROC
+        self._pick_status = ""  # the status a pick that showed no spectrum set (see _pick_message)
         self._roc_reference: Dict[str, Optional[str]] = {}  # input layer id -> the reference its ROCs used
         self._scores: Dict[str, str] = {}  # input layer id -> latest score raster (for the picked pixel's score)
         self._metrics: Dict[str, str] = {}  # input layer id -> its latest run's readout (shown with that image)
@@ -484,9 +499,16 @@ class AnomalyDock(JobDock):
             self._remember_roc(request, run)
         self.progress_bar.setValue(100)
         self._metrics[request.layer_id] = self._metrics_text(run, request.layer_name)
+        # the readout and the ROC are the image's picked now (another image picked during the run showed this
+        # run's readout above its own curves); the status says where this run's results are
         self._show_roc_of_current_layer()
-        self.metrics_label.setText(self._metrics[request.layer_id])  # the run just ended (it names its image)
-        self._set_status(self._done_text(request.output_dir))
+        status = self._done_text(request.output_dir)
+        current = self.layer_combo.currentLayer()
+        if QgsProject.instance().mapLayer(request.layer_id) is None:
+            self.metrics_label.setText(self._metrics[request.layer_id])  # its image is gone: its readout (named)
+        elif current is None or current.id() != request.layer_id:
+            status += f" (a run on {request.layer_name}: pick it to see its readout)"
+        self._set_status(status)
         self.runFinished.emit(run.result, "")
 
     def _fail(self, error: str) -> None:
@@ -654,24 +676,32 @@ class AnomalyDock(JobDock):
         try:
             cell = pixel_at(layer, self._canvas_to_layer(point, layer))
         except RSLabError as exc:
-            self._set_status(str(exc))
+            self._pick_message(str(exc))
             return None
         if cell is None:
-            self._set_status(f"That point is outside {layer.name()}; click a pixel of the image.")
+            self._pick_message(f"That point is outside {layer.name()}; click a pixel of the image.")
             return None
         row, col = cell
         picked = read_spectrum(path, row, col)
         if picked is None:
-            self._set_status(f"Pixel (row {row}, column {col}) of {layer.name()} is nodata.")
+            self._pick_message(f"Pixel (row {row}, column {col}) of {layer.name()} is nodata.")
             self.pixel_curve.setData([], [])  # not the spectrum picked before, under this status
             self.spectrum_legend.setText("")
             return None
         spectrum, bands, axis_title = picked
+        if self._pick_status and self.status_label.text() == self._pick_status:
+            self._set_status("")  # an earlier pick's 'is nodata' stood under this pixel's spectrum
+        self._pick_status = ""
         self.spectrum_plot.setLabel("bottom", axis_title)
         self.pixel_curve.setData(bands, spectrum)
         self._plot_mean(path, bands)
         self.spectrum_legend.setText(self._spectrum_legend(layer, row, col))
         return spectrum
+
+    def _pick_message(self, text: str) -> None:
+        """Why a click showed no spectrum, in the status line (cleared by the next pick that shows one)."""
+        self._pick_status = text
+        self._set_status(text)
 
     def _spectrum_legend(self, layer: QgsRasterLayer, row: int, col: int) -> str:
         """'▬ pixel (row, col) of <layer> · score s   ▬ scene mean' (the score of the latest run on this layer)."""
