@@ -66,8 +66,8 @@ def read_mat_variables(path: str) -> Dict[str, Any]:
         raise RSLabError(f"MATLAB file not found: {path}")
     name = os.path.basename(path)
     with open(path, "rb") as handle:
-        head = handle.read(128)
-    if head[:8] == b"\x89HDF\r\n\x1a\n" or head[512:520] == b"\x89HDF\r\n\x1a\n" or b"MATLAB 7.3" in head:
+        head = handle.read(520)  # MATLAB v7.3 puts its HDF5 signature after a 512-byte user block
+    if head[:8] == b"\x89HDF\r\n\x1a\n" or head[512:520] == b"\x89HDF\r\n\x1a\n" or b"MATLAB 7.3" in head[:128]:
         return _read_hdf5_mat(path)
     if not head.startswith(b"MATLAB"):
         raise RSLabError(f"{name} is not a MATLAB .mat file")

@@ -343,6 +343,9 @@ def test_metrics_match_their_definitions(tmp_path, shared_data):
     exact = mannwhitneyu(scores[truth], scores[~truth]).statistic / (truth.sum() * (~truth).sum())
     assert auc.auc() == pytest.approx(exact, abs=1e-3)
     assert HistogramAUC().auc() is None
+    # counts of a 4e9-pixel class: the int64 products overflowed (an AUC of 1.2); the same shares, the same AUC
+    big = HistogramAUC(positives=auc.positives * 4_000_000, negatives=auc.negatives * 4_000_000)
+    assert big.positives.sum() > 3e9 and big.auc() == pytest.approx(auc.auc(), abs=1e-12)
 
 
 def test_otsu_and_validation_split(shared_data):

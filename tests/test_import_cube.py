@@ -223,3 +223,25 @@ def test_an_imported_cube_with_wavelengths_loads_in_true_colour(tmp_path, shared
         assert (plain.redBand(), plain.greenBand(), plain.blueBand()) == (1, 2, 3)
     finally:
         project.clear()
+
+
+@pytest.mark.parametrize("header", [b"MATLAB 7.3 MAT-file, Platform: GLNXA64", b""])
+def test_a_matlab_v73_file_is_read_through_hdf5(tmp_path, samples, header):
+    """MATLAB -v7.3 saves HDF5 after a 512-byte user block (its header text, or anything): a cube stored
+    column-major comes back H x W x B; int8 values are stored as int16, with a note."""
+    import h5py
+
+    scene = scipy.io.loadmat(samples / "abu-beach-2.mat")
+    cube, truth = scene["data"], scene["map"]
+    path = tmp_path / "v73.mat"
+    with h5py.File(path, "w", userblock_size=512) as handle:
+        handle["data"] = cube.transpose(2, 1, 0)  # MATLAB's column-major order, as HDF5 sees it
+        handle["map"] = truth.T.astype(np.int8)
+    with open(path, "r+b") as handle:
+        handle.write(header.ljust(128, b" "))
+    result = import_cube(str(path), str(tmp_path / "cube.tif"), str(tmp_path / "gt.tif"))
+    with rasterio.open(tmp_path / "cube.tif") as ds:
+        assert np.array_equal(ds.read(), np.moveaxis(cube, -1, 0))
+    with rasterio.open(tmp_path / "gt.tif") as ds:
+        assert ds.dtypes[0] == "int16" and np.array_equal(ds.read(1), truth)
+    assert "int8 stored as int16" in result.note
