@@ -21,6 +21,7 @@ from qgis.PyQt.QtCore import Qt
 
 from rslab.core.change_data import ChangePair, pairs_from_folder
 from rslab.core.change_training import TrainChangeParams, train_change_detector
+from rslab.core.outputs import check_output_paths
 from rslab.ui.change_dock import CUSTOM_CHECKPOINT, ChangeDetectionDock, output_paths, uncertainty_histogram
 
 PAIR = "test_2_0000_0000"
@@ -446,6 +447,11 @@ def test_output_names_never_overwrite(tmp_path):
     open(first.uncertainty, "w").close()
     second = output_paths(str(tmp_path), "before 2019", "after/2020")
     assert os.path.basename(second.change) == "before_2019_to_after_2020_2_change.tif"
+    # two Sentinel-2 product names: a 260-byte name the run then refused ('choose a shorter name')
+    product = "S2B_MSIL2A_20230615T103629_N0509_R008_T31UFQ_20230615T134716_B02_B03_B04_B08_10m_clipped_to_the_study_area"
+    long = output_paths(str(tmp_path), product, product.replace("2023", "2024"))
+    check_output_paths({"change": long.change, "uncertainty": long.uncertainty})
+    assert os.path.basename(long.change).startswith(product[:60])
 
 
 def test_the_shipped_compressed_detector_is_listed_and_runs(qtbot, dock, levir, project, tmp_path):

@@ -67,9 +67,13 @@ def label_file(layer: Optional[QgsMapLayer], field: str, grid: str, folder: str,
                         f"{burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} change pixels")
 
 
+SAFE_NAME_MAX = 80  # characters of a layer name kept in an output file name (two of them fit in one name)
+
+
 def safe_name(text: str) -> str:
-    """A layer name made safe to use in a file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "layer"
+    """A layer name made safe, and short enough, to use in a file name: two 120-character Sentinel-2 product
+    names made a 260-byte output name, and the run said 'choose a shorter name' of a name nobody chose."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.")[:SAFE_NAME_MAX].rstrip("_.") or "layer"
 
 
 def unused_stem(folder: str, stem: str, suffixes: Iterable[str]) -> str:
