@@ -22,13 +22,16 @@ def change_copy(shared_data, tmp_path):
     return copy
 
 
-def _pair(samples):
-    return (str(samples / "levir_test_7_A.png"), str(samples / "levir_test_7_B.png"),
-            str(samples / "levir_test_7_label.png"))
+def _pair(samples, tmp_path):
+    """Copies of the bundled LEVIR pair and label: QGIS writes .aux.xml statistics beside the rasters it opens
+    (they appeared in resources/samples)."""
+    folder = tmp_path / "inputs"
+    folder.mkdir(exist_ok=True)
+    return tuple(str(shutil.copy(samples / f"levir_test_7_{part}.png", folder)) for part in ("A", "B", "label"))
 
 
 def test_detect_changes_processing_run_with_reference(tmp_path, samples, provider, tiny_change_checkpoint):
-    before, after, label = _pair(samples)
+    before, after, label = _pair(samples, tmp_path)
     for method, model in ((1, None), (0, tiny_change_checkpoint)):
         out = tmp_path / str(method)
         params = {"BEFORE": before, "AFTER": after, "METHOD": method, "THRESHOLD": 0.5, "REFERENCE": label,
@@ -103,13 +106,13 @@ def test_detect_changes_on_chosen_bands(tmp_path, change_copy, provider):
 
 
 def test_detect_changes_with_loaded_layers_and_bad_input(tmp_path, samples, provider):
-    before, after, _ = _pair(samples)
+    before, after, _ = _pair(samples, tmp_path)
     b, a = QgsRasterLayer(before, "before"), QgsRasterLayer(after, "after")
     result = processing.run("rslab:detect_changes", {"BEFORE": b, "AFTER": a, "METHOD": 1,
                                                      "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
     assert os.path.exists(result["OUTPUT_CHANGE"])
     with pytest.raises(QgsProcessingException, match="bands"):
-        processing.run("rslab:detect_changes", {"BEFORE": before, "AFTER": str(samples / "stars_L7_ETMs.tif"),
+        processing.run("rslab:detect_changes", {"BEFORE": before, "AFTER": str(shutil.copy(samples / "stars_L7_ETMs.tif", tmp_path)),
                                                 "METHOD": 1, "OUTPUT_CHANGE": str(tmp_path / "bad.tif")})
     assert not (tmp_path / "bad.tif").exists()
 
@@ -118,7 +121,7 @@ def test_a_raster_inside_a_zip_gets_the_docks_message(tmp_path, samples, provide
     """Processing passed '/vsizip/…' on to the engine, which said 'raster file not found' of a file QGIS reads."""
     import zipfile
 
-    before, after, _ = _pair(samples)
+    before, after, _ = _pair(samples, tmp_path)
     with zipfile.ZipFile(tmp_path / "pair.zip", "w") as archive:
         archive.write(before, "before.tif")
         archive.write(after, "after.tif")
@@ -187,7 +190,7 @@ def test_train_change_detector_on_chosen_bands(tmp_path, shared_data, change_cop
 def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process, change_copy):
     """`qgis_process.bin run rslab:detect_changes -- BEFORE=... AFTER=...` with the plugin in a fresh profile."""
     run = qgis_process
-    before, after, label = _pair(samples)
+    before, after, label = _pair(samples, tmp_path)
     done = run("--json", "run", "rslab:detect_changes", "--", f"BEFORE={before}", f"AFTER={after}", "METHOD=0",
                f"REFERENCE={label}", f"OUTPUT_CHANGE={tmp_path / 'c.tif'}", f"OUTPUT_UNCERTAINTY={tmp_path / 'u.tif'}",
                f"OUTPUT_REPORT={tmp_path / 'r.json'}")
@@ -266,7 +269,7 @@ def test_loaded_outputs_named_with_a_tilde_are_styled_and_probability_spans_0_to
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    before, after, _ = (shutil.copy(path, tmp_path) for path in _pair(samples))  # QGIS writes .aux.xml beside
+    before, after, _ = _pair(samples, tmp_path)
     project = QgsProject.instance()
     project.clear()
     try:
@@ -288,13 +291,13 @@ def test_without_torch_ar_cdnet_says_what_to_install_and_cva_runs(tmp_path, samp
     """A zip install before 'Install missing packages': qgis_process printed a ModuleNotFoundError traceback."""
     import sys
 
-    before, after, _ = _pair(samples)
+    before, after, _ = _pair(samples, tmp_path)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as on a QGIS without it
     with pytest.raises(QgsProcessingException, match="^the Python package torch is not installed, and this job "
                                                      "needs it: install it with RS Lab > Diagnostics"):
         processing.run("rslab:detect_changes", {"BEFORE": before, "AFTER": after, "METHOD": 0,
                                                 "OUTPUT_CHANGE": str(tmp_path / "net.tif")})
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["inputs"]
     result = processing.run("rslab:detect_changes", {"BEFORE": before, "AFTER": after, "METHOD": 1,
                                                      "OUTPUT_CHANGE": str(tmp_path / "cva.tif")})
     assert os.path.exists(result["OUTPUT_CHANGE"])
