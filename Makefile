@@ -37,18 +37,22 @@ test: setup
 
 DEMO_PROFILE := build/qgis-demo-profile
 SAMPLES := resources/samples
+# where make demo writes (the test suite points it at a temporary folder); it reads copies of the bundled
+# pair there, since QGIS writes .aux.xml statistics beside the rasters it opens
+DEMO ?= demo
 
 demo: setup
-	rm -rf demo "$(DEMO_PROFILE)" && mkdir -p demo "$(DEMO_PROFILE)/profiles/default/python/plugins"
+	rm -rf "$(DEMO)" "$(DEMO_PROFILE)" && mkdir -p "$(DEMO)/inputs" "$(DEMO_PROFILE)/profiles/default/python/plugins"
+	cp $(SAMPLES)/levir_test_7_A.png $(SAMPLES)/levir_test_7_B.png $(SAMPLES)/levir_test_7_label.png "$(DEMO)/inputs"
 	ln -sfn "$(CURDIR)" "$(DEMO_PROFILE)/profiles/default/python/plugins/$(PLUGIN_NAME)"
 	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin plugins enable $(PLUGIN_NAME) >/dev/null
 	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin run rslab:detect_changes -- \
-	  BEFORE=$(SAMPLES)/levir_test_7_A.png AFTER=$(SAMPLES)/levir_test_7_B.png \
-	  REFERENCE=$(SAMPLES)/levir_test_7_label.png METHOD=0 THRESHOLD=0.5 \
-	  OUTPUT_CHANGE=demo/change.tif OUTPUT_PROBABILITY=demo/probability.tif \
-	  OUTPUT_UNCERTAINTY=demo/uncertainty.tif OUTPUT_REPORT=demo/report.json > demo/qgis_process.log
-	$(PY) scripts/quicklook.py $(SAMPLES)/levir_test_7_A.png $(SAMPLES)/levir_test_7_B.png \
-	  demo/change.tif demo/uncertainty.tif demo/quicklook.png --report demo/report.json
+	  BEFORE="$(DEMO)/inputs/levir_test_7_A.png" AFTER="$(DEMO)/inputs/levir_test_7_B.png" \
+	  REFERENCE="$(DEMO)/inputs/levir_test_7_label.png" METHOD=0 THRESHOLD=0.5 \
+	  OUTPUT_CHANGE="$(DEMO)/change.tif" OUTPUT_PROBABILITY="$(DEMO)/probability.tif" \
+	  OUTPUT_UNCERTAINTY="$(DEMO)/uncertainty.tif" OUTPUT_REPORT="$(DEMO)/report.json" > "$(DEMO)/qgis_process.log"
+	$(PY) scripts/quicklook.py "$(DEMO)/inputs/levir_test_7_A.png" "$(DEMO)/inputs/levir_test_7_B.png" \
+	  "$(DEMO)/change.tif" "$(DEMO)/uncertainty.tif" "$(DEMO)/quicklook.png" --report "$(DEMO)/report.json"
 
 bench: setup
 	$(PY) bench/tiling.py

@@ -12,10 +12,15 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_make_demo():
-    done = subprocess.run(["make", "-s", "demo"], cwd=REPO, capture_output=True, text=True, timeout=600)
+def test_make_demo(tmp_path):
+    """Written to a temporary folder (the checkout's demo/ may hold a person's own run); the bundled samples
+    get no .aux.xml files beside them."""
+    demo = tmp_path / "my demo"
+    samples = sorted(p.name for p in (REPO / "resources" / "samples").iterdir())
+    done = subprocess.run(["make", "-s", "demo", f"DEMO={demo}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    demo = REPO / "demo"
+    assert sorted(p.name for p in (REPO / "resources" / "samples").iterdir()) == samples
     report = json.loads((demo / "report.json").read_text())
     assert report["method"] == "arcdnet" and report["model"]["architecture"] == "arcdnet"
     assert report["model"]["path"].endswith("resources/weights/arcdnet_levir_dsifn.pt")
