@@ -160,6 +160,13 @@ def test_task_adapters_read_real_data(tmp_path, samples):
     assert images.shape == (8, 3, 32, 32) and labels.shape == (8,)
     scores = task.evaluate(build_model(checkpoint))
     assert 0 <= scores["accuracy"] <= 100 and scores["loss"] > 0
+    # the shipped ResNet-20 on the sample's 200 test images: 75.0 % (the README's compression panel figure);
+    # an untrained network guesses about one class in ten
+    from rslab.core.weights import default_checkpoint
+
+    shipped = load_checkpoint(default_checkpoint("classification"))
+    trained = ClassificationTask(shipped, str(samples / "cifar10_sample.npz")).evaluate(build_model(shipped))
+    assert trained["accuracy"] == pytest.approx(75.0, abs=1.0) and trained["loss"] < scores["loss"]  # 2 images: CPUs differ
     assert [t.shape for t in example_inputs_for(checkpoint.card)] == [(1, 3, 32, 32)]
     with pytest.raises(RSLabError, match="input size must be at most"):
         example_inputs_for(checkpoint.card, 10 ** 6)  # refused before torch tries to allocate 12 TB

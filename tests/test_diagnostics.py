@@ -172,3 +172,13 @@ def test_an_import_error_of_an_installed_package_is_not_called_missing():
     it was told 'torch is not installed', and the traceback that says what is wrong was dropped."""
     assert dependencies.missing_package_message(ImportError("cannot import name 'x' from 'torch'", name="torch")) is None
     assert dependencies.missing_package_message(ModuleNotFoundError("No module named 'torch.x'", name="torch.x")) is None
+
+
+@pytest.mark.parametrize("env, cores, expected", [("", 16, 15), ("", 2, 2), ("", 1, 1), ("3", 16, 3),
+                                                  ("zero", 8, 7), ("0", 8, 7)])
+def test_torch_threads_leave_a_core_to_qgis_unless_rslab_threads_says(monkeypatch, env, cores, expected):
+    from rslab.core.device import cpu_threads
+
+    monkeypatch.setenv("RSLAB_THREADS", env)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert cpu_threads() == expected
