@@ -345,6 +345,24 @@ def test_local_rx_and_false_alarm_mask(tmp_path, beach2):
                                                   "the mask is empty"]
 
 
+def test_local_rx_leaves_the_inner_guard_window_out_of_the_ring(beach2):
+    """Each pixel against the mean and covariance of the ring between its outer and inner windows, recomputed
+    pixel by pixel on four bands of a 15 x 15 crop of beach-2 (the whole image, at its edges)."""
+    cube, _ = beach2
+    with rasterio.open(cube) as src:
+        pixels = src.read([10, 60, 110, 160], window=((40, 55), (40, 55))).astype(np.float64)
+    inner, outer = 3, 7
+    scores = local_rx_tile(pixels, np.ones(pixels.shape[1:], bool), inner, outer)
+    for row, col in ((7, 7), (3, 10), (0, 0), (14, 5)):
+        ring = [(r, c) for r in range(row - 3, row + 4) for c in range(col - 3, col + 4)
+                if 0 <= r < 15 and 0 <= c < 15 and max(abs(r - row), abs(c - col)) > 1]
+        background = np.array([pixels[:, r, c] for r, c in ring])
+        cov = np.cov(background, rowvar=False, bias=True)
+        cov += np.eye(4) * 1e-6 * np.trace(cov) / 4
+        centred = pixels[:, row, col] - background.mean(axis=0)
+        assert scores[row, col] == pytest.approx(centred @ np.linalg.solve(cov, centred), rel=1e-6)
+
+
 def test_local_rx_with_an_outer_window_over_the_whole_image(tmp_path):
     """From every pixel the ring is then the rest of the image: the pixel against all others, and a note."""
     data = np.random.default_rng(1).random((4, 12, 12))
@@ -488,6 +506,19 @@ def test_trained_denoiser_is_saved_and_reused(tmp_path, beach2):
 
     card = read_card(str(tmp_path / "bsdm.pt"))
     assert card.task == "anomaly_detection" and card.arguments["bands"] == first.bands
+    # the scores are global RX on the cube after METHODS.md's ten suppression rounds, recomputed here in memory
+    from rslab.core.anomaly import global_rx
+    from rslab.core.checkpoint import build_model, load_checkpoint
+
+    model = build_model(load_checkpoint(str(tmp_path / "bsdm.pt"))).eval()
+    lo, hi = card.normalisation["min"][0], card.normalisation["max"][0]
+    with rasterio.open(cube) as ds:
+        pixels = ds.read().reshape(first.bands, -1).T.astype(np.float64)
+    with torch.inference_mode():
+        suppressed = suppress_background(model, torch.from_numpy(((pixels - lo) / (hi - lo)).astype(np.float32)),
+                                         rounds=10)
+    expected = global_rx(suppressed.double().numpy())
+    assert np.allclose(_scores(tmp_path / "a.tif").ravel(), expected, rtol=1e-4)
     again = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "b.tif")),
                              AnomalyParams(method="bsdm_rx", model=str(tmp_path / "bsdm.pt")), reference=str(gt))
     assert again.training_loss == [] and any("not trained" in n for n in again.notes)

@@ -112,8 +112,8 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     with rasterio.open(rx.outputs.scores) as ds:
         values = ds.read(1)
     low, high = np.percentile(values, [2, 99])  # the style's cumulative cut, fitted to these scores
-    assert renderer.classificationMin() == pytest.approx(low, rel=0.05)
-    assert renderer.classificationMax() == pytest.approx(high, rel=0.05)
+    assert renderer.classificationMin() == pytest.approx(low, rel=0.005)
+    assert renderer.classificationMax() == pytest.approx(high, rel=0.005)
 
     text = dock.metrics_label.text()
     assert f"AUC(D,F)&nbsp;<b>{rx.metrics['auc_df']:.4f}</b>" in text and rx.metrics["auc_df"] > 0.9

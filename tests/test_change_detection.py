@@ -59,6 +59,12 @@ def test_cva_on_a_real_pair_with_reference(tmp_path, shared_data):
     truth = _read(label)[0] > 0
     tp = int(((change == 1) & truth).sum())
     assert result.metrics["recall"] == pytest.approx(tp / truth.sum())
+    # the uncertainty's AUC for finding the wrongly classified pixels, against the rank statistic
+    from scipy.stats import mannwhitneyu
+
+    wrong = (change == 1) != truth
+    exact = mannwhitneyu(unc[wrong], unc[~wrong]).statistic / (wrong.sum() * (~wrong).sum())
+    assert result.metrics["uncertainty_auc"] == pytest.approx(exact, abs=2e-3) and exact > 0.5
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"] == "cva" and report["metrics"]["f1"] == pytest.approx(result.metrics["f1"])
     assert report["timings"]["detect"] > 0 and report["device"] == "cpu (numpy)"

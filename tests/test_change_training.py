@@ -396,3 +396,30 @@ def test_a_0_1_label_read_as_partial_gets_a_note(tmp_path):
     assert "the values of the training labels are 1 only" in coding_note(seen, "partial", "training labels")
     seen.present.add(2)
     assert coding_note(seen, "partial", "training labels") is None
+
+
+def test_the_checkpoint_saved_is_the_best_validated_not_the_last(nanjing, tmp_path, monkeypatch):
+    """Four validations scoring F1 0.2, 0.6, 0.4, 0.5: the weights of the second are saved, with its F1."""
+    import torch
+
+    from rslab.core import change_training
+    from rslab.core.checkpoint import load_checkpoint
+
+    f1s, states = iter([0.2, 0.6, 0.4, 0.5]), []
+    real = change_training.evaluate
+
+    def scripted(model, *args, **kwargs):  # the real validation, then a scripted F1
+        scores = dict(real(model, *args, **kwargs), f1=next(f1s), changed=True)
+        states.append({k: t.detach().clone() for k, t in model.state_dict().items()})
+        return scores
+
+    monkeypatch.setattr(change_training, "evaluate", scripted)
+    path = tmp_path / "best.pt"
+    result = train_change_detector([nanjing], [nanjing], str(path),
+                                   TrainChangeParams(**dict(TINY, iterations=4), label_coding="partial"))
+    assert (result.best_iteration, result.best_f1) == (2, 0.6)
+    assert [r["kept"] for r in result.history] == [True, True, False, False]
+    saved = load_checkpoint(str(path))
+    assert saved.card.metrics["best_iteration"] == 2 and saved.card.metrics["validation"]["f1"] == 0.6
+    assert all(torch.equal(saved.state_dict[k], v) for k, v in states[1].items())
+    assert not all(torch.equal(saved.state_dict[k], v) for k, v in states[3].items())  # the weights moved on

@@ -218,7 +218,7 @@ def test_an_imported_cube_with_wavelengths_loads_in_true_colour(tmp_path, shared
         assert red.contrastEnhancementAlgorithm() == QgsContrastEnhancement.StretchToMinimumMaximum
         with rasterio.open(muufl["OUTPUT_CUBE"]) as ds:
             low, high = np.percentile(ds.read(30), [2, 98])
-        assert red.minimumValue() == pytest.approx(low, rel=0.05) and red.maximumValue() == pytest.approx(high, rel=0.05)
+        assert red.minimumValue() == pytest.approx(low, rel=0.005) and red.maximumValue() == pytest.approx(high, rel=0.005)
         plain = loaded[abu["OUTPUT_CUBE"]].renderer()
         assert (plain.redBand(), plain.greenBand(), plain.blueBand()) == (1, 2, 3)
     finally:
