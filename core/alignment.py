@@ -50,8 +50,11 @@ def align_to(
     role: str = "second raster",
     resampling: str = "bilinear",
     labels: bool = False,
+    onto: str = "first raster",
 ) -> Tuple[str, Optional[str]]:
     """Return (path to read, note): `path` itself when it is on `reference`'s grid, else a warped VRT.
+
+    `role` and `onto` name the two rasters in messages ("the reference", "the image").
 
     `labels`: `path` is a label or reference raster, whose nodata value 0 is often only there to draw a 0/1
     mask's background transparent (raster_io.read_label_window reads such 0s as the label 0). The warp
@@ -62,22 +65,22 @@ def align_to(
     if same_grid(reference, other):
         return path, None
     if reference.georeferenced != other.georeferenced:
-        which = "the first raster" if not reference.georeferenced else f"the {role}"
+        which = f"the {onto}" if not reference.georeferenced else f"the {role}"
         raise RSLabError(
             f"{which} has no georeferencing while the other has; both must be georeferenced, "
             "or both plain images of the same size"
         )
     if not reference.georeferenced:
         raise RSLabError(
-            f"the {role} is {other.width} x {other.height} pixels but the first raster is "
+            f"the {role} is {other.width} x {other.height} pixels but the {onto} is "
             f"{reference.width} x {reference.height}; images without georeferencing must have the same size"
         )
     if (reference.crs is None) != (other.crs is None):
-        which = "the first raster" if reference.crs is None else f"the {role}"
+        which = f"the {onto}" if reference.crs is None else f"the {role}"
         raise RSLabError(f"only one of the two rasters has a CRS: {which} has none; set its CRS first")
     covered = overlap_fraction(reference, other)
     if covered <= 0:
-        raise RSLabError(f"the two layers do not overlap: the {role} lies outside the first raster's extent")
+        raise RSLabError(f"the two layers do not overlap: the {role} lies outside the {onto}'s extent")
     # a name of its own per call: the after image and the reference may share a file name in one work folder
     handle, vrt = tempfile.mkstemp(prefix=f"aligned_{os.path.splitext(os.path.basename(path))[0]}_", suffix=".vrt",
                                    dir=workdir)
@@ -97,10 +100,10 @@ def align_to(
         try:
             gdal.Warp(vrt, path, options=options)
         except RuntimeError as exc:
-            raise RSLabError(f"could not resample the {role} onto the first raster's grid: {exc}") from exc
+            raise RSLabError(f"could not resample the {role} onto the {onto}'s grid: {exc}") from exc
     note = (
         f"the {role} ({other.width} x {other.height}, {other.crs or 'no CRS'}) was resampled ({resampling}) onto "
-        f"the first raster's grid ({reference.width} x {reference.height}, {reference.crs or 'no CRS'}); "
+        f"the {onto}'s grid ({reference.width} x {reference.height}, {reference.crs or 'no CRS'}); "
         f"it covers {100 * covered:.0f} % of it"
     )
     return vrt, note

@@ -618,7 +618,8 @@ def detect_anomalies(
             info = raster_info(cube)
             result.bands = info.count
         if reference:  # on the cube's grid, or resampled onto it (nearest), or a clear error
-            reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest", labels=True)
+            reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest", labels=True,
+                                       onto="image")
             if note:
                 result.notes.append(note)
             note = reference_classes(reference)[2]

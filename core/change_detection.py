@@ -232,10 +232,10 @@ def _check_bands(before_bands: int, after_bands: int, checkpoint: Optional[Check
         if expected != used:
             names = ", ".join(checkpoint.card.bands) if checkpoint.card.bands else f"{expected} bands"
             what = f"{used} bands are chosen" if chosen else f"the images have {used}"
+            hint = trained_bands_hint(checkpoint.card)
             raise RSLabError(
-                f"the model was trained for {expected} bands ({names}) but {what}"
-                f"{trained_bands_hint(checkpoint.card)}; "
-                "or pick a model trained for these bands, train one, or use the CVA method"
+                f"the model was trained for {expected} bands ({names}) but {what}{hint}; "
+                f"{'or ' if hint else ''}pick a model trained for these bands, train one, or use the CVA method"
             )
 
 
@@ -267,13 +267,14 @@ def detect_changes(
             result.bands = list(params.bands)
             before = band_subset(before, params.bands, workdir, "before")
             after = band_subset(after, params.bands, workdir, "after")
-        after_path, note = align_to(info, after, workdir, role="after image", resampling="bilinear")
+        after_path, note = align_to(info, after, workdir, role="after image", resampling="bilinear",
+                                    onto="before image")
         if note:
             result.notes.append(note)
         reference_path = None
         if reference:
             reference_path, ref_note = align_to(info, reference, workdir, role="reference", resampling="nearest",
-                                              labels=True)
+                                              labels=True, onto="before image")
             if ref_note:
                 result.notes.append(ref_note)
             result.reference_coding = params.reference_coding

@@ -81,14 +81,15 @@ class ReferenceValues:
 
 
 def survey_reference(path: str, monitor: Optional[JobMonitor] = None, tile: int = 1024,
-                     seen: Optional[ReferenceValues] = None) -> ReferenceValues:
-    """The values of a one-band reference raster's valid pixels, by windows (added to `seen` when given)."""
+                     seen: Optional[ReferenceValues] = None, what: str = "reference") -> ReferenceValues:
+    """The values of a one-band reference (or `what`: "labels") raster's valid pixels, by windows (added to
+    `seen` when given)."""
     monitor = monitor or JobMonitor()
     seen = seen if seen is not None else ReferenceValues()
     with gdal_env(), open_raster(path) as ds:
         windows = partition(ds.height, ds.width, tile)
         for i, window in enumerate(windows):
-            monitor.step(i / len(windows), "reading the reference")
+            monitor.step(i / len(windows), f"reading the {what}")
             values, valid = read_label_window(ds, window)
             seen.update(values[valid])
     return seen

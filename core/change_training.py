@@ -197,7 +197,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
     labels = ReferenceValues()
     waiting = monitor.sub(0.0, 0.0)  # the data is read before the first iteration: cancel checks, no progress
     for label in dict.fromkeys(p.label for p in list(train_pairs) + list(val_pairs)):
-        survey_reference(label, waiting, seen=labels)
+        survey_reference(label, waiting, seen=labels, what="training labels")
     # stops on labels the coding cannot read, before any work
     note = coding_note(labels, params.label_coding, "training labels")
     band_count, _ = pair_shapes(train_pairs)

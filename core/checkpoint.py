@@ -145,6 +145,12 @@ def save_checkpoint(path: str, state_dict: Mapping[str, Any], card: ModelCard, a
         torch.save(payload, pending.temp(path))
 
 
+def _a(task: str) -> str:
+    """'a change detection', 'an anomaly detection': a task as a message names it."""
+    words = task.replace("_", " ")
+    return f"{'an' if words[:1] in 'aeiou' else 'a'} {words}"
+
+
 def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
     """Read a checkpoint safely; with `task`, refuse checkpoints of another task."""
     import pickle
@@ -177,7 +183,7 @@ def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
         )
     card = ModelCard.from_json(payload.get("card", ""))
     if task is not None and card.task != task:
-        raise RSLabError(f"{name} is a {card.task!r} checkpoint; this job needs a {task!r} model")
+        raise RSLabError(f"{name} is {_a(card.task)} checkpoint; this job needs {_a(task)} model")
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise RSLabError(f"{name} has no weights")

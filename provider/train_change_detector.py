@@ -70,7 +70,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "the band list shows the BEFORE image's bands, the numbers apply to every pair), e.g. Sentinel-2's 10 m "
             "bands; the model card records them, and detection with this model then needs the same BANDS. "
             "Without VALIDATION_FOLDER, 20 % of the "
-            "pairs are held out for validation. AdamW, warm-up then poly decay, random crops, flips, "
+            "pairs are held out for validation. ITERATIONS (default 2000, at least 1), BATCH_SIZE (8), CROP (256, a "
+            "multiple of 32), LEARNING_RATE (5e-4, 1e-6..0.5). AdamW, warm-up then poly decay, random crops, flips, "
             "90-degree turns and date swaps (METHODS.md section 1). INIT_MODEL starts from an existing "
             "checkpoint (fine-tuning). OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
         )
@@ -170,8 +171,10 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
                               f"validation F1 {record['val_f1']:.4f}")
 
         result = train_change_detector(train, val, output, params, progress, cancelled, on_epoch, description)
-        for note in result.notes:
-            feedback.pushWarning(note)
+        if note:  # the split's note belongs with the run's others in the report (it was only in the log)
+            result.notes.insert(0, note)
+        for later in result.notes[1 if note else 0:]:
+            feedback.pushWarning(later)
         feedback.pushInfo(f"best validation F1 {result.best_f1:.4f} at iteration {result.best_iteration} on {result.device}")
         out = {self.OUTPUT_MODEL: output}
         if report:  # under a temporary name, renamed when complete; its folder is made if missing

@@ -278,7 +278,7 @@ def test_bad_inputs_stop_with_clear_messages_and_no_files(tmp_path, shared_data,
     ckpt = load_checkpoint(tiny_change_checkpoint)
     card = ModelCard(**dict(ckpt.card.__dict__, task="anomaly_detection"))
     save_checkpoint(str(other), ckpt.state_dict, card)
-    with pytest.raises(RSLabError, match="'anomaly_detection' checkpoint"):
+    with pytest.raises(RSLabError, match="is an anomaly detection checkpoint; this job needs a change detection model"):
         detect_changes(before, after, _outputs(out), ChangeParams(model=str(other)))
     # one georeferenced, one not
     with pytest.raises(RSLabError, match="georeferencing"):
@@ -442,7 +442,7 @@ def test_a_crs_on_one_raster_only_names_the_one_without(tmp_path, oscd):
         with rasterio.open(bare, "w", **dict(src.profile, crs=None)) as dst:
             dst.write(src.read())
     moved = _reproject(after, tmp_path / "after_utm.tif", CRS.from_epsg(32630), Resampling.bilinear)
-    with pytest.raises(RSLabError, match="the first raster has none"):
+    with pytest.raises(RSLabError, match="the before image has none"):
         detect_changes(str(bare), moved, _outputs(tmp_path / "out"), ChangeParams(method="cva"))
     with pytest.raises(RSLabError, match="the after image has none"):
         plain_after = tmp_path / "after_no_crs.tif"

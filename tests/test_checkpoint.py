@@ -65,7 +65,7 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
 def test_wrong_task_unknown_architecture_and_mismatched_weights(tmp_path):
     path = str(tmp_path / "m.pt")
     save_checkpoint(path, PixelMLP().state_dict(), _card())
-    with pytest.raises(RSLabError, match="'change_detection' checkpoint; this job needs a 'anomaly'"):
+    with pytest.raises(RSLabError, match="is a change detection checkpoint; this job needs an anomaly model"):
         load_checkpoint(path, task="anomaly")
 
     unknown = str(tmp_path / "u.pt")
