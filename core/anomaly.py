@@ -40,7 +40,7 @@ from .alignment import align_to
 from .bands import good_band_view
 from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
-from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
+from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
 from .outputs import PendingOutputs, check_output_paths, work_folder
 from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_label_window, read_window
@@ -129,7 +129,7 @@ class AnomalyResult(JobResult):
     def report(self) -> Dict[str, Any]:
         data = asdict(replace(self, roc=None))
         del data["roc"]
-        data["outputs"] = asdict(self.outputs) if self.outputs else {}
+        data["outputs"] = absolute_paths(asdict(self.outputs)) if self.outputs else {}
         if self.training_loss:
             data["training_loss"] = {"first": self.training_loss[0], "last": self.training_loss[-1],
                                      "iterations": len(self.training_loss)}
@@ -603,7 +603,8 @@ def detect_anomalies(
         raise RSLabError(f"{os.path.basename(cube)} has {info.count} band; anomaly detection needs a multiband image")
     check_anomaly_outputs(params, outputs)
     result = AnomalyResult(outputs=outputs, method=params.method, params=asdict(params), width=info.width,
-                           height=info.height, bands=info.count, timings=monitor.timings, device="cpu (numpy)")
+                           height=info.height, bands=info.count, timings=monitor.timings, device="cpu (numpy)",
+                           inputs=absolute_paths({"image": cube, "reference": reference, "denoiser": params.model}))
 
     # work files: BSDM's background-suppressed cube (float32, every band; a reference off the grid is a small VRT)
     need = 4 * info.width * info.height * info.count if params.method == "bsdm_rx" else 0

@@ -46,7 +46,7 @@ from .change_reference import check_coding, coding_note, read_reference, survey_
 from .checkpoint import Checkpoint, build_model, load_checkpoint
 from .device import describe_device, select_device
 from .errors import RSLabError
-from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
+from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import Confusion, HistogramAUC
 from .outputs import PendingOutputs, check_output_paths
 from .raster_io import gdal_env, open_raster, raster_info, read_decimated, read_window
@@ -103,7 +103,7 @@ class ChangeResult(JobResult):
 
     def report(self) -> Dict[str, Any]:
         data = asdict(self)
-        data["outputs"] = asdict(self.outputs) if self.outputs else {}
+        data["outputs"] = absolute_paths(asdict(self.outputs)) if self.outputs else {}
         data["megapixels_per_second"] = (
             self.width * self.height / 1e6 / self.timings["detect"] if self.timings.get("detect") else None
         )
@@ -260,7 +260,8 @@ def detect_changes(
     checkpoint = load_change_model(params.model) if params.method == "arcdnet" else None
     _check_bands(info.count, after_info.count, checkpoint, params.bands)
     result = ChangeResult(outputs=outputs, method=params.method, threshold=params.threshold,
-                          width=info.width, height=info.height, timings=monitor.timings)
+                          width=info.width, height=info.height, timings=monitor.timings,
+                          inputs=absolute_paths({"before": before, "after": after, "reference": reference}))
 
     with tempfile.TemporaryDirectory(prefix="rslab-change-") as workdir:
         if params.bands:  # both dates read through VRTs of the chosen bands (first: then only those are warped)

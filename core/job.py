@@ -13,6 +13,7 @@ its progress range to a sub-step with `monitor.sub(start, end)`.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
@@ -98,7 +99,14 @@ class _Timer:
 
 @dataclass
 class JobResult:
-    """Fields every job result carries: which device ran it and how long it took."""
+    """Fields every job result carries: which device ran it, how long it took, and the files it read (absolute
+    paths, so a saved report can be traced back to its inputs)."""
 
     device: str = "cpu"
     timings: Dict[str, float] = field(default_factory=dict)
+    inputs: Dict[str, Optional[str]] = field(default_factory=dict)
+
+
+def absolute_paths(paths: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
+    """`paths` with each given path made absolute (~ expanded); None stays None. For job reports."""
+    return {name: os.path.abspath(os.path.expanduser(path)) if path else None for name, path in paths.items()}

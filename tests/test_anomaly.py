@@ -325,7 +325,10 @@ def test_local_rx_and_false_alarm_mask(tmp_path, beach2):
     assert mask.sum() == np.count_nonzero(scores > result.threshold) <= asked < np.count_nonzero(scores >= result.threshold)
     assert mask.sum() >= asked - 2
     assert result.mask_pixels == mask.sum() and not result.notes
-    assert json.loads((tmp_path / "r.json").read_text())["mask_pixels"] == mask.sum()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mask_pixels"] == mask.sum()
+    assert report["inputs"] == {"image": str(cube), "reference": str(gt), "denoiser": None}
+    assert report["outputs"]["mask"] == str(tmp_path / "m.tif")
     # a rate too small for the image flags nothing, and the run says what rate would flag one pixel
     few = detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s2.tif"), str(tmp_path / "m2.tif")),
                            AnomalyParams(method="rx", false_alarm_rate=5e-5))

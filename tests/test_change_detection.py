@@ -67,6 +67,10 @@ def test_cva_on_a_real_pair_with_reference(tmp_path, shared_data):
     assert result.metrics["uncertainty_auc"] == pytest.approx(exact, abs=2e-3) and exact > 0.5
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"] == "cva" and report["metrics"]["f1"] == pytest.approx(result.metrics["f1"])
+    # the files it read and wrote, as absolute paths: a saved report traces back to its inputs
+    assert report["inputs"] == {"before": os.path.abspath(before), "after": os.path.abspath(after),
+                                "reference": os.path.abspath(label)}
+    assert report["outputs"]["change"] == str(tmp_path / "change.tif")
     assert report["timings"]["detect"] > 0 and report["device"] == "cpu (numpy)"
 
 
