@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List
 
 from qgis.core import QgsApplication
 from qgis.PyQt import sip
@@ -12,6 +12,9 @@ from qgis.PyQt.QtWidgets import QAction, QDockWidget, QPushButton
 
 from .core import dependencies
 from .ui.environment import activate_environments
+
+if TYPE_CHECKING:  # the dialog needs packages the plugin may be loading without (Diagnostics installs them)
+    from .ui.diagnostics_dialog import DiagnosticsDialog
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 MENU = "RS &Lab"
@@ -120,7 +123,7 @@ class RSLabPlugin:
 
         return self.show_dock("compression", "RS Lab: model compression", lambda: CompressionDock(self.iface))
 
-    def show_diagnostics(self) -> None:
+    def show_diagnostics(self) -> DiagnosticsDialog:
         from .ui.diagnostics_dialog import DiagnosticsDialog
 
         dialog = DiagnosticsDialog(self.iface.mainWindow())

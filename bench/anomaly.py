@@ -161,7 +161,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-ABU = Path("/work/shared/data/anomaly/abu")
+ABU = ROOT.parent / "shared" / "data" / "anomaly" / "abu"  # ../shared beside the checkout
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "rslab-bench-anomaly"
 MB = 1e6
 METHODS = ("bsdm_rx", "bsdm_rx_1it", "rx", "lrx")

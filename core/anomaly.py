@@ -401,7 +401,7 @@ def save_denoiser(model, path: str, scene: str, lo: float, hi: float, params: An
     save_checkpoint(path, model.state_dict(), card, atomic=False)
 
 
-def load_denoiser(path: str, bands: int):
+def load_denoiser(path: str, bands: int) -> Any:
     """A BSDM denoiser checkpoint (float or compressed) for a `bands`-band image, ready for inference."""
     from .checkpoint import build_model, load_checkpoint
 

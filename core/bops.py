@@ -67,7 +67,7 @@ def _kernel_volume(module) -> int:
     return volume
 
 
-def count_bops(model, example_inputs: Sequence[Any], mode: str = "hawq") -> BopsReport:
+def count_bops(model: Any, example_inputs: Sequence[Any], mode: str = "hawq") -> BopsReport:
     """Run `model(*example_inputs)` once and count MACs and BOPs of every conv and linear layer."""
     import torch
     from torch import nn

@@ -308,7 +308,8 @@ def read_pair_masks(pair: ChangePair, window: Window, coding: str = "binary",
     return xa.astype(np.float32), xb.astype(np.float32), changed.astype(np.float32), image & labelled, image
 
 
-def pad_to(a, b, y, v, image, size: int, fill: Optional[Sequence[float]] = None):
+def pad_to(a: np.ndarray, b: np.ndarray, y: np.ndarray, v: np.ndarray, image: np.ndarray, size: int,
+           fill: Optional[Sequence[float]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pad crops smaller than `size` (small rasters) with invalid pixels, outside the image mask (holding
     `fill`, else 0)."""
     h, w = y.shape

@@ -47,7 +47,8 @@ def pad_multiple(x: np.ndarray, multiple: int = STRIDE) -> np.ndarray:
     return np.pad(x, pad, mode=mode)
 
 
-def predict_pair(model, before: np.ndarray, after: np.ndarray, mean, std, device) -> Tuple[np.ndarray, np.ndarray]:
+def predict_pair(model: Any, before: np.ndarray, after: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                 device: Any) -> Tuple[np.ndarray, np.ndarray]:
     """Change probability and uncertainty (both (h, w) float32 in 0..1) for one pair of arrays."""
     import torch
 

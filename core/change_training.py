@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -108,7 +108,8 @@ def learning_rate(iteration: int, params: TrainChangeParams) -> float:
     return params.lr * (1 - (iteration - warmup) / span) ** 0.9
 
 
-def evaluate(model, pairs: Sequence[ChangePair], mean, std, device, threshold: float = 0.5,
+def evaluate(model: Any, pairs: Sequence[ChangePair], mean: Sequence[float], std: Sequence[float], device: Any,
+             threshold: float = 0.5,
              tile: TileSpec = TileSpec(512, 128), coding: str = "binary",
              check: Optional[Callable[[], None]] = None) -> Dict[str, float]:
     """Scores over all labelled pixels of `pairs`, predicted by windows (centre-cropped) so any size fits.

@@ -205,9 +205,10 @@ def build_model(checkpoint: Checkpoint) -> Any:
     from ..models import registry
 
     model = registry.build(checkpoint.card.architecture, checkpoint.card.arguments)
-    compressed = checkpoint.card.bit_widths is not None
+    # a bit plan means quantiser modules and packed weights, even all-32 ('compressed' is a layer below 32)
+    planned = checkpoint.card.bit_widths is not None
     try:
-        if compressed:  # pruned shapes, then quantisers
+        if planned:  # pruned shapes, then quantisers
             from .model_shapes import conform_to_state_dict
             from .quantization import apply_bit_plan, unpack_state
 
@@ -220,7 +221,7 @@ def build_model(checkpoint: Checkpoint) -> Any:
             state = checkpoint.state_dict
         model.load_state_dict(state, strict=True)
         model.eval()
-        if compressed:
+        if planned:
             _smoke_run(model, checkpoint.card)
     except (RuntimeError, KeyError, ValueError) as exc:
         detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]

@@ -85,9 +85,9 @@ class ClassificationTask(CompressionTask):
         if not os.path.isfile(data_path):
             raise RSLabError(f"classification data not found: {data_path}")
         try:
-            data = np.load(data_path)
-            x_train, y_train = data["x_train"], data["y_train"]
-            x_test, y_test = data["x_test"], data["y_test"]
+            with np.load(data_path) as data:  # closed on the error path too
+                x_train, y_train = data["x_train"], data["y_train"]
+                x_test, y_test = data["x_test"], data["y_test"]
         except (KeyError, ValueError, OSError) as exc:
             raise RSLabError(f"{os.path.basename(data_path)} is not an .npz with x_train, y_train, x_test, y_test ({exc})") from exc
         bands = len(checkpoint.card.bands) or int(checkpoint.card.arguments.get("bands", 3))

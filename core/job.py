@@ -62,9 +62,6 @@ class JobMonitor:
         if self._cancelled is not None and self._cancelled():
             raise JobCancelled()
 
-    def is_cancelled(self) -> bool:
-        return self._cancelled is not None and bool(self._cancelled())
-
     def sub(self, start: float, end: float) -> "JobMonitor":
         """A monitor whose 0..1 maps onto [start, end] of this one's range."""
         span = self._end - self._start

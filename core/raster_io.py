@@ -113,22 +113,6 @@ def raster_info(path: str) -> RasterInfo:
         return describe(ds)
 
 
-def check_window(info: RasterInfo, window: Window) -> None:
-    """Raise RSLabError unless `window` is non-empty and inside the raster."""
-    if window.width <= 0 or window.height <= 0:
-        raise RSLabError(f"window {window.width} x {window.height} is empty; windows need at least one pixel")
-    if (
-        window.col_off < 0
-        or window.row_off < 0
-        or window.col_off + window.width > info.width
-        or window.row_off + window.height > info.height
-    ):
-        raise RSLabError(
-            f"window (col {window.col_off}, row {window.row_off}, {window.width} x {window.height}) "
-            f"lies outside the {info.width} x {info.height} raster"
-        )
-
-
 def data_bands(ds: Any) -> List[int]:
     """1-based indexes of the bands that hold data: all but an alpha band (which is the mask)."""
     bands = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci != ColorInterp.alpha]

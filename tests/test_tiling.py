@@ -10,14 +10,13 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
-from rasterio.windows import Window
 from scipy import ndimage
 
 from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.job import JobMonitor
 from rslab.core import outputs
 from rslab.core.outputs import PendingOutputs, work_folder
-from rslab.core.raster_io import check_window, raster_info
+from rslab.core.raster_io import raster_info
 from rslab.core.tiling import OutputSpec, TileSpec, partition, run_tiled, tile_grid
 
 
@@ -239,11 +238,6 @@ def test_bad_inputs_raise_rslab_error(tmp_path, samples):
         raster_info(str(text))
     with pytest.raises(RSLabError, match="folder"):
         raster_info(str(tmp_path))
-    info = raster_info(str(samples / "stars_L7_ETMs.tif"))
-    with pytest.raises(RSLabError, match="empty"):
-        check_window(info, Window(0, 0, 0, 10))
-    with pytest.raises(RSLabError, match="outside"):
-        check_window(info, Window(300, 0, 100, 10))
     for bad in (dict(size=0), dict(size=64, overlap=64), dict(overlap=-1), dict(stitch="median")):
         with pytest.raises(RSLabError):
             TileSpec(**bad)
