@@ -6,6 +6,7 @@ the tests never touch the user's own QGIS profile.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 _CONFIG = tempfile.mkdtemp(prefix="rslab-qgis-profile-")
+_TEMPORARY = [_CONFIG]  # removed at the session's end
 os.environ["QGIS_CUSTOM_CONFIG_PATH"] = _CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +35,7 @@ def _link_package() -> None:
     except ImportError:
         pass
     link_dir = Path(tempfile.mkdtemp(prefix="rslab-link-"))
+    _TEMPORARY.append(str(link_dir))
     (link_dir / "rslab").symlink_to(REPO)
     sys.path.insert(0, str(link_dir))
 
@@ -61,6 +64,9 @@ def pytest_sessionfinish(session, exitstatus):
     while manager.countActiveTasks() and time.monotonic() < deadline:
         _APP.processEvents()
         time.sleep(0.01)
+    # the session's QGIS profile and package link (hundreds were left in /tmp); QGIS writes nothing there after
+    for folder in _TEMPORARY:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
