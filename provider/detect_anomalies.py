@@ -180,6 +180,11 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         out = {self.OUTPUT_SCORES: outputs.scores}
         if outputs.mask:
             out[self.OUTPUT_MASK] = outputs.mask
+            if not self.given(parameters, self.OUTPUT_MASK) and context.project() is not None:
+                # asked for by FALSE_ALARM_RATE alone: the dialog loads it as it loads the outputs asked for
+                # (it was written, returned, and left unseen)
+                context.addLayerToLoadOnCompletion(outputs.mask, QgsProcessingContext.LayerDetails(
+                    "Anomaly mask", context.project(), self.OUTPUT_MASK))
             self.style_output(context, outputs.mask, MASK_STYLE)
         if outputs.report:
             out[self.OUTPUT_REPORT] = outputs.report

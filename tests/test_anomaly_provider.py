@@ -219,6 +219,22 @@ def test_outputs_naming_an_input_are_refused_and_the_input_is_kept(tmp_path, sce
     assert provider.supportedOutputRasterLayerExtensions() == ["tif"]
 
 
+def test_a_mask_asked_for_by_a_rate_alone_is_loaded_styled(tmp_path, scene, provider, qgis_app):
+    """FALSE_ALARM_RATE without OUTPUT_MASK: the mask was written to a temporary file and returned, but the
+    dialog (runAndLoadResults) did not load it."""
+    cube, _ = scene
+    project = QgsProject.instance()
+    project.clear()
+    try:
+        result = processing.runAndLoadResults("rslab:detect_anomalies", {
+            "INPUT": cube, "METHOD": 1, "FALSE_ALARM_RATE": 0.01, "OUTPUT_SCORES": str(tmp_path / "scores.tif")})
+        loaded = {layer.source(): layer for layer in project.mapLayers().values()}
+        assert os.path.isfile(result["OUTPUT_MASK"]) and result["OUTPUT_MASK"] in loaded
+        assert isinstance(loaded[result["OUTPUT_MASK"]].renderer(), QgsPalettedRasterRenderer)
+    finally:
+        project.clear()
+
+
 def test_combinations_that_cannot_run_are_caught_before_the_run(tmp_path, scene, provider):
     """checkParameterValues (the Processing dialog's check before running; processing.run's and qgis_process's)
     runs the engine's checks: before, each of these passed it and failed only once the run had started."""
