@@ -37,12 +37,13 @@ test: setup
 
 DEMO_PROFILE := build/qgis-demo-profile
 SAMPLES := resources/samples
-# where make demo writes (the test suite points it at a temporary folder); it reads copies of the bundled
-# pair there, since QGIS writes .aux.xml statistics beside the rasters it opens
+# where make demo writes (the test suite points it at a temporary folder); it replaces only its own files
+# there, and reads copies of the bundled pair in its inputs/ (QGIS writes .aux.xml beside the rasters it opens)
 DEMO ?= demo
 
 demo: setup
-	rm -rf "$(DEMO)" "$(DEMO_PROFILE)" && mkdir -p "$(DEMO)/inputs" "$(DEMO_PROFILE)/profiles/default/python/plugins"
+	rm -rf "$(DEMO)/inputs" "$(DEMO_PROFILE)" && mkdir -p "$(DEMO)/inputs" "$(DEMO_PROFILE)/profiles/default/python/plugins"
+	cd "$(DEMO)" && rm -f change.tif probability.tif uncertainty.tif report.json quicklook.png qgis_process.log
 	cp $(SAMPLES)/levir_test_7_A.png $(SAMPLES)/levir_test_7_B.png $(SAMPLES)/levir_test_7_label.png "$(DEMO)/inputs"
 	ln -sfn "$(CURDIR)" "$(DEMO_PROFILE)/profiles/default/python/plugins/$(PLUGIN_NAME)"
 	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin plugins enable $(PLUGIN_NAME) >/dev/null

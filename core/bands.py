@@ -165,15 +165,21 @@ def check_bands(bands: Sequence[int], count: int, name: str) -> None:
         raise RSLabError(f"{name} has {count} bands; there is no band {', '.join(map(str, outside))}")
 
 
-EMPTY_BAND_TILE = 256  # pixels a side of the windows empty_bands reads (400 float32 bands: 100 MB)
+EMPTY_BAND_TILE = 256  # pixels a side of the first window empty_bands reads (400 float32 bands: 100 MB)
+EMPTY_BAND_SAMPLE = 1_000_000  # pixels of the decimated read that decides which bands are empty
 
 
-def empty_bands(path: str, bands: Sequence[int], check: Callable[[], None] = lambda: None) -> List[int]:
-    """Those of `bands` that hold no valid value anywhere: NaN, or the band's nodata value, in every pixel.
+def empty_bands(path: str, bands: Sequence[int], check: Callable[[], None] = lambda: None
+                ) -> Tuple[List[int], Optional[int]]:
+    """(those of `bands` that hold no valid value: NaN, or the band's nodata value; the pixels sampled to
+    decide it, None when every pixel was read).
 
-    Read by windows only until every band has shown a valid value, which is
-    normally in the first window; an empty band is read to the end (alone).
-    `check` is called before each window (a job's cancel check).
+    The first window normally shows a valid value in every band, and nothing
+    more is read. Bands still without one are then read decimated to about
+    EMPTY_BAND_SAMPLE pixels across the image (every pixel of a smaller one):
+    reading an empty band to the end took 34 s on a 10000 x 512 x 200 cube, and
+    a band valid nowhere in a million pixels spread over the image would leave
+    almost no pixel valid in every band anyway. `check` is a job's cancel check.
     """
     import numpy as np
     from rasterio.windows import Window
@@ -181,18 +187,23 @@ def empty_bands(path: str, bands: Sequence[int], check: Callable[[], None] = lam
     pending = sorted(bands)
     with gdal_env(), open_raster(path) as ds:
         floating = np.issubdtype(np.dtype(ds.dtypes[0]), np.floating)
-        for row in range(0, ds.height, EMPTY_BAND_TILE):
-            for col in range(0, ds.width, EMPTY_BAND_TILE):
-                if not pending:
-                    return []
-                check()
-                window = Window(col, row, min(EMPTY_BAND_TILE, ds.width - col), min(EMPTY_BAND_TILE, ds.height - row))
-                valid = ds.read_masks(pending, window=window) > 0
-                if floating:
-                    valid &= np.isfinite(ds.read(pending, window=window))
-                seen = valid.reshape(len(pending), -1).any(axis=1)
-                pending = [band for band, shown in zip(pending, seen) if not shown]
-    return pending
+
+        def shown(**read) -> List[bool]:
+            valid = ds.read_masks(pending, **read) > 0
+            if floating:
+                valid &= np.isfinite(ds.read(pending, **read))
+            return list(valid.reshape(len(pending), -1).any(axis=1))
+
+        check()
+        first = Window(0, 0, min(EMPTY_BAND_TILE, ds.width), min(EMPTY_BAND_TILE, ds.height))
+        pending = [band for band, seen in zip(pending, shown(window=first)) if not seen]
+        if not pending:
+            return [], None
+        check()
+        step = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / EMPTY_BAND_SAMPLE))))
+        shape = (max(1, ds.height // step), max(1, ds.width // step))
+        pending = [band for band, seen in zip(pending, shown(out_shape=(len(pending),) + shape)) if not seen]
+    return pending, (shape[0] * shape[1] if step > 1 else None)
 
 
 def good_band_view(path: str, workdir: str, check: Callable[[], None] = lambda: None) -> Tuple[str, Optional[str]]:
@@ -211,19 +222,21 @@ def good_bands(path: str, check: Callable[[], None] = lambda: None) -> Tuple[Lis
     RSLabError when fewer than two good bands remain.
     """
     with gdal_env(), open_raster(path) as ds:
-        count = len(data_bands(ds))
+        data = data_bands(ds)  # file band numbers: an alpha band may come first
+    count = len(data)
     flags = _good_flags(path) or [True] * count
     name = os.path.basename(path)
-    good = [band for band, ok in enumerate(flags, start=1) if ok]
-    bad = [band for band, ok in enumerate(flags, start=1) if not ok]
-    empty = empty_bands(path, good, check)
+    good = [band for band, ok in zip(data, flags) if ok]
+    bad = [band for band, ok in zip(data, flags) if not ok]
+    empty, sampled = empty_bands(path, good, check)
     good = [band for band in good if band not in empty]
     notes = []
     if bad:
         notes.append(f"{len(bad)} of {name}'s {count} bands are flagged bad in its ENVI header (bbl) and were left "
                      f"out: bands {band_ranges(bad)}")
     if empty:
-        notes.append(f"{len(empty)} of {name}'s {count} bands hold no valid value (NaN or nodata in every pixel) "
+        where = "in every pixel" if sampled is None else f"at every one of {sampled:,} pixels sampled across it"
+        notes.append(f"{len(empty)} of {name}'s {count} bands hold no valid value (NaN or nodata {where}) "
                      f"and were left out: band{'s' if len(empty) > 1 else ''} {band_ranges(empty)}")
     if not notes:
         return good, count, None

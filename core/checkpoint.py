@@ -203,8 +203,12 @@ def build_model(checkpoint: Checkpoint) -> Any:
     input for the first) rather than failing with a traceback inside a job.
     """
     from ..models import registry
+    from .seeding import seeded_global_generator
 
-    model = registry.build(checkpoint.card.architecture, checkpoint.card.arguments)
+    # the layers' initial weights come from torch's global generator (the checkpoint's replace them): drawn
+    # under its lock, or a seeded job beside this one (a training, a BSDM run) drew another stream
+    with seeded_global_generator(0):
+        model = registry.build(checkpoint.card.architecture, checkpoint.card.arguments)
     # a bit plan means quantiser modules and packed weights, even all-32 ('compressed' is a layer below 32)
     planned = checkpoint.card.bit_widths is not None
     try:

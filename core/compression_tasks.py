@@ -273,7 +273,12 @@ class AnomalyTask(CompressionTask):
             if "data" not in variables:
                 raise RSLabError(f"{os.path.basename(path)} has no 'data' cube")
             cube = np.moveaxis(np.asarray(variables["data"]), -1, 0)
-            valid = np.isfinite(cube).all(axis=0)
+            finite = np.isfinite(cube)
+            empty = ~finite.any(axis=(1, 2))  # bands NaN everywhere are left out, as detection leaves them out
+            if empty.any() and (~empty).sum() >= 2:
+                self.bad_band_note = f"{int(empty.sum())} bands hold no valid value and were left out"
+                cube, finite = cube[~empty], finite[~empty]
+            valid = finite.all(axis=0)
             reference = variables.get("map")
             if reference is not None and np.shape(reference) != valid.shape:
                 raise RSLabError(f"{os.path.basename(path)}'s 'map' is {np.shape(reference)}, its cube "

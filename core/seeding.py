@@ -5,9 +5,10 @@ nn.Conv2d initialise from it, with no generator argument). That generator is
 shared by every thread of the QGIS process: two RS Lab jobs seeding it at once
 (a training beside a BSDM run) drew from each other's stream, and a fixed seed
 stopped giving the same result (9 of 10 seeded BSDM runs beside a drawing
-thread gave other losses). Every other random draw of the engine uses its own
-generator (torch.Generator or numpy's default_rng), so only these short blocks
-need the lock.
+thread gave other losses). So every construction of a network in the engine
+draws inside this block (seeded ones, and those whose weights a checkpoint
+replaces, core/checkpoint.build_model); every other random draw of the engine
+uses its own generator (torch.Generator or numpy's default_rng).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-_GLOBAL_GENERATOR = threading.Lock()
+_GLOBAL_GENERATOR = threading.RLock()  # re-entrant: a seeded block may build a model from a checkpoint
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from rslab.core.anomaly import (
     detect_anomalies,
     flagged_pixels,
     local_rx_tile,
+    save_denoiser,
     train_bsdm,
 )
 from rslab.core.errors import RSLabError
@@ -125,12 +126,13 @@ def test_bsdm_rx_is_deterministic_under_a_seed(tmp_path, beach2):
     assert other.device.startswith(("cpu", "cuda"))
 
 
-def test_a_seed_gives_the_same_denoiser_while_another_job_trains(beach2):
+def test_a_seed_gives_the_same_denoiser_while_another_job_trains(beach2, tmp_path):
     """torch's global generator, which gives a network's initial weights, is shared by every thread of QGIS: a
-    BSDM run beside another job that seeded and drew from it (another BSDM run, a training) trained another
-    denoiser from the same seed."""
+    BSDM run beside another job that seeded and drew from it (another BSDM run, a training) or built a model
+    from a checkpoint (the compression dock reading one) trained another denoiser from the same seed."""
     import threading
 
+    from rslab.core.checkpoint import build_model, load_checkpoint
     from rslab.core.job import JobMonitor
 
     cube, _ = beach2
@@ -144,10 +146,14 @@ def test_a_seed_gives_the_same_denoiser_while_another_job_trains(beach2):
 
     alone = weights(0)
     stop = threading.Event()
+    model, _, _ = train_bsdm(sample, AnomalyParams(iterations=1, seed=2, precision="float32"), cpu, JobMonitor())
+    save_denoiser(model, str(tmp_path / "bsdm.pt"), str(cube), 0.0, 1.0, AnomalyParams())
+    checkpoint = load_checkpoint(str(tmp_path / "bsdm.pt"))
 
     def other_job():
         while not stop.is_set():
             weights(1)
+            build_model(checkpoint)
 
     thread = threading.Thread(target=other_job)
     thread.start()
@@ -579,7 +585,7 @@ def test_no_output_replaces_the_denoiser_read(tmp_path, beach2):
     assert model.read_bytes() == b"a denoiser" and not (tmp_path / "s.tif").exists()
 
 
-def test_a_denoiser_saved_by_detection_compresses_on_its_own_scene(tmp_path, beach2):
+def test_a_denoiser_saved_by_detection_compresses_on_its_own_scene(tmp_path, beach2, samples):
     """Compression read the scene with every band and pixel: a scene with NaN nodata scored NaN and failed as
     'diverged', and an ENVI scene with bad bands (bbl) did not match the denoiser detection saved from it."""
     from rslab.core.checkpoint import build_model, load_checkpoint
@@ -604,9 +610,19 @@ def test_a_denoiser_saved_by_detection_compresses_on_its_own_scene(tmp_path, bea
     flags[5] = flags[6] = "0"
     with open(tmp_path / "scene.hdr", "a") as header:
         header.write("bbl = {" + ", ".join(flags) + "}\n")
-    for scene, pixels, bands in ((nan_scene, 100 * 97, data.shape[0]), (envi, 100 * 100, data.shape[0] - 2)):
+    # an ABU-style .mat whose band 51 is NaN everywhere: detection (on its import) leaves the band out, so must
+    # compression reading the .mat itself (it found 'no valid pixel')
+    mat = scipy.io.loadmat(samples / "abu-beach-2.mat")
+    mat["data"] = mat["data"].astype(np.float32)
+    mat["data"][:, :, 50] = np.nan
+    scipy.io.savemat(tmp_path / "nan_band.mat", {"data": mat["data"], "map": mat["map"]})
+    import_cube(str(tmp_path / "nan_band.mat"), str(tmp_path / "nan_band.tif"))
+    for scene, pixels, bands, detect_on in ((nan_scene, 100 * 97, data.shape[0], nan_scene),
+                                            (envi, 100 * 100, data.shape[0] - 2, envi),
+                                            (str(tmp_path / "nan_band.mat"), 100 * 100, data.shape[0] - 1,
+                                             str(tmp_path / "nan_band.tif"))):
         model = str(tmp_path / f"{os.path.basename(scene)}.pt")
-        detect_anomalies(scene, AnomalyOutputs(str(tmp_path / f"{os.path.basename(scene)}_s.tif"), model=model),
+        detect_anomalies(detect_on, AnomalyOutputs(str(tmp_path / f"{os.path.basename(scene)}_s.tif"), model=model),
                          AnomalyParams(method="bsdm_rx", iterations=3))
         checkpoint = load_checkpoint(model)
         task = task_for(checkpoint, scene)

@@ -9,8 +9,6 @@ from osgeo import gdal, ogr, osr
 from rslab.core.change_labels import burn_labels
 from rslab.core.errors import RSLabError
 
-gdal.UseExceptions()
-
 
 @pytest.fixture()
 def nanjing(shared_data):

@@ -382,3 +382,27 @@ def test_rs_lab_leaves_gdals_exception_setting_as_it_found_it(tmp_path, samples)
     finally:
         if before:
             gdal.UseExceptions()
+
+
+def test_gdal_exceptions_stay_on_until_the_last_of_two_jobs_blocks_ends():
+    """Job A leaving its block switched exceptions off under job B still inside one (GDAL 3.6 keeps the setting
+    per process): B's failed gdal.Translate then returned None silently and a VRT that was never written."""
+    from osgeo import gdal
+
+    from rslab.core.gdal_exceptions import gdal_exceptions
+
+    before = gdal.GetUseExceptions()
+    gdal.DontUseExceptions()
+    try:
+        first, second = gdal_exceptions(), gdal_exceptions()  # two jobs' blocks, interleaved as threads would
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert gdal.GetUseExceptions() == 1  # B still inside
+        with pytest.raises(RuntimeError):
+            gdal.Open("/nonexistent/rslab.tif")
+        second.__exit__(None, None, None)
+        assert gdal.GetUseExceptions() == 0
+    finally:
+        if before:
+            gdal.UseExceptions()
