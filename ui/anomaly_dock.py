@@ -163,10 +163,12 @@ def scene_mean(cube: str, monitor: JobMonitor) -> np.ndarray:
     """The scene mean spectrum of `cube` over the pixels detection scores (valid in its good bands, by
     windows), with gaps at the bands detection leaves out (core/bands.good_bands: flagged bad, or empty)."""
     good, count, note = good_bands(cube, monitor.check)
+    with gdal_env(), open_raster(cube) as ds:
+        position = {band: i for i, band in enumerate(data_bands(ds))}  # file band numbers: an alpha may lead
     mean = np.full(count, np.nan)
     with tempfile.TemporaryDirectory(prefix="rslab-mean-") as workdir:
         view = band_subset(cube, good, workdir, "good_bands") if note else cube
-        mean[np.asarray(good) - 1] = valid_summary(view, monitor).mean
+        mean[[position[band] for band in good]] = valid_summary(view, monitor).mean
     return mean
 
 
