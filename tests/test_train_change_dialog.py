@@ -325,3 +325,13 @@ def test_two_runs_started_in_one_second_get_two_checkpoint_names(monkeypatch):
     first, second = job_dock.new_checkpoint_path("arcdnet"), job_dock.new_checkpoint_path("arcdnet")
     assert first.endswith("arcdnet_20261203-090000.pt") and second.endswith("arcdnet_20261203-090000_2.pt")
     assert not os.path.exists(first) and not os.path.exists(second)
+
+
+def test_the_dialog_fits_a_laptop_screen(qtbot, dialog, project):
+    """Its least size was 645 x 887: on a 1366 x 768 screen Start and Close lay below the screen's edge. Both
+    pages of training data (a folder, layers of the project) fit in 1366 x 700 (the rest: title bar, panel)."""
+    for page in range(dialog.source_combo.count()):
+        dialog.source_combo.setCurrentIndex(page)
+        qtbot.wait(50)
+        least = dialog.minimumSizeHint()
+        assert least.width() <= 1366 and least.height() <= 700, (page, least)

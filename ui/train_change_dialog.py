@@ -172,7 +172,7 @@ class TrainChangeDialog(QDialog):
 
     def _plot(self, title: str, label: str, colour: Tuple[int, int, int]):
         plot, curve = live_curve(self, title, "epoch", label, colour, symbol_size=6)
-        plot.setMinimumSize(300, 240)
+        plot.setMinimumSize(320, 170)
         return plot, curve
 
     def _layout(self) -> None:
@@ -195,21 +195,26 @@ class TrainChangeDialog(QDialog):
         width_row.addWidget(self.channels_spin)
         form.addRow("Width", width_row)
         form.addRow("Save checkpoint as", self.output_file)
-        plots = QHBoxLayout()
-        plots.addWidget(self.loss_plot)
-        plots.addWidget(self.f1_plot)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.cancel_button)
         buttons.addStretch(1)
         buttons.addWidget(self.close_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(plots, 1)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status_label)
-        layout.addWidget(self.log)
-        layout.addLayout(buttons)
+        # the settings beside the plots and the log: stacked, the dialog needed 887 px of height and its
+        # buttons fell off a 1366 x 768 laptop screen
+        settings = QVBoxLayout()
+        settings.addLayout(form)
+        settings.addStretch(1)
+        settings.addWidget(self.progress_bar)
+        settings.addWidget(self.status_label)
+        settings.addLayout(buttons)
+        watch = QVBoxLayout()
+        watch.addWidget(self.loss_plot, 1)
+        watch.addWidget(self.f1_plot, 1)
+        watch.addWidget(self.log)
+        layout = QHBoxLayout(self)
+        layout.addLayout(settings)
+        layout.addLayout(watch, 1)
 
     def _connect(self) -> None:
         self.width_combo.currentIndexChanged.connect(self._width_changed)
