@@ -100,7 +100,7 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
 
     assert group_names(project) == ["Anomalies: beach-2 (RX)"]
     root = project.layerTreeRoot()
-    assert [n.name() for n in root.children()] == ["reference", "Anomalies: beach-2 (RX)", "beach-2"]
+    assert [n.name() for n in root.children()] == ["Anomalies: beach-2 (RX)", "reference", "beach-2"]  # above the reference too: on top, it hid the scores
     mask, scores = [node.layer() for node in dock.group.findLayers()]
     assert scores.source() == rx.outputs.scores and os.path.dirname(scores.source()) == str(tmp_path)
     assert mask.name() == "RX mask (false-alarm rate 0.01)"

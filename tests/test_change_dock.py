@@ -77,7 +77,7 @@ def message_texts(iface):
 
 
 @pytest.mark.parametrize("method", ["cva", "arcdnet"])
-def test_run_adds_one_styled_group_above_the_after_layer(method, qtbot, dock, levir, project, checkpoint, tmp_path):
+def test_run_adds_one_styled_group_above_its_layers(method, qtbot, dock, levir, project, checkpoint, tmp_path):
     choose(dock, levir["before"], levir["after"], method, levir["reference"],
            checkpoint if method == "arcdnet" else None, tmp_path)
     result, error = click_run(qtbot, dock)
@@ -87,7 +87,8 @@ def test_run_adds_one_styled_group_above_the_after_layer(method, qtbot, dock, le
     name = "Changes: before → after " + ("(CVA)" if method == "cva" else f"(AR-CDNet, {os.path.basename(checkpoint)})")
     assert group_names(project) == [name]  # the method named: runs of two methods can be told apart
     group = dock.group
-    assert [n.name() for n in root.children()] == ["reference", "before", name, "after"]
+    # above the reference and the before layer too: a reference loaded last (on top) hid every run's results
+    assert [n.name() for n in root.children()] == [name, "reference", "before", "after"]
     uncertainty, change = [node.layer() for node in group.findLayers()]
     assert isinstance(change.renderer(), QgsPalettedRasterRenderer)
     assert {c.value: c.color.alpha() for c in change.renderer().classes()} == {0.0: 0, 1.0: 255}

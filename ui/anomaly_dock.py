@@ -142,6 +142,7 @@ class AnomalyRequest:
     params: AnomalyParams
     layer_id: str
     layer_name: str
+    reference_layer_id: Optional[str]  # the results go above it too
     output_dir: str
     created_dir: bool  # a temporary folder made for this run (removed again if the run leaves it empty)
     need_mean: bool  # the scene mean spectrum of `cube` is not cached yet
@@ -449,7 +450,9 @@ class AnomalyDock(JobDock):
         return AnomalyRequest(
             cube=cube, reference=reference,
             outputs=output_paths(folder, layer.name(), params.method, params.false_alarm_rate is not None),
-            params=params, layer_id=layer.id(), layer_name=layer.name(), output_dir=folder, created_dir=created,
+            params=params, layer_id=layer.id(), layer_name=layer.name(),
+            reference_layer_id=reference_layer.id() if reference_layer is not None else None,
+            output_dir=folder, created_dir=created,
             need_mean=cube not in self.mean_spectra,
         )
 
@@ -527,7 +530,8 @@ class AnomalyDock(JobDock):
             rate = result.params["false_alarm_rate"]
             layers.insert(0, make_layer(LayerSpec(result.outputs.mask, f"{label} mask (false-alarm rate {rate:g})",
                                                   MASK_STYLE)))
-        return self.add_result_group(f"Anomalies: {request.layer_name} ({label})", request.layer_id, layers)
+        return self.add_result_group(f"Anomalies: {request.layer_name} ({label})", request.layer_id, layers,
+                                     (request.reference_layer_id,))
 
     def _metrics_text(self, run: AnomalyRun, layer_name: str) -> str:
         """Run facts, then the AUCs as 'name value' pairs that wrap only between pairs (docks are narrow)."""

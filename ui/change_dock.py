@@ -145,6 +145,7 @@ class ChangeRequest:
     after_name: str
     after_layer_id: str
     output_dir: str
+    other_layer_ids: Tuple[Optional[str], ...]  # the before layer and the reference: the results go above them
     created_dir: bool  # a temporary folder made for this run (removed again if the run leaves it empty)
 
     def job(self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> ChangeRun:
@@ -423,6 +424,8 @@ class ChangeDetectionDock(JobDock):
             outputs=output_paths(folder, before_layer.name(), after_layer.name()), params=params,
             before_name=before_layer.name(), after_name=after_layer.name(), after_layer_id=after_layer.id(),
             output_dir=folder, created_dir=created,
+            other_layer_ids=(before_layer.id(), self.reference_combo.currentLayer().id()
+                             if self.reference_combo.currentLayer() is not None else None),
         )
 
     def run(self) -> None:
@@ -472,7 +475,7 @@ class ChangeDetectionDock(JobDock):
                                        "change_mask.qml"))]
         method = "CVA" if result.method == "cva" else f"AR-CDNet, {os.path.basename(result.model.get('path', ''))}"
         return self.add_result_group(f"Changes: {request.before_name} → {request.after_name} ({method})",
-                                     request.after_layer_id, layers)
+                                     request.after_layer_id, layers, request.other_layer_ids)
 
     def _show_metrics(self, run: ChangeRun) -> None:
         """Run facts, then the scores as 'name value' pairs that wrap only between pairs (docks are narrow)."""

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Set, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple
 
 from qgis.core import Qgis, QgsApplication, QgsLayerTreeGroup, QgsMapLayer, QgsProject, QgsProviderRegistry
 from qgis.gui import QgsMapLayerComboBox
@@ -204,10 +204,12 @@ class JobDock(QWidget):
         return ""
 
     @staticmethod
-    def add_result_group(name: str, layer_id: str, layers: List[QgsMapLayer]) -> QgsLayerTreeGroup:
-        """A group of `layers` above the input layer `layer_id` and above earlier result groups of that input,
-        so the latest run is drawn on top (a change run inserted at the after layer went under earlier runs,
-        whose opaque masks then hid it)."""
+    def add_result_group(name: str, layer_id: str, layers: List[QgsMapLayer],
+                         other_inputs: Sequence[Optional[str]] = ()) -> QgsLayerTreeGroup:
+        """A group of `layers` above the input layer `layer_id`, above the run's `other_inputs` in the same
+        group of the layer tree (the before layer, the reference: a reference loaded last, so on top, hid the
+        results of every run), and above earlier result groups of that input, so the latest run is drawn on top
+        (a change run inserted at the after layer went under earlier runs, whose opaque masks then hid it)."""
         project = QgsProject.instance()
         root = project.layerTreeRoot()
         parent, index = root, 0
@@ -215,9 +217,9 @@ class JobDock(QWidget):
         if node is not None and isinstance(node.parent(), QgsLayerTreeGroup):
             parent = node.parent()
             siblings = parent.children()
-            index = siblings.index(node)
-            while index > 0 and siblings[index - 1].customProperty(RESULT_OF) == layer_id:
-                index -= 1
+            inputs = [root.findLayer(i) for i in (layer_id, *other_inputs) if i]
+            earlier = [n for n in siblings if n.customProperty(RESULT_OF) == layer_id]
+            index = min(siblings.index(n) for n in inputs + earlier if n is not None and n.parent() is parent)
         group = parent.insertGroup(index, name)
         group.setCustomProperty(RESULT_OF, layer_id)
         for layer in layers:
