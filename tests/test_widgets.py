@@ -107,3 +107,36 @@ def test_band_chooser_reads_bands_in_the_order_clicked_and_shows_it(qtbot, tmp_p
     assert box.toolTip().startswith("Read in this order: " + names[2])
     box.deselectAllOptions()
     assert box.chosen() is None and box.lineEdit().text() == "all bands" and box.toolTip() == "tip"
+
+
+def test_tab_moves_down_each_dock_as_its_widgets_are_laid_out(qtbot, iface):
+    """Tab went After -> Reference -> Reference values -> Method in the change dock, and from the compression
+    dock's output file back up to its PIC-PQ settings: Qt follows the order widgets are made in."""
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from rslab.ui.anomaly_dock import AnomalyDock
+    from rslab.ui.change_dock import ChangeDetectionDock
+    from rslab.ui.compression_dock import CompressionDock
+
+    for dock_class, first in ((ChangeDetectionDock, "before_combo"), (CompressionDock, "model_combo"),
+                              (AnomalyDock, "layer_combo")):
+        dock = dock_class(iface)
+        qtbot.addWidget(dock)
+        dock.resize(500, 1200)
+        dock.show()
+        dock.activateWindow()
+        start = getattr(dock, first)
+        start.setFocus()
+        qtbot.waitUntil(lambda: QApplication.focusWidget() is not None)
+        tops, seen = [], set()
+        widget = QApplication.focusWidget()
+        while widget is not None and dock.isAncestorOf(widget) and widget not in seen and len(seen) < 40:
+            seen.add(widget)
+            if widget.isVisible() and widget.isEnabled():
+                tops.append(widget.mapTo(dock, widget.rect().topLeft()).y())
+            qtbot.keyClick(widget, Qt.Key_Tab)
+            widget = QApplication.focusWidget()
+        dock.close()
+        assert len(tops) > 5
+        assert tops[:len(tops) - 3] == sorted(tops[:len(tops) - 3]), (dock_class.__name__, tops)

@@ -53,7 +53,7 @@ from .train_change_dialog import TrainChangeDialog
 from .settings import remember
 from .widgets import (BandChooser, checkpoint_widget, coding_combo, double_spin_box, folder_widget,
                       follow_label_layer, label_field_combo, label_layer_combo, legend_mark, result_plot,
-                      scroll_body)
+                      scroll_body, tab_in_order)
 
 TASK = "change_detection"
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -297,6 +297,9 @@ class ChangeDetectionDock(JobDock):
         layout.addWidget(self.status_label)
         layout.addWidget(results, 1)
         scroll_body(self, body)
+        tab_in_order([self.before_combo, self.after_combo, self.method_combo, self.bands_combo, self.model_combo,
+                      self.train_button, self.model_file, self.threshold_spin, self.reference_combo,
+                      self.reference_field, self.coding_combo, self.output_dir, self.run_button, self.cancel_button])
 
     def _connect(self) -> None:
         self.method_combo.currentIndexChanged.connect(self._update_model_widgets)

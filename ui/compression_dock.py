@@ -63,6 +63,7 @@ from .widgets import (
     result_plot,
     scroll_body,
     spin_box,
+    tab_in_order,
 )
 
 CUSTOM_CHECKPOINT = "Checkpoint file…"
@@ -430,6 +431,10 @@ class CompressionDock(JobDock):
         layout.addWidget(self.readout_box)
         layout.addWidget(self.tabs, 1)
         scroll_body(self, body)
+        tab_in_order([self.model_combo, self.model_file, self.method_combo, self.flops_spin, self.bits_edit,
+                      self.penalty_spin, self.generations_spin, self.threshold_spin, self.distillation_spin,
+                      self.ghost_bits_spin, self.epochs_spin, self.data_file, self.output_file, self.run_button,
+                      self.cancel_button, self.export_button])
 
     def _connect(self) -> None:
         self.model_combo.currentIndexChanged.connect(self._checkpoint_changed)

@@ -256,6 +256,14 @@ class _FollowWidth(QObject):
         return False
 
 
+def tab_in_order(widgets: Sequence[QWidget]) -> None:
+    """Tab moves through `widgets` in this order (the order they are laid out in): Qt's default is the order
+    they were made in, which jumped from After to Reference and back up to Method in the change dock."""
+    chain = [w.focusProxy() or w for w in widgets]
+    for first, second in zip(chain, chain[1:]):
+        QWidget.setTabOrder(first, second)
+
+
 def scroll_body(owner: QWidget, body: QWidget) -> None:
     """Make `body` the scrollable content of `owner`, so a tall dock stays usable on a short screen."""
     scroll = QScrollArea(owner)
