@@ -48,6 +48,7 @@ from .seeding import seeded_global_generator
 from .tiling import OutputSpec, TileSpec, partition, run_tiled
 
 METHODS = ("bsdm_rx", "rx", "lrx")
+METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}  # as the dock and Processing show them
 PRECISIONS = ("auto", "float32", "bfloat16")
 TASK = "anomaly_detection"
 MASK_NODATA = 255

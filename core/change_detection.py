@@ -54,6 +54,7 @@ from .tiling import OutputSpec, TileSpec, partition, run_tiled
 from .weights import default_checkpoint
 
 METHODS = ("arcdnet", "cva")
+METHOD_LABELS = {"arcdnet": "AR-CDNet (deep model)", "cva": "CVA (no model)"}  # as the dock and Processing show them
 TASK = "change_detection"
 MASK_NODATA = 255
 

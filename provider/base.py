@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -30,6 +30,12 @@ STYLE_DIR = PLUGIN_DIR / "resources" / "styles"
 ICON = PLUGIN_DIR / "resources" / "icons" / "rslab.svg"
 
 CHECKPOINT_FILTER = "RS Lab checkpoints (*.pt);;All files (*)"
+
+
+def method_options(methods: Sequence[str], labels: Mapping[str, str]) -> List[str]:
+    """A METHOD enum's option texts: the name scripts use and the name the docks show ('bsdm_rx: BSDM + RX';
+    the dialog listed only 'bsdm_rx', 'rx', 'lrx')."""
+    return [f"{method}: {labels[method]}" for method in methods]
 
 
 def checkpoint_parameter(name: str, description: str, optional: bool = False) -> QgsProcessingParameterFile:

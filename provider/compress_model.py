@@ -11,12 +11,11 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.compression import parse_max_bits
+from ..core.compression import METHOD_LABELS, METHODS, parse_max_bits
 from ..core.errors import RSLabError
 from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
-from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks
+from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks, method_options
 
-METHODS = ("pic_pq", "ghost")
 
 
 class CompressModelAlgorithm(RSLabAlgorithm):
@@ -63,7 +62,8 @@ class CompressModelAlgorithm(RSLabAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         double, integer = QgsProcessingParameterNumber.Double, QgsProcessingParameterNumber.Integer
         self.addParameter(checkpoint_parameter(self.MODEL, "Checkpoint to compress"))
-        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=method_options(METHODS, METHOD_LABELS),
+                                                     defaultValue=0))
         # two parameters: QGIS 3.22's file parameter takes files or folders, not both (a folder given as DATA
         # was refused with 'Incorrect parameter value for DATA')
         self.addParameter(QgsProcessingParameterFile(self.DATA, "Training / evaluation data file (.npz, .mat, raster)",

@@ -21,10 +21,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.anomaly import (LRX_MAX_OUTER, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, check_anomaly_outputs,
+from ..core.anomaly import (LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, check_anomaly_outputs,
                             detect_anomalies)
 from ..ui.layers import fit_score_stretch
-from .base import RSLabAlgorithm, StyleFromQml, checkpoint_parameter, feedback_callbacks
+from .base import RSLabAlgorithm, StyleFromQml, checkpoint_parameter, feedback_callbacks, method_options
 
 SCORES_STYLE = "anomaly_scores.qml"
 MASK_STYLE = "anomaly_mask.qml"
@@ -105,7 +105,8 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         integer = QgsProcessingParameterNumber.Integer
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Hyperspectral image"))
-        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=method_options(METHODS, METHOD_LABELS),
+                                                     defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.ITERATIONS, "BSDM training iterations (bsdm_rx)",
                                                        integer, defaultValue=500, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.SEED, "Random seed (bsdm_rx)", integer, defaultValue=0,
@@ -116,8 +117,9 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
                                                        defaultValue=11, minValue=3, maxValue=LRX_MAX_OUTER))
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference anomaly map (non-zero = "
                                                                             "anomaly)", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(self.FALSE_ALARM_RATE, "False-alarm rate for the mask "
-                                                       "(above 0, below 1)", QgsProcessingParameterNumber.Double,
+        # short: a longer label widened the dialog's panel past its default size (a sideways scroll bar)
+        self.addParameter(QgsProcessingParameterNumber(self.FALSE_ALARM_RATE, "False-alarm rate of a mask (0..1)",
+                                                       QgsProcessingParameterNumber.Double,
                                                        optional=True, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_SCORES, "Anomaly scores"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, "Anomaly mask", optional=True,
@@ -183,8 +185,9 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             if not self.given(parameters, self.OUTPUT_MASK) and context.project() is not None:
                 # asked for by FALSE_ALARM_RATE alone: the dialog loads it as it loads the outputs asked for
                 # (it was written, returned, and left unseen)
-                context.addLayerToLoadOnCompletion(outputs.mask, QgsProcessingContext.LayerDetails(
-                    "Anomaly mask", context.project(), self.OUTPUT_MASK))
+                details = QgsProcessingContext.LayerDetails("Anomaly mask", context.project(), self.OUTPUT_MASK)
+                details.layerTypeHint = QgsProcessingUtils.LayerHint.Raster  # else QGIS tries OGR first, logging a warning
+                context.addLayerToLoadOnCompletion(outputs.mask, details)
             self.style_output(context, outputs.mask, MASK_STYLE)
         if outputs.report:
             out[self.OUTPUT_REPORT] = outputs.report

@@ -15,10 +15,10 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ..core.change_detection import METHODS, ChangeOutputs, ChangeParams, detect_changes
+from ..core.change_detection import METHOD_LABELS, METHODS, ChangeOutputs, ChangeParams, detect_changes
 from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.errors import RSLabError
-from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks
+from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks, method_options
 
 
 class DetectChangesAlgorithm(RSLabAlgorithm):
@@ -71,7 +71,8 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image"))
-        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(METHODS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=method_options(METHODS, METHOD_LABELS),
+                                                     defaultValue=0))
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (all if none is chosen)", None, self.BEFORE,
                                                      optional=True, allowMultiple=True))
         self.addParameter(checkpoint_parameter(self.MODEL, "Model checkpoint (default weights if empty)",

@@ -222,16 +222,24 @@ def test_outputs_naming_an_input_are_refused_and_the_input_is_kept(tmp_path, sce
 def test_a_mask_asked_for_by_a_rate_alone_is_loaded_styled(tmp_path, scene, provider, qgis_app):
     """FALSE_ALARM_RATE without OUTPUT_MASK: the mask was written to a temporary file and returned, but the
     dialog (runAndLoadResults) did not load it."""
+    from qgis.core import QgsApplication
+
     cube, _ = scene
     project = QgsProject.instance()
     project.clear()
+    logged = []
+    log = QgsApplication.messageLog()
+    log.messageReceived.connect(lambda message, tag, level: logged.append((tag, message)))
     try:
         result = processing.runAndLoadResults("rslab:detect_anomalies", {
             "INPUT": cube, "METHOD": 1, "FALSE_ALARM_RATE": 0.01, "OUTPUT_SCORES": str(tmp_path / "scores.tif")})
         loaded = {layer.source(): layer for layer in project.mapLayers().values()}
         assert os.path.isfile(result["OUTPUT_MASK"]) and result["OUTPUT_MASK"] in loaded
         assert isinstance(loaded[result["OUTPUT_MASK"]].renderer(), QgsPalettedRasterRenderer)
+        qgis_app.processEvents()
+        assert not [entry for entry in logged if entry[0] == "OGR"]  # loaded as a raster, not tried as a vector
     finally:
+        log.messageReceived.disconnect()
         project.clear()
 
 

@@ -53,6 +53,7 @@ from rasterio.windows import Window
 
 from ..core.anomaly import (
     LRX_MAX_OUTER,
+    METHOD_LABELS,
     AnomalyOutputs,
     AnomalyParams,
     AnomalyResult,
@@ -80,7 +81,6 @@ from .widgets import (
     spin_box,
 )
 
-METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}
 METHOD_TIPS = {
     "bsdm_rx": "A spectral diffusion denoiser trained on the scene removes the background, then global RX",
     "rx": "Global RX: Mahalanobis distance of each pixel to the scene mean",

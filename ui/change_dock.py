@@ -40,7 +40,8 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core.bands import COLOURS, band_ranges, colour_bands
 from ..core.change_model import trained_bands
-from ..core.change_detection import MASK_NODATA, ChangeOutputs, ChangeParams, ChangeResult, detect_changes
+from ..core.change_detection import (MASK_NODATA, METHOD_LABELS, METHODS, ChangeOutputs, ChangeParams, ChangeResult,
+                                     detect_changes)
 from ..core.checkpoint import read_card
 from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
@@ -220,8 +221,8 @@ class ChangeDetectionDock(JobDock):
         self.coding_combo = coding_combo(self, "How the reference's values read. References drawn for only part "
                                                "of a scene use 0 = not labelled, 1 = no change, 2 = change")
         self.method_combo = QComboBox(self)
-        self.method_combo.addItem("AR-CDNet (deep model)", "arcdnet")
-        self.method_combo.addItem("CVA (no model)", "cva")
+        for method in METHODS:
+            self.method_combo.addItem(METHOD_LABELS[method], method)
         self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.method_combo.setItemData(0, "AR-CDNet: a trained network with an online uncertainty branch",
                                       Qt.ToolTipRole)
