@@ -145,9 +145,18 @@ def save_checkpoint(path: str, state_dict: Mapping[str, Any], card: ModelCard, a
         torch.save(payload, pending.temp(path))
 
 
+TASK_LABELS = {"classification": "classification", "change_detection": "change detection",
+               "anomaly_detection": "anomaly detection (BSDM denoiser)"}  # a card's task as people read it
+
+
+def task_label(task: str) -> str:
+    """'change detection' for 'change_detection': a card's task in messages, docks and dialogs."""
+    return TASK_LABELS.get(task, task.replace("_", " "))
+
+
 def _a(task: str) -> str:
-    """'a change detection', 'an anomaly detection': a task as a message names it."""
-    words = task.replace("_", " ")
+    """'a change detection', 'an anomaly detection (BSDM denoiser)': a task as a message names it."""
+    words = task_label(task)
     return f"{'an' if words[:1] in 'aeiou' else 'a'} {words}"
 
 

@@ -282,7 +282,7 @@ def test_bad_inputs_stop_with_clear_messages_and_no_files(tmp_path, shared_data,
     ckpt = load_checkpoint(tiny_change_checkpoint)
     card = ModelCard(**dict(ckpt.card.__dict__, task="anomaly_detection"))
     save_checkpoint(str(other), ckpt.state_dict, card)
-    with pytest.raises(RSLabError, match="is an anomaly detection checkpoint; this job needs a change detection model"):
+    with pytest.raises(RSLabError, match=r"is an anomaly detection \(BSDM denoiser\) checkpoint; this job needs a change detection model"):
         detect_changes(before, after, _outputs(out), ChangeParams(model=str(other)))
     # one georeferenced, one not
     with pytest.raises(RSLabError, match="georeferencing"):

@@ -45,6 +45,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.bops import MAX_BITS, MIN_BITS
+from ..core.checkpoint import task_label
 from ..core.compression import (METHOD_LABELS, CompressParams, CompressResult, check_compression_outputs,
                                 parse_max_bits)
 from ..core.errors import RSLabError
@@ -67,8 +68,6 @@ from .widgets import (
 )
 
 CUSTOM_CHECKPOINT = "Checkpoint file…"
-TASK_LABELS = {"classification": "classification", "change_detection": "change detection",
-               "anomaly_detection": "anomaly detection (BSDM denoiser)"}
 TASK_METRICS = {"classification": "accuracy", "change_detection": "f1", "anomaly_detection": "auc"}
 METRIC_LABELS = {"accuracy": "Accuracy", "f1": "F1", "auc": "AUC", "iou": "IoU", "kappa": "Kappa"}
 DATA_HINTS = {
@@ -168,7 +167,7 @@ def check_data(task: str, path: str) -> str:
                              f"a change-detection checkpoint needs {hint}")
         return path
     if os.path.isdir(path):
-        raise RSLabError(f"{name} is a folder; a {TASK_LABELS[task]} checkpoint needs {hint}")
+        raise RSLabError(f"{name} is a folder; a {task_label(task)} checkpoint needs {hint}")
     suffix = os.path.splitext(path)[1].lower()
     if task == "classification":
         if suffix != ".npz":
@@ -527,7 +526,7 @@ class CompressionDock(JobDock):
 
     @staticmethod
     def _describe(summary: CheckpointSummary) -> str:
-        task = TASK_LABELS.get(summary.task, summary.task)
+        task = task_label(summary.task)
         text = f"{task} · {summary.architecture}"
         if summary.compressed:
             method = summary.compression.get("method")

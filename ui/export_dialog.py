@@ -38,6 +38,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..core.checkpoint import task_label
 from ..core.errors import JobCancelled, RSLabError
 from ..core.dependencies import PLUGIN_DIR
 from ..core.export import CHECK_SAMPLES, SUFFIXES, export_paths, sample_inputs  # torch-free at import
@@ -246,7 +247,7 @@ class ExportDialog(QDialog):
         bits = sorted({b for layer in (checkpoint.card.bit_widths or {}).values() for b in layer.values()})
         self.model_info.setStyleSheet("color: #555;")
         self.model_info.setText(
-            f"{checkpoint.card.task} · {checkpoint.card.architecture} · "
+            f"{task_label(checkpoint.card.task)} · {checkpoint.card.architecture} · "
             + (f"compressed ({', '.join(map(str, bits))} bits)" if compressed else "full precision (32 bits)")
             + f" · input {' + '.join(describe_shape(x) for x in example)}")
         # defaults follow the checkpoint until the user types their own
