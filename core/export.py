@@ -89,6 +89,7 @@ import io
 import json
 import math
 import os
+import threading
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -124,6 +125,22 @@ def flatten_outputs(outputs: Any) -> List[Any]:
     if isinstance(outputs, dict):
         return [leaf for key in outputs for leaf in flatten_outputs(outputs[key])]
     return []  # None, numbers: not exported
+
+
+_ONNX_EXPORT = threading.Lock()  # torch's ONNX exporter (dynamo=False) runs one export per process at a time
+_TRACER_QUIET = False
+
+
+def _quiet_tracer() -> None:
+    """Filter torch's tracer warnings (Python-level tests on shapes and flags) once for the process: a
+    warnings.catch_warnings() block in an export thread swapped the process-wide filter list under other
+    threads (it could leave every warning ignored)."""
+    global _TRACER_QUIET
+    if not _TRACER_QUIET:
+        import torch
+
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        _TRACER_QUIET = True
 
 
 def _flat_module(model: Any) -> Any:
@@ -323,8 +340,10 @@ def _float_onnx(twin: Any, example_inputs: Tuple[Any, ...], input_names: List[st
     # Batch axes are dynamic; a 0-dim input (BSDM's diffusion step) has none.
     batched = [name for name, x in zip(input_names, example_inputs) if getattr(x, "ndim", 0) > 0]
     axes = {name: {0: "batch"} for name in batched + output_names}
-    with warnings.catch_warnings(), _AdaptivePoolSymbolic(opset):
-        warnings.simplefilter("ignore")  # tracer warnings about Python-level shape tests
+    _quiet_tracer()
+    # one export at a time: torch's TorchScript-based exporter keeps process-wide state (a second export
+    # beside the first failed with 'GLOBALS.in_onnx_export must be False'), as does the pooling symbolic
+    with _ONNX_EXPORT, _AdaptivePoolSymbolic(opset):
         try:
             torch.onnx.export(flat, tuple(example_inputs), buffer, dynamo=False, opset_version=opset,
                               training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
@@ -849,13 +868,12 @@ def _write_torchscript(model: Any, example_inputs: Tuple[Any, ...], target: str)
     extra = {"rslab_bit_plan.json": json.dumps(bit_plan(twin)),
              "rslab_output_names.json": json.dumps(default_output_names(model, count)),
              "rslab_input_names.json": json.dumps(default_input_names(model, len(example_inputs)))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python-level tests on shapes and flags
-        try:
-            traced = torch.jit.trace(flat, example_inputs, check_trace=False)
-        except Exception as exc:
-            raise RSLabError(f"the TorchScript export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-        torch.jit.save(traced, target, _extra_files=extra)  # (deprecated in favour of torch.export, still supported)
+    _quiet_tracer()
+    try:
+        traced = torch.jit.trace(flat, example_inputs, check_trace=False)
+    except Exception as exc:
+        raise RSLabError(f"the TorchScript export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    torch.jit.save(traced, target, _extra_files=extra)  # (deprecated in favour of torch.export, still supported)
 
 
 def export_torchscript(model: Any, example_inputs: Tuple[Any, ...], path: str, overwrite: bool = False) -> str:

@@ -29,13 +29,18 @@ from .outputs import PARTIAL_PREFIX, write_failed
 GDAL_CACHE_MB = 256
 
 
+# Images without georeferencing (PNGs, ABU cubes) are normal input: rasterio's warning about them is
+# filtered once for the process. warnings.catch_warnings() around each read swapped the process-wide filter
+# list from worker threads: two jobs at once left the filter on for the console and other plugins anyway,
+# or took it off under a running job.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
 @contextlib.contextmanager
 def gdal_env() -> Iterator[None]:
-    """GDAL settings for windowed jobs (bounded block cache, quiet warnings)."""
+    """GDAL settings for windowed jobs (bounded block cache)."""
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_PAM_ENABLED="NO"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            yield
+        yield
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,7 @@ def open_raster(path: str) -> Any:
     if os.path.isdir(path):
         raise RSLabError(f"{path} is a folder, not a raster file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(path)
+        ds = rasterio.open(path)
     except RasterioIOError as exc:
         if os.path.basename(path).startswith(PARTIAL_PREFIX):  # an output of this job, read back
             raise write_failed(path, exc, "could not read back an output of this job") from exc
@@ -304,9 +307,7 @@ def output_profile(
 def open_output(path: str, profile: Dict[str, Any]) -> Any:
     """Open a GeoTIFF for writing, with an RSLabError if GDAL refuses."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path, "w", **profile)
+        return rasterio.open(path, "w", **profile)
     except RasterioIOError as exc:
         raise RSLabError(f"cannot write {os.path.basename(path)}: {exc}") from exc
 

@@ -13,9 +13,12 @@ def repeated_input_linear(values: Tensor, weight: Tensor, bias: Tensor, repeats:
     be summed first: k multiply-adds per output instead of k x repeats. Exact up to
     float rounding, gradients included. While exporting to ONNX the literal form is
     traced instead, so the exported graph holds the layer's own weight in a Gemm
-    (where a quantised export puts its integer weights and input quantiser).
+    (where a quantised export puts its integer weights and input quantiser). The
+    ONNX flag is process-wide, the tracing state is the thread's own: with the
+    flag alone, a BSDM run beside an export in another thread took the literal
+    form too, and a seeded run's scores moved by up to 536.
     """
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() and torch.jit.is_tracing():
         return F.linear(values.repeat_interleave(repeats, dim=1), weight, bias)
     out_features = weight.shape[0]
     summed = weight.reshape(out_features, values.shape[1], repeats).sum(dim=2)  # (out, k)

@@ -165,6 +165,28 @@ def test_a_seed_gives_the_same_denoiser_while_another_job_trains(beach2, tmp_pat
     assert all(torch.equal(w, alone) for w in beside)
 
 
+def test_an_onnx_export_in_another_thread_does_not_change_the_denoisers_arithmetic(beach2):
+    """torch's 'in ONNX export' flag is process-wide: while the Export dialog exported in its thread, the
+    statistical-offset layer of a BSDM run in another took the exporter's literal form, and a seeded run's
+    scores moved by up to 536. The layer now takes that form only while its own thread traces."""
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+    cube, _ = beach2
+    sample = torch.from_numpy(_training_sample(str(cube), *_cube_range(cube), 500, 100 * 100,
+                                               np.random.default_rng(0)))
+    torch.manual_seed(0)
+    model = BSDMDenoiser(sample.shape[1]).eval()
+    step = torch.tensor(500)
+    with torch.no_grad():
+        alone = model(sample, step)
+        GLOBALS.in_onnx_export = True  # as another thread's export sets it
+        try:
+            beside = model(sample, step)
+        finally:
+            GLOBALS.in_onnx_export = False
+    assert torch.equal(alone, beside)
+
+
 def test_bfloat16_training_follows_float32_on_a_real_scene(beach2):
     """Training in bfloat16 (autocast; the default where the hardware has it) tracks float32 closely."""
     from rslab.core.device import native_bfloat16

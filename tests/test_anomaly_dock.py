@@ -19,6 +19,7 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
 )
 from qgis.gui import QgsMapToolPan
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 from rasterio.transform import from_origin
 from rasterio.windows import Window
@@ -298,6 +299,24 @@ def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, scene, project, tm
     assert dock.status_label.text() == "Cancelled; no output was written"
     assert not out.exists() or os.listdir(out) == []
     assert group_names(project) == [] and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+def test_a_dock_deleted_mid_run_leaves_no_temporary_folder(qtbot, iface, scene, project):
+    """Unloading the plugin during a run into 'a new temporary folder per run' cancelled the job but left the
+    empty folder behind (the finished callback returned early for a deleted dock)."""
+    from qgis.core import QgsApplication
+
+    dock = AnomalyDock(iface)
+    choose(dock, scene[0], "bsdm_rx", iterations=5000)
+    dock.output_dir.setFilePath("")
+    qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+    folder = dock._request.output_dir
+    assert dock._request.created_dir and os.path.isdir(folder)
+    qtbot.waitUntil(lambda: "BSDM iteration" in dock.status_label.text(), timeout=RUN_TIMEOUT_MS)
+    sip.delete(dock)  # as unloading the plugin deletes its docks (their jobs are cancelled)
+    qtbot.waitUntil(lambda: QgsApplication.taskManager().countActiveTasks() == 0, timeout=RUN_TIMEOUT_MS)
+    qtbot.wait(100)
+    assert not os.path.exists(folder)
 
 
 def test_pick_tool_and_a_canvas_in_another_crs(qtbot, dock, iface, project, beach2, tmp_path):

@@ -182,8 +182,12 @@ class JobDock(QWidget):
             self.task.cancel()
 
     def _end_job(self) -> Optional[Any]:
-        """First step of `_finished`: the finished request, or None when the dock is already deleted."""
+        """First step of `_finished`: the finished request, or None when the dock is already deleted (the
+        plugin unloaded mid-run; the run's own temporary folder, left empty by the cancel, goes then too)."""
         if sip.isdeleted(self):
+            request = getattr(self, "_request", None)
+            if request is not None:
+                self._remove_empty_folder(request)
             return None
         request, self._request = self._request, None
         self.destroyed.disconnect(self._cancel_on_destroy)
