@@ -246,7 +246,9 @@ class JobDock(QWidget):
 
     @staticmethod
     def _remove_empty_folder(request: Any) -> None:
-        if request.created_dir and os.path.isdir(request.output_dir) and not os.listdir(request.output_dir):
+        # a compression request has no folder of its own (created_dir): nothing to remove
+        if getattr(request, "created_dir", False) and os.path.isdir(request.output_dir) \
+                and not os.listdir(request.output_dir):
             os.rmdir(request.output_dir)
 
     def _report_failure(self, error: str, context: str = "") -> None:
