@@ -171,10 +171,10 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
                               f"validation F1 {record['val_f1']:.4f}")
 
         result = train_change_detector(train, val, output, params, progress, cancelled, on_epoch, description)
-        if note:  # the split's note belongs with the run's others in the report (it was only in the log)
-            result.notes.insert(0, note)
-        for later in result.notes[1 if note else 0:]:
+        for later in result.notes:
             feedback.pushWarning(later)
+        if note:  # the split's note (logged before training) belongs with the run's others in the report
+            result.notes.insert(0, note)
         feedback.pushInfo(f"best validation F1 {result.best_f1:.4f} at iteration {result.best_iteration} on {result.device}")
         out = {self.OUTPUT_MODEL: output}
         if report:  # under a temporary name, renamed when complete; its folder is made if missing
