@@ -154,7 +154,7 @@ def task_label(task: str) -> str:
     return TASK_LABELS.get(task, task.replace("_", " "))
 
 
-def _a(task: str) -> str:
+def task_with_article(task: str) -> str:
     """'a change detection', 'an anomaly detection (BSDM denoiser)': a task as a message names it."""
     words = task_label(task)
     return f"{'an' if words[:1] in 'aeiou' else 'a'} {words}"
@@ -192,7 +192,8 @@ def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
         )
     card = ModelCard.from_json(payload.get("card", ""))
     if task is not None and card.task != task:
-        raise RSLabError(f"{name} is {_a(card.task)} checkpoint; this job needs {_a(task)} model")
+        raise RSLabError(f"{name} is {task_with_article(card.task)} checkpoint; "
+                         f"this job needs {task_with_article(task)} model")
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise RSLabError(f"{name} has no weights")

@@ -45,7 +45,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.bops import MAX_BITS, MIN_BITS
-from ..core.checkpoint import task_label
+from ..core.checkpoint import task_label, task_with_article
 from ..core.compression import (METHOD_LABELS, CompressParams, CompressResult, check_compression_outputs,
                                 parse_max_bits)
 from ..core.errors import RSLabError
@@ -167,7 +167,7 @@ def check_data(task: str, path: str) -> str:
                              f"a change-detection checkpoint needs {hint}")
         return path
     if os.path.isdir(path):
-        raise RSLabError(f"{name} is a folder; a {task_label(task)} checkpoint needs {hint}")
+        raise RSLabError(f"{name} is a folder; {task_with_article(task)} checkpoint needs {hint}")
     suffix = os.path.splitext(path)[1].lower()
     if task == "classification":
         if suffix != ".npz":
