@@ -43,6 +43,7 @@ from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
 from .outputs import PendingOutputs, check_output_paths, work_folder
+from .overviews import CATEGORICAL, CONTINUOUS, add_overviews_to
 from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_label_window, read_window
 from .seeding import seeded_global_generator
 from .tiling import OutputSpec, TileSpec, partition, run_tiled
@@ -666,6 +667,7 @@ def detect_anomalies(
                 _score_raster(source, scores_path, RxScorer(mean, cov), monitor.sub(0.85, 0.95))
             lo_hi = score_bounds(scores_path, monitor.sub(0.95, 0.96))
         result.score_range = lo_hi
+        rasters = [(scores_path, CONTINUOUS)]  # the outputs QGIS draws: overviews for large ones
         if reference:
             with monitor.timed("evaluate"):
                 result.roc = anomaly_roc(scores_path, reference, *lo_hi, monitor=monitor.sub(0.96, 0.97))
@@ -689,9 +691,12 @@ def detect_anomalies(
                 def to_mask(arrays, valid):
                     return [(arrays[0][0] > threshold).astype(np.uint8)]
 
-                run_tiled([scores_path], [OutputSpec(pending.temp(outputs.mask), 1, "uint8", MASK_NODATA,
+                mask_path = pending.temp(outputs.mask)
+                rasters.append((mask_path, CATEGORICAL))
+                run_tiled([scores_path], [OutputSpec(mask_path, 1, "uint8", MASK_NODATA,
                                                      ("anomaly (1) / background (0)",))], to_mask,
                           TileSpec(STATS_TILE, 0, "partition"), monitor.sub(0.98, 0.99))
+        add_overviews_to(rasters, monitor.sub(0.99, 1.0))
         if outputs.report:
             with open(pending.temp(outputs.report), "w") as handle:
                 json.dump(result.report(), handle, indent=1, default=str)

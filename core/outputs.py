@@ -72,16 +72,19 @@ def check_complete(path: PathLike, final_name: str) -> None:
 
 
 def _check_blocks(ds: Any, size: int) -> None:
-    """RuntimeError if a block of the open GeoTIFF `ds` lies past `size` bytes."""
+    """RuntimeError if a block of the open GeoTIFF `ds` (or of its overviews) lies past `size` bytes."""
     for index in range(1, ds.RasterCount + 1):
         band = ds.GetRasterBand(index)
-        block_x, block_y = band.GetBlockSize()
-        for y in range((ds.RasterYSize + block_y - 1) // block_y):
-            for x in range((ds.RasterXSize + block_x - 1) // block_x):
-                offset = band.GetMetadataItem(f"BLOCK_OFFSET_{x}_{y}", "TIFF")
-                length = band.GetMetadataItem(f"BLOCK_SIZE_{x}_{y}", "TIFF")
-                if offset and length and int(offset) + int(length) > size:
-                    raise RuntimeError(f"block ({x}, {y}) of band {index} lies past the end of the file")
+        levels = [band] + [band.GetOverview(level) for level in range(band.GetOverviewCount())]
+        for level, image in enumerate(levels):
+            block_x, block_y = image.GetBlockSize()
+            for y in range((image.YSize + block_y - 1) // block_y):
+                for x in range((image.XSize + block_x - 1) // block_x):
+                    offset = image.GetMetadataItem(f"BLOCK_OFFSET_{x}_{y}", "TIFF")
+                    length = image.GetMetadataItem(f"BLOCK_SIZE_{x}_{y}", "TIFF")
+                    if offset and length and int(offset) + int(length) > size:
+                        where = f" of overview {level}" if level else ""
+                        raise RuntimeError(f"block ({x}, {y}) of band {index}{where} lies past the end of the file")
 
 
 def _tiff_or_empty(path: Path) -> bool:

@@ -1,0 +1,122 @@
+"""Overviews in the large rasters the jobs write, so QGIS draws them without reading every full-size block."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes
+from rslab.core.errors import JobCancelled, RSLabError
+from rslab.core.import_cube import import_cube
+from rslab.core.job import JobMonitor
+from rslab.core.outputs import PendingOutputs
+from rslab.core.overviews import CONTINUOUS, add_overviews, overview_factors
+
+
+def _overviews(path, band=1):
+    with rasterio.open(path) as ds:
+        return ds.overviews(band)
+
+
+def _strip(source, target, copies):
+    """`copies` copies of a real image side by side, georeferenced (a raster wider than QGIS draws fast)."""
+    with rasterio.open(source) as ds:
+        data = np.concatenate([ds.read()] * copies, axis=2)
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=data.dtype.name, crs="EPSG:32633", transform=from_origin(500000, 4000000, 1, 1),
+                   tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    with rasterio.open(target, "w", **profile) as dst:
+        dst.write(data)
+    return str(target)
+
+
+def test_overview_levels_go_down_to_one_tile_and_small_rasters_get_none():
+    assert overview_factors(2048, 2048) == []
+    assert overview_factors(100, 2049) == [2, 4, 8, 16]
+    assert overview_factors(10000, 7000) == [2, 4, 8, 16, 32, 64]
+    assert 10000 / 64 <= 256 < 10000 / 32
+
+
+def test_large_anomaly_outputs_carry_overviews_and_small_ones_none(tmp_path, samples):
+    """A 2100 x 100 strip of ABU beach-2 copies: the scores (averaged, NaN left out) and the mask (nearest)
+    carry overviews; the 100 x 100 scene's outputs do not."""
+    import_cube(str(samples / "abu-beach-2.mat"), str(tmp_path / "cube.tif"))
+    strip = _strip(tmp_path / "cube.tif", tmp_path / "strip.tif", 21)
+    with rasterio.open(strip, "r+") as ds:  # a nodata column: NaN scores, nodata in the mask
+        ds.nodata = 0
+        ds.write(np.zeros((ds.count, 100, 1), dtype=ds.dtypes[0]), window=((0, 100), (5, 6)))
+    outputs = AnomalyOutputs(scores=str(tmp_path / "scores.tif"), mask=str(tmp_path / "mask.tif"))
+    detect_anomalies(strip, outputs, AnomalyParams(method="rx", false_alarm_rate=0.01))
+    assert _overviews(outputs.scores) == [2, 4, 8, 16] and _overviews(outputs.mask) == [2, 4, 8, 16]
+    with rasterio.open(outputs.scores) as ds:
+        full = ds.read(1)
+        half = ds.read(1, out_shape=(50, 1050))  # read from the first overview
+        assert ds.crs.to_epsg() == 32633
+    assert np.isnan(full[:, 5]).all() and np.isfinite(np.delete(full, 5, axis=1)).all()
+    expected = full[:, 10:20].reshape(50, 2, 5, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(half[:, 5:10], expected, rtol=1e-5)
+    assert np.isfinite(half[:, 2]).all()  # the nodata column is left out of its overview pixels' average
+    np.testing.assert_allclose(half[:, 2], np.nanmean(full[:, 4:6].reshape(50, 2, 2), axis=(1, 2)), rtol=1e-5)
+    with rasterio.open(outputs.mask) as ds:
+        assert set(np.unique(ds.read(1, out_shape=(50, 1050)))) <= {0, 1, 255}
+
+    small = AnomalyOutputs(scores=str(tmp_path / "small.tif"))
+    detect_anomalies(str(tmp_path / "cube.tif"), small, AnomalyParams(method="rx"))
+    assert _overviews(small.scores) == []
+
+
+def test_large_change_outputs_carry_overviews(tmp_path, samples):
+    """Nine copies of the LEVIR pair side by side (2304 x 256): the mask keeps its classes, the probability and
+    uncertainty are averaged."""
+    before = _strip(samples / "levir_test_7_A.png", tmp_path / "a.tif", 9)
+    after = _strip(samples / "levir_test_7_B.png", tmp_path / "b.tif", 9)
+    outputs = ChangeOutputs(change=str(tmp_path / "change.tif"), probability=str(tmp_path / "p.tif"),
+                            uncertainty=str(tmp_path / "u.tif"))
+    detect_changes(before, after, outputs, ChangeParams(method="cva"))
+    for path in (outputs.change, outputs.probability, outputs.uncertainty):
+        assert _overviews(path) == [2, 4, 8, 16], path
+    with rasterio.open(outputs.change) as ds:
+        full, half = ds.read(1), ds.read(1, out_shape=(128, 1152))
+    assert set(np.unique(half)) <= set(np.unique(full)) <= {0, 1, 255}
+    with rasterio.open(outputs.probability) as ds:
+        full, half = ds.read(1), ds.read(1, out_shape=(128, 1152))
+    np.testing.assert_allclose(half, full.reshape(128, 2, 1152, 2).mean(axis=(1, 3)), rtol=1e-5, atol=1e-6)
+
+
+def _float_raster(path, size=4096):
+    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="float32", tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate")
+    with rasterio.open(path, "w", **profile) as dst:  # noise: compresses little, so overviews take many blocks
+        dst.write(np.random.default_rng(0).random((1, size, size), dtype=np.float32))
+
+
+def test_cancel_while_building_overviews_stops_the_job(tmp_path):
+    path = tmp_path / "scores.tif"
+    _float_raster(path)
+    calls = []
+
+    def cancelled():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(JobCancelled):
+        add_overviews(str(path), CONTINUOUS, JobMonitor(cancelled=cancelled))
+    assert 3 < len(calls) < 50  # GDAL asked again and again and stopped at the first 'cancel'
+
+
+def test_an_overview_cut_short_is_found_before_the_commit(tmp_path):
+    """The overviews are written last, at the end of the file: a disk that fills then cut off overview blocks
+    while every full-size block was whole, and the check looked at those only."""
+    final = tmp_path / "scores.tif"
+    with pytest.raises(RSLabError, match=r"^scores.tif was not written completely \(block .* of overview"):
+        with PendingOutputs() as pending:
+            temp = pending.temp(final)
+            _float_raster(temp)
+            add_overviews(temp, CONTINUOUS)
+            with open(temp, "r+b") as handle:
+                handle.truncate(os.path.getsize(temp) - 1000)
+    assert os.listdir(tmp_path) == []
