@@ -38,21 +38,25 @@ test: setup
 DEMO_PROFILE := build/qgis-demo-profile
 SAMPLES := resources/samples
 # where make demo writes (the test suite points it at a temporary folder); it replaces only its own files
-# there, and reads copies of the bundled pair in its inputs/ (QGIS writes .aux.xml beside the rasters it opens)
+# there, and reads copies of the bundled pair in its rslab-demo-inputs/ (QGIS writes .aux.xml beside the
+# rasters it opens); nothing else in the folder is touched
 DEMO ?= demo
+DEMO_INPUTS = $(DEMO)/rslab-demo-inputs
+DEMO_PAIR := levir_test_7_A.png levir_test_7_B.png levir_test_7_label.png
 
 demo: setup
-	rm -rf "$(DEMO)/inputs" "$(DEMO_PROFILE)" && mkdir -p "$(DEMO)/inputs" "$(DEMO_PROFILE)/profiles/default/python/plugins"
+	rm -rf "$(DEMO_PROFILE)" && mkdir -p "$(DEMO_INPUTS)" "$(DEMO_PROFILE)/profiles/default/python/plugins"
 	cd "$(DEMO)" && rm -f change.tif probability.tif uncertainty.tif report.json quicklook.png qgis_process.log
-	cp $(SAMPLES)/levir_test_7_A.png $(SAMPLES)/levir_test_7_B.png $(SAMPLES)/levir_test_7_label.png "$(DEMO)/inputs"
+	cd "$(DEMO_INPUTS)" && rm -f $(foreach name,$(DEMO_PAIR),$(name) $(name).aux.xml)
+	cp $(foreach name,$(DEMO_PAIR),$(SAMPLES)/$(name)) "$(DEMO_INPUTS)"
 	ln -sfn "$(CURDIR)" "$(DEMO_PROFILE)/profiles/default/python/plugins/$(PLUGIN_NAME)"
 	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin plugins enable $(PLUGIN_NAME) >/dev/null
 	QGIS_CUSTOM_CONFIG_PATH="$(CURDIR)/$(DEMO_PROFILE)" /usr/bin/qgis_process.bin run rslab:detect_changes -- \
-	  BEFORE="$(DEMO)/inputs/levir_test_7_A.png" AFTER="$(DEMO)/inputs/levir_test_7_B.png" \
-	  REFERENCE="$(DEMO)/inputs/levir_test_7_label.png" METHOD=0 THRESHOLD=0.5 \
+	  BEFORE="$(DEMO_INPUTS)/levir_test_7_A.png" AFTER="$(DEMO_INPUTS)/levir_test_7_B.png" \
+	  REFERENCE="$(DEMO_INPUTS)/levir_test_7_label.png" METHOD=0 THRESHOLD=0.5 \
 	  OUTPUT_CHANGE="$(DEMO)/change.tif" OUTPUT_PROBABILITY="$(DEMO)/probability.tif" \
 	  OUTPUT_UNCERTAINTY="$(DEMO)/uncertainty.tif" OUTPUT_REPORT="$(DEMO)/report.json" > "$(DEMO)/qgis_process.log"
-	$(PY) scripts/quicklook.py "$(DEMO)/inputs/levir_test_7_A.png" "$(DEMO)/inputs/levir_test_7_B.png" \
+	$(PY) scripts/quicklook.py "$(DEMO_INPUTS)/levir_test_7_A.png" "$(DEMO_INPUTS)/levir_test_7_B.png" \
 	  "$(DEMO)/change.tif" "$(DEMO)/uncertainty.tif" "$(DEMO)/quicklook.png" --report "$(DEMO)/report.json"
 
 bench: setup

@@ -403,14 +403,19 @@ def save_denoiser(model, path: str, scene: str, lo: float, hi: float, params: An
     save_checkpoint(path, model.state_dict(), card, atomic=False)
 
 
-def load_denoiser(path: str, bands: int) -> Any:
-    """A BSDM denoiser checkpoint (float or compressed) for a `bands`-band image, ready for inference."""
+def load_denoiser(path: str, bands: int, scene_bands: Optional[int] = None) -> Any:
+    """A BSDM denoiser checkpoint (float or compressed) for a `bands`-band image, ready for inference.
+
+    `scene_bands`: the file's own band count, when bad or empty bands were left out of the `bands` used.
+    """
     from .checkpoint import build_model, load_checkpoint
 
     checkpoint = load_checkpoint(path, task=TASK)
     if checkpoint.card.arguments.get("bands") != bands:
+        has = f"{bands}" if scene_bands in (None, bands) else \
+            f"{bands} usable bands (of its {scene_bands}: {scene_bands - bands} are flagged bad or empty)"
         raise RSLabError(f"{os.path.basename(path)} was trained for {checkpoint.card.arguments.get('bands')} bands; "
-                         f"the image has {bands}")
+                         f"the image has {has}")
     return build_model(checkpoint)
 
 
@@ -637,7 +642,7 @@ def detect_anomalies(
                 if valid_pixels <= info.count:  # said before training, not after it when RX's statistics fail
                     raise too_few_pixels(valid_pixels, info.count)
                 if params.model:
-                    model = load_denoiser(params.model, info.count).to(device)
+                    model = load_denoiser(params.model, info.count, raster_info(scene).count).to(device)
                     result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")
                 else:
                     sample = _training_sample(cube, lo, hi, params.max_train_pixels, valid_pixels,

@@ -21,7 +21,7 @@ from rasterio.enums import ColorInterp
 
 from .errors import RSLabError
 from .gdal_exceptions import gdal_exceptions
-from .raster_io import band_wavelengths, data_bands, gdal_env, open_raster
+from .raster_io import band_wavelengths, data_bands, gdal_env, open_raster, read_bands
 
 # Red, green and blue light: the centres a true-colour view takes its bands nearest to, and how far
 # off a band may lie (Sentinel-2's B4, B3, B2 at 665, 560, 490 nm qualify; a SWIR-only cube does not).
@@ -186,12 +186,12 @@ def empty_bands(path: str, bands: Sequence[int], check: Callable[[], None] = lam
 
     pending = sorted(bands)
     with gdal_env(), open_raster(path) as ds:
-        floating = np.issubdtype(np.dtype(ds.dtypes[0]), np.floating)
+        floating = any(np.issubdtype(np.dtype(ds.dtypes[band - 1]), np.floating) for band in pending)
 
         def shown(**read) -> List[bool]:
             valid = ds.read_masks(pending, **read) > 0
             if floating:
-                valid &= np.isfinite(ds.read(pending, **read))
+                valid &= np.isfinite(read_bands(ds, pending, **read))
             return list(valid.reshape(len(pending), -1).any(axis=1))
 
         check()

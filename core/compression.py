@@ -239,7 +239,7 @@ def compress_checkpoint(
 
 def model_bops_report(model_path: str, mode: str = "hawq", input_size: Optional[int] = None) -> Dict[str, Any]:
     """BOPs, MACs, size and per-layer figures of any checkpoint (float or compressed), as JSON-ready data."""
-    from .compression_tasks import example_inputs_for
+    from .compression_tasks import DEFAULT_INPUT_SIZE, example_inputs_for
 
     checkpoint = load_checkpoint(model_path)
     model = build_model(checkpoint)
@@ -247,5 +247,5 @@ def model_bops_report(model_path: str, mode: str = "hawq", input_size: Optional[
     report.update({"model": model_path, "task": checkpoint.card.task, "architecture": checkpoint.card.architecture,
                    "compressed": checkpoint.card.compressed,
                    "input": "one pixel token" if checkpoint.card.task == "anomaly_detection"
-                   else f"{input_size or 'default'} pixels square, batch of one"})
+                   else f"{input_size or DEFAULT_INPUT_SIZE[checkpoint.card.task]} pixels square, batch of one"})
     return report

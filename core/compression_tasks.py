@@ -349,6 +349,16 @@ MIN_INPUT_SIZE = 8
 MAX_INPUT_SIZE = 4096  # the default change detector counts 4096 x 4096 in 4.4 GB and about a minute on a CPU core
 
 
+def check_input_size(side: int) -> None:
+    """RSLabError unless `side` is an image side BOPs can be counted for (0, the task's default, is too)."""
+    if side == 0:
+        return
+    if side < MIN_INPUT_SIZE:
+        raise RSLabError(f"the input size must be at least {MIN_INPUT_SIZE} pixels, got {side}")
+    if side > MAX_INPUT_SIZE:
+        raise RSLabError(f"the input size must be at most {MAX_INPUT_SIZE} pixels, got {side}")
+
+
 def example_inputs_for(card: Any, size: Optional[int] = None) -> Tuple[Any, ...]:
     """A one-sample input for counting a checkpoint's BOPs without data: an image of `size` pixels
     (default 32 for classification, 256 for change detection) or one pixel token (anomaly detection)."""
@@ -362,10 +372,7 @@ def example_inputs_for(card: Any, size: Optional[int] = None) -> Tuple[Any, ...]
     if card.task not in DEFAULT_INPUT_SIZE:
         raise RSLabError(f"no example input is known for {card.task!r} models")
     side = int(size or DEFAULT_INPUT_SIZE[card.task])
-    if side < MIN_INPUT_SIZE:
-        raise RSLabError(f"the input size must be at least {MIN_INPUT_SIZE} pixels, got {side}")
-    if side > MAX_INPUT_SIZE:
-        raise RSLabError(f"the input size must be at most {MAX_INPUT_SIZE} pixels, got {side}")
+    check_input_size(side)
     image = torch.zeros((1, bands, side, side))
     return (image, image.clone()) if card.task == "change_detection" else (image,)
 

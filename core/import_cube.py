@@ -208,8 +208,13 @@ def import_cube(
         hint = _gt_candidates(variables, cube_key, (height, width)) if params.gt_key not in variables else ""
         gt = np.squeeze(_variable(variables, params.gt_key, name, "ground truth", hint))
         if gt.shape != (height, width):
+            # a cube saved bands first (numpy's and PyTorch's habit) shows here: its last two axes match
+            order = (f"; {cube_key!r} ({height} x {width} x {bands}) looks stored bands first, {height} bands of "
+                     f"{width} x {bands} pixels: save it as rows x columns x bands, e.g. numpy.moveaxis(cube, 0, -1)"
+                     if gt.shape == (width, bands) else "")
             raise RSLabError(
                 f"ground truth {params.gt_key!r} is {gt.shape} but the cube is {height} x {width}; they must match"
+                + order
             )
         gt, gt_note = _storable(gt, "ground truth")
         notes.append(gt_note)

@@ -16,7 +16,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Type, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Type, Union
 
 from .errors import RSLabError
 
@@ -147,9 +147,35 @@ def check_output_paths(outputs: Mapping[str, Optional[PathLike]], inputs: Option
             if source_path and same_file(path, source_path):
                 raise RSLabError(f"the {what} would replace the {source} ({os.path.basename(source_path)}); "
                                  "give the output another name")
+            for behind in files_behind(source_path) if source_path else ():
+                if same_file(path, behind):
+                    raise RSLabError(f"the {what} would replace {os.path.basename(behind)}, which the {source} "
+                                     f"({os.path.basename(source_path)}) reads; give the output another name")
             if source_path and os.path.isdir(source_path) and os.path.exists(path) and _inside(path, source_path):
                 raise RSLabError(f"the {what} would replace {os.path.basename(path)} in the {source} folder "
                                  f"({os.path.basename(os.path.normpath(source_path))}); give the output another name")
+
+
+def files_behind(path: PathLike) -> List[str]:
+    """The other files GDAL reads for the raster at `path`: an ENVI header, a VRT's sources, a .msk mask
+    (an output named after one of them passed the check and destroyed the input); none for a file GDAL does
+    not read as a raster, or a folder."""
+    from .gdal_exceptions import gdal_exceptions
+
+    if not os.path.isfile(path):
+        return []
+    try:
+        with gdal_exceptions() as gdal:
+            gdal.PushErrorHandler("CPLQuietErrorHandler")  # a checkpoint or .mat input is no raster: no log line
+            try:
+                ds = gdal.OpenEx(os.fspath(path), gdal.OF_RASTER)
+                files = ds.GetFileList() or []
+                ds = None
+            finally:
+                gdal.PopErrorHandler()
+    except RuntimeError:
+        return []
+    return [name for name in files if not same_file(name, path)]
 
 
 def _inside(path: PathLike, folder: PathLike) -> bool:

@@ -38,8 +38,16 @@ warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 @contextlib.contextmanager
 def gdal_env() -> Iterator[None]:
-    """GDAL settings for windowed jobs (bounded block cache)."""
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_PAM_ENABLED="NO"):
+    """GDAL settings for windowed jobs (bounded block cache).
+
+    GDAL's .aux.xml sidecars stay on: they carry a file's CRS and transform
+    (a PROFILE=BASELINE GeoTIFF, a PNG georeferenced by QGIS), its nodata value
+    and band metadata (ENVI bbl, wavelengths) as QGIS reads them; with them off,
+    such a file's scores came out without georeferencing and nodata counted as
+    data. The jobs only read pixels and write GeoTIFFs, which hold their own
+    metadata, so they leave no sidecar (tests/test_raster_io.py checks it).
+    """
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         yield
 
 
@@ -86,11 +94,23 @@ def open_raster(path: str) -> Any:
     except RasterioIOError as exc:
         if os.path.basename(path).startswith(PARTIAL_PREFIX):  # an output of this job, read back
             raise write_failed(path, exc, "could not read back an output of this job") from exc
+        if path.lower().endswith(".hdr"):
+            raise RSLabError(_envi_header_message(path)) from exc
         raise RSLabError(f"{os.path.basename(path)} is not a raster GDAL can read ({exc})") from exc
     if ds.width == 0 or ds.height == 0 or ds.count == 0:
         ds.close()
         raise RSLabError(f"{os.path.basename(path)} is empty ({ds.width} x {ds.height} x {ds.count})")
     return ds
+
+
+def _envi_header_message(header: str) -> str:
+    """What to open instead of an ENVI header: its data file, the name beside it without .hdr's suffix."""
+    stem = os.path.splitext(header)[0]
+    folder = os.path.dirname(header) or "."
+    data = sorted(name for name in os.listdir(folder)
+                  if os.path.splitext(name)[0] == os.path.basename(stem) and not name.lower().endswith((".hdr", ".xml")))
+    choose = f"choose its data file ({', '.join(data)})" if data else "choose its data file (the same name without .hdr)"
+    return f"{os.path.basename(header)} is an ENVI header, which describes the image; {choose}"
 
 
 def describe(ds: Any) -> RasterInfo:
@@ -124,6 +144,19 @@ def data_bands(ds: Any) -> List[int]:
 
 def band_count(ds: Any) -> int:
     return len(data_bands(ds))
+
+
+def read_bands(ds: Any, bands: List[int], **where: Any) -> np.ndarray:
+    """`ds.read(bands, **where)`, also for bands of different data types (a VRT stacking a uint16 and a
+    float32 file), which rasterio refuses ("more than one 'dtype' found"): read one by one into their
+    common type then."""
+    types = {ds.dtypes[band - 1] for band in bands}
+    if len(types) == 1:
+        return ds.read(bands, **where)
+    common = np.result_type(*types)
+    out_shape = where.pop("out_shape", None)
+    return np.stack([ds.read(band, out_shape=out_shape[1:] if out_shape else None, **where).astype(common, copy=False)
+                     for band in bands])
 
 
 def _nodata_valid(band: np.ndarray, nodata: float) -> np.ndarray:
@@ -193,7 +226,7 @@ def read_window(ds: Any, window: Window) -> Tuple[np.ndarray, np.ndarray]:
     band, mask band) or when any of its bands is NaN or infinite.
     """
     bands = data_bands(ds)
-    data = ds.read(bands, window=window)
+    data = read_bands(ds, bands, window=window)
     return data, _valid_pixels(ds, bands, data, window=window)
 
 
@@ -225,7 +258,7 @@ def read_decimated(ds: Any, max_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
     step = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / max(1, max_pixels)))))
     shape = (max(1, ds.height // step), max(1, ds.width // step))
     bands = data_bands(ds)
-    data = ds.read(bands, out_shape=(len(bands),) + shape)
+    data = read_bands(ds, bands, out_shape=(len(bands),) + shape)
     return data, _valid_pixels(ds, bands, data, out_shape=shape)
 
 
@@ -310,6 +343,25 @@ def open_output(path: str, profile: Dict[str, Any]) -> Any:
         return rasterio.open(path, "w", **profile)
     except RasterioIOError as exc:
         raise RSLabError(f"cannot write {os.path.basename(path)}: {exc}") from exc
+
+
+def pixel_of(path: str, x: float, y: float) -> Optional[Tuple[int, int]]:
+    """(row, col) of the pixel of the georeferenced raster at `path` that holds the point (x, y) of its own
+    CRS, placed as GDAL places it (geotransform, rotated or south-up ones included, ground control points,
+    RPCs); None outside the raster."""
+    from .gdal_exceptions import gdal_exceptions
+
+    with gdal_exceptions() as gdal:
+        ds = gdal.Open(os.fspath(path))
+        try:
+            placed, (col, row, _) = gdal.Transformer(ds, None, []).TransformPoint(1, x, y, 0)
+        except RuntimeError as exc:
+            raise RSLabError(f"cannot place that point on {os.path.basename(path)}: {exc}") from exc
+        width, height = ds.RasterXSize, ds.RasterYSize
+        ds = None
+    if not placed or not (0 <= col < width and 0 <= row < height):
+        return None
+    return int(row), int(col)
 
 
 def same_grid(a: RasterInfo, b: RasterInfo, tolerance: float = 1e-6) -> bool:

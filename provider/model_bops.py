@@ -11,7 +11,7 @@ from qgis.core import (
 )
 
 from ..core.bops import MODES
-from ..core.compression_tasks import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from ..core.compression_tasks import MAX_INPUT_SIZE, MIN_INPUT_SIZE, check_input_size
 from ..core.errors import RSLabError
 from .base import RSLabAlgorithm, checkpoint_parameter
 
@@ -52,6 +52,9 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
         # numbers a model's next step can take (returned by every run)
         self.addOutput(QgsProcessingOutputNumber("TOTAL_BOPS", "Total BOPs"))
         self.addOutput(QgsProcessingOutputNumber("SIZE_MB", "Model size (MB)"))
+
+    def check_parameters(self, parameters, context) -> None:
+        check_input_size(self.parameterAsInt(parameters, self.INPUT_SIZE, context))
 
     def execute(self, parameters, context, feedback):
         from ..core.compression import model_bops_report

@@ -21,7 +21,7 @@ from qgis.core import (
 from qgis.gui import QgsMapToolPan
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
 import rslab
@@ -349,6 +349,30 @@ def test_pick_tool_and_a_canvas_in_another_crs(qtbot, dock, iface, project, beac
     assert dock.status_label.text() == ""  # the miss's message stood under the next pixel's spectrum
     canvas.setMapTool(QgsMapToolPan(canvas))  # another tool: the toggle pops up
     assert not dock.pick_button.isChecked()
+
+
+@pytest.mark.parametrize("transform", [Affine(2, 0, 500000, 0, 2, 4650000), Affine(0, 2, 500000, -2, 0, 4650000)],
+                         ids=["south-up", "rotated"])
+def test_a_pick_on_a_south_up_or_rotated_image_reads_the_pixel_under_the_click(qtbot, dock, iface, project, beach2,
+                                                                              tmp_path, transform):
+    """QGIS shows such images through a north-up view of another size: the pick read that view's row and column
+    from the file, the mirrored pixel of a south-up image, and on a rotated one past the file's edge (an
+    IndexError nothing caught)."""
+    with rasterio.open(beach2[0]) as src:
+        data, profile = src.read(), src.profile
+    with rasterio.open(tmp_path / "placed.tif", "w", **dict(profile, crs="EPSG:32633", transform=transform)) as dst:
+        dst.write(data)
+    cube = add_raster(project, tmp_path / "placed.tif", "placed")
+    dock.layer_combo.setLayer(cube)
+    iface.mapCanvas().setDestinationCrs(cube.crs())
+    qtbot.mouseClick(dock.pick_button, Qt.LeftButton)
+    for row, col in ((10, 80), (95, 3)):
+        with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS, raising=False):
+            dock.map_tool.canvasClicked.emit(QgsPointXY(*(transform * (col + 0.5, row + 0.5))), Qt.LeftButton)
+        assert np.array_equal(dock.pixel_curve.getData()[1], data[:, row, col].astype(np.float64))
+        assert f"pixel (row {row}, col {col}) of placed" in dock.spectrum_legend.text()
+    assert dock.show_spectrum_at(QgsPointXY(*(transform * (-0.5, 50)))) is None
+    assert "outside placed" in dock.status_label.text()
 
 
 def test_a_band_all_nodata_is_a_gap_in_the_spectra(qtbot, dock, project, beach2, tmp_path):

@@ -133,6 +133,27 @@ def test_a_raster_inside_a_zip_gets_the_docks_message(tmp_path, samples, provide
     assert not (tmp_path / "c.tif").exists()
 
 
+def test_a_file_named_with_a_bar_is_read_and_a_geopackage_table_refused(tmp_path, samples, provider):
+    """The layer's source was cut at '|' (where QGIS appends options): 'scene|2019.tif' became 'scene', 'not a
+    raster file on disk'. A table inside a GeoPackage is no file GDAL opens alone: refused with the message."""
+    before, after, _ = _pair(samples, tmp_path)
+    named = [shutil.copy(path, tmp_path / f"pair|{role}.tif") for path, role in ((before, "before"), (after, "after"))]
+    layers = [QgsRasterLayer(str(path), role) for path, role in zip(named, ("before", "after"))]
+    assert all(layer.isValid() for layer in layers)
+    result = processing.run("rslab:detect_changes", {"BEFORE": layers[0], "AFTER": layers[1], "METHOD": 1,
+                                                     "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
+    assert os.path.isfile(result["OUTPUT_CHANGE"])
+    from osgeo import gdal
+
+    gdal.Translate(str(tmp_path / "pair.gpkg"), str(samples / "rasterio_RGB.byte.tif"), format="GPKG",
+                   creationOptions=["RASTER_TABLE=before"])
+    table = QgsRasterLayer(f"GPKG:{tmp_path}/pair.gpkg:before", "table")
+    assert table.isValid()
+    with pytest.raises(QgsProcessingException, match="BEFORE layer 'table' is not a raster file on disk"):
+        processing.run("rslab:detect_changes", {"BEFORE": table, "AFTER": layers[1], "METHOD": 1,
+                                                "OUTPUT_CHANGE": str(tmp_path / "g.tif")})
+
+
 def test_train_change_detector_processing_run(tmp_path, shared_data, provider):
     output = tmp_path / "model.pt"
     result = processing.run("rslab:train_change_detector", {

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from qgis.core import QgsProcessingException
+from qgis.core import QgsProcessingContext, QgsProcessingException
 
 import processing
 from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
@@ -37,6 +37,7 @@ def test_model_bops_of_the_default_change_detector(tmp_path, provider):
     assert report["total_macs"] == sum(layer["macs"] for layer in report["layers"])
     assert {"name", "macs", "weight_bits", "activation_bits", "bops"} <= set(report["layers"][0])
     assert report["size_mb"] == pytest.approx(report["params"] * 4 / 1e6, rel=0.01)
+    assert report["input"] == "256 pixels square, batch of one"  # the size counted ('default' said nothing)
     bigger = json.loads(open(processing.run("rslab:model_bops", {
         "MODEL": default_checkpoint("change_detection"), "INPUT_SIZE": 512,
         "OUTPUT_REPORT": str(tmp_path / "b512.json")})["OUTPUT_REPORT"]).read())
@@ -167,11 +168,17 @@ def test_model_bops_input_size_has_a_ceiling(tmp_path, provider, resnet_checkpoi
         processing.run("rslab:model_bops", {"MODEL": resnet_checkpoint, "INPUT_SIZE": 10 ** 6,
                                             "OUTPUT_REPORT": str(out)})
     assert not out.exists()
+    algorithm = QgsApplication.processingRegistry().algorithmById("rslab:model_bops")
+    context = QgsProcessingContext()
+    for size, refused in ((4, "at least 8 pixels, got 4"), (10 ** 6, None), (0, None), (8, None)):
+        ok, message = algorithm.checkParameterValues({"MODEL": resnet_checkpoint, "INPUT_SIZE": size,
+                                                      "OUTPUT_REPORT": str(out)}, context)
+        # 1-7 passed the up-front check, loaded the checkpoint and failed in the run
+        assert ok == (refused is None and size <= 4096) and (refused is None or refused in message), (size, message)
     with pytest.raises(RSLabError, match="input size must be at most"):
         model_bops_report(resnet_checkpoint, input_size=10 ** 6)
     from rslab.core.compression_tasks import MAX_INPUT_SIZE
 
-    algorithm = QgsApplication.processingRegistry().algorithmById("rslab:model_bops")
     assert algorithm.parameterDefinition("INPUT_SIZE").maximum() == MAX_INPUT_SIZE
     from rslab.core.pic_pq import MAX_PENALTY, MAX_REDUCTION
     compress = QgsApplication.processingRegistry().algorithmById("rslab:compress_model")

@@ -64,7 +64,8 @@ from ..core.bands import bad_bands, band_subset, good_bands, true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import Roc
-from ..core.raster_io import band_wavelengths, data_bands, gdal_env, open_raster
+from ..core.raster_io import (band_wavelengths, data_bands, gdal_env, open_raster, pixel_of, raster_info,
+                              read_bands)
 from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
 from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
@@ -193,7 +194,7 @@ def _pixel_values(ds, row: int, col: int) -> Optional[np.ndarray]:
     """One pixel's values with NaN at the bands where it is nodata (or NaN); None when every band is."""
     window = Window(col, row, 1, 1)
     bands = data_bands(ds)
-    values = ds.read(bands, window=window)[:, 0, 0].astype(np.float64)
+    values = read_bands(ds, bands, window=window)[:, 0, 0].astype(np.float64)
     valid = (ds.read_masks(bands, window=window)[:, 0, 0] > 0) & np.isfinite(values)
     if not valid.any():
         return None
@@ -233,11 +234,18 @@ def output_paths(folder: str, layer_name: str, method: str, with_mask: bool) -> 
 
 
 def pixel_at(layer: QgsRasterLayer, point: QgsPointXY) -> Optional[Tuple[int, int]]:
-    """(row, col) of the layer pixel under `point` (in the layer's CRS), or None outside the layer.
+    """(row, col) of the file pixel under `point` (in the layer's CRS), or None outside the image.
 
-    Uses the extent and size QGIS shows the layer with, so images without
-    georeferencing (which QGIS places at y = -row) work like georeferenced ones.
+    A georeferenced file is placed by its own geotransform (or control points):
+    QGIS shows a rotated or south-up image through a north-up warped view of
+    another size, whose rows and columns are not the file's (a click on a
+    south-up image read the mirrored pixel; on a rotated one, a pixel past the
+    file's edge). Images without georeferencing, which QGIS places at y = -row,
+    use the extent and size QGIS shows them with.
     """
+    path = layer_file(layer, "hyperspectral")
+    if raster_info(path).georeferenced:
+        return pixel_of(path, point.x(), point.y())
     extent = layer.extent()
     if not extent.contains(point) or layer.width() < 1 or layer.height() < 1:
         return None

@@ -13,6 +13,7 @@ from qgis.core import (
     QgsMapLayer,
     QgsMultiBandColorRenderer,
     QgsProject,
+    QgsProviderRegistry,
     QgsRasterLayer,
     QgsRasterMinMaxOrigin,
     QgsSingleBandPseudoColorRenderer,
@@ -44,8 +45,12 @@ def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
         raise RSLabError(f"choose the {role} layer")
     if layer.type() != QgsMapLayer.RasterLayer:
         raise RSLabError(f"the {role} layer '{layer.name()}' is not a raster layer")
-    path = layer.source().split("|")[0]
-    if layer.providerType() != "gdal" or not os.path.isfile(path):
+    # QGIS's own reading of the source: a file named 'a|b.tif' is that file (splitting at '|' for the
+    # options QGIS may append lost it); a GeoPackage table or a file inside a .zip is no file GDAL opens alone
+    parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
+    path = parts.get("path") or ""
+    inside = parts.get("layerName") or parts.get("vsiPrefix")
+    if layer.providerType() != "gdal" or inside or not os.path.isfile(path):
         raise RSLabError(
             f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
             "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"

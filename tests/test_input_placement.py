@@ -1,0 +1,185 @@
+"""Inputs placed or stored in the less common ways real files are: south-up and rotated grids, georeferencing
+and nodata in GDAL's .aux.xml sidecars, VRTs over files of mixed types, ENVI headers, control points."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.control import GroundControlPoint
+from rasterio.transform import Affine
+
+from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.errors import RSLabError
+from rslab.core.import_cube import ImportCubeParams, import_cube
+from rslab.core.raster_io import pixel_of
+
+NORTH_UP = Affine(2.0, 0.0, 500000.0, 0.0, -2.0, 4600200.0)  # the scene's ground: 100 x 100 pixels of 2 m
+SOUTH_UP = Affine(2.0, 0.0, 500000.0, 0.0, 2.0, 4600000.0)  # the same ground, rows from south to north
+TURNED = Affine(0.0, 2.0, 500000.0, -2.0, 0.0, 4600200.0)  # the same ground, rows running east, columns south
+
+
+def _write(path, data, transform=None, crs="EPSG:32633", nodata=None, **extra):
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=data.dtype.name, nodata=nodata, **extra)
+    if transform is not None:
+        profile.update(transform=transform, crs=crs)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def beach2(tmp_path_factory, samples):
+    """ABU beach-2 and its ground truth as arrays (the north-up ground)."""
+    folder = tmp_path_factory.mktemp("placement")
+    import_cube(str(samples / "abu-beach-2.mat"), str(folder / "cube.tif"), str(folder / "gt.tif"))
+    with rasterio.open(folder / "cube.tif") as cube, rasterio.open(folder / "gt.tif") as gt:
+        return cube.read(), gt.read()
+
+
+def _rx_report(tmp_path, image, reference=None, name="run"):
+    outputs = AnomalyOutputs(scores=str(tmp_path / f"{name}_scores.tif"), report=str(tmp_path / f"{name}.json"))
+    detect_anomalies(image, outputs, AnomalyParams(method="rx"), reference=reference)
+    with open(outputs.report) as handle:
+        return json.load(handle), outputs.scores
+
+
+@pytest.mark.parametrize("placement", ["south-up", "turned"])
+def test_a_north_up_reference_is_resampled_onto_a_south_up_or_rotated_image(tmp_path, beach2, placement):
+    """gdal.Warp made every output grid north-up: the reference came out mirrored (south-up) or turned against
+    the image, and AUC(D,F) read 0.31 for 0.99 with a note that all was well."""
+    cube, gt = beach2
+    truth, _ = _rx_report(tmp_path, _write(tmp_path / "north.tif", cube, NORTH_UP),
+                          _write(tmp_path / "gt_north.tif", gt, NORTH_UP), "north")
+    if placement == "south-up":  # image row r is ground row 99 - r
+        image = _write(tmp_path / "image.tif", cube[:, ::-1, :].copy(), SOUTH_UP)
+    else:  # image pixel (r, c) is ground pixel (c, r)
+        image = _write(tmp_path / "image.tif", cube.transpose(0, 2, 1).copy(), TURNED)
+    report, _ = _rx_report(tmp_path, image, _write(tmp_path / "gt.tif", gt, NORTH_UP), placement)
+    assert any("resampled (nearest)" in note for note in report["notes"])
+    for key in ("auc_df", "auc_ftau", "anomaly_pixels", "background_pixels"):
+        assert report["metrics"][key] == pytest.approx(truth["metrics"][key], abs=1e-9), key
+    assert report["metrics"]["auc_df"] > 0.9
+
+
+@pytest.mark.parametrize("transform", [SOUTH_UP, TURNED, NORTH_UP])
+def test_a_map_point_finds_the_files_own_pixel(tmp_path, beach2, transform):
+    """The dock's pixel pick read the layer's north-up view's row and column from the file: the mirrored pixel
+    of a south-up image, and past the edge of a rotated one (an IndexError)."""
+    cube, _ = beach2
+    path = _write(tmp_path / "image.tif", cube[:3], transform)
+    for row, col in ((10, 80), (0, 0), (99, 99)):
+        x, y = transform * (col + 0.5, row + 0.5)
+        assert pixel_of(path, x, y) == (row, col)
+    outside = transform * (-0.5, 50.0)
+    assert pixel_of(path, *outside) is None
+
+
+def test_georeferencing_and_nodata_kept_in_an_aux_xml_sidecar_are_read(tmp_path, beach2):
+    """A PROFILE=BASELINE GeoTIFF keeps its CRS, transform and nodata value in GDAL's .aux.xml sidecar, which
+    QGIS reads: the engine read with sidecars off, so its scores came out without georeferencing and 1000
+    nodata pixels were scored as data."""
+    cube, _ = beach2
+    data = cube.copy()
+    data[:, :10, :] = -9999
+    path = tmp_path / "baseline.tif"
+    _write(path, data, NORTH_UP, nodata=-9999, PROFILE="BASELINE")
+    assert (tmp_path / "baseline.tif.aux.xml").exists()
+    report, scores = _rx_report(tmp_path, str(path))
+    with rasterio.open(scores) as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.transform == NORTH_UP
+        values = ds.read(1)
+    assert np.isnan(values[:10]).all() and np.isfinite(values[10:]).all()
+    before = sorted(os.listdir(tmp_path))
+    _rx_report(tmp_path, str(path), name="again")  # reading leaves no new sidecar, beside the input or outputs
+    assert sorted(set(os.listdir(tmp_path)) - set(before)) == ["again.json", "again_scores.tif"]
+
+
+def test_an_output_over_a_file_behind_the_input_is_refused(tmp_path, beach2):
+    """The check compared outputs with the input's own name only: scores named after the GeoTIFF behind a VRT
+    input replaced it (the VRT then failed to open), and a report named after an ENVI header replaced it."""
+    cube, _ = beach2
+    source = _write(tmp_path / "cube.tif", cube[:20], NORTH_UP)
+    vrt = str(tmp_path / "cube.vrt")
+    from osgeo import gdal
+
+    gdal.Translate(vrt, source, format="VRT")
+    with pytest.raises(RSLabError, match=r"the scores raster would replace cube.tif, which the input image "
+                                         r"\(cube.vrt\) reads"):
+        detect_anomalies(vrt, AnomalyOutputs(scores=source), AnomalyParams(method="rx"))
+    envi = str(tmp_path / "scene.img")
+    gdal.Translate(envi, source, format="ENVI")
+    with pytest.raises(RSLabError, match=r"the report would replace scene.hdr, which the input image"):
+        detect_anomalies(envi, AnomalyOutputs(scores=str(tmp_path / "s.tif"), report=str(tmp_path / "scene.hdr")),
+                         AnomalyParams(method="rx"))
+    with rasterio.open(source) as ds:
+        assert ds.count == 20
+    assert "ENVI" in (tmp_path / "scene.hdr").read_text()
+    with pytest.raises(RSLabError, match=r"^scene.hdr is an ENVI header, which describes the image; choose its "
+                                         r"data file \(scene.img\)$"):
+        detect_anomalies(str(tmp_path / "scene.hdr"), AnomalyOutputs(scores=str(tmp_path / "s.tif")),
+                         AnomalyParams(method="rx"))
+
+
+def test_a_vrt_stacking_bands_of_different_types_is_read_in_their_common_type(tmp_path, beach2):
+    """rasterio refuses to read bands of different types at once ('more than one dtype found'): a VRT stacking
+    a uint16 file and a float32 one failed with that raw error."""
+    cube, _ = beach2
+    whole = _write(tmp_path / "whole.tif", cube[:30].astype(np.float32), NORTH_UP)
+    low = _write(tmp_path / "low.tif", cube[:15].astype(np.uint16), NORTH_UP)
+    high = _write(tmp_path / "high.tif", cube[15:30].astype(np.float32), NORTH_UP)
+    from osgeo import gdal
+
+    parts = [str(tmp_path / f"band{index}.vrt") for index in range(30)]
+    for index in range(30):
+        gdal.Translate(parts[index], low if index < 15 else high, format="VRT", bandList=[index % 15 + 1])
+    gdal.BuildVRT(str(tmp_path / "mixed.vrt"), parts, separate=True)
+    with rasterio.open(tmp_path / "mixed.vrt") as ds:
+        assert set(ds.dtypes) == {"uint16", "float32"}
+    _, expected = _rx_report(tmp_path, whole, name="whole")
+    _, mixed = _rx_report(tmp_path, str(tmp_path / "mixed.vrt"), name="mixed")
+    with rasterio.open(expected) as a, rasterio.open(mixed) as b:
+        np.testing.assert_allclose(b.read(1), a.read(1), rtol=1e-6)
+
+
+def test_an_image_placed_by_control_points_with_a_reference_says_what_to_do(tmp_path, beach2):
+    """'only one of the two rasters has a CRS: the image has none; set its CRS first' — but its control points
+    have one, and setting a CRS would not help."""
+    cube, gt = beach2
+    image = _write(tmp_path / "gcp.tif", cube[:5])
+    points = [GroundControlPoint(row, col, *(NORTH_UP * (col, row))) for row, col in ((0, 0), (0, 100), (100, 0))]
+    with rasterio.open(image, "r+") as ds:
+        ds.gcps = (points, rasterio.crs.CRS.from_epsg(32633))
+    reference = _write(tmp_path / "gt.tif", gt[:, :50, :50].copy(), NORTH_UP)
+    with pytest.raises(RSLabError, match=r"the image is placed by ground control points, not on a map grid.*warp "
+                                         r"the image onto a map grid first"):
+        detect_anomalies(image, AnomalyOutputs(scores=str(tmp_path / "s.tif")), AnomalyParams(method="rx"),
+                         reference=reference)
+
+
+def test_a_cube_saved_bands_first_is_named_so(tmp_path, beach2):
+    import scipy.io
+
+    cube, gt = beach2
+    scipy.io.savemat(tmp_path / "bands_first.mat", {"data": cube[:, :, :90], "map": gt[0, :, :90]})
+    with pytest.raises(RSLabError, match=r"'data' \(\d+ x 100 x 90\) looks stored bands first, \d+ bands of 100 x "
+                                         r"90 pixels.*numpy.moveaxis\(cube, 0, -1\)"):
+        import_cube(str(tmp_path / "bands_first.mat"), str(tmp_path / "c.tif"), str(tmp_path / "g.tif"),
+                    ImportCubeParams(cube_key="data", gt_key="map"))
+
+
+def test_a_reference_overlapping_by_a_sliver_is_not_said_to_cover_0_percent(tmp_path, beach2):
+    from rslab.core.alignment import align_to
+    from rslab.core.raster_io import raster_info
+
+    cube, gt = beach2
+    image = _write(tmp_path / "image.tif", cube[:3], NORTH_UP)
+    sliver = _write(tmp_path / "gt.tif", gt, NORTH_UP * Affine.translation(99.7, 0))  # 0.3 pixel columns of 100
+    _, note = align_to(raster_info(image), sliver, str(tmp_path), role="reference", labels=True, onto="image")
+    assert note.endswith("it covers only 0.3 % of it: little of the result will be data")
+    _, note = align_to(raster_info(image), _write(tmp_path / "half.tif", gt, NORTH_UP * Affine.translation(50, 0)),
+                       str(tmp_path), role="reference", labels=True, onto="image")
+    assert note.endswith("it covers 50 % of it")
