@@ -79,6 +79,7 @@ def test_large_change_outputs_carry_overviews(tmp_path, samples):
     detect_changes(before, after, outputs, ChangeParams(method="cva"))
     for path in (outputs.change, outputs.probability, outputs.uncertainty):
         assert _overviews(path) == [2, 4, 8, 16], path
+    assert not list(tmp_path.glob("*.aux.xml"))  # inside the GeoTIFFs, not in sidecars
     with rasterio.open(outputs.change) as ds:
         full, half = ds.read(1), ds.read(1, out_shape=(128, 1152))
     assert set(np.unique(half)) <= set(np.unique(full)) <= {0, 1, 255}
