@@ -46,7 +46,7 @@ from .outputs import PendingOutputs, check_output_paths, work_folder
 from .overviews import CATEGORICAL, CONTINUOUS, add_overviews_to
 from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_label_window, read_window
 from .seeding import seeded_global_generator
-from .tiling import OutputSpec, TileSpec, partition, run_tiled
+from .tiling import OutputSpec, TileSpec, run_tiled, windows_for
 
 METHODS = ("bsdm_rx", "rx", "lrx")
 METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}  # as the dock and Processing show them
@@ -141,9 +141,10 @@ class AnomalyResult(JobResult):
 # --- statistics by windows ------------------------------------------------------------------------------
 
 
-def _windows(info: RasterInfo) -> List[Window]:
-    """Windows that cover the raster once each (statistics count every pixel once)."""
-    return partition(info.height, info.width, STATS_TILE)
+def _windows(ds: Any) -> List[Window]:
+    """Windows that cover the open raster once each (statistics count every pixel once), shaped to its
+    storage (full-width strips for a striped file: tiling.windows_for)."""
+    return windows_for(ds, STATS_TILE)
 
 
 def _pixels(ds, window) -> Tuple[np.ndarray, np.ndarray]:
@@ -165,7 +166,7 @@ def scene_statistics(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[n
     outer = np.zeros((info.count, info.count))
     n = 0
     with gdal_env(), open_raster(path) as ds:
-        windows = _windows(info)
+        windows = _windows(ds)
         for i, window in enumerate(windows):
             monitor.step(i / len(windows), "scene statistics")
             x, valid = _pixels(ds, window)
@@ -238,7 +239,7 @@ def valid_summary(path: str, monitor: Optional[JobMonitor] = None) -> ValidSumma
     info = raster_info(path)
     total = np.zeros(info.count)
     with gdal_env(), open_raster(path) as ds:
-        windows = _windows(info)
+        windows = _windows(ds)
         for i, window in enumerate(windows):
             monitor.step(i / len(windows), "value range")
             x, valid = _pixels(ds, window)
@@ -305,16 +306,36 @@ def _principal_components(cov: np.ndarray, count: int) -> Tuple[np.ndarray, np.n
 # --- BSDM ---------------------------------------------------------------------------------------------
 
 
-def _value_range(path: str) -> Tuple[float, float, int]:
+# BSDM + RX's stages in rough units of one denoiser pass over one pixel token (a training step over the sample,
+# or one suppression round over the image: 13.2 and 11.7 us per token on a 1000 x 1000 x 200 cube, README), so
+# the progress bar moves with time: the suppression's share grows with the image, the training's does not (a
+# fixed 0-60 % / 60-75 % split left a 2000 x 2000 run in 15 % of the bar for most of its time)
+READ_COST = 0.2  # one read pass over a pixel (value range, training sample, RX statistics)
+
+
+def bsdm_stage_bounds(pixels: int, sample: int, iterations: int, rounds: int, trains: bool = True
+                      ) -> List[Tuple[float, float]]:
+    """The (start, end) fractions of [0, 1] for reading (value range, sample), training, suppression and RX's
+    statistics, in proportion to their expected time."""
+    costs = [2 * READ_COST * pixels, iterations * sample if trains else 0.0, rounds * pixels, READ_COST * pixels]
+    total = float(sum(costs)) or 1.0
+    bounds, start = [], 0.0
+    for cost in costs:
+        bounds.append((start, start + cost / total))
+        start += cost / total
+    return bounds
+
+
+def _value_range(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[float, float, int]:
     """The global (min, max) BSDM normalises with, and the number of valid pixels."""
-    summary = valid_summary(path)
+    summary = valid_summary(path, monitor)
     if not summary.count or summary.hi <= summary.lo:
         raise RSLabError("the image is constant (or has no valid pixels): there is nothing to detect")
     return summary.lo, summary.hi, summary.count
 
 
 def _training_sample(path: str, lo: float, hi: float, limit: int, valid_pixels: int,
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: np.random.Generator, monitor: Optional[JobMonitor] = None) -> np.ndarray:
     """Normalised valid pixels: all of them, or a uniform random sample of exactly `limit` of the `valid_pixels`.
 
     Each window keeps its valid pixels with a probability set a little above
@@ -323,11 +344,13 @@ def _training_sample(path: str, lo: float, hi: float, limit: int, valid_pixels: 
     off at the end. (Set from the raster's size instead, a scene half nodata
     trained on half the pixels asked for.)
     """
-    info = raster_info(path)
+    monitor = monitor or JobMonitor()
     chunks = []
     with gdal_env(), open_raster(path) as ds:
         keep = min(1.0, (limit + 6.0 * np.sqrt(limit)) / max(valid_pixels, 1))
-        for window in _windows(info):
+        windows = _windows(ds)
+        for i, window in enumerate(windows):
+            monitor.step(i / len(windows), "drawing the training pixels")
             x, valid = _pixels(ds, window)
             x = x[valid]
             if keep < 1.0:
@@ -468,7 +491,8 @@ def anomaly_roc(scores: str, reference: str, lo: float, hi: float, monitor: Opti
         raise RSLabError(
             f"the reference is {ref_info.width} x {ref_info.height} but the image is {info.width} x {info.height}"
         )
-    tiles = _windows(info)
+    with gdal_env(), open_raster(scores) as s:
+        tiles = _windows(s)
     passes = [0]
 
     def windows():
@@ -504,10 +528,9 @@ def reference_classes(reference: str) -> Tuple[int, int, Optional[str]]:
 
     Run before any detection, so a reference that cannot be scored fails in seconds, not after a BSDM run.
     """
-    info = raster_info(reference)
     anomalies = background = 0
     with gdal_env(), open_raster(reference) as ds:
-        for window in _windows(info):
+        for window in _windows(ds):
             truth, known = _reference_window(ds, window)
             anomalies += int(np.count_nonzero(truth & known))
             background += int(np.count_nonzero(~truth & known))
@@ -549,12 +572,11 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float,
     A bin of over EXACT_ROC_LIMIT pixels (a huge, near-constant map) is cut at its upper
     edge, and the count is then of the pixels in the bins above it.
     """
-    info = raster_info(scores)
     monitor = monitor or JobMonitor()
 
     def bins(start: float, end: float):
         with gdal_env(), open_raster(scores) as s:
-            windows = _windows(info)
+            windows = _windows(s)
             for i, window in enumerate(windows):
                 monitor.step(start + (end - start) * i / len(windows), "the false-alarm threshold")
                 value, valid = read_window(s, window)
@@ -634,11 +656,16 @@ def detect_anomalies(
             if note:
                 result.notes.append(note)
         source = cube
+        rx_statistics = monitor.sub(0.0, 0.85)
         if params.method == "bsdm_rx":
             device = select_device(params.device)
             result.device = describe_device(device)
+            stages = [monitor.sub(0.0, 0.85).sub(*bounds) for bounds in bsdm_stage_bounds(
+                info.width * info.height, min(params.max_train_pixels, info.width * info.height), params.iterations,
+                params.rounds, trains=not params.model)]
+            reading, training, suppressing, rx_statistics = stages
             with monitor.timed("bsdm_train"):
-                lo, hi, valid_pixels = _value_range(cube)
+                lo, hi, valid_pixels = _value_range(cube, reading.sub(0.0, 0.5))
                 if valid_pixels <= info.count:  # said before training, not after it when RX's statistics fail
                     raise too_few_pixels(valid_pixels, info.count)
                 if params.model:
@@ -646,15 +673,14 @@ def detect_anomalies(
                     result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")
                 else:
                     sample = _training_sample(cube, lo, hi, params.max_train_pixels, valid_pixels,
-                                              np.random.default_rng(params.seed))
-                    model, result.training_loss, precision = train_bsdm(sample, params, device,
-                                                                        monitor.sub(0.0, 0.6))
+                                              np.random.default_rng(params.seed), reading.sub(0.5, 1.0))
+                    model, result.training_loss, precision = train_bsdm(sample, params, device, training)
                     result.notes.append(f"BSDM trained in {precision} on {len(sample)} pixels")
                 if outputs.model:
                     save_denoiser(model, pending.temp(outputs.model), scene, lo, hi, params)
             with monitor.timed("bsdm_suppress"):
                 source = os.path.join(workdir, "suppressed.tif")
-                _suppress_raster(cube, source, model, lo, hi, params, device, monitor.sub(0.6, 0.75))
+                _suppress_raster(cube, source, model, lo, hi, params, device, suppressing)
         with monitor.timed("detect"):
             if params.method == "lrx":
                 if params.outer_window >= 2 * max(info.width, info.height) - 1:
@@ -663,7 +689,7 @@ def detect_anomalies(
                         "image from every pixel: local RX is global RX on the leading components, less the inner window")
                 _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9))
             else:
-                mean, cov, n = scene_statistics(source, monitor.sub(0.75 if source != cube else 0.0, 0.85))
+                mean, cov, n = scene_statistics(source, rx_statistics)
                 if n < PIXELS_PER_BAND_ADVISED * info.count:
                     result.notes.append(
                         f"RX's covariance of {info.count} bands rests on {n} valid pixels ({n / info.count:.1f} per "

@@ -323,11 +323,14 @@ def pad_to(a: np.ndarray, b: np.ndarray, y: np.ndarray, v: np.ndarray, image: np
     return a, b, y, v, image
 
 
-def band_statistics(paths: Sequence[str], max_pixels: int = 2_000_000) -> Tuple[List[float], List[float]]:
-    """Per-band mean and std over the valid pixels of the rasters (decimated reads on large ones)."""
+def band_statistics(paths: Sequence[str], max_pixels: int = 2_000_000,
+                    check: Callable[[], None] = lambda: None) -> Tuple[List[float], List[float]]:
+    """Per-band mean and std over the valid pixels of the rasters (decimated reads on large ones); `check`, a
+    job's cancel check, runs before each read."""
     sums, sq, count = None, None, 0
     per_raster = max(1, max_pixels // max(1, len(paths)))
     for path in paths:
+        check()
         with gdal_env(), open_raster(path) as ds:
             data, mask = read_decimated(ds, per_raster)
         values = data[:, mask].astype(np.float64)

@@ -35,7 +35,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from .alignment import align_to
@@ -51,7 +51,7 @@ from .metrics import Confusion, HistogramAUC
 from .outputs import PendingOutputs, check_output_paths
 from .overviews import CATEGORICAL, CONTINUOUS, add_overviews_to
 from .raster_io import gdal_env, open_raster, raster_info, read_decimated, read_window
-from .tiling import OutputSpec, TileSpec, partition, run_tiled
+from .tiling import OutputSpec, TileSpec, run_tiled, windows_for
 from .weights import default_checkpoint
 
 METHODS = ("arcdnet", "cva")
@@ -139,12 +139,16 @@ def otsu_threshold(values: np.ndarray, bins: int = 512) -> float:
 class CvaScorer:
     """Change vector analysis: scaled difference magnitude, Otsu boundary, logistic 'probability'."""
 
-    def __init__(self, before: str, after: str, max_pixels: int = 2_000_000) -> None:
-        _, std = band_statistics([before, after], max_pixels)
+    def __init__(self, before: str, after: str, max_pixels: int = 2_000_000,
+                 check: Callable[[], None] = lambda: None) -> None:
+        """`check`, a job's cancel check, runs between the four decimated reads (seconds each on a large pair)."""
+        _, std = band_statistics([before, after], max_pixels, check)
         self.scale = np.asarray(std, np.float32)[:, None, None]
         self.scale[self.scale <= 0] = 1.0
         with gdal_env(), open_raster(before) as a, open_raster(after) as b:
+            check()
             xa, va = read_decimated(a, max_pixels)
+            check()
             xb, vb = read_decimated(b, max_pixels)
         if xa.shape != xb.shape:
             raise RSLabError("internal error: the decimated before and after reads differ in shape")
@@ -179,7 +183,7 @@ RANGE_SPREAD = (0.1, 4.0)  # so is a band spread outside these multiples of the 
 
 
 def input_range_note(paths: Sequence[str], mean: Sequence[float], std: Sequence[float],
-                     max_pixels: int = 200_000) -> Optional[str]:
+                     max_pixels: int = 200_000, check: Callable[[], None] = lambda: None) -> Optional[str]:
     """A note when the images' values lie far from those the model was trained on, else None.
 
     A 16-bit or reflectance image runs without any error through a model
@@ -190,7 +194,7 @@ def input_range_note(paths: Sequence[str], mean: Sequence[float], std: Sequence[
     uint16 RGB composite (OSCD Rennes, bands 4-3-2) is 14-18 stds off, with
     5-7 times the spread.
     """
-    image_mean, image_std = (np.asarray(v) for v in band_statistics(list(paths), max_pixels))
+    image_mean, image_std = (np.asarray(v) for v in band_statistics(list(paths), max_pixels, check))
     model_mean, model_std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     shift = np.abs(image_mean - model_mean) / model_std
     spread = image_std / model_std
@@ -288,9 +292,10 @@ def detect_changes(
         if checkpoint is not None:
             device = select_device(params.device)
             scorer = ModelScorer(checkpoint, device)
-            monitor.step(0.0, "sampling both dates (their value range against the model's)")
+            # 0.02: after the reference's survey (stepping back to 0 moved the bar backwards)
+            monitor.step(0.02, "sampling both dates (their value range against the model's)")
             with monitor.timed("statistics"):
-                range_note = input_range_note([before, after_path], scorer.mean, scorer.std)
+                range_note = input_range_note([before, after_path], scorer.mean, scorer.std, check=monitor.check)
             order_note = (band_order_note(checkpoint.card.bands, band_descriptions(before))
                           or colour_order_note(checkpoint.card.bands, info.path, params.bands))
             result.notes.extend(note for note in (order_note, range_note) if note)
@@ -300,9 +305,9 @@ def detect_changes(
             def score(a, b, valid):
                 return scorer(a, b, valid)
         else:
-            monitor.step(0.0, "sampling both dates for CVA's scale and threshold")
+            monitor.step(0.02, "sampling both dates for CVA's scale and threshold")
             with monitor.timed("statistics"):
-                cva = CvaScorer(before, after_path)
+                cva = CvaScorer(before, after_path, check=monitor.check)
             result.device = "cpu (numpy)"
             result.model = {"method": "cva", "otsu_magnitude": cva.boundary}
             if cva.note:
@@ -360,7 +365,7 @@ def evaluate_change(
     with gdal_env(), open_raster(change) as c, open_raster(reference) as r:
         u = open_raster(uncertainty) if uncertainty else None
         try:
-            windows = partition(c.height, c.width, tile)  # every pixel counted once
+            windows = windows_for(c, tile)  # every pixel counted once
             for i, window in enumerate(windows):
                 monitor.step(i / len(windows), "comparing with the reference")
                 pred, valid = read_window(c, window)

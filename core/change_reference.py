@@ -28,7 +28,7 @@ import numpy as np
 from .errors import RSLabError
 from .job import JobMonitor
 from .raster_io import gdal_env, open_raster, read_label_window
-from .tiling import partition
+from .tiling import windows_for
 
 CODINGS: Dict[str, str] = {
     "binary": "0 = no change, non-zero = change",
@@ -87,7 +87,7 @@ def survey_reference(path: str, monitor: Optional[JobMonitor] = None, tile: int 
     monitor = monitor or JobMonitor()
     seen = seen if seen is not None else ReferenceValues()
     with gdal_env(), open_raster(path) as ds:
-        windows = partition(ds.height, ds.width, tile)
+        windows = windows_for(ds, tile)
         for i, window in enumerate(windows):
             monitor.step(i / len(windows), f"reading the {what}")
             values, valid = read_label_window(ds, window)

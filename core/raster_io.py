@@ -295,8 +295,10 @@ def output_profile(
     dtype: str,
     nodata: Optional[float],
     compress: str = "deflate",
+    strip_rows: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """A tiled GeoTIFF profile on the grid of `info` (CRS, transform, size kept)."""
+    """A tiled GeoTIFF profile on the grid of `info` (CRS, transform, size kept); stored in strips of
+    `strip_rows` rows instead when given (an output written by full-width windows, core/tiling.strip_rows)."""
     profile: Dict[str, Any] = {
         "driver": "GTiff",
         "width": info.width,
@@ -319,11 +321,13 @@ def output_profile(
         # Level 1 writes about 6x faster than the default 6 for ~13 % more disk
         # (measured on float32 output); compression was the engine's bottleneck.
         profile["zlevel"] = 1
-    if info.width < 256 or info.height < 256:
+    if info.width < 256 or info.height < 256 or strip_rows:
         # GeoTIFF tiles must be multiples of 16; small rasters use strips.
         profile.update(tiled=False)
         profile.pop("blockxsize")
         profile.pop("blockysize")
+        if strip_rows:
+            profile["blockysize"] = strip_rows  # rasterio's name for ROWSPERSTRIP
     if info.crs is None and info.gcps[0]:
         # placed by ground control points only (no geotransform): the outputs carry the same points
         profile["gcps"] = list(info.gcps[0])

@@ -23,7 +23,7 @@ width.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rasterio.errors import RasterioIOError
@@ -140,6 +140,38 @@ def partition(height: int, width: int, size: int) -> List[Window]:
             for r in range(0, height, size) for c in range(0, width, size)]
 
 
+STRIP_WINDOW_LIMIT = 4  # a strip-shaped window may hold at most this many times size x size pixels
+
+
+def strip_rows(ds: Any, size: int) -> Optional[int]:
+    """Rows per window for a raster stored in strips of its full width, else None.
+
+    A size x size window over such a file decodes every strip it touches whole,
+    and when the strips under one row of windows (size rows x width x bands)
+    do not fit GDAL's block cache, each strip is decoded again for every window
+    across: one read pass over a 4000 x 512 x 205 deflate GeoTIFF in GDAL's
+    default layout (one-row strips) took 24.8 s instead of 4.5 s tiled. Windows
+    of whole strips across the full width, about size x size pixels each, decode
+    each strip once. None where the raster is tiled, no wider than `size`, or
+    its strips are too tall for a window of bounded size.
+    """
+    block_height, block_width = ds.block_shapes[0]
+    if block_width < ds.width or ds.width <= size:
+        return None
+    if block_height * ds.width > STRIP_WINDOW_LIMIT * size * size:
+        return None
+    return max(block_height, (size * size // ds.width) // block_height * block_height)
+
+
+def windows_for(ds: Any, size: int) -> List[Window]:
+    """Windows that cover the open raster `ds` once each, shaped to how it is stored: `partition`'s squares,
+    or full-width windows of whole strips for a file stored in strips (`strip_rows`)."""
+    rows = strip_rows(ds, size)
+    if rows is None:
+        return partition(ds.height, ds.width, size)
+    return [Window(0, r, ds.width, min(rows, ds.height - r)) for r in range(0, ds.height, rows)]
+
+
 def _taper(length: int, overlap: int) -> np.ndarray:
     """1-D blending weight: 1 in the middle, falling linearly over `overlap` pixels at both ends."""
     if overlap == 0:
@@ -200,13 +232,16 @@ def run_tiled(
         datasets, info = _open_inputs(input_paths)
         sinks = []
         try:
+            rows = strip_rows(datasets[0], spec.size) if spec.stitch == "partition" else None
             for out in outputs:
-                sink = open_output(out.path, output_profile(info, out.count, out.dtype, out.fill))
+                # read in full-width strips, written in strips too: a strip of windows writing into tiles leaves
+                # every tile of a many-band output half written (more than GDAL's cache holds for 200 bands)
+                sink = open_output(out.path, output_profile(info, out.count, out.dtype, out.fill, strip_rows=rows))
                 sinks.append(sink)
                 for band, text in enumerate(out.descriptions, start=1):
                     sink.set_band_description(band, text)
             if spec.stitch == "partition":
-                tiles = [Tile(w, w) for w in partition(info.height, info.width, spec.size)]
+                tiles = [Tile(w, w) for w in windows_for(datasets[0], spec.size)]
             else:
                 tiles = tile_grid(info.height, info.width, spec)
             if spec.stitch in ("centre", "partition"):

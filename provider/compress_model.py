@@ -56,7 +56,8 @@ class CompressModelAlgorithm(RSLabAlgorithm):
             "trained on are scored). EPOCHS: training budget (an epoch is one "
             "pass over the images, or 100 iterations for tiled data). OUTPUT_MODEL: an RS Lab checkpoint with "
             "the bit widths in its model card, usable by the task tools (not MODEL itself). OUTPUT_REPORT: JSON "
-            "with BOPs, size and scores before and after."
+            "with BOPs, size and scores before and after. Returns BOPS_RATIO (before / after), a number a "
+            "model's next step can take."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -182,9 +182,10 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         out = {self.OUTPUT_SCORES: outputs.scores}
         if outputs.mask:
             out[self.OUTPUT_MASK] = outputs.mask
-            if not self.given(parameters, self.OUTPUT_MASK) and context.project() is not None:
-                # asked for by FALSE_ALARM_RATE alone: the dialog loads it as it loads the outputs asked for
-                # (it was written, returned, and left unseen)
+            if not self.given(parameters, self.OUTPUT_MASK) and context.willLoadLayerOnCompletion(outputs.scores):
+                # asked for by FALSE_ALARM_RATE alone: loaded with the scores when they are loaded (it was
+                # written, returned, and left unseen); not where nothing is loaded (a batch with loading off, a
+                # child algorithm, processing.run), which the project's presence alone did not tell apart
                 details = QgsProcessingContext.LayerDetails("Anomaly mask", context.project(), self.OUTPUT_MASK)
                 details.layerTypeHint = QgsProcessingUtils.LayerHint.Raster  # else QGIS tries OGR first, logging a warning
                 context.addLayerToLoadOnCompletion(outputs.mask, details)

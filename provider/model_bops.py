@@ -39,7 +39,8 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
             "previous layer's weight bits (the papers' own counters). INPUT_SIZE: image side in pixels, "
             f"{MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (0 = 32 for classification, 256 for change detection; one "
             "pixel token for the BSDM denoiser). "
-            "OUTPUT_REPORT: JSON with total_bops, total_macs, size_mb and per-layer MACs, bits and BOPs."
+            "OUTPUT_REPORT: JSON with total_bops, total_macs, size_mb and per-layer MACs, bits and BOPs. "
+            "Returns TOTAL_BOPS and SIZE_MB, numbers a model's next step can take."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -164,18 +164,13 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         # before any work: the report naming the checkpoint (or an input) would replace it after the training
         check_output_paths({"checkpoint": output, "report": report},
                            training_inputs(train, val, params.init_checkpoint))
-        progress, cancelled = feedback_callbacks(feedback)
-
-        def on_epoch(record):
-            feedback.pushInfo(f"epoch {record['epoch']} (iteration {record['iteration']}): loss {record['loss']:.4f}, "
-                              f"validation F1 {record['val_f1']:.4f}")
-
-        result = train_change_detector(train, val, output, params, progress, cancelled, on_epoch, description)
+        progress, cancelled = feedback_callbacks(feedback)  # each validation's loss and F1 reach the log from there
+        result = train_change_detector(train, val, output, params, progress, cancelled, None, description)
         for later in result.notes:
             feedback.pushWarning(later)
         if note:  # the split's note (logged before training) belongs with the run's others in the report
             result.notes.insert(0, note)
-        feedback.pushInfo(f"best validation F1 {result.best_f1:.4f} at iteration {result.best_iteration} on {result.device}")
+        feedback.pushInfo(f"trained on {result.device}")  # the best F1 and its iteration: the run's last message
         out = {self.OUTPUT_MODEL: output}
         if report:  # under a temporary name, renamed when complete; its folder is made if missing
             with PendingOutputs() as pending, open(pending.temp(report), "w") as handle:

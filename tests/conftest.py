@@ -133,6 +133,7 @@ def qgis_process(tmp_path):
                               timeout=300)
 
     assert run("plugins", "enable", "rslab").returncode == 0
+    run.env = env  # for a test that starts qgis_process.bin itself (to interrupt it)
     return run
 
 

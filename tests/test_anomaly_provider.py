@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -200,6 +201,41 @@ def test_bsdm_in_a_background_task_as_the_processing_dialog_runs_it(tmp_path, sc
     assert progress and max(progress) == pytest.approx(100)
 
 
+def test_a_cancelled_run_fails_in_processing_run_and_qgis_process(tmp_path, scene, provider, qgis_process):
+    """A cancel returned an empty result as a success: qgis_process exited 0 (so `… && next_step` went on) and
+    processing.run returned {} to a script that then met a KeyError."""
+    import signal
+    import subprocess
+    import threading
+
+    cube, _ = scene
+    feedback = QgsProcessingFeedback()
+    feedback.cancel()
+    with pytest.raises(QgsProcessingException, match="cancelled; no output was written"):
+        processing.run("rslab:detect_anomalies", {"INPUT": cube, "METHOD": 1, "OUTPUT_SCORES": str(tmp_path / "s.tif")},
+                       feedback=feedback)
+    assert not (tmp_path / "s.tif").exists()
+
+    proc = subprocess.Popen(["/usr/bin/qgis_process.bin", "run", "rslab:detect_anomalies", "--", f"INPUT={cube}",
+                             "METHOD=0", "ITERATIONS=100000", f"OUTPUT_SCORES={tmp_path / 'b.tif'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=qgis_process.env)
+    said = []
+    reader = threading.Thread(target=lambda: said.extend(iter(lambda: proc.stdout.read(1), b"")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while b"BSDM iteration" not in b"".join(said) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # until training has begun
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        proc.kill()  # never left training for 100,000 iterations
+    reader.join(timeout=10)
+    output = b"".join(said).decode(errors="replace")
+    assert "cancelled; no output was written" in output, output[-2000:]
+    assert not (tmp_path / "b.tif").exists() and not list(tmp_path.glob(".rslab-partial-*"))
+
+
 def test_outputs_naming_an_input_are_refused_and_the_input_is_kept(tmp_path, scene, provider):
     """Before, the scores replaced the cube they were computed from (a 1-band float raster in its place)."""
     import shutil
@@ -238,9 +274,47 @@ def test_a_mask_asked_for_by_a_rate_alone_is_loaded_styled(tmp_path, scene, prov
         assert isinstance(loaded[result["OUTPUT_MASK"]].renderer(), QgsPalettedRasterRenderer)
         qgis_app.processEvents()
         assert not [entry for entry in logged if entry[0] == "OGR"]  # loaded as a raster, not tried as a vector
+        project.clear()
+        # where nothing is loaded (processing.run, a batch with loading off, a child algorithm), neither is the
+        # mask: it was loaded into every project, once per batch row
+        context = QgsProcessingContext()
+        context.setProject(project)
+        result = processing.run("rslab:detect_anomalies", {
+            "INPUT": cube, "METHOD": 1, "FALSE_ALARM_RATE": 0.01, "OUTPUT_SCORES": str(tmp_path / "again.tif")},
+            context=context)
+        assert os.path.isfile(result["OUTPUT_MASK"]) and context.layersToLoadOnCompletion() == {}
+        assert project.mapLayers() == {}
     finally:
         log.messageReceived.disconnect()
         project.clear()
+
+
+def test_the_log_gets_each_kind_of_message_and_counts_only_every_tenth_of_the_run():
+    """Processing writes every progress text into the log: 'tile i of N' gave 288 lines for one RX run on a
+    3000 x 3000 image, 'iteration i of N' 2000 for a default training."""
+    from rslab.provider.base import feedback_callbacks
+
+    class Recorder(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.texts = []
+
+        def setProgressText(self, text):  # noqa: N802
+            self.texts.append(text)
+
+    feedback = Recorder()
+    progress, _ = feedback_callbacks(feedback)
+    progress(0.0, "scene statistics")
+    for i in range(1000):
+        progress(0.5 * i / 1000, f"tile {i + 1} of 1000")
+    progress(0.5, "tiles done")
+    for i in range(2000):
+        progress(0.5 + 0.5 * i / 2000, f"BSDM iteration {i + 1} of 2000")
+    assert feedback.texts[:3] == ["scene statistics", "tile 1 of 1000", "tile 201 of 1000"]
+    assert len([t for t in feedback.texts if t.startswith("tile ")]) == 5
+    assert "tiles done" in feedback.texts and feedback.texts[-1].startswith("BSDM iteration 160")
+    assert len(feedback.texts) == 1 + 5 + 1 + 5
+    assert feedback.progress() == pytest.approx(100 * (0.5 + 0.5 * 1999 / 2000))
 
 
 def test_combinations_that_cannot_run_are_caught_before_the_run(tmp_path, scene, provider):

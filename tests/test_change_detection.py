@@ -328,6 +328,39 @@ def test_cancel_leaves_no_output(tmp_path, shared_data):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("method", ["cva", "arcdnet"])
+def test_progress_never_steps_back_and_the_sampling_reads_stop_on_cancel(tmp_path, shared_data, method,
+                                                                         tiny_change_checkpoint, monkeypatch):
+    """After the reference's survey (2 %) the sampling step reported 0 again; CVA's four decimated reads of both
+    dates (6 s at 6000 x 6000) ran without a cancel check between them."""
+    import rslab.core.change_data as change_data
+    import rslab.core.change_detection as change_detection
+
+    before, after, label = _levir(shared_data)
+    params = ChangeParams(method=method, model=tiny_change_checkpoint if method == "arcdnet" else None)
+    seen = []
+    detect_changes(before, after, _outputs(tmp_path / "run"), params, reference=label,
+                   progress=lambda fraction, text: seen.append((fraction, text)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    reads, real = [], change_detection.read_decimated
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(change_detection, "read_decimated", counted)
+    monkeypatch.setattr(change_data, "read_decimated", counted)
+    asked = []
+    with pytest.raises(JobCancelled):
+        detect_changes(before, after, _outputs(tmp_path / "cancel"), params, reference=label,
+                       progress=lambda fraction, text: asked.append(text),
+                       cancelled=lambda: any(text.startswith("sampling both dates") for text in asked)
+                       and len(reads) >= 2)
+    assert len(reads) == 2  # stopped between the reads, not after all four (the model's sampling: both of two)
+    assert not os.path.exists(tmp_path / "cancel") or os.listdir(tmp_path / "cancel") == []
+
+
 def test_metrics_match_their_definitions(tmp_path, shared_data):
     rng = np.random.default_rng(0)
     _, _, label = _levir(shared_data)

@@ -423,3 +423,17 @@ def test_the_checkpoint_saved_is_the_best_validated_not_the_last(nanjing, tmp_pa
     assert saved.card.metrics["best_iteration"] == 2 and saved.card.metrics["validation"]["f1"] == 0.6
     assert all(torch.equal(saved.state_dict[k], v) for k, v in states[1].items())
     assert not all(torch.equal(saved.state_dict[k], v) for k, v in states[3].items())  # the weights moved on
+
+
+def test_validation_reports_each_window(shared_data, tmp_path):
+    """A validation pass over a large pair (30 s on 3000 x 3000) said nothing while the bar stood still."""
+    pair = _levir(shared_data, "test_2_0000_0000.png")
+    seen = []
+    train_change_detector([pair], [pair] * 3, str(tmp_path / "m.pt"), TrainChangeParams(**TINY),
+                          lambda fraction, message: seen.append((fraction, message)))
+    validating = [(f, m) for f, m in seen if m.startswith("validating")]
+    assert [m for _, m in validating] == [f"validating after iteration {i}: window {w} of 3"
+                                          for i in (1, 2) for w in (1, 2, 3)]
+    assert [f for f, _ in validating] == [0.5] * 3 + [1.0] * 3
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions)
