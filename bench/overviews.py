@@ -120,7 +120,7 @@ def main() -> None:
     _link_package()
     from qgis.core import QgsApplication
 
-    from rslab.core.overviews import CONTINUOUS, add_overviews
+    from rslab.core.overviews import add_overviews
 
     app = QgsApplication([], False)
     app.initQgis()
@@ -133,7 +133,7 @@ def main() -> None:
         _write_large(pattern, plain, args.size)
         shutil.copy(plain, pyramids)
         start = time.perf_counter()
-        factors = add_overviews(str(pyramids), CONTINUOUS)
+        factors = add_overviews(str(pyramids))
         build = time.perf_counter() - start
         print(f"{args.size} x {args.size} float32 scores; overviews {factors} built in {build:.1f} s; "
               f"file {plain.stat().st_size / 1e6:.0f} MB -> {pyramids.stat().st_size / 1e6:.0f} MB")

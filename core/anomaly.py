@@ -43,8 +43,8 @@ from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
 from .outputs import PendingOutputs, check_output_paths, work_folder
-from .overviews import CATEGORICAL, CONTINUOUS, add_overviews_to
-from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_label_window, read_window
+from .overviews import add_overviews_to
+from .raster_io import gdal_env, open_raster, raster_info, read_label_window, read_window
 from .seeding import seeded_global_generator
 from .tiling import OutputSpec, TileSpec, run_tiled, windows_for
 
@@ -60,7 +60,7 @@ LRX_MAX_OUTER = 255  # local RX's widest outer window: its tiles of 512 x 512 ho
 # 2 samples per band keep the loss from an estimated covariance within 3 dB; 10 per band
 # is the common rule of thumb for a stable inverse.)
 PIXELS_PER_BAND_ADVISED = 10
-STATS_TILE = 256  # a 256 x 256 x 200-band window is ~100 MB in float64
+STATS_TILE = 256  # a 256 x 256 x 200-band window is ~100 MB in float64 (whole strips: up to twice, tiling.windows_for)
 SCORE_BINS = 1 << 16
 
 
@@ -530,6 +530,7 @@ def reference_classes(reference: str) -> Tuple[int, int, Optional[str]]:
     """
     anomalies = background = 0
     with gdal_env(), open_raster(reference) as ds:
+        nodata = ds.nodata
         for window in _windows(ds):
             truth, known = _reference_window(ds, window)
             anomalies += int(np.count_nonzero(truth & known))
@@ -539,7 +540,7 @@ def reference_classes(reference: str) -> Tuple[int, int, Optional[str]]:
     if not background:
         raise RSLabError("the reference marks every pixel as an anomaly (no 0 values): AUCs cannot be computed")
     note = None
-    if info.nodata == 0:
+    if nodata == 0:
         note = "the reference's nodata value is 0; its 0 pixels are read as background (0 = background)"
     return anomalies, background, note
 
@@ -698,7 +699,7 @@ def detect_anomalies(
                 _score_raster(source, scores_path, RxScorer(mean, cov), monitor.sub(0.85, 0.95))
             lo_hi = score_bounds(scores_path, monitor.sub(0.95, 0.96))
         result.score_range = lo_hi
-        rasters = [(scores_path, CONTINUOUS)]  # the outputs QGIS draws: overviews for large ones
+        rasters = [scores_path]  # the outputs QGIS draws: overviews for large ones
         if reference:
             with monitor.timed("evaluate"):
                 result.roc = anomaly_roc(scores_path, reference, *lo_hi, monitor=monitor.sub(0.96, 0.97))
@@ -723,7 +724,7 @@ def detect_anomalies(
                     return [(arrays[0][0] > threshold).astype(np.uint8)]
 
                 mask_path = pending.temp(outputs.mask)
-                rasters.append((mask_path, CATEGORICAL))
+                rasters.append(mask_path)
                 run_tiled([scores_path], [OutputSpec(mask_path, 1, "uint8", MASK_NODATA,
                                                      ("anomaly (1) / background (0)",))], to_mask,
                           TileSpec(STATS_TILE, 0, "partition"), monitor.sub(0.98, 0.99))

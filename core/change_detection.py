@@ -49,7 +49,7 @@ from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import Confusion, HistogramAUC
 from .outputs import PendingOutputs, check_output_paths
-from .overviews import CATEGORICAL, CONTINUOUS, add_overviews_to
+from .overviews import add_overviews_to
 from .raster_io import gdal_env, open_raster, raster_info, read_decimated, read_window
 from .tiling import OutputSpec, TileSpec, run_tiled, windows_for
 from .weights import default_checkpoint
@@ -340,8 +340,7 @@ def detect_changes(
                 with monitor.timed("evaluate"):
                     result.metrics = evaluate_change(paths["change"], reference_path, paths.get("uncertainty"),
                                                      monitor.sub(0.9, 0.98), coding=params.reference_coding)
-            add_overviews_to([(s.path, CATEGORICAL if name == "change" else CONTINUOUS)
-                              for (name, _), s in zip(specs, temp_specs)], monitor.sub(0.98, 1.0))
+            add_overviews_to([s.path for s in temp_specs], monitor.sub(0.98, 1.0))
             if outputs.report:
                 with open(pending.temp(outputs.report), "w") as handle:
                     json.dump(result.report(), handle, indent=1, default=str)

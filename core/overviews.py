@@ -4,12 +4,12 @@ Without them QGIS reads and decompresses every full-resolution block the view
 covers on each redraw: a whole 10,000 x 10,000 score map for a zoomed-out
 view. GDAL builds them from the finished file in one pass that costs a small
 share of the job (about 0.5 s for a 4096 x 4096 float32 raster here), and they
-add about a third to the file. Small rasters draw fast without them.
+add up to a third to the file (16 % on a 10000 x 10000 score map). Small rasters draw fast without them.
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from .errors import JobCancelled, RSLabError
 from .gdal_exceptions import gdal_exceptions
@@ -18,9 +18,13 @@ from .job import JobMonitor
 OVERVIEW_MIN_SIDE = 2048  # a raster whose longer side is at most this gets no overviews
 OVERVIEW_LEAST_SIDE = 256  # levels are added until the longer side is at most this
 
-# Continuous values (scores, probabilities, uncertainty, reflectance) are averaged (GDAL leaves NaN out);
-# classes and masks keep one of their own values.
-CONTINUOUS, CATEGORICAL = "AVERAGE", "NEAREST"
+# Every level keeps one full-resolution pixel of each block it stands for (nearest), never an average: QGIS
+# takes the statistics it styles a layer with (the score map's 2-98 % cut) from a sample it reads at reduced
+# size, that is from an overview, and the dock's histograms read both of two rasters decimated. Averaged
+# levels shrank a score map's heavy tail (a cut of 20.9-58.9 for the pixels' 12.0-101.1) and paired each mask
+# pixel with a 2 x 2 average of uncertainty; nearest levels give the sample of pixels a read without
+# overviews gave, and a zoomed-out view as QGIS drew it without them.
+RESAMPLING = "NEAREST"
 
 
 def overview_factors(width: int, height: int) -> List[int]:
@@ -34,7 +38,7 @@ def overview_factors(width: int, height: int) -> List[int]:
     return factors
 
 
-def add_overviews(path: str, resampling: str, monitor: Optional[JobMonitor] = None) -> List[int]:
+def add_overviews(path: str, monitor: Optional[JobMonitor] = None) -> List[int]:
     """Build internal overviews of the GeoTIFF at `path` (opened for update) and return their factors.
 
     Reports progress on `monitor` and stops on its cancel (JobCancelled; the
@@ -57,7 +61,7 @@ def add_overviews(path: str, resampling: str, monitor: Optional[JobMonitor] = No
             try:
                 factors = overview_factors(ds.RasterXSize, ds.RasterYSize)
                 if factors:
-                    ds.BuildOverviews(resampling, factors, callback=callback)
+                    ds.BuildOverviews(RESAMPLING, factors, callback=callback)
             finally:
                 ds = None  # closes the file: the overviews are written now
         except RuntimeError as exc:
@@ -69,8 +73,8 @@ def add_overviews(path: str, resampling: str, monitor: Optional[JobMonitor] = No
     return factors
 
 
-def add_overviews_to(rasters: List[Tuple[str, str]], monitor: Optional[JobMonitor] = None) -> None:
-    """`add_overviews` for each (path, resampling), sharing `monitor`'s range between them."""
+def add_overviews_to(paths: List[str], monitor: Optional[JobMonitor] = None) -> None:
+    """`add_overviews` for each path, sharing `monitor`'s range between them."""
     monitor = monitor or JobMonitor()
-    for index, (path, resampling) in enumerate(rasters):
-        add_overviews(path, resampling, monitor.sub(index / len(rasters), (index + 1) / len(rasters)))
+    for index, path in enumerate(paths):
+        add_overviews(path, monitor.sub(index / len(paths), (index + 1) / len(paths)))

@@ -140,7 +140,7 @@ def partition(height: int, width: int, size: int) -> List[Window]:
             for r in range(0, height, size) for c in range(0, width, size)]
 
 
-STRIP_WINDOW_LIMIT = 4  # a strip-shaped window may hold at most this many times size x size pixels
+STRIP_WINDOW_LIMIT = 2  # a window of whole strips holds at most twice size x size pixels (else: squares)
 
 
 def strip_rows(ds: Any, size: int) -> Optional[int]:

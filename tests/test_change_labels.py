@@ -109,7 +109,7 @@ def test_label_polygons_a_user_can_get_wrong(nanjing, shared_data, tmp_path):
     with pytest.raises(RSLabError, match="holds point features"):
         burn_labels(shapes(str(tmp_path / "points.gpkg"), 32650, [(f"POINT({x0 + 10} {y0 - 10})", 2)],
                            geometry=ogr.wkbPoint), "label", nanjing["before"], str(output))
-    far = f"POLYGON((0 0, 90 0, 90 -90, 0 -90, 0 0))"
+    far = "POLYGON((0 0, 90 0, 90 -90, 0 -90, 0 0))"
     with pytest.raises(RSLabError, match="cover no pixel"):
         burn_labels(shapes(str(tmp_path / "far.gpkg"), 32650, [(far, 2)]), "label", nanjing["before"], str(output))
     levir = shared_data / "change" / "levir_cd_256" / "A" / "test_2_0000_0000.png"

@@ -14,7 +14,7 @@ from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.import_cube import import_cube
 from rslab.core.job import JobMonitor
 from rslab.core.outputs import PendingOutputs
-from rslab.core.overviews import CONTINUOUS, add_overviews, overview_factors
+from rslab.core.overviews import add_overviews, overview_factors
 
 
 def _overviews(path, band=1):
@@ -42,8 +42,8 @@ def test_overview_levels_go_down_to_one_tile_and_small_rasters_get_none():
 
 
 def test_large_anomaly_outputs_carry_overviews_and_small_ones_none(tmp_path, samples):
-    """A 2100 x 100 strip of ABU beach-2 copies: the scores (averaged, NaN left out) and the mask (nearest)
-    carry overviews; the 100 x 100 scene's outputs do not."""
+    """A 2100 x 100 strip of ABU beach-2 copies: the scores and the mask carry overviews of their own pixels
+    (nearest); the 100 x 100 scene's outputs do not."""
     import_cube(str(samples / "abu-beach-2.mat"), str(tmp_path / "cube.tif"))
     strip = _strip(tmp_path / "cube.tif", tmp_path / "strip.tif", 21)
     with rasterio.open(strip, "r+") as ds:  # a nodata column: NaN scores, nodata in the mask
@@ -57,10 +57,7 @@ def test_large_anomaly_outputs_carry_overviews_and_small_ones_none(tmp_path, sam
         half = ds.read(1, out_shape=(50, 1050))  # read from the first overview
         assert ds.crs.to_epsg() == 32633
     assert np.isnan(full[:, 5]).all() and np.isfinite(np.delete(full, 5, axis=1)).all()
-    expected = full[:, 10:20].reshape(50, 2, 5, 2).mean(axis=(1, 3))
-    np.testing.assert_allclose(half[:, 5:10], expected, rtol=1e-5)
-    assert np.isfinite(half[:, 2]).all()  # the nodata column is left out of its overview pixels' average
-    np.testing.assert_allclose(half[:, 2], np.nanmean(full[:, 4:6].reshape(50, 2, 2), axis=(1, 2)), rtol=1e-5)
+    _assert_each_pixel_from_its_block(full, half)
     with rasterio.open(outputs.mask) as ds:
         assert set(np.unique(ds.read(1, out_shape=(50, 1050)))) <= {0, 1, 255}
 
@@ -85,7 +82,63 @@ def test_large_change_outputs_carry_overviews(tmp_path, samples):
     assert set(np.unique(half)) <= set(np.unique(full)) <= {0, 1, 255}
     with rasterio.open(outputs.probability) as ds:
         full, half = ds.read(1), ds.read(1, out_shape=(128, 1152))
-    np.testing.assert_allclose(half, full.reshape(128, 2, 1152, 2).mean(axis=(1, 3)), rtol=1e-5, atol=1e-6)
+    _assert_each_pixel_from_its_block(full, half)
+    # the dock's uncertainty histogram reads the mask and the uncertainty decimated, from their overviews now:
+    # averaged uncertainty levels, paired with a nearest mask, erased the histogram's high tail
+    from osgeo import gdal
+
+    from rslab.ui.change_dock import uncertainty_histogram
+
+    plain = [str(tmp_path / f"plain_{name}.tif") for name in ("change", "u")]
+    for source, target in zip((outputs.change, outputs.uncertainty), plain):
+        gdal.Translate(target, source)  # the same pixels without overviews
+    averaged = [str(tmp_path / f"averaged_{name}.tif") for name in ("change", "u")]
+    for source, target, method in zip(plain, averaged, ("NEAREST", "AVERAGE")):
+        gdal.Translate(target, source)
+        ds = gdal.Open(target, gdal.GA_Update)
+        ds.BuildOverviews(method, [2, 4, 8, 16])
+        ds = None
+    truth, ours, average = (uncertainty_histogram(*paths, max_pixels=60_000) for paths in
+                            (plain, (outputs.change, outputs.uncertainty), averaged))
+
+    def distance(a, b):  # of the changed pixels' histograms, as a share of their count
+        return float(np.abs(np.asarray(a.changed) - np.asarray(b.changed)).sum() / np.sum(b.changed))
+
+    assert distance(ours, truth) < 0.3 < distance(average, truth)
+
+
+def _assert_each_pixel_from_its_block(full, half):
+    """Every pixel of a factor-2 overview is one of the four full-resolution pixels it stands for."""
+    h, w = half.shape
+    blocks = full[:2 * h, :2 * w].reshape(h, 2, w, 2).transpose(0, 2, 1, 3).reshape(h, w, 4)
+    same = (blocks == half[..., None]) | (np.isnan(blocks) & np.isnan(half)[..., None])
+    assert same.any(axis=2).all()
+
+
+def test_a_large_score_maps_colour_stretch_is_that_of_its_pixels(tmp_path, samples):
+    """QGIS fits the score ramp's 2-98 % cut on a sample it reads at reduced size, that is from an overview:
+    averaged overviews shrank the heavy tail (a cut of 20.9-58.9 for the pixels' 12.0-101.1)."""
+    from qgis.core import QgsRasterLayer
+
+    from rslab.ui.layers import STRETCH_SAMPLE
+
+    import_cube(str(samples / "abu-beach-2.mat"), str(tmp_path / "cube.tif"))
+    with rasterio.open(tmp_path / "cube.tif") as ds:
+        cube = ds.read(list(range(1, 11)))
+    mosaic = np.tile(np.concatenate([cube, cube[:, ::-1]], axis=1), (1, 10, 21))[:, :2100, :2100]
+    profile = dict(driver="GTiff", width=2100, height=2100, count=10, dtype=mosaic.dtype.name, tiled=True,
+                   blockxsize=256, blockysize=256, compress="deflate", crs="EPSG:32633",
+                   transform=from_origin(500000, 4000000, 1, 1))
+    with rasterio.open(tmp_path / "mosaic.tif", "w", **profile) as dst:
+        dst.write(mosaic)
+    scores = str(tmp_path / "scores.tif")
+    detect_anomalies(str(tmp_path / "mosaic.tif"), AnomalyOutputs(scores=scores), AnomalyParams(method="rx"))
+    assert _overviews(scores) == [2, 4, 8, 16]
+    with rasterio.open(scores) as ds:
+        lo, hi = np.percentile(ds.read(1), [2, 98])
+    layer = QgsRasterLayer(scores, "scores")
+    cut = layer.dataProvider().cumulativeCut(1, 0.02, 0.98, layer.extent(), STRETCH_SAMPLE)
+    assert cut[0] == pytest.approx(lo, rel=0.1) and cut[1] == pytest.approx(hi, rel=0.1), (cut, lo, hi)
 
 
 def _float_raster(path, size=4096):
@@ -105,7 +158,7 @@ def test_cancel_while_building_overviews_stops_the_job(tmp_path):
         return len(calls) > 3
 
     with pytest.raises(JobCancelled):
-        add_overviews(str(path), CONTINUOUS, JobMonitor(cancelled=cancelled))
+        add_overviews(str(path), JobMonitor(cancelled=cancelled))
     assert 3 < len(calls) < 50  # GDAL asked again and again and stopped at the first 'cancel'
 
 
@@ -117,7 +170,7 @@ def test_an_overview_cut_short_is_found_before_the_commit(tmp_path):
         with PendingOutputs() as pending:
             temp = pending.temp(final)
             _float_raster(temp)
-            add_overviews(temp, CONTINUOUS)
+            add_overviews(temp)
             with open(temp, "r+b") as handle:
                 handle.truncate(os.path.getsize(temp) - 1000)
     assert os.listdir(tmp_path) == []

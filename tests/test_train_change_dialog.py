@@ -13,7 +13,6 @@ from qgis.PyQt.QtCore import Qt
 from project_layers import add_raster
 from rslab.core.change_data import pairs_from_folder
 from rslab.core.checkpoint import read_card
-from rslab.core.errors import RSLabError
 from rslab.ui.train_change_dialog import TrainChangeDialog
 
 PAIRS = ("test_2_0000_0000", "test_77_0512_0256")
