@@ -4,7 +4,8 @@ Without them QGIS reads and decompresses every full-resolution block the view
 covers on each redraw: a whole 10,000 x 10,000 score map for a zoomed-out
 view. GDAL builds them from the finished file in one pass that costs a small
 share of the job (about 0.5 s for a 4096 x 4096 float32 raster here), and they
-add up to a third to the file (16 % on a 10000 x 10000 score map). Small rasters draw fast without them.
+add up to a third to the file (16 % on a 10000 x 10000 score map). Small
+rasters draw fast without them.
 """
 from __future__ import annotations
 

@@ -224,3 +224,24 @@ def test_a_file_stored_in_strips_is_read_in_full_width_windows_of_whole_strips(t
         assert b.block_shapes[0] == (108, 600) and a.block_shapes[0] == (256, 256)  # written as it was read
     with rasterio.open(outputs["tiles"].mask) as a, rasterio.open(outputs["strips"].mask) as b:
         assert (a.read(1) != b.read(1)).sum() <= 1  # a score tied at the cut to float rounding, at most
+
+
+def test_the_overlap_of_a_rotated_grid_is_measured_on_the_grid_not_its_bounding_box(tmp_path, beach2):
+    """A reference covering half of a 45-degree image was said to cover all of it (the boxes around both)."""
+    import math
+
+    from rslab.core.alignment import overlap_fraction
+    from rslab.core.raster_io import raster_info
+
+    cube, gt = beach2
+    c = math.sqrt(2.0)
+    turned = Affine(c, c, 500000.0, c, -c, 4600000.0)  # 2 m pixels, rows running south-east
+    image = _write(tmp_path / "image.tif", cube[:3], turned)
+    left, bottom, right, top = 500000.0, 4600000.0 - 200 * c, 500000.0 + 200 * c, 4600000.0 + 200 * c
+    half = _write(tmp_path / "half.tif", gt, Affine((right - left) / 2 / 100, 0, left, 0, -(top - bottom) / 100, top))
+    whole = _write(tmp_path / "whole.tif", gt, Affine((right - left) / 100, 0, left, 0, -(top - bottom) / 100, top))
+    assert overlap_fraction(raster_info(image), raster_info(whole)) == 1.0
+    assert overlap_fraction(raster_info(image), raster_info(half)) == pytest.approx(0.5, abs=0.01)
+    # in the box around the image, beside its top-left edge, but off the image itself (the box said 6 %)
+    corner = _write(tmp_path / "corner.tif", gt, Affine(50 * c / 100, 0, left, 0, -50 * c / 100, 4600000.0 + 100 * c))
+    assert overlap_fraction(raster_info(image), raster_info(corner)) == 0.0
