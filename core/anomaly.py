@@ -448,6 +448,14 @@ def _suppress_raster(source: str, output: str, model, lo: float, hi: float, para
 
     from ..models.bsdm import suppress_background
 
+    with gdal_env(), open_raster(source) as ds:
+        windows = len(_windows(ds))  # as run_tiled cuts it, for progress within each window
+    done = [0]
+
+    def chunk_progress(chunk: int, chunks: int) -> None:  # also the cancel check, chunk by chunk
+        monitor.step((done[0] + chunk / chunks) / windows,
+                     f"suppressing the background: window {done[0] + 1} of {windows}")
+
     def fn(arrays, valid):
         cube = arrays[0]
         bands, h, w = cube.shape
@@ -455,7 +463,9 @@ def _suppress_raster(source: str, output: str, model, lo: float, hi: float, para
         # offset and a small range (int32 values near 1e8: float32 steps of 8) lost its detail
         pixels = ((cube.reshape(bands, -1).T.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
         with torch.inference_mode():
-            out = suppress_background(model, torch.from_numpy(pixels).to(device), params.rounds)
+            out = suppress_background(model, torch.from_numpy(pixels).to(device), params.rounds,
+                                      progress=chunk_progress)
+        done[0] += 1
         return [out.float().cpu().numpy().T.reshape(bands, h, w)]
 
     # float32: the denoiser computes in float32, so the values are stored exactly (a float64 copy of a

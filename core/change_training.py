@@ -108,9 +108,12 @@ def learning_rate(iteration: int, params: TrainChangeParams) -> float:
     return params.lr * (1 - (iteration - warmup) / span) ** 0.9
 
 
+VALIDATION_TILE = TileSpec(512, 128)  # evaluate's windows
+
+
 def evaluate(model: Any, pairs: Sequence[ChangePair], mean: Sequence[float], std: Sequence[float], device: Any,
              threshold: float = 0.5,
-             tile: TileSpec = TileSpec(512, 128), coding: str = "binary",
+             tile: TileSpec = VALIDATION_TILE, coding: str = "binary",
              check: Optional[Callable[[], None]] = None,
              progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
     """Scores over all labelled pixels of `pairs`, predicted by windows (centre-cropped) so any size fits.
@@ -138,6 +141,41 @@ def evaluate(model: Any, pairs: Sequence[ChangePair], mean: Sequence[float], std
             confusion.update(prob[core] >= threshold, y[core] > 0, v[core])
     model.train(was_training)
     return dict(confusion.scores(), changed=confusion.tp + confusion.fn)
+
+
+TRAIN_PIXEL_COST = 3.0  # a training step's forward and backward over a crop pixel, in validation forwards per pixel
+
+
+def validation_pixels(pairs: Sequence[ChangePair], tile: TileSpec = VALIDATION_TILE) -> int:
+    """The pixels one validation pass puts through the model (its windows overlap)."""
+    return sum(int(t.read.width * t.read.height) for pair in pairs for t in tile_grid(*check_pair(pair)[1:], tile))
+
+
+class TrainingProgress:
+    """Where the progress bar stands during training, in proportion to the work done.
+
+    The bar went by iterations alone: on a large validation pair (3000 x 3000)
+    each validation pass took minutes at one fixed position, and the last one
+    ran at 100 %. Training steps and validation passes now share it by their
+    pixels (a step's pixels count TRAIN_PIXEL_COST times: forward and backward).
+    """
+
+    def __init__(self, params: "TrainChangeParams", validation: int) -> None:
+        self.step_cost = TRAIN_PIXEL_COST * params.batch_size * params.crop ** 2
+        self.validation_cost = float(validation)
+        passes = sum(1 for i in range(params.iterations)
+                     if (i + 1) % params.eval_every == 0 or i + 1 == params.iterations)
+        self.total = params.iterations * self.step_cost + passes * self.validation_cost or 1.0
+        self.passes_done = 0
+
+    def at(self, iterations_done: int, validation_done: float = 0.0) -> float:
+        """The fraction after `iterations_done` steps, the passes validated so far and `validation_done` of
+        the current pass."""
+        work = iterations_done * self.step_cost + (self.passes_done + validation_done) * self.validation_cost
+        return min(1.0, work / self.total)
+
+    def validated(self) -> None:
+        self.passes_done += 1
 
 
 def _batch(sampler: PairSampler, size: int, device):
@@ -249,8 +287,9 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
     best_scores: Dict[str, float] = {}
     start = time.perf_counter()
     running: List[float] = []
+    plan = TrainingProgress(params, validation_pixels(val_pairs))
     for iteration in range(params.iterations):
-        monitor.step(iteration / params.iterations, f"iteration {iteration + 1} of {params.iterations}")
+        monitor.step(plan.at(iteration), f"iteration {iteration + 1} of {params.iterations}")
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(iteration, params)
         a, b, y, v = _batch(sampler, params.batch_size, device)
@@ -263,10 +302,11 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         running.append(float(loss.detach()))
         if (iteration + 1) % params.eval_every == 0 or iteration + 1 == params.iterations:
             with monitor.timed("validate"):
-                at = (iteration + 1) / params.iterations
                 scores = evaluate(model, val_pairs, mean, std, device, params.threshold, coding=params.label_coding,
                                   check=monitor.check, progress=lambda done, total: monitor.step(
-                                      at, f"validating after iteration {iteration + 1}: window {done + 1} of {total}"))
+                                      plan.at(iteration + 1, done / total),
+                                      f"validating after iteration {iteration + 1}: window {done + 1} of {total}"))
+            plan.validated()
             # validation pairs without a changed pixel score F1 0 whatever the model: the last state is kept
             keep = best_state is None or scores["f1"] > result.best_f1 or not scores["changed"]
             record = {"epoch": len(result.history) + 1, "iteration": iteration + 1,

@@ -870,3 +870,23 @@ def test_bsdm_progress_follows_where_the_time_goes():
     assert large[2] > 0.7 and shares(2000 * 2000, iterations=5)[2] > 0.9
     no_training = bsdm_stage_bounds(10000, 10000, 500, 10, trains=False)[1]  # a denoiser read from a checkpoint
     assert no_training == (pytest.approx(0.4 / 10.6), pytest.approx(0.4 / 10.6))
+
+
+def test_the_suppression_reports_progress_and_stops_on_cancel_within_a_window(tmp_path, beach2):
+    """The suppression checked for cancel once per window: one window of a 2000 x 2000 x 205 cube took 19 s,
+    which a cancel waited out, with the bar standing still."""
+    from rslab.core.errors import JobCancelled
+
+    cube, _ = beach2  # one window of 10,000 pixels: three chunks of 4096
+    seen = []
+    detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "s.tif")), AnomalyParams(iterations=2),
+                     progress=lambda fraction, text: seen.append((fraction, text)))
+    inside = [f for f, text in seen if text == "suppressing the background: window 1 of 1"]
+    assert len(inside) == 3 and inside == sorted(inside) and inside[0] < inside[-1]
+    asked = []
+    with pytest.raises(JobCancelled):
+        detect_anomalies(str(cube), AnomalyOutputs(str(tmp_path / "c.tif")), AnomalyParams(iterations=2),
+                         progress=lambda fraction, text: asked.append(text),
+                         cancelled=lambda: asked.count("suppressing the background: window 1 of 1") >= 2)
+    assert asked.count("suppressing the background: window 1 of 1") == 2  # stopped inside the window
+    assert not (tmp_path / "c.tif").exists()
