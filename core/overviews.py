@@ -23,8 +23,9 @@ OVERVIEW_LEAST_SIDE = 256  # levels are added until the longer side is at most t
 # takes the statistics it styles a layer with (the score map's 2-98 % cut) from a sample it reads at reduced
 # size, that is from an overview, and the dock's histograms read both of two rasters decimated. Averaged
 # levels shrank a score map's heavy tail (a cut of 20.9-58.9 for the pixels' 12.0-101.1) and paired each mask
-# pixel with a 2 x 2 average of uncertainty; nearest levels give the sample of pixels a read without
-# overviews gave, and a zoomed-out view as QGIS drew it without them.
+# pixel with a 2 x 2 average of uncertainty; nearest levels are a sample of the pixels themselves (GDAL 3.6
+# keeps each block's top-left pixel, where a plain decimated read takes one nearer its centre: a zoomed-out
+# view sits up to half a block, about one screen pixel, off an input layer without overviews).
 RESAMPLING = "NEAREST"
 
 

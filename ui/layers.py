@@ -23,7 +23,9 @@ from qgis.core import (
 from ..core.errors import RSLabError
 
 STYLE_DIR = Path(__file__).resolve().parent.parent / "resources" / "styles"
-STRETCH_SAMPLE = 250_000  # pixels QGIS samples for a cumulative cut (its "estimated" accuracy)
+# pixels QGIS samples for a cumulative cut (its "estimated" accuracy); on a raster with overviews QGIS 3.22
+# takes the cut from its smallest overview instead (a few hundred pixels on a long, narrow output)
+STRETCH_SAMPLE = 250_000
 
 
 @dataclass(frozen=True)
