@@ -366,9 +366,13 @@ def test_a_pick_on_a_south_up_or_rotated_image_reads_the_pixel_under_the_click(q
     dock.layer_combo.setLayer(cube)
     iface.mapCanvas().setDestinationCrs(cube.crs())
     qtbot.mouseClick(dock.pick_button, Qt.LeftButton)
-    for row, col in ((10, 80), (95, 3)):
-        with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS, raising=False):
-            dock.map_tool.canvasClicked.emit(QgsPointXY(*(transform * (col + 0.5, row + 0.5))), Qt.LeftButton)
+    for index, (row, col) in enumerate(((10, 80), (95, 3))):
+        click = QgsPointXY(*(transform * (col + 0.5, row + 0.5)))
+        if index == 0:  # the scene mean is computed once, in the background (waiting again sat out the timeout)
+            with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
+                dock.map_tool.canvasClicked.emit(click, Qt.LeftButton)
+        else:
+            dock.map_tool.canvasClicked.emit(click, Qt.LeftButton)
         assert np.array_equal(dock.pixel_curve.getData()[1], data[:, row, col].astype(np.float64))
         assert f"pixel (row {row}, col {col}) of placed" in dock.spectrum_legend.text()
     assert dock.show_spectrum_at(QgsPointXY(*(transform * (-0.5, 50)))) is None
