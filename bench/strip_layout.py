@@ -1,4 +1,4 @@
-"""Global RX on a wide cube stored in strips (GDAL's default GeoTIFF layout) and in tiles.
+"""Global RX on a wide cube stored in strips (GDAL's default GeoTIFF layout) and in tiles; good bands of it.
 
 What it measures
     `detect_anomalies` with `method="rx"` on one 4000 x 1000 x 200 int16 cube
@@ -24,7 +24,13 @@ How
     cached. Every run is a fresh child process (bench/measure.py) that reads
     the file once first, so each finds it in the page cache.
 
-    .venv/bin/python bench/strip_layout.py [--workdir /tmp/rslab-bench-anomaly]
+    .venv/bin/python bench/strip_layout.py [--workdir /tmp/rslab-bench-anomaly] [--part rx|good-bands|all]
+
+Part good-bands: one statistics pass (`scene_statistics`, as RX's first
+pass) over the first 256 rows of the striped cube with 10 of its 200 bands
+left out (as an ENVI bad band list leaves them out): read from the file with
+a band list (the engine) and through a VRT of the 190 bands (the engine
+before 2026-12-03), each in a fresh process.
 
 Measured on 2026-12-03: see README, Measured figures.
 """
@@ -78,6 +84,60 @@ def build(workdir: Path) -> Dict[str, Any]:
     return {"disk": {layout: layout_path(workdir, layout).stat().st_size for layout in LAYOUTS}}
 
 
+GOOD_BANDS = [band for band in range(1, 201) if not 100 <= band < 110]  # 10 bands left out, mid-spectrum
+CROP_ROWS = 256
+
+
+def crop_path(workdir: Path) -> Path:
+    return workdir / "strips" / f"wide_strips_{CROP_ROWS}rows.tif"
+
+
+def build_crop(workdir: Path) -> None:
+    """The first CROP_ROWS rows of the striped cube, striped as GDAL writes by default; cached."""
+    crop = crop_path(workdir)
+    if not crop.exists():
+        partial = crop.with_suffix(".partial.tif")
+        subprocess.run(["gdal_translate", "-q", "-co", "COMPRESS=DEFLATE", "-srcwin", "0", "0",
+                        str(COPIES * BIG_SIZE), str(CROP_ROWS), str(layout_path(workdir, LAYOUTS[0])), str(partial)],
+                       check=True)
+        partial.rename(crop)
+
+
+def good_bands_child(workdir: Path, baseline: bool) -> Dict[str, Any]:
+    """One statistics pass over the good bands of the striped crop: by band list, or through a VRT (baseline)."""
+    import tempfile
+
+    import numpy as np
+
+    from rslab.core.anomaly import scene_statistics
+    from rslab.core.bands import band_subset
+
+    path = str(crop_path(workdir))
+    with open(path, "rb") as handle:
+        while handle.read(1 << 24):
+            pass
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        if baseline:
+            mean, cov, n = scene_statistics(band_subset(path, GOOD_BANDS, folder, "good"))
+        else:
+            mean, cov, n = scene_statistics(path, bands=GOOD_BANDS)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak": own_hwm_bytes(), "checksum": float(np.abs(cov).sum()), "pixels": n}
+
+
+def good_bands_main(workdir: Path) -> None:
+    spawn_child(__file__, ["--child", "crop", "--workdir", str(workdir)])
+    runs = [spawn_child(__file__, ["--child", "good-bands", "--workdir", str(workdir)] + (["--baseline"] * baseline))
+            for baseline in (False, True)]
+    engine, base = runs
+    same = abs(engine["checksum"] - base["checksum"]) <= 1e-9 * base["checksum"] and engine["pixels"] == base["pixels"]
+    print(f"scene statistics over {len(GOOD_BANDS)} of 200 bands of the striped {COPIES * BIG_SIZE} x {CROP_ROWS} "
+          f"crop (fresh process each)\n  by band list {engine['seconds']:.1f} s (peak {engine['peak'] / MB:.0f} MB); "
+          f"through a VRT {base['seconds']:.1f} s (peak {base['peak'] / MB:.0f} MB); ratio "
+          f"{base['seconds'] / engine['seconds']:.1f}x; same statistics: {'yes' if same else 'NO'}", flush=True)
+
+
 def run_child(workdir: Path, layout: str, baseline: bool) -> Dict[str, Any]:
     """RX on one layout in this fresh process: seconds, peak memory; the scores saved for the comparison."""
     import numpy as np
@@ -129,7 +189,8 @@ def parent_main(workdir: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="the bench/anomaly.py work folder")
-    parser.add_argument("--child", choices=("build", "run"), help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=("rx", "good-bands", "all"), default="all")
+    parser.add_argument("--child", choices=("build", "run", "crop", "good-bands"), help=argparse.SUPPRESS)
     parser.add_argument("--layout", choices=LAYOUTS, help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -137,10 +198,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.child:
         import json
 
-        result = build(workdir) if args.child == "build" else run_child(workdir, args.layout, args.baseline)
+        if args.child == "build":
+            result = build(workdir)
+        elif args.child == "crop":
+            result = build_crop(workdir) or {}
+        elif args.child == "good-bands":
+            result = good_bands_child(workdir, args.baseline)
+        else:
+            result = run_child(workdir, args.layout, args.baseline)
         print(json.dumps(result))
         return
-    parent_main(workdir)
+    if args.part in ("rx", "all"):
+        parent_main(workdir)
+    if args.part in ("good-bands", "all"):
+        if args.part == "good-bands":
+            spawn_child(str(Path(__file__).with_name("anomaly.py")), ["--child", "build", "--workdir", str(workdir)])
+            spawn_child(__file__, ["--child", "build", "--workdir", str(workdir)])
+        good_bands_main(workdir)
 
 
 if __name__ == "__main__":

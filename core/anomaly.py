@@ -30,14 +30,14 @@ import math
 import os
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rasterio.windows import Window
 from scipy import ndimage
 
 from .alignment import align_to
-from .bands import good_band_view
+from .bands import good_bands
 from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
@@ -45,7 +45,7 @@ from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
 from .outputs import PendingOutputs, check_output_paths, work_folder
 from .overviews import add_overviews_to
 from .raster_io import gdal_env, open_raster, raster_info, read_label_window, read_window
-from .seeding import seeded_global_generator
+from .seeding import pixel_uniforms, seeded_global_generator
 from .tiling import OutputSpec, TileSpec, run_tiled, windows_for
 
 METHODS = ("bsdm_rx", "rx", "lrx")
@@ -147,8 +147,8 @@ def _windows(ds: Any) -> List[Window]:
     return windows_for(ds, STATS_TILE)
 
 
-def _pixels(ds, window) -> Tuple[np.ndarray, np.ndarray]:
-    data, valid = read_window(ds, window)
+def _pixels(ds, window, bands: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    data, valid = read_window(ds, window, bands)
     return data.reshape(data.shape[0], -1).T.astype(np.float64), valid.ravel()
 
 
@@ -157,19 +157,25 @@ def too_few_pixels(pixels: int, bands: int) -> RSLabError:
     return RSLabError(f"the image has {pixels} valid pixels but {bands} bands; RX needs more pixels than bands")
 
 
-def scene_statistics(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[np.ndarray, np.ndarray, int]:
-    """Mean (B,) and covariance (B, B) over the valid pixels, accumulated by windows (shifted for stability)."""
+def _band_count(path: str, bands: Optional[Sequence[int]]) -> int:
+    return len(bands) if bands is not None else raster_info(path).count
+
+
+def scene_statistics(path: str, monitor: Optional[JobMonitor] = None, bands: Optional[Sequence[int]] = None
+                     ) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Mean (B,) and covariance (B, B) over the valid pixels of `bands` (default: the data bands), accumulated
+    by windows (shifted for stability)."""
     monitor = monitor or JobMonitor()
-    info = raster_info(path)
+    count = _band_count(path, bands)
     shift = None
-    total = np.zeros(info.count)
-    outer = np.zeros((info.count, info.count))
+    total = np.zeros(count)
+    outer = np.zeros((count, count))
     n = 0
     with gdal_env(), open_raster(path) as ds:
         windows = _windows(ds)
         for i, window in enumerate(windows):
             monitor.step(i / len(windows), "scene statistics")
-            x, valid = _pixels(ds, window)
+            x, valid = _pixels(ds, window, bands)
             x = x[valid]
             if not len(x):
                 continue
@@ -179,8 +185,8 @@ def scene_statistics(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[n
             total += x.sum(axis=0)
             outer += x.T @ x
             n += len(x)
-    if n <= info.count:
-        raise too_few_pixels(n, info.count)
+    if n <= count:
+        raise too_few_pixels(n, count)
     mean_shifted = total / n
     cov = (outer - n * np.outer(mean_shifted, mean_shifted)) / (n - 1)
     return mean_shifted + shift, cov, n
@@ -206,8 +212,9 @@ def global_rx(pixels: np.ndarray) -> np.ndarray:
     return RxScorer(mean, centred.T @ centred / (len(pixels) - 1))(pixels)
 
 
-def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> None:
-    """Write per-pixel scores of `source` to `output` by windows."""
+def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor,
+                  bands: Optional[Sequence[int]] = None) -> None:
+    """Write per-pixel scores of `source` (its `bands`; default: the data bands) to `output` by windows."""
 
     def fn(arrays, valid):
         cube = arrays[0]
@@ -219,7 +226,7 @@ def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor) -> No
         return [scores.reshape(valid.shape).astype(np.float32)]
 
     run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn,
-              TileSpec(STATS_TILE, 0, "partition"), monitor)
+              TileSpec(STATS_TILE, 0, "partition"), monitor, bands)
 
 
 @dataclass(frozen=True)
@@ -232,23 +239,24 @@ class ValidSummary:
     mean: np.ndarray  # per band (B,); NaN when no pixel is valid
 
 
-def valid_summary(path: str, monitor: Optional[JobMonitor] = None) -> ValidSummary:
-    """The valid pixels' value range, count and mean spectrum, by windows (no covariance: any band count)."""
+def valid_summary(path: str, monitor: Optional[JobMonitor] = None, bands: Optional[Sequence[int]] = None
+                  ) -> ValidSummary:
+    """The valid pixels' value range, count and mean spectrum over `bands` (default: the data bands), by
+    windows (no covariance: any band count)."""
     monitor = monitor or JobMonitor()
     lo, hi, count = np.inf, -np.inf, 0
-    info = raster_info(path)
-    total = np.zeros(info.count)
+    total = np.zeros(_band_count(path, bands))
     with gdal_env(), open_raster(path) as ds:
         windows = _windows(ds)
         for i, window in enumerate(windows):
             monitor.step(i / len(windows), "value range")
-            x, valid = _pixels(ds, window)
+            x, valid = _pixels(ds, window, bands)
             if valid.any():
                 x = x[valid]
                 lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
                 count += len(x)
                 total += x.sum(axis=0)
-    return ValidSummary(lo, hi, count, total / count if count else np.full(info.count, np.nan))
+    return ValidSummary(lo, hi, count, total / count if count else np.full(len(total), np.nan))
 
 
 def score_bounds(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[float, float]:
@@ -326,40 +334,48 @@ def bsdm_stage_bounds(pixels: int, sample: int, iterations: int, rounds: int, tr
     return bounds
 
 
-def _value_range(path: str, monitor: Optional[JobMonitor] = None) -> Tuple[float, float, int]:
+def _value_range(path: str, monitor: Optional[JobMonitor] = None, bands: Optional[Sequence[int]] = None
+                 ) -> Tuple[float, float, int]:
     """The global (min, max) BSDM normalises with, and the number of valid pixels."""
-    summary = valid_summary(path, monitor)
+    summary = valid_summary(path, monitor, bands)
     if not summary.count or summary.hi <= summary.lo:
         raise RSLabError("the image is constant (or has no valid pixels): there is nothing to detect")
     return summary.lo, summary.hi, summary.count
 
 
-def _training_sample(path: str, lo: float, hi: float, limit: int, valid_pixels: int,
-                     rng: np.random.Generator, monitor: Optional[JobMonitor] = None) -> np.ndarray:
-    """Normalised valid pixels: all of them, or a uniform random sample of exactly `limit` of the `valid_pixels`.
+def _training_sample(path: str, lo: float, hi: float, limit: int, valid_pixels: int, seed: int,
+                     monitor: Optional[JobMonitor] = None, bands: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Normalised valid pixels of `bands` (default: the data bands), in pixel order: all of them, or a uniform
+    random sample of exactly `limit` of the `valid_pixels`.
 
-    Each window keeps its valid pixels with a probability set a little above
-    limit / valid_pixels (six standard deviations of the kept count), so the
-    windows together keep at least `limit` all but surely; the surplus is drawn
-    off at the end. (Set from the raster's size instead, a scene half nodata
-    trained on half the pixels asked for.)
+    Each pixel has its own draw from (`seed`, its position) (seeding.pixel_uniforms),
+    so the sample is the same however the file is read (a striped and a tiled
+    copy of one image are read in different windows). Pixels are kept while
+    reading when their draw is below a little more than limit / valid_pixels
+    (six standard deviations of the kept count), so all but surely at least
+    `limit` are; then the `limit` smallest draws, a uniform sample. (Set from the
+    raster's size instead, a scene half nodata trained on half the pixels asked for.)
     """
     monitor = monitor or JobMonitor()
-    chunks = []
+    chunks, indexes, draws = [], [], []
     with gdal_env(), open_raster(path) as ds:
         keep = min(1.0, (limit + 6.0 * np.sqrt(limit)) / max(valid_pixels, 1))
         windows = _windows(ds)
         for i, window in enumerate(windows):
             monitor.step(i / len(windows), "drawing the training pixels")
-            x, valid = _pixels(ds, window)
-            x = x[valid]
-            if keep < 1.0:
-                x = x[rng.random(len(x)) < keep]
-            chunks.append((x - lo) / (hi - lo))
-    sample = np.concatenate(chunks)
-    if len(sample) > limit:
-        sample = sample[rng.choice(len(sample), limit, replace=False)]
-    return sample.astype(np.float32)
+            x, valid = _pixels(ds, window, bands)
+            rows, cols = np.mgrid[window.row_off:window.row_off + window.height,
+                                  window.col_off:window.col_off + window.width]
+            index = (rows.astype(np.int64) * ds.width + cols).ravel()[valid]
+            draw = pixel_uniforms(seed, index)
+            chosen = draw < keep if keep < 1.0 else slice(None)
+            chunks.append((x[valid][chosen] - lo) / (hi - lo))
+            indexes.append(index[chosen])
+            draws.append(draw[chosen])
+    sample, index, draw = np.concatenate(chunks), np.concatenate(indexes), np.concatenate(draws)
+    chosen = np.lexsort((index, draw))[:limit]  # the smallest draws (all when there are no more than `limit`)
+    chosen = chosen[np.argsort(index[chosen])]  # in pixel order, whatever the windows
+    return sample[chosen].astype(np.float32)
 
 
 def train_bsdm(sample: np.ndarray, params: AnomalyParams, device,
@@ -443,7 +459,7 @@ def load_denoiser(path: str, bands: int, scene_bands: Optional[int] = None) -> A
 
 
 def _suppress_raster(source: str, output: str, model, lo: float, hi: float, params: AnomalyParams, device,
-                     monitor: JobMonitor) -> None:
+                     monitor: JobMonitor, bands: Optional[Sequence[int]] = None) -> None:
     import torch
 
     from ..models.bsdm import suppress_background
@@ -470,9 +486,8 @@ def _suppress_raster(source: str, output: str, model, lo: float, hi: float, para
 
     # float32: the denoiser computes in float32, so the values are stored exactly (a float64 copy of a
     # 1000 x 1000 x 200 cube takes 1.6 GB uncompressed)
-    info = raster_info(source)
-    run_tiled([source], [OutputSpec(output, info.count, "float32")], fn, TileSpec(STATS_TILE, 0, "partition"),
-              monitor)
+    run_tiled([source], [OutputSpec(output, _band_count(source, bands), "float32")], fn,
+              TileSpec(STATS_TILE, 0, "partition"), monitor, bands)
 
 
 # --- metrics and thresholds ---------------------------------------------------------------------------
@@ -652,11 +667,14 @@ def detect_anomalies(
     with PendingOutputs() as pending, ExitStack() as stack:
         scores_path = pending.temp(outputs.scores)
         workdir = stack.enter_context(work_folder("rslab-anomaly-", need, os.path.dirname(scores_path), what))
-        scene = cube
-        cube, note = good_band_view(scene, workdir, monitor.check)  # bad (bbl) and empty bands left out
+        # bad (bbl) and empty bands left out: read by band list from the file itself (through a VRT of the good
+        # bands, a striped 4000 x 512 x 205 file took 76 s a window instead of 0.7 s: GDAL decoded its strips
+        # again for every band)
+        good, _, note = good_bands(cube, monitor.check)
+        bands = good if note else None
         if note:
             result.notes.append(note)
-            info = raster_info(cube)
+            info = replace(info, count=len(good))
             result.bands = info.count
         if reference:  # on the cube's grid, or resampled onto it (nearest), or a clear error
             reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest", labels=True,
@@ -666,7 +684,7 @@ def detect_anomalies(
             note = reference_classes(reference)[2]
             if note:
                 result.notes.append(note)
-        source = cube
+        source, source_bands = cube, bands
         rx_statistics = monitor.sub(0.0, 0.85)
         if params.method == "bsdm_rx":
             device = select_device(params.device)
@@ -676,37 +694,37 @@ def detect_anomalies(
                 params.rounds, trains=not params.model)]
             reading, training, suppressing, rx_statistics = stages
             with monitor.timed("bsdm_train"):
-                lo, hi, valid_pixels = _value_range(cube, reading.sub(0.0, 0.5))
+                lo, hi, valid_pixels = _value_range(cube, reading.sub(0.0, 0.5), bands)
                 if valid_pixels <= info.count:  # said before training, not after it when RX's statistics fail
                     raise too_few_pixels(valid_pixels, info.count)
                 if params.model:
-                    model = load_denoiser(params.model, info.count, raster_info(scene).count).to(device)
+                    model = load_denoiser(params.model, info.count, raster_info(cube).count).to(device)
                     result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")
                 else:
-                    sample = _training_sample(cube, lo, hi, params.max_train_pixels, valid_pixels,
-                                              np.random.default_rng(params.seed), reading.sub(0.5, 1.0))
+                    sample = _training_sample(cube, lo, hi, params.max_train_pixels, valid_pixels, params.seed,
+                                              reading.sub(0.5, 1.0), bands)
                     model, result.training_loss, precision = train_bsdm(sample, params, device, training)
                     result.notes.append(f"BSDM trained in {precision} on {len(sample)} pixels")
                 if outputs.model:
-                    save_denoiser(model, pending.temp(outputs.model), scene, lo, hi, params)
+                    save_denoiser(model, pending.temp(outputs.model), cube, lo, hi, params)
             with monitor.timed("bsdm_suppress"):
-                source = os.path.join(workdir, "suppressed.tif")
-                _suppress_raster(cube, source, model, lo, hi, params, device, suppressing)
+                source, source_bands = os.path.join(workdir, "suppressed.tif"), None
+                _suppress_raster(cube, source, model, lo, hi, params, device, suppressing, bands)
         with monitor.timed("detect"):
             if params.method == "lrx":
                 if params.outer_window >= 2 * max(info.width, info.height) - 1:
                     result.notes.append(
                         f"the {params.outer_window}-pixel outer window covers the whole {info.width} x {info.height} "
                         "image from every pixel: local RX is global RX on the leading components, less the inner window")
-                _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9))
+                _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9), source_bands)
             else:
-                mean, cov, n = scene_statistics(source, rx_statistics)
+                mean, cov, n = scene_statistics(source, rx_statistics, source_bands)
                 if n < PIXELS_PER_BAND_ADVISED * info.count:
                     result.notes.append(
                         f"RX's covariance of {info.count} bands rests on {n} valid pixels ({n / info.count:.1f} per "
                         f"band; about {PIXELS_PER_BAND_ADVISED} per band are advised): the scores are noisy, "
                         "a larger area or fewer bands would help")
-                _score_raster(source, scores_path, RxScorer(mean, cov), monitor.sub(0.85, 0.95))
+                _score_raster(source, scores_path, RxScorer(mean, cov), monitor.sub(0.85, 0.95), source_bands)
             lo_hi = score_bounds(scores_path, monitor.sub(0.95, 0.96))
         result.score_range = lo_hi
         rasters = [scores_path]  # the outputs QGIS draws: overviews for large ones
@@ -746,8 +764,9 @@ def detect_anomalies(
     return result
 
 
-def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonitor) -> None:
-    mean, cov, _ = scene_statistics(source, monitor.sub(0.0, 0.3))
+def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonitor,
+              bands: Optional[Sequence[int]] = None) -> None:
+    mean, cov, _ = scene_statistics(source, monitor.sub(0.0, 0.3), bands)
     basis, variances = _principal_components(cov, min(LRX_COMPONENTS, cov.shape[0]))
     scene_cov = np.diag(variances)  # the scene covariance in the principal-component basis
     inner, outer = params.inner_window, params.outer_window
@@ -761,7 +780,7 @@ def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonit
         return [scores.astype(np.float32)]
 
     run_tiled([source], [OutputSpec(output, 1, "float32", None, ("anomaly score",))], fn, local_rx_tiles(outer),
-              monitor.sub(0.3, 1.0))
+              monitor.sub(0.3, 1.0), bands)
 
 
 def local_rx_tiles(outer: int) -> TileSpec:

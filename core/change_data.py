@@ -85,6 +85,13 @@ def check_pair(pair: ChangePair) -> Tuple[int, int, int]:
         raise RSLabError(f"{pair.name}: the before image has {ia.count} bands, the after image {ib.count}")
     if not same_grid(ia, ib) or ia.shape != il.shape:
         raise RSLabError(f"{pair.name}: before, after and label rasters are not on one grid")
+    if ia.georeferenced and il.georeferenced and not same_grid(ia, il):
+        # read pixel for pixel, it trained on labels off their pixels (detection resamples such a reference)
+        raise RSLabError(f"{pair.name}: the label raster has the images' size but lies elsewhere on the map "
+                         f"({il.crs or 'no CRS'}, origin {il.transform.c:g}, {il.transform.f:g}; the before image: "
+                         f"{ia.crs or 'no CRS'}, {ia.transform.c:g}, {ia.transform.f:g}); training reads labels "
+                         "pixel for pixel: resample it onto the before image's grid first (Raster > Projections > "
+                         "Warp, nearest neighbour)")
     return ia.count, ia.height, ia.width
 
 

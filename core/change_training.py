@@ -321,7 +321,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
                 best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
             if on_epoch is not None:
                 on_epoch(record)
-            monitor.step((iteration + 1) / params.iterations,
+            monitor.step(plan.at(iteration + 1),  # by pixels, as every step: by iterations it stepped back
                          f"iteration {iteration + 1}: loss {record['loss']:.3f}, validation F1 {scores['f1']:.3f}")
 
     if not best_scores.get("changed"):

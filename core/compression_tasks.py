@@ -256,11 +256,9 @@ class AnomalyTask(CompressionTask):
         a scene: bands the ENVI header flags bad left out, nodata and NaN pixels left out of everything.
         (Read with every band and pixel, a scene with NaN nodata scored NaN and failed as 'diverged', and a
         denoiser saved by detection on an ENVI scene with bad bands did not match its own scene.)"""
-        import tempfile
-
         from rasterio.windows import Window
 
-        from .bands import good_band_view
+        from .bands import good_bands
         from .raster_io import gdal_env, open_raster, read_window
 
         self.bad_band_note: Optional[str] = None
@@ -284,13 +282,12 @@ class AnomalyTask(CompressionTask):
                 raise RSLabError(f"{os.path.basename(path)}'s 'map' is {np.shape(reference)}, its cube "
                                  f"{valid.shape[0]} x {valid.shape[1]} pixels")
         else:
-            with tempfile.TemporaryDirectory(prefix="rslab-scene-") as workdir:
-                source, self.bad_band_note = good_band_view(path, workdir)
-                with gdal_env(), open_raster(source) as ds:
-                    if ds.width * ds.height > self.MAX_PIXELS:
-                        raise RSLabError(f"the scene has {ds.width * ds.height} pixels; compression scores a scene "
-                                         f"of at most {self.MAX_PIXELS} in memory: clip it first")
-                    cube, valid = read_window(ds, Window(0, 0, ds.width, ds.height))
+            good, _, self.bad_band_note = good_bands(path)
+            with gdal_env(), open_raster(path) as ds:
+                if ds.width * ds.height > self.MAX_PIXELS:
+                    raise RSLabError(f"the scene has {ds.width * ds.height} pixels; compression scores a scene "
+                                     f"of at most {self.MAX_PIXELS} in memory: clip it first")
+                cube, valid = read_window(ds, Window(0, 0, ds.width, ds.height), good)
             reference = None
         if cube.shape[1] * cube.shape[2] > self.MAX_PIXELS:
             raise RSLabError(f"the scene is larger than {self.MAX_PIXELS} pixels; clip it first")

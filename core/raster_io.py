@@ -12,7 +12,7 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
@@ -136,10 +136,16 @@ def raster_info(path: str) -> RasterInfo:
         return describe(ds)
 
 
+def alpha_bands(ds: Any) -> List[int]:
+    """1-based indexes of the bands tagged alpha (none when every band is: then they are data)."""
+    alpha = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
+    return alpha if len(alpha) < ds.count else []
+
+
 def data_bands(ds: Any) -> List[int]:
     """1-based indexes of the bands that hold data: all but an alpha band (which is the mask)."""
-    bands = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci != ColorInterp.alpha]
-    return bands or list(range(1, ds.count + 1))
+    alpha = alpha_bands(ds)
+    return [i for i in range(1, ds.count + 1) if i not in alpha]
 
 
 def band_count(ds: Any) -> int:
@@ -202,7 +208,7 @@ def _dataset_mask(ds: Any, bands: List[int], data: np.ndarray, **where: Any) -> 
             valid |= ds.read_masks(band, **where) > 0
         else:
             valid |= _nodata_valid(data[i], nodata)
-    alpha = [band for band in range(1, ds.count + 1) if band not in bands]
+    alpha = [band for band in alpha_bands(ds) if band not in bands]
     if alpha:
         # An alpha band GDAL does not take as the mask: GDAL does only for gray + alpha and RGB + alpha, so
         # the alpha band a warped VRT adds to a 13-band image (pixels outside the source: alpha 0) would
@@ -219,13 +225,13 @@ def _valid_pixels(ds: Any, bands: List[int], data: np.ndarray, **where: Any) -> 
     return valid
 
 
-def read_window(ds: Any, window: Window) -> Tuple[np.ndarray, np.ndarray]:
-    """Read the data bands of `window`: (bands, h, w) array and an (h, w) valid mask.
+def read_window(ds: Any, window: Window, bands: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Read `bands` (1-based; default: the data bands) of `window`: (bands, h, w) array and an (h, w) valid mask.
 
     A pixel is invalid when GDAL's dataset mask says so (nodata value, alpha
-    band, mask band) or when any of its bands is NaN or infinite.
+    band, mask band) or when any of the bands read is NaN or infinite.
     """
-    bands = data_bands(ds)
+    bands = list(bands) if bands is not None else data_bands(ds)
     data = read_bands(ds, bands, window=window)
     return data, _valid_pixels(ds, bands, data, window=window)
 
@@ -242,11 +248,18 @@ def read_label_window(ds: Any, window: Window) -> Tuple[np.ndarray, np.ndarray]:
     band = data_bands(ds)[0]
     if ds.nodatavals[band - 1] == 0 and MaskFlags.nodata in ds.mask_flag_enums[band - 1]:
         zero = data[0] == 0
-        alpha = [b for b, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
+        alpha = alpha_bands(ds)
         if alpha:
             zero &= ds.read(alpha[0], window=window) > 0
         valid = valid | zero
     return data[0], valid
+
+
+def decimated_shape(ds: Any, max_pixels: int) -> Tuple[Tuple[int, int], int]:
+    """((rows, columns), step): the size a read of the whole raster takes to hold at most about `max_pixels`,
+    every `step`-th pixel each way (1: every pixel)."""
+    step = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / max(1, max_pixels)))))
+    return (max(1, ds.height // step), max(1, ds.width // step)), step
 
 
 def read_decimated(ds: Any, max_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -255,8 +268,7 @@ def read_decimated(ds: Any, max_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
     For statistics over a whole raster (per-band mean and std, Otsu
     thresholds) in bounded memory: GDAL decimates while reading.
     """
-    step = max(1, int(np.ceil(np.sqrt(ds.width * ds.height / max(1, max_pixels)))))
-    shape = (max(1, ds.height // step), max(1, ds.width // step))
+    shape, _ = decimated_shape(ds, max_pixels)
     bands = data_bands(ds)
     data = read_bands(ds, bands, out_shape=(len(bands),) + shape)
     return data, _valid_pixels(ds, bands, data, out_shape=shape)
@@ -265,6 +277,7 @@ def read_decimated(ds: Any, max_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
 # GDAL's band metadata for the centre wavelength, as its ENVI driver sets it from a header's
 # `wavelength` / `wavelength units` and as `import_cube` writes it into GeoTIFFs.
 WAVELENGTH_KEY, WAVELENGTH_UNITS_KEY = "wavelength", "wavelength_units"
+WAVELENGTH_UNIT_KEYS = (WAVELENGTH_UNITS_KEY, "wavelength_unit")  # the second: GDAL's Sentinel-2 driver
 _UNIT_SYMBOLS = {"nanometers": "nm", "nanometer": "nm", "nm": "nm", "micrometers": "µm", "micrometer": "µm",
                  "microns": "µm", "micron": "µm", "um": "µm", "µm": "µm"}
 
@@ -282,7 +295,7 @@ def band_wavelengths(ds: Any) -> Optional[Tuple[np.ndarray, str]]:
             values.append(float(tags[WAVELENGTH_KEY]))
         except (KeyError, ValueError):
             return None
-        units.add(tags.get(WAVELENGTH_UNITS_KEY, "").strip())
+        units.add(next((tags[key] for key in WAVELENGTH_UNIT_KEYS if key in tags), "").strip())
     if not values or not np.all(np.isfinite(values)):
         return None
     unit = units.pop() if len(units) == 1 else ""

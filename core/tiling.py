@@ -219,12 +219,14 @@ def run_tiled(
     fn: TileFn,
     spec: TileSpec = TileSpec(),
     monitor: Optional[JobMonitor] = None,
+    bands: Optional[Sequence[int]] = None,
 ) -> RasterInfo:
     """Run `fn(tile_arrays, valid)` over every tile and write `outputs` on the first input's grid.
 
-    `tile_arrays` has one (bands, h, w) array per input; `valid` is the (h, w)
-    mask of pixels valid in every input. `fn` returns one array per output,
-    (count, h, w) or (h, w). Returns the grid the outputs were written on.
+    `tile_arrays` has one (bands, h, w) array per input: the first input's
+    `bands` (1-based; default: its data bands, as for the others); `valid` is
+    the (h, w) mask of pixels valid in every input. `fn` returns one array per
+    output, (count, h, w) or (h, w). Returns the grid the outputs were written on.
     Writes go straight to the given paths: wrap them in PendingOutputs.
     """
     monitor = monitor or JobMonitor()
@@ -245,9 +247,9 @@ def run_tiled(
             else:
                 tiles = tile_grid(info.height, info.width, spec)
             if spec.stitch in ("centre", "partition"):
-                _run_centre(datasets, outputs, sinks, fn, tiles, monitor)
+                _run_centre(datasets, outputs, sinks, fn, tiles, monitor, bands)
             else:
-                _run_blend(datasets, outputs, sinks, fn, tiles, spec, info, monitor)
+                _run_blend(datasets, outputs, sinks, fn, tiles, spec, info, monitor, bands)
         except RasterioIOError as exc:  # GDAL flushing blocks it could not write: a full disk, mostly
             if sinks and "writ" in str(exc).lower():
                 raise write_failed(outputs[0].path, exc, "could not write the outputs") from exc
@@ -260,20 +262,21 @@ def run_tiled(
     return info
 
 
-def _read_tile(datasets: list, window: Window) -> Tuple[List[np.ndarray], np.ndarray]:
+def _read_tile(datasets: list, window: Window, bands: Optional[Sequence[int]] = None
+               ) -> Tuple[List[np.ndarray], np.ndarray]:
     arrays = []
     valid = None
-    for ds in datasets:
-        data, ok = read_window(ds, window)
+    for i, ds in enumerate(datasets):
+        data, ok = read_window(ds, window, bands if i == 0 else None)
         arrays.append(data)
         valid = ok if valid is None else valid & ok
     return arrays, valid
 
 
-def _run_centre(datasets, outputs, sinks, fn, tiles, monitor: JobMonitor) -> None:
+def _run_centre(datasets, outputs, sinks, fn, tiles, monitor: JobMonitor, bands: Optional[Sequence[int]]) -> None:
     for index, tile in enumerate(tiles):
         monitor.step(index / len(tiles), f"tile {index + 1} of {len(tiles)}")
-        arrays, valid = _read_tile(datasets, tile.read)
+        arrays, valid = _read_tile(datasets, tile.read, bands)
         shape = (int(tile.read.height), int(tile.read.width))
         results = fn(arrays, valid)
         r = int(tile.core.row_off - tile.read.row_off)
@@ -287,7 +290,8 @@ def _run_centre(datasets, outputs, sinks, fn, tiles, monitor: JobMonitor) -> Non
     monitor.step(1.0, "tiles done")
 
 
-def _run_blend(datasets, outputs, sinks, fn, tiles, spec: TileSpec, info: RasterInfo, monitor: JobMonitor) -> None:
+def _run_blend(datasets, outputs, sinks, fn, tiles, spec: TileSpec, info: RasterInfo, monitor: JobMonitor,
+               bands: Optional[Sequence[int]]) -> None:
     """Weighted blending, one strip of tile rows at a time.
 
     Buffers are float32, `strip` rows high (the tallest tile) and the raster's
@@ -310,7 +314,7 @@ def _run_blend(datasets, outputs, sinks, fn, tiles, spec: TileSpec, info: Raster
     for i, row in enumerate(rows):
         for tile in row:
             monitor.step(done / len(tiles), f"tile {done + 1} of {len(tiles)}")
-            arrays, valid = _read_tile(datasets, tile.read)
+            arrays, valid = _read_tile(datasets, tile.read, bands)
             h, w = int(tile.read.height), int(tile.read.width)
             results = fn(arrays, valid)
             weight = np.outer(_taper(h, spec.overlap), _taper(w, spec.overlap))

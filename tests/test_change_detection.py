@@ -262,6 +262,8 @@ def test_bad_inputs_stop_with_clear_messages_and_no_files(tmp_path, shared_data,
     ms_before, ms_after, _ = oscd
     cases = [
         (before, ms_after, ChangeParams(method="cva"), "bands"),  # 3 vs 13 bands
+        (ms_before, ms_after, ChangeParams(), r"trained for 3 bands .* have 13; choose the images' red, green, blue "
+                                              r"bands, 4, 3, 2 \(BANDS\)"),
         (ms_before, ms_after, ChangeParams(model=tiny_change_checkpoint), "trained for 3 bands"),
         (before, after, ChangeParams(model=str(tmp_path / "nope.pt")), "not found"),
         (before, str(tmp_path / "missing.tif"), ChangeParams(method="cva"), "not found"),
@@ -567,6 +569,57 @@ def test_colour_words_in_band_descriptions(tmp_path):
     assert colour_bands(described(["B2 blue", "B3 green", "B4 red", "B8 NIR"])) == (3, 2, 1)
     assert colour_bands(described(["B2 Blue", "B3 Green", "B4 Red", "B5 Red Edge 1", "B8 NIR"])) == (3, 2, 1)
     assert colour_bands(described(["red", "red", "green", "blue"])) is None  # two reds: it does not say
-    assert colour_bands(described(["B02", "B03", "B04"])) is None
+    # Sentinel-2's names (OSCD's files, its products): the note and the dock's band choice missed them, F1 0
+    assert colour_bands(described(["B01", "B02", "B03", "B04", "B8A"])) == (4, 3, 2)
+    assert colour_bands(described(["B2", "B3", "B4"])) is None  # Landsat TM's B2 is green, Landsat 8's blue
     assert colour_bands(described(["band_blue", "band_green", "band_red"])) == (3, 2, 1)  # '_' is a word character
     assert colour_bands(described(["reddish", "greenery", "blueprint"])) is None
+
+
+def test_colour_bands_by_wavelength_as_gdals_sentinel2_driver_writes_them(tmp_path):
+    """GDAL's Sentinel-2 driver gives each band WAVELENGTH and WAVELENGTH_UNIT (not ENVI's wavelength_units):
+    read without the unit, the wavelengths said nothing and a blue-green-red image ran with F1 0 unnoticed."""
+    from rslab.core.bands import colour_bands
+
+    path = str(tmp_path / "s2.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=3, dtype="uint16") as dst:
+        for band, (name, nm) in enumerate((("B2", 490), ("B3", 560), ("B4", 665)), start=1):
+            dst.set_band_description(band, f"{name}, central wavelength {nm} nm")
+            dst.update_tags(band, WAVELENGTH=str(nm), WAVELENGTH_UNIT="nm")
+    assert colour_bands(path) == (3, 2, 1)
+
+
+def test_cva_says_when_its_cut_marks_almost_nothing(tmp_path, oscd):
+    """OSCD Rennes with all 13 bands: Otsu's cut sat among a few extreme differences and marked 0.08 % changed
+    (the reference 2.6 %, F1 0.001) without a word; with the 10 m bands (F1 0.485) there is nothing to say."""
+    before, after, cm = oscd
+    runs = {"all": ChangeParams(method="cva"), "ten_metre": ChangeParams(method="cva", bands=(2, 3, 4, 8))}
+    notes = {}
+    for name, params in runs.items():
+        result = detect_changes(before, after, _outputs(tmp_path / name), params, reference=cm)
+        notes[name] = [n for n in result.notes if n.startswith("CVA's cut")]
+    assert len(notes["all"]) == 1 and "marks only 0.079 %" in notes["all"][0]
+    assert "BANDS 2, 3, 4, 8" in notes["all"][0]
+    assert notes["ten_metre"] == []
+
+
+def test_a_plain_reference_image_of_the_images_size_is_read_pixel_for_pixel(tmp_path, oscd):
+    """OSCD ships its change maps as plain PNGs (cm.png) beside georeferenced images: training read such a label
+    pixel for pixel, detection refused it as a reference ('no georeferencing while the other has')."""
+    before, after, cm = oscd
+    with rasterio.open(cm) as src:
+        label = src.read(1)
+    png = tmp_path / "cm.png"
+    with rasterio.open(png, "w", driver="PNG", width=label.shape[1], height=label.shape[0], count=1,
+                       dtype="uint8") as dst:
+        dst.write(label.astype("uint8"), 1)
+    params = ChangeParams(method="cva", bands=(2, 3, 4, 8))
+    plain = detect_changes(before, after, _outputs(tmp_path / "plain"), params, reference=str(png))
+    placed = detect_changes(before, after, _outputs(tmp_path / "placed"), params, reference=cm)
+    assert plain.metrics == placed.metrics and plain.metrics["f1"] > 0.4
+    assert [n for n in plain.notes if "read pixel for pixel on the before image's grid" in n]
+    cropped = tmp_path / "cropped.png"  # another size: no way to place it
+    with rasterio.open(cropped, "w", driver="PNG", width=100, height=100, count=1, dtype="uint8") as dst:
+        dst.write(label[:100, :100].astype("uint8"), 1)
+    with pytest.raises(RSLabError, match="no georeferencing while the other has"):
+        detect_changes(before, after, _outputs(tmp_path / "cropped"), params, reference=str(cropped))

@@ -242,14 +242,19 @@ def test_bands_chosen_in_the_dock(qtbot, dock, project, shared_data, tmp_path, l
     root = shared_data / "change" / "oscd_s2"
     layers = [add_raster(project, copy_to(tmp_path / "inputs", root / name), role) for name, role in (
         ("rennes_t2_S2_13b_10m.tif", "2018"), ("rennes_t1_S2_13b_10m.tif", "2015"), ("rennes_cm.tif", "cm"))]
+    dock.before_combo.setLayer(layers[1])  # with the shipped RGB model: its red, green, blue (B04, B03, B02)
+    assert dock.chosen_bands() == (4, 3, 2)
     choose(dock, layers[1], layers[0], "cva", layers[2], output=tmp_path / "out")
     assert dock.bands_combo.count() == 13 and "B08" in dock.bands_combo.itemText(7)
+    # CVA reads all bands unless told: the model's bands went with the model
     assert dock.chosen_bands() is None and dock.bands_combo.lineEdit().text() == "all bands"
     for band in (2, 3, 4, 8):  # Sentinel-2's 10 m bands
         dock.bands_combo.setItemCheckState(band - 1, Qt.Checked)
     result, error = click_run(qtbot, dock)
     assert error == "" and result.bands == [2, 3, 4, 8] and result.metrics["f1"] > 0.4  # all 13 bands: 0.001
     assert "bands&nbsp;2-4,&nbsp;8" in dock.metrics_label.text()
+    # runs on other bands of the pair are told apart in the layer tree (both were named '... (CVA)')
+    assert group_names(project)[0] == "Changes: 2015 → 2018 (CVA, bands 2-4, 8)"
     dock.before_combo.setLayer(levir["before"])  # another image: its own bands, none chosen
     assert dock.bands_combo.count() == 3 and dock.chosen_bands() is None
 
@@ -264,7 +269,7 @@ def test_a_model_trained_on_chosen_bands_checks_them(qtbot, dock, project, share
                                                    channels=8, bands=(4, 3, 2, 8)))
     layers = [add_raster(project, copy_to(tmp_path / "inputs", Path(path)), role) for path, role in zip(full, ("t1", "t2"))]
     choose(dock, layers[0], layers[1], "arcdnet", output=tmp_path / "out")
-    assert dock.chosen_bands() is None  # the shipped model: all bands
+    assert dock.chosen_bands() == (4, 3, 2)  # the shipped RGB model: the images' red, green, blue (B04, B03, B02)
     dock.add_checkpoint(model)
     assert sorted(map(int, dock.bands_combo.checkedItemsData())) == [2, 3, 4, 8] and dock.chosen_bands() == (4, 3, 2, 8)
     result, error = click_run(qtbot, dock)

@@ -442,3 +442,40 @@ def test_validation_reports_each_window(shared_data, tmp_path):
     assert first[0] < first[1] < first[2] < second[0] < second[1] < second[2] < 1.0
     training = [f for f, m in seen if m.startswith("iteration ") and " of " in m]
     assert training[0] < first[0] and first[2] < training[1] < second[0]
+
+
+def test_the_bar_does_not_step_back_when_validation_does_not_divide_the_iterations(shared_data, tmp_path):
+    """Five iterations validated every two: after each validation the bar fell back (0.4 -> 0.334, 0.8 ->
+    0.669), reported by iterations where every other step goes by pixels."""
+    pair = _levir(shared_data, "test_2_0000_0000.png")
+    seen = []
+    params = TrainChangeParams(**dict(TINY, iterations=5, eval_every=2))
+    train_change_detector([pair], [pair], str(tmp_path / "m.pt"), params,
+                          lambda fraction, message: seen.append((fraction, message)))
+    fractions = [f for f, _ in seen]
+    assert len([m for _, m in seen if m.startswith("iteration") and "validation F1" in m]) == 3
+    assert fractions == sorted(fractions)
+
+
+def test_a_label_of_the_images_size_placed_elsewhere_is_refused_and_a_plain_one_read(shared_data, tmp_path):
+    """Training read a label of the images' size pixel for pixel wherever it lay on the map (detection
+    resamples such a reference and says it covers 0.023 % of the image): it trained on misplaced labels."""
+    from rslab.core.change_data import check_pair
+
+    root = shared_data / "change" / "oscd_s2"
+    before, after = (str(root / f"rennes_{d}_S2_13b_10m.tif") for d in ("t1", "t2"))
+    with rasterio.open(root / "rennes_cm.tif") as src:
+        label, profile = src.read(), src.profile
+    moved = tmp_path / "moved_cm.tif"
+    t = profile["transform"]
+    with rasterio.open(moved, "w", **dict(profile, transform=rasterio.Affine(t.a, t.b, t.c + 5000, t.d, t.e, t.f))) as dst:
+        dst.write(label)
+    with pytest.raises(RSLabError, match="the label raster has the images' size but lies elsewhere on the map"):
+        train_change_detector([ChangePair(before, after, str(moved))], [ChangePair(before, after, str(moved))],
+                              str(tmp_path / "m.pt"), TrainChangeParams(**TINY))
+    assert not (tmp_path / "m.pt").exists()
+    plain = tmp_path / "cm.png"
+    with rasterio.open(plain, "w", driver="PNG", width=label.shape[2], height=label.shape[1], count=1,
+                       dtype="uint8") as dst:
+        dst.write(label.astype("uint8"))
+    assert check_pair(ChangePair(before, after, str(plain))) == (13, label.shape[1], label.shape[2])

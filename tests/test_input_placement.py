@@ -245,3 +245,66 @@ def test_the_overlap_of_a_rotated_grid_is_measured_on_the_grid_not_its_bounding_
     # in the box around the image, beside its top-left edge, but off the image itself (the box said 6 %)
     corner = _write(tmp_path / "corner.tif", gt, Affine(50 * c / 100, 0, left, 0, -50 * c / 100, 4600000.0 + 100 * c))
     assert overlap_fraction(raster_info(image), raster_info(corner)) == 0.0
+
+
+def _grid(crs, transform, width, height):
+    """A RasterInfo of a georeferenced grid: the overlap is a question of placements, not pixels."""
+    from rasterio.crs import CRS
+
+    from rslab.core.raster_io import RasterInfo
+
+    return RasterInfo(path="grid.tif", width=width, height=height, count=1, dtype="uint8", nodata=None,
+                      crs=CRS.from_epsg(crs), transform=transform, georeferenced=True)
+
+
+def _dense_overlap(reference, other, points=1000):
+    """The share of `points`^2 pixel centres of `reference` inside `other`: the truth to compare with."""
+    from rasterio.warp import transform
+
+    steps = (np.arange(points) + 0.5) / points
+    cols, rows = np.meshgrid(steps * reference.width, steps * reference.height)
+    xs, ys = reference.transform * (cols.ravel(), rows.ravel())
+    if reference.crs != other.crs:
+        xs, ys = transform(reference.crs, other.crs, xs, ys)
+    col, row = ~other.transform * (np.asarray(xs), np.asarray(ys))
+    return float(np.mean((col >= 0) & (col < other.width) & (row >= 0) & (row < other.height)))
+
+
+def test_the_overlap_of_grids_a_crs_change_turns_is_measured_on_the_grid():
+    """A north-up grid in polar stereographic (EPSG:3413, central meridian 45 W) lies turned by about 60
+    degrees on a north-up UTM 33N grid at 70 N: the box around it, taken into UTM, said 43 % where 23 % was
+    covered, and 1 % where none was (CVA then failed with 'no valid pixels')."""
+    from rasterio.warp import transform, transform_bounds
+
+    from rslab.core.alignment import overlap_fraction
+
+    image = _grid(32633, Affine(100.0, 0, 500000.0, 0, -100.0, 7800000.0), 1000, 1000)  # 100 km, 100 m pixels
+    (x,), (y,) = transform(image.crs, "EPSG:3413", [550000.0], [7750000.0])  # the image's centre
+    cases = {"part": _grid(3413, Affine(100.0, 0, x, 0, -100.0, y), 700, 700),
+             "beside": _grid(3413, Affine(100.0, 0, x, 0, -100.0, y - 80000.0), 800, 200)}
+    for name, other in cases.items():
+        truth = _dense_overlap(image, other)
+        assert overlap_fraction(image, other) == pytest.approx(truth, abs=0.01), name
+        box = transform_bounds(other.crs, image.crs, *other.transform * (0, other.height),
+                               *other.transform * (other.width, 0), densify_pts=21)
+        left, bottom, right, top = box
+        boxed = (max(0.0, min(right, 600000.0) - max(left, 500000.0))
+                 * max(0.0, min(top, 7800000.0) - max(bottom, 7700000.0))) / 1e10
+        assert boxed > truth + 0.02, name  # the box around the grid, taken into UTM, said more in both cases
+    assert _dense_overlap(image, cases["beside"]) == 0.0
+
+
+def test_a_reference_smaller_than_the_sample_spacing_inside_a_rotated_image_overlaps_it():
+    """The overlap of a rotated grid is sampled at 256 x 256 points: a reference of 2 x 2 pixels inside a
+    20000 x 20000 rotated image fell between them and was refused as not overlapping the image."""
+    import math
+
+    from rslab.core.alignment import overlap_fraction
+
+    c = math.sqrt(2.0)
+    image = _grid(32633, Affine(c, c, 500000.0, c, -c, 4600000.0), 20000, 20000)  # 2 m pixels, turned 45 degrees
+    x, y = image.transform * (10030.3, 9970.7)  # between sample points, well inside
+    tiny = _grid(32633, Affine(2.0, 0, x, 0, -2.0, y), 2, 2)  # 4 x 4 m: four 2 m pixels of the image
+    assert overlap_fraction(image, tiny) == pytest.approx(4 / 20000 ** 2, rel=1e-6)
+    away = _grid(32633, Affine(2.0, 0, 400000.0, 0, -2.0, 4600000.0), 2, 2)
+    assert overlap_fraction(image, away) == 0.0

@@ -133,6 +133,25 @@ def test_an_alpha_band_gdal_does_not_use_as_the_mask_still_masks(tmp_path):
     with rasterio.open(band_subset(str(path), [4, 2], str(tmp_path), "subset")) as ds:
         data, valid = read_window(ds, Window(0, 0, 40, 40))
         assert np.array_equal(data, cube[[3, 1]]) and np.array_equal(valid, expected)
+    with rasterio.open(path) as ds:  # the same bands by band list: the alpha band still masks
+        data, valid = read_window(ds, Window(0, 0, 40, 40), [4, 2])
+        assert np.array_equal(data, cube[[3, 1]]) and np.array_equal(valid, expected)
+
+
+def test_a_band_list_reads_those_bands_and_their_validity_alone(tmp_path):
+    """Anomaly detection reads an image's good bands by band list: a band left out (all NaN, as a masked
+    water-vapour band) must not make every pixel invalid, and a NaN in a band read still does."""
+    cube = _cube(np.float32, bands=3)
+    cube[1] = np.nan
+    cube[2, 5, 6] = np.nan
+    path = tmp_path / "nan_band.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=3, dtype="float32") as ds:
+        ds.write(cube)
+    with rasterio.open(path) as ds:
+        assert not read_window(ds, Window(0, 0, 40, 40))[1].any()
+        data, valid = read_window(ds, Window(0, 0, 40, 40), [3, 1])
+    assert np.array_equal(data, cube[[2, 0]], equal_nan=True)
+    assert int((~valid).sum()) == 1 and not valid[5, 6]
 
 
 def test_decimated_masks_equal_rasterios_dataset_mask(tmp_path):

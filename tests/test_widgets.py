@@ -5,6 +5,7 @@ from qgis.gui import QgsFileWidget
 
 from rslab.ui.widgets import (
     SQUARE,
+    TimedProgressBar,
     checkpoint_widget,
     decade_label,
     double_spin_box,
@@ -12,6 +13,7 @@ from rslab.ui.widgets import (
     legend_mark,
     result_plot,
     spin_box,
+    time_left_text,
 )
 
 
@@ -20,6 +22,33 @@ def test_decade_labels_read_as_powers_of_ten():
     assert decade_label(9) == "10⁹"
     assert decade_label(-3) == "10⁻³"
     assert decade_label(-12) == "10⁻¹²"
+
+
+def test_the_time_left_carries_on_the_rate_so_far():
+    assert time_left_text(5.0, 50.0) == ""  # too early to say
+    assert time_left_text(60.0, 1.0) == ""  # too little done to say
+    assert time_left_text(30.0, 50.0) == "about 30 s left"
+    assert time_left_text(12.0, 90.0) == "about 10 s left"
+    assert time_left_text(60.0, 5.0) == "about 19 min left"
+    assert time_left_text(600.0, 10.0) == "about 1 h 30 min left"
+    assert time_left_text(600.0, 100.0) == ""
+
+
+def test_a_long_run_shows_the_time_left_in_its_bar_until_it_ends(qtbot, monkeypatch):
+    """A BSDM run on a large scene takes 20 minutes: the bar says about how long is left."""
+    import rslab.ui.widgets as widgets
+
+    clock = [1000.0]
+    monkeypatch.setattr(widgets.time, "monotonic", lambda: clock[0])
+    bar = TimedProgressBar(None)
+    qtbot.addWidget(bar)
+    bar.start()
+    clock[0] += 120.0
+    bar.show_percent(25.0)
+    assert bar.value() == 25 and bar.text() == "25% · about 6 min left"
+    bar.stop()
+    bar.setValue(100)
+    assert bar.text() == "100%"
 
 
 def test_legend_marks_carry_the_colour():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -60,7 +59,7 @@ from ..core.anomaly import (
     detect_anomalies,
     valid_summary,
 )
-from ..core.bands import bad_bands, band_subset, good_bands, true_colour_bands
+from ..core.bands import bad_bands, good_bands, true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import Roc
@@ -164,13 +163,11 @@ class AnomalyRequest:
 def scene_mean(cube: str, monitor: JobMonitor) -> np.ndarray:
     """The scene mean spectrum of `cube` over the pixels detection scores (valid in its good bands, by
     windows), with gaps at the bands detection leaves out (core/bands.good_bands: flagged bad, or empty)."""
-    good, count, note = good_bands(cube, monitor.check)
+    good, count, _ = good_bands(cube, monitor.check)
     with gdal_env(), open_raster(cube) as ds:
         position = {band: i for i, band in enumerate(data_bands(ds))}  # file band numbers: an alpha may lead
     mean = np.full(count, np.nan)
-    with tempfile.TemporaryDirectory(prefix="rslab-mean-") as workdir:
-        view = band_subset(cube, good, workdir, "good_bands") if note else cube
-        mean[[position[band] for band in good]] = valid_summary(view, monitor).mean
+    mean[[position[band] for band in good]] = valid_summary(cube, monitor, good).mean
     return mean
 
 

@@ -190,6 +190,7 @@ class ChangeDetectionDock(JobDock):
         self._cancel_on_destroy: Optional[Callable[[], None]] = None
         # (checkpoint path, modification time) -> the bands its model was trained on (None: all)
         self._model_bands: Dict[Tuple[str, float], Tuple[Optional[List[int]], List[str]]] = {}  # trained, names
+        self._auto_bands: Optional[Tuple[int, ...]] = None  # bands checked for the model, not by the user
         self._shipped: Set[str] = set()
         self._burnt_dir: Optional[str] = None  # where reference polygons are burnt into a raster
         self._build()
@@ -359,6 +360,7 @@ class ChangeDetectionDock(JobDock):
     def _list_bands(self) -> None:
         """The before layer's bands as checkable items (none checked: all bands are used)."""
         self.bands_combo.list_layer(self.before_combo.currentLayer())
+        self._auto_bands = None
         self._check_model_bands()
 
     def _check_model_bands(self) -> None:
@@ -367,6 +369,10 @@ class ChangeDetectionDock(JobDock):
         ones), the layer's red, green and blue bands when its band descriptions or wavelengths say which and
         they are not bands 1, 2, 3 (a file stored blue-green-red fed as is gives a meaningless map)."""
         if self.method_combo.currentData() != "arcdnet":
+            # CVA reads every band unless told: bands checked for the model go (those a user checked stay)
+            if self._auto_bands is not None and self.bands_combo.chosen() == self._auto_bands:
+                self.bands_combo.check([])
+            self._auto_bands = None
             return
         path = self.model_combo.currentData() or user_path(self.model_file.filePath())
         if path in self._shipped:  # no need to load torch to read the card: the shipped ones read RGB
@@ -384,6 +390,7 @@ class ChangeDetectionDock(JobDock):
         bands, names = self._model_bands[key]
         if bands and max(bands) <= self.bands_combo.count():
             self.bands_combo.check(bands)
+            self._auto_bands = self.bands_combo.chosen()
         else:
             self._check_colour_bands(names)
 
@@ -397,6 +404,7 @@ class ChangeDetectionDock(JobDock):
         wanted = [colours[n.lower()] for n in names] if colours else []
         if wanted and wanted != list(range(1, len(wanted) + 1)) and not self.bands_combo.chosen():
             self.bands_combo.check(wanted)
+            self._auto_bands = self.bands_combo.chosen()
 
     def chosen_bands(self) -> Optional[Tuple[int, ...]]:
         """The checked bands in their reading order (as checked, or the model's); None = all."""
@@ -478,6 +486,8 @@ class ChangeDetectionDock(JobDock):
                   make_layer(LayerSpec(result.outputs.change, f"changes (threshold {result.threshold:g})",
                                        "change_mask.qml"))]
         method = "CVA" if result.method == "cva" else f"AR-CDNet, {os.path.basename(result.model.get('path', ''))}"
+        if result.bands:  # runs on other bands of one pair (the README compares them) told apart in the tree
+            method += f", bands {band_ranges(result.bands)}"
         return self.add_result_group(f"Changes: {request.before_name} → {request.after_name} ({method})",
                                      request.after_layer_id, layers, request.other_layer_ids)
 

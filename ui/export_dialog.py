@@ -32,7 +32,6 @@ from qgis.PyQt.QtWidgets import (
     QLabel,
     QLineEdit,
     QMessageBox,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -44,7 +43,7 @@ from ..core.dependencies import PLUGIN_DIR
 from ..core.export import CHECK_SAMPLES, SUFFIXES, export_paths, sample_inputs  # torch-free at import
 from . import task as tasks
 from .job_dock import cancel_if_alive, profile_folder, user_path
-from .widgets import checkpoint_widget, folder_widget, message_label
+from .widgets import TimedProgressBar, checkpoint_widget, folder_widget, message_label
 
 # (format key of core.export, label); the file suffixes come from core.export.SUFFIXES
 FORMATS: Tuple[Tuple[str, str], ...] = (
@@ -180,8 +179,7 @@ class ExportDialog(QDialog):
         self.save_button = QPushButton("Save", self)
         self.save_button.setDefault(True)
         self.close_button = QPushButton("Close", self)
-        self.progress_bar = QProgressBar(self)
-        self.progress_bar.setRange(0, 100)
+        self.progress_bar = TimedProgressBar(self)
         self.status_label = message_label(self)
 
         form = QFormLayout()
@@ -349,10 +347,10 @@ class ExportDialog(QDialog):
         self._start(onnx_check_job(self.model, self.example), "RS Lab: ONNX check", self._check_done)
 
     def _start(self, job, description: str, done: Callable[[Any, str], None]) -> None:
-        self.progress_bar.setValue(0)
+        self.progress_bar.start()
         self._set_status("Working…")
         self.task = tasks.JobTask(description, job, on_finished=partial(self._task_done, done))
-        self.task.progressChanged.connect(lambda value: self.progress_bar.setValue(int(value)))
+        self.task.progressChanged.connect(self.progress_bar.show_percent)
         self.task.message.connect(self._set_status)
         self._cancel_on_destroy = partial(cancel_if_alive, self.task)
         self.destroyed.connect(self._cancel_on_destroy)
@@ -365,6 +363,7 @@ class ExportDialog(QDialog):
         self.task = None
         self.destroyed.disconnect(self._cancel_on_destroy)
         self._set_running(False)
+        self.progress_bar.stop()
         done(result, error)
 
     def _saved(self, written: Optional[Dict[str, str]], error: str) -> None:

@@ -20,14 +20,14 @@ from qgis.core import Qgis, QgsApplication, QgsLayerTreeGroup, QgsMapLayer, QgsP
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject
-from qgis.PyQt.QtWidgets import QProgressBar, QPushButton, QWidget
+from qgis.PyQt.QtWidgets import QPushButton, QWidget
 
 from ..core.change_labels import burn_labels
 from ..core.errors import RSLabError
 from . import task as tasks
 from .layers import layer_file
 from .task import cancel_if_alive
-from .widgets import message_label, raster_combo
+from .widgets import TimedProgressBar, message_label, raster_combo
 
 
 def date_files(before: Optional[QgsMapLayer], after: Optional[QgsMapLayer]) -> Tuple[str, str]:
@@ -140,8 +140,7 @@ class JobDock(QWidget):
         """The run and cancel buttons, the progress bar and the status line of a job dock."""
         self.run_button = QPushButton(run_text, self)
         self.cancel_button = QPushButton("Cancel", self)
-        self.progress_bar = QProgressBar(self)
-        self.progress_bar.setRange(0, 100)
+        self.progress_bar = TimedProgressBar(self)
         self.status_label = message_label(self)
 
     def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
@@ -159,7 +158,7 @@ class JobDock(QWidget):
     def start_job(self, request: Any, description: str) -> None:
         """Run `request.job` as a JobTask; `_finished` gets its result on the GUI thread."""
         self._request = request
-        self.progress_bar.setValue(0)
+        self.progress_bar.start()
         self.task = tasks.JobTask(description, request.job, on_finished=self._finished)
         self.task.progressChanged.connect(self._progress)
         self.task.message.connect(self._set_status)
@@ -190,6 +189,7 @@ class JobDock(QWidget):
                 self._remove_empty_folder(request)
             return None
         request, self._request = self._request, None
+        self.progress_bar.stop()
         self.destroyed.disconnect(self._cancel_on_destroy)
         QgsProject.instance().cleared.disconnect(self._note_project_closed)
         self._set_running(False)
@@ -238,7 +238,7 @@ class JobDock(QWidget):
         return f"Done. Outputs in {folder}"
 
     def _progress(self, percent: float) -> None:
-        self.progress_bar.setValue(int(percent))
+        self.progress_bar.show_percent(percent)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)

@@ -23,7 +23,6 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QStackedWidget,
     QVBoxLayout,
@@ -46,6 +45,7 @@ from .job_dock import (
 from .settings import remember
 from .widgets import (
     BandChooser,
+    TimedProgressBar,
     checkpoint_widget,
     coding_combo,
     double_spin_box,
@@ -155,8 +155,7 @@ class TrainChangeDialog(QDialog):
         self.start_button = QPushButton("Start", self)
         self.cancel_button = QPushButton("Cancel", self)
         self.close_button = QPushButton("Close", self)
-        self.progress_bar = QProgressBar(self)
-        self.progress_bar.setRange(0, 100)
+        self.progress_bar = TimedProgressBar(self)
         self.status_label = message_label(self)
         self.log = QPlainTextEdit(self)
         self.log.setReadOnly(True)
@@ -359,7 +358,7 @@ class TrainChangeDialog(QDialog):
         self.loss_curve.setData([], [])
         self.f1_curve.setData([], [])
         self.best_marker.setData([], [])
-        self.progress_bar.setValue(0)
+        self.progress_bar.start()
         self.status_label.setStyleSheet("")
         self.status_label.setText("Starting…")
         held = "from the validation folder" if user_path(self.val_dir.filePath()) else (
@@ -376,7 +375,7 @@ class TrainChangeDialog(QDialog):
             self.task.cancel()
 
     def _progress(self, percent: float) -> None:
-        self.progress_bar.setValue(int(percent))
+        self.progress_bar.show_percent(percent)
 
     def _on_epoch(self, record: Dict[str, float]) -> None:
         """One validation: extend both curves and log it (GUI thread, via the queued bridge)."""
@@ -401,6 +400,7 @@ class TrainChangeDialog(QDialog):
         self.task = None
         self.destroyed.disconnect(self._cancel_on_destroy)
         self._set_running(False)
+        self.progress_bar.stop()
         if result is None:
             self._fail(error)
             return
