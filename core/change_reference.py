@@ -34,7 +34,9 @@ CODINGS: Dict[str, str] = {
     "binary": "0 = no change, non-zero = change",
     "partial": "0 = not labelled, 1 = no change, 2 = change",
 }
-CODING_LABELS = [f"{name}: {meaning}" for name, meaning in CODINGS.items()]  # Processing enum options, in order
+# the codings' short names, in order, for Processing's enum options and the docks' combos: short, so the algorithm
+# dialog needs no sideways scrolling at QGIS's default size (its help panel, the combos' tooltips give them in full)
+CODING_LABELS = ["binary (0 = no change)", "partial (0 = not labelled)"]
 PARTIAL_VALUES = (0, 1, 2)
 
 

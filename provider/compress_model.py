@@ -11,12 +11,16 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.compression import METHOD_LABELS, METHODS, parse_max_bits
+from ..core.compression import METHODS, parse_max_bits
 from ..core.errors import RSLabError
 from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
 from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks, method_options
 
 
+
+# the METHOD options, short so the algorithm dialog needs no sideways scrolling at QGIS's default size (its help
+# panel names each method in full)
+SHORT_LABELS = {"pic_pq": "PIC-PQ (pruning, mixed bits)", "ghost": "GHOST (hybrid quantisation)"}
 
 class CompressModelAlgorithm(RSLabAlgorithm):
     GROUP = "Model compression"
@@ -63,14 +67,13 @@ class CompressModelAlgorithm(RSLabAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         double, integer = QgsProcessingParameterNumber.Double, QgsProcessingParameterNumber.Integer
         self.addParameter(checkpoint_parameter(self.MODEL, "Checkpoint to compress"))
-        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=method_options(METHODS, METHOD_LABELS),
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=method_options(METHODS, SHORT_LABELS),
                                                      defaultValue=0))
         # two parameters: QGIS 3.22's file parameter takes files or folders, not both (a folder given as DATA
         # was refused with 'Incorrect parameter value for DATA')
-        self.addParameter(QgsProcessingParameterFile(self.DATA, "Training / evaluation data file (.npz, .mat, raster)",
-                                                     optional=True))
-        self.addParameter(QgsProcessingParameterFile(self.DATA_FOLDER, "…or data folder (change detection: A/, B/, "
-                                                     "label/)", QgsProcessingParameterFile.Folder, optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.DATA, "Data file (.npz, .mat, raster)", optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.DATA_FOLDER, "…or folder (A/, B/, label/)",
+                                                     QgsProcessingParameterFile.Folder, optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.FLOPS_REDUCTION,
                                                        f"FLOPs reduction (PIC-PQ, 0..{MAX_REDUCTION:g})",
                                                        double, 0.5, minValue=0.0, maxValue=MAX_REDUCTION))

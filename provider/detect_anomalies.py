@@ -115,10 +115,10 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
                                                        integer, defaultValue=3, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.OUTER_WINDOW, "Outer window, pixels (lrx)", integer,
                                                        defaultValue=11, minValue=3, maxValue=LRX_MAX_OUTER))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference anomaly map (non-zero = "
-                                                                            "anomaly)", optional=True))
-        # short: a longer label widened the dialog's panel past its default size (a sideways scroll bar)
-        self.addParameter(QgsProcessingParameterNumber(self.FALSE_ALARM_RATE, "False-alarm rate of a mask (0..1)",
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference (non-zero = anomaly)",
+                                                            optional=True))
+        # labels short: a longer one widened the dialog's panel past its default size (a sideways scroll bar)
+        self.addParameter(QgsProcessingParameterNumber(self.FALSE_ALARM_RATE, "Mask's false-alarm rate (0..1)",
                                                        QgsProcessingParameterNumber.Double,
                                                        optional=True, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_SCORES, "Anomaly scores"))
@@ -126,7 +126,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
                                                                   createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Report", "JSON files (*.json)",
                                                                 optional=True, createByDefault=True))
-        self.addParameter(checkpoint_parameter(self.MODEL, "BSDM denoiser checkpoint (instead of training)",
+        self.addParameter(checkpoint_parameter(self.MODEL, "Trained BSDM denoiser to use",
                                                optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained BSDM denoiser",
                                                                 "RS Lab checkpoints (*.pt)", optional=True,

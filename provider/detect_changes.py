@@ -75,7 +75,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
                                                      defaultValue=0))
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (all if none is chosen)", None, self.BEFORE,
                                                      optional=True, allowMultiple=True))
-        self.addParameter(checkpoint_parameter(self.MODEL, "Model checkpoint (default weights if empty)",
+        self.addParameter(checkpoint_parameter(self.MODEL, "Model (empty: default weights)",
                                                optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Threshold", QgsProcessingParameterNumber.Double,
                                                        defaultValue=0.5, minValue=0.01, maxValue=0.99))
@@ -83,10 +83,10 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.REFERENCE_CODING, "Reference values", options=CODING_LABELS, defaultValue=0))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.REFERENCE_POLYGONS, "Reference polygons (instead of a reference raster)",
+            self.REFERENCE_POLYGONS, "Reference polygons",
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterField(
-            self.REFERENCE_FIELD, "Reference field of the polygons (1 no change, 2 change)", "label",
+            self.REFERENCE_FIELD, "Reference polygons' field", "label",
             self.REFERENCE_POLYGONS, QgsProcessingParameterField.Numeric, optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CHANGE, "Change mask"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, "Change probability",

@@ -22,8 +22,8 @@ from ..core.errors import RSLabError
 from ..core.outputs import PendingOutputs, check_output_paths
 from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks
 
-WIDTHS = [("narrow: encoder 32, decoder 32 (3.6 M parameters)", 32, 32),
-          ("full: encoder 64, decoder 64 (paper, 14.3 M parameters)", 64, 64)]
+WIDTHS = [("narrow, 32 / 32 (3.6 M parameters)", 32, 32),  # encoder / decoder widths
+          ("full, 64 / 64 (paper; 14.3 M parameters)", 64, 64)]
 
 
 class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
@@ -72,7 +72,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "Without VALIDATION_FOLDER, 20 % of the "
             "pairs are held out for validation. ITERATIONS (default 2000, at least 1), BATCH_SIZE (8), CROP (256, a "
             "multiple of 32), LEARNING_RATE (5e-4, 1e-6..0.5). AdamW, warm-up then poly decay, random crops, flips, "
-            "90-degree turns and date swaps (METHODS.md section 1). INIT_MODEL starts from an existing "
+            "90-degree turns and date swaps (the README's change-detection section says more). INIT_MODEL starts "
+            "from an existing "
             "checkpoint (fine-tuning). OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
         )
 
@@ -82,14 +83,14 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
                                                      behavior=folder, optional=True))
         self.addParameter(QgsProcessingParameterFile(self.VALIDATION_FOLDER, "Validation folder", behavior=folder,
                                                      optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image (instead of a folder)", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image (or a folder)", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.LABEL, "Change label raster", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.LABEL_POLYGONS, "Change label polygons (instead of a label raster)",
+            self.LABEL_POLYGONS, "Change label polygons",
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterField(
-            self.LABEL_FIELD, "Label field of the polygons (1 no change, 2 change)", "label", self.LABEL_POLYGONS,
+            self.LABEL_FIELD, "Label polygons' field", "label", self.LABEL_POLYGONS,
             QgsProcessingParameterField.Numeric, optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.LABEL_CODING, "Label values", options=CODING_LABELS,
                                                      defaultValue=0))

@@ -114,3 +114,38 @@ def test_layers_without_a_group_stack_first_on_top(tmp_path, samples):
         assert [n.name() for n in project.layerTreeRoot().children()] == ["first", "second"]
     finally:
         project.clear()
+
+
+def test_a_superseded_run_stops_without_a_warning_and_a_cancelled_one_logs_it(qtbot):
+    """The compression panel cancels its read of a checkpoint no longer chosen: the log said 'RS Lab: reading
+    x.pt: cancelled; no output was written' to a user who had cancelled nothing."""
+    from qgis.core import QgsApplication
+
+    logged = []
+
+    def record(message, tag, level):
+        if tag == "RS Lab":
+            logged.append(message)
+
+    QgsApplication.messageLog().messageReceived.connect(record)
+    try:
+        for name, stop in (("superseded read", tasks.JobTask.supersede), ("cancelled run", tasks.JobTask.cancel)):
+            started = threading.Event()
+
+            def job(progress, cancelled):
+                started.set()
+                while not cancelled():
+                    time.sleep(0.01)
+                JobMonitor(progress, cancelled).check()
+
+            task = tasks.JobTask(name, job)
+            with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
+                tasks.start(task)
+                assert started.wait(30)
+                stop(task)
+            assert done.args[0] is None and done.args[1].startswith("cancelled")
+        qtbot.wait(50)  # the log's signal comes through the event loop
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(record)
+    assert [m for m in logged if "superseded read" in m] == []
+    assert [m for m in logged if "cancelled run" in m] == ["cancelled run: cancelled; no output was written"]

@@ -334,3 +334,15 @@ def test_the_dialog_fits_a_laptop_screen(qtbot, dialog, project):
         qtbot.wait(50)
         least = dialog.minimumSizeHint()
         assert least.width() <= 1366 and least.height() <= 700, (page, least)
+
+
+def test_the_data_area_is_as_tall_as_the_page_shown(qtbot, dialog):
+    """The folder page (one row) stood in the height of the layers page (four rows), with empty bands above and
+    below the folder field."""
+    folder = dialog.source_combo.findData("folder")
+    layers = dialog.source_combo.findData("layers")
+    dialog.source_combo.setCurrentIndex(layers)
+    tall = dialog.data_pages.sizeHint().height()
+    dialog.source_combo.setCurrentIndex(folder)
+    row = dialog.data_dir.sizeHint().height()
+    assert dialog.data_pages.sizeHint().height() <= row + 2 < tall / 2

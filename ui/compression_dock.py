@@ -488,7 +488,7 @@ class CompressionDock(JobDock):
 
     def _start_summary(self, path: str) -> None:
         if self.summary_task is not None:
-            self.summary_task.cancel()  # its result is ignored: it is for another path
+            self.summary_task.supersede()  # its result is ignored: it is for another path
         task = tasks.JobTask(f"RS Lab: reading {os.path.basename(path)}", lambda progress, cancelled:
                              checkpoint_summary(path, cancelled), on_finished=lambda result, error: self._summary_done(
                                  task, path, result, error))

@@ -48,6 +48,13 @@ class JobTask(QgsTask):
         self.result: Any = None
         self.error = ""
         self.added_layers: List = []
+        self.superseded = False  # cancelled by its owner for a newer run: not worth a line in the log
+
+    def supersede(self) -> None:
+        """Cancel a run whose result nobody wants any more (a read for a checkpoint no longer chosen), quietly:
+        a user who cancelled nothing read 'reading x.pt: cancelled; no output was written' among the warnings."""
+        self.superseded = True
+        self.cancel()
 
     def _progress(self, fraction: float, text: str) -> None:
         self.setProgress(100.0 * fraction)
@@ -77,7 +84,8 @@ class JobTask(QgsTask):
         if not ok:
             if not self.error:
                 self.error = CANCELLED
-            QgsMessageLog.logMessage(f"{self.description()}: {self.error}", "RS Lab", Qgis.Warning)
+            if not (self.superseded and self.error == CANCELLED):
+                QgsMessageLog.logMessage(f"{self.description()}: {self.error}", "RS Lab", Qgis.Warning)
         if self._on_finished is not None:
             self._on_finished(self.result if ok else None, "" if ok else self.error)
         self.jobFinished.emit(self.result if ok else None, "" if ok else self.error)

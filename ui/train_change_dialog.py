@@ -24,6 +24,7 @@ from qgis.PyQt.QtWidgets import (
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -171,7 +172,7 @@ class TrainChangeDialog(QDialog):
 
     def _plot(self, title: str, label: str, colour: Tuple[int, int, int]):
         plot, curve = live_curve(self, title, "epoch", label, colour, symbol_size=6)
-        plot.setMinimumSize(320, 170)
+        plot.setMinimumSize(320, 220)  # below, the y axis has no room for its tick labels
         return plot, curve
 
     def _layout(self) -> None:
@@ -234,7 +235,14 @@ class TrainChangeDialog(QDialog):
         self.channels_spin.setEnabled(sizes is None)
 
     def _source_changed(self) -> None:
-        self.data_pages.setCurrentIndex(1 if self.from_layers() else 0)
+        current = 1 if self.from_layers() else 0
+        self.data_pages.setCurrentIndex(current)
+        # a stacked widget is as tall as its tallest page: the folder's one row stood in the four layer rows'
+        # height, with empty bands above and below it; hidden pages now take no room
+        for index in range(self.data_pages.count()):
+            policy = QSizePolicy.Preferred if index == current else QSizePolicy.Ignored
+            self.data_pages.widget(index).setSizePolicy(QSizePolicy.Preferred, policy)
+        self.data_pages.adjustSize()
         self.val_dir.lineEdit().setPlaceholderText(
             "optional: if empty, the pair validates on itself" if self.from_layers()
             else "optional: if empty, about 20 % of the pairs are held out")

@@ -21,7 +21,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.change_reference import CODINGS
+from ..core.change_reference import CODING_LABELS, CODINGS
 
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 CHECKPOINT_FILTER = "RS Lab checkpoints (*.pt)"
@@ -60,7 +60,7 @@ def coding_combo(parent: QWidget, tip: str) -> QComboBox:
     """A choice of change-reference coding (core/change_reference.py): short item texts, the full meaning as
     each item's tooltip; the item data is the coding's name."""
     combo = QComboBox(parent)
-    for coding, short in (("binary", "binary (0 = no change)"), ("partial", "partial (0 = not labelled)")):
+    for coding, short in zip(CODINGS, CODING_LABELS):
         combo.addItem(short, coding)
         combo.setItemData(combo.count() - 1, CODINGS[coding], Qt.ToolTipRole)
     combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
