@@ -98,6 +98,7 @@ class CompressResult(JobResult):
     scores_after: Dict[str, float] = field(default_factory=dict)
     details: Dict[str, Any] = field(default_factory=dict)
     history: List[Dict[str, float]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # how the data was used, when a user should know
 
     def report(self) -> Dict[str, Any]:
         """JSON-ready summary (the export dialog and Processing write it)."""
@@ -108,7 +109,7 @@ class CompressResult(JobResult):
             "scores_before": self.scores_before, "scores_after": self.scores_after,
             "drop": round(self.scores_before.get(self.metric, 0.0) - self.scores_after.get(self.metric, 0.0), 3),
             "details": self.details, "device": self.device,
-            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "timings": {k: round(v, 2) for k, v in self.timings.items()}, "notes": self.notes,
         }
 
 
@@ -187,6 +188,7 @@ def compress_checkpoint(
     task = task_for(checkpoint, data_path, params.seed, **(task_options or {}))
     example = task.example_inputs()
     result = CompressResult(method=params.method, metric=task.metric, device="cpu", timings=monitor.timings)
+    result.notes = [note for note in (getattr(task, "note", None), getattr(task, "bad_band_note", None)) if note]
 
     with monitor.timed("evaluate"):
         monitor.step(0.01, "scoring the full-precision model")

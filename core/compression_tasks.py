@@ -151,6 +151,17 @@ class ClassificationTask(CompressionTask):
         return {"accuracy": 100.0 * correct / n, "loss": loss / n}
 
 
+def trained_pairs(training: Dict[str, Any]) -> set:
+    """The names of the pairs a change model's card says it trained on, in every stage of its training (the
+    shipped model's stage 1 took DSIFN-CD's pairs, stage 2 LEVIR-CD's: reading stage 2 alone, a folder of
+    DSIFN pairs was scored on pairs the model had trained on)."""
+    names = set(training.get("train_pairs", []))
+    for value in training.values():
+        if isinstance(value, dict):
+            names |= trained_pairs(value)
+    return names
+
+
 class ChangeDetectionTask(CompressionTask):
     """AR-CDNet pairs from an A/ B/ label/ folder: fine-tune on training pairs, score on held-out ones."""
 
@@ -159,22 +170,29 @@ class ChangeDetectionTask(CompressionTask):
 
     def __init__(self, checkpoint: Checkpoint, data_path: str, seed: int = 0,
                  held_out: Optional[Sequence[str]] = None, crop: int = 128) -> None:
-        from .change_data import PairSampler, pairs_from_folder
+        from .change_data import VALIDATION_SHARE, PairSampler, pairs_from_folder, split_validation
 
         if not os.path.isdir(data_path):
             raise RSLabError(f"change-detection data must be a folder with A/, B/ and label/: {data_path}")
         pairs = pairs_from_folder(data_path)
-        trained_on = set(checkpoint.card.training.get("train_pairs", []))
+        self.note: Optional[str] = None
         if held_out is not None:
             evaluation = [p for p in pairs if p.name in set(held_out)]
             training = [p for p in pairs if p.name not in set(held_out)]
         else:
+            trained_on = trained_pairs(checkpoint.card.training)
             training = [p for p in pairs if p.name in trained_on]
             evaluation = [p for p in pairs if p.name not in trained_on]
-        if not training:
-            training = pairs  # no pair the model trained on: fine-tune on everything given
-        if not evaluation:
-            raise RSLabError(f"no pairs in {data_path} to evaluate on (all were used in training)")
+            if not evaluation:  # scored on its own training pairs, a compressed model gained 30 points of F1
+                raise RSLabError(f"the model trained on every pair in {data_path} (its card lists them), so none is "
+                                 "left to score it on fairly: give a folder that also holds pairs it has not seen")
+            if not training:  # none it trained on: hold some out, so it is not scored on what it fine-tunes on
+                training, evaluation = split_validation(pairs, VALIDATION_SHARE)
+                self.note = (f"the model trained on none of these {len(pairs)} pairs: "
+                             f"{', '.join(p.name for p in evaluation)} score it, the others fine-tune it")
+                if training == evaluation:
+                    self.note = (f"one pair ({pairs[0].name}) both fine-tunes and scores the model: the score after "
+                                 "compression is measured on data it was fine-tuned on")
         self.training, self.evaluation = training, evaluation
         self.mean = checkpoint.card.normalisation["mean"]
         self.std = checkpoint.card.normalisation["std"]

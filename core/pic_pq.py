@@ -204,15 +204,18 @@ def l1_masses(model: "nn.Module") -> Dict[str, float]:
 
 
 def filter_property(model: "nn.Module", task: "CompressionTask", layers: Sequence[str], batches: int,
-                    batch_size: int) -> Dict[str, "torch.Tensor"]:
+                    batch_size: int, monitor: Optional[JobMonitor] = None) -> Dict[str, "torch.Tensor"]:
     """{conv layer: FP vector (one value per output channel)}: the mean matrix rank of each channel's map.
 
     The rank is taken over the last two dimensions of the conv output (H x W;
     per depth slice for Conv3d, 1 x L for Conv1d) and averaged over the
     samples of `batches` training batches and over repeated calls of a layer.
-    Values lie in [0, min(H, W)].
+    Values lie in [0, min(H, W)]. `monitor` reports each batch and checks for a cancel at every layer: one
+    batch of AR-CDNet's maps took 30 s, and a cancel waited for all of them.
     """
     import torch
+
+    monitor = monitor or JobMonitor()
 
     modules = dict(model.named_modules())
     unknown = [n for n in layers if n not in modules]
@@ -224,6 +227,7 @@ def filter_property(model: "nn.Module", task: "CompressionTask", layers: Sequenc
 
     def make_hook(name: str):
         def hook(module, inputs, output):
+            monitor.check()
             x = output[0] if isinstance(output, (tuple, list)) else output
             x = x.detach().float()
             if x.dim() < 3:
@@ -242,7 +246,8 @@ def filter_property(model: "nn.Module", task: "CompressionTask", layers: Sequenc
     model.eval()
     try:
         with torch.no_grad():
-            for _ in range(batches):
+            for index in range(batches):
+                monitor.step(index / batches, f"filter property: feature map ranks, batch {index + 1} of {batches}")
                 inputs, _ = task.batch(batch_size)
                 model(*inputs)
     finally:
@@ -742,7 +747,8 @@ def compress_pic_pq(model: "nn.Module", task: "CompressionTask", params: PicPqPa
 
         t = time.perf_counter()
         ranges["rank"].step(0.0, "filter property: feature map ranks")
-        fp = filter_property(model, task, analysis.scored_layers, params.rank_batches, params.rank_batch_size)
+        fp = filter_property(model, task, analysis.scored_layers, params.rank_batches, params.rank_batch_size,
+                             ranges["rank"])
         ranges["rank"].step(1.0, "filter property done")
         timings["filter_property"] = time.perf_counter() - t
 
@@ -778,7 +784,9 @@ def compress_pic_pq(model: "nn.Module", task: "CompressionTask", params: PicPqPa
     _train(model, task, params.qat_steps - act_steps, params, qat.sub((2 + act_steps) / weights["qat"], 1.0),
            on_step, "qat_full")
     metrics["quantised"] = task.evaluate(model)
-    _report_metric(on_step, "qat_full", params.qat_steps, metrics["quantised"], task.metric)
+    # at the phase's own last step (the steps after the activations-only ones): at qat_steps, the final score
+    # was drawn past the end of the training curve
+    _report_metric(on_step, "qat_full", params.qat_steps - act_steps, metrics["quantised"], task.metric)
     timings["qat"] = time.perf_counter() - t
     model.eval()
     monitor.step(1.0, "PIC-PQ done")

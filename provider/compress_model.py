@@ -145,6 +145,8 @@ class CompressModelAlgorithm(RSLabAlgorithm):
                           f"({result.bops_ratio:.1f}x fewer); size {result.before['size_mb']:.3f} -> "
                           f"{result.after['size_mb']:.3f} MB; {metric} {result.scores_before[metric]:.2f} -> "
                           f"{result.scores_after[metric]:.2f}")
+        for note in result.notes:
+            feedback.pushWarning(f"Note: {note}")
         out = {self.OUTPUT_MODEL: output, "BOPS_RATIO": result.bops_ratio}
         if report_path:
             out[self.OUTPUT_REPORT] = report_path

@@ -243,3 +243,31 @@ def test_checkpoint_and_report_are_written_together(tmp_path, samples, resnet_ch
         compress_checkpoint(resnet_checkpoint, str(samples / "cifar10_sample.npz"), str(tmp_path / "c.pt"),
                             CompressParams(method="ghost", epochs=0.02), report_path=str(tmp_path / "r.json"))
     assert os.listdir(tmp_path) == [os.path.basename(resnet_checkpoint)]
+
+
+def test_model_bops_of_a_bsdm_denoiser_says_an_input_size_does_not_apply(tmp_path, provider):
+    """A BSDM denoiser runs pixel by pixel: INPUT_SIZE 256 counted one pixel token (0.064 GBOPs, 65,536 times
+    less than a 256 x 256 image) and only the report's `input` field said so."""
+    from qgis.core import QgsProcessingFeedback
+
+    from rslab.models.bsdm import BSDMDenoiser
+
+    class Notes(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.warnings = []
+
+        def pushWarning(self, text):  # noqa: N802 (QGIS API)
+            self.warnings.append(text)
+
+    card = ModelCard(task="anomaly_detection", architecture="bsdm", arguments={"bands": 50},
+                     bands=[f"band {i}" for i in range(1, 51)], normalisation={"min": [0.0] * 50, "max": [1.0] * 50})
+    path = str(tmp_path / "bsdm.pt")
+    save_checkpoint(path, BSDMDenoiser(50).state_dict(), card)
+    for size, warned in ((0, False), (256, True)):
+        feedback = Notes()
+        processing.run("rslab:model_bops", {"MODEL": path, "INPUT_SIZE": size, "OUTPUT_REPORT": str(tmp_path / "r.json")},
+                       feedback=feedback)
+        notes = [w for w in feedback.warnings if "BSDM denoiser runs pixel by pixel" in w]
+        assert len(notes) == int(warned), (size, feedback.warnings)
+    assert "a 256 x 256 image takes 65,536 times as many" in notes[0]

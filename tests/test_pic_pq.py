@@ -282,6 +282,9 @@ def test_compress_resnet20_end_to_end(cifar, tmp_path):
     assert {"evolution", "finetune", "qat_activations", "qat_full"} <= phases
     assert all(math.isfinite(s["loss"]) for s in steps if "loss" in s)
     assert any("metric" in s for s in steps)
+    # the final score sits where training ended (it was drawn at qat_steps, past the phase's last step)
+    qat_full = [s for s in steps if s["phase"] == "qat_full"]
+    assert [s["step"] for s in qat_full if "metric" in s] == [max(s["step"] for s in qat_full if "loss" in s)]
     assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
 
     plan, state = compressed_state(compressed)
@@ -357,3 +360,47 @@ def test_compress_arcdnet(tmp_path, samples):
     with torch.no_grad():
         again = rebuilt(x, x + 0.5)
     assert torch.equal(again[0], out[0]) and torch.equal(again[1], out[1])
+
+
+def test_a_change_detector_is_never_scored_on_pairs_it_trained_on(shared_data, samples, tmp_path):
+    """The shipped model's card lists stage 1's pairs (DSIFN-CD among them) apart from stage 2's: reading stage
+    2's alone, compressing it on the DSIFN folder fine-tuned and scored on pairs it had trained on and reported
+    F1 19.10 -> 49.23 without a word."""
+    from rslab.core.compression_tasks import trained_pairs
+    from rslab.core.weights import default_checkpoint
+
+    shipped = load_checkpoint(default_checkpoint("change_detection"))
+    seen = trained_pairs(shipped.card.training)
+    with pytest.raises(RSLabError, match="the model trained on every pair in .*dsifn_cd_256"):
+        ChangeDetectionTask(shipped, str(shared_data / "change" / "dsifn_cd_256"))
+    levir = ChangeDetectionTask(shipped, str(shared_data / "change" / "levir_cd_256"))
+    assert sorted(p.name for p in levir.evaluation) == ["test_102_0512_0000", "test_55_0256_0000",
+                                                        "test_7_0256_0512", "val_27_0000_0256"]
+    assert not {p.name for p in levir.evaluation} & seen and levir.note is None
+    for sub in ("A", "B", "label"):  # pairs the card does not name: some held out to score on, with a note
+        (tmp_path / sub).mkdir()
+        for name in ("p1", "p2"):
+            shutil.copy(samples / f"levir_test_7_{'label' if sub == 'label' else sub}.png", tmp_path / sub / f"{name}.png")
+    unseen = ChangeDetectionTask(shipped, str(tmp_path))
+    assert len(unseen.evaluation) == 1 and not set(unseen.evaluation) & set(unseen.training)
+    assert "trained on none of these 2 pairs" in unseen.note
+
+
+def test_ranking_feature_maps_stops_on_cancel_within_a_batch():
+    """One batch of AR-CDNet's maps took 30 s to rank, and a cancel waited for every layer of every batch."""
+    model = ArcdNet(bands=3, base=8, channels=8)
+    layers = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+
+    class Task:
+        def batch(self, size):
+            x = torch.zeros((size, 3, 64, 64))
+            return (x, x.clone()), None
+
+    ranked = []
+    monitor = JobMonitor(lambda fraction, text: None, lambda: len(ranked) > 0)
+    hook = model.get_submodule(layers[0]).register_forward_hook(lambda *args: ranked.append(1))
+    with pytest.raises(JobCancelled):
+        filter_property(model, Task(), layers, batches=3, batch_size=2, monitor=monitor)
+    hook.remove()
+    assert len(ranked) == 1  # stopped at the first layer ranked, in the first of three batches
+    assert not any(module._forward_hooks for module in model.modules())  # its hooks are gone

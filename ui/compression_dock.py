@@ -83,7 +83,14 @@ LOSS_PEN = (200, 80, 40)
 METRIC_PEN = (40, 110, 200)
 DASH = "—"
 # readout rows: key -> label (the metric row's label follows the checkpoint's task)
-READOUT_ROWS = (("bops", "BOPs"), ("params", "Parameters"), ("size", "Size"), ("metric", "Score"))
+READOUT_ROWS = (("bops", "BOPs"), ("params", "Parameters"), ("size", "Size at its bits"), ("metric", "Score"))
+READOUT_TIPS = {
+    "bops": "Bit operations of one inference: MACs x weight bits x activation bits, summed over the layers",
+    "size": "The weights at their assigned bits (and what pruning removed): what a runtime that packs bits would "
+            "store. The files Export writes (RS Lab checkpoint, ONNX, TorchScript) keep each quantised weight in a "
+            "byte (int8), so they are larger: about 4x smaller than full precision, more where pruning removed "
+            "weights, less where layers stay float",
+}
 NAME_COLUMN_MIN = 110  # px of the per-layer table's name column ('layer.8.conv2', 'encoder.stem.0.0')
 READOUT_COLUMNS = ("Before", "After", "Change")
 TABLE_HEADERS = ("Layer", "Channels\nkept", "W\nbits", "A\nbits", "BOPs\nbefore→after")
@@ -342,6 +349,7 @@ class CompressionDock(JobDock):
             grid.addWidget(header, 0, col)
         for row, (key, label) in enumerate(READOUT_ROWS, start=1):
             name = QLabel(label, self)
+            name.setToolTip(READOUT_TIPS.get(key, ""))
             self.readout_names[key] = name
             grid.addWidget(name, row, 0)
             for col, column in enumerate(READOUT_COLUMNS, start=1):
@@ -670,7 +678,8 @@ class CompressionDock(JobDock):
         self._set_status(
             f"Done: {result.bops_ratio:.1f}× fewer BOPs; {metric}\u00a0"
             f"{result.scores_before[result.metric]:.2f}\u00a0→\u00a0{result.scores_after[result.metric]:.2f}\u00a0%.\n"
-            f"Saved as {os.path.basename(result.checkpoint)} in {os.path.dirname(result.checkpoint)}")
+            f"Saved as {os.path.basename(result.checkpoint)} in {os.path.dirname(result.checkpoint)}"
+            + "".join(f"\nNote: {note}" for note in result.notes))
         self.status_label.setToolTip(result.checkpoint)
         self._update_export_button()
         self.tabs.setCurrentIndex(1)
