@@ -17,7 +17,6 @@ from typing import Any, Optional, Tuple
 from xml.etree import ElementTree
 
 import numpy as np
-from rasterio.warp import transform
 
 from .errors import RSLabError
 from .gdal_exceptions import gdal_exceptions
@@ -68,6 +67,17 @@ def _other_crs(reference: RasterInfo, other: RasterInfo) -> bool:
     return reference.crs is not None and other.crs is not None and reference.crs != other.crs
 
 
+def _transform_points(source: Any, target: Any, xs: Any, ys: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """Points from CRS `source` to `target` (x, y order), inf where a point has no place in `target`: rasterio's
+    transform raised for the whole set when one point failed (a geostationary full disk's corners lie off the
+    Earth), and the overlap of such a pair stopped with a raw GDAL error."""
+    from pyproj import Transformer
+
+    transformer = Transformer.from_crs(source.to_wkt(), target.to_wkt(), always_xy=True)
+    x, y = transformer.transform(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64), errcheck=False)
+    return np.asarray(x), np.asarray(y)
+
+
 def _sampled_overlap(reference: RasterInfo, other: RasterInfo) -> float:
     """Share of `OVERLAP_SAMPLES`^2 points spread over the reference's pixels that fall inside the other
     raster: for rotated grids, whose bounding boxes overstate the overlap (twice the area at 45 degrees), and
@@ -77,7 +87,7 @@ def _sampled_overlap(reference: RasterInfo, other: RasterInfo) -> float:
     cols, rows = np.meshgrid(steps * reference.width, steps * reference.height)
     xs, ys = reference.transform * (cols.ravel(), rows.ravel())
     if _other_crs(reference, other):
-        xs, ys = transform(reference.crs, other.crs, xs, ys)
+        xs, ys = _transform_points(reference.crs, other.crs, xs, ys)
     col, row = ~other.transform * (np.asarray(xs), np.asarray(ys))
     return float(np.mean((col >= 0) & (col < other.width) & (row >= 0) & (row < other.height)))
 
@@ -107,7 +117,7 @@ def _footprint_overlap(reference: RasterInfo, other: RasterInfo) -> float:
     rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
     xs, ys = other.transform * (cols, rows)
     if _other_crs(reference, other):
-        xs, ys = transform(other.crs, reference.crs, xs, ys)
+        xs, ys = _transform_points(other.crs, reference.crs, xs, ys)
     col, row = ~reference.transform * (np.asarray(xs), np.asarray(ys))
     polygon = np.column_stack([col, row])
     if not np.isfinite(polygon).all():  # an outline partly outside the reference CRS's domain

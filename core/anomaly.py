@@ -318,14 +318,19 @@ def _principal_components(cov: np.ndarray, count: int) -> Tuple[np.ndarray, np.n
 # or one suppression round over the image: 13.2 and 11.7 us per token on a 1000 x 1000 x 200 cube, README), so
 # the progress bar moves with time: the suppression's share grows with the image, the training's does not (a
 # fixed 0-60 % / 60-75 % split left a 2000 x 2000 run in 15 % of the bar for most of its time)
-READ_COST = 0.2  # one read pass over a pixel (value range, training sample, RX statistics)
+READ_COST = 0.2  # one read pass over a pixel (value range, training sample, RX statistics, RX scores)
+# the passes after scoring (the score range, the ROC, the false-alarm threshold, the mask, overviews): at a fixed
+# 5 % of the bar, where a small scene spends a few tenths of a second, the time left said 50 s for 3 s
+TAIL_COST = 0.5 * READ_COST
 
 
-def bsdm_stage_bounds(pixels: int, sample: int, iterations: int, rounds: int, trains: bool = True
-                      ) -> List[Tuple[float, float]]:
-    """The (start, end) fractions of [0, 1] for reading (value range, sample), training, suppression and RX's
-    statistics, in proportion to their expected time."""
-    costs = [2 * READ_COST * pixels, iterations * sample if trains else 0.0, rounds * pixels, READ_COST * pixels]
+def stage_bounds(pixels: int, sample: int, iterations: int, rounds: int, trains: bool = True, bsdm: bool = True
+                 ) -> List[Tuple[float, float]]:
+    """The (start, end) fractions of [0, 1] for BSDM's reading (value range, sample), training and suppression
+    (with `bsdm`), then RX's statistics, RX's scores and the passes after them, in proportion to their expected
+    time (the dock's time left assumes the bar moves with time)."""
+    costs = [2 * READ_COST * pixels, iterations * sample if trains else 0.0, rounds * pixels] if bsdm else []
+    costs += [READ_COST * pixels, READ_COST * pixels, TAIL_COST * pixels]
     total = float(sum(costs)) or 1.0
     bounds, start = [], 0.0
     for cost in costs:
@@ -685,14 +690,17 @@ def detect_anomalies(
             if note:
                 result.notes.append(note)
         source, source_bands = cube, bands
-        rx_statistics = monitor.sub(0.0, 0.85)
+        pixels = info.width * info.height
+        bounds = [monitor.sub(*b) for b in stage_bounds(pixels, min(params.max_train_pixels, pixels),
+                                                        params.iterations, params.rounds,
+                                                        trains=not params.model, bsdm=params.method == "bsdm_rx")]
+        rx_statistics, scoring, tail = bounds[-3:]
+        if params.method == "lrx":  # its scoring (box filters per component pair) is most of the time
+            scoring, tail = monitor.sub(0.0, 0.95), monitor.sub(0.95, 1.0)
         if params.method == "bsdm_rx":
             device = select_device(params.device)
             result.device = describe_device(device)
-            stages = [monitor.sub(0.0, 0.85).sub(*bounds) for bounds in bsdm_stage_bounds(
-                info.width * info.height, min(params.max_train_pixels, info.width * info.height), params.iterations,
-                params.rounds, trains=not params.model)]
-            reading, training, suppressing, rx_statistics = stages
+            reading, training, suppressing = bounds[:3]
             with monitor.timed("bsdm_train"):
                 lo, hi, valid_pixels = _value_range(cube, reading.sub(0.0, 0.5), bands)
                 if valid_pixels <= info.count:  # said before training, not after it when RX's statistics fail
@@ -716,7 +724,7 @@ def detect_anomalies(
                     result.notes.append(
                         f"the {params.outer_window}-pixel outer window covers the whole {info.width} x {info.height} "
                         "image from every pixel: local RX is global RX on the leading components, less the inner window")
-                _local_rx(source, scores_path, params, monitor.sub(0.0, 0.9), source_bands)
+                _local_rx(source, scores_path, params, scoring, source_bands)
             else:
                 mean, cov, n = scene_statistics(source, rx_statistics, source_bands)
                 if n < PIXELS_PER_BAND_ADVISED * info.count:
@@ -724,13 +732,13 @@ def detect_anomalies(
                         f"RX's covariance of {info.count} bands rests on {n} valid pixels ({n / info.count:.1f} per "
                         f"band; about {PIXELS_PER_BAND_ADVISED} per band are advised): the scores are noisy, "
                         "a larger area or fewer bands would help")
-                _score_raster(source, scores_path, RxScorer(mean, cov), monitor.sub(0.85, 0.95), source_bands)
-            lo_hi = score_bounds(scores_path, monitor.sub(0.95, 0.96))
+                _score_raster(source, scores_path, RxScorer(mean, cov), scoring, source_bands)
+            lo_hi = score_bounds(scores_path, tail.sub(0.0, 0.2))
         result.score_range = lo_hi
         rasters = [scores_path]  # the outputs QGIS draws: overviews for large ones
         if reference:
             with monitor.timed("evaluate"):
-                result.roc = anomaly_roc(scores_path, reference, *lo_hi, monitor=monitor.sub(0.96, 0.97))
+                result.roc = anomaly_roc(scores_path, reference, *lo_hi, monitor=tail.sub(0.2, 0.4))
                 result.metrics = anomaly_metrics(result.roc)
                 if not result.roc.exact:
                     result.notes.append(
@@ -738,7 +746,7 @@ def detect_anomalies(
                         f"comes from a {ROC_BINS}-bin score histogram, not the exact ranks")
         if params.false_alarm_rate is not None:
             result.threshold, result.mask_pixels, scored = false_alarm_threshold(
-                scores_path, params.false_alarm_rate, *lo_hi, monitor=monitor.sub(0.97, 0.98))
+                scores_path, params.false_alarm_rate, *lo_hi, monitor=tail.sub(0.4, 0.6))
             if flagged_pixels(params.false_alarm_rate, scored) == 0:
                 result.notes.append(
                     f"a false-alarm rate of {params.false_alarm_rate:g} flags no pixel of these {scored:,} "
@@ -755,8 +763,8 @@ def detect_anomalies(
                 rasters.append(mask_path)
                 run_tiled([scores_path], [OutputSpec(mask_path, 1, "uint8", MASK_NODATA,
                                                      ("anomaly (1) / background (0)",))], to_mask,
-                          TileSpec(STATS_TILE, 0, "partition"), monitor.sub(0.98, 0.99))
-        add_overviews_to(rasters, monitor.sub(0.99, 1.0))
+                          TileSpec(STATS_TILE, 0, "partition"), tail.sub(0.6, 0.8))
+        add_overviews_to(rasters, tail.sub(0.8, 1.0))
         if outputs.report:
             with open(pending.temp(outputs.report), "w") as handle:
                 json.dump(result.report(), handle, indent=1, default=str)

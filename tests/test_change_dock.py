@@ -272,6 +272,11 @@ def test_a_model_trained_on_chosen_bands_checks_them(qtbot, dock, project, share
     assert dock.chosen_bands() == (4, 3, 2)  # the shipped RGB model: the images' red, green, blue (B04, B03, B02)
     dock.add_checkpoint(model)
     assert sorted(map(int, dock.bands_combo.checkedItemsData())) == [2, 3, 4, 8] and dock.chosen_bands() == (4, 3, 2, 8)
+    trained = dock.model_combo.currentIndex()
+    dock.model_combo.setCurrentIndex(0)  # back to the shipped RGB model: its bands, not the other model's
+    assert dock.chosen_bands() == (4, 3, 2)
+    dock.model_combo.setCurrentIndex(trained)
+    assert dock.chosen_bands() == (4, 3, 2, 8)
     result, error = click_run(qtbot, dock)
     assert error == "" and result.bands == [4, 3, 2, 8]
     assert not [note for note in result.notes if "trained on bands" in note]

@@ -479,3 +479,9 @@ def test_a_label_of_the_images_size_placed_elsewhere_is_refused_and_a_plain_one_
                        dtype="uint8") as dst:
         dst.write(label.astype("uint8"))
     assert check_pair(ChangePair(before, after, str(plain))) == (13, label.shape[1], label.shape[2])
+
+    no_crs = tmp_path / "no_crs_cm.tif"  # placed where the images are, but without a CRS: say that, not "elsewhere"
+    with rasterio.open(no_crs, "w", **dict(profile, crs=None)) as dst:
+        dst.write(label)
+    with pytest.raises(RSLabError, match="the label raster has no CRS .* set its CRS to the images'"):
+        check_pair(ChangePair(before, after, str(no_crs)))

@@ -308,3 +308,27 @@ def test_a_reference_smaller_than_the_sample_spacing_inside_a_rotated_image_over
     assert overlap_fraction(image, tiny) == pytest.approx(4 / 20000 ** 2, rel=1e-6)
     away = _grid(32633, Affine(2.0, 0, 400000.0, 0, -2.0, 4600000.0), 2, 2)
     assert overlap_fraction(image, away) == 0.0
+
+
+def test_the_overlap_with_a_grid_partly_off_the_earth_is_measured_on_the_points_that_have_a_place():
+    """A geostationary full disk's corners lie off the Earth: one point that could not be transformed made
+    rasterio's transform raise for all, and the pair (aligned before) stopped with a raw GDAL error."""
+    from pyproj import Transformer
+    from rasterio.crs import CRS
+
+    from rslab.core.alignment import overlap_fraction
+    from rslab.core.raster_io import RasterInfo
+
+    r = 5434894.0
+    disk = RasterInfo(path="disk.tif", width=150, height=150, count=1, dtype="float32", nodata=None,
+                      crs=CRS.from_string("+proj=geos +h=35786023 +lon_0=-75 +sweep=x +ellps=GRS80 +units=m +no_defs"),
+                      transform=Affine(2 * r / 150, 0, -r, 0, -2 * r / 150, r), georeferenced=True)
+    brazil = _grid(4326, Affine(0.2, 0, -70, 0, -0.2, 5), 150, 150)
+    steps = (np.arange(600) + 0.5) / 600
+    cols, rows = np.meshgrid(steps * 150, steps * 150)
+    xs, ys = disk.transform * (cols.ravel(), rows.ravel())
+    lon, lat = Transformer.from_crs(disk.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(xs, ys, errcheck=False)
+    col, row = ~brazil.transform * (np.asarray(lon), np.asarray(lat))
+    truth = float(np.mean((col >= 0) & (col < 150) & (row >= 0) & (row < 150)))
+    assert 0.02 < truth < 0.2
+    assert overlap_fraction(disk, brazil) == pytest.approx(truth, abs=0.01)

@@ -368,11 +368,12 @@ class ChangeDetectionDock(JobDock):
         was trained on (a model trained with BANDS), else, for a model of red, green and blue (the shipped
         ones), the layer's red, green and blue bands when its band descriptions or wavelengths say which and
         they are not bands 1, 2, 3 (a file stored blue-green-red fed as is gives a meaningless map)."""
+        # bands checked for the previous model go (those a user checked stay): CVA reads every band unless
+        # told, and another model reads its own (a switch back to the RGB model kept 4, 3, 2, 8 and failed)
+        if self._auto_bands is not None and self.bands_combo.chosen() == self._auto_bands:
+            self.bands_combo.check([])
+        self._auto_bands = None
         if self.method_combo.currentData() != "arcdnet":
-            # CVA reads every band unless told: bands checked for the model go (those a user checked stay)
-            if self._auto_bands is not None and self.bands_combo.chosen() == self._auto_bands:
-                self.bands_combo.check([])
-            self._auto_bands = None
             return
         path = self.model_combo.currentData() or user_path(self.model_file.filePath())
         if path in self._shipped:  # no need to load torch to read the card: the shipped ones read RGB
