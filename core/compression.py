@@ -223,6 +223,7 @@ def compress_checkpoint(
             "gbops_before": round(before.gbops, 4), "gbops_after": round(after.gbops, 4),
             "bops_ratio": round(result.bops_ratio, 3),
             "size_mb_before": round(before.size_mb, 4), "size_mb_after": round(after.size_mb, 4),
+            "params_before": before.params, "params_after": after.params,
             "scores_before": result.scores_before, "scores_after": result.scores_after,
             "date": _dt.date.today().isoformat(),
         },

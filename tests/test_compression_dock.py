@@ -237,6 +237,7 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(qtbot, dock, resnet, samples
 
 def test_a_compressed_checkpoint_shows_its_record_and_can_be_exported_not_recompressed(qtbot, dock, resnet, samples,
                                                                                         tmp_path):
+    from rslab.core.compression import model_bops_report
     from rslab.core.export import export_checkpoint
     from rslab.core.quantization import apply_bit_plan
 
@@ -246,7 +247,8 @@ def test_a_compressed_checkpoint_shows_its_record_and_can_be_exported_not_recomp
                            for name, module in model.named_modules() if type(module).__name__ == "Conv2d"})
     card = checkpoint.card
     card.training = {"compression": {"method": "pic_pq", "gbops_before": 40.0, "size_mb_before": 1.1,
-                                     "bops_ratio": 7.5, "scores_before": {"accuracy": 91.0},
+                                     "params_before": 2 * model_bops_report(resnet)["params"], "bops_ratio": 7.5,
+                                     "scores_before": {"accuracy": 91.0},
                                      "scores_after": {"accuracy": 90.2}}}
     path = export_checkpoint(model, card, str(tmp_path / "resnet20_4bit.pt"))
     summary, error = choose(qtbot, dock, path)
@@ -254,6 +256,7 @@ def test_a_compressed_checkpoint_shows_its_record_and_can_be_exported_not_recomp
     assert "compressed with PIC-PQ" in dock.model_info.text()
     assert readout(dock, "bops", "before") == si(40e9) == "40\u2009G"
     assert readout(dock, "bops", "change") == "7.5× fewer"
+    assert readout(dock, "params", "change") == "-50 %"  # its card records the parameters before ('—' before)
     assert readout(dock, "bops", "after") != DASH and readout(dock, "metric", "change") == "-0.80 pt"
     assert dock.layer_table.item(1, 2).text() == "4" and dock.layer_table.item(1, 3).text() == "8"
     assert dock.export_button.isEnabled()

@@ -145,7 +145,10 @@ def test_a_change_detector_compresses_on_a_data_folder(tmp_path, samples, provid
     save_checkpoint(model, ArcdNet(bands=3, base=8, channels=8).state_dict(), card)
     params = {"MODEL": model, "METHOD": 1, "EPOCHS": 0.01, "MAX_BITS": "8", "OUTPUT_MODEL": str(tmp_path / "c.pt")}
     result = processing.run("rslab:compress_model", dict(params, DATA_FOLDER=str(folder)))
-    assert load_checkpoint(result["OUTPUT_MODEL"]).card.bit_widths and result["BOPS_RATIO"] > 1
+    compressed = load_checkpoint(result["OUTPUT_MODEL"]).card
+    assert compressed.bit_widths and result["BOPS_RATIO"] > 1
+    record = compressed.training["compression"]  # the dock reads the parameter count before from here
+    assert record["params_before"] == record["params_after"] > 0  # GHOST prunes nothing
     for data, message in (({}, "no training / evaluation data"),
                           ({"DATA": str(samples / "cifar10_sample.npz"), "DATA_FOLDER": str(folder)}, "not both"),
                           ({"DATA_FOLDER": str(folder), "OUTPUT_REPORT": str(folder / "A" / "p1.png")},

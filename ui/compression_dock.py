@@ -741,6 +741,10 @@ class CompressionDock(JobDock):
             self._set_readout("size", "change", f"{ratio:.1f}× smaller")
         if "bops_ratio" in record:
             self._set_readout("bops", "change", f"{record['bops_ratio']:.1f}× fewer")
+        if "params_before" in record:  # recorded since 2026-12-03 (the shipped compressed model predates it)
+            self._set_readout("params", "before", si(record["params_before"]))
+            self._set_readout("params", "change",
+                              f"{100.0 * (report['params'] / max(record['params_before'], 1) - 1):+.0f} %")
         before, after = (record.get("scores_before") or {}), (record.get("scores_after") or {})
         if metric in before:
             self._set_readout("metric", "before", f"{before[metric]:.2f}")
