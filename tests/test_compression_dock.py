@@ -257,6 +257,8 @@ def test_a_compressed_checkpoint_shows_its_record_and_can_be_exported_not_recomp
     assert readout(dock, "bops", "before") == si(40e9) == "40\u2009G"
     assert readout(dock, "bops", "change") == "7.5× fewer"
     assert readout(dock, "params", "change") == "-50 %"  # its card records the parameters before ('—' before)
+    legend = dock.chart.getPlotItem().titleLabel.text  # no per-layer figures before: 'before' is not listed
+    assert "after" in legend and "before" not in legend
     assert readout(dock, "bops", "after") != DASH and readout(dock, "metric", "change") == "-0.80 pt"
     assert dock.layer_table.item(1, 2).text() == "4" and dock.layer_table.item(1, 3).text() == "8"
     assert dock.export_button.isEnabled()

@@ -393,10 +393,8 @@ class CompressionDock(JobDock):
         """The per-layer BOPs bars (before and after side by side, log scale), made once and updated."""
         plot = result_plot(self, "layer (row of the Layers table)", "BOPs (log scale)", 180, grid_x=False)
         plot.hideButtons()
-        # the legend is the title (a legend inside the plot would hide the tallest bars)
-        plot.setTitle(" &nbsp; ".join(f"{legend_mark(colour, SQUARE)} {name}"
-                                      for name, colour in (("before", BEFORE_PEN), ("after", AFTER_PEN))),
-                      size="9pt", color="#333")
+        self._chart_plot = plot
+        self._set_chart_legend(("before", "after"))
         self.bars: Dict[str, pg.BarGraphItem] = {}
         for name, colour in (("before", BEFORE_PEN), ("after", AFTER_PEN)):
             bars = pg.BarGraphItem(x=[], height=[], width=0.4, brush=pg.mkBrush(*colour),
@@ -404,6 +402,13 @@ class CompressionDock(JobDock):
             plot.addItem(bars)
             self.bars[name] = bars
         return plot
+
+    def _set_chart_legend(self, shown: Sequence[str]) -> None:
+        """The legend is the title (a legend inside the plot would hide the tallest bars), naming the series drawn
+        (a compressed checkpoint has no per-layer figures before: 'before' was listed and never drawn)."""
+        pens = {"before": BEFORE_PEN, "after": AFTER_PEN}
+        self._chart_plot.setTitle(" &nbsp; ".join(f"{legend_mark(pens[name], SQUARE)} {name}" for name in shown),
+                                  size="9pt", color="#333")
 
     def _curve_plot(self, title: str, label: str, colour: Tuple[int, int, int]):
         plot, curve = live_curve(self, title, "training step", label, colour)
@@ -813,6 +818,8 @@ class CompressionDock(JobDock):
 
     def _plot_bars(self, before: Optional[Sequence[float]], after: Optional[Sequence[float]]) -> None:
         """log10 BOPs per layer, before (left) and after (right) of each row's position."""
+        self._set_chart_legend([name for name, series in (("before", before), ("after", after)) if series is not None]
+                               or ("before", "after"))
         values = [v for series in (before, after) if series for v in series if v > 0]
         if not values:
             for bars in self.bars.values():
