@@ -57,7 +57,8 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             "BANDS: optional bands of both dates to use, in this order (all if empty), e.g. Sentinel-2's 10 m "
             "bands for CVA; a model needs the bands it was trained on (a model trained with BANDS names them in "
             "its error message).\n"
-            "THRESHOLD: probability at or above which a pixel is changed (0.5; for CVA 0.5 is Otsu's threshold).\n"
+            "THRESHOLD: probability at or above which a pixel is changed (0.5, 0.01..0.99; for CVA 0.5 is Otsu's "
+            "threshold).\n"
             "REFERENCE: optional change reference: the report then has precision, recall, F1, IoU, OA, kappa "
             "and the uncertainty's ROC-AUC for finding wrong pixels, over the reference's labelled pixels.\n"
             "REFERENCE_CODING: how the reference's values read: 0 binary (0 no change, non-zero change) or "
@@ -65,6 +66,8 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             "REFERENCE_POLYGONS: instead of REFERENCE, polygons drawn where the answer is known, their "
             "REFERENCE_FIELD 1 for no change and 2 for change: burnt onto BEFORE's grid (pixel centres inside; "
             "change wins where they overlap) and read as a partial reference.\n"
+            "OUTPUT_PROBABILITY: float32 change probability, 0..1 (for re-thresholding). OUTPUT_UNCERTAINTY: "
+            "float32, 0..1, high where the map should not be trusted.\n"
             "OUTPUT_REPORT: JSON with metrics, timings, device and the model card summary."
         )
 

@@ -74,7 +74,9 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "multiple of 32), LEARNING_RATE (5e-4, 1e-6..0.5). AdamW, warm-up then poly decay, random crops, flips, "
             "90-degree turns and date swaps (the README's change-detection section says more). INIT_MODEL starts "
             "from an existing "
-            "checkpoint (fine-tuning). OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
+            "checkpoint (fine-tuning). WIDTH: 0 narrow (encoder and decoder 32 wide, 3.6 M parameters, the shipped "
+            "default's) or 1 full (64, as the paper, 14.3 M). SEED: crops, augmentations and initial weights. "
+            "OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
