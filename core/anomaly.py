@@ -675,7 +675,7 @@ def detect_anomalies(
         # bad (bbl) and empty bands left out: read by band list from the file itself (through a VRT of the good
         # bands, a striped 4000 x 512 x 205 file took 76 s a window instead of 0.7 s: GDAL decoded its strips
         # again for every band)
-        good, _, note = good_bands(cube, monitor.check)
+        good, file_bands, note = good_bands(cube, monitor.check)
         bands = good if note else None
         if note:
             result.notes.append(note)
@@ -706,7 +706,7 @@ def detect_anomalies(
                 if valid_pixels <= info.count:  # said before training, not after it when RX's statistics fail
                     raise too_few_pixels(valid_pixels, info.count)
                 if params.model:
-                    model = load_denoiser(params.model, info.count, raster_info(cube).count).to(device)
+                    model = load_denoiser(params.model, info.count, file_bands).to(device)
                     result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")
                 else:
                     sample = _training_sample(cube, lo, hi, params.max_train_pixels, valid_pixels, params.seed,

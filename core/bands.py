@@ -122,16 +122,25 @@ def colour_bands(path: str) -> Optional[Tuple[int, int, int]]:
     return true_colour_bands(path)
 
 
-def colour_order_note(model_bands: Sequence[str], path: str, bands: Optional[Sequence[int]]) -> Optional[str]:
-    """A note when a model trained on red, green, blue (its card's band names, in some order) reads the
-    image's `bands` (None: all, in file order) and the image says its colours lie in other bands."""
+def model_colour_bands(model_bands: Sequence[str], path: str) -> Optional[List[int]]:
+    """The image's bands (1-based) for a model of red, green and blue, in the order its card names them;
+    None when the model's bands are not those three or the image does not say where they are (colour_bands)."""
     names = [name.lower() for name in model_bands]
     if sorted(names) != sorted(COLOURS):
         return None
     colours = colour_bands(path)
     if colours is None:
         return None
-    wanted = [dict(zip(COLOURS, colours))[name] for name in names]
+    return [dict(zip(COLOURS, colours))[name] for name in names]
+
+
+def colour_order_note(model_bands: Sequence[str], path: str, bands: Optional[Sequence[int]]) -> Optional[str]:
+    """A note when a model trained on red, green, blue (its card's band names, in some order) reads the
+    image's `bands` (None: all, in file order) and the image says its colours lie in other bands."""
+    wanted = model_colour_bands(model_bands, path)
+    if wanted is None:
+        return None
+    names = [name.lower() for name in model_bands]
     read = list(bands) if bands else list(range(1, len(wanted) + 1))
     if read == wanted:
         return None

@@ -85,11 +85,11 @@ def check_pair(pair: ChangePair) -> Tuple[int, int, int]:
         raise RSLabError(f"{pair.name}: the before image has {ia.count} bands, the after image {ib.count}")
     if not same_grid(ia, ib) or ia.shape != il.shape:
         raise RSLabError(f"{pair.name}: before, after and label rasters are not on one grid")
-    if ia.georeferenced and il.georeferenced and not same_grid(ia, il) and ia.crs is not None and il.crs is None \
-            and ia.transform.almost_equals(il.transform):
-        raise RSLabError(f"{pair.name}: the label raster has no CRS (its pixels lie where the images' do, in "
-                         f"{ia.crs}); set its CRS to the images' (Layer Properties > Source, or gdal_edit.py -a_srs)")
     if ia.georeferenced and il.georeferenced and not same_grid(ia, il):
+        if ia.crs is not None and il.crs is None and ia.transform.almost_equals(il.transform):
+            raise RSLabError(f"{pair.name}: the label raster has no CRS (its pixels lie where the images' do, in "
+                             f"{ia.crs}); set its CRS to the images' (Layer Properties > Source, or gdal_edit.py "
+                             "-a_srs)")
         # read pixel for pixel, it trained on labels off their pixels (detection resamples such a reference)
         raise RSLabError(f"{pair.name}: the label raster has the images' size but lies elsewhere on the map "
                          f"({il.crs or 'no CRS'}, origin {il.transform.c:g}, {il.transform.f:g}; the before image: "

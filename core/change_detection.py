@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from .alignment import align_to
-from .bands import COLOURS, band_descriptions, band_order_note, band_subset, check_bands, colour_bands, colour_order_note
+from .bands import band_descriptions, band_order_note, band_subset, check_bands, colour_order_note, model_colour_bands
 from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics, fill_nodata
 from .change_model import predict_pair, trained_bands_hint
 from .change_reference import check_coding, coding_note, read_reference, survey_reference
@@ -254,12 +254,10 @@ def _choose_bands_hint(card: Any, expected: int, used: int, before: str) -> str:
     the images say which those are), else any `expected` of them, with BANDS."""
     if expected >= used:
         return ""
-    if sorted(name.lower() for name in card.bands) == sorted(COLOURS):
-        colours = dict(zip(COLOURS, colour_bands(before) or ()))
-        if colours:
-            wanted = [colours[name.lower()] for name in card.bands]
-            return (f"; choose the images' {', '.join(name.lower() for name in card.bands)} bands, "
-                    f"{', '.join(map(str, wanted))} (BANDS)")
+    wanted = model_colour_bands(card.bands, before)
+    if wanted:
+        return (f"; choose the images' {', '.join(name.lower() for name in card.bands)} bands, "
+                f"{', '.join(map(str, wanted))} (BANDS)")
     return f"; choose {expected} of the images' bands, in the model's order (BANDS)"
 
 

@@ -38,7 +38,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.bands import COLOURS, band_ranges, colour_bands
+from ..core.bands import COLOURS, band_ranges, model_colour_bands
 from ..core.change_model import trained_bands
 from ..core.change_detection import (MASK_NODATA, METHOD_LABELS, METHODS, ChangeOutputs, ChangeParams, ChangeResult,
                                      detect_changes)
@@ -396,13 +396,10 @@ class ChangeDetectionDock(JobDock):
             self._check_colour_bands(names)
 
     def _check_colour_bands(self, names: List[str]) -> None:
-        if sorted(n.lower() for n in names) != sorted(COLOURS):
-            return
         try:  # no file behind the layer, or one GDAL cannot read: nothing to check (running says why)
-            colours = dict(zip(COLOURS, colour_bands(layer_file(self.before_combo.currentLayer(), "before")) or ()))
+            wanted = model_colour_bands(names, layer_file(self.before_combo.currentLayer(), "before")) or []
         except RSLabError:
             return
-        wanted = [colours[n.lower()] for n in names] if colours else []
         if wanted and wanted != list(range(1, len(wanted) + 1)) and not self.bands_combo.chosen():
             self.bands_combo.check(wanted)
             self._auto_bands = self.bands_combo.chosen()

@@ -79,6 +79,7 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 NOT_ANOMALY_DATA = (".npz", ".pt", ".pth", ".json", ".csv", ".txt", ".zip")
 BEFORE_PEN = (120, 130, 150)
 AFTER_PEN = (230, 120, 20)
+CHART_PENS = {"before": BEFORE_PEN, "after": AFTER_PEN}  # the per-layer chart's series
 LOSS_PEN = (200, 80, 40)
 METRIC_PEN = (40, 110, 200)
 DASH = "—"
@@ -396,7 +397,7 @@ class CompressionDock(JobDock):
         self._chart_plot = plot
         self._set_chart_legend(("before", "after"))
         self.bars: Dict[str, pg.BarGraphItem] = {}
-        for name, colour in (("before", BEFORE_PEN), ("after", AFTER_PEN)):
+        for name, colour in CHART_PENS.items():
             bars = pg.BarGraphItem(x=[], height=[], width=0.4, brush=pg.mkBrush(*colour),
                                    pen=pg.mkPen(*colour), name=name)
             plot.addItem(bars)
@@ -406,8 +407,7 @@ class CompressionDock(JobDock):
     def _set_chart_legend(self, shown: Sequence[str]) -> None:
         """The legend is the title (a legend inside the plot would hide the tallest bars), naming the series drawn
         (a compressed checkpoint has no per-layer figures before: 'before' was listed and never drawn)."""
-        pens = {"before": BEFORE_PEN, "after": AFTER_PEN}
-        self._chart_plot.setTitle(" &nbsp; ".join(f"{legend_mark(pens[name], SQUARE)} {name}" for name in shown),
+        self._chart_plot.setTitle(" &nbsp; ".join(f"{legend_mark(CHART_PENS[name], SQUARE)} {name}" for name in shown),
                                   size="9pt", color="#333")
 
     def _curve_plot(self, title: str, label: str, colour: Tuple[int, int, int]):
