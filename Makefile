@@ -32,8 +32,10 @@ $(VENV)/.setup-done: requirements.txt requirements-dev.txt constraints.txt core/
 	$(PY) -c "import numpy, sys; assert numpy.__version__.startswith('1.'), numpy.__version__; import torch, qgis.core, rasterio, $(PLUGIN_NAME).core"
 	touch $@
 
+# pytest's exit code 5 (no test collected) is a failure, said as such (make would only report "Error 5")
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(PYTEST_ARGS); code=$$?; \
+	if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$code
 
 DEMO_PROFILE := build/qgis-demo-profile
 SAMPLES := resources/samples

@@ -1,7 +1,6 @@
 """The RS Lab plugin object: menu, toolbar, lazily created docks, Processing provider."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List
 
 from qgis.core import QgsApplication
@@ -11,17 +10,17 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QDockWidget, QPushButton
 
 from .core import dependencies
+from .core.resources import ICON_DIR
 from .ui.environment import activate_environments
 
 if TYPE_CHECKING:  # the dialog needs packages the plugin may be loading without (Diagnostics installs them)
     from .ui.diagnostics_dialog import DiagnosticsDialog
 
-PLUGIN_DIR = Path(__file__).resolve().parent
 MENU = "RS &Lab"
 
 
 def icon(name: str) -> QIcon:
-    return QIcon(str(PLUGIN_DIR / "resources" / "icons" / name))
+    return QIcon(str(ICON_DIR / name))
 
 
 class RSLabPlugin:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import RSLabError
 from .gdal_exceptions import gdal_exceptions
-from .raster_io import RasterInfo, raster_info, same_grid
+from .raster_io import ASSIGN_CRS_HOW, RasterInfo, crs_name, raster_info, same_grid
 
 RESAMPLING = {"bilinear": "bilinear", "nearest": "near"}
 
@@ -193,7 +193,8 @@ def align_to(
                 f"{name} onto a map grid first (Raster > Projections > Warp)")
     if (reference.crs is None) != (other.crs is None):
         which = f"the {onto}" if reference.crs is None else f"the {role}"
-        raise RSLabError(f"only one of the two rasters has a CRS: {which} has none; set its CRS first")
+        raise RSLabError(f"only one of the two rasters has a CRS: {which}'s file has none; write one into it "
+                         f"({ASSIGN_CRS_HOW})")
     covered = overlap_fraction(reference, other)
     if covered <= 0:
         raise RSLabError(f"the two layers do not overlap: the {role} lies outside the {onto}'s extent")
@@ -222,7 +223,7 @@ def align_to(
     share = f"{100 * covered:.0f} % of it" if covered >= 0.005 else \
         f"only {100 * covered:.2g} % of it: little of the result will be data"
     note = (
-        f"the {role} ({other.width} x {other.height}, {other.crs or 'no CRS'}) was resampled ({resampling}) onto "
-        f"the {onto}'s grid ({reference.width} x {reference.height}, {reference.crs or 'no CRS'}); it covers {share}"
+        f"the {role} ({other.width} x {other.height}, {crs_name(other.crs)}) was resampled ({resampling}) onto "
+        f"the {onto}'s grid ({reference.width} x {reference.height}, {crs_name(reference.crs)}); it covers {share}"
     )
     return vrt, note

@@ -46,13 +46,12 @@ from .outputs import PendingOutputs, check_output_paths, work_folder
 from .overviews import add_overviews_to
 from .raster_io import gdal_env, open_raster, raster_info, read_label_window, read_window
 from .seeding import pixel_uniforms, seeded_global_generator
-from .tiling import OutputSpec, TileSpec, run_tiled, windows_for
+from .tiling import MASK_NODATA, OutputSpec, TileSpec, run_tiled, windows_for
 
 METHODS = ("bsdm_rx", "rx", "lrx")
 METHOD_LABELS = {"bsdm_rx": "BSDM + RX", "rx": "RX", "lrx": "Local RX"}  # as the dock and Processing show them
 PRECISIONS = ("auto", "float32", "bfloat16")
 TASK = "anomaly_detection"
-MASK_NODATA = 255
 LRX_COMPONENTS = 10
 LRX_MAX_OUTER = 255  # local RX's widest outer window: its tiles of 512 x 512 hold ~300 MB of local covariances
 # With fewer valid pixels per band than this, RX's covariance is poorly estimated and its
@@ -83,10 +82,10 @@ class AnomalyParams:
             raise RSLabError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.iterations < 1:
             raise RSLabError(f"BSDM needs at least one training iteration, got {self.iterations}")
-        for name in ("inner_window", "outer_window"):
-            value = getattr(self, name)
+        for name in ("inner", "outer"):  # said as people (and the dock) name them, not by the field's name
+            value = getattr(self, f"{name}_window")
             if value < 1 or value % 2 == 0:
-                raise RSLabError(f"{name} must be an odd number of pixels, got {value}")
+                raise RSLabError(f"the {name} window must be an odd number of pixels, got {value}")
         if self.outer_window > LRX_MAX_OUTER:
             raise RSLabError(f"the outer window can be at most {LRX_MAX_OUTER} pixels, got {self.outer_window} (for "
                              "a background that wide, global RX is the detector)")
@@ -102,6 +101,20 @@ class AnomalyParams:
             raise RSLabError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.max_train_pixels < 100:
             raise RSLabError(f"BSDM needs at least 100 training pixels, got {self.max_train_pixels}")
+
+
+# the parameters each method reads (the rest were reported too, as if a plain RX had run 500 iterations)
+METHOD_PARAMS = {
+    "bsdm_rx": ("iterations", "seed", "max_train_pixels", "rounds", "device", "model", "precision"),
+    "rx": (),
+    "lrx": ("inner_window", "outer_window"),
+}
+
+
+def used_params(params: AnomalyParams) -> Dict[str, Any]:
+    """The parameters `params.method` reads (and the method and false-alarm rate), for reports."""
+    return {key: value for key, value in asdict(params).items()
+            if key in ("method", "false_alarm_rate") or key in METHOD_PARAMS[params.method]}
 
 
 @dataclass(frozen=True)
@@ -322,15 +335,21 @@ READ_COST = 0.2  # one read pass over a pixel (value range, training sample, RX 
 # the passes after scoring (the score range, the ROC, the false-alarm threshold, the mask, overviews): at a fixed
 # 5 % of the bar, where a small scene spends a few tenths of a second, the time left said 50 s for 3 s
 TAIL_COST = 0.5 * READ_COST
+LRX_SCORING_COST = 19 * TAIL_COST  # local RX's scoring takes 95 % of its bar, the passes after it 5 %
 
 
-def stage_bounds(pixels: int, sample: int, iterations: int, rounds: int, trains: bool = True, bsdm: bool = True
-                 ) -> List[Tuple[float, float]]:
+def stage_bounds(pixels: int, sample: int, iterations: int, rounds: int, method: str = "bsdm_rx",
+                 trains: bool = True) -> List[Tuple[float, float]]:
     """The (start, end) fractions of [0, 1] for BSDM's reading (value range, sample), training and suppression
-    (with `bsdm`), then RX's statistics, RX's scores and the passes after them, in proportion to their expected
-    time (the dock's time left assumes the bar moves with time)."""
-    costs = [2 * READ_COST * pixels, iterations * sample if trains else 0.0, rounds * pixels] if bsdm else []
-    costs += [READ_COST * pixels, READ_COST * pixels, TAIL_COST * pixels]
+    (bsdm_rx only), then the detector's statistics, its scores and the passes after them, in proportion to their
+    expected time (the dock's time left assumes the bar moves with time). Local RX has no statistics pass of its
+    own: its scoring (box filters per component pair) is most of its time."""
+    costs = [2 * READ_COST * pixels, iterations * sample if trains else 0.0, rounds * pixels] \
+        if method == "bsdm_rx" else []
+    if method == "lrx":
+        costs += [0.0, LRX_SCORING_COST * pixels, TAIL_COST * pixels]
+    else:
+        costs += [READ_COST * pixels, READ_COST * pixels, TAIL_COST * pixels]
     total = float(sum(costs)) or 1.0
     bounds, start = [], 0.0
     for cost in costs:
@@ -383,7 +402,7 @@ def _training_sample(path: str, lo: float, hi: float, limit: int, valid_pixels: 
     return sample[chosen].astype(np.float32)
 
 
-def train_bsdm(sample: np.ndarray, params: AnomalyParams, device,
+def train_bsdm(sample: np.ndarray, params: AnomalyParams, device: Any,
                monitor: JobMonitor) -> Tuple[Any, List[float], str]:
     """Train the denoiser on pixel tokens to predict one fixed noise draw at t = 500 (MSE, AdamW, cosine).
 
@@ -430,7 +449,7 @@ def train_bsdm(sample: np.ndarray, params: AnomalyParams, device,
     return model, losses, precision
 
 
-def save_denoiser(model, path: str, scene: str, lo: float, hi: float, params: AnomalyParams) -> None:
+def save_denoiser(model: Any, path: str, scene: str, lo: float, hi: float, params: AnomalyParams) -> None:
     """Write a trained BSDM denoiser as an RS Lab checkpoint (for reuse on the scene, or compression) to `path`,
     a temporary name of the job's PendingOutputs."""
     from .checkpoint import ModelCard, save_checkpoint
@@ -447,8 +466,9 @@ def save_denoiser(model, path: str, scene: str, lo: float, hi: float, params: An
     save_checkpoint(path, model.state_dict(), card, atomic=False)
 
 
-def load_denoiser(path: str, bands: int, scene_bands: Optional[int] = None) -> Any:
-    """A BSDM denoiser checkpoint (float or compressed) for a `bands`-band image, ready for inference.
+def load_denoiser(path: str, bands: int, scene_bands: Optional[int] = None) -> Tuple[Any, str]:
+    """A BSDM denoiser checkpoint (float or compressed) for a `bands`-band image, ready for inference, and the
+    file name of the scene its card says it was trained on ('' if it does not say).
 
     `scene_bands`: the file's own band count, when bad or empty bands were left out of the `bands` used.
     """
@@ -460,7 +480,7 @@ def load_denoiser(path: str, bands: int, scene_bands: Optional[int] = None) -> A
             f"{bands} usable bands (of its {scene_bands}: {scene_bands - bands} are flagged bad or empty)"
         raise RSLabError(f"{os.path.basename(path)} was trained for {checkpoint.card.arguments.get('bands')} bands; "
                          f"the image has {has}")
-    return build_model(checkpoint)
+    return build_model(checkpoint), str(checkpoint.card.training.get("data") or "")
 
 
 def _suppress_raster(source: str, output: str, model, lo: float, hi: float, params: AnomalyParams, device,
@@ -662,7 +682,7 @@ def detect_anomalies(
     if info.count < 2:
         raise RSLabError(f"{os.path.basename(cube)} has {info.count} band; anomaly detection needs a multiband image")
     check_anomaly_outputs(params, outputs)
-    result = AnomalyResult(outputs=outputs, method=params.method, params=asdict(params), width=info.width,
+    result = AnomalyResult(outputs=outputs, method=params.method, params=used_params(params), width=info.width,
                            height=info.height, bands=info.count, timings=monitor.timings, device="cpu (numpy)",
                            inputs=absolute_paths({"image": cube, "reference": reference, "denoiser": params.model}))
 
@@ -692,11 +712,9 @@ def detect_anomalies(
         source, source_bands = cube, bands
         pixels = info.width * info.height
         bounds = [monitor.sub(*b) for b in stage_bounds(pixels, min(params.max_train_pixels, pixels),
-                                                        params.iterations, params.rounds,
-                                                        trains=not params.model, bsdm=params.method == "bsdm_rx")]
+                                                        params.iterations, params.rounds, params.method,
+                                                        trains=not params.model)]
         rx_statistics, scoring, tail = bounds[-3:]
-        if params.method == "lrx":  # its scoring (box filters per component pair) is most of the time
-            scoring, tail = monitor.sub(0.0, 0.95), monitor.sub(0.95, 1.0)
         if params.method == "bsdm_rx":
             device = select_device(params.device)
             result.device = describe_device(device)
@@ -706,8 +724,14 @@ def detect_anomalies(
                 if valid_pixels <= info.count:  # said before training, not after it when RX's statistics fail
                     raise too_few_pixels(valid_pixels, info.count)
                 if params.model:
-                    model = load_denoiser(params.model, info.count, file_bands).to(device)
-                    result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} (not trained on this scene)")
+                    model, trained_on = load_denoiser(params.model, info.count, file_bands)
+                    model = model.to(device)
+                    # by file name: the card keeps no path (a denoiser saved here and reused here was said to be
+                    # 'not trained on this scene')
+                    where = ("trained on a scene of this file's name" if trained_on == os.path.basename(cube)
+                             else f"trained on {trained_on}, not on this scene" if trained_on
+                             else "not trained on this scene")
+                    result.notes.append(f"BSDM denoiser read from {os.path.basename(params.model)} ({where})")
                 else:
                     sample = _training_sample(cube, lo, hi, params.max_train_pixels, valid_pixels, params.seed,
                                               reading.sub(0.5, 1.0), bands)

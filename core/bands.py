@@ -24,7 +24,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .errors import RSLabError
 from .gdal_exceptions import gdal_exceptions
-from .raster_io import alpha_bands, band_wavelengths, data_bands, decimated_shape, gdal_env, open_raster, read_bands
+from .raster_io import (UNIT_SYMBOLS, alpha_bands, band_wavelengths, data_bands, decimated_shape, gdal_env,
+                        open_raster, read_bands, wavelength_unit_of)
 
 # Red, green and blue light: the centres a true-colour view takes its bands nearest to, and how far
 # off a band may lie (Sentinel-2's B4, B3, B2 at 665, 560, 490 nm qualify; a SWIR-only cube does not).
@@ -70,15 +71,21 @@ def band_subset(path: str, bands: Sequence[int], workdir: str, tag: str = "bands
 def true_colour_bands(path: str) -> Optional[Tuple[int, int, int]]:
     """The file's (red, green, blue) bands, 1-based: those nearest 640, 550 and 470 nm by its band wavelengths.
 
-    None when the file has no wavelengths in nm or µm, or no good band lies within
+    None when the file has no wavelengths in nm or µm (given without a unit, values of 100 or more are nm, smaller
+    ones µm, as raster_io.wavelength_unit_of reads them), or no good band lies within
     TRUE_COLOUR_TOLERANCE_NM of one of the three. Bands its ENVI header flags bad are passed over.
     """
     with gdal_env(), open_raster(path) as ds:
         wavelengths = band_wavelengths(ds)
         bands = data_bands(ds)
-    if wavelengths is None or wavelengths[1] not in _NANOMETRES_PER:
+    if wavelengths is None:
         return None
-    nanometres = wavelengths[0] * _NANOMETRES_PER[wavelengths[1]]
+    values, unit = wavelengths
+    if not unit:  # an ENVI header without `wavelength units`: read as import_cube reads a .mat's
+        unit = UNIT_SYMBOLS[wavelength_unit_of(values).lower()]
+    if unit not in _NANOMETRES_PER:
+        return None
+    nanometres = values * _NANOMETRES_PER[unit]
     good = _good_flags(path) or [True] * len(bands)
     candidates = [i for i, ok in enumerate(good) if ok]
     chosen = []

@@ -136,7 +136,7 @@ def _macs(module, output, mode: str) -> int:
     return positions * module.out_channels * (module.in_channels // groups) * _kernel_volume(module)
 
 
-def model_size_bits(model) -> int:
+def model_size_bits(model: Any) -> int:
     """Storage of all parameters and buffers: conv/linear weights at their bits, everything else at 32."""
     from .quantization import quantisable_layers
 

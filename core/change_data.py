@@ -20,7 +20,7 @@ from rasterio.windows import Window
 from .bands import band_subset, check_bands
 from .change_reference import read_reference
 from .errors import RSLabError
-from .raster_io import describe, gdal_env, open_raster, read_decimated, read_window, same_grid
+from .raster_io import ASSIGN_CRS_HOW, crs_name, describe, gdal_env, open_raster, read_decimated, read_window, same_grid
 from .tiling import partition
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -87,13 +87,12 @@ def check_pair(pair: ChangePair) -> Tuple[int, int, int]:
         raise RSLabError(f"{pair.name}: before, after and label rasters are not on one grid")
     if ia.georeferenced and il.georeferenced and not same_grid(ia, il):
         if ia.crs is not None and il.crs is None and ia.transform.almost_equals(il.transform):
-            raise RSLabError(f"{pair.name}: the label raster has no CRS (its pixels lie where the images' do, in "
-                             f"{ia.crs}); set its CRS to the images' (Layer Properties > Source, or gdal_edit.py "
-                             "-a_srs)")
+            raise RSLabError(f"{pair.name}: the label raster's file has no CRS (its pixels lie where the images' "
+                             f"do, in {crs_name(ia.crs)}); write the images' CRS into it ({ASSIGN_CRS_HOW})")
         # read pixel for pixel, it trained on labels off their pixels (detection resamples such a reference)
         raise RSLabError(f"{pair.name}: the label raster has the images' size but lies elsewhere on the map "
-                         f"({il.crs or 'no CRS'}, origin {il.transform.c:g}, {il.transform.f:g}; the before image: "
-                         f"{ia.crs or 'no CRS'}, {ia.transform.c:g}, {ia.transform.f:g}); training reads labels "
+                         f"({crs_name(il.crs)}, origin {il.transform.c:g}, {il.transform.f:g}; the before image: "
+                         f"{crs_name(ia.crs)}, {ia.transform.c:g}, {ia.transform.f:g}); training reads labels "
                          "pixel for pixel: resample it onto the before image's grid first (Raster > Projections > "
                          "Warp, nearest neighbour)")
     return ia.count, ia.height, ia.width

@@ -41,7 +41,7 @@ import numpy as np
 from .alignment import align_to
 from .bands import band_descriptions, band_order_note, band_subset, check_bands, colour_order_note, model_colour_bands
 from .change_data import IMAGENET_MEAN, IMAGENET_STD, band_statistics, fill_nodata
-from .change_model import predict_pair, trained_bands_hint
+from .change_model import TASK, predict_pair, trained_bands_hint
 from .change_reference import check_coding, coding_note, read_reference, survey_reference
 from .checkpoint import Checkpoint, build_model, load_checkpoint
 from .device import describe_device, select_device
@@ -51,13 +51,11 @@ from .metrics import Confusion, HistogramAUC
 from .outputs import PendingOutputs, check_output_paths
 from .overviews import add_overviews_to
 from .raster_io import gdal_env, open_raster, raster_info, read_decimated, read_window
-from .tiling import OutputSpec, TileSpec, run_tiled, windows_for
+from .tiling import MASK_NODATA, OutputSpec, TileSpec, run_tiled, windows_for
 from .weights import default_checkpoint
 
 METHODS = ("arcdnet", "cva")
 METHOD_LABELS = {"arcdnet": "AR-CDNet (deep model)", "cva": "CVA (no model)"}  # as the dock and Processing show them
-TASK = "change_detection"
-MASK_NODATA = 255
 
 
 @dataclass(frozen=True)

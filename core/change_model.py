@@ -9,6 +9,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+TASK = "change_detection"  # the task a change detector's model card names
 STRIDE = 32  # the encoder's output stride: inputs are padded to a multiple of it
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from .bands import band_descriptions
 from .change_data import (ChangePair, PairSampler, band_views, check_pair, default_normalisation, pair_shapes,
                           read_pair)
-from .change_model import predict_pair, trained_bands_hint
+from .change_model import TASK, normalise, predict_pair, trained_bands_hint
 from .change_reference import ReferenceValues, check_coding, coding_note, survey_reference
 from .checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
 from .device import describe_device, select_device
@@ -37,9 +37,13 @@ from .outputs import check_output_paths
 from .seeding import seeded_global_generator
 from .tiling import TileSpec, tile_grid
 
-TASK = "change_detection"
 CROP_SAMPLING = {"auto": None, "uniform": False, "labelled": True}  # -> PairSampler's `centred`
 EpochFn = Callable[[Dict[str, float]], None]
+
+# the network widths offered by name: (encoder base, decoder channels), and AR-CDNet's parameter count with them
+# on 3 bands (tests/test_arcdnet.py checks both); "narrow" is the shipped default's
+WIDTH_PRESETS: Dict[str, Tuple[int, int]] = {"narrow": (32, 32), "full": (64, 64)}
+WIDTH_PARAMETERS: Dict[str, str] = {"narrow": "3.6 M", "full": "14.3 M"}
 
 
 @dataclass(frozen=True)
@@ -178,13 +182,17 @@ class TrainingProgress:
         self.passes_done += 1
 
 
-def _batch(sampler: PairSampler, size: int, device):
+def crop_batch(sampler: PairSampler, size: int, mean: Sequence[float], std: Sequence[float], device: Any = "cpu"
+               ) -> Tuple[Any, Any, Any, Any]:
+    """`size` crops from `sampler` as the model is fed them (training, and compression's fine-tuning): the
+    before and after images normalised as detection normalises them (change_model.normalise), the labels and
+    the validity masks as (N, 1, h, w) tensors on `device`."""
     import torch
 
     crops = [sampler.sample() for _ in range(size)]
-    stack = [torch.from_numpy(np.stack([c[i] for c in crops])) for i in range(4)]
-    a, b, y, v = stack
-    return a.to(device), b.to(device), y[:, None].to(device), v[:, None].float().to(device)
+    a, b, y, v = (np.stack([c[i] for c in crops]) for i in range(4))
+    a, b = (torch.from_numpy(normalise(x, mean, std)).to(device) for x in (a, b))
+    return a, b, torch.from_numpy(y)[:, None].to(device), torch.from_numpy(v)[:, None].float().to(device)
 
 
 def train_change_detector(
@@ -278,8 +286,6 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         optimiser = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     else:
         optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    m_t = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
-    s_t = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
 
     result = TrainChangeResult(device=describe_device(device), timings=monitor.timings,
                                notes=[n for n in (note, width_note) if n])
@@ -292,9 +298,9 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         monitor.step(plan.at(iteration), f"iteration {iteration + 1} of {params.iterations}")
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(iteration, params)
-        a, b, y, v = _batch(sampler, params.batch_size, device)
+        a, b, y, v = crop_batch(sampler, params.batch_size, mean, std, device)
         with monitor.timed("train"):
-            outputs = model((a - m_t) / s_t, (b - m_t) / s_t)
+            outputs = model(a, b)
             loss, _ = arcdnet_loss(outputs, y, v)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import datetime as _dt
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .bops import FULL_PRECISION, MAX_BITS, MIN_BITS, MODES, bops_ratio, count_bops
 from .checkpoint import build_model, load_checkpoint
+from .device import describe_device, select_device
 from .pic_pq import MAX_PENALTY, MAX_REDUCTION
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
@@ -58,9 +60,9 @@ class CompressParams:
             raise RSLabError(f"the penalty factor must be between 0 and {MAX_PENALTY:g}, got {self.penalty}")
         if not 0.0 < self.epochs <= 1000:
             raise RSLabError(f"epochs must be positive (at most 1000), got {self.epochs}")
-        if self.ghost_threshold <= 0:
+        if not (math.isfinite(self.ghost_threshold) and self.ghost_threshold > 0):  # NaN too (as GhostParams)
             raise RSLabError(f"the GHOST threshold must be positive, got {self.ghost_threshold}")
-        if self.distillation_weight < 0:
+        if not (math.isfinite(self.distillation_weight) and self.distillation_weight >= 0):
             raise RSLabError(f"the distillation weight cannot be negative, got {self.distillation_weight}")
         if not 0.0 < self.lr <= 1.0:
             raise RSLabError(f"the learning rate must be in (0, 1], got {self.lr}")
@@ -187,8 +189,10 @@ def compress_checkpoint(
     model = build_model(checkpoint)  # its weights are the checkpoint's: nothing random
     task = task_for(checkpoint, data_path, params.seed, **(task_options or {}))
     example = task.example_inputs()
-    result = CompressResult(method=params.method, metric=task.metric, device="cpu", timings=monitor.timings)
-    result.notes = [note for note in (getattr(task, "note", None), getattr(task, "bad_band_note", None)) if note]
+    # on the CPU even beside a GPU: the tasks build their data and models there (threads: RSLAB_THREADS)
+    result = CompressResult(method=params.method, metric=task.metric, device=describe_device(select_device("cpu")),
+                            timings=monitor.timings)
+    result.notes = list(task.notes)
 
     with monitor.timed("evaluate"):
         monitor.step(0.01, "scoring the full-precision model")
@@ -218,7 +222,7 @@ def compress_checkpoint(
     card.training = {
         **checkpoint.card.training,
         "compression": {
-            "method": params.method, "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
+            "method": params.method, "metric": task.metric, "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
             "source": checkpoint.path, "data": data_path,
             "gbops_before": round(before.gbops, 4), "gbops_after": round(after.gbops, 4),
             "bops_ratio": round(result.bops_ratio, 3),

@@ -10,10 +10,11 @@ of the plugin has an adapter here:
 - `change_detection` (AR-CDNet): a folder laid out as A/, B/, label/; pairs
   listed in the checkpoint card's training data are used for fine-tuning, the
   others for the score (F1 in percent), or a `held_out` list picks them.
-- `anomaly_detection` (BSDM denoiser): a hyperspectral raster (and optionally
-  a reference mask); the loss is BSDM's own (predict the pseudo background
-  noise), the score AUC(D,F) of BSDM + RX in percent with a reference, else
-  the negative denoising loss.
+- `anomaly_detection` (BSDM denoiser): an ABU .mat scene (with its reference
+  `map`) or a hyperspectral raster; the loss is BSDM's own (predict the pseudo
+  background noise), the score AUC(D,F) of BSDM + RX in percent with a
+  reference (metric "auc"), else the denoising fit, 100 x (1 - loss) (metric
+  "fit").
 
 `batch()` returns (inputs, target) where inputs is a tuple for model(*inputs).
 """
@@ -41,6 +42,7 @@ class CompressionTask(ABC):
     name: str = ""
     metric: str = ""  # the score's name, e.g. "accuracy" or "f1" (higher is better, in percent)
     rng: np.random.Generator
+    notes: List[str]  # what a user should know about how the data was read or split; set in __init__
 
     @abstractmethod
     def example_inputs(self) -> Tuple[Any, ...]:
@@ -102,6 +104,7 @@ class ClassificationTask(CompressionTask):
         self.x_test = self._tensor(x_test, mean, std)
         self.y_test = torch.from_numpy(y_test.astype(np.int64))
         self.rng = np.random.default_rng(seed)
+        self.notes = []
 
     @staticmethod
     def _tensor(x: np.ndarray, mean: np.ndarray, std: np.ndarray):
@@ -175,7 +178,7 @@ class ChangeDetectionTask(CompressionTask):
         if not os.path.isdir(data_path):
             raise RSLabError(f"change-detection data must be a folder with A/, B/ and label/: {data_path}")
         pairs = pairs_from_folder(data_path)
-        self.note: Optional[str] = None
+        self.notes = []
         if held_out is not None:
             evaluation = [p for p in pairs if p.name in set(held_out)]
             training = [p for p in pairs if p.name not in set(held_out)]
@@ -188,24 +191,18 @@ class ChangeDetectionTask(CompressionTask):
                                  "left to score it on fairly: give a folder that also holds pairs it has not seen")
             if not training:  # none it trained on: hold some out, so it is not scored on what it fine-tunes on
                 training, evaluation = split_validation(pairs, VALIDATION_SHARE)
-                self.note = (f"the model trained on none of these {len(pairs)} pairs: "
-                             f"{', '.join(p.name for p in evaluation)} score it, the others fine-tune it")
                 if training == evaluation:
-                    self.note = (f"one pair ({pairs[0].name}) both fine-tunes and scores the model: the score after "
-                                 "compression is measured on data it was fine-tuned on")
+                    self.notes.append(f"one pair ({pairs[0].name}) both fine-tunes and scores the model: the score "
+                                      "after compression is measured on data it was fine-tuned on")
+                else:
+                    self.notes.append(f"the model trained on none of these {len(pairs)} pairs: "
+                                      f"{', '.join(p.name for p in evaluation)} score it, the others fine-tune it")
         self.training, self.evaluation = training, evaluation
         self.mean = checkpoint.card.normalisation["mean"]
         self.std = checkpoint.card.normalisation["std"]
         self.sampler = PairSampler(training, crop, seed, fill=self.mean)  # nodata as detection feeds it
         self.rng = np.random.default_rng(seed)
         self.bands = self.sampler.bands
-
-    def _normalise(self, x):
-        import torch
-
-        m = torch.tensor(self.mean, dtype=torch.float32)[None, :, None, None]
-        s = torch.tensor(self.std, dtype=torch.float32)[None, :, None, None]
-        return (x - m) / s
 
     def example_inputs(self) -> Tuple[Any, ...]:
         import torch
@@ -214,12 +211,11 @@ class ChangeDetectionTask(CompressionTask):
         return (x, x.clone())
 
     def batch(self, size: int) -> Batch:
-        import torch
+        from .change_training import crop_batch
 
         self.sampler.rng = self.rng  # one random stream per task, so calibration batches are reproducible
-        crops = [self.sampler.sample() for _ in range(size)]
-        a, b, y, v = (torch.from_numpy(np.stack([c[i] for c in crops])) for i in range(4))
-        return (self._normalise(a), self._normalise(b)), (y[:, None], v[:, None].float())
+        a, b, y, v = crop_batch(self.sampler, size, self.mean, self.std)
+        return (a, b), (y, v)
 
     def loss(self, model: Any, batch: Batch) -> Any:
         from ..models.arcdnet import arcdnet_loss
@@ -241,11 +237,13 @@ class AnomalyTask(CompressionTask):
 
     Fine-tuning uses BSDM's own objective (predict the fixed pseudo-noise draw at
     t = 500 from x_t). The score is AUC(D,F) of BSDM + RX in percent when the scene
-    has a reference (a .mat `map`), else 100 x (1 - denoising loss).
+    has a reference (a .mat `map`) marking anomaly and background pixels, else the
+    denoising fit, 100 x (1 - denoising loss), named "fit" (it was called "auc" too,
+    and the panel showed it as an AUC).
     """
 
     name = "anomaly_detection"
-    metric = "auc"
+    metric = "auc"  # "fit" on a scene without a usable reference (set per scene in __init__)
     MAX_PIXELS = 1_000_000
 
     def __init__(self, checkpoint: Checkpoint, data_path: str, seed: int = 0, rounds: int = 10) -> None:
@@ -257,7 +255,7 @@ class AnomalyTask(CompressionTask):
         bands = int(checkpoint.card.arguments.get("bands", 0))
         if pixels.shape[1] != bands:
             raise RSLabError(f"the denoiser was trained for {bands} bands; {os.path.basename(data_path)} has "
-                             f"{pixels.shape[1]}{' good bands' if self.bad_band_note else ''}")
+                             f"{pixels.shape[1]}{' good bands' if self.notes else ''}")
         lo, hi = float(pixels.min()), float(pixels.max())
         if hi <= lo:
             raise RSLabError("the scene is constant: there is nothing to score")
@@ -266,6 +264,10 @@ class AnomalyTask(CompressionTask):
         self.noise, self.x_t = fixed_noise_input(x, seed)
         self.step = torch.tensor(T_FIXED)
         self.reference = reference
+        if reference is None or not reference.any() or reference.all():
+            self.metric = "fit"
+            self.notes.append("the scene has no reference marking both anomaly and background pixels: the score is "
+                              "the denoising fit, 100 x (1 - BSDM's loss), not an AUC")
         self.rounds = rounds
         self.rng = np.random.default_rng(seed)
 
@@ -279,7 +281,7 @@ class AnomalyTask(CompressionTask):
         from .bands import good_bands
         from .raster_io import gdal_env, open_raster, read_window
 
-        self.bad_band_note: Optional[str] = None
+        self.notes = []  # bands left out, the only note this task gives
         if not os.path.isfile(path):
             raise RSLabError(f"anomaly scene not found: {path}")
         if path.lower().endswith(".mat"):
@@ -292,7 +294,7 @@ class AnomalyTask(CompressionTask):
             finite = np.isfinite(cube)
             empty = ~finite.any(axis=(1, 2))  # bands NaN everywhere are left out, as detection leaves them out
             if empty.any() and (~empty).sum() >= 2:
-                self.bad_band_note = f"{int(empty.sum())} bands hold no valid value and were left out"
+                self.notes.append(f"{int(empty.sum())} bands hold no valid value and were left out")
                 cube, finite = cube[~empty], finite[~empty]
             valid = finite.all(axis=0)
             reference = variables.get("map")
@@ -300,7 +302,9 @@ class AnomalyTask(CompressionTask):
                 raise RSLabError(f"{os.path.basename(path)}'s 'map' is {np.shape(reference)}, its cube "
                                  f"{valid.shape[0]} x {valid.shape[1]} pixels")
         else:
-            good, _, self.bad_band_note = good_bands(path)
+            good, _, bad_band_note = good_bands(path)
+            if bad_band_note:
+                self.notes.append(bad_band_note)
             with gdal_env(), open_raster(path) as ds:
                 if ds.width * ds.height > self.MAX_PIXELS:
                     raise RSLabError(f"the scene has {ds.width * ds.height} pixels; compression scores a scene "
@@ -345,14 +349,11 @@ class AnomalyTask(CompressionTask):
         model.eval()
         with torch.no_grad():
             loss = float(F.mse_loss(model(self.x_t, self.step), self.noise))
-            suppressed = suppress_background(model, self.x, self.rounds).double().numpy()
+            suppressed = None if self.metric == "fit" else suppress_background(model, self.x, self.rounds)
         model.train(was_training)
-        scores = {"loss": loss}
-        if self.reference is None or not self.reference.any() or self.reference.all():
-            scores["auc"] = 100.0 * (1.0 - loss)
-            return scores
-        scores["auc"] = 100.0 * rank_auc(global_rx(suppressed), self.reference)
-        return scores
+        if suppressed is None:
+            return {"loss": loss, "fit": 100.0 * (1.0 - loss)}
+        return {"loss": loss, "auc": 100.0 * rank_auc(global_rx(suppressed.double().numpy()), self.reference)}
 
 
 TASKS = {"classification": ClassificationTask, "change_detection": ChangeDetectionTask,

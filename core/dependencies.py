@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence
 
-PLUGIN_DIR = Path(__file__).resolve().parent.parent
+PLUGIN_DIR = Path(__file__).resolve().parent.parent  # here, not core/resources.py: `make setup` runs this file alone
 REQUIREMENTS = PLUGIN_DIR / "requirements.txt"
 CONSTRAINTS = PLUGIN_DIR / "constraints.txt"
 

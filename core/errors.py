@@ -8,6 +8,9 @@ returns True; the job has removed its partial outputs by then.
 """
 
 
+CANCELLED_MESSAGE = "cancelled; no output was written"  # what a cancelled job's caller is told, everywhere
+
+
 class RSLabError(Exception):
     """Bad input or a failed job, with a message meant for the user."""
 

@@ -97,13 +97,13 @@ import numpy as np
 
 from .checkpoint import ModelCard, save_checkpoint
 from .errors import RSLabError
+from .bops import FULL_PRECISION
 from .job import JobMonitor
 from .outputs import PendingOutputs, check_name_length
 
 FORMATS = ("checkpoint", "onnx", "torchscript", "report")
 SUFFIXES = {"checkpoint": ".pt", "onnx": ".onnx", "torchscript": ".torchscript.pt", "report": ".report.json"}
 MIN_OPSET = 13
-FULL_PRECISION = 32
 REPORT_FORMAT = "rslab-compression-report"
 
 # Output names of models that return several maps, by class name (a model can

@@ -26,7 +26,7 @@ import numpy as np
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .outputs import PendingOutputs, check_output_paths
-from .raster_io import WAVELENGTH_KEY, WAVELENGTH_UNITS_KEY, gdal_env, open_output
+from .raster_io import WAVELENGTH_KEY, WAVELENGTH_UNITS_KEY, gdal_env, open_output, wavelength_unit_of
 
 WAVELENGTH_VARIABLES = ("wavelengths", "wavelength", "wavlength")  # the last: MUUFL Gulfport's spelling
 # numpy dtypes GDAL 3.6 GeoTIFF stores as they are.
@@ -165,7 +165,7 @@ def _wavelengths(variables: Dict[str, Any], bands: int) -> Tuple[Optional[np.nda
         values = values.astype(np.float64).ravel() if values.dtype.kind in "iuf" else np.empty(0)
         if len(values) != bands or not np.all(np.isfinite(values)):
             return None, None, f"{key!r} is not one finite wavelength per band; bands are numbered instead"
-        unit = "Nanometers" if values.max() >= 100 else "Micrometers"
+        unit = wavelength_unit_of(values)
         span = f"{values.min():.4g}-{values.max():.4g}"
         return values, unit, f"band wavelengths from {key!r} ({span}, read as {unit.lower()})"
     return None, None, ""
@@ -188,8 +188,9 @@ def import_cube(
     with monitor.timed("read"):
         variables = read_mat_variables(input_path)
     cube_key, cube, found_note = _cube_variable(variables, params.cube_key, name)
-    if cube.ndim == 2:
-        cube = cube[:, :, None]
+    if cube.ndim == 2:  # Houston 2013's HSI_TrSet (2832 pixels x 144 bands) came out as a one-band image
+        raise RSLabError(f"{cube_key!r} in {name} is 2-D ({cube.shape[0]} x {cube.shape[1]}): a table of pixels "
+                         "by bands or a single-band image, not an H x W x B cube; name a 3-D variable with CUBE_KEY")
     if cube.ndim != 3:
         raise RSLabError(f"{cube_key!r} in {name} has shape {cube.shape}; a cube must be H x W x B")
     height, width, bands = cube.shape

@@ -72,6 +72,27 @@ class RasterInfo:
         return (self.height, self.width)
 
 
+# how to give a file a CRS, for messages: a CRS set on a layer in QGIS changes the layer, not its file
+ASSIGN_CRS_HOW = ("Raster > Projections > Assign Projection, or gdal_edit.py -a_srs EPSG:…; RS Lab reads the file, "
+                  "and a CRS set on the layer in QGIS does not reach it")
+
+
+def crs_name(crs: Optional[Any]) -> str:
+    """A CRS as messages name it: 'EPSG:32616', else its name ('WGS 84 / UTM zone 16N'), 'no CRS' for None (a
+    CRS without an EPSG code printed as its whole WKT, some 750 characters)."""
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    if epsg:
+        return f"EPSG:{epsg}"
+    try:
+        from pyproj import CRS
+
+        return CRS.from_wkt(crs.to_wkt()).name
+    except Exception:  # a CRS pyproj cannot read: its WKT, however long
+        return crs.to_wkt()
+
+
 def _is_georeferenced(ds: Any) -> bool:
     if ds.crs is not None:
         return True
@@ -278,8 +299,15 @@ def read_decimated(ds: Any, max_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
 # `wavelength` / `wavelength units` and as `import_cube` writes it into GeoTIFFs.
 WAVELENGTH_KEY, WAVELENGTH_UNITS_KEY = "wavelength", "wavelength_units"
 WAVELENGTH_UNIT_KEYS = (WAVELENGTH_UNITS_KEY, "wavelength_unit")  # the second: GDAL's Sentinel-2 driver
-_UNIT_SYMBOLS = {"nanometers": "nm", "nanometer": "nm", "nm": "nm", "micrometers": "µm", "micrometer": "µm",
+UNIT_SYMBOLS = {"nanometers": "nm", "nanometer": "nm", "nm": "nm", "micrometers": "µm", "micrometer": "µm",
                  "microns": "µm", "micron": "µm", "um": "µm", "µm": "µm"}
+
+
+def wavelength_unit_of(values: np.ndarray) -> str:
+    """The unit wavelengths given without one are read in ("Nanometers" or "Micrometers", GDAL's words):
+    values of 100 or more are nanometres, smaller ones micrometres (visible to SWIR spans 0.4-2.5 µm, 400-2500
+    nm). For .mat files, which never say, and ENVI headers without `wavelength units`."""
+    return "Nanometers" if float(np.max(values)) >= 100 else "Micrometers"
 
 
 def band_wavelengths(ds: Any) -> Optional[Tuple[np.ndarray, str]]:
@@ -299,7 +327,7 @@ def band_wavelengths(ds: Any) -> Optional[Tuple[np.ndarray, str]]:
     if not values or not np.all(np.isfinite(values)):
         return None
     unit = units.pop() if len(units) == 1 else ""
-    return np.asarray(values), _UNIT_SYMBOLS.get(unit.lower(), unit)
+    return np.asarray(values), UNIT_SYMBOLS.get(unit.lower(), unit)
 
 
 def output_profile(

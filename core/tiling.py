@@ -75,6 +75,9 @@ class Tile:
     core: Window
 
 
+MASK_NODATA = 255  # a uint8 mask output's nodata (0 and 1 are its classes)
+
+
 @dataclass(frozen=True)
 class OutputSpec:
     """One output raster of a tiled job. nodata None means NaN for float types."""

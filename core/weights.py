@@ -6,12 +6,11 @@ resources/weights/README.md lists them with their provenance.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 from .errors import RSLabError
+from .resources import WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "resources" / "weights"
 
 # task -> [(label shown to users, file name)], the default first.
 SHIPPED: Dict[str, List[Tuple[str, str]]] = {

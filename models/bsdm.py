@@ -15,7 +15,7 @@ sqrt(abar) = 0.279 and gamma = 17.5 (0-based steps, as METHODS.md states).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -127,7 +127,7 @@ class BSDMDenoiser(nn.Module):
             h = block(h, temb)
         return self.output(h)
 
-    def distillation_layers(self):
+    def distillation_layers(self) -> List[str]:
         """The residual blocks' outputs: the feature maps GHOST's self-distillation compares (core/ghost.py)."""
         return [f"blocks.{i}" for i in range(len(self.blocks))]
 

@@ -38,12 +38,6 @@ def load_builtin() -> None:
             importlib.import_module(f"{__package__}.{module.name}")
 
 
-def names() -> list:
-    """Registered architecture names, sorted."""
-    load_builtin()
-    return sorted(_ARCHITECTURES)
-
-
 def architecture(name: str) -> Type[Any]:
     """The class registered under `name`, or RSLabError listing the known ones."""
     if name not in _ARCHITECTURES:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from qgis.core import (
@@ -12,6 +11,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterFile,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
@@ -22,12 +22,11 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.change_labels import burn_labels
 from ..core.dependencies import missing_package_message
-from ..core.errors import JobCancelled, RSLabError
-from ..ui.layers import layer_file
+from ..core.errors import CANCELLED_MESSAGE, JobCancelled, RSLabError
+from ..core.resources import ICON_DIR
+from ..ui.layers import layer_file, style_path
 
-PLUGIN_DIR = Path(__file__).resolve().parent.parent
-STYLE_DIR = PLUGIN_DIR / "resources" / "styles"
-ICON = PLUGIN_DIR / "resources" / "icons" / "rslab.svg"
+ICON = ICON_DIR / "rslab.svg"
 
 CHECKPOINT_FILTER = "RS Lab checkpoints (*.pt);;All files (*)"
 
@@ -84,7 +83,7 @@ class StyleFromQml(QgsProcessingLayerPostProcessorInterface):
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt API)
         if layer is not None and layer.isValid():
-            message, ok = layer.loadNamedStyle(str(STYLE_DIR / self.style))
+            message, ok = layer.loadNamedStyle(str(style_path(self.style)))
             if not ok:
                 feedback.reportError(f"could not apply style {self.style}: {message}")
             layer.triggerRepaint()
@@ -118,7 +117,7 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         except JobCancelled as exc:
             # a failure, not an empty success: `qgis_process run … && next_step` went on after a cancel (exit
             # status 0), and processing.run returned {} to a script that then met a KeyError
-            raise QgsProcessingException("cancelled; no output was written") from exc
+            raise QgsProcessingException(CANCELLED_MESSAGE) from exc
         except RSLabError as exc:
             raise QgsProcessingException(str(exc)) from exc
         except ImportError as exc:  # torch not installed yet: say what to do, not a traceback
@@ -181,8 +180,11 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
 
     def band_list(self, parameters, name: str, context) -> Optional[Tuple[int, ...]]:
         """A multiple band parameter's bands in the order given (None when empty). Commas are read as QGIS
-        reads semicolons: its own parser took '3,2,1' (as the messages write band lists) for band 0."""
+        reads semicolons: its own parser took '3,2,1' (as the messages write band lists) for band 0, and an empty
+        string (`BANDS=` from a script's empty variable) for band 0 too."""
         value = parameters.get(name)
+        if isinstance(value, str) and not value.strip():
+            return None
         if isinstance(value, str) and re.search(r"[,\s]", value.strip()):
             parts = [part for part in re.split(r"[;,\s]+", value.strip()) if part]
             if not all(part.isdigit() for part in parts):
@@ -191,9 +193,27 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         return tuple(self.parameterAsInts(parameters, name, context)) or None
 
     @staticmethod
+    def output_asked(parameters, name: str) -> bool:
+        """Whether an optional output has a destination, read from its raw value for checks made before a run:
+        parameterAsOutputLayer names a new temporary file at each call on TEMPORARY_OUTPUT and has Processing load
+        it, so a check that called it left a layer that never came ('The following layers were not correctly
+        generated', after a good run of the dialog)."""
+        value = parameters.get(name)
+        if isinstance(value, QgsProcessingOutputLayerDefinition):
+            value = value.sink.staticValue()
+        return value not in (None, "")
+
+    @staticmethod
     def given(parameters, name: str) -> bool:
         """Whether an optional parameter has a value (a layer, a path; not None or an empty string)."""
         return parameters.get(name) not in (None, "")
+
+    @classmethod
+    def refuse_both(cls, parameters, first: str, second: str) -> None:
+        """RSLabError when both of two alternative inputs are given (checked before a run and again in it: a
+        model's child algorithm runs without the dialog's check)."""
+        if cls.given(parameters, first) and cls.given(parameters, second):
+            raise RSLabError(f"give {first} or {second}, not both")
 
     def burnt_polygons(self, parameters, name: str, field_name: str, context, feedback, grid: str) -> str:
         """Label polygons (parameter `name`, values in `field_name`: 1 no change, 2 change) burnt onto `grid`

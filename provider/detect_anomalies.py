@@ -165,9 +165,10 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
 
     def check_parameters(self, parameters, context) -> None:
         params = self.read_params(parameters, context)  # windows, rate (above 0, below 1), iterations
-        check_anomaly_outputs(params, AnomalyOutputs(
-            scores="", mask=self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context) or None,
-            model=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context) or None))
+        asked = {name: name if self.output_asked(parameters, name) else None  # which outputs, not their files
+                 for name in (self.OUTPUT_MASK, self.OUTPUT_MODEL)}
+        check_anomaly_outputs(params, AnomalyOutputs(scores="", mask=asked[self.OUTPUT_MASK],
+                                                     model=asked[self.OUTPUT_MODEL]))
 
     # running ------------------------------------------------------------------------------------------
     def execute(self, parameters, context, feedback):
@@ -184,8 +185,9 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             out[self.OUTPUT_MASK] = outputs.mask
             if not self.given(parameters, self.OUTPUT_MASK) and context.willLoadLayerOnCompletion(outputs.scores):
                 # asked for by FALSE_ALARM_RATE alone: loaded with the scores when they are loaded (it was
-                # written, returned, and left unseen); not where nothing is loaded (a batch with loading off, a
-                # child algorithm, processing.run), which the project's presence alone did not tell apart
+                # written, returned, and left unseen), in a model too when its scores are a model output; not
+                # where the scores are not loaded (a batch with loading off, processing.run, a model step whose
+                # scores are not a model output), which the project's presence alone did not tell apart
                 details = QgsProcessingContext.LayerDetails("Anomaly mask", context.project(), self.OUTPUT_MASK)
                 details.layerTypeHint = QgsProcessingUtils.LayerHint.Raster  # else QGIS tries OGR first, logging a warning
                 context.addLayerToLoadOnCompletion(outputs.mask, details)

@@ -17,7 +17,6 @@ from qgis.core import (
 
 from ..core.change_detection import METHOD_LABELS, METHODS, ChangeOutputs, ChangeParams, detect_changes
 from ..core.change_reference import CODING_LABELS, CODINGS
-from ..core.errors import RSLabError
 from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks, method_options
 
 
@@ -110,17 +109,15 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
 
     def check_parameters(self, parameters, context) -> None:
         self.read_params(parameters, context, "binary")
-        if self.given(parameters, self.REFERENCE_POLYGONS) and self.given(parameters, self.REFERENCE):
-            raise RSLabError("give REFERENCE or REFERENCE_POLYGONS, not both")
+        self.refuse_both(parameters, self.REFERENCE, self.REFERENCE_POLYGONS)
 
     def execute(self, parameters, context, feedback):
         before = self.raster_path(parameters, self.BEFORE, context)
         after = self.raster_path(parameters, self.AFTER, context)
+        self.refuse_both(parameters, self.REFERENCE, self.REFERENCE_POLYGONS)
         reference = self.raster_path(parameters, self.REFERENCE, context, optional=True)
         coding = list(CODINGS)[self.parameterAsEnum(parameters, self.REFERENCE_CODING, context)]
         if self.given(parameters, self.REFERENCE_POLYGONS):
-            if reference:
-                raise RSLabError("give REFERENCE or REFERENCE_POLYGONS, not both")
             reference = self.burnt_polygons(parameters, self.REFERENCE_POLYGONS, self.REFERENCE_FIELD, context,
                                             feedback, before)
             coding = "partial"  # 0 is where no polygon was drawn

@@ -17,13 +17,15 @@ from qgis.core import (
 
 from ..core.change_data import ChangePair, pairs_from_folder, training_split
 from ..core.change_reference import CODING_LABELS, CODINGS
-from ..core.change_training import TrainChangeParams, train_change_detector, training_inputs
+from ..core.change_training import (WIDTH_PARAMETERS, WIDTH_PRESETS, TrainChangeParams, train_change_detector,
+                                   training_inputs)
 from ..core.errors import RSLabError
 from ..core.outputs import PendingOutputs, check_output_paths
 from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks
 
-WIDTHS = [("narrow, 32 / 32 (3.6 M parameters)", 32, 32),  # encoder / decoder widths
-          ("full, 64 / 64 (paper; 14.3 M parameters)", 64, 64)]
+WIDTHS = [(f"{name}, {WIDTH_PRESETS[name][0]} / {WIDTH_PRESETS[name][1]} "  # encoder / decoder widths
+           f"({'paper; ' if name == 'full' else ''}{WIDTH_PARAMETERS[name]} parameters)", *WIDTH_PRESETS[name])
+          for name in ("narrow", "full")]
 
 
 class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
@@ -74,8 +76,9 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "multiple of 32), LEARNING_RATE (5e-4, 1e-6..0.5). AdamW, warm-up then poly decay, random crops, flips, "
             "90-degree turns and date swaps (the README's change-detection section says more). INIT_MODEL starts "
             "from an existing "
-            "checkpoint (fine-tuning). WIDTH: 0 narrow (encoder and decoder 32 wide, 3.6 M parameters, the shipped "
-            "default's) or 1 full (64, as the paper, 14.3 M). SEED: crops, augmentations and initial weights. "
+            "checkpoint (fine-tuning). WIDTH: 0 narrow (encoder and decoder 32 wide, "
+            f"{WIDTH_PARAMETERS['narrow']} parameters, the shipped default's) or 1 full (64, as the paper, "
+            f"{WIDTH_PARAMETERS['full']}). SEED: crops, augmentations and initial weights. "
             "OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
         )
 
@@ -85,7 +88,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
                                                      behavior=folder, optional=True))
         self.addParameter(QgsProcessingParameterFile(self.VALIDATION_FOLDER, "Validation folder", behavior=folder,
                                                      optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image (or a folder)", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image (if no folder)", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.LABEL, "Change label raster", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
@@ -129,8 +132,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
 
     def check_parameters(self, parameters, context) -> None:
         self.read_params(parameters, context)  # crop a multiple of 32, a batch of one with 64-pixel crops, ...
-        if self.given(parameters, self.LABEL_POLYGONS) and self.given(parameters, self.LABEL):
-            raise RSLabError("give LABEL or LABEL_POLYGONS, not both")
+        self.refuse_both(parameters, self.LABEL, self.LABEL_POLYGONS)
 
     def _pairs(self, parameters, context, feedback):
         """(pairs, description, whether the labels were burnt from polygons)."""
@@ -142,8 +144,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             return pairs_from_folder(folder), f"folder {folder}", False
         paths = [self.raster_path(parameters, n, context, optional=True) for n in (self.BEFORE, self.AFTER, self.LABEL)]
         if polygons:
-            if paths[2]:
-                raise RSLabError("give LABEL or LABEL_POLYGONS, not both")
+            self.refuse_both(parameters, self.LABEL, self.LABEL_POLYGONS)
             if not all(paths[:2]):
                 raise RSLabError("LABEL_POLYGONS needs BEFORE and AFTER")
             paths[2] = self.burnt_polygons(parameters, self.LABEL_POLYGONS, self.LABEL_FIELD, context, feedback,

@@ -25,7 +25,7 @@ from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
 import rslab
-from rslab.core.anomaly import LRX_MAX_OUTER, AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import LRX_MAX_OUTER, METHOD_LABELS, AnomalyOutputs, AnomalyParams, detect_anomalies
 from rslab.core.import_cube import ImportCubeParams, import_cube
 from rslab.ui.anomaly_dock import AnomalyDock, output_paths
 
@@ -160,7 +160,8 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     assert np.allclose(mean_y, data.reshape(BANDS, -1).mean(axis=1))
     with rasterio.open(dock.result.outputs.scores) as ds:
         score = ds.read(1)[row, col]
-    assert f"pixel (row {row}, col {col}) of beach-2 · score {score:.4g}" in dock.spectrum_legend.text()
+    method = METHOD_LABELS[dock.result.method]  # the latest run's, named: the methods' score ranges differ
+    assert f"pixel (row {row}, col {col}) of beach-2 · {method} score {score:.4g}" in dock.spectrum_legend.text()
 
 
 def test_bsdm_reports_progress_and_only_its_widgets_are_enabled(qtbot, dock, scene, project, tmp_path):
@@ -215,7 +216,7 @@ def test_window_settings_are_checked_only_for_local_rx(qtbot, dock, scene, proje
     choose(dock, cube, "lrx")
     dock.inner_spin.setValue(4)  # only code can: a typed even size becomes odd (see the test below)
     _, error = click_run(qtbot, dock)
-    assert error == "inner_window must be an odd number of pixels, got 4" and dock.task is None
+    assert error == "the inner window must be an odd number of pixels, got 4" and dock.task is None
     assert dock.status_label.text() == "Failed: " + error
     dock.method_combo.setCurrentIndex(dock.method_combo.findData("rx"))
     assert dock.params().inner_window == 3 and dock.params().method == "rx"  # the disabled setting is not used
@@ -286,9 +287,14 @@ def test_a_run_ending_after_its_project_was_closed_adds_nothing_to_the_next(qtbo
 
 
 def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, scene, project, tmp_path):
-    cube, _ = scene
+    cube, reference = scene
+    choose(dock, cube, "rx", reference=reference, output=tmp_path / "first")
+    assert click_run(qtbot, dock)[1] == ""
+    readout = dock.metrics_label.text()
+    assert "AUC(D,F)" in readout
+    project.layerTreeRoot().removeChildNode(dock.group)  # the groups this test checks are the cancelled run's
     out = tmp_path / "out"
-    choose(dock, cube, "bsdm_rx", iterations=5000, output=out)  # long enough to cancel in the middle
+    choose(dock, cube, "bsdm_rx", reference=reference, iterations=5000, output=out)  # long enough to cancel
     with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
         qtbot.mouseClick(dock.run_button, Qt.LeftButton)
         assert dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
@@ -297,6 +303,8 @@ def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, scene, project, tm
     result, error = done.args
     assert result is None and error.startswith("cancelled")
     assert dock.status_label.text() == "Cancelled; no output was written"
+    assert dock.metrics_label.text() == readout  # the RX run's readout is back beside its ROC curve (it was blank)
+    assert list(dock.visible_roc_curves()) == ["rx"]
     assert not out.exists() or os.listdir(out) == []
     assert group_names(project) == [] and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
 
@@ -611,6 +619,7 @@ def test_readouts_and_curves_belong_to_the_image_and_reference_picked(qtbot, doc
     assert dock.show_spectrum_at(map_point(holed_layer, 0, 1)) is None and "nodata" in dock.status_label.text()
     assert dock.pixel_curve.getData()[0] is None or len(dock.pixel_curve.getData()[0]) == 0
     assert dock.spectrum_legend.text() == ""
+    assert dock.mean_curve.getData()[0] is None or len(dock.mean_curve.getData()[0]) == 0  # not beach-2's mean
 
 
 def test_pick_pixel_after_the_canvas_is_gone_does_nothing(dock, iface, monkeypatch):

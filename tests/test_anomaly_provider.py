@@ -58,7 +58,8 @@ def test_rx_with_reference_and_false_alarm_rate(tmp_path, scene, provider):
 
     report = json.loads((tmp_path / "report.json").read_text())
     assert REPORT_KEYS <= set(report)
-    assert report["method"] == "rx" and report["params"]["false_alarm_rate"] == 0.01
+    assert report["method"] == "rx" and report["params"] == {"method": "rx", "false_alarm_rate": 0.01}  # no
+    # BSDM iterations or windows, as if RX had used them
     assert np.array_equal(mask == 1, scores > report["threshold"]) and report["mask_pixels"] == mask.sum()
     metrics = report["metrics"]
     assert {"auc_df", "auc_ftau", "auc_bs", "anomaly_pixels"} <= set(metrics)
@@ -90,6 +91,7 @@ def test_local_rx_windows_and_a_rate_without_a_mask_destination(tmp_path, scene,
         "OUTPUT_SCORES": str(tmp_path / "scores.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")})
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"] == "lrx" and (report["params"]["inner_window"], report["params"]["outer_window"]) == (3, 7)
+    assert "iterations" not in report["params"] and "seed" not in report["params"]
     assert report["metrics"] == {}  # no reference
     mask = result["OUTPUT_MASK"]  # the rate alone asks for a mask: written to a temporary file
     assert os.path.isfile(mask) and not mask.startswith(str(tmp_path))
@@ -97,7 +99,7 @@ def test_local_rx_windows_and_a_rate_without_a_mask_destination(tmp_path, scene,
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"OUTER_WINDOW": 8, "METHOD": 2}, "outer_window must be an odd number"),
+    ({"OUTER_WINDOW": 8, "METHOD": 2}, "the outer window must be an odd number"),
     ({"OUTPUT_MASK": "mask.tif"}, "a mask output needs a false-alarm rate"),
     ({"FALSE_ALARM_RATE": 1.0}, "false-alarm rate must be above 0 and below 1, got 1.0"),
     ({"FALSE_ALARM_RATE": 0.0}, "false-alarm rate must be above 0 and below 1, got 0.0"),
@@ -149,6 +151,28 @@ def test_loaded_outputs_are_styled_and_the_ramp_fits_the_scores(tmp_path, scene,
         assert {c.value: c.color.alpha() for c in mask.renderer().classes()} == {0: 0, 1: 255, 255: 0}
     finally:
         project.clear()
+
+
+def test_temporary_outputs_loaded_as_the_dialog_loads_them_are_all_generated(scene, provider, qgis_app):
+    """The dialog (and runAndLoadResults) checks the parameters, runs and loads in one context: the check named a
+    temporary mask of its own and had it loaded, so a good run ended 'The following layers were not correctly
+    generated' (and the dialog stayed open)."""
+    from qgis.core import QgsProcessingOutputLayerDefinition
+
+    cube, _ = scene
+    project = QgsProject.instance()
+    context = QgsProcessingContext()
+    context.setProject(project)
+    parameters = {"INPUT": cube, "METHOD": 1, "FALSE_ALARM_RATE": 0.01}
+    for name in ("OUTPUT_SCORES", "OUTPUT_MASK"):
+        parameters[name] = QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", project)
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("rslab:detect_anomalies")
+    ok, message = algorithm.checkParameterValues(parameters, context)
+    assert ok, message
+    results = processing.run(algorithm, parameters, context=context)
+    to_load = set(context.layersToLoadOnCompletion())
+    assert to_load == {results["OUTPUT_SCORES"], results["OUTPUT_MASK"]}
+    assert all(os.path.isfile(path) for path in to_load)
 
 
 def test_detect_anomalies_from_the_command_line(tmp_path, samples, qgis_process):
@@ -327,7 +351,7 @@ def test_combinations_that_cannot_run_are_caught_before_the_run(tmp_path, scene,
     base = {"INPUT": cube, "METHOD": 1, "OUTPUT_SCORES": str(tmp_path / "s.tif")}
     cases = [({"FALSE_ALARM_RATE": 1.0}, "above 0 and below 1"),
              ({"OUTPUT_MASK": str(tmp_path / "m.tif")}, "a mask output needs a false-alarm rate"),
-             ({"METHOD": 2, "INNER_WINDOW": 4}, "inner_window must be an odd number")]
+             ({"METHOD": 2, "INNER_WINDOW": 4}, "the inner window must be an odd number")]
     for extra, message in cases:
         ok, text = algorithm.checkParameterValues(dict(base, **extra), QgsProcessingContext())
         assert not ok and message in text

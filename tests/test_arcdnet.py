@@ -22,10 +22,15 @@ def test_shapes_any_bands_and_size(bands, size):
     assert logit.shape == (2, 1, *size) and aux == []
 
 
-def test_full_configuration_has_the_papers_size():
+def test_full_configuration_has_the_papers_size_and_the_widths_say_their_sizes():
+    from rslab.core.change_training import WIDTH_PARAMETERS, WIDTH_PRESETS
+
     params = sum(p.numel() for p in ArcdNet(bands=3, base=64, channels=64).parameters())
     assert 14.2e6 < params < 14.45e6  # "about 14.3 M parameters"
     assert registry.architecture("arcdnet") is ArcdNet
+    for name, (base, channels) in WIDTH_PRESETS.items():  # the counts the dialog and Processing show
+        count = sum(p.numel() for p in ArcdNet(bands=3, base=base, channels=channels).parameters())
+        assert WIDTH_PARAMETERS[name] == f"{count / 1e6:.1f} M", name
 
 
 def test_every_parameter_gets_a_gradient():

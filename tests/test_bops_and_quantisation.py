@@ -184,4 +184,12 @@ def test_task_adapters_read_real_data(tmp_path, samples):
     anomaly = AnomalyTask(bsdm, str(samples / "abu-beach-2.mat"))
     (tokens, step), noise = anomaly.batch(64)
     assert tokens.shape == noise.shape == (64, 193) and int(step) == 500
+    assert anomaly.metric == "auc" and anomaly.notes == []
     assert 0 <= anomaly.evaluate(build_model(bsdm))["auc"] <= 100
+    from scipy.io import loadmat, savemat  # the scene without its reference: scored by fit, not called an AUC
+
+    savemat(str(tmp_path / "unlabelled.mat"), {"data": loadmat(str(samples / "abu-beach-2.mat"))["data"]})
+    unlabelled = AnomalyTask(bsdm, str(tmp_path / "unlabelled.mat"))
+    assert unlabelled.metric == "fit" and "not an AUC" in unlabelled.notes[0]
+    scores = unlabelled.evaluate(build_model(bsdm))
+    assert set(scores) == {"loss", "fit"} and scores["fit"] == pytest.approx(100 * (1 - scores["loss"]))

@@ -481,9 +481,9 @@ def test_a_crs_on_one_raster_only_names_the_one_without(tmp_path, oscd):
         with rasterio.open(bare, "w", **dict(src.profile, crs=None)) as dst:
             dst.write(src.read())
     moved = _reproject(after, tmp_path / "after_utm.tif", CRS.from_epsg(32630), Resampling.bilinear)
-    with pytest.raises(RSLabError, match="the before image has none"):
+    with pytest.raises(RSLabError, match="the before image's file has none; write one into it .*Assign Projection"):
         detect_changes(str(bare), moved, _outputs(tmp_path / "out"), ChangeParams(method="cva"))
-    with pytest.raises(RSLabError, match="the after image has none"):
+    with pytest.raises(RSLabError, match="the after image.s file has none"):
         plain_after = tmp_path / "after_no_crs.tif"
         with rasterio.open(moved) as src:
             with rasterio.open(plain_after, "w", **dict(src.profile, crs=None)) as dst:

@@ -98,6 +98,9 @@ def test_detect_changes_on_chosen_bands(tmp_path, change_copy, provider):
     for text in ("4,3,2", "4, 3, 2", "4;3;2"):
         processing.run("rslab:detect_changes", dict(params, BANDS=text, REFERENCE=None))
         assert json.loads((tmp_path / "report.json").read_text())["bands"] == [4, 3, 2], text
+    for empty in ("", " "):  # `BANDS=` from a script's empty variable: all bands, as [] (it read as band 0)
+        processing.run("rslab:detect_changes", dict(params, BANDS=empty, REFERENCE=None))
+        assert json.loads((tmp_path / "report.json").read_text())["bands"] is None, repr(empty)
     with pytest.raises(QgsProcessingException, match="is not a list of band numbers"):
         processing.run("rslab:detect_changes", dict(params, BANDS="4, three", OUTPUT_CHANGE=str(tmp_path / "no.tif")))
     with pytest.raises(QgsProcessingException, match="there is no band 14"):
@@ -131,6 +134,26 @@ def test_a_raster_inside_a_zip_gets_the_docks_message(tmp_path, samples, provide
         processing.run("rslab:detect_changes", {"BEFORE": layers[0], "AFTER": layers[1], "METHOD": 1,
                                                 "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_a_crs_set_on_the_layer_in_qgis_is_not_taken_for_the_files(tmp_path, samples, provider):
+    """A user set another CRS on a layer (Layer > Set CRS): the engine reads the file, so the results landed where
+    the file's CRS puts them, hundreds of km from the layer; the run now stops and says how to fix the file."""
+    from qgis.core import QgsCoordinateReferenceSystem
+
+    source = shutil.copy(samples / "rasterio_RGB.byte.tif", tmp_path / "scene.tif")  # EPSG:32618
+    layers = [QgsRasterLayer(str(source), name) for name in ("before", "after")]
+    layers[1].setCrs(QgsCoordinateReferenceSystem("EPSG:32617"))
+    with pytest.raises(QgsProcessingException, match="the AFTER layer 'after' is shown in EPSG:32617 set in QGIS, "
+                                                     "but its file says EPSG:32618: write the CRS into the file "
+                                                     r"\(Raster > Projections > Assign Projection"):
+        processing.run("rslab:detect_changes", {"BEFORE": layers[0], "AFTER": layers[1], "METHOD": 1,
+                                                "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
+    assert not (tmp_path / "c.tif").exists()
+    layers[1].setCrs(layers[1].dataProvider().crs())  # set back: it runs
+    processing.run("rslab:detect_changes", {"BEFORE": layers[0], "AFTER": layers[1], "METHOD": 1,
+                                            "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
+    assert (tmp_path / "c.tif").exists()
 
 
 def test_a_file_named_with_a_bar_is_read_and_a_geopackage_table_refused(tmp_path, samples, provider):

@@ -483,5 +483,5 @@ def test_a_label_of_the_images_size_placed_elsewhere_is_refused_and_a_plain_one_
     no_crs = tmp_path / "no_crs_cm.tif"  # placed where the images are, but without a CRS: say that, not "elsewhere"
     with rasterio.open(no_crs, "w", **dict(profile, crs=None)) as dst:
         dst.write(label)
-    with pytest.raises(RSLabError, match="the label raster has no CRS .* set its CRS to the images'"):
+    with pytest.raises(RSLabError, match="the label raster's file has no CRS .* write the images' CRS into it .*Assign Projection"):
         check_pair(ChangePair(before, after, str(no_crs)))

@@ -157,3 +157,17 @@ def test_a_damaged_compressed_checkpoint_is_refused_with_a_message(tmp_path, dam
     save_checkpoint(path, state, copy.deepcopy(shipped.card))
     with pytest.raises(RSLabError, match="the weights in damaged.pt do not fit architecture 'arcdnet': "):
         build_model(load_checkpoint(path))
+
+
+def test_the_shipped_compressed_card_records_what_the_compression_panel_reads():
+    """The panel's 'before' column of a compressed checkpoint comes from its card: the shipped one predated the
+    parameter count and showed '—' (added to its card on 2026-12-03, weights unchanged)."""
+    from rslab.core.weights import WEIGHTS_DIR
+
+    shipped = load_checkpoint(str(WEIGHTS_DIR / "arcdnet_levir_dsifn_compressed.pt"))
+    record = shipped.card.training["compression"]
+    full = load_checkpoint(str(WEIGHTS_DIR / "arcdnet_levir_dsifn.pt"))
+    assert record["params_before"] == sum(p.numel() for p in build_model(full).parameters())
+    assert record["params_after"] == sum(p.numel() for p in build_model(shipped).parameters())
+    for key in ("gbops_before", "size_mb_before", "bops_ratio", "scores_before", "scores_after"):
+        assert key in record, key

@@ -248,6 +248,12 @@ def test_params_are_validated():
         with pytest.raises(RSLabError):
             GhostParams(**bad)
     GhostParams(steps=0)
+    from rslab.core.compression import CompressParams  # the panel's and Processing's parameters, checked first
+
+    for bad in (dict(ghost_threshold=float("nan")), dict(distillation_weight=float("nan")),
+                dict(ghost_threshold=0.0), dict(distillation_weight=-1.0)):
+        with pytest.raises(RSLabError):  # NaN passed these checks (and failed later, after the data was read)
+            CompressParams(method="ghost", **bad)
 
 
 def test_compress_ghost_on_a_cifar_resnet(tmp_path):

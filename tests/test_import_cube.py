@@ -161,6 +161,9 @@ def test_the_cube_is_guessed_only_for_the_default_name_and_only_when_one_array_f
         import_cube(str(tmp_path / "one.mat"), out, params=ImportCubeParams(cube_key="cube"))  # a name given: kept
     with pytest.raises(RSLabError, match="no variable 'map'.*none is 4 x 5 like the cube"):
         import_cube(str(tmp_path / "one.mat"), out, str(tmp_path / "g.tif"))
+    with pytest.raises(RSLabError, match="'mask' in two.mat is 2-D \\(4 x 5\\): a table of pixels by bands or a "
+                                         "single-band image, not an H x W x B cube"):  # it wrote a one-band image
+        import_cube(str(tmp_path / "two.mat"), out, params=ImportCubeParams(cube_key="mask"))
     assert sorted(os.listdir(tmp_path)) == ["one.mat", "two.mat"]
     result = import_cube(str(tmp_path / "one.mat"), out)
     assert result.bands == 3 and "'radiance'" in result.note and result.wavelength_unit == "Nanometers"

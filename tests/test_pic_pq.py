@@ -376,14 +376,14 @@ def test_a_change_detector_is_never_scored_on_pairs_it_trained_on(shared_data, s
     levir = ChangeDetectionTask(shipped, str(shared_data / "change" / "levir_cd_256"))
     assert sorted(p.name for p in levir.evaluation) == ["test_102_0512_0000", "test_55_0256_0000",
                                                         "test_7_0256_0512", "val_27_0000_0256"]
-    assert not {p.name for p in levir.evaluation} & seen and levir.note is None
+    assert not {p.name for p in levir.evaluation} & seen and levir.notes == []
     for sub in ("A", "B", "label"):  # pairs the card does not name: some held out to score on, with a note
         (tmp_path / sub).mkdir()
         for name in ("p1", "p2"):
             shutil.copy(samples / f"levir_test_7_{'label' if sub == 'label' else sub}.png", tmp_path / sub / f"{name}.png")
     unseen = ChangeDetectionTask(shipped, str(tmp_path))
     assert len(unseen.evaluation) == 1 and not set(unseen.evaluation) & set(unseen.training)
-    assert "trained on none of these 2 pairs" in unseen.note
+    assert "trained on none of these 2 pairs" in unseen.notes[0]
 
 
 def test_ranking_feature_maps_stops_on_cancel_within_a_batch():

@@ -188,6 +188,11 @@ def test_band_wavelengths_come_from_an_envi_header(tmp_path):
     with rasterio.open(path) as ds:
         values, unit = band_wavelengths(ds)
     assert unit == "" and np.allclose(values, [450, 550, 2200])
+    from rslab.core.bands import true_colour_bands  # without a unit, read as import_cube reads a .mat's
+
+    for written in ("{0.64, 0.55, 0.47}", "{640, 550, 470}"):  # µm values without a unit had no true colour
+        header.write_text(base + f"wavelength = {written}\n")
+        assert true_colour_bands(str(path)) == (1, 2, 3), written
     header.write_text(base)
     with rasterio.open(path) as ds:
         assert band_wavelengths(ds) is None

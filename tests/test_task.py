@@ -1,4 +1,4 @@
-"""The QgsTask adapter: a core job in the background, styled layers added on the main thread, cancel."""
+"""The QgsTask adapter: a core job in the background, its result on the main thread, cancel; styled layers."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import threading
 import time
 
 import numpy as np
-from qgis.core import QgsPalettedRasterRenderer, QgsProject
+from qgis.core import QgsPalettedRasterRenderer
 
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import import_cube
@@ -17,20 +17,17 @@ from rslab.ui import task as tasks
 from rslab.ui.layers import LayerSpec
 
 
-def test_job_runs_in_background_and_adds_styled_group(tmp_path, samples, qtbot):
-    QgsProject.instance().clear()
+def test_job_runs_in_background_and_its_outputs_load_styled(tmp_path, samples, qtbot):
+    from rslab.ui.layers import make_layer
+
     cube, gt = str(tmp_path / "cube.tif"), str(tmp_path / "gt.tif")
-    threads = []
+    threads, finished_on = [], []
 
     def job(progress, cancelled):
         threads.append(threading.current_thread())
         return import_cube(str(samples / "abu-beach-2.mat"), cube, gt, progress=progress, cancelled=cancelled)
 
-    task = tasks.JobTask(
-        "import", job,
-        layers=lambda r: [LayerSpec(r.gt_path, "anomalies", "binary_mask.qml"), LayerSpec(r.cube_path, "cube")],
-        group_name="ABU beach-2",
-    )
+    task = tasks.JobTask("import", job, on_finished=lambda r, e: finished_on.append(threading.current_thread()))
     messages = []
     task.message.connect(messages.append)
     with qtbot.waitSignal(task.jobFinished, timeout=60000) as done:
@@ -38,14 +35,13 @@ def test_job_runs_in_background_and_adds_styled_group(tmp_path, samples, qtbot):
     result, error = done.args
     assert error == "" and result.bands == 193
     assert threads and threads[0] is not threading.main_thread()
+    assert finished_on == [threading.main_thread()]  # where the docks may add layers
     assert any("writing bands" in m for m in messages)
-    group = QgsProject.instance().layerTreeRoot().findGroup("ABU beach-2")
-    assert [n.layer().name() for n in group.findLayers()] == ["anomalies", "cube"]
-    renderer = task.added_layers[0].renderer()
+    layer = make_layer(LayerSpec(result.gt_path, "anomalies", "binary_mask.qml"))  # kept: it owns its renderer
+    renderer = layer.renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     colours = {c.value: c.color.alpha() for c in renderer.classes()}
     assert colours == {0.0: 0, 1.0: 255}  # background transparent, anomalies opaque
-    QgsProject.instance().clear()
 
 
 def test_cancel_stops_the_job_and_leaves_no_file(tmp_path, samples, qtbot):
@@ -62,14 +58,13 @@ def test_cancel_stops_the_job_and_leaves_no_file(tmp_path, samples, qtbot):
             run_tiled([str(samples / "rasterio_RGB.byte.tif")], [OutputSpec(pending.temp(out))], slow,
                       TileSpec(64, 0), JobMonitor(progress, cancelled))
 
-    task = tasks.JobTask("slow", job, layers=lambda r: [LayerSpec(out, "never")])
+    task = tasks.JobTask("slow", job)
     with qtbot.waitSignal(task.jobFinished, timeout=60000) as done:
         tasks.start(task)
         assert started.wait(30)
         task.cancel()
     assert done.args[0] is None and "cancelled" in done.args[1]
     assert os.listdir(tmp_path) == []
-    assert QgsProject.instance().mapLayersByName("never") == []
 
 
 def test_job_error_is_reported_not_raised(qtbot):
@@ -100,20 +95,6 @@ def test_a_package_not_installed_is_named_and_a_bug_keeps_its_traceback(qtbot, m
         with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
             tasks.start(task)
         assert done.args[0] is None and done.args[1].startswith(start)
-
-
-def test_layers_without_a_group_stack_first_on_top(tmp_path, samples):
-    """add_layers' order without a group: the first spec on top, as with a group (it came out reversed)."""
-    from rslab.ui.layers import add_layers
-
-    project = QgsProject.instance()
-    project.clear()
-    try:
-        path = str(samples / "rasterio_RGB.byte.tif")
-        add_layers([LayerSpec(path, "first"), LayerSpec(path, "second")], project=project)
-        assert [n.name() for n in project.layerTreeRoot().children()] == ["first", "second"]
-    finally:
-        project.clear()
 
 
 def test_a_superseded_run_stops_without_a_warning_and_a_cancelled_one_logs_it(qtbot):

@@ -67,7 +67,7 @@ from ..core.raster_io import (band_wavelengths, data_bands, gdal_env, open_raste
                               read_bands)
 from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
-from .job_dock import JobDock, cancel_if_alive, layer_file, safe_name, unused_stem
+from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import LayerSpec, fit_score_stretch, make_layer, show_true_colour
 from .settings import remember
 from .widgets import (
@@ -275,18 +275,17 @@ class AnomalyDock(JobDock):
     def __init__(self, iface=None, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.iface = iface
-        self.task: Optional[tasks.JobTask] = None
         self.result: Optional[AnomalyResult] = None
         self.group: Optional[QgsLayerTreeGroup] = None
         self.roc_runs: Dict[str, Dict[str, RocCurve]] = {}  # input layer id -> method -> latest ROC
         self._pick_status = ""  # the status a pick that showed no spectrum set (see _pick_message)
         self._roc_reference: Dict[str, Optional[str]] = {}  # input layer id -> the reference its ROCs used
-        self._scores: Dict[str, str] = {}  # input layer id -> latest score raster (for the picked pixel's score)
+        # input layer id -> (method, score raster) of its latest run, for the picked pixel's score
+        self._scores: Dict[str, Tuple[str, str]] = {}
         self._metrics: Dict[str, str] = {}  # input layer id -> its latest run's readout (shown with that image)
         self.mean_spectra: Dict[str, np.ndarray] = {}  # file -> scene mean spectrum
         self._mean_tasks: Dict[str, tasks.JobTask] = {}
         self._request: Optional[AnomalyRequest] = None
-        self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self.map_tool: Optional[QgsMapToolEmitPoint] = None
         self._build()
         remember("anomaly", {"method": self.method_combo, "iterations": self.iterations_spin, "seed": self.seed_spin,
@@ -481,8 +480,7 @@ class AnomalyDock(JobDock):
         try:
             request = self.build_request()
         except RSLabError as exc:
-            self._report_failure(str(exc))
-            self.runFinished.emit(None, str(exc))
+            self._fail(str(exc))
             return
         self.result = None
         self._set_status(f"Detecting anomalies in {request.layer_name} ({METHOD_LABELS[request.params.method]}) …")
@@ -496,6 +494,8 @@ class AnomalyDock(JobDock):
         if run is None:
             self._remove_empty_folder(request)
             self._fail(error)
+            if tasks.was_cancelled(error):  # the image's last finished run stands: its readout beside its ROC
+                self._show_roc_of_current_layer()
             return
         self.result = run.result
         if run.mean_spectrum is not None:
@@ -505,7 +505,7 @@ class AnomalyDock(JobDock):
             self._fail(error)
             return
         if self.group is not None:
-            self._scores[request.layer_id] = run.result.outputs.scores
+            self._scores[request.layer_id] = (run.result.method, run.result.outputs.scores)
             self._remember_roc(request, run)
         self.progress_bar.setValue(100)
         self._metrics[request.layer_id] = self._metrics_text(run, request.layer_name)
@@ -521,12 +521,9 @@ class AnomalyDock(JobDock):
         self._set_status(status)
         self.runFinished.emit(run.result, "")
 
-    def _fail(self, error: str) -> None:
-        self._report_failure(error)
-        self.runFinished.emit(None, error)
-
     def _add_layers(self, request: AnomalyRequest, result: AnomalyResult) -> QgsLayerTreeGroup:
-        """One group just above the input layer: the mask (if any) over the scores."""
+        """One group above the input layer and its earlier runs (JobDock.add_result_group): the mask (if any)
+        over the scores."""
         label = METHOD_LABELS[result.method]
         scores = make_layer(LayerSpec(result.outputs.scores, f"{label} scores", SCORES_STYLE))
         fit_score_stretch(scores)
@@ -697,6 +694,7 @@ class AnomalyDock(JobDock):
         if picked is None:
             self._pick_message(f"Pixel (row {row}, column {col}) of {layer.name()} is nodata.")
             self.pixel_curve.setData([], [])  # not the spectrum picked before, under this status
+            self.mean_curve.setData([], [])  # nor the mean of the image picked before (another image's, unnamed)
             self.spectrum_legend.setText("")
             return None
         spectrum, bands, axis_title = picked
@@ -715,12 +713,13 @@ class AnomalyDock(JobDock):
         self._set_status(text)
 
     def _spectrum_legend(self, layer: QgsRasterLayer, row: int, col: int) -> str:
-        """'▬ pixel (row, col) of <layer> · score s   ▬ scene mean' (the score of the latest run on this layer)."""
+        """'▬ pixel (row, col) of <layer> · <method> score s   ▬ scene mean' (the latest run on this layer: its
+        method named, as the runs' score ranges differ by orders of magnitude)."""
         pixel = f"pixel (row {row}, col {col}) of {layer.name()}"
-        scores = self._scores.get(layer.id())
+        method, scores = self._scores.get(layer.id(), ("", ""))
         score = read_pixel(scores, row, col) if scores and os.path.isfile(scores) else None
         if score is not None:
-            pixel += f" · score {score[0]:.4g}"
+            pixel += f" · {METHOD_LABELS[method]} score {score[0]:.4g}"
         return (f"{legend_mark(PIXEL_PEN)}&nbsp;{html.escape(pixel)}&nbsp;&nbsp;&nbsp; "
                 f"{legend_mark(MEAN_PEN)}&nbsp;scene&nbsp;mean")
 
@@ -739,7 +738,7 @@ class AnomalyDock(JobDock):
         task = tasks.JobTask(f"RS Lab: mean spectrum of {os.path.basename(path)}", mean_spectrum_job(path),
                              on_finished=partial(self._mean_finished, path))
         self._mean_tasks[path] = task
-        self.destroyed.connect(partial(cancel_if_alive, task))
+        self.destroyed.connect(partial(tasks.cancel_if_alive, task))
         tasks.start(task)
 
     def _mean_finished(self, path: str, mean: Optional[np.ndarray], error: str) -> None:
@@ -747,7 +746,7 @@ class AnomalyDock(JobDock):
             return
         self._mean_tasks.pop(path, None)
         if mean is None:
-            if not error.startswith("cancelled"):
+            if not tasks.was_cancelled(error):
                 self._report_failure(error, "mean spectrum")
             return
         self.mean_spectra[path] = mean

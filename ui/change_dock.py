@@ -39,16 +39,15 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.bands import COLOURS, band_ranges, model_colour_bands
-from ..core.change_model import trained_bands
+from ..core.change_model import TASK, trained_bands
 from ..core.change_detection import (MASK_NODATA, METHOD_LABELS, METHODS, ChangeOutputs, ChangeParams, ChangeResult,
                                      detect_changes)
 from ..core.checkpoint import read_card
 from ..core.errors import RSLabError
 from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
-from . import task as tasks
-from .job_dock import (JobDock, date_files, label_file, layer_file, safe_name, scratch_folder, unused_stem,
-                       user_path)
+from .job_dock import (CUSTOM_CHECKPOINT, JobDock, date_files, label_file, layer_file, safe_name, scratch_folder,
+                       unused_stem, user_path)
 from .layers import LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
@@ -56,8 +55,6 @@ from .widgets import (BandChooser, checkpoint_widget, coding_combo, double_spin_
                       follow_label_layer, label_field_combo, label_layer_combo, legend_mark, result_plot,
                       scroll_body, tab_in_order)
 
-TASK = "change_detection"
-CUSTOM_CHECKPOINT = "Checkpoint file…"
 COMBO_MIN_CHARACTERS = 9  # the Method and Model lists show at least this much of an entry at the dock's least width
 CHANGED_PEN = (255, 26, 102)  # the change mask's colour (resources/styles/change_mask.qml)
 UNCHANGED_PEN = (90, 140, 200)
@@ -181,13 +178,11 @@ class ChangeDetectionDock(JobDock):
     def __init__(self, iface=None, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.iface = iface
-        self.task: Optional[tasks.JobTask] = None
         self.result: Optional[ChangeResult] = None
         self.histogram_data: Optional[UncertaintyHistogram] = None
         self.group: Optional[QgsLayerTreeGroup] = None
         self.train_dialog: Optional[TrainChangeDialog] = None
         self._request: Optional[ChangeRequest] = None
-        self._cancel_on_destroy: Optional[Callable[[], None]] = None
         # (checkpoint path, modification time) -> the bands its model was trained on (None: all)
         self._model_bands: Dict[Tuple[str, float], Tuple[Optional[List[int]], List[str]]] = {}  # trained, names
         self._auto_bands: Optional[Tuple[int, ...]] = None  # bands checked for the model, not by the user
@@ -446,8 +441,7 @@ class ChangeDetectionDock(JobDock):
         try:
             request = self.build_request()
         except RSLabError as exc:
-            self._report_failure(str(exc))
-            self.runFinished.emit(None, str(exc))
+            self._fail(str(exc))
             return
         self._set_status(f"Detecting changes: {request.before_name} → {request.after_name} …")
         self.start_job(request, f"RS Lab: changes {request.before_name} → {request.after_name}")
@@ -459,14 +453,12 @@ class ChangeDetectionDock(JobDock):
             return
         if run is None:
             self._remove_empty_folder(request)
-            self._report_failure(error)
-            self.runFinished.emit(None, error)
+            self._fail(error)
             return
         self.result, self.histogram_data = run.result, run.histogram
         error = self._add_result_layers(request, run.result)
         if error:
-            self._report_failure(error)
-            self.runFinished.emit(None, error)
+            self._fail(error)
             return
         self.progress_bar.setValue(100)
         self._show_metrics(run)
@@ -475,7 +467,8 @@ class ChangeDetectionDock(JobDock):
         self.runFinished.emit(run.result, "")
 
     def _add_layers(self, request: ChangeRequest, result: ChangeResult) -> QgsLayerTreeGroup:
-        """One group, placed just above the after layer: uncertainty overlay on top of the change mask.
+        """One group above the after, before and reference layers (JobDock.add_result_group): uncertainty
+        overlay on top of the change mask.
 
         The probability raster is written to the output folder but not added (the mask and the
         uncertainty carry what a person looks at; the file is there for re-thresholding).

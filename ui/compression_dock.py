@@ -48,11 +48,12 @@ from ..core.bops import MAX_BITS, MIN_BITS
 from ..core.checkpoint import task_label, task_with_article
 from ..core.compression import (METHOD_LABELS, CompressParams, CompressResult, check_compression_outputs,
                                 parse_max_bits)
+from ..core.compression_tasks import TASKS
 from ..core.errors import RSLabError
 from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
-from .job_dock import NEW_CHECKPOINT_HINT, JobDock, cancel_if_alive, new_checkpoint_path, user_path
+from .job_dock import CUSTOM_CHECKPOINT, NEW_CHECKPOINT_HINT, JobDock, new_checkpoint_path, user_path
 from .settings import remember
 from .widgets import (
     SQUARE,
@@ -67,9 +68,8 @@ from .widgets import (
     tab_in_order,
 )
 
-CUSTOM_CHECKPOINT = "Checkpoint file…"
-TASK_METRICS = {"classification": "accuracy", "change_detection": "f1", "anomaly_detection": "auc"}
-METRIC_LABELS = {"accuracy": "Accuracy", "f1": "F1", "auc": "AUC", "iou": "IoU", "kappa": "Kappa"}
+METRIC_LABELS = {"accuracy": "Accuracy", "f1": "F1", "auc": "AUC", "iou": "IoU", "kappa": "Kappa",
+                 "fit": "Denoising fit"}
 DATA_HINTS = {
     "classification": "a .npz with x_train, y_train, x_test, y_test (e.g. resources/samples/cifar10_sample.npz)",
     "change_detection": "a folder with A/ (before), B/ (after) and label/ sub-folders",
@@ -88,9 +88,9 @@ READOUT_ROWS = (("bops", "BOPs"), ("params", "Parameters"), ("size", "Size at it
 READOUT_TIPS = {
     "bops": "Bit operations of one inference: MACs x weight bits x activation bits, summed over the layers",
     "size": "The weights at their assigned bits (and what pruning removed): what a runtime that packs bits would "
-            "store. The files Export writes (RS Lab checkpoint, ONNX, TorchScript) keep each quantised weight in a "
-            "byte (int8), so they are larger: about 4x smaller than full precision, more where pruning removed "
-            "weights, less where layers stay float",
+            "store. The RS Lab checkpoint and ONNX files Export writes keep each quantised weight in a byte "
+            "(int8), so they are larger: about 4x smaller than full precision, more where pruning removed weights, "
+            "less where layers stay float. The TorchScript file keeps float32 weights behind fake quantisers",
 }
 NAME_COLUMN_MIN = 110  # px of the per-layer table's name column ('layer.8.conv2', 'encoder.stem.0.0')
 READOUT_COLUMNS = ("Before", "After", "Change")
@@ -121,6 +121,11 @@ def size_text(mb: float) -> str:
 
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric or "Score")
+
+
+def task_metric(task: str) -> str:
+    """The score compression reports for a task's models ('' for a task it does not compress)."""
+    return TASKS[task].metric if task in TASKS else ""
 
 
 # --- the parts that run in the worker (no Qt) ----------------------------------------------------
@@ -235,7 +240,6 @@ class CompressionDock(JobDock):
     def __init__(self, iface=None, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.iface = iface
-        self.task: Optional[tasks.JobTask] = None
         self.summary_task: Optional[tasks.JobTask] = None
         self.summary: Optional[CheckpointSummary] = None
         self.summary_error = ""
@@ -247,7 +251,6 @@ class CompressionDock(JobDock):
         self._summary_cancel: Optional[Callable[[], None]] = None
         self._phase_base: Dict[str, float] = {}
         self._request: Optional[CompressRequest] = None
-        self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self._build()
         remember("compression", {
             "method": self.method_combo, "epochs": self.epochs_spin, "flops_reduction": self.flops_spin,
@@ -282,7 +285,7 @@ class CompressionDock(JobDock):
         self.model_info = QLabel(self)
         self.model_info.setWordWrap(True)
         self.model_info.setTextFormat(Qt.PlainText)
-        self.model_info.setStyleSheet("color: #555;")
+        self.model_info.setStyleSheet(tasks.INFO_STYLE)
         self.method_combo = QComboBox(self)
         self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         for method in ("pic_pq", "ghost"):
@@ -508,7 +511,7 @@ class CompressionDock(JobDock):
         self.summary_task = task
         if self._summary_cancel is not None:
             self.destroyed.disconnect(self._summary_cancel)
-        self._summary_cancel = lambda *_: cancel_if_alive(task)
+        self._summary_cancel = lambda *_: tasks.cancel_if_alive(task)
         self.destroyed.connect(self._summary_cancel)
         tasks.start(task)
 
@@ -524,13 +527,10 @@ class CompressionDock(JobDock):
             return
         self.summary, self.summary_error = summary, error
         if summary is None:
-            first = error.splitlines()[0] if error else "unknown error"
-            if error.startswith("unexpected error"):
-                first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
-            self.model_info.setText(f"Cannot use this checkpoint: {first}")
-            self.model_info.setStyleSheet("color: #b00020;")
+            self.model_info.setText(f"Cannot use this checkpoint: {tasks.failure_text(error).splitlines()[0]}")
+            self.model_info.setStyleSheet(tasks.ERROR_STYLE)
         else:
-            self.model_info.setStyleSheet("color: #555;")
+            self.model_info.setStyleSheet(tasks.INFO_STYLE)
             self.model_info.setText(self._describe(summary))
             self._set_data_mode(summary.task)
             self._show_summary(summary)
@@ -613,8 +613,7 @@ class CompressionDock(JobDock):
         try:
             request = self.build_request(bridge.step.emit)
         except RSLabError as exc:
-            self._report_failure(str(exc))
-            self.runFinished.emit(None, str(exc))
+            self._fail(str(exc))
             return
         self._bridge = bridge
         self.result = None
@@ -654,7 +653,7 @@ class CompressionDock(JobDock):
             xs, ys = self.metric_curve.getData()
             self.metric_curve.setData(list(xs if xs is not None else []) + [x],
                                       list(ys if ys is not None else []) + [float(entry["metric"])])
-            name = entry.get("metric_name") or (TASK_METRICS.get(self.summary.task, "") if self.summary else "")
+            name = entry.get("metric_name") or (task_metric(self.summary.task) if self.summary else "")
             self.metric_plot.setTitle(f"{metric_label(str(name))} on the evaluation data", size="9pt")
 
     def _curve_x(self) -> List[float]:
@@ -672,9 +671,8 @@ class CompressionDock(JobDock):
             return
         self._bridge = None
         if result is None:
-            self._report_failure(error)
             self._update_export_button()
-            self.runFinished.emit(None, error)
+            self._fail(error)
             return
         self.result = result
         self.progress_bar.setValue(100)
@@ -729,7 +727,7 @@ class CompressionDock(JobDock):
     def _show_summary(self, summary: CheckpointSummary) -> None:
         """The chosen checkpoint's figures: the before column, or for a compressed one its recorded history."""
         report = summary.report
-        metric = TASK_METRICS.get(summary.task, "")
+        metric = summary.compression.get("metric") or task_metric(summary.task)  # recorded since 2026-12-03
         self.readout_names["metric"].setText(metric_label(metric) + " (%)")
         if not summary.compressed:
             self._fill_totals("before", report)
@@ -746,7 +744,7 @@ class CompressionDock(JobDock):
             self._set_readout("size", "change", f"{ratio:.1f}× smaller")
         if "bops_ratio" in record:
             self._set_readout("bops", "change", f"{record['bops_ratio']:.1f}× fewer")
-        if "params_before" in record:  # recorded since 2026-12-03 (the shipped compressed model predates it)
+        if "params_before" in record:  # recorded since 2026-12-03 (and added to the shipped compressed card)
             self._set_readout("params", "before", si(record["params_before"]))
             self._set_readout("params", "change",
                               f"{100.0 * (report['params'] / max(record['params_before'], 1) - 1):+.0f} %")

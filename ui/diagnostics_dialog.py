@@ -98,7 +98,7 @@ class DiagnosticsDialog(QDialog):
         activate_environments()
         if error:  # keep pip's log on screen: it says why
             self.install_button.setEnabled(bool(dependencies.missing()))
-            self.status.setText("Installation cancelled." if error.startswith("cancelled")
+            self.status.setText("Installation cancelled." if tasks.was_cancelled(error)
                                 else "Installation failed: " + error.splitlines()[0])
         else:
             self.refresh()

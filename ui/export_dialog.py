@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -42,7 +41,8 @@ from ..core.errors import JobCancelled, RSLabError
 from ..core.dependencies import PLUGIN_DIR
 from ..core.export import CHECK_SAMPLES, SUFFIXES, export_paths, sample_inputs  # torch-free at import
 from . import task as tasks
-from .job_dock import cancel_if_alive, profile_folder, user_path
+from .task import ERROR_STYLE, INFO_STYLE, failure_text
+from .job_dock import profile_folder, user_path
 from .widgets import TimedProgressBar, checkpoint_widget, folder_widget, message_label
 
 # (format key of core.export, label); the file suffixes come from core.export.SUFFIXES
@@ -60,7 +60,6 @@ FORMAT_TIPS = {
     "report": "BOPs, MACs, parameters and size, in total and per layer, with the bit plan and the compression record",
 }
 
-ERROR_STYLE = "color: #b00020;"
 
 
 def default_export_folder(checkpoint: str) -> str:
@@ -121,7 +120,7 @@ def describe_check(check: Dict[str, float]) -> str:
     return text
 
 
-class ExportDialog(QDialog):
+class ExportDialog(QDialog, tasks.TaskOwner):
     """Export one checkpoint to the chosen formats; `exported({format: path}, error)` after every Save."""
 
     exported = pyqtSignal(dict, str)
@@ -138,10 +137,8 @@ class ExportDialog(QDialog):
         self.card: Any = None
         self.example: Optional[Tuple[Any, ...]] = None
         self.load_error = ""
-        self.task: Optional[tasks.JobTask] = None
         self.check_result: Optional[Dict[str, float]] = None
         self.written: Dict[str, str] = {}
-        self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self._build()
         self._connect()
         self._set_running(False)
@@ -243,7 +240,7 @@ class ExportDialog(QDialog):
         self.model, self.card, self.example = model, checkpoint.card, example
         compressed = checkpoint.card.compressed
         bits = sorted({b for layer in (checkpoint.card.bit_widths or {}).values() for b in layer.values()})
-        self.model_info.setStyleSheet("color: #555;")
+        self.model_info.setStyleSheet(INFO_STYLE)
         self.model_info.setText(
             f"{task_label(checkpoint.card.task)} · {checkpoint.card.architecture} · "
             + (f"compressed ({', '.join(map(str, bits))} bits)" if compressed else "full precision (32 bits)")
@@ -352,19 +349,11 @@ class ExportDialog(QDialog):
         self.task = tasks.JobTask(description, job, on_finished=partial(self._task_done, done))
         self.task.progressChanged.connect(self.progress_bar.show_percent)
         self.task.message.connect(self._set_status)
-        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
-        self.destroyed.connect(self._cancel_on_destroy)
-        self._set_running(True)
-        tasks.start(self.task)
+        self._run_task(self.task)
 
     def _task_done(self, done: Callable[[Any, str], None], result: Any, error: str) -> None:
-        if sip.isdeleted(self):
-            return
-        self.task = None
-        self.destroyed.disconnect(self._cancel_on_destroy)
-        self._set_running(False)
-        self.progress_bar.stop()
-        done(result, error)
+        if self._task_ended():
+            done(result, error)
 
     def _saved(self, written: Optional[Dict[str, str]], error: str) -> None:
         if written is None:
@@ -403,7 +392,7 @@ class ExportDialog(QDialog):
 
     def _cancel_running(self) -> None:
         if self.task is not None:
-            cancel_if_alive(self.task)
+            tasks.cancel_if_alive(self.task)
 
     # state ------------------------------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:
@@ -417,11 +406,8 @@ class ExportDialog(QDialog):
         self.check_button.setEnabled(idle and self.model is not None)
 
     def _fail(self, error: str) -> None:
-        first = error.splitlines()[0] if error else "failed"
-        if error.startswith("unexpected error"):
-            first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
         self.status_label.setStyleSheet(ERROR_STYLE)
-        self.status_label.setText("Not exported: " + first)
+        self.status_label.setText("Not exported: " + failure_text(error).splitlines()[0])
         self.progress_bar.setValue(0)
         self._fit_height()
 

@@ -26,7 +26,6 @@ from ..core.change_labels import burn_labels
 from ..core.errors import RSLabError
 from . import task as tasks
 from .layers import layer_file
-from .task import cancel_if_alive
 from .widgets import TimedProgressBar, message_label, raster_combo
 
 
@@ -94,6 +93,7 @@ def user_path(text: str) -> str:
 
 
 RESULT_OF = "rslab/result_of"  # on a result group: the id of the input layer it was computed from
+CUSTOM_CHECKPOINT = "Checkpoint file…"  # the model lists' last entry: a checkpoint the user picks
 NEW_CHECKPOINT_HINT = "a new file under the QGIS profile (rslab/checkpoints)"  # placeholder of 'save as' fields
 
 
@@ -120,7 +120,7 @@ def new_checkpoint_path(stem: str) -> str:
     return path
 
 
-class JobDock(QWidget):
+class JobDock(QWidget, tasks.TaskOwner):
     """Base of the task docks. Subclasses provide the widgets named below and `_finished`.
 
     A run's layers belong to the project it started in: when that project is closed or replaced meanwhile
@@ -162,12 +162,9 @@ class JobDock(QWidget):
         self.task = tasks.JobTask(description, request.job, on_finished=self._finished)
         self.task.progressChanged.connect(self._progress)
         self.task.message.connect(self._set_status)
-        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
-        self.destroyed.connect(self._cancel_on_destroy)  # the dock goes away (plugin unloaded): stop the run
         self.project_closed = False
         QgsProject.instance().cleared.connect(self._note_project_closed)
-        self._set_running(True)
-        tasks.start(self.task)
+        self._run_task(self.task)  # cancelled when the dock goes away (plugin unloaded)
 
     def _note_project_closed(self) -> None:
         self.project_closed = True
@@ -189,10 +186,8 @@ class JobDock(QWidget):
                 self._remove_empty_folder(request)
             return None
         request, self._request = self._request, None
-        self.progress_bar.stop()
-        self.destroyed.disconnect(self._cancel_on_destroy)
         QgsProject.instance().cleared.disconnect(self._note_project_closed)
-        self._set_running(False)
+        self._task_ended()
         return request
 
     def _add_result_layers(self, request: Any, result: Any) -> str:
@@ -253,17 +248,20 @@ class JobDock(QWidget):
 
     def _report_failure(self, error: str, context: str = "") -> None:
         """Say why a run (or, with `context`, a side job such as the mean spectrum) failed or was cancelled."""
-        cancelled = error.startswith("cancelled")
-        first = error
-        if error.startswith("unexpected error"):  # JobTask logged the traceback
-            first = "unexpected error; the traceback is in the Log Messages panel, tab RS Lab"
+        cancelled = tasks.was_cancelled(error)
+        first = tasks.failure_text(error)
         if context:
             first = f"{context}: {first}"
-        self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
+        self.status_label.setStyleSheet("" if cancelled else tasks.ERROR_STYLE)
         self.status_label.setText(tasks.stopped_text(first, cancelled))
         self.progress_bar.setValue(0)
         if self.iface is not None and not cancelled:
             self.iface.messageBar().pushMessage(self.MESSAGE_TITLE, first, Qgis.Critical, 0)
+
+    def _fail(self, error: str) -> None:
+        """Say why a run was refused, failed or was cancelled, and tell `runFinished` (the subclass's signal)."""
+        self._report_failure(error)
+        self.runFinished.emit(None, error)
 
     def _set_status(self, text: str) -> None:
         self.status_label.setStyleSheet("")

@@ -1,18 +1,16 @@
-"""Reading project layers' files, and adding job outputs to the project as styled layers (main thread only)."""
+"""Reading project layers' files, and loading job outputs as styled layers (main thread only)."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Optional, Tuple
 
 from qgis.core import (
     QgsColorRampShader,
     QgsContrastEnhancement,
-    QgsLayerTreeGroup,
     QgsMapLayer,
     QgsMultiBandColorRenderer,
-    QgsProject,
     QgsProviderRegistry,
     QgsRasterLayer,
     QgsRasterMinMaxOrigin,
@@ -21,8 +19,9 @@ from qgis.core import (
 )
 
 from ..core.errors import RSLabError
+from ..core.raster_io import ASSIGN_CRS_HOW
+from ..core.resources import STYLE_DIR
 
-STYLE_DIR = Path(__file__).resolve().parent.parent / "resources" / "styles"
 # pixels QGIS samples for a cumulative cut (its "estimated" accuracy); on a raster with overviews QGIS 3.22
 # takes the cut from its smallest overview instead (a few hundred pixels on a long, narrow output)
 STRETCH_SAMPLE = 250_000
@@ -57,6 +56,12 @@ def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
             f"the {role} layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
             "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
         )
+    file_crs = layer.dataProvider().crs()
+    if file_crs.isValid() and layer.crs() != file_crs:  # results would be placed by the file's CRS, far away
+        raise RSLabError(
+            f"the {role} layer '{layer.name()}' is shown in {layer.crs().authid() or layer.crs().description()} "
+            f"set in QGIS, but its file says {file_crs.authid() or file_crs.description()}: "
+            f"write the CRS into the file ({ASSIGN_CRS_HOW}), then add it again")
     return path
 
 
@@ -67,7 +72,7 @@ def style_path(style: str) -> Path:
     return path
 
 
-def make_layer(spec: LayerSpec):
+def make_layer(spec: LayerSpec) -> QgsMapLayer:
     """Load `spec.path` as a layer and apply its style; RSLabError if QGIS cannot read it."""
     layer = QgsRasterLayer(spec.path, spec.name) if spec.kind == "raster" else QgsVectorLayer(spec.path, spec.name, "ogr")
     if not layer.isValid():
@@ -79,25 +84,6 @@ def make_layer(spec: LayerSpec):
     if spec.opacity is not None and spec.kind == "raster":
         layer.renderer().setOpacity(spec.opacity)
     return layer
-
-
-def add_layers(
-    specs: Iterable[LayerSpec],
-    group_name: Optional[str] = None,
-    project: Optional[QgsProject] = None,
-) -> List:
-    """Add layers (first spec on top), optionally inside a new group at the top of the layer tree."""
-    project = project or QgsProject.instance()
-    layers = [make_layer(spec) for spec in specs]
-    root = project.layerTreeRoot()
-    group: Optional[QgsLayerTreeGroup] = root.insertGroup(0, group_name) if group_name else None
-    for index, layer in enumerate(layers):
-        project.addMapLayer(layer, addToLegend=False)
-        if group is not None:
-            group.addLayer(layer)
-        else:
-            root.insertLayer(index, layer)  # in order at the top (addToLegend would put the last one on top)
-    return layers
 
 
 def fit_score_stretch(layer: QgsRasterLayer) -> Optional[Tuple[float, float]]:

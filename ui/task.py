@@ -1,24 +1,27 @@
-"""Running any core job as a QgsTask: progress bar, cancel, and layers added on the main thread.
+"""Running any core job as a QgsTask: progress, cancel, and the result handed back on the main thread.
 
 The worker thread only calls the core job (which reads and writes files);
 it never touches QgsProject, layers or widgets. `finished()` runs on the main
-thread: that is where output layers are added, styled, and the caller's
-callback is invoked.
+thread: that is where the caller's callback is invoked and `jobFinished`
+emitted (the docks add their output layers there, `ui/job_dock.JobDock`).
 """
 from __future__ import annotations
 
 import traceback
-from typing import Any, Callable, List, Optional, Set
+from functools import partial
+from typing import Any, Callable, Optional, Set
 
 from qgis.core import QgsApplication, QgsMessageLog, Qgis, QgsTask
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.dependencies import missing_package_message
-from ..core.errors import JobCancelled, RSLabError
-from .layers import LayerSpec, add_layers
+from ..core.errors import CANCELLED_MESSAGE, JobCancelled, RSLabError
 
-CANCELLED = "cancelled; no output was written"  # a JobTask's error when its job was cancelled
+CANCELLED = CANCELLED_MESSAGE  # a JobTask's error when its job was cancelled
+UNEXPECTED = "unexpected error"  # how a JobTask's error starts when the job raised a bug (traceback follows)
+ERROR_STYLE = "color: #b00020;"  # a status line saying why something failed
+INFO_STYLE = "color: #555;"  # a line describing the chosen checkpoint
 
 Job = Callable[[Callable[[float, str], None], Callable[[], bool]], Any]
 
@@ -36,18 +39,13 @@ class JobTask(QgsTask):
         self,
         description: str,
         job: Job,
-        layers: Optional[Callable[[Any], List[LayerSpec]]] = None,
-        group_name: Optional[str] = None,
         on_finished: Optional[Callable[[Any, str], None]] = None,
     ) -> None:
         super().__init__(description, QgsTask.CanCancel)
         self._job = job
-        self._layers = layers
-        self._group_name = group_name
         self._on_finished = on_finished
         self.result: Any = None
         self.error = ""
-        self.added_layers: List = []
         self.superseded = False  # cancelled by its owner for a newer run: not worth a line in the log
 
     def supersede(self) -> None:
@@ -71,16 +69,11 @@ class JobTask(QgsTask):
             self.error = str(exc)
         except Exception as exc:  # a bug: keep the traceback for the log; a package not installed yet: say so
             message = missing_package_message(exc) if isinstance(exc, ImportError) else None
-            self.error = message or "unexpected error:\n" + traceback.format_exc()
+            self.error = message or f"{UNEXPECTED}:\n" + traceback.format_exc()
         return False
 
     def finished(self, ok: bool) -> None:  # main thread
         _RUNNING.discard(self)
-        if ok and self._layers is not None:
-            try:
-                self.added_layers = add_layers(self._layers(self.result), self._group_name)
-            except RSLabError as exc:
-                ok, self.error = False, str(exc)
         if not ok:
             if not self.error:
                 self.error = CANCELLED
@@ -89,6 +82,19 @@ class JobTask(QgsTask):
         if self._on_finished is not None:
             self._on_finished(self.result if ok else None, "" if ok else self.error)
         self.jobFinished.emit(self.result if ok else None, "" if ok else self.error)
+
+
+def was_cancelled(error: str) -> bool:
+    """Whether a JobTask's error says it was cancelled (a stop the user asked for, not a failure)."""
+    return error.startswith(CANCELLED.split(";")[0])
+
+
+def failure_text(error: str) -> str:
+    """A JobTask's error as a status line shows it: a bug's traceback (logged by JobTask) replaced by where to
+    find it."""
+    if error.startswith(UNEXPECTED):
+        return f"{UNEXPECTED}; the traceback is in the Log Messages panel, tab RS Lab"
+    return error or "unknown error"
 
 
 def stopped_text(reason: str, cancelled: bool, failed: str = "Failed") -> str:
@@ -108,3 +114,31 @@ def cancel_if_alive(task: QgsTask) -> None:
     """Cancel `task` unless QGIS has already deleted it (it finished); for `destroyed` signals."""
     if not sip.isdeleted(task):
         task.cancel()
+
+
+class TaskOwner:
+    """Mixin for a widget that runs one JobTask at a time (docks, the train and export dialogs): the task is
+    cancelled when the widget goes (the plugin unloaded, the dialog closed). The widget has `progress_bar`
+    (a widgets.TimedProgressBar) and `_set_running(running)`."""
+
+    task: Optional[JobTask] = None
+    _cancel_on_destroy: Optional[Callable[[], None]] = None
+
+    def _run_task(self, task: JobTask) -> None:
+        self.task = task
+        self._cancel_on_destroy = partial(cancel_if_alive, task)
+        self.destroyed.connect(self._cancel_on_destroy)
+        self._set_running(True)
+        start(task)
+
+    def _task_ended(self) -> bool:
+        """First step of a task's callback: False when the widget is already deleted (nothing to update), else
+        True with the widget idle again."""
+        if sip.isdeleted(self):
+            return False
+        self.task = None
+        self.destroyed.disconnect(self._cancel_on_destroy)
+        self._cancel_on_destroy = None
+        self._set_running(False)
+        self.progress_bar.stop()
+        return True

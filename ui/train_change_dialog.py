@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyqtgraph as pg
 from qgis.core import QgsRasterLayer
-from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -31,12 +29,12 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.change_data import ChangePair, pairs_from_folder, training_split
-from ..core.change_training import TrainChangeParams, TrainChangeResult, train_change_detector
+from ..core.change_training import (WIDTH_PARAMETERS, WIDTH_PRESETS, TrainChangeParams, TrainChangeResult,
+                                   train_change_detector)
 from ..core.errors import RSLabError
 from . import task as tasks
 from .job_dock import (
     NEW_CHECKPOINT_HINT,
-    cancel_if_alive,
     date_files,
     label_file,
     new_checkpoint_path,
@@ -63,8 +61,9 @@ from .widgets import (
 # (key, label, (base, channels)); None = the free spin boxes. The key is what the
 # width combo's items carry (and what QgsSettings remembers).
 WIDTHS: List[Tuple[str, str, Optional[Tuple[int, int]]]] = [
-    ("narrow", "narrow 32/32 (default)", (32, 32)),
-    ("full", "full 64/64 (paper, 14.3 M parameters)", (64, 64)),
+    ("narrow", "narrow {}/{} (default)".format(*WIDTH_PRESETS["narrow"]), WIDTH_PRESETS["narrow"]),
+    ("full", "full {}/{} (paper, {} parameters)".format(*WIDTH_PRESETS["full"], WIDTH_PARAMETERS["full"]),
+     WIDTH_PRESETS["full"]),
     ("custom", "custom", None),
 ]
 WIDTH_SIZES: Dict[str, Optional[Tuple[int, int]]] = {key: sizes for key, _, sizes in WIDTHS}
@@ -84,7 +83,7 @@ class EpochBridge(QObject):
     epoch = pyqtSignal(dict)
 
 
-class TrainChangeDialog(QDialog):
+class TrainChangeDialog(QDialog, tasks.TaskOwner):
     """Train AR-CDNet from a folder of A/, B/, label/ pairs; emits `trained(path)` when a checkpoint is saved."""
 
     trained = pyqtSignal(str)
@@ -92,10 +91,8 @@ class TrainChangeDialog(QDialog):
     def __init__(self, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("RS Lab: train a change detector")
-        self.task: Optional[tasks.JobTask] = None
         self.result: Optional[TrainChangeResult] = None
         self.history: List[Dict[str, float]] = []
-        self._cancel_on_destroy: Optional[Callable[[], None]] = None
         self._burnt_dir: Optional[str] = None  # where label polygons are burnt into rasters
         self._build()
         # the custom widths before the preset: a restored preset then overwrites them in _width_changed
@@ -356,10 +353,7 @@ class TrainChangeDialog(QDialog):
         self.task.message.connect(self.status_label.setText)
         # Closing the window leaves training running (QGIS's task bar shows it); deleting the dialog
         # (the plugin unloaded) stops it.
-        self._cancel_on_destroy = partial(cancel_if_alive, self.task)
-        self.destroyed.connect(self._cancel_on_destroy)
-        self._set_running(True)
-        tasks.start(self.task)
+        self._run_task(self.task)
 
     def _reset(self, train: Sequence[ChangePair], val: Sequence[ChangePair], output: str) -> None:
         self.result, self.history = None, []
@@ -403,12 +397,8 @@ class TrainChangeDialog(QDialog):
 
     def _finished(self, result: Optional[TrainChangeResult], error: str) -> None:
         """JobTask's callback, on the GUI thread."""
-        if sip.isdeleted(self):
+        if not self._task_ended():
             return
-        self.task = None
-        self.destroyed.disconnect(self._cancel_on_destroy)
-        self._set_running(False)
-        self.progress_bar.stop()
         if result is None:
             self._fail(error)
             return
@@ -422,9 +412,9 @@ class TrainChangeDialog(QDialog):
         self.trained.emit(result.checkpoint)
 
     def _fail(self, error: str) -> None:
-        cancelled = error.startswith("cancelled")
-        self.status_label.setStyleSheet("" if cancelled else "color: #b00020;")
-        first = error.splitlines()[0]
+        cancelled = tasks.was_cancelled(error)
+        self.status_label.setStyleSheet("" if cancelled else tasks.ERROR_STYLE)
+        first = tasks.failure_text(error).splitlines()[0]
         self.status_label.setText(tasks.stopped_text(first, cancelled, "Training failed"))
         self.progress_bar.setValue(0)
         self.log.appendPlainText(error)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsRasterLayer
 from qgis.gui import QgsCheckableComboBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
@@ -20,6 +20,9 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+if TYPE_CHECKING:  # imported where used: importing this module does not load pyqtgraph
+    import pyqtgraph as pg
 
 from ..core.change_reference import CODING_LABELS, CODINGS
 
@@ -282,7 +285,7 @@ def scroll_body(owner: QWidget, body: QWidget) -> None:
     outer.addWidget(scroll)
 
 
-def white_plot(parent: QWidget, bottom: str, left: str, grid_x: bool = True):
+def white_plot(parent: QWidget, bottom: str, left: str, grid_x: bool = True) -> "pg.PlotWidget":
     """A pyqtgraph plot on white with axis labels and a light grid: the look of every RS Lab plot."""
     import pyqtgraph as pg
 
@@ -293,7 +296,7 @@ def white_plot(parent: QWidget, bottom: str, left: str, grid_x: bool = True):
     return plot
 
 
-def result_plot(parent: QWidget, bottom: str, left: str, min_height: int, grid_x: bool = True):
+def result_plot(parent: QWidget, bottom: str, left: str, min_height: int, grid_x: bool = True) -> "pg.PlotWidget":
     """A white plot that grows with its dock and ignores the mouse: results are read, not panned."""
     plot = white_plot(parent, bottom, left, grid_x)
     plot.setMinimumHeight(min_height)
@@ -315,7 +318,7 @@ def legend_mark(colour: Tuple[int, int, int], glyph: str = BAR) -> str:
 
 
 def live_curve(parent: QWidget, title: str, x_label: str, y_label: str, colour: Tuple[int, int, int],
-               symbol_size: int = 5):
+               symbol_size: int = 5) -> Tuple["pg.PlotWidget", "pg.PlotDataItem"]:
     """(plot, curve): a white pyqtgraph plot with one line-and-dots curve for live training figures."""
     import pyqtgraph as pg
 
