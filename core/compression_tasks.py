@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, task_with_article
 from .errors import RSLabError
 from .metrics import rank_auc
 
@@ -393,9 +393,57 @@ def example_inputs_for(card: Any, size: Optional[int] = None) -> Tuple[Any, ...]
     return (image, image.clone()) if card.task == "change_detection" else (image,)
 
 
+# what each task's data is, for the messages (and the panel's data field placeholder)
+DATA_HINTS = {
+    "classification": "a .npz with x_train, y_train, x_test, y_test (e.g. resources/samples/cifar10_sample.npz)",
+    "change_detection": "a folder with A/ (before), B/ (after) and label/ sub-folders",
+    "anomaly_detection": "an ABU .mat scene or a hyperspectral raster (e.g. resources/samples/abu-beach-2.mat)",
+}
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+NOT_ANOMALY_DATA = (".npz", ".pt", ".pth", ".json", ".csv", ".txt", ".zip")
+
+
+def check_data(task: str, path: str) -> str:
+    """The data path if it is the kind `task` needs; RSLabError (saying what is needed) otherwise."""
+    if task not in DATA_HINTS:
+        raise RSLabError(f"compression does not support {task!r} models yet; "
+                         f"supported: {', '.join(sorted(DATA_HINTS))}")
+    hint = DATA_HINTS[task]
+    if not path:
+        raise RSLabError(f"choose the evaluation data: {hint}")
+    name = os.path.basename(path.rstrip(os.sep)) or path
+    if not os.path.exists(path):
+        raise RSLabError(f"the evaluation data {path} does not exist; choose {hint}")
+    if task == "change_detection":
+        if not os.path.isdir(path):
+            raise RSLabError(f"{name} is a file; a change-detection checkpoint needs {hint}")
+        missing = [sub for sub in ("A", "B", "label") if not os.path.isdir(os.path.join(path, sub))]
+        if missing:
+            raise RSLabError(f"{name} has no {', '.join(m + '/' for m in missing)} sub-folder; "
+                             f"a change-detection checkpoint needs {hint}")
+        return path
+    if os.path.isdir(path):
+        raise RSLabError(f"{name} is a folder; {task_with_article(task)} checkpoint needs {hint}")
+    suffix = os.path.splitext(path)[1].lower()
+    if task == "classification":
+        if suffix != ".npz":
+            raise RSLabError(f"{name} is not a .npz file; a classification checkpoint needs {hint}")
+        try:
+            with np.load(path) as data:
+                keys = set(data.files)
+        except (OSError, ValueError) as exc:
+            raise RSLabError(f"{name} is not a readable .npz file ({exc})") from exc
+        missing = [k for k in NPZ_KEYS if k not in keys]
+        if missing:
+            raise RSLabError(f"{name} has no {', '.join(missing)}; a classification checkpoint needs {hint}")
+        return path
+    if suffix in NOT_ANOMALY_DATA:
+        raise RSLabError(f"{name} is not a hyperspectral scene; the BSDM denoiser needs {hint}")
+    return path
+
+
 def task_for(checkpoint: Checkpoint, data_path: str, seed: int = 0, **options: Any) -> CompressionTask:
-    """The adapter for the checkpoint's task, reading `data_path`."""
-    if checkpoint.card.task not in TASKS:
-        raise RSLabError(f"compression does not support {checkpoint.card.task!r} models yet; "
-                         f"supported: {', '.join(sorted(TASKS))}")
+    """The adapter for the checkpoint's task, reading `data_path` (checked first by `check_data`, as the panel
+    checks it before a run: one set of messages for the panel and Processing)."""
+    check_data(checkpoint.card.task, data_path)
     return TASKS[checkpoint.card.task](checkpoint, data_path, seed, **options)

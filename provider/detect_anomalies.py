@@ -23,11 +23,9 @@ from qgis.PyQt.QtCore import QVariant
 
 from ..core.anomaly import (LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, check_anomaly_outputs,
                             detect_anomalies)
-from ..ui.layers import fit_score_stretch
+from ..ui.layers import MASK_STYLE, SCORES_STYLE, fit_score_stretch
 from .base import RSLabAlgorithm, StyleFromQml, checkpoint_parameter, feedback_callbacks, method_options
 
-SCORES_STYLE = "anomaly_scores.qml"
-MASK_STYLE = "anomaly_mask.qml"
 
 
 class ScoreStyle(StyleFromQml):

@@ -17,6 +17,7 @@ from qgis.core import (
 
 from ..core.change_detection import METHOD_LABELS, METHODS, ChangeOutputs, ChangeParams, detect_changes
 from ..core.change_reference import CODING_LABELS, CODINGS
+from ..ui.layers import CHANGE_STYLE, PROBABILITY_STYLE, UNCERTAINTY_STYLE
 from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks, method_options
 
 
@@ -137,14 +138,14 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         if result.metrics:
             feedback.pushInfo("metrics: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                         for k, v in result.metrics.items()}))
-        self.style_output(context, outputs.change, "change_mask.qml")
+        self.style_output(context, outputs.change, CHANGE_STYLE)
         out = {self.OUTPUT_CHANGE: outputs.change}
         if outputs.probability:
             out[self.OUTPUT_PROBABILITY] = outputs.probability
-            self.style_output(context, outputs.probability, "probability.qml")  # 0..1, not stretched per run
+            self.style_output(context, outputs.probability, PROBABILITY_STYLE)  # 0..1, not stretched per run
         if outputs.uncertainty:
             out[self.OUTPUT_UNCERTAINTY] = outputs.uncertainty
-            self.style_output(context, outputs.uncertainty, "uncertainty.qml")
+            self.style_output(context, outputs.uncertainty, UNCERTAINTY_STYLE)
         if outputs.report:
             out[self.OUTPUT_REPORT] = outputs.report
         return out

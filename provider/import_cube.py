@@ -12,7 +12,7 @@ from qgis.core import (
 
 from ..core.bands import true_colour_bands
 from ..core.import_cube import ImportCubeParams, import_cube
-from ..ui.layers import show_true_colour
+from ..ui.layers import GROUND_TRUTH_STYLE, show_true_colour
 from .base import RSLabAlgorithm, feedback_callbacks
 
 
@@ -90,5 +90,5 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
             self.post_process_output(context, result.cube_path, TrueColour(bands))
         if result.gt_path:
             outputs[self.OUTPUT_GT] = result.gt_path
-            self.style_output(context, result.gt_path, "binary_mask.qml")
+            self.style_output(context, result.gt_path, GROUND_TRUTH_STYLE)
         return outputs

@@ -152,7 +152,9 @@ def test_a_change_detector_compresses_on_a_data_folder(tmp_path, samples, provid
     for data, message in (({}, "no training / evaluation data"),
                           ({"DATA": str(samples / "cifar10_sample.npz"), "DATA_FOLDER": str(folder)}, "not both"),
                           ({"DATA_FOLDER": str(folder), "OUTPUT_REPORT": str(folder / "A" / "p1.png")},
-                           "would replace p1.png in the data folder")):
+                           "would replace p1.png in the data folder"),
+                          ({"DATA_FOLDER": str(folder / "A")},  # the panel's message, from the one check
+                           "A has no A/, B/, label/ sub-folder; a change-detection checkpoint needs a folder with")):
         with pytest.raises(QgsProcessingException, match=message):
             processing.run("rslab:compress_model", dict(params, OUTPUT_MODEL=str(tmp_path / "d.pt"), **data))
         assert not (tmp_path / "d.pt").exists()

@@ -65,10 +65,9 @@ from ..core.job import JobMonitor
 from ..core.metrics import Roc
 from ..core.raster_io import (band_wavelengths, data_bands, gdal_env, open_raster, pixel_of, raster_info,
                               read_bands)
-from ..provider.detect_anomalies import MASK_STYLE, SCORES_STYLE
 from . import task as tasks
 from .job_dock import JobDock, layer_file, safe_name, unused_stem
-from .layers import LayerSpec, fit_score_stretch, make_layer, show_true_colour
+from .layers import MASK_STYLE, SCORES_STYLE, LayerSpec, fit_score_stretch, make_layer, show_true_colour
 from .settings import remember
 from .widgets import (
     decade_label,

@@ -48,7 +48,7 @@ from ..core.raster_io import gdal_env, open_raster
 from ..core.weights import shipped_checkpoints
 from .job_dock import (CUSTOM_CHECKPOINT, JobDock, date_files, label_file, layer_file, safe_name, scratch_folder,
                        unused_stem, user_path)
-from .layers import LayerSpec, make_layer
+from .layers import CHANGE_STYLE, UNCERTAINTY_STYLE, LayerSpec, make_layer
 from .train_change_dialog import TrainChangeDialog
 from .settings import remember
 from .widgets import (BandChooser, checkpoint_widget, coding_combo, double_spin_box, folder_widget,
@@ -473,9 +473,9 @@ class ChangeDetectionDock(JobDock):
         The probability raster is written to the output folder but not added (the mask and the
         uncertainty carry what a person looks at; the file is there for re-thresholding).
         """
-        layers = [make_layer(LayerSpec(result.outputs.uncertainty, "uncertainty", "uncertainty.qml")),
+        layers = [make_layer(LayerSpec(result.outputs.uncertainty, "uncertainty", UNCERTAINTY_STYLE)),
                   make_layer(LayerSpec(result.outputs.change, f"changes (threshold {result.threshold:g})",
-                                       "change_mask.qml"))]
+                                       CHANGE_STYLE))]
         method = "CVA" if result.method == "cva" else f"AR-CDNet, {os.path.basename(result.model.get('path', ''))}"
         if result.bands:  # runs on other bands of one pair (the README compares them) told apart in the tree
             method += f", bands {band_ranges(result.bands)}"

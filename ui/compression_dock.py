@@ -45,10 +45,10 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.bops import MAX_BITS, MIN_BITS
-from ..core.checkpoint import task_label, task_with_article
+from ..core.checkpoint import task_label
 from ..core.compression import (METHOD_LABELS, CompressParams, CompressResult, check_compression_outputs,
                                 parse_max_bits)
-from ..core.compression_tasks import TASKS
+from ..core.compression_tasks import DATA_HINTS, TASKS, check_data
 from ..core.errors import RSLabError
 from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
 from ..core.weights import SHIPPED, shipped_checkpoints
@@ -70,13 +70,6 @@ from .widgets import (
 
 METRIC_LABELS = {"accuracy": "Accuracy", "f1": "F1", "auc": "AUC", "iou": "IoU", "kappa": "Kappa",
                  "fit": "Denoising fit"}
-DATA_HINTS = {
-    "classification": "a .npz with x_train, y_train, x_test, y_test (e.g. resources/samples/cifar10_sample.npz)",
-    "change_detection": "a folder with A/ (before), B/ (after) and label/ sub-folders",
-    "anomaly_detection": "an ABU .mat scene or a hyperspectral raster (e.g. resources/samples/abu-beach-2.mat)",
-}
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-NOT_ANOMALY_DATA = (".npz", ".pt", ".pth", ".json", ".csv", ".txt", ".zip")
 BEFORE_PEN = (120, 130, 150)
 AFTER_PEN = (230, 120, 20)
 CHART_PENS = {"before": BEFORE_PEN, "after": AFTER_PEN}  # the per-layer chart's series
@@ -158,45 +151,6 @@ def checkpoint_summary(path: str, cancelled: Optional[Callable[[], bool]] = None
                              compressed=card.compressed,
                              compression=dict(card.training.get("compression") or {}),
                              description=card.description, report=report)
-
-
-def check_data(task: str, path: str) -> str:
-    """The data path if it is the kind `task` needs; RSLabError (saying what is needed) otherwise."""
-    if task not in DATA_HINTS:
-        raise RSLabError(f"compression does not support {task!r} models yet; "
-                         f"supported: {', '.join(sorted(DATA_HINTS))}")
-    hint = DATA_HINTS[task]
-    if not path:
-        raise RSLabError(f"choose the evaluation data: {hint}")
-    name = os.path.basename(path.rstrip(os.sep)) or path
-    if not os.path.exists(path):
-        raise RSLabError(f"the evaluation data {path} does not exist; choose {hint}")
-    if task == "change_detection":
-        if not os.path.isdir(path):
-            raise RSLabError(f"{name} is a file; a change-detection checkpoint needs {hint}")
-        missing = [sub for sub in ("A", "B", "label") if not os.path.isdir(os.path.join(path, sub))]
-        if missing:
-            raise RSLabError(f"{name} has no {', '.join(m + '/' for m in missing)} sub-folder; "
-                             f"a change-detection checkpoint needs {hint}")
-        return path
-    if os.path.isdir(path):
-        raise RSLabError(f"{name} is a folder; {task_with_article(task)} checkpoint needs {hint}")
-    suffix = os.path.splitext(path)[1].lower()
-    if task == "classification":
-        if suffix != ".npz":
-            raise RSLabError(f"{name} is not a .npz file; a classification checkpoint needs {hint}")
-        try:
-            with np.load(path) as data:
-                keys = set(data.files)
-        except (OSError, ValueError) as exc:
-            raise RSLabError(f"{name} is not a readable .npz file ({exc})") from exc
-        missing = [k for k in NPZ_KEYS if k not in keys]
-        if missing:
-            raise RSLabError(f"{name} has no {', '.join(missing)}; a classification checkpoint needs {hint}")
-        return path
-    if suffix in NOT_ANOMALY_DATA:
-        raise RSLabError(f"{name} is not a hyperspectral scene; the BSDM denoiser needs {hint}")
-    return path
 
 
 def default_output_path(source: str, method: str) -> str:
