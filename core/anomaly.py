@@ -109,12 +109,14 @@ METHOD_PARAMS = {
     "rx": (),
     "lrx": ("inner_window", "outer_window"),
 }
+TRAINING_PARAMS = ("iterations", "seed", "max_train_pixels", "precision")  # unread when a denoiser is given
 
 
 def used_params(params: AnomalyParams) -> Dict[str, Any]:
     """The parameters `params.method` reads (and the method and false-alarm rate), for reports."""
+    read = set(METHOD_PARAMS[params.method]) - (set(TRAINING_PARAMS) if params.model else set())
     return {key: value for key, value in asdict(params).items()
-            if key in ("method", "false_alarm_rate") or key in METHOD_PARAMS[params.method]}
+            if key in ("method", "false_alarm_rate") or key in read}
 
 
 @dataclass(frozen=True)

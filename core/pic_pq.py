@@ -839,4 +839,5 @@ def _layer_shapes(model: "nn.Module") -> Dict[str, Tuple[int, int]]:
 def _report_metric(on_step: Optional[StepFn], phase: str, step: int, scores: Mapping[str, float], metric: str) -> None:
     if on_step is not None:
         on_step({"phase": phase, "step": step, "metric": float(scores.get(metric, float("nan"))),
+                 "metric_name": metric,  # the plot's title (a BSDM denoiser without a reference: "fit", not "auc")
                  "eval_loss": float(scores.get("loss", float("nan")))})

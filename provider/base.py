@@ -18,6 +18,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.change_labels import burn_labels
@@ -181,9 +182,11 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
     def band_list(self, parameters, name: str, context) -> Optional[Tuple[int, ...]]:
         """A multiple band parameter's bands in the order given (None when empty). Commas are read as QGIS
         reads semicolons: its own parser took '3,2,1' (as the messages write band lists) for band 0, and an empty
-        string (`BANDS=` from a script's empty variable) for band 0 too."""
+        value for band 0 too (`BANDS=` from a script's empty variable: '' from processing.run, a null QVariant
+        from qgis_process)."""
         value = parameters.get(name)
-        if isinstance(value, str) and not value.strip():
+        if value is None or (isinstance(value, QVariant) and value.isNull()) or \
+                (isinstance(value, str) and not value.strip()):
             return None
         if isinstance(value, str) and re.search(r"[,\s]", value.strip()):
             parts = [part for part in re.split(r"[;,\s]+", value.strip()) if part]

@@ -580,6 +580,7 @@ def test_trained_denoiser_is_saved_and_reused(tmp_path, beach2):
                              AnomalyParams(method="bsdm_rx", model=str(tmp_path / "bsdm.pt")), reference=str(gt))
     read_note = "BSDM denoiser read from bsdm.pt (trained on a scene of this file's name)"  # its own scene
     assert again.training_loss == [] and read_note in again.notes, again.notes
+    assert "iterations" not in again.params and again.params["model"].endswith("bsdm.pt")  # nothing was trained
     assert np.allclose(_scores(tmp_path / "a.tif"), _scores(tmp_path / "b.tif"), rtol=1e-5)
     with pytest.raises(RSLabError, match="only used by bsdm_rx"):
         AnomalyParams(method="rx", model=str(tmp_path / "bsdm.pt"))

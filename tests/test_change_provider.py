@@ -150,6 +150,17 @@ def test_a_crs_set_on_the_layer_in_qgis_is_not_taken_for_the_files(tmp_path, sam
         processing.run("rslab:detect_changes", {"BEFORE": layers[0], "AFTER": layers[1], "METHOD": 1,
                                                 "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
     assert not (tmp_path / "c.tif").exists()
+    from rslab.ui.layers import crs_label, layer_file
+
+    custom = tmp_path / "custom.tif"  # a CRS without an EPSG code, as a project of an older QGIS keeps it
+    with rasterio.open(source) as src:
+        lcc = "+proj=lcc +lat_0=23 +lon_0=-96 +lat_1=29.5 +lat_2=45.5 +x_0=0 +y_0=0 +ellps=GRS80 +units=m +no_defs"
+        with rasterio.open(custom, "w", **dict(src.profile, crs=lcc)) as dst:
+            dst.write(src.read())
+    layer = QgsRasterLayer(str(custom), "custom")
+    layer.setCrs(QgsCoordinateReferenceSystem.fromProj(layer.crs().toProj()))  # unequal objects, one CRS
+    assert layer_file(layer, "after") == str(custom)
+    assert "+proj=lcc" in crs_label(layer.dataProvider().crs())  # it said 'unknown'
     layers[1].setCrs(layers[1].dataProvider().crs())  # set back: it runs
     processing.run("rslab:detect_changes", {"BEFORE": layers[0], "AFTER": layers[1], "METHOD": 1,
                                             "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
@@ -255,6 +266,11 @@ def test_detect_changes_from_the_command_line(tmp_path, samples, qgis_process, c
                f"OUTPUT_REPORT={tmp_path / 'o.json'}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads((tmp_path / "o.json").read_text())["bands"] == [2, 3, 4, 8]
+    # an empty BANDS (a script's empty variable) is all bands; it reached the algorithm as a null QVariant, band 0
+    done = run("--json", "run", "rslab:detect_changes", "--", f"BEFORE={before}", f"AFTER={after}", "METHOD=1",
+               "BANDS=", f"OUTPUT_CHANGE={tmp_path / 'e.tif'}", f"OUTPUT_REPORT={tmp_path / 'e.json'}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads((tmp_path / "e.json").read_text())["bands"] is None
 
 
 def test_train_change_detector_on_label_polygons(tmp_path, change_copy, provider):

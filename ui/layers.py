@@ -9,11 +9,17 @@ from typing import Optional, Tuple
 from qgis.core import (
     QgsColorRampShader,
     QgsContrastEnhancement,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsCsException,
     QgsMapLayer,
     QgsMultiBandColorRenderer,
+    QgsPointXY,
+    QgsProject,
     QgsProviderRegistry,
     QgsRasterLayer,
     QgsRasterMinMaxOrigin,
+    QgsRectangle,
     QgsSingleBandPseudoColorRenderer,
     QgsVectorLayer,
 )
@@ -61,12 +67,38 @@ def layer_file(layer: Optional[QgsMapLayer], role: str) -> str:
             "save it as a GeoTIFF first (right-click > Export > Save As…) and pick that layer"
         )
     file_crs = layer.dataProvider().crs()
-    if file_crs.isValid() and layer.crs() != file_crs:  # results would be placed by the file's CRS, far away
+    if file_crs.isValid() and not same_place(file_crs, layer.crs(), layer.dataProvider().extent()):
+        # the engine reads the file: results would be placed by the file's CRS, hundreds of km from the layer
         raise RSLabError(
-            f"the {role} layer '{layer.name()}' is shown in {layer.crs().authid() or layer.crs().description()} "
-            f"set in QGIS, but its file says {file_crs.authid() or file_crs.description()}: "
-            f"write the CRS into the file ({ASSIGN_CRS_HOW}), then add it again")
+            f"the {role} layer '{layer.name()}' is shown in {crs_label(layer.crs())} set in QGIS, but its file "
+            f"says {crs_label(file_crs)}: write the CRS into the file ({ASSIGN_CRS_HOW}), then add it again")
     return path
+
+
+def crs_label(crs: QgsCoordinateReferenceSystem) -> str:
+    """'EPSG:32616', else the CRS's name, else its PROJ string (a custom CRS read 'unknown', or nothing)."""
+    if not crs.isValid():
+        return "no CRS"
+    return crs.authid() or (crs.description() if crs.description() not in ("", "unknown") else "") or crs.toProj()
+
+
+def same_place(a: QgsCoordinateReferenceSystem, b: QgsCoordinateReferenceSystem, extent: QgsRectangle) -> bool:
+    """Whether CRSs `a` and `b` put the corners and centre of `extent` (in `a`) at the same coordinates: one CRS
+    written two ways (a project of an older QGIS keeps a custom CRS as a PROJ string, the file as WKT: unequal
+    as objects) is the same place; a CRS set on a layer instead of its file's is not."""
+    if a == b:
+        return True
+    if not b.isValid():
+        return False
+    points = [QgsPointXY(x, y) for x in (extent.xMinimum(), extent.xMaximum()) for y in (extent.yMinimum(),
+                                                                                         extent.yMaximum())]
+    points.append(extent.center())
+    transform = QgsCoordinateTransform(a, b, QgsProject.instance().transformContext())
+    tolerance = 1e-6 * max(extent.width(), extent.height(), 1.0)
+    try:
+        return all(transform.transform(p).distance(p) <= tolerance for p in points)
+    except QgsCsException:
+        return False
 
 
 def style_path(style: str) -> Path:

@@ -118,8 +118,9 @@ def cancel_if_alive(task: QgsTask) -> None:
 
 class TaskOwner:
     """Mixin for a widget that runs one JobTask at a time (docks, the train and export dialogs): the task is
-    cancelled when the widget goes (the plugin unloaded, the dialog closed). The widget has `progress_bar`
-    (a widgets.TimedProgressBar) and `_set_running(running)`."""
+    cancelled when the widget is deleted (the plugin unloaded; closing the export dialog cancels through its own
+    closeEvent, closing the train dialog leaves training running). The widget has `progress_bar` (a
+    widgets.TimedProgressBar) and `_set_running(running)`."""
 
     task: Optional[JobTask] = None
     _cancel_on_destroy: Optional[Callable[[], None]] = None
