@@ -154,11 +154,21 @@ def shadowed_packages(site: str) -> List[str]:
 
 
 def preferred_packages() -> List[str]:
-    """The packages this process imports from an env over the system's copy (for the diagnostics)."""
-    return sorted({n for f in sys.meta_path if isinstance(f, EnvPackagesFirst) for n in f.names})
+    """The packages this process imports from an env over the system's copy (for the diagnostics). Finders are
+    matched by their class's name: a reloaded plugin has a new EnvPackagesFirst class, and its first load's
+    finders (still in sys.meta_path, still used) were not counted."""
+    return sorted({n for f in sys.meta_path if type(f).__name__ == EnvPackagesFirst.__name__
+                   for n in getattr(f, "names", ())})
 
 
-ADDED_FOLDERS: List[str] = []  # every site-packages folder `activate` appended in this process (diagnostics)
+# the site-packages folders `activate` appended in this process, kept in the process's environment: a reloaded
+# plugin's module state starts empty, and its diagnostics said 'none added' of folders still in use
+ADDED_FOLDERS_KEY = "RSLAB_ADDED_FOLDERS"
+
+
+def added_folders() -> List[str]:
+    """Every site-packages folder `activate` appended to sys.path in this process (diagnostics)."""
+    return [p for p in os.environ.get(ADDED_FOLDERS_KEY, "").split(os.pathsep) if p]
 
 
 def activate(env_dirs: Sequence[Path]) -> List[str]:
@@ -173,7 +183,8 @@ def activate(env_dirs: Sequence[Path]) -> List[str]:
         if sp is not None and str(sp) not in sys.path:
             sys.path.append(str(sp))
             added.append(str(sp))
-    ADDED_FOLDERS.extend(added)
+    if added:
+        os.environ[ADDED_FOLDERS_KEY] = os.pathsep.join(added_folders() + added)
     if added:
         importlib.invalidate_caches()
     for sp in added:

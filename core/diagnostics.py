@@ -81,7 +81,7 @@ def collect(extra: Optional[Dict[str, str]] = None) -> List[Row]:
         ("scipy", _module_version("scipy")),
     ]
     rows += _torch_rows()
-    added = [p for p in dependencies.ADDED_FOLDERS if p in sys.path]
+    added = [p for p in dependencies.added_folders() if p in sys.path]
     rows.append(("package folders", ", ".join(added) or "none added"))
     rows.append(("env over system", ", ".join(dependencies.preferred_packages()) or "none"))
     absent = dependencies.missing()

@@ -6,8 +6,8 @@ build classes this project (or a plugin of it) registered.
 """
 from __future__ import annotations
 
-import importlib
 import pkgutil
+import sys
 from typing import Any, Callable, Dict, Mapping, Type, TypeVar
 
 from ..core.errors import RSLabError
@@ -31,11 +31,17 @@ def register(name: str) -> Callable[[T], T]:
 
 
 def load_builtin() -> None:
-    """Import every module in models/ so their @register decorators run."""
-    package = importlib.import_module(__package__)
+    """Import every module in models/ so their @register decorators run.
+
+    Through the `import` statement's own hook (builtins.__import__), not importlib.import_module: QGIS tracks a
+    plugin's modules through that hook and forgets them when it unloads the plugin. Imported past it, the model
+    modules outlived an unload while this registry did not: after a reload (Plugin Manager's upgrade or
+    untick/tick), every checkpoint failed with "unknown architecture 'arcdnet'; this RS Lab knows: none".
+    """
+    package = sys.modules[__package__]
     for module in pkgutil.iter_modules(package.__path__):
         if module.name != "registry":
-            importlib.import_module(f"{__package__}.{module.name}")
+            __import__(f"{__package__}.{module.name}")
 
 
 def architecture(name: str) -> Type[Any]:

@@ -262,6 +262,15 @@ def test_a_compressed_checkpoint_shows_its_record_and_can_be_exported_not_recomp
     assert readout(dock, "bops", "after") != DASH and readout(dock, "metric", "change") == "-0.80 pt"
     assert dock.layer_table.item(1, 2).text() == "4" and dock.layer_table.item(1, 3).text() == "8"
     assert dock.export_button.isEnabled()
+    qtbot.mouseClick(dock.export_button, Qt.LeftButton)
+    dialog = dock.export_dialog
+    dialog.folder.setFilePath(str(tmp_path / "export"))
+    with qtbot.waitSignal(dialog.exported, timeout=TIMEOUT_MS) as saved:
+        qtbot.mouseClick(dialog.save_button, Qt.LeftButton)
+        qtbot.mouseClick(dock.export_button, Qt.LeftButton)  # to bring it forward: it cancelled the save unsaid
+        assert dock.export_dialog is dialog and dialog.isVisible()
+    written, error = saved.args
+    assert error == "" and all(os.path.isfile(path) for path in written.values()) and written
     configure(dock, samples / "cifar10_sample.npz", tmp_path / "again.pt")
     _, error = click_run(qtbot, dock)
     assert "already compressed" in error and dock.task is None and not (tmp_path / "again.pt").exists()

@@ -182,3 +182,23 @@ def test_torch_threads_leave_a_core_to_qgis_unless_rslab_threads_says(monkeypatc
     monkeypatch.setenv("RSLAB_THREADS", env)
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     assert cpu_threads() == expected
+
+
+def test_after_a_reload_the_diagnostics_still_name_the_folders_and_packages_in_use(monkeypatch):
+    """A reloaded plugin starts with fresh module state: its diagnostics said 'package folders: none added' and
+    'env over system: none' while the first load's folder and import finder were still in use."""
+    from rslab.core.diagnostics import collect
+
+    site = "/opt/rslab-env/lib/python3.11/site-packages"
+    monkeypatch.setenv(dependencies.ADDED_FOLDERS_KEY, site)  # what the first load's `activate` recorded
+    monkeypatch.setattr(sys, "path", sys.path + [site])
+
+    class EnvPackagesFirst:  # the first load's finder class: another class object than the reloaded module's
+        names = ("mpmath", "sympy")
+
+        def find_spec(self, *args, **kwargs):  # a finder that finds nothing (imports go on past it)
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [EnvPackagesFirst()] + sys.meta_path)
+    rows = dict(collect())
+    assert rows["package folders"] == site and rows["env over system"] == "mpmath, sympy"

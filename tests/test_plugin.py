@@ -1,6 +1,7 @@
 """The plugin through classFactory on real QGIS: menu, toolbar, provider, and clean unload."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from qgis.core import QgsApplication
@@ -104,3 +105,28 @@ def test_every_algorithm_dialog_fits_qgiss_default_size_without_scrolling_sidewa
         assert panel.widget().minimumSizeHint().width() <= panel.viewport().width(), algorithm.id()
         assert not panel.horizontalScrollBar().isVisible(), algorithm.id()
         dialog.close()
+
+
+def test_a_reloaded_plugin_still_builds_its_models(tmp_path):
+    """QGIS forgets a plugin's modules on unload, but only those imported through the `import` hook it installs:
+    the model modules, imported with importlib, outlived the registry, so after a reload (Plugin Manager's
+    upgrade, untick/tick) every checkpoint failed: "unknown architecture 'arcdnet'; this RS Lab knows: none"."""
+    import subprocess
+    import sys
+
+    (tmp_path / "rslab").symlink_to(REPO)
+    script = """
+import sys
+import qgis.utils  # installs QGIS's import hook, as QGIS does before loading plugins
+qgis.utils.available_plugins.append("rslab")
+from rslab.models import registry
+first = registry.architecture("arcdnet")
+qgis.utils._unloadPluginModules("rslab")  # what unloadPlugin does after the plugin's unload()
+assert "rslab.models.arcdnet" not in sys.modules, "a model module outlived the unload"
+from rslab.models import registry as reloaded
+assert reloaded is not registry and reloaded.architecture("arcdnet") is not first
+print("built after reload")
+"""
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), QT_QPA_PLATFORM="offscreen")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "built after reload" in done.stdout, done.stdout + done.stderr[-3000:]

@@ -465,7 +465,9 @@ class CompressionDock(JobDock):
         self.summary_task = task
         if self._summary_cancel is not None:
             self.destroyed.disconnect(self._summary_cancel)
-        self._summary_cancel = lambda *_: tasks.cancel_if_alive(task)
+        # quietly, as a read superseded by another checkpoint: unloading the plugin logged 'reading x.pt:
+        # cancelled; no output was written' as a warning to a user who cancelled nothing
+        self._summary_cancel = lambda *_: None if sip.isdeleted(task) else task.supersede()
         self.destroyed.connect(self._summary_cancel)
         tasks.start(task)
 
@@ -816,6 +818,11 @@ class CompressionDock(JobDock):
             return
         report = self.result.report() if self.result is not None and self.result.checkpoint == path else None
         if self.export_dialog is not None and not sip.isdeleted(self.export_dialog):
+            if self.export_dialog.task is not None:  # saving or checking: brought forward, not cancelled unsaid
+                self.export_dialog.show()
+                self.export_dialog.raise_()
+                self.export_dialog.activateWindow()
+                return
             self.export_dialog.close()
             self.export_dialog.deleteLater()
         self.export_dialog = ExportDialog(path, report=report, parent=self)
