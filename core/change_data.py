@@ -83,8 +83,16 @@ def check_pair(pair: ChangePair) -> Tuple[int, int, int]:
         ia, ib, il = describe(a), describe(b), describe(lab)
     if ia.count != ib.count:
         raise RSLabError(f"{pair.name}: the before image has {ia.count} bands, the after image {ib.count}")
-    if not same_grid(ia, ib) or ia.shape != il.shape:
-        raise RSLabError(f"{pair.name}: before, after and label rasters are not on one grid")
+    if not same_grid(ia, ib):  # detection resamples the after image; training reads the three pixel for pixel
+        raise RSLabError(
+            f"{pair.name}: the after image ({ib.width} x {ib.height}, {crs_name(ib.crs)}) is not on the before "
+            f"image's grid ({ia.width} x {ia.height}, {crs_name(ia.crs)}); training reads the two pixel for pixel: "
+            "warp the after image onto the before image's grid first (Raster > Projections > Warp, with the before "
+            "image's CRS, extent and resolution)")
+    if ia.shape != il.shape:
+        raise RSLabError(f"{pair.name}: the label raster is {il.width} x {il.height} pixels, the images "
+                         f"{ia.width} x {ia.height}; training reads labels pixel for pixel: give a label on the "
+                         "images' grid")
     if ia.georeferenced and il.georeferenced and not same_grid(ia, il):
         if ia.crs is not None and il.crs is None and ia.transform.almost_equals(il.transform):
             raise RSLabError(f"{pair.name}: the label raster's file has no CRS (its pixels lie where the images' "

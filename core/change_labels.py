@@ -55,11 +55,13 @@ def _check_values(layer, field: str, name: str) -> int:
     if field not in fields:
         raise RSLabError(f"{name} has no field {field!r}; its fields are {', '.join(fields) or 'none'}")
     odd: List[str] = []
+    seen = set()
     count = 0
     layer.ResetReading()
     for feature in layer:
         count += 1
         value = feature.GetField(field)
+        seen.add(value)
         if value not in (0, NO_CHANGE, CHANGE) and len(odd) < 5:
             odd.append(repr(value))
         geometry = feature.GetGeometryRef()
@@ -73,6 +75,10 @@ def _check_values(layer, field: str, name: str) -> int:
                          "2 (change), 0 for none")
     if not count:
         raise RSLabError(f"{name} has no polygons")
+    if seen == {0, NO_CHANGE}:  # a 0 = no change, 1 = change map: read as unlabelled and no change, F1 0, unsaid
+        raise RSLabError(f"{name}'s field {field!r} holds only 0 and 1: label polygons take 1 (no change) and 2 "
+                         "(change), 0 for none; if 1 means change there, add 1 to the field (Field Calculator: "
+                         f"\"{field}\" + 1)")
     return count
 
 

@@ -20,7 +20,7 @@ OVERVIEW_MIN_SIDE = 2048  # a raster whose longer side is at most this gets no o
 OVERVIEW_LEAST_SIDE = 256  # levels are added until the longer side is at most this
 
 # Every level keeps one full-resolution pixel of each block it stands for (nearest), never an average: QGIS
-# takes the statistics it styles a layer with (the score map's 2-98 % cut) from a sample it reads at reduced
+# takes the statistics it styles a layer with (the score map's 2-99 % cut) from a sample it reads at reduced
 # size, that is from an overview, and the dock's histograms read both of two rasters decimated. Averaged
 # levels shrank a score map's heavy tail (a cut of 20.9-58.9 for the pixels' 12.0-101.1) and paired each mask
 # pixel with a 2 x 2 average of uncertainty; nearest levels are a sample of the pixels themselves (GDAL 3.6

@@ -196,6 +196,7 @@ def test_reference_polygons_score_as_the_reference_raster(qtbot, dock, project, 
     assert dock.coding_combo.currentData() == "partial" and not dock.coding_combo.isEnabled()
     result, error = click_run(qtbot, dock)
     assert error == "" and result.metrics["pixels"] == 14756
+    assert "polygons of 'drawn' burnt onto the before layer's grid" in dock.status_label.text()  # it went unseen
     qtbot.mouseClick(dock.train_button, Qt.LeftButton)  # training opens on the polygons and their field
     dialog = dock.train_dialog
     assert dialog.label_layer.currentLayer() is polygons and dialog.label_field.currentField() == "label"

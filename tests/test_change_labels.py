@@ -106,6 +106,11 @@ def test_label_polygons_a_user_can_get_wrong(nanjing, shared_data, tmp_path):
         burn_labels(good, "change", nanjing["before"], str(output))
     with pytest.raises(RSLabError, match="holds 3; label polygons take 1"):
         burn_labels(shapes(str(tmp_path / "three.gpkg"), 32650, [(square, 3)]), "label", nanjing["before"], str(output))
+    x1 = x0 + 300  # a 0 = no change, 1 = change map: it burnt as 'unlabelled' and 'no change' (F1 0, unsaid)
+    other = f"POLYGON(({x1} {y0}, {x1 + 90} {y0}, {x1 + 90} {y0 - 90}, {x1} {y0 - 90}, {x1} {y0}))"
+    with pytest.raises(RSLabError, match="holds only 0 and 1: label polygons take 1 \\(no change\\) and 2 .*add 1"):
+        burn_labels(shapes(str(tmp_path / "binary.gpkg"), 32650, [(square, 0), (other, 1)]), "label",
+                    nanjing["before"], str(output))
     with pytest.raises(RSLabError, match="holds point features"):
         burn_labels(shapes(str(tmp_path / "points.gpkg"), 32650, [(f"POINT({x0 + 10} {y0 - 10})", 2)],
                            geometry=ogr.wkbPoint), "label", nanjing["before"], str(output))

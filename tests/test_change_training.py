@@ -485,3 +485,24 @@ def test_a_label_of_the_images_size_placed_elsewhere_is_refused_and_a_plain_one_
         dst.write(label)
     with pytest.raises(RSLabError, match="the label raster's file has no CRS .* write the images' CRS into it .*Assign Projection"):
         check_pair(ChangePair(before, after, str(no_crs)))
+
+
+def test_an_after_image_or_label_off_the_before_grid_says_which_and_how_to_fix_it(shared_data, tmp_path):
+    """Detection resamples an after image on another grid; training stopped on it with 'before, after and label
+    rasters are not on one grid', naming neither the raster nor the fix (found from the dock's Train…)."""
+    from rslab.core.change_data import check_pair
+
+    root = shared_data / "change" / "landsat_nanjing"
+    before, after = str(root / "Nanjing_t1_TM6b.tif"), str(root / "Nanjing_t2_TM6b.tif")
+    label = str(root / "Nanjing_reference_0unl_1unch_2ch.tif")
+    with rasterio.open(after) as src:
+        profile, window = src.profile, rasterio.windows.Window(0, 0, 600, 600)
+        cut = tmp_path / "after_cut.tif"
+        with rasterio.open(cut, "w", **dict(profile, width=600, height=600,
+                                            transform=src.window_transform(window))) as dst:
+            dst.write(src.read(window=window))
+    with pytest.raises(RSLabError, match=r"the after image \(600 x 600, EPSG:\d+\) is not on the before image's "
+                                         r"grid .* warp the after image onto the before image's grid first"):
+        check_pair(ChangePair(before, str(cut), label))
+    with pytest.raises(RSLabError, match=r"the label raster is 600 x 600 pixels, the images \d+ x \d+"):
+        check_pair(ChangePair(before, after, str(cut)))

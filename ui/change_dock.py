@@ -145,12 +145,15 @@ class ChangeRequest:
     output_dir: str
     other_layer_ids: Tuple[Optional[str], ...]  # the before layer and the reference: the results go above them
     created_dir: bool  # a temporary folder made for this run (removed again if the run leaves it empty)
+    burnt_note: str = ""  # reference polygons: how many pixels they labelled (a 0-change burn went unseen)
 
     def job(self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> ChangeRun:
         """The core job plus the histogram read (worker thread: files only)."""
         start = time.perf_counter()
         result = detect_changes(self.before, self.after, self.outputs, self.params, self.reference,
                                 progress, cancelled)
+        if self.burnt_note:
+            result.notes.insert(0, self.burnt_note)
         histogram = uncertainty_histogram(self.outputs.change, self.outputs.uncertainty) \
             if self.outputs.uncertainty else None
         return ChangeRun(result, histogram, time.perf_counter() - start)
@@ -414,10 +417,10 @@ class ChangeDetectionDock(JobDock):
         """Read the widgets into a ChangeRequest (GUI thread); RSLabError names what is missing."""
         before_layer, after_layer = self.before_combo.currentLayer(), self.after_combo.currentLayer()
         before, after = date_files(before_layer, after_layer)
-        reference = None
+        reference, burnt_note = None, ""
         if self.reference_combo.currentLayer() is not None:  # polygons: burnt onto the before grid (a temp file)
             self._burnt_dir = self._burnt_dir or scratch_folder(self, "rslab-reference-")
-            reference, _ = label_file(self.reference_combo.currentLayer(), self.reference_field.currentField(),
+            reference, burnt_note = label_file(self.reference_combo.currentLayer(), self.reference_field.currentField(),
                                       before, self._burnt_dir, "reference")
         method = self.method_combo.currentData()
         params = ChangeParams(method=method, threshold=round(self.threshold_spin.value(), 2),
@@ -428,7 +431,7 @@ class ChangeDetectionDock(JobDock):
             before=before, after=after, reference=reference,
             outputs=output_paths(folder, before_layer.name(), after_layer.name()), params=params,
             before_name=before_layer.name(), after_name=after_layer.name(), after_layer_id=after_layer.id(),
-            output_dir=folder, created_dir=created,
+            output_dir=folder, created_dir=created, burnt_note=burnt_note,
             other_layer_ids=(before_layer.id(), self.reference_combo.currentLayer().id()
                              if self.reference_combo.currentLayer() is not None else None),
         )

@@ -404,11 +404,13 @@ class TrainChangeDialog(QDialog, tasks.TaskOwner):
             return
         self.result = result
         self.progress_bar.setValue(100)
-        text = (f"Best validation F1 {result.best_f1:.3f} at iteration {result.best_iteration} "
-                f"({result.device}). Saved to {result.checkpoint}")
-        text += "".join(f"\nNote: {note}" for note in result.notes)
-        self.status_label.setText(text)
-        self.log.appendPlainText(text)
+        best = f"Best validation F1 {result.best_f1:.3f} at iteration {result.best_iteration} ({result.device})"
+        notes = "".join(f"\nNote: {note}" for note in result.notes)
+        # the status line names the file (its folder, on a second line, was cut off at the dialog's size); the
+        # log below and the tooltip give the whole path
+        self.status_label.setText(f"{best}. Saved as {os.path.basename(result.checkpoint)}{notes}")
+        self.status_label.setToolTip(result.checkpoint)
+        self.log.appendPlainText(f"{best}. Saved to {result.checkpoint}{notes}")
         self.trained.emit(result.checkpoint)
 
     def _fail(self, error: str) -> None:
