@@ -96,7 +96,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .checkpoint import ModelCard, save_checkpoint
-from .errors import RSLabError
+from .errors import JobCancelled, RSLabError
 from .bops import FULL_PRECISION
 from .job import JobMonitor
 from .outputs import PendingOutputs, check_name_length
@@ -728,7 +728,7 @@ def sample_inputs(example: Tuple[Any, ...], count: int = CHECK_SAMPLES, seed: in
 
 
 def check_onnx(model: Any, example_inputs_list: Sequence[Tuple[Any, ...]], onnx_path: str,
-               baseline: bool = False) -> Dict[str, float]:
+               baseline: bool = False, cancelled: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
     """Run onnxruntime and PyTorch (the model in eval mode, on CPU) on the same inputs and compare.
 
     One quantisation step of an output is the accumulator step of the last quantised
@@ -804,6 +804,8 @@ def check_onnx(model: Any, example_inputs_list: Sequence[Tuple[Any, ...]], onnx_
         tallies["float64."] = _Tally(output_names, steps)
     try:
         for inputs in example_inputs_list:
+            if cancelled is not None and cancelled():  # checked per sample (a dialog closed mid-check ran on)
+                raise JobCancelled()
             inputs = tuple(x.detach().cpu() for x in inputs)
             if len(inputs) != len(input_names):
                 raise RSLabError(f"the ONNX model takes {len(input_names)} inputs; a sample has {len(inputs)}")
@@ -1010,7 +1012,7 @@ def export_all(model: Any, card: Optional[ModelCard], example_inputs: Tuple[Any,
                 info = _write_onnx(model, example_inputs, target, None, None, 17)
                 report_extra.setdefault("onnx", {k: v for k, v in info.items() if k != "path"})
                 if check and _has_onnxruntime():
-                    checked = check_onnx(model, sample_inputs(example_inputs), target)
+                    checked = check_onnx(model, sample_inputs(example_inputs), target, cancelled=cancelled)
                     report_extra.setdefault("onnx_check", dict(
                         {k: (None if math.isnan(v) else v) for k, v in checked.items()},
                         inputs=f"{CHECK_SAMPLES} random inputs shaped like the example (seed 0)"))

@@ -190,6 +190,22 @@ def test_check_onnx_catches_a_wrong_scale(resnet, resnet_onnx, cifar, tmp_path):
     assert result["forced.codes.max_diff"] > 1
 
 
+def test_check_onnx_stops_between_samples_on_cancel(resnet, resnet_onnx, cifar):
+    """Closing the export dialog during its ONNX check let the check run to its end."""
+    from rslab.core.errors import JobCancelled
+
+    path, _ = resnet_onnx
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        return len(asked) > 1  # after the first sample
+
+    with pytest.raises(JobCancelled):
+        export.check_onnx(resnet, [(cifar[1][:2],), (cifar[1][2:4],), (cifar[1][4:6],)], path, cancelled=cancelled)
+    assert len(asked) == 2
+
+
 def test_arcdnet_onnx_two_inputs_named_outputs(arcdnet, tmp_path):
     model, before, after = arcdnet
     path = str(tmp_path / "arcdnet.onnx")

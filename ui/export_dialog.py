@@ -87,7 +87,7 @@ def onnx_check_job(model: Any, example: Tuple[Any, ...]) -> Callable[..., Dict[s
             if cancelled():
                 raise JobCancelled()
             progress(0.6, f"running onnxruntime and PyTorch on {CHECK_SAMPLES} sample inputs")
-            return check_onnx(model, sample_inputs(example), path)
+            return check_onnx(model, sample_inputs(example), path, cancelled=cancelled)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
