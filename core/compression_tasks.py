@@ -35,6 +35,15 @@ Batch = Tuple[Tuple[Any, ...], Any]
 
 CALIBRATION_SEED = 12345
 
+# The data each task compresses with, as messages and the panel's data field describe it.
+DATA_HINTS = {
+    "classification": "a .npz with x_train, y_train, x_test, y_test (e.g. resources/samples/cifar10_sample.npz)",
+    "change_detection": "a folder with A/ (before), B/ (after) and label/ sub-folders",
+    "anomaly_detection": "an ABU .mat scene or a hyperspectral raster (e.g. resources/samples/abu-beach-2.mat)",
+}
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # the arrays a classification .npz holds
+NOT_ANOMALY_DATA = (".npz", ".pt", ".pth", ".json", ".csv", ".txt", ".zip")  # files that are no hyperspectral scene
+
 
 class CompressionTask(ABC):
     """Interface the compression methods use; one subclass per task. Subclasses set `rng` in __init__."""
@@ -88,10 +97,9 @@ class ClassificationTask(CompressionTask):
             raise RSLabError(f"classification data not found: {data_path}")
         try:
             with np.load(data_path) as data:  # closed on the error path too
-                x_train, y_train = data["x_train"], data["y_train"]
-                x_test, y_test = data["x_test"], data["y_test"]
+                x_train, y_train, x_test, y_test = (data[key] for key in NPZ_KEYS)
         except (KeyError, ValueError, OSError) as exc:
-            raise RSLabError(f"{os.path.basename(data_path)} is not an .npz with x_train, y_train, x_test, y_test ({exc})") from exc
+            raise RSLabError(f"{os.path.basename(data_path)} is not an .npz with {', '.join(NPZ_KEYS)} ({exc})") from exc
         bands = len(checkpoint.card.bands) or int(checkpoint.card.arguments.get("bands", 3))
         if x_train.ndim != 4 or x_train.shape[-1] != bands:
             raise RSLabError(f"the images have shape {x_train.shape}; the model expects N x H x W x {bands}")
@@ -281,7 +289,7 @@ class AnomalyTask(CompressionTask):
         from .bands import good_bands
         from .raster_io import gdal_env, open_raster, read_window
 
-        self.notes = []  # bands left out, the only note this task gives
+        self.notes = []  # bands left out here; __init__ adds the note on a scene scored by fit
         if not os.path.isfile(path):
             raise RSLabError(f"anomaly scene not found: {path}")
         if path.lower().endswith(".mat"):
@@ -391,16 +399,6 @@ def example_inputs_for(card: Any, size: Optional[int] = None) -> Tuple[Any, ...]
     check_input_size(side)
     image = torch.zeros((1, bands, side, side))
     return (image, image.clone()) if card.task == "change_detection" else (image,)
-
-
-# what each task's data is, for the messages (and the panel's data field placeholder)
-DATA_HINTS = {
-    "classification": "a .npz with x_train, y_train, x_test, y_test (e.g. resources/samples/cifar10_sample.npz)",
-    "change_detection": "a folder with A/ (before), B/ (after) and label/ sub-folders",
-    "anomaly_detection": "an ABU .mat scene or a hyperspectral raster (e.g. resources/samples/abu-beach-2.mat)",
-}
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-NOT_ANOMALY_DATA = (".npz", ".pt", ".pth", ".json", ".csv", ".txt", ".zip")
 
 
 def check_data(task: str, path: str) -> str:
