@@ -128,19 +128,29 @@ def flatten_outputs(outputs: Any) -> List[Any]:
 
 
 _ONNX_EXPORT = threading.Lock()  # torch's ONNX exporter (dynamo=False) runs one export per process at a time
-_TRACER_QUIET = False
+_TORCH_QUIET = False
+# Deprecation notices of the exporters this module uses on purpose (the TorchScript-based ONNX exporter, as
+# dynamo=False asks: the dynamo exporter takes no fake-quant graph; torch.jit.trace/save for the TorchScript
+# file): in QGIS each one reached the Log Messages panel with its traceback, about five per export.
+_TORCH_DEPRECATIONS = (
+    r"You are using the legacy TorchScript-based ONNX export",
+    r"The feature will be removed",
+    r"`torch\.jit\.",
+)
 
 
-def _quiet_tracer() -> None:
-    """Filter torch's tracer warnings (Python-level tests on shapes and flags) once for the process: a
-    warnings.catch_warnings() block in an export thread swapped the process-wide filter list under other
-    threads (it could leave every warning ignored)."""
-    global _TRACER_QUIET
-    if not _TRACER_QUIET:
+def _quiet_torch() -> None:
+    """Filter torch's tracer warnings (Python-level tests on shapes and flags) and the exporters' deprecation
+    notices once for the process: a warnings.catch_warnings() block in an export thread swapped the
+    process-wide filter list under other threads (it could leave every warning ignored)."""
+    global _TORCH_QUIET
+    if not _TORCH_QUIET:
         import torch
 
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        _TRACER_QUIET = True
+        for message in _TORCH_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+        _TORCH_QUIET = True
 
 
 def _flat_module(model: Any) -> Any:
@@ -340,7 +350,7 @@ def _float_onnx(twin: Any, example_inputs: Tuple[Any, ...], input_names: List[st
     # Batch axes are dynamic; a 0-dim input (BSDM's diffusion step) has none.
     batched = [name for name, x in zip(input_names, example_inputs) if getattr(x, "ndim", 0) > 0]
     axes = {name: {0: "batch"} for name in batched + output_names}
-    _quiet_tracer()
+    _quiet_torch()
     # one export at a time: torch's TorchScript-based exporter keeps process-wide state (a second export
     # beside the first failed with 'GLOBALS.in_onnx_export must be False'), as does the pooling symbolic
     with _ONNX_EXPORT, _AdaptivePoolSymbolic(opset):
@@ -870,7 +880,7 @@ def _write_torchscript(model: Any, example_inputs: Tuple[Any, ...], target: str)
     extra = {"rslab_bit_plan.json": json.dumps(bit_plan(twin)),
              "rslab_output_names.json": json.dumps(default_output_names(model, count)),
              "rslab_input_names.json": json.dumps(default_input_names(model, len(example_inputs)))}
-    _quiet_tracer()
+    _quiet_torch()
     try:
         traced = torch.jit.trace(flat, example_inputs, check_trace=False)
     except Exception as exc:

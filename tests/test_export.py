@@ -456,6 +456,37 @@ def test_export_all_writes_every_format(resnet, cifar, tmp_path):
     assert report["onnx"]["outputs"] == ["output"]
 
 
+def test_an_export_shows_no_torch_deprecation_notices(samples, tmp_path):
+    """In QGIS every warning reaches the Log Messages panel with its traceback: an export showed about five
+    deprecation notices of the exporters it uses on purpose. A fresh process, so that the once-per-process filter
+    is not already in place (pytest resets the filter list between tests)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import warnings
+warnings.simplefilter("default")  # as QGIS's Python shows DeprecationWarnings
+import numpy as np, torch
+from rslab.core import export
+from rslab.core.checkpoint import ModelCard
+from rslab.core.quantization import apply_bit_plan, calibrate_activations, quantisable_layers
+from rslab.models.resnet_cifar import ResNetCifar
+data = np.load({str(samples / "cifar10_sample.npz")!r})
+x = torch.from_numpy((data["x_test"][:4].astype(np.float32) / 255).transpose(0, 3, 1, 2).copy())
+model = ResNetCifar(20).eval()
+apply_bit_plan(model, {{name: {{"weight": 6, "activation": 6}} for name, _ in quantisable_layers(model)}})
+calibrate_activations(model, [(x,)])
+card = ModelCard(task="classification", architecture="resnet_cifar", arguments={{"depth": 20}})
+shown = []
+warnings.showwarning = lambda message, category, *rest: shown.append(f"{{category.__name__}}: {{message}}")
+export.export_all(model, card, (x[:2],), {str(tmp_path / "out")!r}, "r20")
+print("SHOWN", shown)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SHOWN []" in done.stdout, done.stdout[-3000:]
+
+
 def test_refuses_to_overwrite_and_writes_nothing(resnet, cifar, tmp_path):
     x = (cifar[1][:1],)
     existing = tmp_path / "m.onnx"

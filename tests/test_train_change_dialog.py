@@ -83,7 +83,8 @@ def test_short_training_plots_every_epoch_and_emits_the_checkpoint(qtbot, dialog
     painter.end()
     best_x, best_y = dialog.best_marker.getData()
     assert list(best_x) == [dialog.result.best_iteration] and list(best_y) == [dialog.result.best_f1]
-    assert dialog.status_label.text().startswith(f"Best validation F1 {dialog.result.best_f1:.3f}")
+    assert dialog.status_label.text().startswith(  # the device in one pair of brackets: "on cpu (2 threads)"
+        f"Best validation F1 {dialog.result.best_f1:.3f} at iteration {dialog.result.best_iteration} on cpu (")
     name = os.path.basename(dialog.result.checkpoint)  # the file's name, its folder in the log and tooltip
     assert f"Saved as {name}" in dialog.status_label.text() and dialog.status_label.toolTip() == dialog.result.checkpoint
     assert f"Saved to {dialog.result.checkpoint}" in dialog.log.toPlainText()

@@ -42,11 +42,20 @@ class JobTask(QgsTask):
         on_finished: Optional[Callable[[Any, str], None]] = None,
     ) -> None:
         super().__init__(description, QgsTask.CanCancel)
+        self.title = description  # the description as given: cancel() adds to QGIS's copy
         self._job = job
         self._on_finished = on_finished
         self.result: Any = None
         self.error = ""
         self.superseded = False  # cancelled by its owner for a newer run: not worth a line in the log
+
+    def cancel(self) -> None:
+        """Cancel, and say so in the description: QGIS 3.22 itself announces any task that ends unsuccessfully after
+        more than 5 s as "Task failed: <description>" in its message bar (3.22 has no flag to keep a task quiet),
+        which read as an error after a cancel the user asked for."""
+        if not self.isCanceled():
+            self.setDescription(f"{self.title}: {CANCELLED}")
+        super().cancel()
 
     def supersede(self) -> None:
         """Cancel a run whose result nobody wants any more (a read for a checkpoint no longer chosen), quietly:
@@ -78,7 +87,7 @@ class JobTask(QgsTask):
             if not self.error:
                 self.error = CANCELLED
             if not (self.superseded and self.error == CANCELLED):
-                QgsMessageLog.logMessage(f"{self.description()}: {self.error}", "RS Lab", Qgis.Warning)
+                QgsMessageLog.logMessage(f"{self.title}: {self.error}", "RS Lab", Qgis.Warning)
         if self._on_finished is not None:
             self._on_finished(self.result if ok else None, "" if ok else self.error)
         self.jobFinished.emit(self.result if ok else None, "" if ok else self.error)

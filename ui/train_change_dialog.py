@@ -404,7 +404,7 @@ class TrainChangeDialog(QDialog, tasks.TaskOwner):
             return
         self.result = result
         self.progress_bar.setValue(100)
-        best = f"Best validation F1 {result.best_f1:.3f} at iteration {result.best_iteration} ({result.device})"
+        best = f"Best validation F1 {result.best_f1:.3f} at iteration {result.best_iteration} on {result.device}"
         notes = "".join(f"\nNote: {note}" for note in result.notes)
         # the status line names the file (its folder, on a second line, was cut off at the dialog's size); the
         # log below and the tooltip give the whole path
