@@ -7,6 +7,7 @@ venv, caches and build tooling stay out. The repository caps zips at 25 MB.
 """
 from __future__ import annotations
 
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -18,6 +19,18 @@ INCLUDE = ["metadata.txt", "__init__.py", "plugin.py", "LICENSE", "README.md", "
            "constraints.txt", "core", "models", "provider", "ui", "resources"]
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".xml"}  # .aux.xml: statistics QGIS writes beside rasters
+
+
+SCREENSHOT = re.compile(r"!\[([^\]]*)\]\((docs/screenshots/[^)]+)\)")
+ZIP_NOTE = ("> This copy of the README comes in the plugin zip, which leaves out the screenshots (docs/screenshots) "
+            "and the methods description (../shared/docs/METHODS.md) to stay under the plugin repository's "
+            f"{LIMIT_MB} MB cap: both are in the source repository.\n\n")
+
+
+def readme_for_zip(text: str) -> str:
+    """The README as the zip carries it: each screenshot, which the zip does not hold, becomes a line naming it."""
+    return ZIP_NOTE + SCREENSHOT.sub(lambda m: f"*(Screenshot, in the source repository's {m.group(2)}: {m.group(1)})*",
+                                     text)
 
 
 def version() -> str:
@@ -47,7 +60,10 @@ def build(dist: Path) -> Path:
     target = dist / f"{NAME}-{version()}.zip"
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         for rel in files():
-            archive.write(ROOT / rel, f"{NAME}/{rel.as_posix()}")
+            if rel.as_posix() == "README.md":
+                archive.writestr(f"{NAME}/README.md", readme_for_zip((ROOT / rel).read_text(encoding="utf-8")))
+            else:
+                archive.write(ROOT / rel, f"{NAME}/{rel.as_posix()}")
     size_mb = target.stat().st_size / 1e6
     if size_mb > LIMIT_MB:
         target.unlink()

@@ -60,6 +60,10 @@ def test_package_zip_is_clean_and_small(tmp_path):
         assert needed in names
     for part in ("/tests/", "/bench/", "/.venv/", "__pycache__", ".pyc", "/.git/", "/.ci/"):
         assert not any(part in n for n in names), part
+    readme = zipfile.ZipFile(zip_path).read("rslab/README.md").decode()  # no links to files the zip lacks
+    assert "](docs/screenshots/" not in readme and "docs/screenshots/change-dock.png" in readme
+    assert readme.startswith("> This copy of the README comes in the plugin zip")
+    assert readme.count("\n") == (REPO / "README.md").read_text(encoding="utf-8").count("\n") + 2
     metadata = zipfile.ZipFile(zip_path).read("rslab/metadata.txt").decode()
     for field in ("name=RS Lab", "qgisMinimumVersion=3.22", "description=", "about=", "version=", "author=",
                   "email=", "repository=", "tracker=", "category=Raster", "hasProcessingProvider=yes", "icon=",
