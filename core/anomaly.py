@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from .alignment import align_to
 from .bands import good_bands
+from .blas import gram, matmul
 from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
@@ -198,7 +199,7 @@ def scene_statistics(path: str, monitor: Optional[JobMonitor] = None, bands: Opt
                 shift = x.mean(axis=0)
             x = x - shift
             total += x.sum(axis=0)
-            outer += x.T @ x
+            outer += gram(x)
             n += len(x)
     if n <= count:
         raise too_few_pixels(n, count)
@@ -217,14 +218,14 @@ class RxScorer:
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         centred = pixels - self.mean
-        return ((centred @ self.inverse) * centred).sum(axis=1)  # a plain einsum here is 13x slower
+        return (matmul(centred, self.inverse) * centred).sum(axis=1)  # a plain einsum here is 13x slower
 
 
 def global_rx(pixels: np.ndarray) -> np.ndarray:
     """Global RX scores of pixels held in memory (N, B), with the statistics scene_statistics gives by windows."""
     mean = pixels.mean(axis=0)
     centred = pixels - mean
-    return RxScorer(mean, centred.T @ centred / (len(pixels) - 1))(pixels)
+    return RxScorer(mean, gram(centred) / (len(pixels) - 1))(pixels)
 
 
 def _score_raster(source: str, output: str, score_fn, monitor: JobMonitor,
@@ -808,7 +809,7 @@ def _local_rx(source: str, output: str, params: AnomalyParams, monitor: JobMonit
     def fn(arrays, valid):
         cube = np.where(valid, arrays[0], mean.reshape(-1, 1, 1))  # nodata, NaN, inf: the scene mean, not inf - inf
         bands, h, w = cube.shape
-        projected = (basis.T @ (cube.reshape(bands, -1) - mean[:, None])).reshape(-1, h, w)
+        projected = matmul(basis.T, cube.reshape(bands, -1) - mean[:, None]).reshape(-1, h, w)
         scores = local_rx_tile(projected, valid, inner, outer, scene_cov)
         scores[~valid] = np.nan
         return [scores.astype(np.float32)]

@@ -24,7 +24,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .errors import RSLabError
 from .gdal_exceptions import gdal_exceptions
-from .raster_io import (UNIT_SYMBOLS, alpha_bands, band_wavelengths, data_bands, decimated_shape, gdal_env,
+from .raster_io import (UNIT_SYMBOLS, alpha_bands, band_masks, band_wavelengths, data_bands, decimated_shape, gdal_env,
                         open_raster, read_bands, wavelength_unit_of)
 
 # Red, green and blue light: the centres a true-colour view takes its bands nearest to, and how far
@@ -214,10 +214,15 @@ def empty_bands(path: str, bands: Sequence[int], check: Callable[[], None] = lam
     with gdal_env(), open_raster(path) as ds:
         floating = any(np.issubdtype(np.dtype(ds.dtypes[band - 1]), np.floating) for band in pending)
 
-        def shown(**read) -> List[bool]:
-            valid = ds.read_masks(pending, **read) > 0
+        def shown(window: Optional[Window] = None, shape: Optional[Tuple[int, int]] = None) -> List[bool]:
+            if window is not None:
+                data = read_bands(ds, pending, window=window)
+                valid = band_masks(ds, pending, data, window=window)
+            else:
+                data = read_bands(ds, pending, out_shape=(len(pending),) + shape)
+                valid = band_masks(ds, pending, data, out_shape=shape)
             if floating:
-                valid &= np.isfinite(read_bands(ds, pending, **read))
+                valid &= np.isfinite(data)
             return list(valid.reshape(len(pending), -1).any(axis=1))
 
         check()
@@ -227,7 +232,7 @@ def empty_bands(path: str, bands: Sequence[int], check: Callable[[], None] = lam
             return [], None
         check()
         shape, step = decimated_shape(ds, EMPTY_BAND_SAMPLE)
-        pending = [band for band, seen in zip(pending, shown(out_shape=(len(pending),) + shape)) if not seen]
+        pending = [band for band, seen in zip(pending, shown(shape=shape)) if not seen]
     return pending, (shape[0] * shape[1] if step > 1 else None)
 
 

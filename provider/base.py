@@ -59,18 +59,20 @@ def feedback_callbacks(feedback: QgsProcessingFeedback) -> Tuple[Callable[[float
     "iteration i of N" gave 288 lines for one RX run on a 3000 x 3000 image and
     2000 for a default training. A message of a new kind always goes through;
     one that only counts on within its kind, once per LOG_COUNT_STEP of progress
-    (the bar still moves on every step).
+    since that kind last reached the log (the bar still moves on every step):
+    kinds that take turns ("tile i of N" and "suppressing the background:
+    window i of N", every window) are each counted on their own.
     """
-    last = {"kind": None, "at": -1.0}
+    logged: Dict[str, float] = {}  # kind of message -> progress when it last reached the log
 
     def progress(fraction: float, message: str) -> None:
         feedback.setProgress(100.0 * fraction)
         if not message:
             return
         kind = re.sub(r"\d+", "#", message)
-        if kind != last["kind"] or fraction - last["at"] >= LOG_COUNT_STEP:
+        if kind not in logged or fraction - logged[kind] >= LOG_COUNT_STEP:
             feedback.setProgressText(message)
-            last.update(kind=kind, at=fraction)
+            logged[kind] = fraction
 
     return progress, feedback.isCanceled
 

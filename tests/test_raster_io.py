@@ -9,7 +9,7 @@ import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
-from rslab.core.raster_io import band_wavelengths, read_decimated, read_window
+from rslab.core.raster_io import band_masks, band_wavelengths, read_bands, read_decimated, read_window
 
 
 def _write(path, data, nodata=None, interleave="pixel", photometric=None, alpha=False, internal_mask=None):
@@ -102,6 +102,34 @@ def test_windowed_masks_equal_rasterios_dataset_mask(tmp_path):
                 data, valid = read_window(ds, window)
                 assert valid.shape == data.shape[1:] == (window.height, window.width), name
                 assert np.array_equal(valid, _expected(ds, window=window)), f"{name}, {window}"
+
+
+def test_band_masks_equal_rasterios_read_masks_without_reading_them(tmp_path, monkeypatch):
+    """band_masks gives each band's mask as read_masks does, from the pixels read (read_masks decoded a
+    pixel-interleaved strip once per band: 113 s for one window of a striped 205-band cube); a mask band or
+    alpha band is read once, as the dataset mask."""
+    cases = _cases(tmp_path)
+    expected = {}
+    for name, path, _ in cases:
+        with rasterio.open(path) as ds:
+            bands = list(range(1, ds.count + 1))
+            expected[name] = [(where, ds.read_masks(bands, **where) > 0)
+                              for where in ({"window": Window(0, 0, 40, 40)}, {"window": Window(13, 5, 20, 31)},
+                                            {"out_shape": (len(bands), 9, 7)})]
+    mask_reads = []
+    original = rasterio.io.DatasetReader.read_masks
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read_masks",
+                        lambda self, *a, **k: mask_reads.append(a) or original(self, *a, **k))
+    for name, path, _ in cases:
+        with rasterio.open(path) as ds:
+            bands = list(range(1, ds.count + 1))
+            for where, masks in expected[name]:
+                data = read_bands(ds, bands, **where)
+                given = dict(where, out_shape=where["out_shape"][1:]) if "out_shape" in where else where
+                del mask_reads[:]
+                assert np.array_equal(band_masks(ds, bands, data, **given), masks), f"{name}, {where}"
+                # rasterio's dataset_mask reads band 1's mask, which is the mask band or alpha band
+                assert mask_reads == ([(1,)] if name in ("RGBA alpha band", "int16 internal mask") else []), name
 
 
 def test_an_alpha_band_gdal_does_not_use_as_the_mask_still_masks(tmp_path):
