@@ -25,7 +25,6 @@ rate (1 anomaly, 0 background, 255 nodata).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from contextlib import ExitStack
@@ -43,7 +42,7 @@ from .device import describe_device, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
-from .outputs import PendingOutputs, check_output_paths, work_folder
+from .outputs import PendingOutputs, check_output_paths, work_folder, write_json
 from .overviews import add_overviews_to
 from .raster_io import gdal_env, open_raster, raster_info, read_label_window, read_window
 from .seeding import pixel_uniforms, seeded_global_generator
@@ -793,8 +792,7 @@ def detect_anomalies(
                           TileSpec(STATS_TILE, 0, "partition"), tail.sub(0.6, 0.8))
         add_overviews_to(rasters, tail.sub(0.8, 1.0))
         if outputs.report:
-            with open(pending.temp(outputs.report), "w") as handle:
-                json.dump(result.report(), handle, indent=1, default=str)
+            write_json(pending.temp(outputs.report), result.report(), indent=1, default=str)
     monitor.done("done")
     return result
 

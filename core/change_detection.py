@@ -31,7 +31,6 @@ from right pixels, over the labelled pixels.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -48,7 +47,7 @@ from .device import describe_device, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import Confusion, HistogramAUC
-from .outputs import PendingOutputs, check_output_paths
+from .outputs import PendingOutputs, check_output_paths, write_json
 from .overviews import add_overviews_to
 from .raster_io import gdal_env, open_raster, raster_info, read_decimated, read_window
 from .tiling import MASK_NODATA, OutputSpec, TileSpec, run_tiled, windows_for
@@ -379,8 +378,7 @@ def detect_changes(
                                                      monitor.sub(0.9, 0.98), coding=params.reference_coding)
             add_overviews_to([s.path for s in temp_specs], monitor.sub(0.98, 1.0))
             if outputs.report:
-                with open(pending.temp(outputs.report), "w") as handle:
-                    json.dump(result.report(), handle, indent=1, default=str)
+                write_json(pending.temp(outputs.report), result.report(), indent=1, default=str)
     monitor.done("done")
     return result
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from .bops import FULL_PRECISION
 from .errors import RSLabError
-from .outputs import PendingOutputs
+from .outputs import PendingOutputs, write_failed
 
 FORMAT = "rslab-checkpoint"
 VERSION = 1
@@ -132,17 +132,27 @@ class Checkpoint:
 def save_checkpoint(path: str, state_dict: Mapping[str, Any], card: ModelCard, atomic: bool = True) -> None:
     """Write weights and card to `path` (atomically: a temporary file renamed on success; `atomic=False` for a
     path that is already a job's temporary name, which the job commits with its other outputs)."""
-    import torch
-
     if not card.created:
         card.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     payload = {"format": FORMAT, "version": VERSION, "card": card.to_json(), "state_dict": tensors}
     if not atomic:
-        torch.save(payload, path)
+        _save(payload, path)
         return
     with PendingOutputs() as pending:
-        torch.save(payload, pending.temp(path))
+        _save(payload, pending.temp(path))
+
+
+def _save(payload: Mapping[str, Any], path: str) -> None:
+    """torch.save, whose failed write (a full disk) said only "[enforce fail at inline_container.cc:672] .
+    unexpected pos 128 vs 0", as `write_failed` words it."""
+    import torch
+
+    try:
+        torch.save(payload, path)
+    except (OSError, RuntimeError) as exc:
+        detail = exc if isinstance(exc, OSError) else OSError("torch could not write the whole file")
+        raise write_failed(path, detail, "could not write the checkpoint") from exc
 
 
 TASK_LABELS = {"classification": "classification", "change_detection": "change detection",

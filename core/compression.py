@@ -16,7 +16,6 @@ tile-sampled tasks (the change detector's training uses the same unit).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import datetime as _dt
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from .device import describe_device, select_device
 from .pic_pq import MAX_PENALTY, MAX_REDUCTION
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
-from .outputs import PendingOutputs, check_output_paths
+from .outputs import PendingOutputs, check_output_paths, write_json
 
 METHODS = ("pic_pq", "ghost")
 METHOD_LABELS = {"pic_pq": "PIC-PQ (pruning + mixed precision)", "ghost": "GHOST (hybrid quantisation + self-distillation)"}
@@ -237,8 +236,7 @@ def compress_checkpoint(
     with PendingOutputs() as pending:
         export_checkpoint(compressed, card, pending.temp(output_path), overwrite=True)
         if report_path:
-            with open(pending.temp(report_path), "w") as handle:
-                json.dump(result.report(), handle, indent=1, default=str)
+            write_json(pending.temp(report_path), result.report(), indent=1, default=str)
     monitor.done(f"{result.bops_ratio:.1f}x fewer BOPs; {task.metric} "
                  f"{result.scores_before[task.metric]:.2f} -> {result.scores_after[task.metric]:.2f}")
     return result

@@ -99,7 +99,7 @@ from .checkpoint import ModelCard, save_checkpoint
 from .errors import JobCancelled, RSLabError
 from .bops import FULL_PRECISION
 from .job import JobMonitor
-from .outputs import PendingOutputs, check_name_length
+from .outputs import PendingOutputs, check_name_length, write_failed, write_json
 
 FORMATS = ("checkpoint", "onnx", "torchscript", "report")
 SUFFIXES = {"checkpoint": ".pt", "onnx": ".onnx", "torchscript": ".torchscript.pt", "report": ".report.json"}
@@ -576,7 +576,10 @@ def _write_onnx(model: Any, example_inputs: Tuple[Any, ...], target: str, input_
     import onnx
 
     proto, info = _onnx_proto(model, example_inputs, input_names, output_names, opset)
-    onnx.save_model(proto, target)
+    try:
+        onnx.save_model(proto, target)
+    except OSError as exc:
+        raise write_failed(target, exc, "could not write the ONNX file") from exc
     return info
 
 
@@ -885,7 +888,11 @@ def _write_torchscript(model: Any, example_inputs: Tuple[Any, ...], target: str)
         traced = torch.jit.trace(flat, example_inputs, check_trace=False)
     except Exception as exc:
         raise RSLabError(f"the TorchScript export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    torch.jit.save(traced, target, _extra_files=extra)  # (deprecated in favour of torch.export, still supported)
+    try:
+        torch.jit.save(traced, target, _extra_files=extra)  # (deprecated in favour of torch.export, still supported)
+    except (OSError, RuntimeError) as exc:
+        detail = exc if isinstance(exc, OSError) else OSError("torch could not write the whole file")
+        raise write_failed(target, detail, "could not write the TorchScript file") from exc
 
 
 def export_torchscript(model: Any, example_inputs: Tuple[Any, ...], path: str, overwrite: bool = False) -> str:
@@ -955,9 +962,7 @@ def bops_report(model: Any, example_inputs: Tuple[Any, ...], mode: str = "hawq",
 
 
 def _write_report(report: Mapping[str, Any], target: str) -> None:
-    with open(target, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1, allow_nan=False)
-        handle.write("\n")
+    write_json(target, report, indent=1, allow_nan=False)
 
 
 def export_bops_report(model: Any, example_inputs: Tuple[Any, ...], path: str, overwrite: bool = False,

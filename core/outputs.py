@@ -9,6 +9,7 @@ could be mistaken for a result.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -46,6 +47,17 @@ def write_failed(path: PathLike, exc: BaseException, what: str) -> RSLabError:
     ("could not write the outputs") and the room left, not the name of a temporary file."""
     return RSLabError(f"{what} ({_first_line_without(exc, path, 'the output')}); {room_left(path)}: "
                       "is the disk full?")
+
+
+def write_json(path: PathLike, data: Any, **options: Any) -> None:
+    """`data` as JSON (json.dump's `options`) in `path`, a job's temporary name: a write that fails (a full disk)
+    raises `write_failed`, which names the room left, instead of a bare OSError and its traceback."""
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, **options)
+            handle.write("\n")
+    except OSError as exc:
+        raise write_failed(path, exc, "could not write the report") from exc
 
 
 def check_complete(path: PathLike, final_name: str) -> None:

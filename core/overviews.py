@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from .errors import JobCancelled, RSLabError
+from .errors import JobCancelled
 from .gdal_exceptions import gdal_exceptions
 from .job import JobMonitor
+from .outputs import write_failed
 
 OVERVIEW_MIN_SIDE = 2048  # a raster whose longer side is at most this gets no overviews
 OVERVIEW_LEAST_SIDE = 256  # levels are added until the longer side is at most this
@@ -69,7 +70,8 @@ def add_overviews(path: str, monitor: Optional[JobMonitor] = None) -> List[int]:
         except RuntimeError as exc:
             if cancelled:
                 raise JobCancelled() from exc
-            raise RSLabError(f"could not add overviews to {os.path.basename(path)}: {str(exc).splitlines()[0]}") from exc
+            # (a full disk, mostly: the file was written a moment ago) the path is a job's temporary name
+            raise write_failed(path, exc, "could not add overviews to the output") from exc
     if cancelled:
         raise JobCancelled()
     return factors

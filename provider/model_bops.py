@@ -1,7 +1,6 @@
 """rslab:model_bops: bit operations, MACs, size and per-layer figures of a checkpoint."""
 from __future__ import annotations
 
-import json
 
 from qgis.core import (
     QgsProcessingOutputNumber,
@@ -59,7 +58,7 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
 
     def execute(self, parameters, context, feedback):
         from ..core.compression import model_bops_report
-        from ..core.outputs import PendingOutputs, check_output_paths
+        from ..core.outputs import PendingOutputs, check_output_paths, write_json
 
         model = self.parameterAsFile(parameters, self.MODEL, context)
         if not model:
@@ -69,8 +68,8 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
         output = self.output_file_path(parameters, self.OUTPUT_REPORT, context)
         check_output_paths({"report": output}, {"checkpoint": model})
         report = model_bops_report(model, mode, size)
-        with PendingOutputs() as pending, open(pending.temp(output), "w") as handle:
-            json.dump(report, handle, indent=1)
+        with PendingOutputs() as pending:
+            write_json(pending.temp(output), report, indent=1)
         feedback.pushInfo(f"{report['total_bops'] / 1e9:.3f} GBOPs, {report['total_macs'] / 1e6:.2f} M MACs, "
                           f"{report['params']} parameters, {report['size_mb']:.3f} MB ({mode})")
         if report.get("input") == "one pixel token" and size:

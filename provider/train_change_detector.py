@@ -1,7 +1,6 @@
 """rslab:train_change_detector: train AR-CDNet on change pairs, keep the best checkpoint."""
 from __future__ import annotations
 
-import json
 
 from qgis.core import (
     QgsProcessing,
@@ -20,7 +19,7 @@ from ..core.change_reference import CODING_LABELS, CODINGS
 from ..core.change_training import (WIDTH_PARAMETERS, WIDTH_PRESETS, TrainChangeParams, train_change_detector,
                                    training_inputs)
 from ..core.errors import RSLabError
-from ..core.outputs import PendingOutputs, check_output_paths
+from ..core.outputs import PendingOutputs, check_output_paths, write_json
 from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks
 
 WIDTHS = [(f"{name}, {WIDTH_PRESETS[name][0]} / {WIDTH_PRESETS[name][1]} "  # encoder / decoder widths
@@ -177,10 +176,13 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         feedback.pushInfo(f"trained on {result.device}")  # the best F1 and its iteration: the run's last message
         out = {self.OUTPUT_MODEL: output}
         if report:  # under a temporary name, renamed when complete; its folder is made if missing
-            with PendingOutputs() as pending, open(pending.temp(report), "w") as handle:
-                json.dump({"best_f1": result.best_f1, "best_iteration": result.best_iteration,
-                           "device": result.device, "history": result.history, "timings": result.timings,
-                           "label_coding": params.label_coding, "bands": list(params.bands or []) or None,
-                           "notes": result.notes}, handle, indent=1)
+            try:
+                with PendingOutputs() as pending:
+                    write_json(pending.temp(report), {
+                        "best_f1": result.best_f1, "best_iteration": result.best_iteration, "device": result.device,
+                        "history": result.history, "timings": result.timings, "label_coding": params.label_coding,
+                        "bands": list(params.bands or []) or None, "notes": result.notes}, indent=1)
+            except RSLabError as exc:  # written after the checkpoint, which is complete: keep it, and say so
+                raise RSLabError(f"{exc} (the checkpoint {output} was written and is kept)") from exc
             out[self.OUTPUT_REPORT] = report
         return out

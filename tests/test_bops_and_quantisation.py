@@ -22,14 +22,9 @@ from rslab.core.quantization import (
     quantize_weight,
 )
 from rslab.models.resnet_cifar import ResNetCifar
+from resnet_cards import resnet_card
 
-MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
-
-
-def cifar_card(depth: int = 20, **extra) -> ModelCard:
-    return ModelCard(task="classification", architecture="resnet_cifar",
-                     arguments={"depth": depth, "num_classes": 10, "bands": 3}, bands=["red", "green", "blue"],
-                     normalisation={"mean": MEAN, "std": STD}, class_names=[f"c{i}" for i in range(10)], **extra)
+MEAN, STD = (resnet_card().normalisation[key] for key in ("mean", "std"))
 
 
 def test_resnet56_full_precision_bops_are_pinned():
@@ -104,13 +99,22 @@ def test_bsdm_offset_layer_is_counted_and_quantised(samples):
     assert count_bops(model, (x[:1], step)).total_bops < report.total_bops
 
 
-def test_dorefa_quantisers():
+def test_dorefa_quantisers(samples):
     torch.manual_seed(0)
     w = torch.randn(64, 32, 3, 3, requires_grad=True)
     for bits in (2, 3, 4, 8):
         q = quantize_weight(w, bits)
         levels = torch.unique(torch.round(q.detach() / (w.detach().abs().max() / (2 ** (bits - 1) - 1))))
         assert len(levels) <= 2 ** bits - 1 and levels.abs().max() == 2 ** (bits - 1) - 1
+    # the formula itself (DoReFa, as METHODS.md gives it) on a trained layer of the shipped ResNet-20: counting
+    # levels alone passed without the tanh
+    model = build_model(load_checkpoint(str(samples.parent / "weights" / "resnet20_cifar_subset.pt")))
+    trained = dict(model.named_parameters())["layer.4.conv1.weight"].detach()
+    for bits in (2, 4, 6, 8):
+        k = 2 ** (bits - 1) - 1
+        t = torch.tanh(trained)
+        expected = torch.round(t / t.abs().max() * k) * (trained.abs().max() / k)
+        assert torch.allclose(quantize_weight(trained, bits), expected, rtol=0, atol=1e-7), bits
     q = quantize_weight(w, 4)
     q.sum().backward()
     assert w.grad is not None and torch.all(w.grad != 0)  # straight-through: rounding passes the gradient
@@ -143,17 +147,17 @@ def test_compressed_checkpoint_rebuilds_pruned_and_quantised_models_exactly(tmp_
     plan, state = compressed_state(model)
     assert state["layer.4.conv1.weight_levels"].dtype == torch.int8 and "layer.4.conv1.weight" not in state
     assert plan["conv1"] == {"weight": 32, "activation": 32} and plan["layer.0.conv1"]["weight"] == 3
-    save_checkpoint(str(tmp_path / "c.pt"), state, cifar_card(bit_widths=plan))
+    save_checkpoint(str(tmp_path / "c.pt"), state, resnet_card(bit_widths=plan))
     rebuilt = build_model(load_checkpoint(str(tmp_path / "c.pt")))
     assert rebuilt.layer[4].conv1.out_channels == 32 - 5
     assert torch.equal(rebuilt(x), expected)
     assert bit_plan(rebuilt) == plan
-    save_checkpoint(str(tmp_path / "float.pt"), ResNetCifar(20).state_dict(), cifar_card())
+    save_checkpoint(str(tmp_path / "float.pt"), ResNetCifar(20).state_dict(), resnet_card())
     assert os.path.getsize(tmp_path / "c.pt") < 0.5 * os.path.getsize(tmp_path / "float.pt")
 
 
 def test_task_adapters_read_real_data(tmp_path, samples):
-    save_checkpoint(str(tmp_path / "r.pt"), ResNetCifar(20).state_dict(), cifar_card())
+    save_checkpoint(str(tmp_path / "r.pt"), ResNetCifar(20).state_dict(), resnet_card())
     checkpoint = load_checkpoint(str(tmp_path / "r.pt"))
     task = ClassificationTask(checkpoint, str(samples / "cifar10_sample.npz"))
     (images,), labels = task.batch(8)

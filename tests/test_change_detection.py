@@ -74,6 +74,22 @@ def test_cva_on_a_real_pair_with_reference(tmp_path, shared_data):
     assert report["timings"]["detect"] > 0 and report["device"] == "cpu (numpy)"
 
 
+def test_cva_marks_exactly_the_pixels_whose_scaled_change_vector_passes_its_cut(tmp_path, shared_data):
+    """CVA's magnitude computed here (each band's difference over that band's spread across both dates, the
+    vector's length): F1 floors alone passed with the magnitude computed as a plain sum of differences."""
+    before, after, _ = _levir(shared_data)
+    result = detect_changes(before, after, _outputs(tmp_path, report=False), ChangeParams(method="cva"))
+    with rasterio.open(before) as a, rasterio.open(after) as b:
+        xa, xb = a.read().astype(np.float64), b.read().astype(np.float64)
+    spread = np.concatenate([xa, xb], axis=2).reshape(len(xa), -1).std(axis=1)
+    magnitude = np.sqrt((((xb - xa) / spread[:, None, None]) ** 2).sum(axis=0))
+    change, _ = _read(tmp_path / "change.tif")
+    cut = result.model["otsu_magnitude"]
+    disagree = (change == 1) != (magnitude > cut)
+    assert 0.01 < (change == 1).mean() < 0.5
+    assert disagree.sum() <= 2 and np.allclose(magnitude[disagree], cut, rtol=1e-4)  # float32 at the cut
+
+
 def test_arcdnet_with_a_checkpoint_keeps_grid_and_reports(tmp_path, shared_data, tiny_change_checkpoint):
     before, after, label = _levir(shared_data)
     result = detect_changes(before, after, _outputs(tmp_path), ChangeParams(model=tiny_change_checkpoint, tile=128, overlap=32),

@@ -171,3 +171,22 @@ def test_the_shipped_compressed_card_records_what_the_compression_panel_reads():
     assert record["params_after"] == sum(p.numel() for p in build_model(shipped).parameters())
     for key in ("gbops_before", "size_mb_before", "bops_ratio", "scores_before", "scores_after"):
         assert key in record, key
+
+
+def test_a_checkpoint_or_report_that_meets_a_full_disk_says_so(tmp_path):
+    """torch.save on a full disk said "[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0", and
+    a report a bare OSError, each with its traceback, where rasters said what failed and the room left.
+    /dev/full answers every write with ENOSPC, as a full disk does."""
+    from rslab.core.outputs import write_json
+
+    card = ModelCard(task="classification", architecture="resnet_cifar", arguments={"depth": 20})
+    with pytest.raises(RSLabError, match=r"^could not write the checkpoint \(torch could not write the whole file\); "
+                                         r".* free in /dev: is the disk full\?$"):
+        save_checkpoint("/dev/full", {"w": torch.ones(100_000)}, card, atomic=False)
+    with pytest.raises(RSLabError, match=r"^could not write the report \(\[Errno 28\] No space left on device\); "
+                                         r".* free in /dev: is the disk full\?$"):
+        write_json("/dev/full", {"best_f1": 0.7})
+    save_checkpoint(str(tmp_path / "m.pt"), {"w": torch.ones(3)}, card)  # with room: written
+    write_json(tmp_path / "r.json", {"best_f1": 0.7})
+    assert sorted(os.listdir(tmp_path)) == ["m.pt", "r.json"] and (tmp_path / "r.json").read_text() == '{"best_f1": 0.7}\n'
+

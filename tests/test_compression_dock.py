@@ -9,33 +9,19 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
 
 import rslab
-from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
+from rslab.core.checkpoint import build_model, load_checkpoint
 from rslab.core.weights import SHIPPED, shipped_checkpoints
 from rslab.ui.compression_dock import CUSTOM_CHECKPOINT, DASH, TABLE_HEADERS, CompressionDock, si
 from rslab.ui.export_dialog import ExportDialog
+from resnet_cards import untrained_resnet
 
 TIMEOUT_MS = 240_000  # two busy CPU cores
-
-
-def resnet_card() -> ModelCard:
-    return ModelCard(task="classification", architecture="resnet_cifar",
-                     arguments={"depth": 20, "num_classes": 10, "bands": 3}, bands=["red", "green", "blue"],
-                     normalisation={"mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7]},
-                     class_names=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                  "truck"])
 
 
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory) -> str:
     """An untrained CIFAR ResNet-20 as an RS Lab checkpoint (the machinery, not accuracy, is under test)."""
-    import torch
-
-    from rslab.models.resnet_cifar import ResNetCifar
-
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("resnet") / "resnet20.pt")
-    save_checkpoint(path, ResNetCifar(20).state_dict(), resnet_card())
-    return path
+    return untrained_resnet(tmp_path_factory.mktemp("resnet") / "resnet20.pt")
 
 
 @pytest.fixture()

@@ -12,19 +12,12 @@ from qgis.core import QgsProcessingContext, QgsProcessingException
 import processing
 from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
 from rslab.core.weights import default_checkpoint
-from rslab.models.resnet_cifar import ResNetCifar
+from resnet_cards import untrained_resnet
 
 
 @pytest.fixture()
 def resnet_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    card = ModelCard(task="classification", architecture="resnet_cifar",
-                     arguments={"depth": 20, "num_classes": 10, "bands": 3}, bands=["red", "green", "blue"],
-                     normalisation={"mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7]},
-                     class_names=[f"class {i}" for i in range(10)])
-    path = tmp_path / "resnet20.pt"
-    save_checkpoint(str(path), ResNetCifar(20).state_dict(), card)
-    return str(path)
+    return untrained_resnet(tmp_path / "resnet20.pt")
 
 
 def test_model_bops_of_the_default_change_detector(tmp_path, provider):
@@ -236,15 +229,18 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, sa
 
 
 def test_checkpoint_and_report_are_written_together(tmp_path, samples, resnet_checkpoint, monkeypatch):
-    """A report that fails as it is written takes the checkpoint with it (it was committed first and stayed)."""
-    from rslab.core import compression
+    """A report that fails as it is written takes the checkpoint with it (it was committed first and stayed), and
+    the error says what failed and the room left (it was a bare OSError with its traceback)."""
+    from rslab.core import outputs
     from rslab.core.compression import CompressParams, compress_checkpoint
+    from rslab.core.errors import RSLabError
 
     def no_room(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(compression.json, "dump", no_room)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(outputs.json, "dump", no_room)
+    with pytest.raises(RSLabError, match=r"^could not write the report \(\[Errno 28\] No space left on device\); "
+                                         r".* free in .*: is the disk full\?$"):
         compress_checkpoint(resnet_checkpoint, str(samples / "cifar10_sample.npz"), str(tmp_path / "c.pt"),
                             CompressParams(method="ghost", epochs=0.02), report_path=str(tmp_path / "r.json"))
     assert os.listdir(tmp_path) == [os.path.basename(resnet_checkpoint)]

@@ -28,11 +28,10 @@ from rslab.core.job import JobMonitor
 from rslab.core.quantization import apply_bit_plan, bit_plan, compressed_state
 from rslab.models.arcdnet import ArcdNet
 from rslab.models.resnet_cifar import ResNetCifar
+from resnet_cards import resnet_card
 
 SAMPLES = Path(__file__).resolve().parent.parent / "resources" / "samples"
 CIFAR = str(SAMPLES / "cifar10_sample.npz")
-NORMALISATION = {"mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7]}
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # Lloyd-Max (Max 1960): the positive levels of the optimal 4-, 8- and 16-level quantisers of N(0, 1).
 LLOYD_MAX = {2: [0.4528, 1.510], 3: [0.2451, 0.7560, 1.344, 2.152],
              4: [0.1284, 0.3881, 0.6568, 0.9424, 1.256, 1.618, 2.069, 2.733]}
@@ -46,15 +45,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _resnet_card(depth: int) -> ModelCard:
-    return ModelCard(task="classification", architecture="resnet_cifar", arguments={"depth": depth, "num_classes": 10},
-                     bands=["red", "green", "blue"], normalisation=NORMALISATION, class_names=CLASSES)
-
-
 def _cifar(depth: int):
     torch.manual_seed(0)
     model = ResNetCifar(depth)
-    card = _resnet_card(depth)
+    card = resnet_card(depth)
     task = ClassificationTask(Checkpoint(card, model.state_dict()), CIFAR, eval_limit=64)
     return model, card, task
 
