@@ -70,7 +70,8 @@ def add_overviews(path: str, monitor: Optional[JobMonitor] = None) -> List[int]:
         except RuntimeError as exc:
             if cancelled:
                 raise JobCancelled() from exc
-            # (a full disk, mostly: the file was written a moment ago) the path is a job's temporary name
+            # A full disk, mostly (the file was written a moment ago). The path is a job's temporary name, which
+            # write_failed leaves out of the message.
             raise write_failed(path, exc, "could not add overviews to the output") from exc
     if cancelled:
         raise JobCancelled()

@@ -339,8 +339,8 @@ def test_the_log_gets_each_kind_of_message_and_counts_only_every_tenth_of_the_ru
     assert "tiles done" in feedback.texts and feedback.texts[-1].startswith("BSDM iteration 160")
     assert len(feedback.texts) == 1 + 5 + 1 + 5
     assert feedback.progress() == pytest.approx(100 * (0.5 + 0.5 * 1999 / 2000))
-    # two counted kinds taking turns, as BSDM's suppression and the tiles under it report every window: each
-    # went through every time (the kind had changed), 512 lines for a 4000 x 4000 image
+    # Two counted kinds taking turns, as BSDM's suppression and the tiles under it report every window: each
+    # went through every time (the kind had changed), 512 lines for a 4000 x 4000 image.
     feedback = Recorder()
     progress, _ = feedback_callbacks(feedback)
     for i in range(256):

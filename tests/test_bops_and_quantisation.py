@@ -106,8 +106,8 @@ def test_dorefa_quantisers(samples):
         q = quantize_weight(w, bits)
         levels = torch.unique(torch.round(q.detach() / (w.detach().abs().max() / (2 ** (bits - 1) - 1))))
         assert len(levels) <= 2 ** bits - 1 and levels.abs().max() == 2 ** (bits - 1) - 1
-    # the formula itself (DoReFa, as METHODS.md gives it) on a trained layer of the shipped ResNet-20: counting
-    # levels alone passed without the tanh
+    # The formula itself (DoReFa, as METHODS.md gives it) on a trained layer of the shipped ResNet-20: counting
+    # levels alone passed without the tanh.
     model = build_model(load_checkpoint(str(samples.parent / "weights" / "resnet20_cifar_subset.pt")))
     trained = dict(model.named_parameters())["layer.4.conv1.weight"].detach()
     for bits in (2, 4, 6, 8):

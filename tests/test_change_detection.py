@@ -100,6 +100,13 @@ def test_arcdnet_with_a_checkpoint_keeps_grid_and_reports(tmp_path, shared_data,
         assert key in result.metrics
     prob, profile = _read(tmp_path / "prob.tif")
     assert prob.dtype == np.float32 and np.isfinite(prob).all() and (0 <= prob).all() and (prob <= 1).all()
+    # The map is the probability at the threshold, and the report's figures are those of the files written.
+    change, _ = _read(tmp_path / "change.tif")
+    truth = _read(label)[0] > 0
+    assert np.array_equal(change == 1, prob >= ChangeParams().threshold)
+    hits = int(((change == 1) & truth).sum())
+    assert result.metrics["recall"] == pytest.approx(hits / truth.sum())
+    assert result.metrics["precision"] == pytest.approx(hits / max(int((change == 1).sum()), 1))
     from osgeo import gdal
 
     assert gdal.Open(str(tmp_path / "change.tif")).GetGeoTransform(can_return_null=True) is None  # like the PNG

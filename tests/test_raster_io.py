@@ -128,7 +128,7 @@ def test_band_masks_equal_rasterios_read_masks_without_reading_them(tmp_path, mo
                 given = dict(where, out_shape=where["out_shape"][1:]) if "out_shape" in where else where
                 del mask_reads[:]
                 assert np.array_equal(band_masks(ds, bands, data, **given), masks), f"{name}, {where}"
-                # rasterio's dataset_mask reads band 1's mask, which is the mask band or alpha band
+                # Only rasterio's dataset_mask reads a mask: band 1's, which is the mask band or the alpha band.
                 assert mask_reads == ([(1,)] if name in ("RGBA alpha band", "int16 internal mask") else []), name
 
 

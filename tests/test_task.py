@@ -97,6 +97,16 @@ def test_a_package_not_installed_is_named_and_a_bug_keeps_its_traceback(qtbot, m
         assert done.args[0] is None and done.args[1].startswith(start)
 
 
+def _until_cancelled(started: threading.Event):
+    """A job that sets `started`, then runs until it is cancelled (and raises JobCancelled as jobs do)."""
+    def job(progress, cancelled):
+        started.set()
+        while not cancelled():
+            time.sleep(0.01)
+        JobMonitor(progress, cancelled).check()
+    return job
+
+
 def test_a_superseded_run_stops_without_a_warning_and_a_cancelled_one_logs_it(qtbot):
     """The compression panel cancels its read of a checkpoint no longer chosen: the log said 'RS Lab: reading
     x.pt: cancelled; no output was written' to a user who had cancelled nothing."""
@@ -112,14 +122,7 @@ def test_a_superseded_run_stops_without_a_warning_and_a_cancelled_one_logs_it(qt
     try:
         for name, stop in (("superseded read", tasks.JobTask.supersede), ("cancelled run", tasks.JobTask.cancel)):
             started = threading.Event()
-
-            def job(progress, cancelled):
-                started.set()
-                while not cancelled():
-                    time.sleep(0.01)
-                JobMonitor(progress, cancelled).check()
-
-            task = tasks.JobTask(name, job)
+            task = tasks.JobTask(name, _until_cancelled(started))
             with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
                 tasks.start(task)
                 assert started.wait(30)
@@ -140,14 +143,7 @@ def test_a_cancelled_task_says_so_in_the_description_qgis_announces(qtbot):
     from qgis.core import QgsApplication
 
     started = threading.Event()
-
-    def job(progress, cancelled):
-        started.set()
-        while not cancelled():
-            time.sleep(0.01)
-        JobMonitor(progress, cancelled).check()
-
-    task = tasks.JobTask("RS Lab: long run", job)
+    task = tasks.JobTask("RS Lab: long run", _until_cancelled(started))
     with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
         tasks.start(task)
         assert started.wait(30)
