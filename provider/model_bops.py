@@ -1,7 +1,6 @@
 """rslab:model_bops: bit operations, MACs, size and per-layer figures of a checkpoint."""
 from __future__ import annotations
 
-
 from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,

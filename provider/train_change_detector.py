@@ -1,7 +1,6 @@
 """rslab:train_change_detector: train AR-CDNet on change pairs, keep the best checkpoint."""
 from __future__ import annotations
 
-
 from qgis.core import (
     QgsProcessing,
     QgsProcessingParameterBand,
