@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from .bops import FULL_PRECISION
 from .errors import RSLabError
-from .outputs import PendingOutputs, write_failed
+from .outputs import PendingOutputs, write_bytes
 
 FORMAT = "rslab-checkpoint"
 VERSION = 1
@@ -144,15 +145,13 @@ def save_checkpoint(path: str, state_dict: Mapping[str, Any], card: ModelCard, a
 
 
 def _save(payload: Mapping[str, Any], path: str) -> None:
-    """torch.save, whose failed write (a full disk) said only "[enforce fail at inline_container.cc:672] .
-    unexpected pos 128 vs 0", as `write_failed` words it."""
+    """torch.save into memory, then to `path` through `write_bytes`: straight to a full disk it said only
+    "[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0"."""
     import torch
 
-    try:
-        torch.save(payload, path)
-    except (OSError, RuntimeError) as exc:
-        detail = exc if isinstance(exc, OSError) else OSError("torch could not write the whole file")
-        raise write_failed(path, detail, "could not write the checkpoint") from exc
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue(), "could not write the checkpoint")
 
 
 TASK_LABELS = {"classification": "classification", "change_detection": "change detection",

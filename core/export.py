@@ -99,7 +99,7 @@ from .checkpoint import ModelCard, save_checkpoint
 from .errors import JobCancelled, RSLabError
 from .bops import FULL_PRECISION
 from .job import JobMonitor
-from .outputs import PendingOutputs, check_name_length, write_failed, write_json
+from .outputs import PendingOutputs, check_name_length, write_bytes, write_json
 
 FORMATS = ("checkpoint", "onnx", "torchscript", "report")
 SUFFIXES = {"checkpoint": ".pt", "onnx": ".onnx", "torchscript": ".torchscript.pt", "report": ".report.json"}
@@ -573,13 +573,8 @@ def _onnx_proto(model: Any, example_inputs: Tuple[Any, ...], input_names: Option
 
 def _write_onnx(model: Any, example_inputs: Tuple[Any, ...], target: str, input_names, output_names,
                 opset: int) -> Dict[str, Any]:
-    import onnx
-
     proto, info = _onnx_proto(model, example_inputs, input_names, output_names, opset)
-    try:
-        onnx.save_model(proto, target)
-    except OSError as exc:
-        raise write_failed(target, exc, "could not write the ONNX file") from exc
+    write_bytes(target, proto.SerializeToString(), "could not write the ONNX file")  # what onnx.save_model writes
     return info
 
 
@@ -888,11 +883,9 @@ def _write_torchscript(model: Any, example_inputs: Tuple[Any, ...], target: str)
         traced = torch.jit.trace(flat, example_inputs, check_trace=False)
     except Exception as exc:
         raise RSLabError(f"the TorchScript export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    try:
-        torch.jit.save(traced, target, _extra_files=extra)  # (deprecated in favour of torch.export, still supported)
-    except (OSError, RuntimeError) as exc:
-        detail = exc if isinstance(exc, OSError) else OSError("torch could not write the whole file")
-        raise write_failed(target, detail, "could not write the TorchScript file") from exc
+    buffer = io.BytesIO()  # torch.jit.save straight to a full disk aborted the process (a C++ error at close)
+    torch.jit.save(traced, buffer, _extra_files=extra)  # (deprecated in favour of torch.export, still supported)
+    write_bytes(target, buffer.getvalue(), "could not write the TorchScript file")
 
 
 def export_torchscript(model: Any, example_inputs: Tuple[Any, ...], path: str, overwrite: bool = False) -> str:

@@ -49,15 +49,20 @@ def write_failed(path: PathLike, exc: BaseException, what: str) -> RSLabError:
                       "is the disk full?")
 
 
-def write_json(path: PathLike, data: Any, **options: Any) -> None:
-    """`data` as JSON (json.dump's `options`) in `path`, a job's temporary name: a write that fails (a full disk)
-    raises `write_failed`, which names the room left, instead of a bare OSError and its traceback."""
+def write_bytes(path: PathLike, data: bytes, what: str) -> None:
+    """`data` in `path` (a job's temporary name): a write that fails (a full disk) raises `write_failed`, saying
+    `what` failed and the room left, instead of a bare OSError and its traceback. Files serialised by torch or
+    onnx come here as bytes: torch.jit.save straight to a full disk aborted the whole process (QGIS with it)."""
     try:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, **options)
-            handle.write("\n")
+        with open(path, "wb") as handle:
+            handle.write(data)
     except OSError as exc:
-        raise write_failed(path, exc, "could not write the report") from exc
+        raise write_failed(path, exc, what) from exc
+
+
+def write_json(path: PathLike, data: Any, **options: Any) -> None:
+    """`data` as JSON (json.dumps's `options`) in `path`, through `write_bytes`."""
+    write_bytes(path, (json.dumps(data, **options) + "\n").encode("utf-8"), "could not write the report")
 
 
 def check_complete(path: PathLike, final_name: str) -> None:

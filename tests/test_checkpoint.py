@@ -180,7 +180,7 @@ def test_a_checkpoint_or_report_that_meets_a_full_disk_says_so(tmp_path):
     from rslab.core.outputs import write_json
 
     card = ModelCard(task="classification", architecture="resnet_cifar", arguments={"depth": 20})
-    with pytest.raises(RSLabError, match=r"^could not write the checkpoint \(torch could not write the whole file\); "
+    with pytest.raises(RSLabError, match=r"^could not write the checkpoint \(\[Errno 28\] No space left on device\); "
                                          r".* free in /dev: is the disk full\?$"):
         save_checkpoint("/dev/full", {"w": torch.ones(100_000)}, card, atomic=False)
     with pytest.raises(RSLabError, match=r"^could not write the report \(\[Errno 28\] No space left on device\); "

@@ -487,6 +487,18 @@ print("SHOWN", shown)
     assert "SHOWN []" in done.stdout, done.stdout[-3000:]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_a_full_disk_stops_an_onnx_or_torchscript_export_with_a_message(resnet, cifar):
+    """torch.jit.save straight to a full disk aborted the whole process (QGIS with it: a C++ error thrown as its
+    writer closed); ONNX's save raised a bare OSError. /dev/full answers every write with ENOSPC."""
+    x = (cifar[1][:1],)
+    for write, what in ((export._write_torchscript, "TorchScript"), (export._write_onnx, "ONNX")):
+        arguments = (resnet, x, "/dev/full") + ((None, None, 17) if what == "ONNX" else ())
+        with pytest.raises(RSLabError, match=rf"^could not write the {what} file \(\[Errno 28\] No space left on "
+                                             r"device\); .* free in /dev: is the disk full\?$"):
+            write(*arguments)
+
+
 def test_refuses_to_overwrite_and_writes_nothing(resnet, cifar, tmp_path):
     x = (cifar[1][:1],)
     existing = tmp_path / "m.onnx"
