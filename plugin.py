@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict, List
 
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
@@ -170,5 +170,9 @@ class RSLabPlugin:
             self.toolbar.deleteLater()
             self.toolbar = None
         if self.provider is not None:
+            if not self.provider.stop_running():
+                self.iface.messageBar().pushMessage(
+                    "RS Lab", "an RS Lab algorithm was still running when the plugin was unloaded; QGIS may be "
+                    "unstable until it is restarted", Qgis.Warning, 0)
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None

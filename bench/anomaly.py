@@ -3,8 +3,9 @@
 What it measures
     1. Accuracy and time on the ten ABU scenes in shared/data/anomaly/abu
        (airport 1-4, beach 1-3, urban 1-3; 100 x 100 pixels, beach-1
-       150 x 150; 188-207 bands). Each .mat is imported with `import_cube`
-       (cube and ground truth as GeoTIFFs, cached in the work folder), and
+       150 x 150; 188-207 bands). Each .mat is imported with the Processing
+       algorithm `rslab:import_cube` (cube and ground truth as GeoTIFFs,
+       cached in the work folder; a child process with QGIS), and
        each method runs through `detect_anomalies` exactly as a user's job
        does, with the ground truth as its reference: BSDM + RX (500
        iterations, seed 0, the defaults), the same with a denoiser trained
@@ -15,7 +16,7 @@ What it measures
        `result.timings` and the first and last training loss. Each AUC(D,F)
        is re-computed exactly (rank statistic, ties counted half) from the
        written score raster, and the largest difference from the engine's
-       histogram AUC is printed. Then the mean per method, the published
+       own (also exact) AUC is printed. Then the mean per method, the published
        BSDM figures (METHODS.md section 2) beside ours, and the issue's
        targets, each marked met or not.
     2. Determinism: BSDM + RX runs again on the first selected scene
@@ -147,6 +148,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -243,18 +245,44 @@ def big_path(workdir: Path) -> Path:
 # ---------------------------------------------------------------- child: importing the scenes
 
 
+_PROCESSING: List[Any] = []  # (QGIS application, RS Lab provider, processing module), started once per child
+
+
+def processing_import(source: str, cube: str, gt: str) -> None:
+    """Import one .mat with the Processing algorithm `rslab:import_cube`, as the issue asks (a headless QGIS
+    application with Processing and the RS Lab provider, in a throwaway QGIS profile, started on first use)."""
+    if not _PROCESSING:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        os.environ["QGIS_CUSTOM_CONFIG_PATH"] = tempfile.mkdtemp(prefix="rslab-bench-profile-")
+        sys.path.append("/usr/share/qgis/python/plugins")
+        from qgis.core import QgsApplication
+
+        app = QgsApplication([], False)
+        app.initQgis()
+        from processing.core.Processing import Processing
+
+        Processing.initialize()
+        from rslab.provider.provider import RSLabProvider
+
+        provider = RSLabProvider()
+        QgsApplication.processingRegistry().addProvider(provider)
+        import processing
+
+        _PROCESSING.extend([app, provider, processing])
+    _PROCESSING[2].run("rslab:import_cube", {"INPUT": source, "OUTPUT_CUBE": cube, "OUTPUT_GT": gt})
+
+
 def import_scene(workdir: Path, scene: str) -> Dict[str, Any]:
-    """The scene's cube and ground truth as GeoTIFFs (imported once, then reused)."""
+    """The scene's cube and ground truth as GeoTIFFs (imported once with rslab:import_cube, then reused)."""
     import numpy as np
 
-    from rslab.core.import_cube import import_cube
     from rslab.core.raster_io import gdal_env, open_raster, raster_info
 
     cube, gt = scene_paths(workdir, scene)
     cached = cube.exists() and gt.exists()
     if not cached:
         cube.parent.mkdir(parents=True, exist_ok=True)
-        import_cube(str(ABU / f"{scene}.mat"), str(cube), str(gt))
+        processing_import(str(ABU / f"{scene}.mat"), str(cube), str(gt))
     info = raster_info(str(cube))
     with gdal_env(), open_raster(str(gt)) as ds:
         anomalies = int((ds.read(1) != 0).sum())

@@ -38,7 +38,7 @@ from scipy import ndimage
 from .alignment import align_to
 from .bands import good_bands
 from .blas import gram, matmul
-from .device import describe_device, native_bfloat16, select_device
+from .device import describe_device, load_optimisers, native_bfloat16, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
@@ -431,6 +431,7 @@ def train_bsdm(sample: np.ndarray, params: AnomalyParams, device: Any,
     with seeded_global_generator(params.seed):  # the initial weights
         model = BSDMDenoiser(sample.shape[1])
     model.to(device)
+    load_optimisers(monitor)  # The first optimiser imports torch._dynamo: listen for a cancel meanwhile.
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters instead of a loop over them
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, params.iterations, eta_min=1e-5)

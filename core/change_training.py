@@ -29,7 +29,7 @@ from .change_data import (ChangePair, PairSampler, band_views, check_pair, defau
 from .change_model import TASK, normalise, predict_pair, trained_bands_hint
 from .change_reference import ReferenceValues, check_coding, coding_note, survey_reference
 from .checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
-from .device import describe_device, select_device
+from .device import describe_device, load_optimisers, select_device
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
 from .metrics import Confusion
@@ -282,6 +282,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
     sampler = PairSampler(train_pairs, params.crop, params.seed, params.jitter, params.paste, params.label_coding,
                           CROP_SAMPLING[params.crop_sampling], check=monitor.check, fill=mean)
     model.to(device).train()
+    load_optimisers(monitor)  # The first optimiser imports torch._dynamo: listen for a cancel meanwhile.
     if params.optimiser == "sgd":  # the fine-tuning recipe of the compression code (PIC-PQ): SGD, Nesterov
         optimiser = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     else:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .bops import FULL_PRECISION, MAX_BITS, MIN_BITS, MODES, bops_ratio, count_bops
 from .checkpoint import build_model, load_checkpoint
-from .device import describe_device, select_device
+from .device import describe_device, load_optimisers, select_device
 from .pic_pq import MAX_PENALTY, MAX_REDUCTION
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn
@@ -198,6 +198,7 @@ def compress_checkpoint(
         result.scores_before = task.evaluate(model)
         before = count_bops(model, example, params.bops_mode)
     result.before = before.to_dict()
+    load_optimisers(monitor)  # Fine-tuning's optimiser imports torch._dynamo on first use.
 
     def record(entry: Dict[str, float]) -> None:
         result.history.append(dict(entry))

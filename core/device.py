@@ -78,3 +78,13 @@ def native_bfloat16(device: Any) -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:
         return False
+
+
+def load_optimisers(monitor: Any) -> None:
+    """Import what torch's optimisers import on first use (torch._dynamo), listening for a cancel meanwhile
+    (`JobMonitor.wait_for`); call it before a job's first `torch.optim` optimiser. Later calls cost nothing."""
+    import importlib
+    import sys
+
+    if "torch._dynamo" not in sys.modules:
+        monitor.wait_for(lambda: importlib.import_module("torch._dynamo"))

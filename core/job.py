@@ -14,14 +14,16 @@ its progress range to a sub-step with `monitor.sub(start, end)`.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, TypeVar
 
 from .errors import JobCancelled
 
 ProgressFn = Callable[[float, str], None]
 CancelledFn = Callable[[], bool]
+T = TypeVar("T")
 
 
 class JobMonitor:
@@ -61,6 +63,32 @@ class JobMonitor:
         """Raise JobCancelled if the caller asked to stop."""
         if self._cancelled is not None and self._cancelled():
             raise JobCancelled()
+
+    def wait_for(self, work: Callable[[], T], poll: float = 0.1) -> T:
+        """`work()`, run in a helper thread while this monitor looks for a cancel every `poll` seconds.
+
+        For a step that cannot look for one itself: torch's first optimiser imports
+        torch._dynamo (1.5-2.5 s on 2 cores), and a Cancel pressed then waited for it
+        (3 s in QGIS). After a cancel the helper finishes on its own and its result is
+        dropped; an exception in `work` is raised here.
+        """
+        outcome: Dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = work()
+            except BaseException as exc:  # Raised in the waiting thread.
+                outcome["error"] = exc
+
+        helper = threading.Thread(target=run, name="rslab-wait-for", daemon=True)
+        helper.start()
+        while helper.is_alive():
+            self.check()
+            helper.join(poll)
+        self.check()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def sub(self, start: float, end: float) -> "JobMonitor":
         """A monitor whose 0..1 maps onto [start, end] of this one's range."""

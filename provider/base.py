@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -44,6 +44,9 @@ def checkpoint_parameter(name: str, description: str, optional: bool = False) ->
     return QgsProcessingParameterFile(name, description, QgsProcessingParameterFile.File, "", None, optional,
                                       CHECKPOINT_FILTER)
 
+
+# The feedbacks of RS Lab algorithms running now, in any thread (RSLabProvider.stop_running cancels them).
+RUNNING: Set[QgsProcessingFeedback] = set()
 
 # Post-processors must outlive the algorithm run that created them.
 _KEEP_ALIVE: List[QgsProcessingLayerPostProcessorInterface] = []
@@ -115,6 +118,7 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         feedback = feedback or QgsProcessingFeedback()  # the API allows none
+        RUNNING.add(feedback)
         try:
             return self.execute(parameters, context, feedback)
         except JobCancelled as exc:
@@ -128,6 +132,8 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
             if message is None:
                 raise
             raise QgsProcessingException(message) from exc
+        finally:
+            RUNNING.discard(feedback)
 
     def execute(self, parameters, context, feedback) -> Dict:
         raise QgsProcessingException(f"{self.name()} does not implement execute()")

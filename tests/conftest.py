@@ -93,6 +93,18 @@ def shared_data() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="module")
+def beach2(tmp_path_factory, samples) -> Tuple[Path, Path]:
+    """ABU beach-2 (100 x 100 x 193, resources/samples) imported to GeoTIFFs in a temporary folder: its cube and
+    its reference. Per module, and never in resources/: QGIS writes .aux.xml beside what it opens."""
+    from rslab.core.import_cube import import_cube
+
+    folder = tmp_path_factory.mktemp("beach2")
+    cube, gt = folder / "beach-2.tif", folder / "beach-2_gt.tif"
+    import_cube(str(samples / "abu-beach-2.mat"), str(cube), str(gt))
+    return cube, gt
+
+
 @pytest.fixture(autouse=True)
 def fresh_rslab_settings(qgis_app):
     """Each test starts from the docks' defaults: what an earlier test chose is not remembered (ui/settings.py)."""
@@ -227,7 +239,9 @@ def tiny_change_checkpoint(tmp_path_factory, shared_data) -> str:
     from rslab.core.change_data import pairs_from_folder
     from rslab.core.change_training import TrainChangeParams, train_change_detector
 
-    pairs = pairs_from_folder(str(shared_data / "change" / "levir_cd_256"), ["train_36_0512_0512", "test_77_0512_0256"])
+    from levir import LEVIR
+
+    pairs = pairs_from_folder(str(shared_data / LEVIR), ["train_36_0512_0512", "test_77_0512_0256"])
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny_arcdnet.pt")
     params = TrainChangeParams(iterations=3, eval_every=3, crop=64, batch_size=2, base=8, channels=8, warmup=1)
     train_change_detector(pairs[:1], pairs[1:], path, params)

@@ -381,3 +381,65 @@ def test_combinations_that_cannot_run_are_caught_before_the_run(tmp_path, scene,
     # and a run without a feedback object (the API allows it)
     results, ok = algorithm.run(dict(base, OUTPUT_REPORT=str(tmp_path / "r.json")), QgsProcessingContext(), None)
     assert ok and os.path.exists(results["OUTPUT_SCORES"])
+
+
+def test_the_parameters_are_the_issues_names_order_and_defaults(provider, qtbot, iface):
+    """The issue's parameter names (MODEL and OUTPUT_MODEL added, both optional), the method enum in its order, and
+    the defaults the Processing dialog and the dock start from: 500 iterations, seed 0, windows 3 and 11."""
+    from rslab.ui.anomaly_dock import AnomalyDock
+
+    algorithm = QgsApplication.processingRegistry().algorithmById("rslab:detect_anomalies")
+    names = [p.name() for p in algorithm.parameterDefinitions()]
+    assert names == ["INPUT", "METHOD", "ITERATIONS", "SEED", "INNER_WINDOW", "OUTER_WINDOW", "REFERENCE",
+                     "FALSE_ALARM_RATE", "OUTPUT_SCORES", "OUTPUT_MASK", "OUTPUT_REPORT", "MODEL", "OUTPUT_MODEL"]
+    method = algorithm.parameterDefinition("METHOD")
+    assert [option.split(":")[0] for option in method.options()] == ["bsdm_rx", "rx", "lrx"]
+    defaults = {name: algorithm.parameterDefinition(name).defaultValue()
+                for name in ("METHOD", "ITERATIONS", "SEED", "INNER_WINDOW", "OUTER_WINDOW")}
+    assert defaults == {"METHOD": 0, "ITERATIONS": 500, "SEED": 0, "INNER_WINDOW": 3, "OUTER_WINDOW": 11}
+    optional = {p.name() for p in algorithm.parameterDefinitions() if p.flags() & p.FlagOptional}
+    assert optional == {"REFERENCE", "FALSE_ALARM_RATE", "OUTPUT_MASK", "OUTPUT_REPORT", "MODEL", "OUTPUT_MODEL"}
+    dock = AnomalyDock(iface)
+    qtbot.addWidget(dock)
+    assert dock.method_combo.currentData() == "bsdm_rx"
+    assert [spin.value() for spin in (dock.iterations_spin, dock.seed_spin, dock.inner_spin, dock.outer_spin)] == [
+        500, 0, 3, 11]
+
+
+def test_unloading_while_the_toolbox_runs_an_algorithm_cancels_it_and_closes_its_dialog(tmp_path, scene, provider,
+                                                                                          qtbot):
+    """The plugin unloaded (or reloaded) while its algorithm ran from the Processing toolbox: QGIS deleted the
+    provider, and when the run ended the toolbox dialog asked its algorithm for its id and QGIS died (signal 11).
+    stop_running, which unload calls first, cancels the run, waits until the task has handed over its result
+    and closes the dialog. The toolbox's dialog needs the desktop's interface: a dialog holding the algorithm
+    stands in for it, the task is the one it starts."""
+    from qgis.PyQt.QtWidgets import QDialog
+
+    from rslab.provider.base import RUNNING
+
+    class ToolboxDialog(QDialog):
+        def __init__(self, algorithm):
+            super().__init__()
+            self._algorithm = algorithm
+
+        def algorithm(self):
+            return self._algorithm
+
+    cube, _ = scene
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("rslab:detect_anomalies")
+    dialog = ToolboxDialog(algorithm)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = QgsProcessingFeedback()
+    params = {"INPUT": cube, "METHOD": 0, "ITERATIONS": 500, "OUTPUT_SCORES": str(tmp_path / "s.tif")}
+    task = QgsProcessingAlgRunnerTask(algorithm, params, context, feedback)
+    handed_over = []
+    task.executed.connect(lambda ok, results: handed_over.append((ok, algorithm.id())))  # as the dialog does
+    QgsApplication.taskManager().addTask(task)
+    qtbot.waitUntil(lambda: bool(RUNNING), timeout=30000)
+    assert provider.stop_running()
+    assert handed_over == [(False, "rslab:detect_anomalies")] and not RUNNING
+    assert QgsApplication.taskManager().countActiveTasks() == 0 and not dialog.isVisible()
+    assert not (tmp_path / "s.tif").exists()

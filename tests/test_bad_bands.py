@@ -13,18 +13,16 @@ from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
 from rslab.core.bands import bad_bands, band_ranges, good_bands
 from rslab.core.checkpoint import read_card
 from rslab.core.errors import RSLabError
-from rslab.core.import_cube import import_cube
 
 BAD = [1, 2, 3, 4, 5, 100, 101, 102, 103, 104]
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory, samples):
+def scene(tmp_path_factory, beach2):
     """ABU beach-2 as GeoTIFF and as ENVI whose BAD bands are overwritten with strong noise (like water-absorption
     bands): `noisy.img` flags them in its bbl, `unflagged.img` is the same file without the list."""
     folder = tmp_path_factory.mktemp("bbl")
-    cube, gt = folder / "cube.tif", folder / "gt.tif"
-    import_cube(str(samples / "abu-beach-2.mat"), str(cube), str(gt))
+    cube, gt = beach2
     with rasterio.open(cube) as src:
         data = src.read().astype(np.float32)
     rng = np.random.default_rng(0)

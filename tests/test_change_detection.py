@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from levir import LEVIR, levir_pair
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
@@ -26,13 +27,13 @@ from rslab.core.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.metrics import Confusion, HistogramAUC
 
-LEVIR = "change/levir_cd_256"
 PAIR = "test_102_0512_0000.png"
 
 
 def _levir(shared_data, name=PAIR):
-    root = shared_data / LEVIR
-    return str(root / "A" / name), str(root / "B" / name), str(root / "label" / name)
+    """PAIR's before, after and label paths."""
+    pair = levir_pair(shared_data, name)
+    return pair.before, pair.after, pair.label
 
 
 def _outputs(folder, report=True):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from levir import LEVIR
 from project_layers import RUN_TIMEOUT_MS, add_raster, click_run, group_names
 import rasterio
 from osgeo import gdal
@@ -30,7 +31,7 @@ PAIR = "test_2_0000_0000"
 @pytest.fixture(scope="session")
 def checkpoint(shared_data, tmp_path_factory) -> str:
     """A tiny AR-CDNet checkpoint trained for two iterations on two LEVIR pairs (the shipped one may not exist)."""
-    pairs = pairs_from_folder(str(shared_data / "change" / "levir_cd_256"))[:2]
+    pairs = pairs_from_folder(str(shared_data / LEVIR))[:2]
     path = str(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
     train_change_detector(pairs[:1], pairs[1:], path,
                           TrainChangeParams(iterations=2, eval_every=1, crop=64, batch_size=2, base=8, channels=8))
@@ -46,7 +47,7 @@ def copy_to(folder, path):
 @pytest.fixture()
 def levir(project, shared_data, tmp_path):
     """One LEVIR pair and its label as project layers; the after layer at the bottom of the layer tree."""
-    root = shared_data / "change" / "levir_cd_256"
+    root = shared_data / LEVIR
     layers = {role: add_raster(project, copy_to(tmp_path / "inputs", root / folder / f"{PAIR}.png"), role)
               for role, folder in (("after", "B"), ("before", "A"), ("reference", "label"))}
     assert [n.name() for n in project.layerTreeRoot().children()] == ["reference", "before", "after"]
@@ -130,7 +131,7 @@ def test_without_reference_no_accuracy_and_a_temporary_folder(qtbot, dock, levir
         assert all(os.path.basename(f).startswith("rslab-changes-") for f in folders)
         assert folders[0] != folders[1]  # a new folder per run
         assert folders[1] in dock.status_label.text()
-        assert group_names(project) == ["Changes: before → after (CVA)"] * 2
+        assert group_names(project) == ["Changes: before → after (CVA), run 2", "Changes: before → after (CVA)"]
     finally:
         project.clear()
         for folder in folders:

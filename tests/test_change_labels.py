@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from levir import LEVIR
 import rasterio
 from osgeo import gdal, ogr, osr
 
@@ -117,7 +118,7 @@ def test_label_polygons_a_user_can_get_wrong(nanjing, shared_data, tmp_path):
     far = "POLYGON((0 0, 90 0, 90 -90, 0 -90, 0 0))"
     with pytest.raises(RSLabError, match="cover no pixel"):
         burn_labels(shapes(str(tmp_path / "far.gpkg"), 32650, [(far, 2)]), "label", nanjing["before"], str(output))
-    levir = shared_data / "change" / "levir_cd_256" / "A" / "test_2_0000_0000.png"
+    levir = shared_data / LEVIR / "A" / "test_2_0000_0000.png"
     with pytest.raises(RSLabError, match="no georeferencing"):
         burn_labels(good, "label", str(levir), str(output))
     assert not output.exists()

@@ -11,6 +11,7 @@ import rasterio
 from qgis.core import QgsProcessingException, QgsRasterLayer
 
 import processing
+from levir import LEVIR
 
 
 @pytest.fixture()
@@ -191,7 +192,7 @@ def test_a_file_named_with_a_bar_is_read_and_a_geopackage_table_refused(tmp_path
 def test_train_change_detector_processing_run(tmp_path, shared_data, provider):
     output = tmp_path / "model.pt"
     result = processing.run("rslab:train_change_detector", {
-        "TRAIN_FOLDER": str(shared_data / "change" / "levir_cd_256"), "ITERATIONS": 2, "BATCH_SIZE": 2, "CROP": 64,
+        "TRAIN_FOLDER": str(shared_data / LEVIR), "ITERATIONS": 2, "BATCH_SIZE": 2, "CROP": 64,
         "WIDTH": 0, "SEED": 1, "OUTPUT_MODEL": str(output), "OUTPUT_REPORT": str(tmp_path / "history.json"),
     })
     assert result["OUTPUT_MODEL"] == str(output) and output.exists()
@@ -227,7 +228,7 @@ def test_train_change_detector_on_chosen_bands(tmp_path, shared_data, change_cop
 
     tiny = {"ITERATIONS": 1, "BATCH_SIZE": 2, "CROP": 64, "OUTPUT_REPORT": str(tmp_path / "h.json")}
     processing.run("rslab:train_change_detector", dict(
-        tiny, TRAIN_FOLDER=str(shared_data / "change" / "levir_cd_256"), BANDS=[3, 2], OUTPUT_MODEL=str(tmp_path / "f.pt")))
+        tiny, TRAIN_FOLDER=str(shared_data / LEVIR), BANDS=[3, 2], OUTPUT_MODEL=str(tmp_path / "f.pt")))
     card = read_card(str(tmp_path / "f.pt"))
     assert card.arguments["bands"] == 2 and card.training["params"]["bands"] == [3, 2]
     assert json.loads((tmp_path / "h.json").read_text())["bands"] == [3, 2]

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from levir import LEVIR, levir_pair
 import rasterio
 from rasterio.windows import Window
 
@@ -47,7 +48,7 @@ def test_training_on_partial_labels_validates_on_the_labelled_pixels(nanjing, tm
 
 
 def test_labels_the_partial_coding_cannot_read_stop_before_training(shared_data, tmp_path):
-    root = shared_data / "change" / "levir_cd_256"
+    root = shared_data / LEVIR
     name = "test_2_0000_0000.png"
     pair = ChangePair(str(root / "A" / name), str(root / "B" / name), str(root / "label" / name))  # 0 / 255
     output = tmp_path / "never.pt"
@@ -167,11 +168,6 @@ def test_label_nodata_is_left_out_of_training_and_validation(nanjing, tmp_path):
     assert result.history
 
 
-def _levir(shared_data, name):
-    root = shared_data / "change" / "levir_cd_256"
-    return ChangePair(str(root / "A" / name), str(root / "B" / name), str(root / "label" / name))
-
-
 def test_outputs_and_starting_checkpoints_that_would_lose_a_file_are_refused(shared_data, tmp_path):
     """Training wrote its checkpoint over a label raster or its starting checkpoint; a compressed starting
     checkpoint trained, then saved weights that did not load. Each now stops before any work."""
@@ -181,7 +177,7 @@ def test_outputs_and_starting_checkpoints_that_would_lose_a_file_are_refused(sha
     from rslab.core.weights import default_checkpoint
 
     weights = Path(default_checkpoint("change_detection")).parent
-    original = _levir(shared_data, "test_2_0000_0000.png")  # copied: a regression must not write over shared data
+    original = levir_pair(shared_data, "test_2_0000_0000.png")  # copied: a regression must not write over shared data
     pair = ChangePair(*(shutil.copy(path, tmp_path / f"{role}.png")
                         for role, path in zip(("before", "after", "label"), (original.before, original.after, original.label))))
     start = shutil.copy(weights / "arcdnet_levir_dsifn.pt", tmp_path / "start.pt")
@@ -200,9 +196,9 @@ def test_outputs_and_starting_checkpoints_that_would_lose_a_file_are_refused(sha
 
 def test_validation_pairs_without_change_keep_the_last_checkpoint_with_a_note(shared_data, tmp_path):
     """F1 is 0 on them whatever the model, so the first evaluation used to be kept and the rest thrown away."""
-    unchanged = next(p for p in sorted((shared_data / "change" / "levir_cd_256" / "label").iterdir())
+    unchanged = next(p for p in sorted((shared_data / LEVIR / "label").iterdir())
                      if rasterio.open(p).read(1).max() == 0)
-    result = train_change_detector([_levir(shared_data, "test_2_0000_0000.png")], [_levir(shared_data, unchanged.name)],
+    result = train_change_detector([levir_pair(shared_data, "test_2_0000_0000.png")], [levir_pair(shared_data, unchanged.name)],
                                    str(tmp_path / "m.pt"), TrainChangeParams(**dict(TINY, iterations=4)))
     assert result.best_iteration == 4 and any("no changed pixel" in note for note in result.notes)
 
@@ -212,7 +208,7 @@ def test_a_cancel_during_validation_stops_it(shared_data, tmp_path, monkeypatch)
     from rslab.core import change_training
     from rslab.core.errors import JobCancelled
 
-    pair = _levir(shared_data, "test_2_0000_0000.png")
+    pair = levir_pair(shared_data, "test_2_0000_0000.png")
     state = {"validating": False, "windows": 0}
     real_read = change_training.read_pair
 
@@ -233,7 +229,7 @@ def test_a_cancel_during_validation_stops_it(shared_data, tmp_path, monkeypatch)
 def test_a_large_set_of_small_pairs_is_held_in_memory_only_up_to_a_budget(shared_data, monkeypatch):
     from rslab.core import change_data
 
-    pairs = [_levir(shared_data, name) for name in ("test_2_0000_0000.png", "test_102_0512_0000.png",
+    pairs = [levir_pair(shared_data, name) for name in ("test_2_0000_0000.png", "test_102_0512_0000.png",
                                                     "test_77_0512_0256.png")]
     per_pair = 256 * 256 * (2 * 4 * 3 + 4 + 2)  # two float32 dates, a float32 label, two masks
     monkeypatch.setattr(change_data, "IN_MEMORY_BYTES", 2 * per_pair)
@@ -259,7 +255,7 @@ def test_a_float_model_exported_with_an_all_32_bit_plan_is_full_precision(shared
     save_checkpoint(old_export, shipped.state_dict, dataclasses.replace(shipped.card, bit_widths=plan))
     card = read_card(old_export)
     assert not card.compressed and not card.summary()["quantised"]
-    pair = _levir(shared_data, "test_2_0000_0000.png")
+    pair = levir_pair(shared_data, "test_2_0000_0000.png")
     result = train_change_detector([pair], [pair], str(tmp_path / "tuned.pt"),
                                    TrainChangeParams(**dict(TINY, iterations=1), init_checkpoint=old_export))
     assert result.history and load_checkpoint(str(tmp_path / "tuned.pt")).card.arguments == shipped.card.arguments
@@ -304,7 +300,7 @@ def test_nodata_reaches_the_model_as_detection_feeds_it(shared_data, tmp_path):
     from rslab.core.checkpoint import build_model, load_checkpoint
     from rslab.core.weights import default_checkpoint
 
-    pair = _levir(shared_data, "test_102_0512_0000.png")
+    pair = levir_pair(shared_data, "test_102_0512_0000.png")
     with_nan = _with_nodata(pair, tmp_path / "nan", float("nan"))
     result = train_change_detector([with_nan], [with_nan], str(tmp_path / "m.pt"), TrainChangeParams(**TINY))
     assert all(np.isfinite(r["loss"]) for r in result.history)
@@ -322,7 +318,7 @@ def test_nodata_reaches_the_model_as_detection_feeds_it(shared_data, tmp_path):
 
 def test_pasted_changes_stay_off_padding_and_nodata(shared_data, tmp_path):
     """Crops larger than a 40 x 40 raster are padded: pasted changes used to mark padding as valid 'change'."""
-    pair = _levir(shared_data, "test_102_0512_0000.png")
+    pair = levir_pair(shared_data, "test_102_0512_0000.png")
     small = []
     for role in ("before", "after", "label"):
         with rasterio.open(getattr(pair, role)) as src:
@@ -347,7 +343,7 @@ def test_a_batch_of_one_needs_crops_of_64_pixels():
 def test_pasted_changes_land_on_unlabelled_pixels_with_data(shared_data):
     """Partial labels leave most of a crop unlabelled but with data in both dates: pastes belong there too (the
     padding fix had limited them to labelled pixels, 80 % fewer)."""
-    sampler = PairSampler([_levir(shared_data, "test_102_0512_0000.png")], 64, paste=1.0)
+    sampler = PairSampler([levir_pair(shared_data, "test_102_0512_0000.png")], 64, paste=1.0)
     b = np.zeros((3, 64, 64), np.float32)
     unlabelled, data = np.zeros((64, 64), bool), np.ones((64, 64), bool)
     pasted = [sampler._paste_changes(b, np.zeros((64, 64), np.float32), unlabelled, data)[2].sum() for _ in range(20)]
@@ -360,7 +356,7 @@ def test_pasted_changes_land_on_unlabelled_pixels_with_data(shared_data):
 def test_a_starting_checkpoint_fixes_the_width_and_the_card_says_so(shared_data, tmp_path, tiny_change_checkpoint):
     """A width asked for beside a starting checkpoint was dropped silently, while the card's params recorded
     it (base 64 on a base-8 model), and the card did not say the model was fine-tuned from another."""
-    pairs = pairs_from_folder(str(shared_data / "change" / "levir_cd_256"), ["train_36_0512_0512", "test_77_0512_0256"])
+    pairs = pairs_from_folder(str(shared_data / LEVIR), ["train_36_0512_0512", "test_77_0512_0256"])
     output = str(tmp_path / "tuned.pt")
     result = train_change_detector(pairs[:1], pairs[1:], output,
                                    TrainChangeParams(iterations=1, eval_every=1, crop=64, batch_size=2, base=64,
@@ -427,7 +423,7 @@ def test_the_checkpoint_saved_is_the_best_validated_not_the_last(nanjing, tmp_pa
 
 def test_validation_reports_each_window(shared_data, tmp_path):
     """A validation pass over a large pair (30 s on 3000 x 3000) said nothing while the bar stood still."""
-    pair = _levir(shared_data, "test_2_0000_0000.png")
+    pair = levir_pair(shared_data, "test_2_0000_0000.png")
     seen = []
     train_change_detector([pair], [pair] * 3, str(tmp_path / "m.pt"), TrainChangeParams(**TINY),
                           lambda fraction, message: seen.append((fraction, message)))
@@ -447,7 +443,7 @@ def test_validation_reports_each_window(shared_data, tmp_path):
 def test_the_bar_does_not_step_back_when_validation_does_not_divide_the_iterations(shared_data, tmp_path):
     """Five iterations validated every two: after each validation the bar fell back (0.4 -> 0.334, 0.8 ->
     0.669), reported by iterations where every other step goes by pixels."""
-    pair = _levir(shared_data, "test_2_0000_0000.png")
+    pair = levir_pair(shared_data, "test_2_0000_0000.png")
     seen = []
     params = TrainChangeParams(**dict(TINY, iterations=5, eval_every=2))
     train_change_detector([pair], [pair], str(tmp_path / "m.pt"), params,

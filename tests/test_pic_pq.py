@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from levir import LEVIR
 import torch
 from torch import nn
 
@@ -380,7 +381,7 @@ def test_a_change_detector_is_never_scored_on_pairs_it_trained_on(shared_data, s
     seen = trained_pairs(shipped.card.training)
     with pytest.raises(RSLabError, match="the model trained on every pair in .*dsifn_cd_256"):
         ChangeDetectionTask(shipped, str(shared_data / "change" / "dsifn_cd_256"))
-    levir = ChangeDetectionTask(shipped, str(shared_data / "change" / "levir_cd_256"))
+    levir = ChangeDetectionTask(shipped, str(shared_data / LEVIR))
     assert sorted(p.name for p in levir.evaluation) == ["test_102_0512_0000", "test_55_0256_0000",
                                                         "test_7_0256_0512", "val_27_0000_0256"]
     assert not {p.name for p in levir.evaluation} & seen and levir.notes == []

@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from qgis.core import QgsPalettedRasterRenderer
 
 from rslab.core.errors import RSLabError
@@ -152,3 +153,49 @@ def test_a_cancelled_task_says_so_in_the_description_qgis_announces(qtbot):
     assert done.args[1] == tasks.CANCELLED
     assert task.description() == f"RS Lab: long run: {tasks.CANCELLED}"
     assert task.title == "RS Lab: long run"
+
+
+def test_a_step_that_cannot_look_for_a_cancel_is_waited_for_while_the_monitor_does():
+    """JobMonitor.wait_for: the step's value or its exception; a cancel ends the wait while the step still runs
+    (a Cancel pressed while torch's first optimiser imported torch._dynamo waited 3 s for it)."""
+    from rslab.core.errors import JobCancelled
+
+    assert JobMonitor().wait_for(lambda: 42) == 42
+    with pytest.raises(ZeroDivisionError):
+        JobMonitor().wait_for(lambda: 1 / 0)
+    release, checks = threading.Event(), []
+
+    def cancelled():
+        checks.append(1)
+        return len(checks) >= 3  # the third look sees the cancel
+
+    with pytest.raises(JobCancelled):
+        JobMonitor(cancelled=cancelled).wait_for(lambda: release.wait(60), poll=0.01)
+    assert not release.is_set() and len(checks) == 3  # the step was still running when the wait ended
+    release.set()
+
+
+def test_the_first_optimiser_import_listens_for_a_cancel():
+    """In a fresh interpreter torch._dynamo is not loaded; a cancel during load_optimisers ends it at once,
+    and once loaded the call looks for nothing."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, rslab.core, torch\n"
+        "from rslab.core.device import load_optimisers\n"
+        "from rslab.core.errors import JobCancelled\n"
+        "from rslab.core.job import JobMonitor\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "try:\n"
+        "    load_optimisers(JobMonitor(cancelled=lambda: True))\n"
+        "    print('not cancelled')\n"
+        "except JobCancelled:\n"
+        "    print('cancelled', 'torch._dynamo' in sys.modules and hasattr(sys.modules['torch._dynamo'], 'optimize'))\n"
+        "import torch._dynamo\n"  # waits for the helper's import to end
+        "load_optimisers(JobMonitor(cancelled=lambda: True))\n"  # loaded: nothing to wait for, no cancel seen
+        "print('loaded', 'torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["cancelled False", "loaded True"]

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from levir import LEVIR
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
@@ -33,7 +34,7 @@ def _run(inputs, out_path, fn, spec, count=1, dtype="float32", nodata=None, moni
 @pytest.fixture()
 def odd_geotiff(tmp_path, shared_data):
     """A real LEVIR tile cropped to an odd size (253 x 241) and written as GeoTIFF with an explicit CRS."""
-    with rasterio.open(shared_data / "change" / "levir_cd_256" / "A" / "test_2_0000_0000.png") as src:
+    with rasterio.open(shared_data / LEVIR / "A" / "test_2_0000_0000.png") as src:
         data = src.read()[:, :241, :253]
     path = tmp_path / "levir_odd.tif"
     profile = dict(driver="GTiff", width=253, height=241, count=3, dtype="uint8",
@@ -151,7 +152,7 @@ def test_two_inputs_and_integer_output_with_nodata(tmp_path, samples):
 def test_non_georeferenced_input_gives_output_without_geotransform(tmp_path, shared_data):
     from osgeo import gdal
 
-    png = str(shared_data / "change" / "levir_cd_256" / "A" / "test_2_0000_0000.png")
+    png = str(shared_data / LEVIR / "A" / "test_2_0000_0000.png")
     out = str(tmp_path / "gray.tif")
     _run([png], out, lambda a, v: [a[0].mean(axis=0)], TileSpec(100, 20))
     ds = gdal.Open(out)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from levir import LEVIR
 from qgis.core import QgsApplication
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
@@ -22,7 +23,7 @@ TIMEOUT_MS = 120_000
 @pytest.fixture()
 def two_pairs(shared_data, tmp_path) -> Path:
     """A training folder (A/, B/, label/) with two LEVIR pairs."""
-    source = shared_data / "change" / "levir_cd_256"
+    source = shared_data / LEVIR
     root = tmp_path / "data"
     for folder in ("A", "B", "label"):
         (root / folder).mkdir(parents=True)
@@ -232,7 +233,7 @@ def test_a_folder_without_the_layout_is_refused_clearly(qtbot, dialog, tmp_path)
 
 def test_a_validation_folder_replaces_the_hold_out(qtbot, dialog, two_pairs, shared_data, tmp_path):
     configure(dialog, two_pairs, tmp_path / "model.pt")
-    dialog.val_dir.setFilePath(str(shared_data / "change" / "levir_cd_256"))
+    dialog.val_dir.setFilePath(str(shared_data / LEVIR))
     train, val, _ = dialog.split()
     assert [p.name for p in train] == list(PAIRS) and len(val) == 11
 
@@ -283,7 +284,7 @@ def test_the_dialog_holds_out_what_processing_holds_out(dialog, shared_data, tmp
     from rslab.core.change_data import training_split
 
     folder = tmp_path / "levir"  # a copy: the dialog opens the first before image with QGIS (it writes .aux.xml)
-    shutil.copytree(shared_data / "change" / "levir_cd_256", folder)
+    shutil.copytree(shared_data / LEVIR, folder)
     dialog.data_dir.setFilePath(str(folder))
     train, val, note = dialog.split()
     assert (train, val, note) == training_split(pairs_from_folder(str(folder)))

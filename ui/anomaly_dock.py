@@ -70,6 +70,7 @@ from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import MASK_STYLE, SCORES_STYLE, LayerSpec, fit_score_stretch, make_layer, show_true_colour
 from .settings import remember
 from .widgets import (
+    MultibandRasterCombo,
     decade_label,
     double_spin_box,
     folder_widget,
@@ -304,8 +305,9 @@ class AnomalyDock(JobDock):
         self._layout()
 
     def _build_inputs(self) -> None:
-        self.layer_combo = self._raster_combo()
-        self.layer_combo.setToolTip("The hyperspectral image (a raster layer with many bands, stored in a file)")
+        self.layer_combo = MultibandRasterCombo(self)
+        self.layer_combo.setToolTip("The hyperspectral image (a raster layer with many bands, stored in a file; "
+                                    "one-band layers are not listed)")
         self.method_combo = QComboBox(self)
         for index, (method, label) in enumerate(METHOD_LABELS.items()):
             self.method_combo.addItem(label, method)
@@ -431,6 +433,8 @@ class AnomalyDock(JobDock):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.pick_button.toggled.connect(self._toggle_pick)
+        self._watch_form(self.layer_combo.layerChanged, self.reference_combo.layerChanged,
+                         self.method_combo.currentIndexChanged, self.output_dir.fileChanged)
 
     def _update_method_widgets(self) -> None:
         method = self.method_combo.currentData()
@@ -479,7 +483,7 @@ class AnomalyDock(JobDock):
         try:
             request = self.build_request()
         except RSLabError as exc:
-            self._fail(str(exc))
+            self._refuse(str(exc))
             return
         self.result = None
         self._set_status(f"Detecting anomalies in {request.layer_name} ({METHOD_LABELS[request.params.method]}) …")
@@ -700,6 +704,7 @@ class AnomalyDock(JobDock):
         if self._pick_status and self.status_label.text() == self._pick_status:
             self._set_status("")  # an earlier pick's 'is nodata' stood under this pixel's spectrum
         self._pick_status = ""
+        self._clear_refusal()  # A refused run's reason, if any, was about the form.
         self.spectrum_plot.setLabel("bottom", axis_title)
         self.pixel_curve.setData(bands, spectrum)
         self._plot_mean(path, bands)

@@ -314,6 +314,10 @@ class ChangeDetectionDock(JobDock):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.train_button.clicked.connect(self.open_training)
+        self._watch_form(self.before_combo.layerChanged, self.after_combo.layerChanged,
+                         self.reference_combo.layerChanged, self.reference_field.fieldChanged,
+                         self.method_combo.currentIndexChanged, self.model_combo.currentIndexChanged,
+                         self.model_file.fileChanged, self.output_dir.fileChanged)
 
     def _pick_distinct_layers(self) -> None:
         """With two or more rasters in the project, start with different before and after layers."""
@@ -444,7 +448,7 @@ class ChangeDetectionDock(JobDock):
         try:
             request = self.build_request()
         except RSLabError as exc:
-            self._fail(str(exc))
+            self._refuse(str(exc))
             return
         self._set_status(f"Detecting changes: {request.before_name} → {request.after_name} …")
         self.start_job(request, f"RS Lab: changes {request.before_name} → {request.after_name}")

@@ -412,6 +412,9 @@ class CompressionDock(JobDock):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(self.open_export)
+        self._watch_form(self.model_combo.currentIndexChanged, self.model_file.fileChanged,
+                         self.method_combo.currentIndexChanged, self.data_file.fileChanged,
+                         self.output_file.fileChanged, self.bits_edit.textChanged)
 
     # checkpoints ------------------------------------------------------------------------------------
     def reload_models(self) -> None:
@@ -569,7 +572,7 @@ class CompressionDock(JobDock):
         try:
             request = self.build_request(bridge.step.emit)
         except RSLabError as exc:
-            self._fail(str(exc))
+            self._refuse(str(exc))
             return
         self._bridge = bridge
         self.result = None

@@ -120,6 +120,17 @@ def new_checkpoint_path(stem: str) -> str:
     return path
 
 
+def numbered_group_name(parent: QgsLayerTreeGroup, name: str) -> str:
+    """`name`, or `name, run 2` (3, …) when `parent` already holds a group of that name: a method run again on one
+    layer gave two groups named alike, each holding layers named alike, which only their files told apart."""
+    taken = {child.name() for child in parent.children() if isinstance(child, QgsLayerTreeGroup)}
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}, run {n}"
+    return candidate
+
+
 class JobDock(QWidget, tasks.TaskOwner):
     """Base of the task docks. Subclasses provide the widgets named below and `_finished`.
 
@@ -135,6 +146,7 @@ class JobDock(QWidget, tasks.TaskOwner):
     iface: Any
     task: Optional[tasks.JobTask]
     project_closed = False  # the project was closed or replaced since the current (or last) run started
+    _refusal = ""  # the status line of a run refused before it started, until the form changes
 
     def _build_job_widgets(self, run_text: str) -> None:
         """The run and cancel buttons, the progress bar and the status line of a job dock."""
@@ -219,7 +231,7 @@ class JobDock(QWidget, tasks.TaskOwner):
             inputs = [root.findLayer(i) for i in (layer_id, *other_inputs) if i]
             earlier = [n for n in siblings if n.customProperty(RESULT_OF) == layer_id]
             index = min(siblings.index(n) for n in inputs + earlier if n is not None and n.parent() is parent)
-        group = parent.insertGroup(index, name)
+        group = parent.insertGroup(index, numbered_group_name(parent, name))
         group.setCustomProperty(RESULT_OF, layer_id)
         for layer in layers:
             project.addMapLayer(layer, False)
@@ -258,11 +270,32 @@ class JobDock(QWidget, tasks.TaskOwner):
         if self.iface is not None and not cancelled:
             self.iface.messageBar().pushMessage(self.MESSAGE_TITLE, first, Qgis.Critical, 0)
 
+    def _refuse(self, error: str) -> None:
+        """Say why a run was not started (the form's input was refused): in the status line only, until the form
+        changes (`_watch_form`). It also raised a red bar across the map that stayed until closed by hand, and a
+        'Failed: choose the hyperspectral layer' line stayed after the layer was chosen."""
+        self.status_label.setStyleSheet(tasks.ERROR_STYLE)
+        self.status_label.setText(tasks.stopped_text(error, False))
+        self.progress_bar.setValue(0)
+        self._refusal = self.status_label.text()
+        self.runFinished.emit(None, error)
+
+    def _watch_form(self, *signals: Any) -> None:
+        """Clear a refusal's status line when any of `signals` (the form's changes) fires."""
+        for signal in signals:
+            signal.connect(self._clear_refusal)
+
+    def _clear_refusal(self, *_: Any) -> None:
+        if self._refusal and self.status_label.text() == self._refusal:
+            self._set_status("")
+        self._refusal = ""
+
     def _fail(self, error: str) -> None:
-        """Say why a run was refused, failed or was cancelled, and tell `runFinished` (the subclass's signal)."""
+        """Say why a run failed or was cancelled, and tell `runFinished` (the subclass's signal)."""
         self._report_failure(error)
         self.runFinished.emit(None, error)
 
     def _set_status(self, text: str) -> None:
+        self._refusal = ""
         self.status_label.setStyleSheet("")
         self.status_label.setText(text)

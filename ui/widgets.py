@@ -4,8 +4,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
-from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsRasterLayer
+from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsCheckableComboBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QEvent, QObject, Qt, QTimer
 from qgis.PyQt.QtGui import QValidator
 from qgis.PyQt.QtWidgets import (
@@ -79,6 +80,32 @@ def raster_combo(parent: QWidget, allow_empty: bool = False) -> QgsMapLayerCombo
     if allow_empty:
         combo.setLayer(None)
     return combo
+
+
+class MultibandRasterCombo(QgsMapLayerComboBox):
+    """A chooser of the project's rasters of two or more bands (hyperspectral images).
+
+    After a saved project was reopened, a plain raster chooser picked its first
+    raster, a result's one-band mask, which detection then refused. One-band
+    layers are left out as they are added."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        project = QgsProject.instance()
+        project.layersAdded.connect(self._leave_out_single_bands)
+        project.layersRemoved.connect(self._leave_out_single_bands)
+        self._leave_out_single_bands()
+
+    def _leave_out_single_bands(self, *_: object) -> None:
+        if sip.isdeleted(self):
+            return
+        single = [layer for layer in QgsProject.instance().mapLayers().values()
+                  if isinstance(layer, QgsRasterLayer) and layer.bandCount() < 2]
+        current = self.currentLayer()
+        self.setExceptedLayerList(single)
+        if current is None or current in single:  # the first multiband layer, not the first raster
+            self.setLayer(self.layer(0) if self.count() else None)
 
 
 def label_layer_combo(parent: QWidget, tip: str) -> QgsMapLayerComboBox:
