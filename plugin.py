@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict, List
 
-from qgis.core import Qgis, QgsApplication
+from qgis.core import Qgis
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
@@ -38,11 +38,11 @@ class RSLabPlugin:
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
         if dependencies.missing_system(dependencies.LOAD_MODULES):
             return  # the provider imports them; initGui says what to install
-        from .provider.provider import RSLabProvider
+        from .provider.provider import RSLabProvider, register
 
         if self.provider is None:
             self.provider = RSLabProvider()
-            QgsApplication.processingRegistry().addProvider(self.provider)
+            register(self.provider)
 
     # GUI ------------------------------------------------------------------
     def initGui(self) -> None:  # noqa: N802 (QGIS API)
@@ -170,9 +170,14 @@ class RSLabPlugin:
             self.toolbar.deleteLater()
             self.toolbar = None
         if self.provider is not None:
+            from .provider.provider import retire
+
             if not self.provider.stop_running():
                 self.iface.messageBar().pushMessage(
                     "RS Lab", "an RS Lab algorithm was still running when the plugin was unloaded; QGIS may be "
                     "unstable until it is restarted", Qgis.Warning, 0)
-            QgsApplication.processingRegistry().removeProvider(self.provider)
+            if not retire(self.provider):
+                self.iface.messageBar().pushMessage(
+                    "RS Lab", "the RS Lab run in progress is cancelled; its algorithms leave the Processing "
+                    "toolbox when it has stopped", Qgis.Info, 10)
             self.provider = None

@@ -146,8 +146,10 @@ denoiser ran 4096 pixels at a time: 618.3 s, 1992 MB (detect 291.2 s).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -250,10 +252,12 @@ _PROCESSING: List[Any] = []  # (QGIS application, RS Lab provider, processing mo
 
 def processing_import(source: str, cube: str, gt: str) -> None:
     """Import one .mat with the Processing algorithm `rslab:import_cube`, as the issue asks (a headless QGIS
-    application with Processing and the RS Lab provider, in a throwaway QGIS profile, started on first use)."""
+    application with Processing and the RS Lab provider, in a throwaway QGIS profile, started on first use and
+    closed, its profile removed, when the process exits)."""
     if not _PROCESSING:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        os.environ["QGIS_CUSTOM_CONFIG_PATH"] = tempfile.mkdtemp(prefix="rslab-bench-profile-")
+        profile = tempfile.mkdtemp(prefix="rslab-bench-profile-")
+        os.environ["QGIS_CUSTOM_CONFIG_PATH"] = profile
         sys.path.append("/usr/share/qgis/python/plugins")
         from qgis.core import QgsApplication
 
@@ -269,6 +273,13 @@ def processing_import(source: str, cube: str, gt: str) -> None:
         import processing
 
         _PROCESSING.extend([app, provider, processing])
+
+        def close() -> None:
+            QgsApplication.processingRegistry().removeProvider(provider)
+            app.exitQgis()
+            shutil.rmtree(profile, ignore_errors=True)
+
+        atexit.register(close)
     _PROCESSING[2].run("rslab:import_cube", {"INPUT": source, "OUTPUT_CUBE": cube, "OUTPUT_GT": gt})
 
 

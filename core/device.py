@@ -9,6 +9,7 @@ thread halves the jobs' speed there), unless RSLAB_THREADS says otherwise. Every
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Optional
 
 _configured_threads: Optional[int] = None
@@ -80,11 +81,22 @@ def native_bfloat16(device: Any) -> bool:
         return False
 
 
+_OPTIMISERS_LOADED = threading.Event()
+
+
 def load_optimisers(monitor: Any) -> None:
     """Import what torch's optimisers import on first use (torch._dynamo), listening for a cancel meanwhile
-    (`JobMonitor.wait_for`); call it before a job's first `torch.optim` optimiser. Later calls cost nothing."""
-    import importlib
-    import sys
+    (`JobMonitor.wait_for`); call it before a job's first `torch.optim` optimiser. Later calls cost nothing.
 
-    if "torch._dynamo" not in sys.modules:
-        monitor.wait_for(lambda: importlib.import_module("torch._dynamo"))
+    After a cancel the import goes on in its helper thread with the module already in sys.modules: the next
+    job waits for it here (Python's module lock holds its own import until the first one has ended), not
+    uncancellably inside its first optimiser step."""
+    if not _OPTIMISERS_LOADED.is_set():
+        monitor.wait_for(_import_optimisers)
+
+
+def _import_optimisers() -> None:
+    import importlib
+
+    importlib.import_module("torch._dynamo")
+    _OPTIMISERS_LOADED.set()

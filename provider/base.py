@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+import traceback
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -18,7 +19,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QCoreApplication, QThread, QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.change_labels import burn_labels
@@ -45,11 +46,25 @@ def checkpoint_parameter(name: str, description: str, optional: bool = False) ->
                                       CHECKPOINT_FILTER)
 
 
-# The feedbacks of RS Lab algorithms running now, in any thread (RSLabProvider.stop_running cancels them).
-RUNNING: Set[QgsProcessingFeedback] = set()
+# The feedbacks of RS Lab algorithms running now, each with whether it runs on the GUI thread (the batch
+# dialog's and the model dialog's runs do, below the event loop that an unload comes from):
+# RSLabProvider.stop_running cancels them all and waits for the others only.
+RUNNING: Dict[QgsProcessingFeedback, bool] = {}
 
 # Post-processors must outlive the algorithm run that created them.
 _KEEP_ALIVE: List[QgsProcessingLayerPostProcessorInterface] = []
+
+
+def processing_error(exc: BaseException, message: str) -> QgsProcessingException:
+    """The error Processing reports, after clearing the locals of the frames `exc` went through (see
+    RSLabAlgorithm.processAlgorithm)."""
+    traceback.clear_frames(exc.__traceback__)
+    return QgsProcessingException(message)
+
+
+def on_gui_thread() -> bool:
+    application = QCoreApplication.instance()
+    return application is not None and QThread.currentThread() == application.thread()
 
 
 LOG_COUNT_STEP = 0.1  # a counted message ("tile 7 of 1600") reaches the log at most once per tenth of the run
@@ -117,23 +132,30 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """QGIS 3.22 keeps every exception raised here, with its traceback, for good (its sip error handler
+        never releases it), and with them the frames of the run and their locals (the image, its statistics,
+        the model): each exception's frames are cleared before it leaves."""
         feedback = feedback or QgsProcessingFeedback()  # the API allows none
-        RUNNING.add(feedback)
+        RUNNING[feedback] = on_gui_thread()
         try:
             return self.execute(parameters, context, feedback)
         except JobCancelled as exc:
             # a failure, not an empty success: `qgis_process run … && next_step` went on after a cancel (exit
             # status 0), and processing.run returned {} to a script that then met a KeyError
-            raise QgsProcessingException(CANCELLED_MESSAGE) from exc
+            raise processing_error(exc, CANCELLED_MESSAGE) from exc
         except RSLabError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise processing_error(exc, str(exc)) from exc
         except ImportError as exc:  # torch not installed yet: say what to do, not a traceback
             message = missing_package_message(exc)
+            traceback.clear_frames(exc.__traceback__)
             if message is None:
                 raise
-            raise QgsProcessingException(message) from exc
+            raise processing_error(exc, message) from exc
+        except Exception as exc:  # An engine fault: QGIS logs the traceback (file and line, not the locals).
+            traceback.clear_frames(exc.__traceback__)
+            raise
         finally:
-            RUNNING.discard(feedback)
+            RUNNING.pop(feedback, None)
 
     def execute(self, parameters, context, feedback) -> Dict:
         raise QgsProcessingException(f"{self.name()} does not implement execute()")

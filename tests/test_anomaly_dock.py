@@ -179,19 +179,31 @@ def test_bsdm_reports_progress_and_only_its_widgets_are_enabled(qtbot, dock, sce
     assert not dock.far_spin.isEnabled()
 
 
-def test_one_band_layers_are_not_offered_as_the_image(qtbot, dock, project, beach2, iface):
+def test_one_band_layers_are_not_offered_as_the_image(qtbot, dock, project, beach2, iface, tmp_path):
     """A reopened project whose first raster is a result's one-band mask: the image chooser picked that mask, which
-    detection then refused ('has 1 band'). One-band layers are left out of it, as they are added or removed."""
+    detection then refused ('has 1 band'). One-band layers are left out of it, as they are added, removed or
+    repaired (a layer that could not be read reported one band, and stayed left out once repaired)."""
     cube, gt = beach2
     reference = add_raster(project, gt, "a one-band layer")
-    assert dock.layer_combo.currentLayer() is None and dock.layer_combo.count() == 0
+    qtbot.waitUntil(lambda: dock.layer_combo.count() == 0)
+    assert dock.layer_combo.currentLayer() is None
     image = add_raster(project, cube, "beach-2")
-    assert dock.layer_combo.currentLayer() is image and dock.layer_combo.count() == 1
+    qtbot.waitUntil(lambda: dock.layer_combo.currentLayer() is image)
+    assert dock.layer_combo.count() == 1
     fresh = AnomalyDock(iface)  # a dock opened on the reopened project: the mask comes first in it
     qtbot.addWidget(fresh)
     assert fresh.layer_combo.currentLayer() is image and fresh.layer_combo.count() == 1
     assert fresh.reference_combo.count() == 3  # the reference chooser lists both (and its empty entry)
+    moved = QgsRasterLayer(str(tmp_path / "moved.tif"), "moved", "gdal")
+    project.addMapLayer(moved)
+    qtbot.waitUntil(lambda: dock.layer_combo.count() == 2)  # Unreadable: listed, it may be a cube.
+    moved.setDataSource(str(cube), "moved", "gdal")  # Repaired (Handle Unavailable Layers): a cube.
+    qtbot.wait(50)
+    assert moved.isValid() and dock.layer_combo.count() == 2
+    moved.setDataSource(str(gt), "moved", "gdal")  # Pointed at a mask instead.
+    qtbot.waitUntil(lambda: dock.layer_combo.count() == 1)
     project.removeMapLayer(image.id())
+    qtbot.waitUntil(lambda: dock.layer_combo.count() == 0)
     assert dock.layer_combo.currentLayer() is None and reference.isValid()
 
 
@@ -319,6 +331,30 @@ def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, scene, project, tm
     assert list(dock.visible_roc_curves()) == ["rx"]
     assert not out.exists() or os.listdir(out) == []
     assert group_names(project) == [] and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+def test_a_cancel_from_qgis_task_manager_shows_in_the_dock(qtbot, dock, scene, project, tmp_path):
+    """Cancel in QGIS's task manager (the status bar's list) left the dock saying 'BSDM iteration …' until the run
+    had stopped; it says 'Cancelling…' as its own Cancel does."""
+    choose(dock, scene[0], "bsdm_rx", iterations=5000, output=tmp_path)
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: "BSDM iteration" in dock.status_label.text(), timeout=RUN_TIMEOUT_MS)
+        dock.task.cancel()  # What the task manager's cancel calls.
+        assert dock.status_label.text() == "Cancelling…"
+    assert done.args[0] is None and dock.status_label.text() == "Cancelled; no output was written"
+
+
+def test_closing_the_project_between_runs_empties_the_dock(qtbot, dock, scene, project, tmp_path):
+    """New Project or another project opened: the status, readout and ROC curves of the closed project's runs
+    stayed, and a reopened project (its layers keep their ids) showed them beside its images again."""
+    cube, reference = scene
+    choose(dock, cube, "rx", reference=reference, output=tmp_path)
+    assert click_run(qtbot, dock)[1] == ""
+    assert "AUC(D,F)" in dock.metrics_label.text() and list(dock.visible_roc_curves()) == ["rx"]
+    project.clear()
+    assert dock.status_label.text() == "" and dock.progress_bar.value() == 0
+    assert dock.metrics_label.text() == "" and dock.visible_roc_curves() == {} and dock.roc_runs == {}
 
 
 def test_a_dock_deleted_mid_run_leaves_no_temporary_folder(qtbot, iface, scene, project):

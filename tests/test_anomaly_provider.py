@@ -19,6 +19,8 @@ from qgis.core import (
     QgsProject,
     QgsSingleBandPseudoColorRenderer,
 )
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QTimer
 
 import processing
 from rslab.core.import_cube import import_cube
@@ -411,23 +413,20 @@ def test_unloading_while_the_toolbox_runs_an_algorithm_cancels_it_and_closes_its
     """The plugin unloaded (or reloaded) while its algorithm ran from the Processing toolbox: QGIS deleted the
     provider, and when the run ended the toolbox dialog asked its algorithm for its id and QGIS died (signal 11).
     stop_running, which unload calls first, cancels the run, waits until the task has handed over its result
-    and closes the dialog. The toolbox's dialog needs the desktop's interface: a dialog holding the algorithm
+    and closes the dialog. The toolbox's dialog needs the desktop's interface: the dialog class it derives from
     stands in for it, the task is the one it starts."""
-    from qgis.PyQt.QtWidgets import QDialog
+    from qgis.gui import QgsProcessingAlgorithmDialogBase
 
     from rslab.provider.base import RUNNING
 
-    class ToolboxDialog(QDialog):
-        def __init__(self, algorithm):
-            super().__init__()
-            self._algorithm = algorithm
-
-        def algorithm(self):
-            return self._algorithm
+    class ToolboxDialog(QgsProcessingAlgorithmDialogBase):
+        def runAlgorithm(self):  # noqa: N802 (the task below is what it would start)
+            pass
 
     cube, _ = scene
-    algorithm = QgsApplication.processingRegistry().createAlgorithmById("rslab:detect_anomalies")
-    dialog = ToolboxDialog(algorithm)
+    dialog = ToolboxDialog()
+    dialog.setAlgorithm(QgsApplication.processingRegistry().createAlgorithmById("rslab:detect_anomalies"))
+    algorithm = dialog.algorithm()
     qtbot.addWidget(dialog)
     dialog.show()
     context = QgsProcessingContext()
@@ -443,3 +442,115 @@ def test_unloading_while_the_toolbox_runs_an_algorithm_cancels_it_and_closes_its
     assert handed_over == [(False, "rslab:detect_anomalies")] and not RUNNING
     assert QgsApplication.taskManager().countActiveTasks() == 0 and not dialog.isVisible()
     assert not (tmp_path / "s.tif").exists()
+
+
+def test_unloading_during_a_batch_run_cancels_it_and_removes_the_provider_after_it(tmp_path, scene, iface, qtbot):
+    """The batch dialog runs its rows on the GUI thread, so an unload (a Plugin Manager click, a reload) comes
+    from inside that run: waiting for it stalled QGIS for 30 s, the dialog was deleted under its own run
+    (RuntimeError) and the next row would have run an
+    algorithm whose provider had been deleted. Now the batch is cancelled (no second row), the unload returns
+    at once, and the provider leaves the registry only once the run has returned; a plugin started again
+    meanwhile registers its provider then."""
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from processing.tools import dataobjects
+
+    from rslab.plugin import RSLabPlugin
+    from rslab.provider.base import RUNNING
+
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById("rslab") is None
+    plugin = RSLabPlugin(iface)
+    plugin.initGui()
+    old_provider = registry.providerById("rslab")
+    dialog = BatchAlgorithmDialog(registry.createAlgorithmById("rslab:detect_anomalies"))
+    dialog.show()  # Not given to qtbot: the unload deletes it.
+    panel = dialog.mainWidget()
+    panel.clear()
+    panel.addRow(2)
+    context = dataobjects.createContext()
+    cube, _ = scene
+    outputs = [tmp_path / f"row{row}.tif" for row in range(2)]
+    for row, output in enumerate(outputs):
+        for name, value in (("INPUT", cube), ("METHOD", 0), ("ITERATIONS", 500)):
+            panel.wrappers[row][panel.parameter_to_column[name]].setParameterValue(value, context)
+        panel.tblParameters.cellWidget(row + 1, panel.parameter_to_column["OUTPUT_SCORES"]).setValue(str(output))
+
+    seen = {}
+    again = RSLabPlugin(iface)
+
+    def unload_while_running():
+        if not RUNNING:  # Not started yet: the first row is still importing torch.
+            QTimer.singleShot(100, unload_while_running)
+            return
+        plugin.unload()
+        seen["run going on after unload"] = bool(RUNNING)
+        seen["provider registered after unload"] = registry.providerById("rslab") is old_provider
+        again.initGui()  # A reload: its provider waits for the old one to go.
+        seen["new provider registered at once"] = registry.providerById("rslab") is again.provider
+
+    QTimer.singleShot(500, unload_while_running)
+    dialog.runAlgorithm()
+    assert seen == {"run going on after unload": True, "provider registered after unload": True,
+                    "new provider registered at once": False}
+    assert not any(output.exists() for output in outputs)  # The first row cancelled, the second never run.
+    qtbot.waitUntil(lambda: registry.providerById("rslab") is again.provider, timeout=5000)
+    # Its algorithm's provider is gone. (Its progress task stays in the task manager, as after any batch
+    # cancelled in QGIS 3.22: the dialog's feedback holds the task's setProgress.)
+    qtbot.waitUntil(lambda: sip.isdeleted(dialog))
+    again.unload()
+    assert registry.providerById("rslab") is None
+
+
+def test_a_cancelled_run_leaves_no_image_or_model_in_memory(tmp_path, scene, provider):
+    """QGIS 3.22 keeps every exception that a Python algorithm raises, with its traceback, for good (its sip error
+    handler never releases it): the frames of a cancelled or failed run, with their locals (image, statistics,
+    model), stayed in memory. processAlgorithm clears them before it raises."""
+    import gc
+    import types
+
+    cube, _ = scene
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda percent: feedback.cancel() if percent > 5 else None)
+    with pytest.raises(QgsProcessingException):
+        processing.run("rslab:detect_anomalies", {"INPUT": cube, "METHOD": 0, "ITERATIONS": 500,
+                                                  "OUTPUT_SCORES": str(tmp_path / "s.tif")}, feedback=feedback)
+    gc.collect()
+    engine = os.path.join("rslab", "core", "")
+    kept = [(frame.f_code.co_name, sorted(frame.f_locals)) for frame in gc.get_objects()
+            if isinstance(frame, types.FrameType) and engine in frame.f_code.co_filename and frame.f_locals]
+    assert kept == []
+
+
+def test_removing_the_provider_closes_the_dialogs_of_models_that_run_its_algorithms(provider, qtbot):
+    """A model's output parameters keep the provider of the algorithm that writes them: Run in a model dialog
+    left open over an unload crashed QGIS. The dialogs of models using an RS Lab algorithm close with the
+    provider; others stay."""
+    from qgis.core import (QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
+                           QgsProcessingModelOutput)
+    from qgis.gui import QgsProcessingAlgorithmDialogBase
+
+    class ModelDialog(QgsProcessingAlgorithmDialogBase):
+        def runAlgorithm(self):  # noqa: N802
+            pass
+
+    def model_dialog(algorithm_id, output):
+        model = QgsProcessingModelAlgorithm("anomalies", "tests")
+        child = QgsProcessingModelChildAlgorithm(algorithm_id)
+        child.setChildId("step")
+        result = QgsProcessingModelOutput("result")
+        result.setChildOutputName(output)
+        result.setChildId("step")
+        child.setModelOutputs({"result": result})
+        model.addChildAlgorithm(child)
+        model.setProvider(QgsApplication.processingRegistry().providerById("model"))  # The dialog asks for it.
+        dialog = ModelDialog()
+        dialog.setAlgorithm(model.create())  # A copy, as the toolbox gives its dialogs.
+        qtbot.addWidget(dialog)
+        dialog.show()
+        return dialog
+
+    ours = model_dialog("rslab:detect_anomalies", "OUTPUT_SCORES")
+    other = model_dialog("native:buffer", "OUTPUT")
+    assert provider.dialogs() == [ours]
+    provider.close_dialogs()  # As retire does before removing the provider.
+    assert not ours.isVisible() and other.isVisible()

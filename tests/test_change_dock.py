@@ -554,6 +554,19 @@ def test_the_readout_the_field_the_training_pair_and_the_group_order_follow_the_
     dock.train_dialog.close()
 
 
+def test_closing_the_project_between_runs_empties_the_readout(qtbot, dock, project, shared_data, tmp_path):
+    """New Project or another project opened: the last run's figures, histogram and status stayed over it."""
+    source = shared_data / "change" / "landsat_nanjing"
+    layers = [add_raster(project, copy_to(tmp_path / "inputs", source / name), role) for name, role in (
+        ("Nanjing_t1_TM6b.tif", "t1"), ("Nanjing_t2_TM6b.tif", "t2"), ("Nanjing_reference_0unl_1unch_2ch.tif", "ref"))]
+    choose(dock, layers[0], layers[1], "cva", layers[2], output=tmp_path / "out")
+    _, error = click_run(qtbot, dock)
+    assert error == "" and "F1" in dock.metrics_label.text() and dock.status_label.text().startswith("Done")
+    project.clear()
+    assert dock.metrics_label.text() == "" and dock.status_label.text() == "" and dock.result is None
+    assert all(len(curve.getData()[0] or []) == 0 for curve in dock.histogram_curves.values())
+
+
 def test_a_dock_at_its_least_width_shows_the_model_and_method_names(qtbot, dock, levir):
     """A 300 px dock showed 'AR' of the shipped model's name beside Train… and 'AR-CDNet (d' as the method."""
     dock.resize(300, 900)

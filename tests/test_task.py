@@ -78,6 +78,26 @@ def test_job_error_is_reported_not_raised(qtbot):
     assert done.args == [None, "the two layers do not overlap"]
 
 
+def test_a_refusal_after_a_cancel_reports_the_cancel(qtbot):
+    """An export cancelled by the plugin's unload went on to import fresh copies of the plugin's modules, failed
+    an isinstance check against them and logged 'the ONNX file quantises the input of ...': a refusal that
+    follows a cancel is reported as the cancel."""
+    started = threading.Event()
+
+    def job(progress, cancelled):
+        started.set()
+        while not cancelled():
+            time.sleep(0.01)
+        raise RSLabError("the ONNX file quantises the input of head, which this model does not")
+
+    task = tasks.JobTask("export", job)
+    with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
+        tasks.start(task)
+        assert started.wait(30)
+        task.cancel()
+    assert done.args[0] is None and tasks.was_cancelled(done.args[1])
+
+
 def test_a_package_not_installed_is_named_and_a_bug_keeps_its_traceback(qtbot, monkeypatch):
     """torch not installed yet (a zip install before 'Install missing packages'): the dock said 'unexpected
     error; the traceback is in the Log Messages panel'."""
@@ -177,7 +197,8 @@ def test_a_step_that_cannot_look_for_a_cancel_is_waited_for_while_the_monitor_do
 
 def test_the_first_optimiser_import_listens_for_a_cancel():
     """In a fresh interpreter torch._dynamo is not loaded; a cancel during load_optimisers ends it at once,
-    and once loaded the call looks for nothing."""
+    the next job's call waits for the import the cancelled one left going (the module is in sys.modules from
+    its start, and the next job skipped the wait), and once loaded the call looks for nothing."""
     import subprocess
     import sys
 
@@ -192,10 +213,14 @@ def test_the_first_optimiser_import_listens_for_a_cancel():
         "    print('not cancelled')\n"
         "except JobCancelled:\n"
         "    print('cancelled', 'torch._dynamo' in sys.modules and hasattr(sys.modules['torch._dynamo'], 'optimize'))\n"
-        "import torch._dynamo\n"  # waits for the helper's import to end
+        "import time\n"
+        "while 'torch._dynamo' not in sys.modules:\n"  # the helper's import has begun
+        "    time.sleep(0.001)\n"
+        "load_optimisers(JobMonitor())\n"
+        "print('next', not sys.modules['torch._dynamo'].__spec__._initializing)\n"
         "load_optimisers(JobMonitor(cancelled=lambda: True))\n"  # loaded: nothing to wait for, no cancel seen
         "print('loaded', 'torch._dynamo' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["cancelled False", "loaded True"]
+    assert out.stdout.split("\n")[:3] == ["cancelled False", "next True", "loaded True"]

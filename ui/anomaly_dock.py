@@ -604,6 +604,14 @@ class AnomalyDock(JobDock):
         self.roc_plot.setXRange(min(first, math.log10(smallest)) - 0.35, 0.2, padding=0)
         self.roc_plot.setYRange(-0.1, 1.1, padding=0)
 
+    def _forget_results(self) -> None:
+        """A reopened project has the same layer ids: its images showed the closed session's curves and readouts
+        (of runs whose layers had gone with it)."""
+        self.result = None
+        for kept in (self.roc_runs, self._roc_reference, self._scores, self._metrics):
+            kept.clear()
+        self._show_roc_of_current_layer()
+
     def visible_roc_curves(self) -> Dict[str, pg.PlotDataItem]:
         """The ROC curves shown now, by method."""
         return {method: curve for method, curve in self.roc_curves.items() if curve.isVisible()}

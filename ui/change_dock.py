@@ -523,6 +523,9 @@ class ChangeDetectionDock(JobDock):
         self._clear_histogram()
         self._set_status("")
 
+    def _forget_results(self) -> None:
+        self._clear_result()
+
     def _clear_histogram(self) -> None:
         for curve in self.histogram_curves.values():
             curve.clear()

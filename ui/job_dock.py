@@ -154,6 +154,7 @@ class JobDock(QWidget, tasks.TaskOwner):
         self.cancel_button = QPushButton("Cancel", self)
         self.progress_bar = TimedProgressBar(self)
         self.status_label = message_label(self)
+        QgsProject.instance().cleared.connect(self._project_cleared)
 
     def _raster_combo(self, allow_empty: bool = False) -> QgsMapLayerComboBox:
         return raster_combo(self, allow_empty)
@@ -174,6 +175,7 @@ class JobDock(QWidget, tasks.TaskOwner):
         self.task = tasks.JobTask(description, request.job, on_finished=self._finished)
         self.task.progressChanged.connect(self._progress)
         self.task.message.connect(self._set_status)
+        self.task.cancelling.connect(self._show_cancelling)  # The dock's Cancel, or QGIS's task manager.
         self.project_closed = False
         QgsProject.instance().cleared.connect(self._note_project_closed)
         self._run_task(self.task)  # cancelled when the dock goes away (plugin unloaded)
@@ -186,8 +188,23 @@ class JobDock(QWidget, tasks.TaskOwner):
 
     def cancel(self) -> None:
         if self.is_running():
-            self._set_status("Cancelling…")
             self.task.cancel()
+
+    def _show_cancelling(self) -> None:
+        if not sip.isdeleted(self):  # The dock deleted (the plugin unloaded) cancels its run.
+            self._set_status("Cancelling…")
+
+    def _project_cleared(self) -> None:
+        """The project closed or replaced: between runs, what the dock shows of the last one (its status line,
+        and in subclasses its readouts) described that project's layers, and stayed over the next project."""
+        if sip.isdeleted(self) or self.is_running():
+            return
+        self._set_status("")
+        self.progress_bar.setValue(0)
+        self._forget_results()
+
+    def _forget_results(self) -> None:
+        """Subclasses drop the readouts of the closed project's runs."""
 
     def _end_job(self) -> Optional[Any]:
         """First step of `_finished`: the finished request, or None when the dock is already deleted (the

@@ -34,6 +34,7 @@ class JobTask(QgsTask):
 
     message = pyqtSignal(str)  # emitted from the worker thread, delivered queued to the GUI
     jobFinished = pyqtSignal(object, str)  # result (None on failure), error text ("" on success)
+    cancelling = pyqtSignal()  # cancel() called: by the owner, or by the user in QGIS's task manager
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class JobTask(QgsTask):
         which read as an error after a cancel the user asked for."""
         if not self.isCanceled():
             self.setDescription(f"{self.title}: {CANCELLED}")
+            self.cancelling.emit()
         super().cancel()
 
     def supersede(self) -> None:
@@ -75,7 +77,9 @@ class JobTask(QgsTask):
         except JobCancelled:
             self.error = CANCELLED
         except RSLabError as exc:
-            self.error = str(exc)
+            # Refused after a cancel, the refusal is its echo: after an unload the job's later imports load fresh
+            # copies of the plugin's modules, whose classes the job's objects are not instances of.
+            self.error = CANCELLED if self.isCanceled() else str(exc)
         except Exception as exc:  # a bug: keep the traceback for the log; a package not installed yet: say so
             message = missing_package_message(exc) if isinstance(exc, ImportError) else None
             self.error = message or f"{UNEXPECTED}:\n" + traceback.format_exc()
