@@ -178,6 +178,6 @@ class RSLabPlugin:
                     "unstable until it is restarted", Qgis.Warning, 0)
             if not retire(self.provider):
                 self.iface.messageBar().pushMessage(
-                    "RS Lab", "the RS Lab run in progress is cancelled; its algorithms leave the Processing "
-                    "toolbox when it has stopped", Qgis.Info, 10)
+                    "RS Lab", "the RS Lab run in progress is cancelled; the Processing toolbox updates RS Lab's "
+                    "algorithms (removed, or reloaded) once it has stopped", Qgis.Info, 10)
             self.provider = None

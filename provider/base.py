@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import traceback
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,6 +28,7 @@ from ..core.dependencies import missing_package_message
 from ..core.errors import CANCELLED_MESSAGE, JobCancelled, RSLabError
 from ..core.resources import ICON_DIR
 from ..ui.layers import layer_file, style_path
+from .leaked_frames import clear_when_returned
 
 ICON = ICON_DIR / "rslab.svg"
 
@@ -134,11 +136,15 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """QGIS 3.22 keeps every exception raised here, with its traceback, for good (its sip error handler
         never releases it), and with them the frames of the run and their locals (the image, its statistics,
-        the model): each exception's frames are cleared before it leaves."""
+        the model): each exception's frames are cleared before it leaves, and this frame and its callers (a
+        batch dialog's, which hold its progress task) once they have returned."""
         feedback = feedback or QgsProcessingFeedback()  # the API allows none
         RUNNING[feedback] = on_gui_thread()
+        raised = True
         try:
-            return self.execute(parameters, context, feedback)
+            results = self.execute(parameters, context, feedback)
+            raised = False
+            return results
         except JobCancelled as exc:
             # a failure, not an empty success: `qgis_process run … && next_step` went on after a cancel (exit
             # status 0), and processing.run returned {} to a script that then met a KeyError
@@ -156,6 +162,8 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
             raise
         finally:
             RUNNING.pop(feedback, None)
+            if raised:
+                clear_when_returned(sys._getframe())
 
     def execute(self, parameters, context, feedback) -> Dict:
         raise QgsProcessingException(f"{self.name()} does not implement execute()")

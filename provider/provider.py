@@ -108,18 +108,21 @@ class RSLabProvider(QgsProcessingProvider):
             dialog.close()
             dialog.deleteLater()
 
-    @staticmethod
-    def gui_thread_runs() -> bool:
-        """Whether one of its algorithms runs on the GUI thread now, or a Processing dialog's run on the GUI
-        thread (a batch, a model) is below this call on the stack: called from the GUI thread, whose Python
-        frames link back through the event loops that the run's progress reports process."""
+    def gui_thread_runs(self) -> bool:
+        """Whether one of its algorithms runs on the GUI thread now, or a run of one of its Processing dialogs on
+        the GUI thread (a batch, a model) is below this call on the stack: called from the GUI thread, whose
+        Python frames link back through the event loops that the run's progress reports process. Another
+        algorithm's batch below the call does not count: nothing of this provider's is in it."""
         if any(RUNNING.values()):
             return True
         frame = sys._getframe(1)
+        dialogs = None
         while frame is not None:
             code = frame.f_code
             if code.co_name == "runAlgorithm" and PROCESSING_DIALOGS in code.co_filename:
-                return True
+                dialogs = self.dialogs() if dialogs is None else dialogs
+                if any(frame.f_locals.get("self") is dialog for dialog in dialogs):
+                    return True
             frame = frame.f_back
         return False
 

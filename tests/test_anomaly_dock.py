@@ -207,6 +207,26 @@ def test_one_band_layers_are_not_offered_as_the_image(qtbot, dock, project, beac
     assert dock.layer_combo.currentLayer() is None and reference.isValid()
 
 
+def test_a_project_opening_on_a_mask_tells_the_dock_of_the_cube_chosen_instead(
+        qtbot, dock, project, beach2, shared_data, tmp_path):
+    """A project reopened with a one-band mask first: the chooser showed the mask, and leaving it out moved the
+    choice to the cube on the same row without a signal, so the true colour button still described the mask."""
+    _, gt = beach2
+    path = tmp_path / "muufl.tif"
+    import_cube(str(shared_data / "classification" / "muufl_hsi_subimages" / "a_hsi_img_for_VI_demo.mat"), str(path),
+                params=ImportCubeParams("hsi_img"))
+    heard = []
+    dock.layer_combo.layerChanged.connect(lambda layer: heard.append(layer.name() if layer else None))
+    project.addMapLayers([QgsRasterLayer(str(gt), "mask"), QgsRasterLayer(str(path), "muufl"),
+                          QgsRasterLayer(str(path), "muufl again")])
+    assert project.write(str(tmp_path / "saved.qgz"))
+    project.clear()
+    assert project.read(str(tmp_path / "saved.qgz"))
+    qtbot.waitUntil(lambda: dock.layer_combo.count() == 2)
+    assert dock.layer_combo.currentLayer().name() == "muufl" and heard[-1] == "muufl"
+    assert dock.true_colour_button.isEnabled()
+
+
 def test_a_refused_run_says_why_in_the_dock_until_the_form_changes(qtbot, dock, scene, project, iface):
     """A refusal (a form mistake) is said in the status line, not also by a red bar across the map that stayed
     until closed by hand; the line went only with the next run, though the mistake was fixed."""

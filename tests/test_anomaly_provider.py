@@ -494,11 +494,85 @@ def test_unloading_during_a_batch_run_cancels_it_and_removes_the_provider_after_
                     "new provider registered at once": False}
     assert not any(output.exists() for output in outputs)  # The first row cancelled, the second never run.
     qtbot.waitUntil(lambda: registry.providerById("rslab") is again.provider, timeout=5000)
-    # Its algorithm's provider is gone. (Its progress task stays in the task manager, as after any batch
-    # cancelled in QGIS 3.22: the dialog's feedback holds the task's setProgress.)
-    qtbot.waitUntil(lambda: sip.isdeleted(dialog))
+    qtbot.waitUntil(lambda: sip.isdeleted(dialog))  # Its algorithm's provider is gone.
+    manager = QgsApplication.taskManager()
+    qtbot.waitUntil(lambda: not any("Batch Processing" in task.description() for task in manager.tasks()))
     again.unload()
     assert registry.providerById("rslab") is None
+
+
+def test_unloading_during_another_algorithms_batch_removes_the_provider_at_once(tmp_path, iface, qtbot):
+    """Any batch dialog's run below the unload counted as an RS Lab run: the provider stayed until that batch
+    ended, and the unload said an RS Lab run was cancelled."""
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from processing.tools import dataobjects
+
+    from rslab.plugin import RSLabPlugin
+
+    registry = QgsApplication.processingRegistry()
+    plugin = RSLabPlugin(iface)
+    plugin.initGui()
+    dialog = BatchAlgorithmDialog(registry.createAlgorithmById("native:randompointsinextent"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    panel = dialog.mainWidget()
+    panel.clear()
+    panel.addRow(1)
+    context = dataobjects.createContext()
+    for name, value in (("EXTENT", "0,1000,0,1000 [EPSG:3857]"), ("POINTS_NUMBER", 1000000), ("MIN_DISTANCE", 0.0),
+                        ("TARGET_CRS", "EPSG:3857")):
+        panel.wrappers[0][panel.parameter_to_column[name]].setParameterValue(value, context)
+    panel.tblParameters.cellWidget(1, panel.parameter_to_column["OUTPUT"]).setValue(str(tmp_path / "points.gpkg"))
+    seen = {}
+    bar = len(iface.messageBar().items())
+
+    def unload_while_running():
+        seen["batch running"] = dialog.cancelButton().isEnabled()
+        plugin.unload()
+        seen["provider registered after unload"] = registry.providerById("rslab") is not None
+        seen["messages"] = len(iface.messageBar().items()) - bar
+        dialog.cancelButton().click()
+
+    QTimer.singleShot(300, unload_while_running)
+    dialog.runAlgorithm()
+    assert seen == {"batch running": True, "provider registered after unload": False, "messages": 0}
+
+
+def test_a_cancelled_batch_leaves_no_task_that_keeps_qgis_from_quitting(tmp_path, scene, provider, qtbot):
+    """QGIS 3.22 keeps the exception that a Python algorithm raises, and through its traceback the batch dialog's
+    frames, whose progress task then never finished: File > Exit asked about an active 'Batch Processing' task
+    and, told to quit anyway, stayed open."""
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from processing.tools import dataobjects
+
+    from rslab.provider.base import RUNNING
+
+    dialog = BatchAlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById("rslab:detect_anomalies"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    panel = dialog.mainWidget()
+    panel.clear()
+    panel.addRow(1)
+    context = dataobjects.createContext()
+    cube, _ = scene
+    for name, value in (("INPUT", cube), ("METHOD", 0), ("ITERATIONS", 500)):
+        panel.wrappers[0][panel.parameter_to_column[name]].setParameterValue(value, context)
+    panel.tblParameters.cellWidget(1, panel.parameter_to_column["OUTPUT_SCORES"]).setValue(str(tmp_path / "s.tif"))
+    manager = QgsApplication.taskManager()
+    batches = lambda: [task.description() for task in manager.tasks() if "Batch Processing" in task.description()]  # noqa: E731
+    seen = {}
+
+    def cancel_while_running():
+        if not RUNNING:
+            QTimer.singleShot(100, cancel_while_running)
+            return
+        seen["batch task while running"] = batches()
+        dialog.cancelButton().click()
+
+    QTimer.singleShot(300, cancel_while_running)
+    dialog.runAlgorithm()
+    assert seen == {"batch task while running": ["Batch Processing - " + dialog.algorithm().displayName()]}
+    qtbot.waitUntil(lambda: batches() == [], timeout=3000)
 
 
 def test_a_cancelled_run_leaves_no_image_or_model_in_memory(tmp_path, scene, provider):

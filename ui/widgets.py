@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsCheckableComboBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QEvent, QObject, Qt, QTimer
+from qgis.PyQt.QtCore import QEvent, QObject, QSignalBlocker, Qt, QTimer
 from qgis.PyQt.QtGui import QValidator
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -120,9 +120,15 @@ class MultibandRasterCombo(QgsMapLayerComboBox):
         single = [layer for layer in QgsProject.instance().mapLayers().values()
                   if isinstance(layer, QgsRasterLayer) and layer.isValid() and layer.bandCount() < 2]
         current = self.currentLayer()
-        self.setExceptedLayerList(single)
-        if current is None or current in single:  # the first multiband layer, not the first raster
-            self.setLayer(self.layer(0) if self.count() else None)
+        with QSignalBlocker(self):
+            self.setExceptedLayerList(single)
+            if current is None or current in single:  # The first multiband layer, not the first raster.
+                self.setLayer(self.layer(0) if self.count() else None)
+        # Leaving rows out can move the current row without a signal; whatever follows the choice (the true
+        # colour button, the ROC, the form watch) hears of the new layer once.
+        now = self.currentLayer()
+        if (now.id() if now else None) != (current.id() if current else None):
+            self.layerChanged.emit(now)
 
 
 def label_layer_combo(parent: QWidget, tip: str) -> QgsMapLayerComboBox:
