@@ -39,6 +39,24 @@ def scene(shared_data, tmp_path_factory):
     return str(cube), str(gt)
 
 
+def batch_dialog(algorithm_id, output, rows):
+    """A Processing batch dialog of `algorithm_id`, shown, with one row per (parameter values, path of `output`)."""
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from processing.tools import dataobjects
+
+    dialog = BatchAlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById(algorithm_id))
+    dialog.show()
+    panel = dialog.mainWidget()
+    panel.clear()
+    panel.addRow(len(rows))
+    context = dataobjects.createContext()
+    for row, (values, path) in enumerate(rows):
+        for name, value in values.items():
+            panel.wrappers[row][panel.parameter_to_column[name]].setParameterValue(value, context)
+        panel.tblParameters.cellWidget(row + 1, panel.parameter_to_column[output]).setValue(str(path))
+    return dialog
+
+
 def read(path):
     with rasterio.open(path) as ds:
         return ds.read(1), ds.profile
@@ -451,9 +469,6 @@ def test_unloading_during_a_batch_run_cancels_it_and_removes_the_provider_after_
     algorithm whose provider had been deleted. Now the batch is cancelled (no second row), the unload returns
     at once, and the provider leaves the registry only once the run has returned; a plugin started again
     meanwhile registers its provider then."""
-    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
-    from processing.tools import dataobjects
-
     from rslab.plugin import RSLabPlugin
     from rslab.provider.base import RUNNING
 
@@ -462,18 +477,11 @@ def test_unloading_during_a_batch_run_cancels_it_and_removes_the_provider_after_
     plugin = RSLabPlugin(iface)
     plugin.initGui()
     old_provider = registry.providerById("rslab")
-    dialog = BatchAlgorithmDialog(registry.createAlgorithmById("rslab:detect_anomalies"))
-    dialog.show()  # Not given to qtbot: the unload deletes it.
-    panel = dialog.mainWidget()
-    panel.clear()
-    panel.addRow(2)
-    context = dataobjects.createContext()
     cube, _ = scene
     outputs = [tmp_path / f"row{row}.tif" for row in range(2)]
-    for row, output in enumerate(outputs):
-        for name, value in (("INPUT", cube), ("METHOD", 0), ("ITERATIONS", 500)):
-            panel.wrappers[row][panel.parameter_to_column[name]].setParameterValue(value, context)
-        panel.tblParameters.cellWidget(row + 1, panel.parameter_to_column["OUTPUT_SCORES"]).setValue(str(output))
+    # Not given to qtbot: the unload deletes it.
+    dialog = batch_dialog("rslab:detect_anomalies", "OUTPUT_SCORES",
+                          [({"INPUT": cube, "METHOD": 0, "ITERATIONS": 500}, output) for output in outputs])
 
     seen = {}
     again = RSLabPlugin(iface)
@@ -504,25 +512,15 @@ def test_unloading_during_a_batch_run_cancels_it_and_removes_the_provider_after_
 def test_unloading_during_another_algorithms_batch_removes_the_provider_at_once(tmp_path, iface, qtbot):
     """Any batch dialog's run below the unload counted as an RS Lab run: the provider stayed until that batch
     ended, and the unload said an RS Lab run was cancelled."""
-    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
-    from processing.tools import dataobjects
-
     from rslab.plugin import RSLabPlugin
 
     registry = QgsApplication.processingRegistry()
     plugin = RSLabPlugin(iface)
     plugin.initGui()
-    dialog = BatchAlgorithmDialog(registry.createAlgorithmById("native:randompointsinextent"))
+    values = {"EXTENT": "0,1000,0,1000 [EPSG:3857]", "POINTS_NUMBER": 1000000, "MIN_DISTANCE": 0.0,
+              "TARGET_CRS": "EPSG:3857"}
+    dialog = batch_dialog("native:randompointsinextent", "OUTPUT", [(values, tmp_path / "points.gpkg")])
     qtbot.addWidget(dialog)
-    dialog.show()
-    panel = dialog.mainWidget()
-    panel.clear()
-    panel.addRow(1)
-    context = dataobjects.createContext()
-    for name, value in (("EXTENT", "0,1000,0,1000 [EPSG:3857]"), ("POINTS_NUMBER", 1000000), ("MIN_DISTANCE", 0.0),
-                        ("TARGET_CRS", "EPSG:3857")):
-        panel.wrappers[0][panel.parameter_to_column[name]].setParameterValue(value, context)
-    panel.tblParameters.cellWidget(1, panel.parameter_to_column["OUTPUT"]).setValue(str(tmp_path / "points.gpkg"))
     seen = {}
     bar = len(iface.messageBar().items())
 
@@ -542,22 +540,12 @@ def test_a_cancelled_batch_leaves_no_task_that_keeps_qgis_from_quitting(tmp_path
     """QGIS 3.22 keeps the exception that a Python algorithm raises, and through its traceback the batch dialog's
     frames, whose progress task then never finished: File > Exit asked about an active 'Batch Processing' task
     and, told to quit anyway, stayed open."""
-    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
-    from processing.tools import dataobjects
-
     from rslab.provider.base import RUNNING
 
-    dialog = BatchAlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById("rslab:detect_anomalies"))
-    qtbot.addWidget(dialog)
-    dialog.show()
-    panel = dialog.mainWidget()
-    panel.clear()
-    panel.addRow(1)
-    context = dataobjects.createContext()
     cube, _ = scene
-    for name, value in (("INPUT", cube), ("METHOD", 0), ("ITERATIONS", 500)):
-        panel.wrappers[0][panel.parameter_to_column[name]].setParameterValue(value, context)
-    panel.tblParameters.cellWidget(1, panel.parameter_to_column["OUTPUT_SCORES"]).setValue(str(tmp_path / "s.tif"))
+    dialog = batch_dialog("rslab:detect_anomalies", "OUTPUT_SCORES",
+                          [({"INPUT": cube, "METHOD": 0, "ITERATIONS": 500}, tmp_path / "s.tif")])
+    qtbot.addWidget(dialog)
     manager = QgsApplication.taskManager()
     batches = lambda: [task.description() for task in manager.tasks() if "Batch Processing" in task.description()]  # noqa: E731
     seen = {}
