@@ -30,6 +30,9 @@ def clear_returned(frame: Optional[FrameType]) -> Optional[FrameType]:
             frame.clear()
         except RuntimeError:  # Still running: it and its callers are cleared once they have returned.
             return frame
+        # Reading f_locals (RSLabProvider.gui_thread_runs does) left a copy of the locals on the frame, which
+        # clear() keeps; reading it again after clear() empties it.
+        frame.f_locals  # noqa: B018
         frame = frame.f_back
     return None
 
@@ -53,8 +56,8 @@ class _FrameClearer(QObject):
         self.timer.start()
 
     def _clear(self) -> None:
-        running = [clear_returned(frame) for frame in self.pending]
-        self.pending = [frame for frame in running if frame is not None]
+        running = {id(frame): frame for frame in map(clear_returned, self.pending) if frame is not None}
+        self.pending = list(running.values())  # Runs from one caller wait on one frame, listed once.
         if not self.pending:
             self.timer.stop()
 
