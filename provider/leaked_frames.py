@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from qgis.PyQt.QtCore import QCoreApplication, QObject, QTimer, pyqtSignal, pyqtSlot
 
-POLL_MS = 200  # how often the frames still running are looked at again
+POLL_MS = 200  # How often the frames still running are looked at again.
 
 _SUSPENDED = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
