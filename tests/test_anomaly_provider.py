@@ -57,6 +57,12 @@ def batch_dialog(algorithm_id, output, rows):
     return dialog
 
 
+def batch_tasks():
+    """The descriptions of the batch dialogs' progress tasks in QGIS's task manager."""
+    return [task.description() for task in QgsApplication.taskManager().tasks()
+            if "Batch Processing" in task.description()]
+
+
 def read(path):
     with rasterio.open(path) as ds:
         return ds.read(1), ds.profile
@@ -503,8 +509,7 @@ def test_unloading_during_a_batch_run_cancels_it_and_removes_the_provider_after_
     assert not any(output.exists() for output in outputs)  # The first row cancelled, the second never run.
     qtbot.waitUntil(lambda: registry.providerById("rslab") is again.provider, timeout=5000)
     qtbot.waitUntil(lambda: sip.isdeleted(dialog))  # Its algorithm's provider is gone.
-    manager = QgsApplication.taskManager()
-    qtbot.waitUntil(lambda: not any("Batch Processing" in task.description() for task in manager.tasks()))
+    qtbot.waitUntil(lambda: batch_tasks() == [])
     again.unload()
     assert registry.providerById("rslab") is None
 
@@ -546,21 +551,19 @@ def test_a_cancelled_batch_leaves_no_task_that_keeps_qgis_from_quitting(tmp_path
     dialog = batch_dialog("rslab:detect_anomalies", "OUTPUT_SCORES",
                           [({"INPUT": cube, "METHOD": 0, "ITERATIONS": 500}, tmp_path / "s.tif")])
     qtbot.addWidget(dialog)
-    manager = QgsApplication.taskManager()
-    batches = lambda: [task.description() for task in manager.tasks() if "Batch Processing" in task.description()]  # noqa: E731
     seen = {}
 
     def cancel_while_running():
         if not RUNNING:
             QTimer.singleShot(100, cancel_while_running)
             return
-        seen["batch task while running"] = batches()
+        seen["batch task while running"] = batch_tasks()
         dialog.cancelButton().click()
 
     QTimer.singleShot(300, cancel_while_running)
     dialog.runAlgorithm()
     assert seen == {"batch task while running": ["Batch Processing - " + dialog.algorithm().displayName()]}
-    qtbot.waitUntil(lambda: batches() == [], timeout=3000)
+    qtbot.waitUntil(lambda: batch_tasks() == [], timeout=3000)
 
 
 def test_a_cancelled_run_leaves_no_image_or_model_in_memory(tmp_path, scene, provider):
