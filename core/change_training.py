@@ -67,6 +67,7 @@ class TrainChangeParams:
     bands: Optional[Tuple[int, ...]] = None  # 1-based bands of both dates to train on, in this order; None = all
     # where crops are drawn: "auto" (around labelled pixels for partial labels, else anywhere), "uniform", "labelled"
     crop_sampling: str = "auto"
+    device: str = "auto"  # "auto" (CUDA when torch sees a GPU), "cpu" or "cuda[:N]"; the card records the one used
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "eval_every"):
@@ -246,7 +247,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
         # without bit widths) would not load: compression comes after fine-tuning
         raise RSLabError("the starting checkpoint is compressed (pruned and quantised); fine-tune its "
                          "full-precision model, then compress the result")
-    device = select_device()
+    device = select_device(params.device)
     labels = ReferenceValues()
     waiting = monitor.sub(0.0, 0.0)  # the data is read before the first iteration: cancel checks, no progress
     for label in dict.fromkeys(p.label for p in list(train_pairs) + list(val_pairs)):
@@ -352,7 +353,7 @@ def _train(train_pairs, val_pairs, output_path, params, progress, cancelled, on_
             "train_pairs": [p.name for p in train_pairs],
             "validation_pairs": [p.name for p in val_pairs],
             # the width trained is the starting checkpoint's when there is one (TrainChangeParams' is unused)
-            "params": {**{k: v for k, v in asdict(params).items() if k != "init_checkpoint"},
+            "params": {**{k: v for k, v in asdict(params).items() if k not in ("init_checkpoint", "device")},
                        "base": arguments.get("base"), "channels": arguments.get("channels")},
             **({"started_from": {"file": os.path.basename(init.path), "description": init.card.description}}
                if init is not None else {}),

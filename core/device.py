@@ -43,11 +43,15 @@ def select_device(preferred: str = "auto") -> Any:
         _configured_threads = threads
     if preferred == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preferred.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import RSLabError
+    from .errors import RSLabError
 
+    if preferred.startswith("cuda") and not torch.cuda.is_available():
         raise RSLabError("a CUDA device was requested but torch sees no GPU; use 'auto' or 'cpu'")
-    return torch.device(preferred)
+    try:
+        return torch.device(preferred)
+    except RuntimeError:  # torch's own message lists every device type it knows (xla, mtia, hpu, ...)
+        raise RSLabError(f"unknown device {preferred!r}: use 'auto', 'cpu' or 'cuda' (or 'cuda:1' for a second "
+                         "GPU)") from None
 
 
 def describe_device(device: Any) -> str:

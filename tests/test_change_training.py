@@ -203,6 +203,23 @@ def test_validation_pairs_without_change_keep_the_last_checkpoint_with_a_note(sh
     assert result.best_iteration == 4 and any("no changed pixel" in note for note in result.notes)
 
 
+def test_the_device_is_chosen_per_run_and_recorded_once(shared_data, tmp_path):
+    """`device` picks where a run trains ('auto': CUDA when torch sees a GPU); the card records the device used,
+    not the choice. A GPU asked for where torch sees none is refused before any work."""
+    import torch
+
+    pair = levir_pair(shared_data, "test_2_0000_0000.png")
+    path = str(tmp_path / "m.pt")
+    result = train_change_detector([pair], [pair], path, TrainChangeParams(**TINY, device="cpu"))
+    card = read_card(path)
+    assert result.device.startswith("cpu (") and card.training["device"] == result.device
+    assert "device" not in card.training["params"]
+    if not torch.cuda.is_available():  # CI and the development machine; bench/gpu.py runs the GPU where there is one
+        with pytest.raises(RSLabError, match="a CUDA device was requested but torch sees no GPU"):
+            train_change_detector([pair], [pair], str(tmp_path / "g.pt"), TrainChangeParams(**TINY, device="cuda"))
+        assert not (tmp_path / "g.pt").exists()
+
+
 def test_a_cancel_during_validation_stops_it(shared_data, tmp_path, monkeypatch):
     """The cancel check runs per validation window: cancelled as validation starts, no window is predicted."""
     from rslab.core import change_training

@@ -11,6 +11,7 @@ from qgis.PyQt.QtGui import QGuiApplication
 
 import rslab
 from rslab.core import dependencies
+from rslab.core.errors import RSLabError
 from rslab.ui.diagnostics_dialog import DiagnosticsDialog
 from rslab.ui.environment import private_env_dir
 from wheels import build_wheel
@@ -202,3 +203,17 @@ def test_after_a_reload_the_diagnostics_still_name_the_folders_and_packages_in_u
     monkeypatch.setattr(sys, "meta_path", [EnvPackagesFirst()] + sys.meta_path)
     rows = dict(collect())
     assert rows["package folders"] == site and rows["env over system"] == "mpmath, sympy"
+
+
+def test_a_device_torch_does_not_know_or_a_gpu_it_does_not_see_is_refused_in_words():
+    import torch
+
+    from rslab.core.device import select_device
+
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(RSLabError, match="unknown device 'gpu': use 'auto', 'cpu' or 'cuda'"):
+        select_device("gpu")
+    if not torch.cuda.is_available():  # CI and the development machine
+        with pytest.raises(RSLabError, match="a CUDA device was requested but torch sees no GPU"):
+            select_device("cuda:0")
