@@ -9,11 +9,12 @@ warn if they disagree.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 
 def max_rss_bytes() -> int:
@@ -30,10 +31,11 @@ def own_hwm_bytes() -> int:
     return 0
 
 
-def spawn_child(script: str, options: Sequence[str]) -> Dict[str, Any]:
-    """Run `script` with `--child ...` options in a fresh interpreter and return the JSON it prints last."""
+def spawn_child(script: str, options: Sequence[str], env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Run `script` with `--child ...` options in a fresh interpreter (with `env` added to this process's
+    environment) and return the JSON it prints last."""
     cmd = [sys.executable, str(Path(script).resolve()), *options]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env} if env else None)
     if proc.returncode != 0:
         raise SystemExit(f"child {' '.join(options)} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

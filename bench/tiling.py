@@ -32,16 +32,21 @@ How
     the figures belong to that job alone. Times cover the job only (opening,
     reading, computing, writing, committing), not the interpreter start.
 
-Measured on 2026-11-25 (2 CPU cores, 24 GB RAM, GDAL 3.6.2, rasterio 1.3.5,
-numpy 1.24.2) with `.venv/bin/python bench/tiling.py` (inputs cached; other
-work was using the cores at the same time, so the times are upper bounds):
+Measured on 2026-12-04 (2 CPU cores, AVX2-only AMD EPYC VM, GDAL 3.6.2, rasterio 1.3.5,
+numpy 1.24.2) with `.venv/bin/python bench/tiling.py` (inputs cached):
 
     run                      pixels       s   MP/s  base MB  peak MB  job MB   in MB  out MB  peak/in  out disk MB
-    whole-image              2500^2     0.3   24.4       75      165      90      19      25    8.8 x            6
-    whole-image              5000^2     1.1   23.3       75      394     319      75     100    5.2 x           26
-    tiled centre 1024/32     5000^2     0.8   30.8       75      295     220      75     100    3.9 x           26
-    tiled centre 1024/32    20000^2    11.4   35.0       75      395     320    1200    1600   0.33 x          423
-    tiled blend 1024/32     20000^2    14.9   26.9       75      679     604    1200    1600   0.57 x          424
+    whole-image              2500^2     0.3   24.7       76      170      94      19      25    9.1 x            6
+    whole-image              5000^2     0.8   33.2       76      398     323      75     100    5.3 x           26
+    tiled centre 1024/32     5000^2     0.8   32.5       76      294     218      75     100    3.9 x           26
+    tiled centre 1024/32    20000^2    11.1   36.1       76      396     321    1200    1600   0.33 x          423
+      the same, 1 thread    20000^2    13.5   29.7       76      395     319    1200    1600   0.33 x          423
+    tiled blend 1024/32     20000^2    14.3   27.9       76      671     596    1200    1600   0.56 x          424
+
+"1 thread" is the centre run with GDAL compressing the output's blocks in
+one thread (RSLAB_THREADS=1), the baseline of the engine's NUM_THREADS (as
+many compression threads as torch may use, core/raster_io.output_profile):
+1.12-1.21 x over three runs that day on these two cores.
 
 An earlier run, before output compression went to deflate level 1 and the
 blending strips to float32 buffers reused in place, gave 10.4 MP/s for the
@@ -71,6 +76,7 @@ import rasterio
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from rslab.core.device import cpu_threads
 from rslab.core.outputs import PendingOutputs
 from rslab.core.raster_io import gdal_env, open_output, output_profile, raster_info
 from rslab.core.tiling import OutputSpec, TileSpec, run_tiled
@@ -185,6 +191,7 @@ class Run:
     label: str
     mode: str  # "whole", "centre" or "blend"
     size: int
+    threads: Optional[int] = None  # RSLAB_THREADS for the child (GDAL's compression threads); None: the default
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,7 @@ def measure(run: Run, workdir: Path, tile: int, overlap: int) -> Figures:
     result = spawn_child(__file__, [
         "--child", run.mode, "--src", str(input_path(workdir, run.size)), "--dst", str(dst),
         "--tile", str(tile), "--overlap", str(overlap),
-    ])
+    ], env={"RSLAB_THREADS": str(run.threads)} if run.threads else None)
     peak, hwm = int(result["peak"]), int(result["hwm"])
     if peak > 1.05 * hwm:
         print(f"  warning: ru_maxrss {peak / MB:.0f} MB exceeds the child's own peak {hwm / MB:.0f} MB "
@@ -218,6 +225,7 @@ def plan(size: int, crop: int, tile: int, overlap: int, blend: bool) -> List[Run
     tiled = f"{tile}/{overlap}"
     runs = [Run("whole-image", "whole", s) for s in sorted({max(crop // 2, 1), crop})]
     runs += [Run(f"tiled centre {tiled}", "centre", s) for s in sorted({crop, size})]
+    runs.append(Run("  the same, 1 thread", "centre", size, threads=1))  # the baseline of parallel compression
     if blend:
         runs.append(Run(f"tiled blend {tiled}", "blend", size))
     return runs
@@ -274,7 +282,8 @@ def parent_main(args: argparse.Namespace) -> None:
     print(
         f"\nMB = 10^6 bytes; base = ru_maxrss after imports, peak = ru_maxrss at the end of the child; "
         f"job = peak - base; in/out MB uncompressed (out is {OUT_DTYPE}); "
-        f"peak/in = peak over the uncompressed input."
+        f"peak/in = peak over the uncompressed input; '1 thread': GDAL compresses the output's blocks in one "
+        f"thread (RSLAB_THREADS=1), not in {cpu_threads()} (raster_io.output_profile's NUM_THREADS)."
     )
     removed = "" if args.keep else "; outputs removed (--keep keeps them)"
     print(f"total {time.perf_counter() - started:.0f} s{removed}")

@@ -4,7 +4,9 @@ Jobs run on CUDA when torch sees a GPU and on the CPU otherwise. On the CPU
 torch's default (one thread per logical core, plus inter-op threads) fights
 with QGIS's own rendering threads, so we leave one logical core to QGIS on
 machines with more than two (on one or two cores torch takes them all: one
-thread halves the jobs' speed there), unless RSLAB_THREADS says otherwise. Every job result records the device string this returns.
+thread halves the jobs' speed there), unless RSLAB_THREADS says otherwise. GDAL compresses the outputs in
+as many threads (core/raster_io.output_profile, core/overviews.py). Every job result records the device
+string this returns.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+from .device import cpu_threads
 from .errors import JobCancelled
 from .gdal_exceptions import gdal_exceptions
 from .job import JobMonitor
@@ -59,6 +60,10 @@ def add_overviews(path: str, monitor: Optional[JobMonitor] = None) -> List[int]:
         return 1
 
     with gdal_exceptions() as gdal:
+        # the levels' blocks compressed in as many threads as the file's own (raster_io.output_profile); set for
+        # this thread only, as another plugin's GDAL calls may run beside it
+        threads = gdal.GetThreadLocalConfigOption("GDAL_NUM_THREADS", None)
+        gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", str(cpu_threads()))
         try:
             ds = gdal.Open(os.fspath(path), gdal.GA_Update)
             try:
@@ -73,6 +78,8 @@ def add_overviews(path: str, monitor: Optional[JobMonitor] = None) -> List[int]:
             # A full disk, mostly (the file was written a moment ago). The path is a job's temporary name, which
             # write_failed leaves out of the message.
             raise write_failed(path, exc, "could not add overviews to the output") from exc
+        finally:
+            gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", threads)
     if cancelled:
         raise JobCancelled()
     return factors

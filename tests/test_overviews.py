@@ -174,3 +174,33 @@ def test_an_overview_cut_short_is_found_before_the_commit(tmp_path):
             with open(temp, "r+b") as handle:
                 handle.truncate(os.path.getsize(temp) - 1000)
     assert os.listdir(tmp_path) == []
+
+
+def test_outputs_and_their_overviews_are_compressed_in_several_threads_to_the_same_pixels(tmp_path, samples,
+                                                                                          monkeypatch):
+    """GDAL compresses an output's blocks, and its overviews', in as many threads as torch may use (RSLAB_THREADS
+    here): the pixels are those one thread writes, and the calling thread's own GDAL setting comes back."""
+    from osgeo import gdal
+
+    from rslab.core.raster_io import output_profile, raster_info
+    from rslab.core.tiling import OutputSpec, TileSpec, run_tiled
+
+    src = _strip(samples / "rasterio_RGB.byte.tif", tmp_path / "strip.tif", 3)  # 2373 x 718: it gets overviews
+    pixels = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("RSLAB_THREADS", threads)
+        assert output_profile(raster_info(src), 1, "float32", None)["num_threads"] == threads
+        out = str(tmp_path / f"mean_{threads}.tif")
+        with PendingOutputs() as pending:
+            run_tiled([src], [OutputSpec(pending.temp(out), 1, "float32")], lambda a, v: [a[0].mean(axis=0)],
+                      TileSpec(512, 0, "partition"))
+        gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", "3")
+        try:
+            assert add_overviews(out)
+            assert gdal.GetThreadLocalConfigOption("GDAL_NUM_THREADS", None) == "3"
+        finally:
+            gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", None)
+        with rasterio.open(out) as ds:
+            pixels[threads] = (ds.read(1), ds.read(1, out_shape=(ds.height // 4, ds.width // 4)))
+    assert np.isfinite(pixels["1"][0]).any()
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(pixels["1"], pixels["2"]))
