@@ -38,6 +38,8 @@ STITCH_MODES = ("centre", "blend", "partition")
 _WRITE_CHUNK = 2048  # columns written at a time from a blending strip
 
 TileFn = Callable[[List[np.ndarray], np.ndarray], Sequence[np.ndarray]]
+# several tiles of one size at once: [(tile_arrays, valid), ...] -> one TileFn result per tile
+BatchTileFn = Callable[[List[Tuple[List[np.ndarray], np.ndarray]]], Sequence[Sequence[np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,8 @@ def run_tiled(
     spec: TileSpec = TileSpec(),
     monitor: Optional[JobMonitor] = None,
     bands: Optional[Sequence[int]] = None,
+    batch_fn: Optional[BatchTileFn] = None,
+    batch: int = 1,
 ) -> RasterInfo:
     """Run `fn(tile_arrays, valid)` over every tile and write `outputs` on the first input's grid.
 
@@ -231,6 +235,9 @@ def run_tiled(
     the (h, w) mask of pixels valid in every input. `fn` returns one array per
     output, (count, h, w) or (h, w). Returns the grid the outputs were written on.
     Writes go straight to the given paths: wrap them in PendingOutputs.
+
+    With `batch_fn` (centre and partition stitching), up to `batch` consecutive tiles of one size are read
+    first and handed to it at once instead of to `fn` one by one (a model on a GPU: one pass for several tiles).
     """
     monitor = monitor or JobMonitor()
     with gdal_env():
@@ -250,7 +257,7 @@ def run_tiled(
             else:
                 tiles = tile_grid(info.height, info.width, spec)
             if spec.stitch in ("centre", "partition"):
-                _run_centre(datasets, outputs, sinks, fn, tiles, monitor, bands)
+                _run_centre(datasets, outputs, sinks, fn, tiles, monitor, bands, batch_fn, batch)
             else:
                 _run_blend(datasets, outputs, sinks, fn, tiles, spec, info, monitor, bands)
         except RasterioIOError as exc:  # GDAL flushing blocks it could not write: a full disk, mostly
@@ -276,21 +283,47 @@ def _read_tile(datasets: list, window: Window, bands: Optional[Sequence[int]] = 
     return arrays, valid
 
 
-def _run_centre(datasets, outputs, sinks, fn, tiles, monitor: JobMonitor, bands: Optional[Sequence[int]]) -> None:
+def _run_centre(datasets, outputs, sinks, fn, tiles, monitor: JobMonitor, bands: Optional[Sequence[int]],
+                batch_fn: Optional[BatchTileFn] = None, batch: int = 1) -> None:
+    group: List[Tuple[Tile, List[np.ndarray], np.ndarray]] = []  # read, not yet computed: one size, <= batch
+
+    def flush() -> None:
+        if batch_fn is not None:
+            results = batch_fn([(arrays, valid) for _, arrays, valid in group])
+        else:
+            results = [fn(arrays, valid) for _, arrays, valid in group]
+        for (tile, _, valid), result in zip(group, results):
+            _write_core(outputs, sinks, tile, valid, result)
+        group.clear()
+
     for index, tile in enumerate(tiles):
         monitor.step(index / len(tiles), f"tile {index + 1} of {len(tiles)}")
+        if group and _shape(group[0][0]) != _shape(tile):
+            flush()
         arrays, valid = _read_tile(datasets, tile.read, bands)
-        shape = (int(tile.read.height), int(tile.read.width))
-        results = fn(arrays, valid)
-        r = int(tile.core.row_off - tile.read.row_off)
-        c = int(tile.core.col_off - tile.read.col_off)
-        h, w = int(tile.core.height), int(tile.core.width)
-        core_valid = valid[r : r + h, c : c + w]
-        for out, sink, result in zip(outputs, sinks, results):
-            block = _as_bands(np.asarray(result), out, shape)[:, r : r + h, c : c + w].astype(out.dtype, copy=True)
-            block[:, ~core_valid] = out.fill
-            sink.write(block, window=tile.core)
+        group.append((tile, arrays, valid))
+        if len(group) >= batch:
+            flush()
+    if group:
+        flush()
     monitor.step(1.0, "tiles done")
+
+
+def _shape(tile: Tile) -> Tuple[int, int]:
+    return int(tile.read.height), int(tile.read.width)
+
+
+def _write_core(outputs, sinks, tile: Tile, valid: np.ndarray, results: Sequence[np.ndarray]) -> None:
+    """Write the core of one tile's results (the part of its read window it stands for)."""
+    shape = _shape(tile)
+    r = int(tile.core.row_off - tile.read.row_off)
+    c = int(tile.core.col_off - tile.read.col_off)
+    h, w = int(tile.core.height), int(tile.core.width)
+    core_valid = valid[r : r + h, c : c + w]
+    for out, sink, result in zip(outputs, sinks, results):
+        block = _as_bands(np.asarray(result), out, shape)[:, r : r + h, c : c + w].astype(out.dtype, copy=True)
+        block[:, ~core_valid] = out.fill
+        sink.write(block, window=tile.core)
 
 
 def _run_blend(datasets, outputs, sinks, fn, tiles, spec: TileSpec, info: RasterInfo, monitor: JobMonitor,

@@ -647,3 +647,44 @@ def test_a_plain_reference_image_of_the_images_size_is_read_pixel_for_pixel(tmp_
         dst.write(label[:100, :100].astype("uint8"), 1)
     with pytest.raises(RSLabError, match="no georeferencing while the other has"):
         detect_changes(before, after, _outputs(tmp_path / "cropped"), params, reference=str(cropped))
+
+
+def test_tiles_run_several_to_a_pass_give_the_maps_of_one_at_a_time(tmp_path, shared_data):
+    """The default weights on a real pair in 128-pixel tiles, three to a forward pass (what a GPU runs) and one
+    at a time (the CPU's default): the same probabilities (eval-mode BatchNorm keeps each tile its own)."""
+    import torch
+
+    from rslab.core.change_detection import ModelScorer, load_change_model
+
+    before, after, label = _levir(shared_data)
+    maps = {}
+    for per_pass in (1, 3):
+        folder = tmp_path / str(per_pass)
+        result = detect_changes(before, after, _outputs(folder, report=False),
+                                ChangeParams(tile=128, overlap=32, tiles_per_pass=per_pass, device="cpu"),
+                                reference=label)
+        maps[per_pass] = [_read(folder / name)[0] for name in ("prob.tif", "unc.tif")]
+        assert result.metrics["f1"] > 0.8
+    assert all(np.abs(a - b).max() < 1e-5 for a, b in zip(maps[1], maps[3]))
+    with pytest.raises(RSLabError, match="tiles per pass must be 0"):
+        ChangeParams(tiles_per_pass=-1)
+
+    # a GPU without room for a pass of three: the pass is halved, and so are the later ones
+    scorer = ModelScorer(load_change_model(None), "cpu")
+    assert scorer.tiles_per_pass(512) == 1  # the CPU: one at a time
+    model, passes = scorer.model, []
+
+    def short_of_memory(a, b):
+        passes.append(len(a))
+        if len(a) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test)")
+        return model(a, b)
+
+    scorer.model, scorer.limit = short_of_memory, 3
+    with rasterio.open(before) as x, rasterio.open(after) as y:
+        a, b = x.read(window=Window(0, 0, 128, 128)), y.read(window=Window(0, 0, 128, 128))
+    valid = np.ones((128, 128), bool)
+    first = scorer.many([(a, b, valid)] * 3)
+    second = scorer.many([(a, b, valid)] * 3)
+    assert passes == [3, 2, 1, 2, 1] and scorer.limit == 2 and len(first) == len(second) == 3
+    assert np.abs(first[0][0][:96, :96] - maps[1][0][:96, :96]).max() < 1e-5  # the first tile's core

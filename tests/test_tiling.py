@@ -407,3 +407,30 @@ def test_gdal_exceptions_stay_on_until_the_last_of_two_jobs_blocks_ends():
     finally:
         if before:
             gdal.UseExceptions()
+
+
+def test_tiles_handed_over_in_batches_are_of_one_size_and_written_as_one_by_one(tmp_path, odd_geotiff):
+    """With a batch function, up to `batch` consecutive tiles of one size go to it at once (a GPU model's pass);
+    a tile of another size (the partition's far edges) starts a new batch. The file is the per-tile run's."""
+    groups = []
+
+    def one(arrays, valid):
+        return [arrays[0].astype(np.float32).mean(axis=0) * valid]
+
+    def many(tiles):
+        groups.append([arrays[0].shape[1:] for arrays, _ in tiles])
+        return [one(arrays, valid) for arrays, valid in tiles]
+
+    for spec in (TileSpec(64, 0, "partition"), TileSpec(96, 32, "centre")):
+        groups.clear()
+        single, batched = str(tmp_path / "single.tif"), str(tmp_path / "batched.tif")
+        _run([str(odd_geotiff)], single, one, spec)
+        with PendingOutputs() as pending:
+            run_tiled([str(odd_geotiff)], [OutputSpec(pending.temp(batched))], one, spec, batch_fn=many, batch=3)
+        assert all(len(g) <= 3 and len(set(g)) == 1 for g in groups) and max(len(g) for g in groups) == 3
+        if spec.stitch == "partition":  # the file's strips of 10 rows: the last, of 1 row, comes alone
+            assert {s for g in groups for s in g} == {(10, 253), (1, 253)} and groups[-1] == [(1, 253)]
+        else:
+            assert sum(len(g) for g in groups) == len(tile_grid(241, 253, spec))
+        with rasterio.open(single) as a, rasterio.open(batched) as b:
+            assert np.array_equal(a.read(), b.read())
