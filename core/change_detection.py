@@ -251,7 +251,7 @@ class ModelScorer:
         self.std = checkpoint.card.normalisation["std"]
         self.device = device
         self.width = max(int(checkpoint.card.arguments.get(k, 32)) for k in ("base", "channels"))
-        self.limit = MAX_TILES_PER_PASS  # lowered for the rest of the job when the GPU runs out of memory
+        self.limit = MAX_TILES_PER_PASS  # tiles per pass; lowered for the rest of a job whose GPU runs out of memory
 
     def __call__(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray):
         return self.many([(before, after, valid)])[0]
@@ -381,7 +381,7 @@ def detect_changes(
             def score(a, b, valid):
                 return scorer(a, b, valid)
 
-            per_pass = params.tiles_per_pass or scorer.tiles_per_pass(params.tile)
+            per_pass = scorer.limit = params.tiles_per_pass or scorer.tiles_per_pass(params.tile)
         else:
             monitor.step(0.02, "sampling both dates for CVA's scale and threshold")
             with monitor.timed("statistics"):
