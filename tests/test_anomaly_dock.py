@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 import shutil
 
 import numpy as np
@@ -716,3 +718,38 @@ def test_another_image_picked_during_a_run_keeps_its_own_readout(qtbot, dock, sc
     assert "a run on other: pick it to see its readout" in dock.status_label.text()
     dock.layer_combo.setLayer(other)
     assert "other" in dock.metrics_label.text() and list(dock.visible_roc_curves()) == ["lrx"]
+
+
+def test_a_run_queued_behind_busy_threads_says_so_until_it_begins(qtbot, dock, scene, project, tmp_path):
+    """QGIS runs tasks in Qt's global thread pool, one per core: a run started while other jobs hold every
+    thread waited at 0 % with nothing said, and the wait then counted in its estimate of the time left."""
+    from qgis.PyQt.QtCore import QThreadPool
+
+    from rslab.ui import task as tasks
+
+    release, running = threading.Event(), []
+
+    def hold(progress, cancelled):
+        running.append(1)
+        release.wait(RUN_TIMEOUT_MS / 1000)
+
+    threads = QThreadPool.globalInstance().maxThreadCount()
+    blockers = [tasks.start(tasks.JobTask(f"busy {i}", hold)) for i in range(threads)]
+    try:
+        qtbot.waitUntil(lambda: len(running) == len(blockers), timeout=RUN_TIMEOUT_MS)
+        choose(dock, scene[0], "rx", reference=scene[1], output=tmp_path)
+        with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+            qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+            qtbot.waitUntil(lambda: dock.progress_bar.text() == tasks.WAITING, timeout=10_000)
+            assert dock.progress_bar.value() == 0 and dock.cancel_button.isEnabled()
+            assert dock.progress_bar.toolTip() == tasks.waiting_reason()  # why, and where to see the busy tasks
+            clock_at_begin = []
+            dock.task.progressChanged.connect(lambda _: clock_at_begin.append(dock.progress_bar._started))
+            released = time.monotonic()
+            release.set()
+        assert done.args[1] == "" and "AUC(D,F)" in dock.metrics_label.text()
+        assert clock_at_begin and clock_at_begin[0] >= released  # the time left is timed from the job's start
+        assert dock.progress_bar.text() != tasks.WAITING and dock.progress_bar.toolTip() == ""
+    finally:
+        release.set()
+    qtbot.waitUntil(lambda: not tasks._RUNNING, timeout=RUN_TIMEOUT_MS)

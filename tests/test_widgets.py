@@ -1,6 +1,7 @@
 """The small widget factories every dock and dialog shares (ui/widgets.py)."""
 from __future__ import annotations
 
+import pytest
 from qgis.gui import QgsFileWidget
 
 from rslab.ui.widgets import (
@@ -34,14 +35,21 @@ def test_the_time_left_carries_on_the_rate_so_far():
     assert time_left_text(600.0, 100.0) == ""
 
 
-def test_a_long_run_shows_the_time_left_in_its_bar_until_it_ends(qtbot, monkeypatch):
-    """A BSDM run on a large scene takes 20 minutes: the bar says about how long is left."""
+@pytest.fixture()
+def timed_bar(qtbot, monkeypatch):
+    """A TimedProgressBar on a clock the test moves: (bar, clock), clock[0] in seconds."""
     import rslab.ui.widgets as widgets
 
     clock = [1000.0]
     monkeypatch.setattr(widgets.time, "monotonic", lambda: clock[0])
     bar = TimedProgressBar(None)
     qtbot.addWidget(bar)
+    return bar, clock
+
+
+def test_a_long_run_shows_the_time_left_in_its_bar_until_it_ends(timed_bar):
+    """A BSDM run on a large scene takes 20 minutes: the bar says about how long is left."""
+    bar, clock = timed_bar
     bar.start()
     clock[0] += 120.0
     bar.show_percent(25.0)
@@ -49,6 +57,20 @@ def test_a_long_run_shows_the_time_left_in_its_bar_until_it_ends(qtbot, monkeypa
     bar.stop()
     bar.setValue(100)
     assert bar.text() == "100%"
+
+
+def test_a_queued_run_says_so_and_its_wait_is_not_counted_in_the_time_left(timed_bar):
+    bar, clock = timed_bar
+    bar.start()
+    bar.wait("Waiting for a free thread", "QGIS runs 2 background tasks at a time")
+    assert bar.value() == 0 and bar.text() == "Waiting for a free thread"
+    assert bar.toolTip() == "QGIS runs 2 background tasks at a time"
+    clock[0] += 600.0  # queued for ten minutes
+    bar.start()  # the task began
+    clock[0] += 120.0
+    bar.show_percent(25.0)
+    assert bar.text() == "25% · about 6 min left"  # 18 min had the wait counted
+    assert bar.toolTip() == ""
 
 
 def test_legend_marks_carry_the_colour():

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Set
 
 from qgis.core import QgsApplication, QgsMessageLog, Qgis, QgsTask
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtCore import QThreadPool, QTimer, pyqtSignal
 
 from ..core.dependencies import missing_package_message
 from ..core.errors import CANCELLED_MESSAGE, JobCancelled, RSLabError
@@ -116,6 +116,20 @@ def stopped_text(reason: str, cancelled: bool, failed: str = "Failed") -> str:
     return reason[:1].upper() + reason[1:] if cancelled else f"{failed}: {reason}"
 
 
+WAIT_NOTICE_MS = 300  # a run not started this long after Run is waiting for a thread: the bar says so
+
+
+WAITING = "Waiting for a free thread"  # the bar's text while a run is queued (a dock's bar is ~30 characters wide)
+
+
+def waiting_reason() -> str:
+    """Why a run waits, for the bar's tooltip: QGIS's task manager runs tasks in Qt's global thread pool, one per
+    core, shared with map rendering, so a third job on two cores sat at 0 % as if hung."""
+    threads = QThreadPool.globalInstance().maxThreadCount()
+    return (f"QGIS runs {threads} background task{'s' if threads != 1 else ''} at a time (one per core) and all are "
+            "busy; this run starts when one ends. The task list in QGIS's status bar shows them.")
+
+
 def start(task: JobTask) -> JobTask:
     """Hand `task` to QGIS's task manager (and keep it alive until it finishes)."""
     _RUNNING.add(task)
@@ -143,7 +157,14 @@ class TaskOwner:
         self._cancel_on_destroy = partial(cancel_if_alive, task)
         self.destroyed.connect(self._cancel_on_destroy)
         self._set_running(True)
+        task.begun.connect(self.progress_bar.start)  # the clock of the time left starts when the job does
         start(task)
+        QTimer.singleShot(WAIT_NOTICE_MS, partial(self._show_waiting, task))
+
+    def _show_waiting(self, task: JobTask) -> None:
+        """Say in the bar that `task` is queued, if it still is (its `begun` then restarts the bar)."""
+        if not sip.isdeleted(self) and self.task is task and task.status() == QgsTask.Queued:
+            self.progress_bar.wait(WAITING, waiting_reason())
 
     def _task_ended(self) -> bool:
         """First step of a task's callback: False when the widget is already deleted (nothing to update), else

@@ -411,7 +411,17 @@ class TimedProgressBar(QProgressBar):
     def start(self) -> None:
         self._started = time.monotonic()
         self.setFormat("%p%")
+        self.setToolTip("")
         self.setValue(0)
+
+    def wait(self, text: str, why: str) -> None:
+        """The run is queued, not started: `text` in the bar instead of a percentage, `why` in its tooltip, and no
+        clock running (the wait would have counted as time the run took, and made the first estimate of the time
+        left too long). `start()` ends the wait."""
+        self._started = None
+        self.setValue(0)
+        self.setFormat(text)  # no "%" in it: QProgressBar would read "%p", "%v", "%m" as numbers
+        self.setToolTip(why)
 
     def show_percent(self, percent: float) -> None:
         self.setValue(int(percent))
