@@ -722,7 +722,8 @@ def test_another_image_picked_during_a_run_keeps_its_own_readout(qtbot, dock, sc
 
 def test_a_run_queued_behind_busy_threads_says_so_until_it_begins(qtbot, dock, scene, project, tmp_path):
     """QGIS runs tasks in Qt's global thread pool, one per core: a run started while other jobs hold every
-    thread waited at 0 % with nothing said, and the wait then counted in its estimate of the time left."""
+    thread waited at 0 % with nothing said, and the wait then counted in its estimate of the time left. Cancel
+    works while it waits."""
     from qgis.PyQt.QtCore import QThreadPool
 
     from rslab.ui import task as tasks
@@ -737,6 +738,14 @@ def test_a_run_queued_behind_busy_threads_says_so_until_it_begins(qtbot, dock, s
     blockers = [tasks.start(tasks.JobTask(f"busy {i}", hold)) for i in range(threads)]
     try:
         qtbot.waitUntil(lambda: len(running) == len(blockers), timeout=RUN_TIMEOUT_MS)
+        choose(dock, scene[0], "rx", reference=scene[1], output=tmp_path / "cancelled")
+        with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:  # a wait the user gives up on
+            qtbot.mouseClick(dock.run_button, Qt.LeftButton)
+            qtbot.waitUntil(lambda: dock.progress_bar.text() == tasks.WAITING, timeout=10_000)
+            qtbot.mouseClick(dock.cancel_button, Qt.LeftButton)
+        assert done.args[0] is None and dock.status_label.text() == "Cancelled; no output was written"
+        assert dock.progress_bar.text() == "0%" and dock.progress_bar.toolTip() == "" and dock.run_button.isEnabled()
+        assert not (tmp_path / "cancelled").exists() or os.listdir(tmp_path / "cancelled") == []
         choose(dock, scene[0], "rx", reference=scene[1], output=tmp_path)
         with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
             qtbot.mouseClick(dock.run_button, Qt.LeftButton)

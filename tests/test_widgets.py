@@ -71,6 +71,9 @@ def test_a_queued_run_says_so_and_its_wait_is_not_counted_in_the_time_left(timed
     bar.show_percent(25.0)
     assert bar.text() == "25% · about 6 min left"  # 18 min had the wait counted
     assert bar.toolTip() == ""
+    bar.wait("Waiting for a free thread", "QGIS runs 2 background tasks at a time")
+    bar.stop()  # cancelled while it waited
+    assert bar.text() == "0%" and bar.toolTip() == ""
 
 
 def test_legend_marks_carry_the_colour():

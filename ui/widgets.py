@@ -429,6 +429,7 @@ class TimedProgressBar(QProgressBar):
         self.setFormat(f"%p% · {left}" if left else "%p%")
 
     def stop(self) -> None:
-        """The run ended: no more estimates (the caller sets the final value)."""
+        """The run ended (perhaps cancelled while it waited): no more estimates (the caller sets the final value)."""
         self._started = None
         self.setFormat("%p%")
+        self.setToolTip("")
