@@ -344,7 +344,6 @@ class ExportDialog(QDialog, tasks.TaskOwner):
         self._start(onnx_check_job(self.model, self.example), "RS Lab: ONNX check", self._check_done)
 
     def _start(self, job, description: str, done: Callable[[Any, str], None]) -> None:
-        self.progress_bar.start()
         self._set_status("Working…")
         self.task = tasks.JobTask(description, job, on_finished=partial(self._task_done, done))
         self.task.progressChanged.connect(self.progress_bar.show_percent)

@@ -171,7 +171,6 @@ class JobDock(QWidget, tasks.TaskOwner):
     def start_job(self, request: Any, description: str) -> None:
         """Run `request.job` as a JobTask; `_finished` gets its result on the GUI thread."""
         self._request = request
-        self.progress_bar.start()
         self.task = tasks.JobTask(description, request.job, on_finished=self._finished)
         self.task.progressChanged.connect(self._progress)
         self.task.message.connect(self._set_status)

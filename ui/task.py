@@ -117,8 +117,6 @@ def stopped_text(reason: str, cancelled: bool, failed: str = "Failed") -> str:
 
 
 WAIT_NOTICE_MS = 300  # a run not started this long after Run is waiting for a thread: the bar says so
-
-
 WAITING = "Waiting for a free thread"  # the bar's text while a run is queued (a dock's bar is ~30 characters wide)
 
 
@@ -157,7 +155,8 @@ class TaskOwner:
         self._cancel_on_destroy = partial(cancel_if_alive, task)
         self.destroyed.connect(self._cancel_on_destroy)
         self._set_running(True)
-        task.begun.connect(self.progress_bar.start)  # the clock of the time left starts when the job does
+        self.progress_bar.start()  # at 0 % from Run; its clock of the time left starts again when the job does
+        task.begun.connect(self.progress_bar.start)
         start(task)
         QTimer.singleShot(WAIT_NOTICE_MS, partial(self._show_waiting, task))
 

@@ -360,7 +360,6 @@ class TrainChangeDialog(QDialog, tasks.TaskOwner):
         self.loss_curve.setData([], [])
         self.f1_curve.setData([], [])
         self.best_marker.setData([], [])
-        self.progress_bar.start()
         self.status_label.setStyleSheet("")
         self.status_label.setText("Starting…")
         held = "from the validation folder" if user_path(self.val_dir.filePath()) else (
