@@ -6,7 +6,8 @@ A checkpoint is a file written by `torch.save` holding only plain data::
      "card": "<model card as JSON text>", "state_dict": {name: tensor}}
 
 and it is read with `torch.load(..., weights_only=True)`, which refuses
-pickled code: a checkpoint from a stranger cannot run anything on open. The
+pickled code: a checkpoint from a stranger cannot run anything on open
+(`read_card` reads the card alone without torch, allowing even less). The
 model card names the architecture (looked up in models.registry, never
 imported from the file) and its constructor arguments, the input bands and
 their normalisation, class names, training data and metrics, and bit widths
@@ -14,11 +15,14 @@ where the model is quantised.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
 import io
 import json
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -171,8 +175,6 @@ def task_with_article(task: str) -> str:
 
 def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
     """Read a checkpoint safely; with `task`, refuse checkpoints of another task."""
-    import pickle
-
     import torch
 
     if not path or not os.path.isfile(path):
@@ -191,6 +193,12 @@ def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise RSLabError(f"{name} is not a readable checkpoint ({exc})") from exc
+    return _checked(payload, path, task)
+
+
+def _checked(payload: Any, path: str, task: Optional[str]) -> Checkpoint:
+    """The header, card and task checks of a loaded payload, the same for `load_checkpoint` and `read_card`."""
+    name = os.path.basename(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RSLabError(f"{name} is not an RS Lab checkpoint (no '{FORMAT}' header)")
     if not isinstance(payload.get("version", 0), int):
@@ -209,9 +217,53 @@ def load_checkpoint(path: str, task: Optional[str] = None) -> Checkpoint:
     return Checkpoint(card=card, state_dict=state, path=path)
 
 
-def read_card(path: str) -> ModelCard:
-    """The model card of a checkpoint (the weights are read too: the format is one file)."""
-    return load_checkpoint(path).card
+def read_card(path: str, task: Optional[str] = None) -> ModelCard:
+    """The model card of a checkpoint, read without its weights and, for every file RS Lab writes, without
+    importing torch.
+
+    The docks read a card on QGIS's GUI thread to fit their widgets to a chosen model; going through
+    `torch.load` there first imported torch, which froze QGIS for 1-2 s. Anything the light reader does not
+    know (a legacy pickle, a file torch's own weights-only loader may still accept, a damaged or hostile
+    file) goes through `load_checkpoint`, whose answer and refusals are the ones a user sees.
+    """
+    try:
+        payload = _payload_without_weights(path)
+    except Exception:  # noqa: BLE001 - any doubt: the full reader decides (and words the refusal)
+        return load_checkpoint(path, task).card
+    return _checked(payload, path, task).card
+
+
+class _Weights:
+    """What a tensor or its storage unpickles to in `_payload_without_weights`: a stand-in, never read."""
+
+    def __init__(self, *_: Any) -> None:
+        pass
+
+
+class _CardUnpickler(pickle.Unpickler):
+    """Unpickles torch's `data.pkl` with tensors as `_Weights`: only torch's tensor and storage globals and
+    OrderedDict are known, anything else raises, so nothing in the file can run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2") or (module == "torch" and name.endswith("Storage")):
+            return _Weights
+        raise pickle.UnpicklingError(f"{module}.{name} is not a tensor")
+
+    def persistent_load(self, pid: Any) -> Any:
+        return _Weights()
+
+
+def _payload_without_weights(path: str) -> Any:
+    """The checkpoint's top-level data with stand-ins for its tensors: only the `data.pkl` record of torch's
+    zip format is read (a few hundred kB at most), never the weights' storage records."""
+    with zipfile.ZipFile(path) as archive:
+        records = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(records) != 1:
+            raise ValueError("not torch's zip format")
+        with archive.open(records[0]) as handle:
+            return _CardUnpickler(handle).load()
 
 
 def build_model(checkpoint: Checkpoint) -> Any:

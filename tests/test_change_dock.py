@@ -288,6 +288,39 @@ def test_a_model_trained_on_chosen_bands_checks_them(qtbot, dock, project, share
     assert dock.chosen_bands() == (4, 3, 2)
 
 
+def test_choosing_a_checkpoint_file_reads_its_card_without_torch(checkpoint, tmp_path):
+    """The dock checks a chosen file's bands from its card on QGIS's GUI thread: read through torch.load, the
+    first choice imported torch and froze QGIS for 1.7 s. In a fresh QGIS (torch not yet loaded by anything),
+    choosing the file leaves torch unloaded and still checks the bands the model's card names."""
+    import subprocess
+    import sys
+
+    from rslab.core.checkpoint import load_checkpoint, save_checkpoint
+
+    tiny = load_checkpoint(checkpoint)
+    tiny.card.training.setdefault("params", {})["bands"] = [4, 2]  # as if trained with BANDS 4, 2
+    chosen = str(tmp_path / "bands_4_2.pt")
+    save_checkpoint(chosen, tiny.state_dict, tiny.card)
+    root = Path(__file__).resolve().parent.parent / "resources" / "samples"
+    script = f"""
+import sys
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+app = QgsApplication([], True); app.initQgis()
+from rslab.ui.change_dock import ChangeDetectionDock
+for name in ("t1", "t2"):
+    QgsProject.instance().addMapLayer(QgsRasterLayer({str(root / "stars_L7_ETMs.tif")!r}, name))
+dock = ChangeDetectionDock(None)
+dock.method_combo.setCurrentIndex(dock.method_combo.findData("arcdnet"))
+dock.model_combo.setCurrentIndex(dock.model_combo.count() - 1)
+before = "torch" in sys.modules
+dock.model_file.setFilePath({chosen!r})
+print(before, "torch" in sys.modules, dock.chosen_bands())
+"""
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "QT_QPA_PLATFORM": "offscreen"})
+    assert shown.stdout.split()[-4:] == ["False", "False", "(4,", "2)"], shown.stdout + shown.stderr
+
+
 def test_group_lands_inside_the_after_layers_group(qtbot, dock, levir, project, tmp_path):
     root = project.layerTreeRoot()
     dates = root.addGroup("dates")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint, save_checkpoint
+from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint, read_card, save_checkpoint
 from rslab.core.errors import RSLabError
 from rslab.models import registry
 
@@ -92,6 +92,59 @@ def test_files_that_are_not_checkpoints(tmp_path):
         load_checkpoint(str(plain))
 
 
+def test_a_card_is_read_without_torch_and_says_what_the_full_read_says(tmp_path):
+    """The change dock reads a chosen checkpoint's card on QGIS's GUI thread to check the bands its model reads;
+    through torch.load that first imported torch and froze QGIS 1-2 s. The card alone needs no torch, and is the
+    card the full read gives, for the shipped files and for one saved here (an OrderedDict of weights)."""
+    import subprocess
+    import sys
+
+    from rslab.core.weights import WEIGHTS_DIR
+
+    saved = str(tmp_path / "m.pt")
+    save_checkpoint(saved, PixelMLP().state_dict(), _card(training={"params": {"bands": [4, 3, 2]}}))
+    paths = sorted(str(p) for p in WEIGHTS_DIR.glob("*.pt")) + [saved]
+    assert len(paths) == 4
+    for path in paths:
+        assert read_card(path) == load_checkpoint(path).card
+    with pytest.raises(RSLabError, match="is a change detection checkpoint; this job needs a classification model"):
+        read_card(saved, task="classification")
+    probe = ("import sys; from rslab.core.checkpoint import read_card; "
+             f"cards = [read_card(p).task for p in {paths!r}]; print(cards, 'torch' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert shown.stdout.split() == ["['change_detection',", "'change_detection',", "'classification',",
+                                    "'change_detection']", "False"], shown.stderr
+
+
+def test_a_card_read_refuses_what_the_full_read_refuses_without_running_it(tmp_path):
+    """Code hidden in torch's zip format (what torch.save writes) or in a plain pickle: refused by `read_card` as by
+    `load_checkpoint`, and nothing runs; a file in torch's legacy format still gives its card (through torch)."""
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    zipped = tmp_path / "evil.pt"
+    torch.save({"format": "rslab-checkpoint", "version": 1, "card": _card().to_json(),
+                "state_dict": {"w": torch.ones(2)}, "payload": Exploit()}, zipped)
+    plain = tmp_path / "evil_plain.pt"
+    with open(plain, "wb") as handle:
+        pickle.dump({"format": "rslab-checkpoint", "payload": Exploit()}, handle)
+    for path in (zipped, plain):
+        for read in (load_checkpoint, read_card):
+            with pytest.raises(RSLabError, match="holds Python objects other than weights"):
+                read(str(path))
+    assert not marker.exists()
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"format": "rslab-checkpoint", "version": 1, "card": _card().to_json(),
+                "state_dict": PixelMLP().state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    assert read_card(str(legacy)) == _card()
+    with pytest.raises(RSLabError, match="not found"):
+        read_card(str(tmp_path / "none.pt"))
+
+
 def test_model_card_validation():
     with pytest.raises(RSLabError, match="task"):
         ModelCard(task="", architecture="x")
@@ -123,17 +176,20 @@ def test_a_malformed_card_is_refused_with_a_message(tmp_path, change, message):
     change(card)
     payload["card"] = json.dumps(card)
     torch.save(payload, path)
-    with pytest.raises(RSLabError, match=message):
-        load_checkpoint(str(path))
+    for read in (load_checkpoint, read_card):  # the card alone is refused in the same words
+        with pytest.raises(RSLabError, match=message):
+            read(str(path))
     for card_text, words in ((json.dumps([card]), "an array"), (None, "missing")):
         payload["card"] = card_text
         torch.save(payload, path)
-        with pytest.raises(RSLabError, match=words):
-            load_checkpoint(str(path))
+        for read in (load_checkpoint, read_card):
+            with pytest.raises(RSLabError, match=words):
+                read(str(path))
     payload["card"], payload["version"] = _card().to_json(), "1"
     torch.save(payload, path)
-    with pytest.raises(RSLabError, match="not a number"):
-        load_checkpoint(str(path))
+    for read in (load_checkpoint, read_card):
+        with pytest.raises(RSLabError, match="not a number"):
+            read(str(path))
 
 
 @pytest.mark.parametrize("damage", ["a channel cut from one layer's weights", "one layer's weight scale lost"])

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyqtgraph as pg
@@ -38,7 +38,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.bands import COLOURS, band_ranges, model_colour_bands
+from ..core.bands import band_ranges, model_colour_bands
 from ..core.change_model import TASK, trained_bands
 from ..core.change_detection import (MASK_NODATA, METHOD_LABELS, METHODS, ChangeOutputs, ChangeParams, ChangeResult,
                                      detect_changes)
@@ -189,7 +189,6 @@ class ChangeDetectionDock(JobDock):
         # (checkpoint path, modification time) -> the bands its model was trained on (None: all)
         self._model_bands: Dict[Tuple[str, float], Tuple[Optional[List[int]], List[str]]] = {}  # trained, names
         self._auto_bands: Optional[Tuple[int, ...]] = None  # bands checked for the model, not by the user
-        self._shipped: Set[str] = set()
         self._burnt_dir: Optional[str] = None  # where reference polygons are burnt into a raster
         self._build()
         remember("change", {"method": self.method_combo, "threshold": self.threshold_spin,
@@ -327,7 +326,6 @@ class ChangeDetectionDock(JobDock):
     # models ---------------------------------------------------------------------------------------------
     def reload_models(self) -> None:
         """List the shipped checkpoints present on disk, then the 'Checkpoint file…' entry."""
-        self._shipped = {path for _, path in shipped_checkpoints(TASK)}
         self.model_combo.clear()
         for label, path in shipped_checkpoints(TASK):
             self.model_combo.addItem(label, path)
@@ -378,14 +376,11 @@ class ChangeDetectionDock(JobDock):
         if self.method_combo.currentData() != "arcdnet":
             return
         path = self.model_combo.currentData() or user_path(self.model_file.filePath())
-        if path in self._shipped:  # no need to load torch to read the card: the shipped ones read RGB
-            self._check_colour_bands(COLOURS)
-            return
         if not os.path.isfile(path):
             return
         key = (path, os.path.getmtime(path))  # a checkpoint trained again to the same file is read again
         if key not in self._model_bands:
-            try:
+            try:  # the card alone, without torch: this is the GUI thread
                 card = read_card(path)
                 self._model_bands[key] = (trained_bands(card), list(card.bands or []))
             except RSLabError:  # not a checkpoint: running says so
