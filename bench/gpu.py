@@ -53,6 +53,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from anomaly import read_scores  # bench/ is on sys.path (the script's folder)
+
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = ["test_102_0512_0000", "test_55_0256_0000", "test_7_0256_0512", "val_27_0000_0256"]
 TRAIN = ["test_121_0768_0256", "test_2_0000_0000", "test_2_0000_0512", "train_36_0512_0512", "train_386_0512_0768"]
@@ -71,13 +73,6 @@ def devices() -> List[str]:
     import torch
 
     return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
-
-
-def read_scores(path: str) -> np.ndarray:
-    from rslab.core.raster_io import gdal_env, open_raster
-
-    with gdal_env(), open_raster(path) as ds:
-        return ds.read(1)
 
 
 def scene_file(data: Path, scene: str) -> Optional[Path]:

@@ -378,9 +378,7 @@ def detect_changes(
             result.device = describe_device(device)
             result.model = dict(checkpoint.card.summary(), path=os.path.abspath(checkpoint.path))
 
-            def score(a, b, valid):
-                return scorer(a, b, valid)
-
+            score, score_many = scorer, scorer.many
             per_pass = scorer.limit = params.tiles_per_pass or scorer.tiles_per_pass(params.tile)
         else:
             monitor.step(0.02, "sampling both dates for CVA's scale and threshold")
@@ -394,7 +392,7 @@ def detect_changes(
             def score(a, b, valid):
                 return cva(a, b)
 
-            scorer, per_pass = None, 1
+            score_many, per_pass = None, 1  # CVA is numpy: one tile at a time
 
         specs = [("change", OutputSpec(outputs.change, 1, "uint8", MASK_NODATA, ("change (1) / no change (0)",)))]
         if outputs.probability:
@@ -410,7 +408,7 @@ def detect_changes(
             return maps(*score(arrays[0], arrays[1], valid))
 
         def batch_fn(tiles):
-            return [maps(prob, unc) for prob, unc in scorer.many([(a[0], a[1], v) for a, v in tiles])]
+            return [maps(prob, unc) for prob, unc in score_many([(a[0], a[1], v) for a, v in tiles])]
 
         with PendingOutputs() as pending:
             temp_specs = [OutputSpec(pending.temp(s.path), s.count, s.dtype, s.nodata, s.descriptions) for _, s in specs]

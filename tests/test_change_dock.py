@@ -316,8 +316,7 @@ before = "torch" in sys.modules
 dock.model_file.setFilePath({chosen!r})
 print(before, "torch" in sys.modules, dock.chosen_bands())
 """
-    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "QT_QPA_PLATFORM": "offscreen"})
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert shown.stdout.split()[-4:] == ["False", "False", "(4,", "2)"], shown.stdout + shown.stderr
 
 

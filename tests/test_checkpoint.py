@@ -111,8 +111,7 @@ def test_a_card_is_read_without_torch_and_says_what_the_full_read_says(tmp_path)
         read_card(saved, task="classification")
     probe = ("import sys; from rslab.core.checkpoint import read_card; "
              f"cards = [read_card(p).task for p in {paths!r}]; print(cards, 'torch' in sys.modules)")
-    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert shown.stdout.split() == ["['change_detection',", "'change_detection',", "'classification',",
                                     "'change_detection']", "False"], shown.stderr
 
