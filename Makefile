@@ -65,6 +65,7 @@ bench: setup
 	$(PY) bench/tiling.py
 	$(PY) bench/change_detection.py
 	$(PY) bench/anomaly.py
+	$(PY) bench/responsiveness.py
 
 install:
 	mkdir -p "$(QGIS_PLUGINS)"

@@ -55,7 +55,7 @@ def _torch_rows() -> List[Row]:
         import torch
     except ImportError:
         return [("torch", "not installed: deep-learning jobs are unavailable"), ("compute device", "none (torch missing)")]
-    from .device import cpu_threads, describe_device, select_device
+    from .device import cpu_threads, describe_device, job_niceness, select_device
 
     device = select_device()
     rows = [("torch", f"{torch.__version__} from {Path(torch.__file__).parent.parent}")]
@@ -66,6 +66,9 @@ def _torch_rows() -> List[Row]:
         rows.append(("CUDA", "no GPU visible to torch; jobs run on the CPU"))
     rows.append(("CPU threads", f"torch uses {torch.get_num_threads()} of {os.cpu_count()} logical cores "
                                 f"(RS Lab default {cpu_threads()}; set RSLAB_THREADS to change)"))
+    niceness = job_niceness()
+    rows.append(("job priority", f"{niceness} below QGIS's, so the map draws first (set RSLAB_JOB_NICE to change)"
+                                 if niceness else "QGIS's own (below it on Linux only; RSLAB_JOB_NICE sets how far)"))
     return rows
 
 

@@ -5,7 +5,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -25,6 +25,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.change_labels import burn_labels
 from ..core.dependencies import missing_package_message
+from ..core.device import run_at_job_priority
 from ..core.errors import CANCELLED_MESSAGE, JobCancelled, RSLabError
 from ..core.resources import ICON_DIR
 from ..ui.layers import layer_file, style_path
@@ -164,6 +165,13 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
             RUNNING.pop(feedback, None)
             if raised:
                 clear_when_returned(sys._getframe())
+
+    @staticmethod
+    def run_engine(job: Callable[..., Any], *args: Any) -> Any:
+        """`job(*args)`, the engine's work: below QGIS's priority when Processing runs it in the background
+        (core.device.run_at_job_priority: QGIS draws the map in the same pool of threads); as it is on the GUI
+        thread (qgis_process, a batch or a model dialog), whose priority must stay QGIS's."""
+        return job(*args) if on_gui_thread() else run_at_job_priority(job, *args)
 
     def execute(self, parameters, context, feedback) -> Dict:
         raise QgsProcessingException(f"{self.name()} does not implement execute()")

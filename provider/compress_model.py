@@ -138,8 +138,8 @@ class CompressModelAlgorithm(RSLabAlgorithm):
                 feedback.pushInfo(f"{entry.get('phase', '')} step {entry.get('step', '')}: "
                                   f"{entry['metric']:.3f}")
 
-        result = compress_checkpoint(model, data, output, params, progress, cancelled, on_step,
-                                     report_path=report_path or None)
+        result = self.run_engine(compress_checkpoint, model, data, output, params, progress, cancelled, on_step,
+                                 None, report_path or None)  # None: no task options
         metric = result.metric
         feedback.pushInfo(f"BOPs {result.before['gbops']:.3f} G -> {result.after['gbops']:.3f} G "
                           f"({result.bops_ratio:.1f}x fewer); size {result.before['size_mb']:.3f} -> "

@@ -175,7 +175,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         params = self.read_params(parameters, context)
         outputs = self.read_outputs(parameters, context, params)
         progress, cancelled = feedback_callbacks(feedback)
-        result = detect_anomalies(cube, outputs, params, reference, progress, cancelled)
+        result = self.run_engine(detect_anomalies, cube, outputs, params, reference, progress, cancelled)
         self.log_result(result, feedback)
         self.style_scores(context, outputs.scores)
         out = {self.OUTPUT_SCORES: outputs.scores}

@@ -130,7 +130,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             report=self.output_file_path(parameters, self.OUTPUT_REPORT, context) or None,
         )
         progress, cancelled = feedback_callbacks(feedback)
-        result = detect_changes(before, after, outputs, params, reference, progress, cancelled)
+        result = self.run_engine(detect_changes, before, after, outputs, params, reference, progress, cancelled)
         for note in result.notes:
             feedback.pushWarning(note)
         feedback.pushInfo(f"{params.method} on {result.device}: {result.width} x {result.height} pixels in "

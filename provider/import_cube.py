@@ -79,7 +79,7 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
         cube_path = self.output_layer_path(parameters, self.OUTPUT_CUBE, context)
         gt_path = self.output_layer_path(parameters, self.OUTPUT_GT, context) or None
         progress, cancelled = feedback_callbacks(feedback)
-        result = import_cube(source, cube_path, gt_path, params, progress, cancelled)
+        result = self.run_engine(import_cube, source, cube_path, gt_path, params, progress, cancelled)
         feedback.pushInfo(
             f"{result.height} x {result.width} x {result.bands} {result.dtype} cube written"
             + (f"; {result.note}" if result.note else "")

@@ -167,7 +167,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         check_output_paths({"checkpoint": output, "report": report},
                            training_inputs(train, val, params.init_checkpoint))
         progress, cancelled = feedback_callbacks(feedback)  # each validation's loss and F1 reach the log from there
-        result = train_change_detector(train, val, output, params, progress, cancelled, None, description)
+        result = self.run_engine(train_change_detector, train, val, output, params, progress, cancelled, None,
+                                 description)
         for later in result.notes:
             feedback.pushWarning(later)
         if note:  # the split's note (logged before training) belongs with the run's others in the report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -20,9 +21,11 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
 )
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtCore import Qt, QTimer
 
 import processing
+from priorities import lowered_threads, priority, qgis_pool_priorities
+from rslab.core.device import DEFAULT_JOB_NICENESS
 from rslab.core.import_cube import import_cube
 
 SCENE = "abu-urban-1"  # 100 x 100 x 204, 67 anomaly pixels
@@ -236,8 +239,11 @@ def test_bsdm_in_a_background_task_as_the_processing_dialog_runs_it(tmp_path, sc
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     feedback = QgsProcessingFeedback()
-    progress = []
+    progress, reported_at = [], set()
     feedback.progressChanged.connect(progress.append)
+    # where the engine reports from: below QGIS's priority, not in the task manager's thread (QGIS draws there)
+    feedback.progressChanged.connect(lambda _: reported_at.add((threading.get_native_id(), priority())),
+                                     Qt.DirectConnection)
     params = {"INPUT": cube, "METHOD": 0, "ITERATIONS": 3, "REFERENCE": gt, "FALSE_ALARM_RATE": 0.01,
               "OUTPUT_SCORES": str(tmp_path / "s.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
               "OUTPUT_REPORT": str(tmp_path / "r.json")}
@@ -249,6 +255,24 @@ def test_bsdm_in_a_background_task_as_the_processing_dialog_runs_it(tmp_path, sc
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["training_loss"]) == 3 and report["metrics"]["auc_df"] > 0.8
     assert progress and max(progress) == pytest.approx(100)
+    assert {nice for _, nice in reported_at} == {min(19, priority() + DEFAULT_JOB_NICENESS)}
+    # QGIS's own threads are as they were; GDAL's compression threads, started by the job, keep its priority
+    assert qgis_pool_priorities(qtbot) == {priority()}
+    assert set(lowered_threads(priority(), deadline_s=2).values()) <= {"rslab-job"}
+
+
+def test_on_the_gui_thread_the_engine_runs_there_at_qgis_priority(tmp_path, scene, provider):
+    """processing.run, qgis_process and the batch and model dialogs run algorithms on the GUI thread, whose
+    progress reports keep QGIS's window drawn: the engine runs there as it is (a thread of its own would leave the
+    window frozen until the end)."""
+    cube, _ = scene
+    feedback = QgsProcessingFeedback()
+    reported_at = set()
+    feedback.progressChanged.connect(lambda _: reported_at.add((threading.current_thread(), priority())),
+                                     Qt.DirectConnection)
+    processing.run("rslab:detect_anomalies", {"INPUT": cube, "METHOD": 1, "OUTPUT_SCORES": str(tmp_path / "s.tif")},
+                   feedback=feedback)
+    assert reported_at == {(threading.main_thread(), priority())}
 
 
 def test_a_cancelled_run_fails_in_processing_run_and_qgis_process(tmp_path, scene, provider, qgis_process):

@@ -22,7 +22,8 @@ def row(text: str, key: str) -> str:
     return next(line.split(" : ", 1)[1] for line in text.splitlines() if line.split(" : ", 1)[0].strip() == key)
 
 
-def test_dialog_shows_versions_and_copies_them(qtbot):
+def test_dialog_shows_versions_and_copies_them(qtbot, monkeypatch):
+    monkeypatch.delenv("RSLAB_JOB_NICE", raising=False)
     dialog = DiagnosticsDialog()
     qtbot.addWidget(dialog)
     text = dialog.text.toPlainText()
@@ -33,6 +34,7 @@ def test_dialog_shows_versions_and_copies_them(qtbot):
                      "compute device", "cpu (", "CPU threads"):
         assert expected in text, expected
     assert row(text, "missing packages") == row(text, "missing Debian packages") == "none"
+    assert row(text, "job priority").startswith("10 below QGIS's")  # the default, on Linux
     assert not dialog.install_button.isEnabled()
     qtbot.mouseClick(dialog.copy_button, Qt.LeftButton)
     assert QGuiApplication.clipboard().text() == text

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from qgis.core import QgsPalettedRasterRenderer
 
+from priorities import lowered_threads, priority, qgis_pool_priorities
+from rslab.core.device import DEFAULT_JOB_NICENESS
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import import_cube
 from rslab.core.job import JobMonitor
@@ -66,6 +68,29 @@ def test_cancel_stops_the_job_and_leaves_no_file(tmp_path, samples, qtbot):
         task.cancel()
     assert done.args[0] is None and "cancelled" in done.args[1]
     assert os.listdir(tmp_path) == []
+
+
+def test_a_job_runs_below_qgis_and_leaves_qgis_threads_at_their_priority(qtbot, monkeypatch):
+    """QGIS draws the map in the task manager's pool of threads: a job runs below them, in a thread of its own
+    (a pool thread lowered would stay so and draw the map slower), with its progress and result as before."""
+    monkeypatch.delenv("RSLAB_JOB_NICE", raising=False)
+    base = priority()
+    known = lowered_threads(base, deadline_s=0)  # GDAL's pool, if an earlier test's job started it
+
+    def job(progress, cancelled):
+        progress(0.5, "half way")
+        return priority()
+
+    task = tasks.JobTask("lowered", job)
+    messages, progress = [], []
+    task.message.connect(messages.append)
+    task.progressChanged.connect(progress.append)
+    with qtbot.waitSignal(task.jobFinished, timeout=30000) as done:
+        tasks.start(task)
+    assert done.args == [min(19, base + DEFAULT_JOB_NICENESS), ""]
+    assert messages == ["half way"] and 50 in progress
+    assert priority() == base and qgis_pool_priorities(qtbot) == {base}
+    assert lowered_threads(base, known) == {}
 
 
 def test_job_error_is_reported_not_raised(qtbot):

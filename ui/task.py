@@ -16,6 +16,7 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QThreadPool, QTimer, pyqtSignal
 
 from ..core.dependencies import missing_package_message
+from ..core.device import run_at_job_priority
 from ..core.errors import CANCELLED_MESSAGE, JobCancelled, RSLabError
 
 CANCELLED = CANCELLED_MESSAGE  # a JobTask's error when its job was cancelled
@@ -72,7 +73,8 @@ class JobTask(QgsTask):
 
     def run(self) -> bool:  # worker thread
         try:
-            self.result = self._job(self._progress, self.isCanceled)
+            # below QGIS's priority, in a thread of its own: QGIS draws the map in this pool's threads
+            self.result = run_at_job_priority(self._job, self._progress, self.isCanceled)
             return True
         except JobCancelled:
             self.error = CANCELLED
