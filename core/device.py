@@ -101,7 +101,7 @@ def run_at_job_priority(job: Callable[..., Result], *args: Any, **kwargs: Any) -
         except BaseException as exc:  # noqa: B036 (handed to the caller, who raises it)
             outcome["error"] = exc
 
-    worker = threading.Thread(target=run, name="rslab-job", daemon=True)
+    worker = threading.Thread(target=run, name=JOB_THREAD_NAME.decode(), daemon=True)
     worker.start()
     worker.join()
     if "error" in outcome:
