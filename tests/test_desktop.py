@@ -68,6 +68,12 @@ def test_real_qgis_desktop_loads_unloads_and_reloads(tmp_path, display):
     bsdm = report["bsdm_dock"]
     assert bsdm["error"] == "" and bsdm["losses"] == 3 and bsdm["auc_df"] > 0.8, bsdm
     assert "BSDM + RX scores" in " ".join(bsdm["layers"]), bsdm
+    # the dock's job ran below QGIS (core/device.run_at_job_priority), QGIS's own threads at their priority
+    threads = {name: {nice for n, nice in report["threads_during_run"] if n == name}
+               for name, _ in report["threads_during_run"]}
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # QGIS started at this process's
+    assert threads.pop("rslab-job", None) == {min(19, base + 10)} and "qgis.bin" in threads, threads
+    assert all(nices == {base} for nices in threads.values()), threads  # the map's pool ('Thread (pooled)') too
     if Path("/usr/lib/python3/dist-packages/sympy").is_dir():  # Debian's, too old for torch: the env's is used
         assert re.search(r"env over system +: .*\bsympy\b", report["diagnostics"])
     for expected in (r"QGIS +: 3\.22", "torch", "compute device", "CPU threads", r"missing packages +: none",

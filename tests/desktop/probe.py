@@ -151,11 +151,30 @@ def run_bsdm(body):
     body.runFinished.connect(bsdm_finished)
     QTimer.singleShot(180000, finish)  # a run that never ends: report what was seen
     body.run_button.click()
+    threads_timer.start(100)
+
+
+def sample_threads():
+    """Each (name, nice value) among QGIS's threads while the dock's job runs (core/device.run_at_job_priority)."""
+    seen = set(map(tuple, report.setdefault("threads_during_run", [])))
+    for name in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{name}/comm") as comm:
+                seen.add((comm.read().strip(), os.getpriority(os.PRIO_PROCESS, int(name))))
+        except OSError:  # the thread ended meanwhile
+            pass
+    report["threads_during_run"] = sorted(seen)
+
+
+threads_timer = QTimer()
+threads_timer.timeout.connect(sample_threads)
 
 
 @guarded
 def bsdm_finished(result, error):
     from qgis.core import QgsProject
+
+    threads_timer.stop()
 
     report["bsdm_dock"] = {
         "error": error,
