@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -37,9 +38,37 @@ GDAL_CACHE_MB = 256
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
+# GDAL's block cache size is one setting for the whole process (QGIS draws the map through the same cache).
+# rasterio.Env(GDAL_CACHEMAX=...) sets it on entry and puts back what it found on exit, per thread: two jobs
+# that overlapped (A in, B in, A out, B out) left QGIS's cache at 256 MB for good, since B had found A's value.
+# The jobs now share one bound: the first in sets it, the last out puts back what the first found.
+_CACHE_LOCK = threading.Lock()
+_cache_users = 0
+_cache_found = 0
+
+
+@contextlib.contextmanager
+def _bounded_block_cache() -> Iterator[None]:
+    global _cache_users, _cache_found
+    from osgeo import gdal
+
+    with _CACHE_LOCK:
+        if _cache_users == 0:
+            _cache_found = gdal.GetCacheMax()
+            gdal.SetCacheMax(GDAL_CACHE_MB * 1024 * 1024)
+        _cache_users += 1
+    try:
+        yield
+    finally:
+        with _CACHE_LOCK:
+            _cache_users -= 1
+            if _cache_users == 0:
+                gdal.SetCacheMax(_cache_found)
+
+
 @contextlib.contextmanager
 def gdal_env() -> Iterator[None]:
-    """GDAL settings for windowed jobs (bounded block cache).
+    """GDAL settings for windowed jobs (bounded block cache, shared by the jobs running at once).
 
     GDAL's .aux.xml sidecars stay on: they carry a file's CRS and transform
     (a PROFILE=BASELINE GeoTIFF, a PNG georeferenced by QGIS), its nodata value
@@ -48,7 +77,7 @@ def gdal_env() -> Iterator[None]:
     data. The jobs only read pixels and write GeoTIFFs, which hold their own
     metadata, so they leave no sidecar (tests/test_raster_io.py checks it).
     """
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
+    with _bounded_block_cache(), rasterio.Env():
         yield
 
 

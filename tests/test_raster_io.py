@@ -3,6 +3,8 @@ dataset's mask band where it has one, else the OR of the band masks, as rasterio
 reading every band a second time), on every kind of mask a GeoTIFF can carry."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import rasterio
@@ -273,3 +275,45 @@ def test_outputs_of_an_image_placed_by_rpcs_keep_them_and_no_geotransform(tmp_pa
     written, original = gdal.Open(output), gdal.Open(source)
     assert written.GetGeoTransform(can_return_null=True) is None
     assert written.GetMetadata("RPC") == original.GetMetadata("RPC")
+
+
+def test_jobs_that_overlap_share_the_block_cache_bound_and_give_qgis_its_own_back():
+    """GDAL's block cache size is one for the whole process, QGIS's map included: two jobs that overlapped (A in,
+    B in, A out, B out) each put back what they found, and B had found A's 256 MB: QGIS kept it for good."""
+    from osgeo import gdal
+
+    from rslab.core.raster_io import GDAL_CACHE_MB, gdal_env
+
+    bound, qgis_own = GDAL_CACHE_MB * 1024 * 1024, 777 * 1024 * 1024
+    before = gdal.GetCacheMax()
+    gdal.SetCacheMax(qgis_own)
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        seen = {}
+
+        def job_a():
+            with gdal_env():
+                seen["a"] = gdal.GetCacheMax()
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        def job_b():
+            a_in.wait(10)
+            with gdal_env():
+                b_in.set()
+                a_out.wait(10)
+                seen["b after a"] = gdal.GetCacheMax()
+                with gdal_env():  # nested, as a job's helpers enter it again
+                    seen["nested"] = gdal.GetCacheMax()
+                seen["b after nested"] = gdal.GetCacheMax()
+
+        threads = [threading.Thread(target=job_a), threading.Thread(target=job_b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert seen == {"a": bound, "b after a": bound, "nested": bound, "b after nested": bound}
+        assert gdal.GetCacheMax() == qgis_own
+    finally:
+        gdal.SetCacheMax(before)
