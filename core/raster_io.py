@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -25,6 +24,7 @@ from rasterio.windows import Window
 from .device import cpu_threads
 from .errors import RSLabError
 from .outputs import PARTIAL_PREFIX, write_failed
+from .shared_setting import SharedSetting
 
 # GDAL's block cache defaults to 5 % of RAM; windowed jobs need far less, and
 # a big cache would hide whether memory really stays bounded.
@@ -38,32 +38,22 @@ GDAL_CACHE_MB = 256
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
-# GDAL's block cache size is one setting for the whole process (QGIS draws the map through the same cache).
-# rasterio.Env(GDAL_CACHEMAX=...) sets it on entry and puts back what it found on exit, per thread: two jobs
-# that overlapped (A in, B in, A out, B out) left QGIS's cache at 256 MB for good, since B had found A's value.
-# The jobs now share one bound: the first in sets it, the last out puts back what the first found.
-_CACHE_LOCK = threading.Lock()
-_cache_users = 0
-_cache_found = 0
-
-
-@contextlib.contextmanager
-def _bounded_block_cache() -> Iterator[None]:
-    global _cache_users, _cache_found
+def _cache_max() -> int:
     from osgeo import gdal
 
-    with _CACHE_LOCK:
-        if _cache_users == 0:
-            _cache_found = gdal.GetCacheMax()
-            gdal.SetCacheMax(GDAL_CACHE_MB * 1024 * 1024)
-        _cache_users += 1
-    try:
-        yield
-    finally:
-        with _CACHE_LOCK:
-            _cache_users -= 1
-            if _cache_users == 0:
-                gdal.SetCacheMax(_cache_found)
+    return gdal.GetCacheMax()
+
+
+def _set_cache_max(size: int) -> None:
+    from osgeo import gdal
+
+    gdal.SetCacheMax(size)
+
+
+# GDAL's block cache size is one for the whole process, QGIS's map included: the jobs running at once share one
+# bound (rasterio.Env(GDAL_CACHEMAX=...) put back, per job, the size it had found: two jobs that overlapped left
+# QGIS's cache at 256 MB for good).
+_BOUNDED_CACHE = SharedSetting(_cache_max, _set_cache_max, GDAL_CACHE_MB * 1024 * 1024)
 
 
 @contextlib.contextmanager
@@ -77,7 +67,7 @@ def gdal_env() -> Iterator[None]:
     data. The jobs only read pixels and write GeoTIFFs, which hold their own
     metadata, so they leave no sidecar (tests/test_raster_io.py checks it).
     """
-    with _bounded_block_cache(), rasterio.Env():
+    with _BOUNDED_CACHE.held(), rasterio.Env():
         yield
 
 
