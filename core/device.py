@@ -69,9 +69,9 @@ def run_at_job_priority(job: Callable[..., Result], *args: Any, **kwargs: Any) -
     caller's: its result, or its exception raised here.
 
     Why: QGIS draws the map in a pool of threads of its own process. A job's torch (OpenMP) and GDAL threads
-    holding every core made each redraw wait for them: on 2 cores QGIS drew a region of a large GeoTIFF 1.4-1.55x
-    as slowly beside two BSDM trainings as alone; with the trainings 10 below, no slower than alone
-    (bench/responsiveness.py). Threads at a lower priority yield to QGIS's whenever those run and lose nothing
+    holding every core made each redraw wait for them: on 2 cores QGIS drew a region of a large GeoTIFF 1.44-1.76x
+    as slowly beside two BSDM trainings as alone (median 1.56 over five runs); with the trainings 10 below,
+    0.63-1.20x (median 0.97) (bench/responsiveness.py). Threads at a lower priority yield to QGIS's whenever those run and lose nothing
     while QGIS is idle (the trainings' speed then was the same either way, within the machine's run-to-run
     noise). The threads torch and GDAL start from the job's thread inherit its priority.
 
