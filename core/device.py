@@ -71,9 +71,10 @@ def run_at_job_priority(job: Callable[..., Result], *args: Any, **kwargs: Any) -
     Why: QGIS draws the map in a pool of threads of its own process. A job's torch (OpenMP) and GDAL threads
     holding every core made each redraw wait for them: on 2 cores QGIS drew a region of a large GeoTIFF 1.44-1.76x
     as slowly beside two BSDM trainings as alone (median 1.56 over five runs); with the trainings 10 below,
-    0.63-1.20x (median 0.97) (bench/responsiveness.py). Threads at a lower priority yield to QGIS's whenever those run and lose nothing
-    while QGIS is idle (the trainings' speed then was the same either way, within the machine's run-to-run
-    noise). The threads torch and GDAL start from the job's thread inherit its priority.
+    0.63-1.20x (median 0.97) (bench/responsiveness.py). Threads at a lower priority yield to QGIS's whenever
+    those run and lose nothing while QGIS is idle (the trainings' speed then was the same either way, within
+    the machine's run-to-run noise). The threads torch and GDAL start from the job's thread inherit its
+    priority.
 
     Why a new thread: a thread cannot raise its priority again once lowered (without privileges), and the
     caller's is one of QGIS's pooled threads, which later draw the map or run other tasks. Linux's
@@ -105,11 +106,7 @@ def run_at_job_priority(job: Callable[..., Result], *args: Any, **kwargs: Any) -
     worker.start()
     worker.join()
     if "error" in outcome:
-        error = outcome.pop("error")
-        try:
-            raise error
-        finally:
-            del error  # the exception holds this frame through its traceback: no cycle kept alive here
+        raise outcome.pop("error")  # popped: this frame, in the exception's traceback, does not hold it
     return outcome["result"]
 
 

@@ -51,7 +51,8 @@ def test_a_jobs_exception_is_raised_to_the_caller_with_the_jobs_own_frames(monke
         run_at_job_priority(cancelled_job)
 
 
-@pytest.mark.parametrize("setting, niceness", [("0", 0), ("5", 5), ("40", 19), ("-3", 0), ("soon", DEFAULT_JOB_NICENESS)])
+@pytest.mark.parametrize("setting, niceness",
+                         [("0", 0), ("5", 5), ("40", 19), ("-3", 0), ("soon", DEFAULT_JOB_NICENESS)])
 def test_rslab_job_nice_sets_how_far_below_and_zero_runs_the_job_as_it_is(monkeypatch, setting, niceness):
     monkeypatch.setenv("RSLAB_JOB_NICE", setting)
     assert job_niceness() == niceness
