@@ -21,7 +21,8 @@ Bands an ENVI header flags bad (`bbl`) are left out of every method
 pixels are excluded from every statistic). With a reference mask (non-zero = anomaly) the result has
 AUC(D,F) (exact: the rank statistic, by windows), AUC(F,tau) and AUC_BS = AUC(D,F) - AUC(F,tau) on min-max
 normalised scores; with a false-alarm rate, a uint8 mask thresholded at that
-rate (1 anomaly, 0 background, 255 nodata).
+rate (1 anomaly, 0 background, 255 nodata). Every run lists the strongest
+anomalies (core/anomaly_peaks.py: the highest local maxima of the scores).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from .alignment import align_to
+from .anomaly_peaks import PEAK_COUNT, Peak, strongest_peaks
 from .bands import good_bands
 from .blas import gram, matmul
 from .device import describe_device, load_optimisers, native_bfloat16, select_device
@@ -141,6 +143,7 @@ class AnomalyResult(JobResult):
     width: int = 0
     height: int = 0
     bands: int = 0
+    peaks: List[Peak] = field(default_factory=list)  # the strongest anomalies, strongest first (anomaly_peaks)
     roc: Optional[Roc] = None  # with a reference: the ROC the metrics come from (not in the report)
 
     def report(self) -> Dict[str, Any]:
@@ -762,8 +765,10 @@ def detect_anomalies(
                         f"band; about {PIXELS_PER_BAND_ADVISED} per band are advised): the scores are noisy, "
                         "a larger area or fewer bands would help")
                 _score_raster(source, scores_path, RxScorer(mean, cov), scoring, source_bands)
-            lo_hi = score_bounds(scores_path, tail.sub(0.0, 0.2))
+            lo_hi = score_bounds(scores_path, tail.sub(0.0, 0.1))
         result.score_range = lo_hi
+        with monitor.timed("peaks"):
+            result.peaks = strongest_peaks(scores_path, PEAK_COUNT, monitor=tail.sub(0.1, 0.2))
         rasters = [scores_path]  # the outputs QGIS draws: overviews for large ones
         if reference:
             with monitor.timed("evaluate"):

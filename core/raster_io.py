@@ -460,6 +460,28 @@ def pixel_of(path: str, x: float, y: float) -> Optional[Tuple[int, int]]:
     return int(row), int(col)
 
 
+def centres_of(path: str, cells: Sequence[Tuple[int, int]]) -> Optional[List[Tuple[float, float]]]:
+    """The (x, y) of the centres of `cells` ((row, col) pixels) of the raster at `path`, in its own CRS, placed
+    as GDAL places them (as pixel_of, the other way); None for a raster without georeferencing."""
+    from .gdal_exceptions import gdal_exceptions
+
+    if not raster_info(path).georeferenced:
+        return None
+    if not cells:
+        return []
+    with gdal_exceptions() as gdal:
+        ds = gdal.Open(os.fspath(path))
+        try:
+            transformer = gdal.Transformer(ds, None, [])
+            placed = [transformer.TransformPoint(0, col + 0.5, row + 0.5, 0) for row, col in cells]
+        except RuntimeError as exc:
+            raise RSLabError(f"cannot place pixels of {os.path.basename(path)} on its CRS: {exc}") from exc
+        ds = None
+    if not all(ok for ok, _ in placed):
+        return None
+    return [(x, y) for _, (x, y, _) in placed]
+
+
 def same_grid(a: RasterInfo, b: RasterInfo, tolerance: float = 1e-6) -> bool:
     """True when a and b have the same size, CRS and transform (pixel-aligned)."""
     if a.shape != b.shape:

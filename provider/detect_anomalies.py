@@ -23,9 +23,11 @@ from qgis.PyQt.QtCore import QVariant
 
 from ..core.anomaly import (LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, check_anomaly_outputs,
                             detect_anomalies)
+from ..core.anomaly_peaks import PEAK_COUNT, PEAK_SEPARATION
 from ..ui.layers import MASK_STYLE, SCORES_STYLE, fit_score_stretch
 from .base import RSLabAlgorithm, StyleFromQml, checkpoint_parameter, feedback_callbacks, method_options
 
+LOGGED_PEAKS = 5  # the strongest anomalies named in the log (the report lists PEAK_COUNT)
 
 
 class ScoreStyle(StyleFromQml):
@@ -92,7 +94,9 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             "OUTPUT_MASK, or to a temporary file when that output is skipped).\n"
             "OUTPUT_SCORES: float32 anomaly scores (NaN = nodata).\n"
             "OUTPUT_MASK: uint8 mask, 1 anomaly, 0 background, 255 nodata; needs FALSE_ALARM_RATE.\n"
-            "OUTPUT_REPORT: JSON with the parameters, metrics (with a reference), threshold, score range, "
+            "OUTPUT_REPORT: JSON with the parameters, metrics (with a reference), threshold, score range, the "
+            f"{PEAK_COUNT} strongest anomalies (highest local maxima of the scores, over {PEAK_SEPARATION} pixels "
+            "apart: row, column, score, and x, y in the image's CRS), "
             "timings and device.\n"
             "MODEL: optional BSDM denoiser checkpoint (bsdm_rx) to use instead of training one on the image, "
             "for example a compressed one from rslab:compress_model.\n"
@@ -213,6 +217,10 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         if result.threshold is not None:
             feedback.pushInfo(f"threshold at a false-alarm rate of {result.params['false_alarm_rate']:g}: "
                               f"{result.threshold:.6g}; pixels above it: {result.mask_pixels:,}")
+        if result.peaks:
+            feedback.pushInfo("strongest anomalies (row, column: score): " + "; ".join(
+                f"{peak.row}, {peak.col}: {peak.score:.4g}" for peak in result.peaks[:LOGGED_PEAKS])
+                + (f"; the report lists {len(result.peaks)}" if result.outputs and result.outputs.report else ""))
 
     @classmethod
     def style_scores(cls, context: QgsProcessingContext, layer_id: str) -> None:

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsPalettedRasterRenderer,
     QgsPointXY,
     QgsRasterLayer,
+    QgsRectangle,
     QgsSingleBandPseudoColorRenderer,
 )
 from qgis.gui import QgsMapToolPan
@@ -28,8 +29,9 @@ from rasterio.windows import Window
 
 import rslab
 from rslab.core.anomaly import LRX_MAX_OUTER, METHOD_LABELS, AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly_peaks import PEAK_COUNT
 from rslab.core.import_cube import ImportCubeParams, import_cube
-from rslab.ui.anomaly_dock import AnomalyDock, output_paths
+from rslab.ui.anomaly_dock import NO_PEAKS_TEXT, ZOOM_PIXELS, AnomalyDock, output_paths
 
 BANDS = 193  # ABU beach-2: 100 x 100 x 193
 
@@ -762,3 +764,84 @@ def test_a_run_queued_behind_busy_threads_says_so_until_it_begins(qtbot, dock, s
     finally:
         release.set()
     qtbot.waitUntil(lambda: not tasks._RUNNING, timeout=RUN_TIMEOUT_MS)
+
+
+def click_peak(qtbot, table, row: int) -> None:
+    """Click the anomaly listed in `row` of the dock's table (scrolled into view first)."""
+    item = table.item(row, 0)
+    table.scrollToItem(item)
+    qtbot.mouseClick(table.viewport(), Qt.LeftButton, pos=table.visualItemRect(item).center())
+
+
+def test_the_strongest_anomalies_are_listed_and_each_takes_the_map_to_its_pixel(qtbot, dock, iface, scene, project,
+                                                                                beach2, tmp_path):
+    cube, reference = scene
+    table = dock.peak_table
+    assert table.rowCount() == 0 and dock.peak_caption.text() == NO_PEAKS_TEXT
+    choose(dock, cube, "rx", output=tmp_path)
+    rx, error = click_run(qtbot, dock)
+    assert error == ""
+    with rasterio.open(rx.outputs.scores) as ds:
+        scores = ds.read(1)
+    with rasterio.open(beach2[0]) as ds:
+        data = ds.read().astype(np.float64)
+    assert table.rowCount() == PEAK_COUNT == len(rx.peaks)
+    assert [(int(table.item(r, 1).text()), int(table.item(r, 2).text())) for r in range(PEAK_COUNT)] == \
+        [(p.row, p.col) for p in rx.peaks]
+    assert (rx.peaks[0].row, rx.peaks[0].col) == np.unravel_index(np.argmax(scores), scores.shape)
+    assert table.item(0, 0).text() == f"{scores.max():.4g}"
+    assert dock.peak_caption.text().startswith(f"The {PEAK_COUNT} highest peaks of the RX scores")
+
+    canvas = iface.mapCanvas()
+    canvas.setExtent(QgsRectangle(-5000, -5000, 5000, 5000))  # far more than the image: going there zooms in
+    pixel = cube.rasterUnitsPerPixelX()
+    click_peak(qtbot, table, 7)
+    peak = rx.peaks[7]
+    centre = map_point(cube, peak.row, peak.col)
+    assert canvas.center().distance(centre) < 0.01 * pixel
+    assert ZOOM_PIXELS * pixel <= canvas.extent().width() < 4 * ZOOM_PIXELS * pixel
+    assert np.array_equal(dock.pixel_curve.getData()[1], data[:, peak.row, peak.col])
+    assert np.allclose(dock.mean_curve.getData()[1], data.reshape(BANDS, -1).mean(axis=1))  # the run computed it
+    assert f"pixel (row {peak.row}, col {peak.col}) of beach-2 · RX score {peak.score:.4g}" in \
+        dock.spectrum_legend.text()
+    width = canvas.extent().width()
+
+    canvas.setCenter(QgsPointXY(centre.x() + 30 * pixel, centre.y()))  # panned away, then the same row again
+    click_peak(qtbot, table, 7)
+    assert canvas.center().distance(centre) < 0.01 * pixel
+    assert canvas.extent().width() == pytest.approx(width)  # close enough already: the map only pans
+    qtbot.keyClick(table, Qt.Key_Down)  # the next anomaly
+    following = rx.peaks[8]
+    assert canvas.center().distance(map_point(cube, following.row, following.col)) < 0.01 * pixel
+    assert np.array_equal(dock.pixel_curve.getData()[1], data[:, following.row, following.col])
+
+    dock.layer_combo.setLayer(reference)  # another image: not this one's anomalies
+    assert table.rowCount() == 0 and dock.peak_caption.text() == NO_PEAKS_TEXT
+    dock.layer_combo.setLayer(cube)
+    assert table.rowCount() == PEAK_COUNT and not table.selectedItems()
+    dock._forget_results()  # a project reopened: its layer ids are the closed session's
+    assert table.rowCount() == 0
+
+
+def test_going_to_an_anomaly_of_a_utm_image_on_a_wgs84_map(qtbot, dock, iface, project, beach2, tmp_path):
+    with rasterio.open(beach2[0]) as src:
+        data, profile = src.read(), src.profile
+    path = tmp_path / "utm.tif"
+    with rasterio.open(path, "w", **dict(profile, crs="EPSG:32633", transform=from_origin(500000, 4650000, 2, 2))) as dst:
+        dst.write(data)
+    cube = add_raster(project, path, "utm cube")
+    choose(dock, cube, "rx", output=tmp_path)
+    rx, error = click_run(qtbot, dock)
+    assert error == ""
+    peak = rx.peaks[0]
+    assert (peak.x, peak.y) == (500000 + 2 * (peak.col + 0.5), 4650000 - 2 * (peak.row + 0.5))
+
+    canvas = iface.mapCanvas()
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    canvas.setDestinationCrs(wgs84)
+    canvas.setExtent(QgsRectangle(10, 40, 20, 45))
+    spectrum = dock.go_to_peak(peak)
+    expected = QgsCoordinateTransform(cube.crs(), wgs84, project).transform(QgsPointXY(peak.x, peak.y))
+    assert canvas.center().distance(expected) < 1e-7  # degrees: about 1 cm
+    assert np.array_equal(spectrum, data[:, peak.row, peak.col].astype(np.float64))
+    assert f"pixel (row {peak.row}, col {peak.col}) of utm cube" in dock.spectrum_legend.text()

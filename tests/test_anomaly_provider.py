@@ -66,6 +66,21 @@ def batch_tasks():
             if "Batch Processing" in task.description()]
 
 
+class Recorder(QgsProcessingFeedback):
+    """What an algorithm tells its feedback: progress texts and the lines it logs with pushInfo."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts = []
+        self.lines = []
+
+    def setProgressText(self, text):  # noqa: N802
+        self.texts.append(text)
+
+    def pushInfo(self, text):  # noqa: N802
+        self.lines.append(text)
+
+
 def read(path):
     with rasterio.open(path) as ds:
         return ds.read(1), ds.profile
@@ -75,8 +90,9 @@ def test_rx_with_reference_and_false_alarm_rate(tmp_path, scene, provider):
     cube, gt = scene
     out = {"OUTPUT_SCORES": str(tmp_path / "scores.tif"), "OUTPUT_MASK": str(tmp_path / "mask.tif"),
            "OUTPUT_REPORT": str(tmp_path / "report.json")}
+    log = Recorder()
     result = processing.run("rslab:detect_anomalies", {"INPUT": cube, "METHOD": 1, "REFERENCE": gt,
-                                                       "FALSE_ALARM_RATE": 0.01, **out})
+                                                       "FALSE_ALARM_RATE": 0.01, **out}, feedback=log)
     assert result == out
 
     scores, profile = read(out["OUTPUT_SCORES"])
@@ -96,6 +112,12 @@ def test_rx_with_reference_and_false_alarm_rate(tmp_path, scene, provider):
     assert metrics["auc_bs"] == pytest.approx(metrics["auc_df"] - metrics["auc_ftau"])
     assert report["score_range"] == pytest.approx([float(scores.min()), float(scores.max())], rel=1e-6)
     assert report["timings"]["detect"] > 0
+    peaks = report["peaks"]  # the strongest anomalies, strongest first (tests/test_anomaly_peaks.py: which)
+    assert len(peaks) == 20 and [p["score"] for p in peaks] == sorted((p["score"] for p in peaks), reverse=True)
+    assert (peaks[0]["row"], peaks[0]["col"]) == np.unravel_index(np.argmax(scores), scores.shape)
+    assert all(mask[p["row"], p["col"]] == 1 for p in peaks[:10])  # the mask's 100 pixels hold the ten strongest
+    named = "; ".join(f"{p['row']}, {p['col']}: {p['score']:.4g}" for p in peaks[:5])
+    assert f"strongest anomalies (row, column: score): {named}; the report lists 20" in log.lines
 
 
 def test_bsdm_rx_with_few_iterations_and_no_mask(tmp_path, scene, provider):
@@ -367,14 +389,6 @@ def test_the_log_gets_each_kind_of_message_and_counts_only_every_tenth_of_the_ru
     """Processing writes every progress text into the log: 'tile i of N' gave 288 lines for one RX run on a
     3000 x 3000 image, 'iteration i of N' 2000 for a default training."""
     from rslab.provider.base import feedback_callbacks
-
-    class Recorder(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.texts = []
-
-        def setProgressText(self, text):  # noqa: N802
-            self.texts.append(text)
 
     feedback = Recorder()
     progress, _ = feedback_callbacks(feedback)

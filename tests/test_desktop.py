@@ -68,6 +68,9 @@ def test_real_qgis_desktop_loads_unloads_and_reloads(tmp_path, display):
     bsdm = report["bsdm_dock"]
     assert bsdm["error"] == "" and bsdm["losses"] == 3 and bsdm["auc_df"] > 0.8, bsdm
     assert "BSDM + RX scores" in " ".join(bsdm["layers"]), bsdm
+    peak = report["peak"]  # its strongest anomaly chosen in the dock's list: QGIS's map went there
+    assert peak["rows"] == 20 and peak["legend"], peak
+    assert peak["centre"] == pytest.approx(peak["pixel_centre"], abs=0.01), peak
     # the dock's job ran below QGIS (core/device.run_at_job_priority), QGIS's own threads at their priority
     threads = {name: {nice for n, nice in report["threads_during_run"] if n == name}
                for name, _ in report["threads_during_run"]}

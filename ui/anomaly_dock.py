@@ -13,6 +13,10 @@ layer can be compared in one plot.
 The spectrum plot shows a picked pixel's spectrum (one pixel window read from
 the layer's file) beside the scene's mean spectrum (computed once per file by
 windows, in the worker).
+
+Each run also lists the strongest anomalies (core/anomaly_peaks.py, found in
+the worker); choosing one takes the map there, flashes its pixel and shows
+its spectrum, so an analyst can walk through the candidates strongest first.
 """
 from __future__ import annotations
 
@@ -22,17 +26,19 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyqtgraph as pg
 from qgis.core import (
     QgsCoordinateTransform,
     QgsCsException,
+    QgsGeometry,
     QgsLayerTreeGroup,
     QgsPointXY,
     QgsProject,
     QgsRasterLayer,
+    QgsRectangle,
 )
 from qgis.gui import QgsMapCanvas, QgsMapToolEmitPoint
 from qgis.PyQt import sip
@@ -59,15 +65,17 @@ from ..core.anomaly import (
     detect_anomalies,
     valid_summary,
 )
+from ..core.anomaly_peaks import PEAK_SEPARATION, Peak
 from ..core.bands import bad_bands, good_bands, true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import Roc
-from ..core.raster_io import (band_wavelengths, data_bands, gdal_env, open_raster, pixel_of, raster_info,
-                              read_bands)
+from ..core.raster_io import (band_wavelengths, centres_of, data_bands, gdal_env, open_raster, pixel_of,
+                              raster_info, read_bands)
 from . import task as tasks
 from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import MASK_STYLE, SCORES_STYLE, LayerSpec, fit_score_stretch, make_layer, show_true_colour
+from .peak_table import PeakTable
 from .settings import remember
 from .widgets import (
     MultibandRasterCombo,
@@ -93,6 +101,8 @@ PLOT_HEIGHT = 200  # the ROC and spectrum plots' least height in pixels
 EMPTY_ROC_FLOOR = 1e-4  # the false-alarm axis before a run: 1 / the pixels of a 100 x 100 scene
 TRUE_COLOUR_TIP = "Draw the image from its bands nearest red, green and blue light (640, 550, 470 nm)"
 ROC_POINTS = 600  # points kept per ROC curve (enough for a smooth line, few for pyqtgraph)
+ZOOM_PIXELS = 64  # going to an anomaly on a map that shows over 4 times this many pixels across zooms to this many
+NO_PEAKS_TEXT = "Run a method to list this image's strongest anomalies."
 
 
 # --- the part that runs in the worker: files in, numbers out (no Qt) ---------------------------------
@@ -251,6 +261,21 @@ def pixel_at(layer: QgsRasterLayer, point: QgsPointXY) -> Optional[Tuple[int, in
     return min(row, layer.height() - 1), min(col, layer.width() - 1)
 
 
+def pixel_rectangle(layer: QgsRasterLayer, row: int, col: int) -> QgsRectangle:
+    """The file pixel (row, col) as a rectangle in the layer's CRS, placed as `pixel_at` reads clicks (the
+    other way): by the file's georeferencing, else by the extent QGIS shows the image with."""
+    path = layer_file(layer, "hyperspectral")
+    width, height = layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()
+    centres = centres_of(path, [(row, col)])
+    if centres is not None:
+        x, y = centres[0]
+    else:
+        extent = layer.extent()
+        x = extent.xMinimum() + (col + 0.5) * width
+        y = extent.yMaximum() - (row + 0.5) * height
+    return QgsRectangle(x - width / 2, y - height / 2, x + width / 2, y + height / 2)
+
+
 def release_map_tool(canvas: QgsMapCanvas, tool: QgsMapToolEmitPoint) -> None:
     """Take the dock's pick tool off the canvas and delete it (the dock is gone); for `destroyed` signals."""
     if sip.isdeleted(canvas) or sip.isdeleted(tool):
@@ -283,6 +308,7 @@ class AnomalyDock(JobDock):
         # input layer id -> (method, score raster) of its latest run, for the picked pixel's score
         self._scores: Dict[str, Tuple[str, str]] = {}
         self._metrics: Dict[str, str] = {}  # input layer id -> its latest run's readout (shown with that image)
+        self._peaks: Dict[str, Tuple[str, List[Peak]]] = {}  # input layer id -> (method, peaks) of its latest run
         self.mean_spectra: Dict[str, np.ndarray] = {}  # file -> scene mean spectrum
         self._mean_tasks: Dict[str, tasks.JobTask] = {}
         self._request: Optional[AnomalyRequest] = None
@@ -346,6 +372,9 @@ class AnomalyDock(JobDock):
         self.pick_button.setEnabled(self.iface is not None)
         self.true_colour_button = QPushButton("True colour", self)
         self.true_colour_button.setToolTip(TRUE_COLOUR_TIP)
+        self.peak_caption = QLabel(NO_PEAKS_TEXT, self)
+        self.peak_caption.setWordWrap(True)
+        self.peak_table = PeakTable(self)
 
     def _make_roc_plot(self) -> pg.PlotWidget:
         """One curve per method, made once and only hidden: pyqtgraph under QGIS's PyQt fails when items are removed.
@@ -403,6 +432,10 @@ class AnomalyDock(JobDock):
         result_layout.addWidget(self.metrics_label)
         result_layout.addWidget(self.roc_plot, 1)
         result_layout.addWidget(self.roc_legend)
+        peaks = QGroupBox("Strongest anomalies", self)
+        peak_layout = QVBoxLayout(peaks)
+        peak_layout.addWidget(self.peak_caption)
+        peak_layout.addWidget(self.peak_table)
         spectrum = QGroupBox("Spectrum", self)
         spectrum_layout = QVBoxLayout(spectrum)
         view_buttons = QHBoxLayout()
@@ -418,6 +451,7 @@ class AnomalyDock(JobDock):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
         layout.addWidget(results, 1)
+        layout.addWidget(peaks)
         layout.addWidget(spectrum, 1)
         scroll_body(self, body)
 
@@ -428,6 +462,8 @@ class AnomalyDock(JobDock):
         self.layer_combo.layerChanged.connect(self._show_roc_of_current_layer)
         self.reference_combo.layerChanged.connect(self._show_roc_of_current_layer)
         self.layer_combo.layerChanged.connect(self._update_true_colour_button)
+        self.layer_combo.layerChanged.connect(self._show_peaks_of_current_layer)
+        self.peak_table.peakChosen.connect(self.go_to_peak)
         self._update_true_colour_button()
         self.true_colour_button.clicked.connect(self.show_image_in_true_colour)
         self.run_button.clicked.connect(self.run)
@@ -509,12 +545,14 @@ class AnomalyDock(JobDock):
             return
         if self.group is not None:
             self._scores[request.layer_id] = (run.result.method, run.result.outputs.scores)
+            self._peaks[request.layer_id] = (run.result.method, run.result.peaks)
             self._remember_roc(request, run)
         self.progress_bar.setValue(100)
         self._metrics[request.layer_id] = self._metrics_text(run, request.layer_name)
         # the readout and the ROC are the image's picked now (another image picked during the run showed this
         # run's readout above its own curves); the status says where this run's results are
         self._show_roc_of_current_layer()
+        self._show_peaks_of_current_layer()
         status = self._done_text(request.output_dir)
         current = self.layer_combo.currentLayer()
         if QgsProject.instance().mapLayer(request.layer_id) is None:
@@ -608,13 +646,56 @@ class AnomalyDock(JobDock):
         """A reopened project has the same layer ids: its images showed the closed session's curves and readouts
         (of runs whose layers had gone with it)."""
         self.result = None
-        for kept in (self.roc_runs, self._roc_reference, self._scores, self._metrics):
+        for kept in (self.roc_runs, self._roc_reference, self._scores, self._metrics, self._peaks):
             kept.clear()
         self._show_roc_of_current_layer()
+        self._show_peaks_of_current_layer()
 
     def visible_roc_curves(self) -> Dict[str, pg.PlotDataItem]:
         """The ROC curves shown now, by method."""
         return {method: curve for method, curve in self.roc_curves.items() if curve.isVisible()}
+
+    # the strongest anomalies ----------------------------------------------------------------------------
+    def _show_peaks_of_current_layer(self, *_: object) -> None:
+        """List the strongest anomalies of the picked image's latest run (another image's would mislead)."""
+        layer = self.layer_combo.currentLayer()
+        method, peaks = self._peaks.get(layer.id(), ("", [])) if layer is not None else ("", [])
+        self.peak_table.show_peaks(peaks)
+        if not method:
+            self.peak_caption.setText(NO_PEAKS_TEXT)
+            return
+        what = "go to it and see its spectrum" if self.iface is not None else "see its spectrum"
+        self.peak_caption.setText(
+            f"The {len(peaks)} highest peaks of the {METHOD_LABELS[method]} scores, each over "
+            f"{PEAK_SEPARATION} pixels from a stronger one; choose one to {what}." if peaks else
+            f"The {METHOD_LABELS[method]} run scored no valid pixel.")
+
+    def go_to_peak(self, peak: Peak) -> Optional[np.ndarray]:
+        """Centre the map on `peak` of the picked image (zoomed in to ZOOM_PIXELS pixels around it when the map
+        shows far more), flash its pixel, and show its spectrum (show_spectrum_at's return)."""
+        layer = self.layer_combo.currentLayer()
+        if layer is None:
+            return None
+        try:
+            pixel = pixel_rectangle(layer, peak.row, peak.col)
+            on_canvas = self._layer_to_canvas(pixel, layer)
+        except RSLabError as exc:
+            self._pick_message(str(exc))
+            return None
+        if self.iface is not None:
+            canvas = self.iface.mapCanvas()
+            view = QgsRectangle(on_canvas)
+            view.scale(ZOOM_PIXELS)
+            if canvas.extent().width() > 4 * view.width():
+                canvas.setExtent(view)
+            else:
+                canvas.setCenter(on_canvas.center())
+            canvas.refresh()
+            if layer.crs().isValid():
+                canvas.flashGeometries([QgsGeometry.fromRect(pixel)], layer.crs())
+            else:  # an image without a CRS sits on the map as it is (an invalid CRS: PROJ complained)
+                canvas.flashGeometries([QgsGeometry.fromRect(pixel)])
+        return self.show_spectrum_at(on_canvas.center())
 
     # looking at the image -------------------------------------------------------------------------------
     def _true_colour_bands(self) -> Optional[Tuple[int, int, int]]:
@@ -667,18 +748,32 @@ class AnomalyDock(JobDock):
     def _map_tool_deactivated(self) -> None:
         self.pick_button.setChecked(False)
 
-    def _canvas_to_layer(self, point: QgsPointXY, layer: QgsRasterLayer) -> QgsPointXY:
-        """`point` from the map canvas CRS into the layer's CRS (unchanged when either has none or they match)."""
+    def _canvas_transform(self, layer: QgsRasterLayer) -> Optional[QgsCoordinateTransform]:
+        """Map canvas CRS -> the layer's CRS; None when no change is needed (no canvas, either CRS unset, the
+        same CRS)."""
         if self.iface is None:
-            return point
+            return None
         canvas_crs = self.iface.mapCanvas().mapSettings().destinationCrs()
         if not canvas_crs.isValid() or not layer.crs().isValid() or canvas_crs == layer.crs():
-            return point
-        transform = QgsCoordinateTransform(canvas_crs, layer.crs(), QgsProject.instance())
+            return None
+        return QgsCoordinateTransform(canvas_crs, layer.crs(), QgsProject.instance())
+
+    def _canvas_to_layer(self, point: QgsPointXY, layer: QgsRasterLayer) -> QgsPointXY:
+        """`point` from the map canvas CRS into the layer's CRS."""
+        transform = self._canvas_transform(layer)
         try:
-            return transform.transform(point)
+            return transform.transform(point) if transform is not None else point
         except QgsCsException as exc:
             raise RSLabError(f"that point cannot be placed in the CRS of {layer.name()}: {exc}") from exc
+
+    def _layer_to_canvas(self, rectangle: QgsRectangle, layer: QgsRasterLayer) -> QgsRectangle:
+        """`rectangle` from the layer's CRS into the map canvas CRS (its bounding box there)."""
+        transform = self._canvas_transform(layer)
+        try:
+            return (transform.transformBoundingBox(rectangle, QgsCoordinateTransform.ReverseTransform)
+                    if transform is not None else QgsRectangle(rectangle))
+        except QgsCsException as exc:
+            raise RSLabError(f"that pixel of {layer.name()} cannot be placed in the map's CRS: {exc}") from exc
 
     def show_spectrum_at(self, point: QgsPointXY) -> Optional[np.ndarray]:
         """Plot the spectrum of the image pixel under `point` (map canvas coordinates) beside the scene mean.

@@ -182,7 +182,25 @@ def bsdm_finished(result, error):
         "losses": len(result.training_loss) if result else 0,
         "layers": sorted(layer.name() for layer in QgsProject.instance().mapLayers().values()),
     }
+    go_to_strongest(result)
     QTimer.singleShot(1500, shot_and_finish)  # let QGIS paint the new layers and the dock first
+
+
+def go_to_strongest(result):
+    """Choose the strongest anomaly in the dock's list: QGIS's own map canvas centres on its pixel."""
+    body = plugins["rslab"].show_anomaly_dock().widget()
+    layer = body.layer_combo.currentLayer()
+    peak = result.peaks[0]
+    body.peak_table.selectRow(0)
+    centre = iface.mapCanvas().center()
+    extent = layer.extent()  # beach-2 has no georeferencing: QGIS places row r at y = -r
+    report["peak"] = {
+        "rows": body.peak_table.rowCount(),
+        "centre": [centre.x(), centre.y()],
+        "pixel_centre": [extent.xMinimum() + (peak.col + 0.5) * layer.rasterUnitsPerPixelX(),
+                         extent.yMaximum() - (peak.row + 0.5) * layer.rasterUnitsPerPixelY()],
+        "legend": f"pixel (row {peak.row}, col {peak.col}) of beach-2" in body.spectrum_legend.text(),
+    }
 
 
 @guarded
