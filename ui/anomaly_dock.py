@@ -691,10 +691,7 @@ class AnomalyDock(JobDock):
             else:
                 canvas.setCenter(on_canvas.center())
             canvas.refresh()
-            if layer.crs().isValid():
-                canvas.flashGeometries([QgsGeometry.fromRect(pixel)], layer.crs())
-            else:  # an image without a CRS sits on the map as it is (an invalid CRS: PROJ complained)
-                canvas.flashGeometries([QgsGeometry.fromRect(pixel)])
+            canvas.flashGeometries([QgsGeometry.fromRect(pixel)], layer.crs())  # no CRS: drawn as it is
         return self.show_spectrum_at(on_canvas.center())
 
     # looking at the image -------------------------------------------------------------------------------
