@@ -37,7 +37,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from .alignment import align_to
-from .anomaly_peaks import PEAK_COUNT, Peak, strongest_peaks
+from .anomaly_peaks import PEAK_COUNT, Peak, check_peaks_path, strongest_peaks, write_peaks
 from .bands import good_bands
 from .blas import gram, matmul
 from .device import describe_device, load_optimisers, native_bfloat16, select_device
@@ -127,6 +127,7 @@ class AnomalyOutputs:
     mask: Optional[str] = None
     report: Optional[str] = None
     model: Optional[str] = None  # bsdm_rx: also save the trained denoiser as an RS Lab checkpoint
+    peaks: Optional[str] = None  # the strongest anomalies as points (.gpkg or .geojson: anomaly_peaks.write_peaks)
 
 
 @dataclass
@@ -683,10 +684,11 @@ def detect_anomalies(
     """Score every pixel of a hyperspectral raster for anomaly (higher = more anomalous)."""
     monitor = JobMonitor(progress, cancelled)
     check_output_paths({"scores raster": outputs.scores, "mask raster": outputs.mask, "report": outputs.report,
-                        "denoiser checkpoint": outputs.model},
+                        "denoiser checkpoint": outputs.model, "strongest anomalies": outputs.peaks},
                        {"input image": cube, "reference": reference, "denoiser read": params.model},
                        rasters=("scores raster", "mask raster"))
     info = raster_info(cube)
+    check_peaks_path(outputs.peaks, info.crs is not None)
     if info.count < 2:
         raise RSLabError(f"{os.path.basename(cube)} has {info.count} band; anomaly detection needs a multiband image")
     check_anomaly_outputs(params, outputs)
@@ -769,6 +771,8 @@ def detect_anomalies(
         result.score_range = lo_hi
         with monitor.timed("peaks"):
             result.peaks = strongest_peaks(scores_path, PEAK_COUNT, monitor=tail.sub(0.1, 0.2))
+            if outputs.peaks:
+                write_peaks(pending.temp(outputs.peaks), result.peaks, scores_path)
         rasters = [scores_path]  # the outputs QGIS draws: overviews for large ones
         if reference:
             with monitor.timed("evaluate"):

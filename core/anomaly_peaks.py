@@ -8,6 +8,10 @@ pixels (Chebyshev) from every stronger one taken, so one target of a few
 pixels is listed once rather than once per pixel. Ties go to the upper-left
 pixel, so the list is the same on every run.
 
+`write_peaks` writes them as a point layer (GeoPackage or GeoJSON: one file
+each, so it can be written under a temporary name and renamed into place)
+for the map, for editing, or for a field team's GPS.
+
 By windows, so any raster fits in memory: each window is read with a margin
 of `separation` pixels, so a pixel beside a window's edge is compared with
 its neighbours across it. At most count x (2 separation + 1)^2 local maxima
@@ -17,20 +21,24 @@ rest can never be reached.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 from rasterio.windows import Window
 from scipy import ndimage
 
+from .errors import RSLabError
 from .job import JobMonitor
-from .raster_io import centres_of, gdal_env, open_raster, read_window
+from .raster_io import centres_of, gdal_env, open_raster, raster_info, read_window
 from .tiling import windows_for
 
 PEAK_COUNT = 20  # listed in the report and the dock
 PEAK_SEPARATION = 5  # pixels: two peaks closer than this (either axis) are one target; a car at ~1 m is 2 x 5
 PEAK_TILE = 1024  # windows of ~1024 x 1024 (three float64 arrays of it: ~25 MB)
+PEAK_LAYER = "strongest_anomalies"
+PEAK_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}  # single-file formats (a shapefile is four files)
 
 
 @dataclass(frozen=True)
@@ -94,3 +102,56 @@ def strongest_peaks(scores: str, count: int = PEAK_COUNT, separation: int = PEAK
     centres = centres_of(scores, cells) or [(None, None)] * len(cells)
     monitor.step(1.0, "strongest anomalies")
     return [Peak(row, col, float(kept_scores[i]), x, y) for i, (row, col), (x, y) in zip(taken, cells, centres)]
+
+
+def check_peaks_path(path: Optional[str], has_crs: bool = True) -> None:
+    """RSLabError, before any work, for a point layer file of a format `write_peaks` does not write, or a
+    GeoJSON file for an image without a CRS (GIS tools read GeoJSON as longitude and latitude)."""
+    if not path:
+        return
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in PEAK_FORMATS:
+        raise RSLabError(f"the strongest anomalies ({os.path.basename(path)}) are written as a GeoPackage or "
+                         "GeoJSON: give the file a .gpkg or .geojson name")
+    if suffix == ".geojson" and not has_crs:
+        raise RSLabError(f"the strongest anomalies ({os.path.basename(path)}): GeoJSON coordinates are read as "
+                         "longitude and latitude, and this image has no CRS; give the file a .gpkg name")
+
+
+def write_peaks(path: str, peaks: Sequence[Peak], raster: str) -> None:
+    """`peaks` as points (fields rank, row, col, score) in the CRS of the score raster `raster`.
+
+    A raster without georeferencing gets its points where QGIS draws its
+    pixels, x = col + 0.5 and y = -(row + 0.5), with no CRS, so they sit on
+    the image there too.
+    """
+    from osgeo import ogr, osr
+
+    crs = raster_info(raster).crs
+    check_peaks_path(path, crs is not None)
+    srs = None
+    if crs is not None:
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(crs.to_wkt())
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)  # x east, y north, as the points are given
+    driver = ogr.GetDriverByName(PEAK_FORMATS[os.path.splitext(path)[1].lower()])
+    ds = driver.CreateDataSource(os.fspath(path))
+    if ds is None:
+        raise RSLabError(f"cannot write {os.path.basename(path)}: {ogr.GetLastErrorMsg() or 'GDAL refused it'}")
+    try:
+        layer = ds.CreateLayer(PEAK_LAYER, srs, ogr.wkbPoint)
+        for name, kind in (("rank", ogr.OFTInteger), ("row", ogr.OFTInteger), ("col", ogr.OFTInteger),
+                           ("score", ogr.OFTReal)):
+            layer.CreateField(ogr.FieldDefn(name, kind))
+        for rank, peak in enumerate(peaks, 1):
+            feature = ogr.Feature(layer.GetLayerDefn())
+            for name, value in (("rank", rank), ("row", peak.row), ("col", peak.col), ("score", peak.score)):
+                feature.SetField(name, value)
+            x, y = (peak.x, peak.y) if peak.x is not None else (peak.col + 0.5, -(peak.row + 0.5))
+            point = ogr.Geometry(ogr.wkbPoint)
+            point.AddPoint_2D(x, y)
+            feature.SetGeometry(point)
+            if layer.CreateFeature(feature) != 0:
+                raise RSLabError(f"cannot write {os.path.basename(path)}: {ogr.GetLastErrorMsg()}")
+    finally:
+        ds = None  # closes (and flushes) the file

@@ -16,7 +16,9 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
+    QgsProcessing,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
     QgsProcessingUtils,
 )
 from qgis.PyQt.QtCore import QVariant
@@ -24,7 +26,7 @@ from qgis.PyQt.QtCore import QVariant
 from ..core.anomaly import (LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, check_anomaly_outputs,
                             detect_anomalies)
 from ..core.anomaly_peaks import PEAK_COUNT, PEAK_SEPARATION
-from ..ui.layers import MASK_STYLE, SCORES_STYLE, fit_score_stretch
+from ..ui.layers import MASK_STYLE, PEAKS_STYLE, SCORES_STYLE, fit_score_stretch
 from .base import RSLabAlgorithm, StyleFromQml, checkpoint_parameter, feedback_callbacks, method_options
 
 LOGGED_PEAKS = 5  # the strongest anomalies named in the log (the report lists PEAK_COUNT)
@@ -56,6 +58,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
     FALSE_ALARM_RATE = "FALSE_ALARM_RATE"
     OUTPUT_SCORES = "OUTPUT_SCORES"
     OUTPUT_MASK = "OUTPUT_MASK"
+    OUTPUT_PEAKS = "OUTPUT_PEAKS"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     MODEL = "MODEL"
     OUTPUT_MODEL = "OUTPUT_MODEL"
@@ -94,6 +97,8 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             "OUTPUT_MASK, or to a temporary file when that output is skipped).\n"
             "OUTPUT_SCORES: float32 anomaly scores (NaN = nodata).\n"
             "OUTPUT_MASK: uint8 mask, 1 anomaly, 0 background, 255 nodata; needs FALSE_ALARM_RATE.\n"
+            f"OUTPUT_PEAKS: optional point layer (GeoPackage or GeoJSON) of the {PEAK_COUNT} strongest anomalies, "
+            "with their rank, row, column and score, labelled by rank on the map.\n"
             "OUTPUT_REPORT: JSON with the parameters, metrics (with a reference), threshold, score range, the "
             f"{PEAK_COUNT} strongest anomalies (highest local maxima of the scores, over {PEAK_SEPARATION} pixels "
             "apart: row, column, score, and x, y in the image's CRS), "
@@ -133,6 +138,9 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained BSDM denoiser",
                                                                 "RS Lab checkpoints (*.pt)", optional=True,
                                                                 createByDefault=False))
+        self.addParameter(QgsProcessingParameterVectorDestination(self.OUTPUT_PEAKS, "Strongest anomalies",
+                                                                  QgsProcessing.TypeVectorPoint, optional=True,
+                                                                  createByDefault=True))
 
     # parameters ---------------------------------------------------------------------------------------
     def optional_number(self, parameters: Dict[str, Any], name: str, context) -> Optional[float]:
@@ -163,6 +171,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             mask=mask,
             report=self.output_file_path(parameters, self.OUTPUT_REPORT, context) or None,
             model=self.output_file_path(parameters, self.OUTPUT_MODEL, context) or None,
+            peaks=self.output_layer_path(parameters, self.OUTPUT_PEAKS, context) or None,
         )
 
     def check_parameters(self, parameters, context) -> None:
@@ -194,6 +203,9 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
                 details.layerTypeHint = QgsProcessingUtils.LayerHint.Raster  # else QGIS tries OGR first, logging a warning
                 context.addLayerToLoadOnCompletion(outputs.mask, details)
             self.style_output(context, outputs.mask, MASK_STYLE)
+        if outputs.peaks:
+            out[self.OUTPUT_PEAKS] = outputs.peaks
+            self.style_output(context, outputs.peaks, PEAKS_STYLE)
         if outputs.report:
             out[self.OUTPUT_REPORT] = outputs.report
         if outputs.model:

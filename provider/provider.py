@@ -12,6 +12,7 @@ from qgis.PyQt.QtCore import QCoreApplication, QTimer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QApplication
 
+from ..core.anomaly_peaks import PEAK_FORMATS
 from .base import ICON, RUNNING
 from .compress_model import CompressModelAlgorithm
 from .detect_anomalies import DetectAnomaliesAlgorithm
@@ -43,6 +44,10 @@ class RSLabProvider(QgsProcessingProvider):
         """GeoTIFF only: the engine writes GeoTIFFs (core/outputs.RASTER_SUFFIXES), so the file dialog offers no
         format whose name would not match the file's content."""
         return ["tif"]
+
+    def supportedOutputVectorLayerExtensions(self) -> list:  # noqa: N802
+        """The single-file formats the engine writes points in (the strongest anomalies)."""
+        return [suffix.lstrip(".") for suffix in PEAK_FORMATS]
 
     def loadAlgorithms(self) -> None:  # noqa: N802
         for cls in ALGORITHMS:

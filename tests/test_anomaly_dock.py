@@ -31,7 +31,7 @@ import rslab
 from rslab.core.anomaly import LRX_MAX_OUTER, METHOD_LABELS, AnomalyOutputs, AnomalyParams, detect_anomalies
 from rslab.core.anomaly_peaks import PEAK_COUNT
 from rslab.core.import_cube import ImportCubeParams, import_cube
-from rslab.ui.anomaly_dock import NO_PEAKS_TEXT, ZOOM_PIXELS, AnomalyDock, output_paths
+from rslab.ui.anomaly_dock import NO_PEAKS_TEXT, ZOOM_PIXELS, AnomalyDock, output_paths, pixel_at
 
 BANDS = 193  # ABU beach-2: 100 x 100 x 193
 
@@ -97,7 +97,12 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     assert group_names(project) == ["Anomalies: beach-2 (RX)"]
     root = project.layerTreeRoot()
     assert [n.name() for n in root.children()] == ["Anomalies: beach-2 (RX)", "reference", "beach-2"]  # above the reference too: on top, it hid the scores
-    mask, scores = [node.layer() for node in dock.group.findLayers()]
+    peaks, mask, scores = [node.layer() for node in dock.group.findLayers()]
+    assert peaks.name() == "RX strongest anomalies" and peaks.featureCount() == 20 and peaks.labelsEnabled()
+    for feature in peaks.getFeatures():  # each point sits on its pixel as QGIS draws this unplaced image
+        point = feature.geometry().asPoint()
+        assert pixel_at(cube, point) == (feature["row"], feature["col"]), feature.attributes()
+    assert [f["rank"] for f in peaks.getFeatures()] == list(range(1, 21))
     assert scores.source() == rx.outputs.scores and os.path.dirname(scores.source()) == str(tmp_path)
     assert mask.name() == "RX mask (false-alarm rate 0.01)"
     assert f"Mask: {rx.mask_pixels} pixels score above" in dock.metrics_label.text() and rx.mask_pixels == 100
@@ -123,7 +128,8 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     lrx, error = click_run(qtbot, dock)
     assert error == "" and lrx.method == "lrx" and lrx.outputs.mask is None
     assert group_names(project) == ["Anomalies: beach-2 (Local RX)", "Anomalies: beach-2 (RX)"]
-    assert [node.layer().name() for node in dock.group.findLayers()] == ["Local RX scores"]
+    assert [node.layer().name() for node in dock.group.findLayers()] == ["Local RX strongest anomalies",
+                                                                          "Local RX scores"]
     curves = dock.visible_roc_curves()
     assert set(curves) == {"rx", "lrx"}
     assert legend_texts(dock) == [f"RX AUC {rx.metrics['auc_df']:.4f}", f"Local RX AUC {lrx.metrics['auc_df']:.4f}"]
@@ -306,9 +312,11 @@ def test_an_output_folder_typed_with_a_tilde_is_the_home_folder(qtbot, dock, sce
         assert error == "", error
     out = tmp_path / "out"
     assert sorted(name for name in os.listdir(out) if not name.endswith(".aux.xml")) == [
-        "beach-2_rx_2_report.json", "beach-2_rx_2_scores.tif", "beach-2_rx_report.json", "beach-2_rx_scores.tif"]
+        "beach-2_rx_2_peaks.gpkg", "beach-2_rx_2_report.json", "beach-2_rx_2_scores.tif", "beach-2_rx_peaks.gpkg",
+        "beach-2_rx_report.json", "beach-2_rx_scores.tif"]
     assert group_names(project) == ["Anomalies: beach-2 (RX), run 2", "Anomalies: beach-2 (RX)"]  # told apart
-    assert [node.layer().source() for node in dock.group.findLayers()] == [str(out / "beach-2_rx_2_scores.tif")]
+    assert [node.layer().source().split("|")[0] for node in dock.group.findLayers()] == [
+        str(out / "beach-2_rx_2_peaks.gpkg"), str(out / "beach-2_rx_2_scores.tif")]
     assert dock.status_label.text() == f"Done. Outputs in {out}"
 
 
@@ -594,6 +602,7 @@ def test_the_plugin_opens_the_dock_and_unloading_stops_its_run_and_pick_tool(qtb
 def test_output_names_never_overwrite(tmp_path):
     first = output_paths(str(tmp_path), "beach 2/cube", "rx", with_mask=True)
     assert os.path.basename(first.scores) == "beach_2_cube_rx_scores.tif" and first.mask.endswith("_rx_mask.tif")
+    assert first.peaks.endswith("beach_2_cube_rx_peaks.gpkg")
     open(first.report, "w").close()
     second = output_paths(str(tmp_path), "beach 2/cube", "rx", with_mask=False)
     assert os.path.basename(second.scores) == "beach_2_cube_rx_2_scores.tif" and second.mask is None
@@ -845,3 +854,6 @@ def test_going_to_an_anomaly_of_a_utm_image_on_a_wgs84_map(qtbot, dock, iface, p
     assert canvas.center().distance(expected) < 1e-7  # degrees: about 1 cm
     assert np.array_equal(spectrum, data[:, peak.row, peak.col].astype(np.float64))
     assert f"pixel (row {peak.row}, col {peak.col}) of utm cube" in dock.spectrum_legend.text()
+    points = dock.group.findLayers()[0].layer()  # the strongest anomalies as points in the image's CRS
+    assert points.crs().authid() == "EPSG:32633"
+    assert next(points.getFeatures()).geometry().asPoint() == QgsPointXY(peak.x, peak.y)

@@ -11,7 +11,8 @@ from scipy import ndimage
 
 from rslab.core import anomaly_peaks
 from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
-from rslab.core.anomaly_peaks import PEAK_COUNT, PEAK_SEPARATION, strongest_peaks
+from rslab.core.anomaly_peaks import PEAK_COUNT, PEAK_LAYER, PEAK_SEPARATION, strongest_peaks, write_peaks
+from rslab.core.errors import RSLabError
 
 
 def whole_image_peaks(scores: np.ndarray, count: int, separation: int):
@@ -112,3 +113,42 @@ def test_nodata_ties_and_a_raster_with_fewer_peaks_than_asked(tmp_path):
     assert as_tuples(strongest_peaks(str(path), 20, 5)) == [(20, 20, 1.0)]
     with pytest.raises(ValueError):
         strongest_peaks(str(path), 0, 5)
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson"])
+def test_peaks_are_written_as_points_on_their_pixels(rx_scores, tmp_path, suffix):
+    """In the raster's CRS at the pixel centres; on an unplaced raster where QGIS draws its pixels (y = -row)."""
+    from osgeo import ogr
+
+    path, _ = rx_scores
+    with rasterio.open(path) as src:
+        profile, data = src.profile, src.read()
+    transform = Affine(2, 0, 500000, 0, -2, 4650000)
+    placed = tmp_path / "placed.tif"
+    with rasterio.open(placed, "w", **dict(profile, crs="EPSG:32633", transform=transform)) as dst:
+        dst.write(data)
+    for raster, where in ((str(placed), lambda p: transform * (p.col + 0.5, p.row + 0.5)),
+                          (path, lambda p: (p.col + 0.5, -(p.row + 0.5)))):
+        peaks = strongest_peaks(raster, 6)
+        if raster == path and suffix == ".geojson":  # GeoJSON is longitude and latitude: not for an unplaced image
+            with pytest.raises(RSLabError, match="this image has no CRS; give the file a .gpkg name"):
+                write_peaks(str(tmp_path / "unplaced.geojson"), peaks, raster)
+            assert not (tmp_path / "unplaced.geojson").exists()
+            continue
+        out = tmp_path / f"{'placed' if raster == str(placed) else 'unplaced'}{suffix}"
+        write_peaks(str(out), peaks, raster)
+        ds = ogr.Open(str(out))
+        layer = ds.GetLayer(0)
+        srs = layer.GetSpatialRef()
+        assert layer.GetName() == PEAK_LAYER
+        assert (srs.GetAuthorityCode(None) if srs is not None else None) == ("32633" if raster == str(placed) else None)
+        features = list(layer)
+        assert [(f["rank"], f["row"], f["col"], f["score"]) for f in features] == [
+            (rank, p.row, p.col, p.score) for rank, p in enumerate(peaks, 1)]
+        for feature, peak in zip(features, peaks):
+            geometry = feature.GetGeometryRef()
+            assert (geometry.GetX(), geometry.GetY()) == pytest.approx(where(peak), abs=1e-6)
+        ds = None
+    with pytest.raises(RSLabError, match="give the file a .gpkg or .geojson name"):
+        write_peaks(str(tmp_path / "peaks.shp"), peaks, path)
+    assert not (tmp_path / "peaks.shp").exists()

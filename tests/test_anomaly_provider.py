@@ -24,6 +24,7 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer
 
 import processing
+from osgeo import ogr
 from priorities import lowered_threads, priority, qgis_pool_priorities
 from rslab.core.device import DEFAULT_JOB_NICENESS
 from rslab.core.import_cube import import_cube
@@ -157,12 +158,13 @@ def test_local_rx_windows_and_a_rate_without_a_mask_destination(tmp_path, scene,
     ({"OUTER_WINDOW": 257, "METHOD": 2}, "OUTER_WINDOW"),
     ({"OUTPUT_SCORES": "scores.img"}, r"the scores raster \(scores.img\) is written as a GeoTIFF: give it a .tif name"),
     ({"OUTPUT_MASK": "scores.tif", "FALSE_ALARM_RATE": 0.01}, "the scores raster and the mask raster are one file"),
+    ({"OUTPUT_PEAKS": "peaks.shp"}, r"the strongest anomalies \(peaks.shp\) are written as a GeoPackage or GeoJSON"),
 ])
 def test_bad_parameters_are_refused_with_no_outputs(tmp_path, scene, provider, extra, message):
     cube, _ = scene
     params = {"INPUT": cube, "METHOD": 1, "OUTPUT_SCORES": str(tmp_path / "scores.tif"),
               "OUTPUT_REPORT": str(tmp_path / "report.json"), **extra}
-    for name in ("OUTPUT_MASK", "OUTPUT_SCORES"):
+    for name in ("OUTPUT_MASK", "OUTPUT_SCORES", "OUTPUT_PEAKS"):
         params[name] = str(tmp_path / params[name]) if name in params else None
     with pytest.raises(QgsProcessingException, match=message):
         processing.run("rslab:detect_anomalies", params)
@@ -186,9 +188,15 @@ def test_loaded_outputs_are_styled_and_the_ramp_fits_the_scores(tmp_path, scene,
     try:
         result = processing.runAndLoadResults("rslab:detect_anomalies", {
             "INPUT": cube, "METHOD": 1, "FALSE_ALARM_RATE": 0.01, "OUTPUT_SCORES": str(tmp_path / "scores.tif"),
-            "OUTPUT_MASK": str(tmp_path / "mask.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json")})
-        loaded = {layer.source(): layer for layer in project.mapLayers().values()}
+            "OUTPUT_MASK": str(tmp_path / "mask.tif"), "OUTPUT_REPORT": str(tmp_path / "report.json"),
+            "OUTPUT_PEAKS": str(tmp_path / "peaks.gpkg")})
+        loaded = {layer.source().split("|")[0]: layer for layer in project.mapLayers().values()}
         scores, mask = loaded[result["OUTPUT_SCORES"]], loaded[result["OUTPUT_MASK"]]
+        peaks = loaded[result["OUTPUT_PEAKS"]]  # points ringed and labelled by rank (anomaly_peaks.qml)
+        assert peaks.featureCount() == 20 and peaks.labelsEnabled()
+        assert peaks.labeling().settings().fieldName == "rank"
+        assert [layer.strokeColor().name() for layer in peaks.renderer().symbol().symbolLayers()] == ["#000000",
+                                                                                                       "#00e5ff"]
         renderer = scores.renderer()
         assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
         values, _ = read(str(tmp_path / "scores.tif"))
@@ -215,14 +223,14 @@ def test_temporary_outputs_loaded_as_the_dialog_loads_them_are_all_generated(sce
     context = QgsProcessingContext()
     context.setProject(project)
     parameters = {"INPUT": cube, "METHOD": 1, "FALSE_ALARM_RATE": 0.01}
-    for name in ("OUTPUT_SCORES", "OUTPUT_MASK"):
+    for name in ("OUTPUT_SCORES", "OUTPUT_MASK", "OUTPUT_PEAKS"):
         parameters[name] = QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", project)
     algorithm = QgsApplication.processingRegistry().createAlgorithmById("rslab:detect_anomalies")
     ok, message = algorithm.checkParameterValues(parameters, context)
     assert ok, message
     results = processing.run(algorithm, parameters, context=context)
     to_load = set(context.layersToLoadOnCompletion())
-    assert to_load == {results["OUTPUT_SCORES"], results["OUTPUT_MASK"]}
+    assert to_load == {results["OUTPUT_SCORES"], results["OUTPUT_MASK"], results["OUTPUT_PEAKS"]}
     assert all(os.path.isfile(path) for path in to_load)
 
 
@@ -235,9 +243,14 @@ def test_detect_anomalies_from_the_command_line(tmp_path, samples, qgis_process)
     assert imported.returncode == 0, imported.stdout[-2000:] + imported.stderr[-2000:]
     done = run("--json", "run", "rslab:detect_anomalies", "--", f"INPUT={cube}", "METHOD=1", f"REFERENCE={gt}",
                "FALSE_ALARM_RATE=0.02", f"OUTPUT_SCORES={tmp_path / 's.tif'}", f"OUTPUT_MASK={tmp_path / 'm.tif'}",
-               f"OUTPUT_REPORT={tmp_path / 'r.json'}")
+               f"OUTPUT_REPORT={tmp_path / 'r.json'}", f"OUTPUT_PEAKS={tmp_path / 'p.gpkg'}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads(done.stdout)["results"]
+    written = ogr.Open(str(tmp_path / "p.gpkg"))  # held: its layer dies with it
+    points = written.GetLayer(0)
+    assert results["OUTPUT_PEAKS"] == str(tmp_path / "p.gpkg") and points.GetFeatureCount() == 20
+    assert [point["rank"] for point in points] == list(range(1, 21))
+    written = points = None
     assert results["OUTPUT_SCORES"] == str(tmp_path / "s.tif") and results["OUTPUT_MASK"] == str(tmp_path / "m.tif")
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["metrics"]["auc_df"] > 0.9 and report["params"]["false_alarm_rate"] == 0.02
@@ -448,21 +461,23 @@ def test_combinations_that_cannot_run_are_caught_before_the_run(tmp_path, scene,
 
 
 def test_the_parameters_are_the_issues_names_order_and_defaults(provider, qtbot, iface):
-    """The issue's parameter names (MODEL and OUTPUT_MODEL added, both optional), the method enum in its order, and
+    """The issue's parameter names (MODEL, OUTPUT_MODEL and OUTPUT_PEAKS added, all optional), the method enum in its order, and
     the defaults the Processing dialog and the dock start from: 500 iterations, seed 0, windows 3 and 11."""
     from rslab.ui.anomaly_dock import AnomalyDock
 
     algorithm = QgsApplication.processingRegistry().algorithmById("rslab:detect_anomalies")
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["INPUT", "METHOD", "ITERATIONS", "SEED", "INNER_WINDOW", "OUTER_WINDOW", "REFERENCE",
-                     "FALSE_ALARM_RATE", "OUTPUT_SCORES", "OUTPUT_MASK", "OUTPUT_REPORT", "MODEL", "OUTPUT_MODEL"]
+                     "FALSE_ALARM_RATE", "OUTPUT_SCORES", "OUTPUT_MASK", "OUTPUT_REPORT", "MODEL", "OUTPUT_MODEL",
+                     "OUTPUT_PEAKS"]
     method = algorithm.parameterDefinition("METHOD")
     assert [option.split(":")[0] for option in method.options()] == ["bsdm_rx", "rx", "lrx"]
     defaults = {name: algorithm.parameterDefinition(name).defaultValue()
                 for name in ("METHOD", "ITERATIONS", "SEED", "INNER_WINDOW", "OUTER_WINDOW")}
     assert defaults == {"METHOD": 0, "ITERATIONS": 500, "SEED": 0, "INNER_WINDOW": 3, "OUTER_WINDOW": 11}
     optional = {p.name() for p in algorithm.parameterDefinitions() if p.flags() & p.FlagOptional}
-    assert optional == {"REFERENCE", "FALSE_ALARM_RATE", "OUTPUT_MASK", "OUTPUT_REPORT", "MODEL", "OUTPUT_MODEL"}
+    assert optional == {"REFERENCE", "FALSE_ALARM_RATE", "OUTPUT_MASK", "OUTPUT_REPORT", "MODEL", "OUTPUT_MODEL",
+                        "OUTPUT_PEAKS"}
     dock = AnomalyDock(iface)
     qtbot.addWidget(dock)
     assert dock.method_combo.currentData() == "bsdm_rx"

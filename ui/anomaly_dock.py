@@ -74,7 +74,7 @@ from ..core.raster_io import (band_wavelengths, centres_of, data_bands, gdal_env
                               raster_info, read_bands)
 from . import task as tasks
 from .job_dock import JobDock, layer_file, safe_name, unused_stem
-from .layers import MASK_STYLE, SCORES_STYLE, LayerSpec, fit_score_stretch, make_layer, show_true_colour
+from .layers import MASK_STYLE, PEAKS_STYLE, SCORES_STYLE, LayerSpec, fit_score_stretch, make_layer, show_true_colour
 from .peak_table import PeakTable
 from .settings import remember
 from .widgets import (
@@ -235,9 +235,10 @@ def read_spectrum(path: str, row: int, col: int) -> Optional[Tuple[np.ndarray, n
 
 def output_paths(folder: str, layer_name: str, method: str, with_mask: bool) -> AnomalyOutputs:
     """Output file names in `folder` that do not overwrite an earlier run's files."""
-    base = unused_stem(folder, f"{safe_name(layer_name)}_{method}", ("scores.tif", "mask.tif", "report.json"))
+    base = unused_stem(folder, f"{safe_name(layer_name)}_{method}",
+                       ("scores.tif", "mask.tif", "report.json", "peaks.gpkg"))
     return AnomalyOutputs(scores=f"{base}_scores.tif", mask=f"{base}_mask.tif" if with_mask else None,
-                          report=f"{base}_report.json")
+                          report=f"{base}_report.json", peaks=f"{base}_peaks.gpkg")
 
 
 def pixel_at(layer: QgsRasterLayer, point: QgsPointXY) -> Optional[Tuple[int, int]]:
@@ -362,6 +363,10 @@ class AnomalyDock(JobDock):
         self.roc_legend = QLabel(self)
         self.roc_legend.setWordWrap(True)
         self.roc_legend.setTextFormat(Qt.RichText)
+        # made before the spectrum's buttons: Tab follows the order widgets are made in, which is their layout's
+        self.peak_caption = QLabel(NO_PEAKS_TEXT, self)
+        self.peak_caption.setWordWrap(True)
+        self.peak_table = PeakTable(self)
         self.spectrum_legend = QLabel(self)
         self.spectrum_legend.setWordWrap(True)
         self.spectrum_legend.setTextFormat(Qt.RichText)
@@ -372,9 +377,6 @@ class AnomalyDock(JobDock):
         self.pick_button.setEnabled(self.iface is not None)
         self.true_colour_button = QPushButton("True colour", self)
         self.true_colour_button.setToolTip(TRUE_COLOUR_TIP)
-        self.peak_caption = QLabel(NO_PEAKS_TEXT, self)
-        self.peak_caption.setWordWrap(True)
-        self.peak_table = PeakTable(self)
 
     def _make_roc_plot(self) -> pg.PlotWidget:
         """One curve per method, made once and only hidden: pyqtgraph under QGIS's PyQt fails when items are removed.
@@ -563,15 +565,16 @@ class AnomalyDock(JobDock):
         self.runFinished.emit(run.result, "")
 
     def _add_layers(self, request: AnomalyRequest, result: AnomalyResult) -> QgsLayerTreeGroup:
-        """One group above the input layer and its earlier runs (JobDock.add_result_group): the mask (if any)
-        over the scores."""
+        """One group above the input layer and its earlier runs (JobDock.add_result_group): the strongest
+        anomalies (points labelled by rank) over the mask (if any) over the scores."""
         label = METHOD_LABELS[result.method]
         scores = make_layer(LayerSpec(result.outputs.scores, f"{label} scores", SCORES_STYLE))
         fit_score_stretch(scores)
-        layers = [scores]
+        layers = [make_layer(LayerSpec(result.outputs.peaks, f"{label} strongest anomalies", PEAKS_STYLE,
+                                       kind="vector")), scores]
         if result.outputs.mask:
             rate = result.params["false_alarm_rate"]
-            layers.insert(0, make_layer(LayerSpec(result.outputs.mask, f"{label} mask (false-alarm rate {rate:g})",
+            layers.insert(1, make_layer(LayerSpec(result.outputs.mask, f"{label} mask (false-alarm rate {rate:g})",
                                                   MASK_STYLE)))
         return self.add_result_group(f"Anomalies: {request.layer_name} ({label})", request.layer_id, layers,
                                      (request.reference_layer_id,))

@@ -30,7 +30,7 @@ from ..core.resources import STYLE_DIR
 
 # the QML styles in resources/styles each output is drawn with, by the docks and by Processing alike
 CHANGE_STYLE, PROBABILITY_STYLE, UNCERTAINTY_STYLE = "change_mask.qml", "probability.qml", "uncertainty.qml"
-SCORES_STYLE, MASK_STYLE = "anomaly_scores.qml", "anomaly_mask.qml"
+SCORES_STYLE, MASK_STYLE, PEAKS_STYLE = "anomaly_scores.qml", "anomaly_mask.qml", "anomaly_peaks.qml"
 GROUND_TRUTH_STYLE = "binary_mask.qml"
 # pixels QGIS samples for a cumulative cut (its "estimated" accuracy); on a raster with overviews QGIS 3.22
 # takes the cut from its smallest overview instead (a few hundred pixels on a long, narrow output)
