@@ -8,16 +8,16 @@ pixels (Chebyshev) from every stronger one taken, so one target of a few
 pixels is listed once rather than once per pixel. Ties go to the upper-left
 pixel, so the list is the same on every run.
 
-`write_peaks` writes them as a point layer (GeoPackage or GeoJSON: one file
-each, so it can be written under a temporary name and renamed into place)
-for the map, for editing, or for a field team's GPS.
-
 By windows, so any raster fits in memory: each window is read with a margin
 of `separation` pixels, so a pixel beside a window's edge is compared with
 its neighbours across it. At most count x (2 separation + 1)^2 local maxima
 are kept between windows: every maximum the greedy pass looks at before the
 count-th peak is either taken or within the square of a taken one, so the
 rest can never be reached.
+
+`write_peaks` writes them as a point layer (GeoPackage or GeoJSON: one file
+each, so it can be written under a temporary name and renamed into place)
+for the map, for editing, or for a field team's GPS.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from .raster_io import centres_of, gdal_env, open_raster, raster_info, read_wind
 from .tiling import windows_for
 
 PEAK_COUNT = 20  # listed in the report and the dock
-PEAK_SEPARATION = 5  # pixels: two peaks closer than this (either axis) are one target; a car at ~1 m is 2 x 5
+PEAK_SEPARATION = 5  # pixels: two maxima within this on both axes are one target (a car at ~1 m is 2 x 5 pixels)
 PEAK_TILE = 1024  # windows of ~1024 x 1024 (three float64 arrays of it: ~25 MB)
 PEAK_LAYER = "strongest_anomalies"
 PEAK_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}  # single-file formats (a shapefile is four files)
