@@ -11,12 +11,12 @@ import json
 from typing import Any, Dict, Optional
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
-    QgsProcessing,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
     QgsProcessingUtils,

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import pyqtgraph as pg
@@ -306,10 +306,9 @@ class AnomalyDock(JobDock):
         self.roc_runs: Dict[str, Dict[str, RocCurve]] = {}  # input layer id -> method -> latest ROC
         self._pick_status = ""  # the status a pick that showed no spectrum set (see _pick_message)
         self._roc_reference: Dict[str, Optional[str]] = {}  # input layer id -> the reference its ROCs used
-        # input layer id -> (method, score raster) of its latest run, for the picked pixel's score
-        self._scores: Dict[str, Tuple[str, str]] = {}
+        # input layer id -> its latest run: the picked pixel's score, the strongest anomalies listed
+        self._latest: Dict[str, AnomalyResult] = {}
         self._metrics: Dict[str, str] = {}  # input layer id -> its latest run's readout (shown with that image)
-        self._peaks: Dict[str, Tuple[str, List[Peak]]] = {}  # input layer id -> (method, peaks) of its latest run
         self.mean_spectra: Dict[str, np.ndarray] = {}  # file -> scene mean spectrum
         self._mean_tasks: Dict[str, tasks.JobTask] = {}
         self._request: Optional[AnomalyRequest] = None
@@ -546,8 +545,7 @@ class AnomalyDock(JobDock):
             self._fail(error)
             return
         if self.group is not None:
-            self._scores[request.layer_id] = (run.result.method, run.result.outputs.scores)
-            self._peaks[request.layer_id] = (run.result.method, run.result.peaks)
+            self._latest[request.layer_id] = run.result
             self._remember_roc(request, run)
         self.progress_bar.setValue(100)
         self._metrics[request.layer_id] = self._metrics_text(run, request.layer_name)
@@ -649,7 +647,7 @@ class AnomalyDock(JobDock):
         """A reopened project has the same layer ids: its images showed the closed session's curves and readouts
         (of runs whose layers had gone with it)."""
         self.result = None
-        for kept in (self.roc_runs, self._roc_reference, self._scores, self._metrics, self._peaks):
+        for kept in (self.roc_runs, self._roc_reference, self._latest, self._metrics):
             kept.clear()
         self._show_roc_of_current_layer()
         self._show_peaks_of_current_layer()
@@ -662,11 +660,12 @@ class AnomalyDock(JobDock):
     def _show_peaks_of_current_layer(self, *_: object) -> None:
         """List the strongest anomalies of the picked image's latest run (another image's would mislead)."""
         layer = self.layer_combo.currentLayer()
-        method, peaks = self._peaks.get(layer.id(), ("", [])) if layer is not None else ("", [])
-        self.peak_table.show_peaks(peaks)
-        if not method:
+        latest = self._latest.get(layer.id()) if layer is not None else None
+        self.peak_table.show_peaks(latest.peaks if latest is not None else [])
+        if latest is None:
             self.peak_caption.setText(NO_PEAKS_TEXT)
             return
+        method, peaks = latest.method, latest.peaks
         what = "go to it and see its spectrum" if self.iface is not None else "see its spectrum"
         self.peak_caption.setText(
             f"The {len(peaks)} highest peaks of the {METHOD_LABELS[method]} scores, each over "
@@ -823,10 +822,11 @@ class AnomalyDock(JobDock):
         """'▬ pixel (row, col) of <layer> · <method> score s   ▬ scene mean' (the latest run on this layer: its
         method named, as the runs' score ranges differ by orders of magnitude)."""
         pixel = f"pixel (row {row}, col {col}) of {layer.name()}"
-        method, scores = self._scores.get(layer.id(), ("", ""))
+        latest = self._latest.get(layer.id())
+        scores = latest.outputs.scores if latest is not None else ""
         score = read_pixel(scores, row, col) if scores and os.path.isfile(scores) else None
         if score is not None:
-            pixel += f" · {METHOD_LABELS[method]} score {score[0]:.4g}"
+            pixel += f" · {METHOD_LABELS[latest.method]} score {score[0]:.4g}"
         return (f"{legend_mark(PIXEL_PEN)}&nbsp;{html.escape(pixel)}&nbsp;&nbsp;&nbsp; "
                 f"{legend_mark(MEAN_PEN)}&nbsp;scene&nbsp;mean")
 
