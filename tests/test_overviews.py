@@ -204,3 +204,25 @@ def test_outputs_and_their_overviews_are_compressed_in_several_threads_to_the_sa
             pixels[threads] = (ds.read(1), ds.read(1, out_shape=(ds.height // 4, ds.width // 4)))
     assert np.isfinite(pixels["1"][0]).any()
     assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(pixels["1"], pixels["2"]))
+
+
+def test_overviews_are_built_under_the_jobs_bound_on_gdals_block_cache(tmp_path):
+    """Outside the bound, GDAL's cache (5 % of the RAM by default) grew by 233 MB while the overviews of a
+    20000 x 20000 mask were built (bench/anomaly_mask.py); the process's own setting is put back after."""
+    from osgeo import gdal
+
+    from rslab.core.raster_io import GDAL_CACHE_MB
+
+    path = str(tmp_path / "mask.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=4100, height=300, count=1, dtype="uint8", tiled=True,
+                       blockxsize=256, blockysize=256) as dst:
+        dst.write((np.arange(4100 * 300).reshape(300, 4100) % 7 == 0).astype(np.uint8), 1)
+    before = gdal.GetCacheMax()
+    gdal.SetCacheMax(1 << 30)
+    try:
+        seen = []
+        assert add_overviews(path, JobMonitor(lambda fraction, text: seen.append(gdal.GetCacheMax())))
+        assert seen and max(seen) <= GDAL_CACHE_MB << 20
+        assert gdal.GetCacheMax() == 1 << 30
+    finally:
+        gdal.SetCacheMax(before)
