@@ -65,6 +65,12 @@ STATS_TILE = 256  # a 256 x 256 x 200-band window is ~100 MB in float64 (whole s
 SCORE_BINS = 1 << 16
 
 
+def check_false_alarm_rate(rate: float) -> None:
+    """RSLabError for a false-alarm rate outside (0, 1)."""
+    if not 0 < rate < 1:
+        raise RSLabError(f"the false-alarm rate must be above 0 and below 1, got {rate}")
+
+
 @dataclass(frozen=True)
 class AnomalyParams:
     method: str = "bsdm_rx"
@@ -95,8 +101,8 @@ class AnomalyParams:
             raise RSLabError(
                 f"the outer window ({self.outer_window}) must be larger than the inner window ({self.inner_window})"
             )
-        if self.false_alarm_rate is not None and not 0 < self.false_alarm_rate < 1:
-            raise RSLabError(f"the false-alarm rate must be above 0 and below 1, got {self.false_alarm_rate}")
+        if self.false_alarm_rate is not None:
+            check_false_alarm_rate(self.false_alarm_rate)
         if self.model and self.method != "bsdm_rx":
             raise RSLabError(f"a denoiser checkpoint is only used by bsdm_rx, not by {self.method}")
         if self.precision not in PRECISIONS:
@@ -138,6 +144,7 @@ class AnomalyResult(JobResult):
     metrics: Dict[str, Any] = field(default_factory=dict)
     threshold: Optional[float] = None
     mask_pixels: Optional[int] = None  # with a false-alarm rate: the pixels scoring above the threshold
+    mask_detection: Dict[str, Any] = field(default_factory=dict)  # with a rate and a reference (MaskSummary)
     score_range: Tuple[float, float] = (0.0, 0.0)
     training_loss: List[float] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
@@ -658,6 +665,83 @@ def false_alarm_threshold(scores: str, rate: float, lo: float, hi: float,
     return float(threshold), int(above[cut + 1] + np.count_nonzero(in_bin > threshold)), total
 
 
+@dataclass
+class MaskSummary:
+    """A mask at a false-alarm rate: the score it cuts at, the pixels above it, and with a reference what it
+    finds (`detection`: see mask_detection)."""
+
+    rate: float
+    threshold: float
+    flagged: int  # valid pixels scoring above the threshold
+    valid: int  # valid pixels
+    detection: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+
+def mask_detection(scores: str, reference: str, threshold: float,
+                   monitor: Optional[JobMonitor] = None) -> Dict[str, Any]:
+    """What a mask cutting `scores` above `threshold` finds of a reference (on the scores' grid), by windows:
+    the reference's anomaly pixels it flags (its detection rate) and the background pixels it flags (its false
+    alarms among them), over the pixels the ROC counts (a valid score where the reference is known). The
+    point (false_alarm_rate, detection_rate) lies on the ROC."""
+    monitor = monitor or JobMonitor()
+    hits = anomalies = false_alarms = background = 0
+    with gdal_env(), open_raster(scores) as s, open_raster(reference) as r:
+        windows = _windows(s)
+        for i, window in enumerate(windows):
+            monitor.step(i / len(windows), "the mask against the reference")
+            value, valid = read_window(s, window)
+            truth, known = _reference_window(r, window)
+            ok = valid & known
+            flagged = ok & (value[0] > threshold)
+            hits += int(np.count_nonzero(flagged & truth))
+            false_alarms += int(np.count_nonzero(flagged & ~truth))
+            anomalies += int(np.count_nonzero(ok & truth))
+            background += int(np.count_nonzero(ok & ~truth))
+    monitor.step(1.0, "the mask against the reference")  # a cancel during the last window is heard here
+    return {"anomalies_flagged": hits, "anomaly_pixels": anomalies,
+            "detection_rate": hits / anomalies if anomalies else None,
+            "false_alarms": false_alarms, "background_pixels": background,
+            "false_alarm_rate": false_alarms / background if background else None}
+
+
+def describe_mask_detection(detection: Dict[str, Any]) -> str:
+    """mask_detection's counts in words, for logs and the dock ('' when there are none)."""
+    if not detection or not detection.get("anomaly_pixels") or not detection.get("background_pixels"):
+        return ""
+    return (f"the mask flags {detection['anomalies_flagged']:,} of the reference's {detection['anomaly_pixels']:,} "
+            f"anomaly pixels ({detection['detection_rate']:.1%}) and {detection['false_alarms']:,} of its "
+            f"{detection['background_pixels']:,} background pixels ({detection['false_alarm_rate']:.2%})")
+
+
+def mask_at_rate(scores: str, rate: float, score_range: Tuple[float, float], mask: Optional[str] = None,
+                 reference: Optional[str] = None, monitor: Optional[JobMonitor] = None) -> MaskSummary:
+    """Cut a score raster so that floor(rate x valid pixels) lie above (false_alarm_threshold), write the uint8
+    mask there (1 above, 0 below, MASK_NODATA where the score is nodata) to `mask` when given, and with a
+    `reference` on the scores' grid count what the mask finds (mask_detection). By windows throughout.
+
+    Detection runs it on the scores it has just written; `core/anomaly_mask.threshold_scores` runs it again on
+    a score raster at another rate, which takes seconds where BSDM + RX retrained for minutes.
+    """
+    monitor = monitor or JobMonitor()
+    threshold, flagged, valid = false_alarm_threshold(scores, rate, *score_range, monitor=monitor.sub(0.0, 0.5))
+    summary = MaskSummary(rate, threshold, flagged, valid)
+    if flagged_pixels(rate, valid) == 0:
+        summary.notes.append(f"a false-alarm rate of {rate:g} flags no pixel of these {valid:,} (it takes a rate "
+                             f"of at least 1/{valid:,} = {1 / valid:.2g} to flag one)")
+    elif flagged == 0:
+        summary.notes.append("the highest scores tie, so no pixel scores above the cut: the mask is empty")
+    if mask:
+        def to_mask(arrays, _valid):
+            return [(arrays[0][0] > threshold).astype(np.uint8)]
+
+        run_tiled([scores], [OutputSpec(mask, 1, "uint8", MASK_NODATA, ("anomaly (1) / background (0)",))], to_mask,
+                  TileSpec(STATS_TILE, 0, "partition"), monitor.sub(0.5, 0.8))
+    if reference:
+        summary.detection = mask_detection(scores, reference, threshold, monitor.sub(0.8, 1.0))
+    return summary
+
+
 # --- the job ------------------------------------------------------------------------------------------
 
 
@@ -783,25 +867,13 @@ def detect_anomalies(
                         f"the reference marks over {EXACT_ROC_LIMIT:,} anomaly and background pixels each: AUC(D,F) "
                         f"comes from a {ROC_BINS}-bin score histogram, not the exact ranks")
         if params.false_alarm_rate is not None:
-            result.threshold, result.mask_pixels, scored = false_alarm_threshold(
-                scores_path, params.false_alarm_rate, *lo_hi, monitor=tail.sub(0.4, 0.6))
-            if flagged_pixels(params.false_alarm_rate, scored) == 0:
-                result.notes.append(
-                    f"a false-alarm rate of {params.false_alarm_rate:g} flags no pixel of these {scored:,} "
-                    f"(it takes a rate of at least 1/{scored:,} = {1 / scored:.2g} to flag one)")
-            elif result.mask_pixels == 0:
-                result.notes.append("the highest scores tie, so no pixel scores above the cut: the mask is empty")
-            if outputs.mask:
-                threshold = result.threshold
-
-                def to_mask(arrays, valid):
-                    return [(arrays[0][0] > threshold).astype(np.uint8)]
-
-                mask_path = pending.temp(outputs.mask)
+            mask_path = pending.temp(outputs.mask) if outputs.mask else None
+            mask = mask_at_rate(scores_path, params.false_alarm_rate, lo_hi, mask_path, reference,
+                                tail.sub(0.4, 0.8))
+            result.threshold, result.mask_pixels, result.mask_detection = mask.threshold, mask.flagged, mask.detection
+            result.notes.extend(mask.notes)
+            if mask_path:
                 rasters.append(mask_path)
-                run_tiled([scores_path], [OutputSpec(mask_path, 1, "uint8", MASK_NODATA,
-                                                     ("anomaly (1) / background (0)",))], to_mask,
-                          TileSpec(STATS_TILE, 0, "partition"), tail.sub(0.6, 0.8))
         add_overviews_to(rasters, tail.sub(0.8, 1.0))
         if outputs.report:
             write_json(pending.temp(outputs.report), result.report(), indent=1, default=str)

@@ -23,8 +23,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.anomaly import (LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult, check_anomaly_outputs,
-                            detect_anomalies)
+from ..core.anomaly import (LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult,
+                            check_anomaly_outputs, describe_mask_detection, detect_anomalies)
 from ..core.anomaly_peaks import PEAK_COUNT, PEAK_SEPARATION
 from ..ui.layers import MASK_STYLE, PEAKS_STYLE, SCORES_STYLE, fit_score_stretch
 from .base import RSLabAlgorithm, StyleFromQml, checkpoint_parameter, feedback_callbacks, method_options
@@ -229,6 +229,9 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         if result.threshold is not None:
             feedback.pushInfo(f"threshold at a false-alarm rate of {result.params['false_alarm_rate']:g}: "
                               f"{result.threshold:.6g}; pixels above it: {result.mask_pixels:,}")
+            found = describe_mask_detection(result.mask_detection)
+            if found:
+                feedback.pushInfo(found)
         if result.peaks:
             feedback.pushInfo("strongest anomalies (row, column: score): " + "; ".join(
                 f"{peak.row}, {peak.col}: {peak.score:.4g}" for peak in result.peaks[:LOGGED_PEAKS])

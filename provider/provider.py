@@ -19,12 +19,13 @@ from .detect_anomalies import DetectAnomaliesAlgorithm
 from .detect_changes import DetectChangesAlgorithm
 from .import_cube import ImportCubeAlgorithm
 from .model_bops import ModelBopsAlgorithm
+from .threshold_anomalies import ThresholdAnomaliesAlgorithm
 from .train_change_detector import TrainChangeDetectorAlgorithm
 
 PROCESSING_DIALOGS = os.path.join("processing", "gui", "")  # The Processing plugin's dialogs (runAlgorithm).
 
 ALGORITHMS = (ImportCubeAlgorithm, DetectChangesAlgorithm, TrainChangeDetectorAlgorithm, DetectAnomaliesAlgorithm,
-              ModelBopsAlgorithm, CompressModelAlgorithm)
+              ThresholdAnomaliesAlgorithm, ModelBopsAlgorithm, CompressModelAlgorithm)
 
 
 class RSLabProvider(QgsProcessingProvider):

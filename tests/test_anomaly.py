@@ -891,7 +891,8 @@ def test_the_last_passes_report_progress_and_stop_on_cancel(tmp_path, beach2, me
                      progress=lambda fraction, text: seen.append((fraction, text)))
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    phases = ("value range", "comparing the scores with the reference", "the false-alarm threshold")
+    phases = ("value range", "comparing the scores with the reference", "the false-alarm threshold",
+              "the mask against the reference")
     assert set(phases) <= {text for _, text in seen}
     for phase in phases:
         asked = []

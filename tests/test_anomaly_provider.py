@@ -119,6 +119,64 @@ def test_rx_with_reference_and_false_alarm_rate(tmp_path, scene, provider):
     assert all(mask[p["row"], p["col"]] == 1 for p in peaks[:10])  # the mask's 100 pixels hold the ten strongest
     named = "; ".join(f"{p['row']}, {p['col']}: {p['score']:.4g}" for p in peaks[:5])
     assert f"strongest anomalies (row, column: score): {named}; the report lists 20" in log.lines
+    # what the mask finds of the reference, in the report and the log
+    truth = read(gt)[0] != 0
+    found = report["mask_detection"]
+    assert (found["anomalies_flagged"], found["anomaly_pixels"]) == (int((mask == 1)[truth].sum()), 67)
+    assert (found["false_alarms"], found["background_pixels"]) == (int((mask == 1)[~truth].sum()), 10_000 - 67)
+    assert any(line.startswith(f"the mask flags {found['anomalies_flagged']} of the reference's 67 anomaly pixels")
+               for line in log.lines)
+
+
+def test_a_mask_at_another_rate_from_the_scores_alone(tmp_path, scene, provider):
+    """rslab:threshold_anomalies cuts the scores a detection wrote: at the detection's rate, its very mask."""
+    cube, gt = scene
+    detected = processing.run("rslab:detect_anomalies", {
+        "INPUT": cube, "METHOD": 1, "FALSE_ALARM_RATE": 0.01, "REFERENCE": gt,
+        "OUTPUT_SCORES": str(tmp_path / "scores.tif"), "OUTPUT_MASK": str(tmp_path / "mask.tif"),
+        "OUTPUT_REPORT": str(tmp_path / "report.json")})
+    again = processing.run("rslab:threshold_anomalies", {
+        "INPUT": detected["OUTPUT_SCORES"], "FALSE_ALARM_RATE": 0.01, "OUTPUT_MASK": str(tmp_path / "again.tif")})
+    assert again == {"OUTPUT_MASK": str(tmp_path / "again.tif")}
+    assert np.array_equal(read(tmp_path / "again.tif")[0], read(tmp_path / "mask.tif")[0])
+    log = Recorder()
+    out = {"OUTPUT_MASK": str(tmp_path / "m005.tif"), "OUTPUT_REPORT": str(tmp_path / "m005.json")}
+    result = processing.run("rslab:threshold_anomalies", {"INPUT": detected["OUTPUT_SCORES"], "FALSE_ALARM_RATE": 0.005,
+                                                          "REFERENCE": gt, **out}, feedback=log)
+    assert result == out
+    scores, mask = read(tmp_path / "scores.tif")[0], read(tmp_path / "m005.tif")[0]
+    report = json.loads((tmp_path / "m005.json").read_text())
+    assert report["mask_pixels"] == (mask == 1).sum() == 50 and np.array_equal(mask == 1, scores > report["threshold"])
+    assert log.lines[0] == f"threshold at a false-alarm rate of 0.005: {report['threshold']:.6g}; pixels above it: " \
+                           "50 of 10,000 scored"
+    found = report["mask_detection"]
+    assert found["anomalies_flagged"] + found["false_alarms"] == 50 and found["anomaly_pixels"] == 67
+    assert log.lines[1].startswith(f"the mask flags {found['anomalies_flagged']} of the reference's 67")
+    # the image instead of its scores, and rates out of range, are refused before any work
+    with pytest.raises(QgsProcessingException, match="204 bands; give the one-band scores"):
+        processing.run("rslab:threshold_anomalies", {"INPUT": cube, "FALSE_ALARM_RATE": 0.01,
+                                                     "OUTPUT_MASK": str(tmp_path / "bad.tif")})
+    for rate in (0, 1):
+        with pytest.raises(QgsProcessingException, match="above 0 and below 1"):
+            processing.run("rslab:threshold_anomalies", {"INPUT": detected["OUTPUT_SCORES"], "FALSE_ALARM_RATE": rate,
+                                                         "OUTPUT_MASK": str(tmp_path / "bad.tif")})
+    assert not (tmp_path / "bad.tif").exists()
+
+
+def test_a_mask_from_scores_is_loaded_styled(tmp_path, scene, provider, qgis_app):
+    cube, _ = scene
+    processing.run("rslab:detect_anomalies", {"INPUT": cube, "METHOD": 1, "OUTPUT_SCORES": str(tmp_path / "s.tif")})
+    project = QgsProject.instance()
+    project.clear()
+    try:
+        result = processing.runAndLoadResults("rslab:threshold_anomalies", {
+            "INPUT": str(tmp_path / "s.tif"), "FALSE_ALARM_RATE": 0.02, "OUTPUT_MASK": str(tmp_path / "m.tif")})
+        (mask,) = [layer for layer in project.mapLayers().values()
+                   if layer.source() == result["OUTPUT_MASK"]]
+        assert isinstance(mask.renderer(), QgsPalettedRasterRenderer)
+        assert {c.value: c.color.alpha() for c in mask.renderer().classes()} == {0: 0, 1: 255, 255: 0}
+    finally:
+        project.clear()
 
 
 def test_bsdm_rx_with_few_iterations_and_no_mask(tmp_path, scene, provider):
@@ -259,6 +317,12 @@ def test_detect_anomalies_from_the_command_line(tmp_path, samples, qgis_process)
     assert without_rate.returncode == 0, without_rate.stdout[-2000:] + without_rate.stderr[-2000:]
     assert "OUTPUT_MASK" not in json.loads(without_rate.stdout)["results"]
     assert json.loads((tmp_path / "r2.json").read_text())["threshold"] is None
+    rethreshold = run("--json", "run", "rslab:threshold_anomalies", "--", f"INPUT={tmp_path / 's.tif'}",
+                      "FALSE_ALARM_RATE=0.005", f"REFERENCE={gt}", f"OUTPUT_MASK={tmp_path / 'm005.tif'}",
+                      f"OUTPUT_REPORT={tmp_path / 'm005.json'}")
+    assert rethreshold.returncode == 0, rethreshold.stdout[-2000:] + rethreshold.stderr[-2000:]
+    assert json.loads(rethreshold.stdout)["results"]["OUTPUT_MASK"] == str(tmp_path / "m005.tif")
+    assert json.loads((tmp_path / "m005.json").read_text())["mask_pixels"] == int(read(tmp_path / "m005.tif")[0].sum())
     # BSDM trains inside QGIS's own Python: torch's optimiser needs a newer sympy than Debian's
     bsdm = run("--json", "run", "rslab:detect_anomalies", "--", f"INPUT={cube}", "METHOD=0", "ITERATIONS=3",
                f"REFERENCE={gt}", f"OUTPUT_SCORES={tmp_path / 's3.tif'}", f"OUTPUT_REPORT={tmp_path / 'r3.json'}")
