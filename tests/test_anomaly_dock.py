@@ -1,6 +1,7 @@
 """The anomaly dock on real QGIS and a real ABU scene: runs, styled groups, metrics, ROC comparison, spectra, cancel."""
 from __future__ import annotations
 
+import html
 import os
 import re
 import threading
@@ -72,6 +73,7 @@ def map_point(layer: QgsRasterLayer, row: int, col: int) -> QgsPointXY:
 def legend_texts(dock):
     """The ROC legend's entries as plain text."""
     text = re.sub(r"<[^>]+>", "", dock.roc_legend.text()).replace("&nbsp;", " ").replace("&#9644;", "")
+    text = html.unescape(text)  # the mask's ring, ○
     return [entry.strip() for entry in text.split("    ") if entry.strip()]
 
 
@@ -381,12 +383,14 @@ def test_closing_the_project_between_runs_empties_the_dock(qtbot, dock, scene, p
     """New Project or another project opened: the status, readout and ROC curves of the closed project's runs
     stayed, and a reopened project (its layers keep their ids) showed them beside its images again."""
     cube, reference = scene
-    choose(dock, cube, "rx", reference=reference, output=tmp_path)
+    choose(dock, cube, "rx", reference=reference, rate=0.01, output=tmp_path)
     assert click_run(qtbot, dock)[1] == ""
     assert "AUC(D,F)" in dock.metrics_label.text() and list(dock.visible_roc_curves()) == ["rx"]
+    assert dock.mask_button.isEnabled() and dock.mask_point.isVisible()
     project.clear()
     assert dock.status_label.text() == "" and dock.progress_bar.value() == 0
     assert dock.metrics_label.text() == "" and dock.visible_roc_curves() == {} and dock.roc_runs == {}
+    assert not dock.mask_button.isEnabled() and not dock.mask_point.isVisible()  # no run of this project to cut
 
 
 def test_a_dock_deleted_mid_run_leaves_no_temporary_folder(qtbot, iface, scene, project):
@@ -857,3 +861,78 @@ def test_going_to_an_anomaly_of_a_utm_image_on_a_wgs84_map(qtbot, dock, iface, p
     points = dock.group.findLayers()[0].layer()  # the strongest anomalies as points in the image's CRS
     assert points.crs().authid() == "EPSG:32633"
     assert next(points.getFeatures()).geometry().asPoint() == QgsPointXY(peak.x, peak.y)
+
+
+def click_new_mask(qtbot, dock):
+    """Click 'New mask' and wait for its job; runFinished's (result, error)."""
+    with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS) as done:
+        qtbot.mouseClick(dock.mask_button, Qt.LeftButton)
+    return done.args
+
+
+def test_a_new_mask_cuts_the_latest_scores_at_another_rate(qtbot, dock, scene, project, beach2, tmp_path):
+    """'New mask' after a run: the run's scores cut at the form's rate, added above them in the run's group (the
+    run's own mask hidden), the readout giving the new cut and what it finds of the reference."""
+    from rslab.core.anomaly_mask import MaskResult
+
+    cube, reference = scene
+    choose(dock, cube, "rx", reference, rate=0.01, output=tmp_path)
+    assert not dock.mask_button.isEnabled()  # nothing to cut yet
+    rx, error = click_run(qtbot, dock)
+    assert error == "" and dock.mask_button.isEnabled()
+
+    def ring():  # the mask's operating point on the ROC: (false-alarm rate, detection rate), the x axis logarithmic
+        x, y = dock.mask_point.getData()
+        return (10 ** x[0], y[0]) if dock.mask_point.isVisible() else None
+
+    found = rx.mask_detection  # the run's own mask at 1 %, on its curve
+    assert ring() == pytest.approx((found["false_alarm_rate"], found["detection_rate"]))
+    assert legend_texts(dock) == [f"RX AUC {rx.metrics['auc_df']:.4f}", "○ mask at 0.01"]
+    dock.far_check.setChecked(False)
+    assert not dock.mask_button.isEnabled()
+    dock.far_check.setChecked(True)
+    dock.far_spin.setValue(0.005)
+    mask, error = click_new_mask(qtbot, dock)
+    assert error == "" and isinstance(mask, MaskResult)
+    assert mask.outputs.mask == str(tmp_path / "beach-2_rx_0.005_mask.tif") and mask.false_alarm_rate == 0.005
+    with rasterio.open(rx.outputs.scores) as ds:
+        scores = ds.read(1)
+    with rasterio.open(mask.outputs.mask) as ds:
+        flagged = ds.read(1) == 1
+    assert np.array_equal(flagged, scores > mask.threshold) and flagged.sum() == mask.mask_pixels
+    assert 45 <= mask.mask_pixels <= 50 < rx.mask_pixels  # 50 asked; fewer only where scores tie at the cut
+    nodes = dock.group.findLayers()
+    assert [node.name() for node in nodes] == ["RX strongest anomalies", "RX mask (false-alarm rate 0.005)",
+                                               "RX mask (false-alarm rate 0.01)", "RX scores"]
+    assert [node.itemVisibilityChecked() for node in nodes] == [True, True, False, True]
+    assert isinstance(nodes[1].layer().renderer(), QgsPalettedRasterRenderer)
+    with rasterio.open(beach2[1]) as ds:
+        truth = ds.read(1) != 0
+    hits = int((flagged & truth).sum())
+    assert mask.mask_detection["anomalies_flagged"] == hits and mask.mask_detection["anomaly_pixels"] == truth.sum()
+    text = dock.metrics_label.text()
+    assert f"Mask: {mask.mask_pixels} pixels score above {mask.threshold:.4g} (false-alarm rate 0.005)" in text
+    assert f"The mask flags {hits} of the reference&#x27;s {truth.sum()} anomaly pixels" in text
+    assert f"AUC(D,F)&nbsp;<b>{rx.metrics['auc_df']:.4f}</b>" in text  # the run's figures stay
+    assert "false-alarm rate 0.01" not in text
+    found = mask.mask_detection
+    assert ring() == pytest.approx((found["false_alarm_rate"], found["detection_rate"]))
+    assert legend_texts(dock)[-1] == "○ mask at 0.005"
+    dock.reference_combo.setLayer(None)  # the curves and the ring belong to that reference
+    assert ring() is None and legend_texts(dock) == []
+    dock.reference_combo.setLayer(reference)
+    assert str(tmp_path) in dock.status_label.text() and dock.progress_bar.value() == 100
+
+    # the same rate again: a file of its own; the group gone: the mask in a group of its own above the image
+    project.layerTreeRoot().removeChildNode(dock.group)
+    again, error = click_new_mask(qtbot, dock)
+    assert error == "" and again.outputs.mask == str(tmp_path / "beach-2_rx_0.005_2_mask.tif")
+    assert again.threshold == mask.threshold
+    assert [node.name() for node in dock.group.findLayers()] == ["RX mask (false-alarm rate 0.005)"]
+    assert project.layerTreeRoot().children()[0] is dock.group
+
+    # scores deleted behind the dock's back: said, nothing started
+    os.remove(rx.outputs.scores)
+    qtbot.mouseClick(dock.mask_button, Qt.LeftButton)
+    assert "scores" in dock.status_label.text() and "are gone" in dock.status_label.text()
+    assert not dock.is_running()

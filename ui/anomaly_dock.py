@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pyqtgraph as pg
@@ -35,6 +35,7 @@ from qgis.core import (
     QgsCsException,
     QgsGeometry,
     QgsLayerTreeGroup,
+    QgsLayerTreeLayer,
     QgsPointXY,
     QgsProject,
     QgsRasterLayer,
@@ -62,9 +63,11 @@ from ..core.anomaly import (
     AnomalyOutputs,
     AnomalyParams,
     AnomalyResult,
+    describe_mask_detection,
     detect_anomalies,
     valid_summary,
 )
+from ..core.anomaly_mask import MaskOutputs, MaskResult, threshold_scores
 from ..core.anomaly_peaks import PEAK_SEPARATION, Peak
 from ..core.bands import bad_bands, good_bands, true_colour_bands
 from ..core.errors import RSLabError
@@ -95,6 +98,8 @@ METHOD_TIPS = {
     "lrx": "Local RX: each pixel against the ring between an outer and an inner (guard) window",
 }
 METHOD_PENS = {"bsdm_rx": (214, 39, 40), "rx": (31, 119, 180), "lrx": (44, 160, 44)}
+MASK_POINT_PEN = (20, 20, 20)  # the mask's operating point on the ROC: a ring (its false-alarm rate can be 0)
+CIRCLE = "&#9675;"
 PIXEL_PEN = (0, 150, 200)  # the anomaly mask's colour family (resources/styles/anomaly_mask.qml is #00e5ff)
 MEAN_PEN = (110, 110, 110)
 PLOT_HEIGHT = 200  # the ROC and spectrum plots' least height in pixels
@@ -103,6 +108,7 @@ TRUE_COLOUR_TIP = "Draw the image from its bands nearest red, green and blue lig
 ROC_POINTS = 600  # points kept per ROC curve (enough for a smooth line, few for pyqtgraph)
 ZOOM_PIXELS = 64  # going to an anomaly on a map that shows over 4 times this many pixels across zooms to this many
 NO_PEAKS_TEXT = "Run a method to list this image's strongest anomalies."
+MASK_OF = "rslab/mask_of"  # on a mask layer: the scores file it cuts (a new mask hides the others of those scores)
 
 
 # --- the part that runs in the worker: files in, numbers out (no Qt) ---------------------------------
@@ -168,6 +174,51 @@ class AnomalyRequest:
                                   lambda fraction, text: progress(before + (1.0 - before) * fraction, text), cancelled)
         roc = thinned_roc(result.roc) if result.roc is not None else None
         return AnomalyRun(result, roc, mean, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class MaskRequest:
+    """A new mask of an image's latest scores at the form's false-alarm rate (the 'New mask' button): the
+    scores are cut again (core/anomaly_mask.py), nothing is detected again."""
+
+    scores: str
+    reference: Optional[str]
+    outputs: MaskOutputs
+    rate: float
+    method: str  # of the run whose scores are cut
+    layer_id: str
+    layer_name: str
+    reference_layer_id: Optional[str]
+    output_dir: str  # the run's folder (the scores' folder)
+    created_dir: bool = False
+
+    def job(self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> MaskResult:
+        return threshold_scores(self.scores, self.outputs, self.rate, self.reference, progress, cancelled)
+
+
+def mask_outputs(scores: str, rate: float) -> MaskOutputs:
+    """A new mask's file beside the scores it cuts (`<run>_<rate>_mask.tif`), not overwriting an earlier one."""
+    folder, name = os.path.split(scores)
+    run = name[:-len("_scores.tif")] if name.endswith("_scores.tif") else os.path.splitext(name)[0]
+    return MaskOutputs(f"{unused_stem(folder, f'{run}_{rate:g}', ('mask.tif',))}_mask.tif")
+
+
+def mask_layer(path: str, method: str, rate: float, scores: str) -> QgsRasterLayer:
+    """A mask raster as the dock adds it: styled, named by its method and rate, marked with the scores it cuts."""
+    layer = make_layer(LayerSpec(path, f"{METHOD_LABELS[method]} mask (false-alarm rate {rate:g})", MASK_STYLE))
+    layer.setCustomProperty(MASK_OF, scores)
+    return layer
+
+
+def mask_paragraph(rate: float, threshold: float, pixels: int, detection: Dict[str, object],
+                   notes: Sequence[str] = ()) -> str:
+    """The readout's lines on a mask: where it cuts, how many pixels it flags, what it finds of a reference."""
+    flagged = "1 pixel scores" if pixels == 1 else f"{pixels:,} pixels score"
+    lines = [f"Mask: {flagged} above {threshold:.4g} (false-alarm rate {rate:g})"]
+    found = describe_mask_detection(detection)
+    if found:
+        lines.append(found[0].upper() + found[1:])
+    return "<p>" + "<br>".join(html.escape(line) for line in [*lines, *notes]) + "</p>"
 
 
 def scene_mean(cube: str, monitor: JobMonitor) -> np.ndarray:
@@ -306,8 +357,9 @@ class AnomalyDock(JobDock):
         self.roc_runs: Dict[str, Dict[str, RocCurve]] = {}  # input layer id -> method -> latest ROC
         self._pick_status = ""  # the status a pick that showed no spectrum set (see _pick_message)
         self._roc_reference: Dict[str, Optional[str]] = {}  # input layer id -> the reference its ROCs used
-        # input layer id -> its latest run: the picked pixel's score, the strongest anomalies listed
-        self._latest: Dict[str, AnomalyResult] = {}
+        # input layer id -> its latest run: the picked pixel's score, the strongest anomalies listed, new masks
+        self._latest: Dict[str, AnomalyRun] = {}
+        self._masks: Dict[str, MaskResult] = {}  # input layer id -> the latest new mask of its latest run's scores
         self._metrics: Dict[str, str] = {}  # input layer id -> its latest run's readout (shown with that image)
         self.mean_spectra: Dict[str, np.ndarray] = {}  # file -> scene mean spectrum
         self._mean_tasks: Dict[str, tasks.JobTask] = {}
@@ -351,6 +403,9 @@ class AnomalyDock(JobDock):
         self.far_check = QCheckBox("false-alarm rate", self)
         self.far_check.setToolTip("Also write a mask of the pixels above the score that this share of pixels exceeds")
         self.far_spin = double_spin_box(self, 0.0001, 0.5, 0.01, 4, 0.005)
+        self.mask_button = QPushButton("New mask", self)
+        self.mask_button.setToolTip("Cut the picked image's latest scores at this false-alarm rate: a new mask in "
+                                    "seconds, without detecting again (BSDM would train again)")
         self.output_dir = folder_widget(self, "a new temporary folder per run")
         self.output_dir.setToolTip("Output folder for the scores, mask and report")
 
@@ -392,6 +447,11 @@ class AnomalyDock(JobDock):
             curve.setVisible(False)
             plot.addItem(curve)
             self.roc_curves[method] = curve
+        # the latest mask's operating point on its run's curve (a PlotDataItem: it follows the log axis)
+        self.mask_point = pg.PlotDataItem(pen=None, symbol="o", symbolSize=10, symbolBrush=pg.mkBrush(255, 255, 255),
+                                          symbolPen=pg.mkPen(MASK_POINT_PEN, width=2))
+        self.mask_point.setVisible(False)
+        plot.addItem(self.mask_point)
         return plot
 
     def _make_spectrum_plot(self) -> pg.PlotWidget:
@@ -423,6 +483,7 @@ class AnomalyDock(JobDock):
         far = QHBoxLayout()
         far.addWidget(self.far_check)
         far.addWidget(self.far_spin, 1)
+        far.addWidget(self.mask_button)
         inputs.addRow("Mask", far)
         inputs.addRow("Output", self.output_dir)
         buttons = QHBoxLayout()
@@ -459,6 +520,9 @@ class AnomalyDock(JobDock):
     def _connect(self) -> None:
         self.method_combo.currentIndexChanged.connect(self._update_method_widgets)
         self.far_check.toggled.connect(self.far_spin.setEnabled)
+        self.far_check.toggled.connect(self._update_mask_button)
+        self.layer_combo.layerChanged.connect(self._update_mask_button)
+        self.mask_button.clicked.connect(self.new_mask)
         self.far_spin.setEnabled(self.far_check.isChecked())  # the mask choice may be restored (ui/settings.py)
         self.layer_combo.layerChanged.connect(self._show_roc_of_current_layer)
         self.reference_combo.layerChanged.connect(self._show_roc_of_current_layer)
@@ -485,10 +549,7 @@ class AnomalyDock(JobDock):
         """Read the widgets into an AnomalyRequest (GUI thread); RSLabError names what is missing or wrong."""
         layer = self.layer_combo.currentLayer()
         cube = layer_file(layer, "hyperspectral")
-        reference_layer = self.reference_combo.currentLayer()
-        reference = layer_file(reference_layer, "reference") if reference_layer is not None else None
-        if reference_layer is not None and reference_layer.id() == layer.id():
-            raise RSLabError("the reference is the image itself; pick the anomaly map (non-zero = anomaly)")
+        reference_layer, reference = self._reference_of(layer)
         params = self.params()
         folder, created = self._output_folder()
         return AnomalyRequest(
@@ -499,6 +560,16 @@ class AnomalyDock(JobDock):
             output_dir=folder, created_dir=created,
             need_mean=cube not in self.mean_spectra,
         )
+
+    def _reference_of(self, layer: QgsRasterLayer) -> Tuple[Optional[QgsRasterLayer], Optional[str]]:
+        """The reference layer picked and its file (None, None without one); RSLabError when it is `layer`."""
+        reference_layer = self.reference_combo.currentLayer()
+        if reference_layer is None:
+            return None, None
+        reference = layer_file(reference_layer, "reference")
+        if reference_layer.id() == layer.id():
+            raise RSLabError("the reference is the image itself; pick the anomaly map (non-zero = anomaly)")
+        return reference_layer, reference
 
     def params(self) -> AnomalyParams:
         """The method and only its own settings (a disabled spin box never makes a run fail)."""
@@ -531,6 +602,9 @@ class AnomalyDock(JobDock):
         request = self._end_job()
         if request is None:
             return
+        if isinstance(request, MaskRequest):
+            self._mask_finished(request, run, error)
+            return
         if run is None:
             self._remove_empty_folder(request)
             self._fail(error)
@@ -545,7 +619,8 @@ class AnomalyDock(JobDock):
             self._fail(error)
             return
         if self.group is not None:
-            self._latest[request.layer_id] = run.result
+            self._latest[request.layer_id] = run
+            self._masks.pop(request.layer_id, None)
             self._remember_roc(request, run)
         self.progress_bar.setValue(100)
         self._metrics[request.layer_id] = self._metrics_text(run, request.layer_name)
@@ -553,6 +628,7 @@ class AnomalyDock(JobDock):
         # run's readout above its own curves); the status says where this run's results are
         self._show_roc_of_current_layer()
         self._show_peaks_of_current_layer()
+        self._update_mask_button()
         status = self._done_text(request.output_dir)
         current = self.layer_combo.currentLayer()
         if QgsProject.instance().mapLayer(request.layer_id) is None:
@@ -571,14 +647,14 @@ class AnomalyDock(JobDock):
         layers = [make_layer(LayerSpec(result.outputs.peaks, f"{label} strongest anomalies", PEAKS_STYLE,
                                        kind="vector")), scores]
         if result.outputs.mask:
-            rate = result.params["false_alarm_rate"]
-            layers.insert(1, make_layer(LayerSpec(result.outputs.mask, f"{label} mask (false-alarm rate {rate:g})",
-                                                  MASK_STYLE)))
+            layers.insert(1, mask_layer(result.outputs.mask, result.method, result.params["false_alarm_rate"],
+                                        result.outputs.scores))
         return self.add_result_group(f"Anomalies: {request.layer_name} ({label})", request.layer_id, layers,
                                      (request.reference_layer_id,))
 
-    def _metrics_text(self, run: AnomalyRun, layer_name: str) -> str:
-        """Run facts, then the AUCs as 'name value' pairs that wrap only between pairs (docks are narrow)."""
+    def _metrics_text(self, run: AnomalyRun, layer_name: str, mask: Optional[MaskResult] = None) -> str:
+        """Run facts, then the AUCs as 'name value' pairs that wrap only between pairs (docks are narrow), then the
+        mask: the run's, or `mask`, a new one of its scores."""
         result = run.result
         seconds = f"{run.seconds:.1f} s" if run.seconds >= 1 else f"{run.seconds:.2f} s"
         facts = [METHOD_LABELS[result.method], layer_name, result.device, seconds,
@@ -590,10 +666,12 @@ class AnomalyDock(JobDock):
             text += "<p>" + "&nbsp;&nbsp; ".join(f"{name}&nbsp;<b>{value:.4f}</b>" for name, value in pairs) + "</p>"
         else:
             text += "<p>Accuracy not computed: no reference layer was given.</p>"
-        if result.threshold is not None:
-            flagged = "1 pixel scores" if result.mask_pixels == 1 else f"{result.mask_pixels:,} pixels score"
-            text += (f"<p>Mask: {flagged} above {result.threshold:.4g} "
-                     f"(false-alarm rate {result.params['false_alarm_rate']:g})</p>")
+        if mask is not None:
+            text += mask_paragraph(mask.false_alarm_rate, mask.threshold, mask.mask_pixels, mask.mask_detection,
+                                   mask.notes)
+        elif result.threshold is not None:
+            text += mask_paragraph(result.params["false_alarm_rate"], result.threshold, result.mask_pixels,
+                                   result.mask_detection)
         if result.notes:  # how BSDM trained, a resampled reference, a denoiser read from a file
             text += "<p>" + "<br>".join(html.escape(note) for note in result.notes) + "</p>"
         return text
@@ -635,6 +713,11 @@ class AnomalyDock(JobDock):
             entries.append(f"{legend_mark(METHOD_PENS[method])}&nbsp;"
                            f"{METHOD_LABELS[method].replace(' ', '&nbsp;')}&nbsp;AUC&nbsp;<b>{roc.auc:.4f}</b>")
             smallest = min(smallest, 1.0 / roc.background_pixels)
+        point = self._mask_point(layer, runs)
+        self.mask_point.setVisible(point is not None)
+        self.mask_point.setData(*([[max(point[0], smallest)], [point[1]]] if point is not None else [[], []]))
+        if point is not None:
+            entries.append(f"{legend_mark(MASK_POINT_PEN, CIRCLE)}&nbsp;mask&nbsp;at&nbsp;{point[2]:g}")
         self.roc_legend.setText("&nbsp;&nbsp;&nbsp; ".join(entries))
         first = math.floor(math.log10(smallest))
         self.roc_plot.getAxis("bottom").setTicks([[(k, decade_label(k)) for k in range(first, 1)]])
@@ -643,29 +726,134 @@ class AnomalyDock(JobDock):
         self.roc_plot.setXRange(min(first, math.log10(smallest)) - 0.35, 0.2, padding=0)
         self.roc_plot.setYRange(-0.1, 1.1, padding=0)
 
+    def _mask_point(self, layer: Optional[QgsRasterLayer], runs: Dict[str, RocCurve]
+                    ) -> Optional[Tuple[float, float, float]]:
+        """(false-alarm rate, detection rate, rate asked) of the picked image's latest mask (a new one, else its
+        run's) against the reference of the curves shown; None when there is none, or when it was counted
+        against another reference or on scores whose curve is not shown."""
+        latest = self._latest.get(layer.id()) if layer is not None else None
+        if latest is None or latest.roc is None or latest.result.method not in runs:
+            return None
+        mask = self._masks.get(layer.id())
+        if mask is not None:
+            found, rate, reference = mask.mask_detection, mask.false_alarm_rate, mask.inputs.get("reference")
+        else:
+            found, rate = latest.result.mask_detection, latest.result.params.get("false_alarm_rate")
+            reference = latest.result.inputs.get("reference")
+        shown = self._roc_reference.get(layer.id())
+        if not found or found["false_alarm_rate"] is None or not reference or not shown or \
+                os.path.abspath(reference) != os.path.abspath(shown):
+            return None
+        return found["false_alarm_rate"], found["detection_rate"], rate
+
     def _forget_results(self) -> None:
         """A reopened project has the same layer ids: its images showed the closed session's curves and readouts
         (of runs whose layers had gone with it)."""
         self.result = None
-        for kept in (self.roc_runs, self._roc_reference, self._latest, self._metrics):
+        for kept in (self.roc_runs, self._roc_reference, self._latest, self._masks, self._metrics):
             kept.clear()
         self._show_roc_of_current_layer()
         self._show_peaks_of_current_layer()
+        self._update_mask_button()
 
     def visible_roc_curves(self) -> Dict[str, pg.PlotDataItem]:
         """The ROC curves shown now, by method."""
         return {method: curve for method, curve in self.roc_curves.items() if curve.isVisible()}
+
+    # a new mask of the latest scores ---------------------------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        super()._set_running(running)
+        self._update_mask_button(running=running)
+
+    def _update_mask_button(self, *_: object, running: Optional[bool] = None) -> None:
+        """'New mask' works on the picked image's latest run, with a rate, between runs."""
+        layer = self.layer_combo.currentLayer()
+        running = self.is_running() if running is None else running
+        self.mask_button.setEnabled(not running and self.far_check.isChecked() and layer is not None
+                                    and layer.id() in self._latest)
+
+    def build_mask_request(self) -> MaskRequest:
+        """A new mask of the picked image's latest scores at the form's rate; RSLabError says what is missing."""
+        layer = self.layer_combo.currentLayer()
+        latest = self._latest.get(layer.id()) if layer is not None else None
+        if latest is None:
+            raise RSLabError("run a method on this image first: a new mask cuts its latest scores")
+        scores = latest.result.outputs.scores
+        if not os.path.isfile(scores):
+            raise RSLabError(f"the latest run's scores ({scores}) are gone; run the method again")
+        reference_layer, reference = self._reference_of(layer)
+        rate = round(self.far_spin.value(), 6)
+        return MaskRequest(scores=scores, reference=reference, outputs=mask_outputs(scores, rate), rate=rate,
+                           method=latest.result.method, layer_id=layer.id(), layer_name=layer.name(),
+                           reference_layer_id=reference_layer.id() if reference_layer is not None else None,
+                           output_dir=os.path.dirname(scores))
+
+    def new_mask(self) -> None:
+        """Cut the picked image's latest scores at the form's false-alarm rate (the 'New mask' button)."""
+        if self.is_running():
+            return
+        try:
+            request = self.build_mask_request()
+        except RSLabError as exc:
+            self._refuse(str(exc))
+            return
+        self._set_status(f"Masking the {METHOD_LABELS[request.method]} scores of {request.layer_name} at a "
+                         f"false-alarm rate of {request.rate:g} …")
+        self.start_job(request, f"RS Lab: anomaly mask of {request.layer_name}")
+
+    def _mask_finished(self, request: MaskRequest, result: Optional[MaskResult], error: str) -> None:
+        """The new mask goes into its run's group, shown in place of the masks there before; the readout of
+        that image gives its cut and, with a reference, what it finds."""
+        if result is None:
+            self._fail(error)
+            return
+        if not self.project_closed:
+            try:
+                self._add_mask_layer(request, result)
+            except RSLabError as exc:
+                self._fail(str(exc))
+                return
+        self.progress_bar.setValue(100)
+        latest = self._latest.get(request.layer_id)
+        if latest is not None and latest.result.outputs.scores == request.scores:
+            self._masks[request.layer_id] = result
+            self._metrics[request.layer_id] = self._metrics_text(latest, request.layer_name, result)
+            self._show_roc_of_current_layer()
+        self._set_status(self._done_text(request.output_dir))
+        self.runFinished.emit(result, "")
+
+    def _add_mask_layer(self, request: MaskRequest, result: MaskResult) -> None:
+        """Above the scores it cuts, in their group (its other masks hidden: only the new cut shows); in a group
+        of its own above the image when the scores are no longer in the project."""
+        layer = mask_layer(result.outputs.mask, request.method, request.rate, request.scores)
+        root = QgsProject.instance().layerTreeRoot()
+        scores = next((node for node in root.findLayers()
+                       if node.layer() is not None and node.layer().source() == request.scores), None)
+        if scores is None:
+            self.group = self.add_result_group(f"Anomalies: {request.layer_name} ({METHOD_LABELS[request.method]})",
+                                               request.layer_id, [layer], (request.reference_layer_id,))
+            return
+        group = scores.parent()
+        index = group.children().index(scores)
+        for node in group.children():  # the masks of these scores: hidden, the new one above them all
+            if isinstance(node, QgsLayerTreeLayer) and node.layer() is not None and \
+                    node.layer().customProperty(MASK_OF) == request.scores:
+                node.setItemVisibilityChecked(False)
+                index = min(index, group.children().index(node))
+        QgsProject.instance().addMapLayer(layer, False)
+        group.insertLayer(index, layer)
+        self.group = group
 
     # the strongest anomalies ----------------------------------------------------------------------------
     def _show_peaks_of_current_layer(self, *_: object) -> None:
         """List the strongest anomalies of the picked image's latest run (another image's would mislead)."""
         layer = self.layer_combo.currentLayer()
         latest = self._latest.get(layer.id()) if layer is not None else None
-        self.peak_table.show_peaks(latest.peaks if latest is not None else [])
+        self.peak_table.show_peaks(latest.result.peaks if latest is not None else [])
         if latest is None:
             self.peak_caption.setText(NO_PEAKS_TEXT)
             return
-        method, peaks = latest.method, latest.peaks
+        method, peaks = latest.result.method, latest.result.peaks
         what = "go to it and see its spectrum" if self.iface is not None else "see its spectrum"
         self.peak_caption.setText(
             f"The {len(peaks)} highest peaks of the {METHOD_LABELS[method]} scores, each over "
@@ -823,10 +1011,10 @@ class AnomalyDock(JobDock):
         method named, as the runs' score ranges differ by orders of magnitude)."""
         pixel = f"pixel (row {row}, col {col}) of {layer.name()}"
         latest = self._latest.get(layer.id())
-        scores = latest.outputs.scores if latest is not None else ""
+        scores = latest.result.outputs.scores if latest is not None else ""
         score = read_pixel(scores, row, col) if scores and os.path.isfile(scores) else None
         if score is not None:
-            pixel += f" · {METHOD_LABELS[latest.method]} score {score[0]:.4g}"
+            pixel += f" · {METHOD_LABELS[latest.result.method]} score {score[0]:.4g}"
         return (f"{legend_mark(PIXEL_PEN)}&nbsp;{html.escape(pixel)}&nbsp;&nbsp;&nbsp; "
                 f"{legend_mark(MEAN_PEN)}&nbsp;scene&nbsp;mean")
 
