@@ -18,7 +18,7 @@ help:
 	@echo "make setup    Debian packages (as root), .venv with --system-site-packages, pinned pip packages"
 	@echo "make test     setup, then the whole test suite headless"
 	@echo "make demo     change detection (AR-CDNet, default weights) on a bundled LEVIR-CD pair, via qgis_process: demo/"
-	@echo "make bench    bench/tiling.py, change_detection.py, anomaly.py, anomaly_peaks.py, responsiveness.py (the others: see README)"
+	@echo "make bench    bench/tiling.py, change_detection.py, anomaly.py, anomaly_peaks.py, anomaly_mask.py, responsiveness.py (the others: see README)"
 	@echo "make install  link this checkout into the default QGIS profile as '$(PLUGIN_NAME)' and enable it"
 	@echo "make package  dist/$(PLUGIN_NAME)-VERSION.zip for the QGIS plugin repository"
 
@@ -66,6 +66,7 @@ bench: setup
 	$(PY) bench/change_detection.py
 	$(PY) bench/anomaly.py
 	$(PY) bench/anomaly_peaks.py
+	$(PY) bench/anomaly_mask.py
 	$(PY) bench/responsiveness.py
 
 install:

@@ -22,7 +22,6 @@ How
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +31,12 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from measure import max_rss_bytes, own_hwm_bytes, spawn_child  # bench/ is on sys.path
+from measure import MB, print_passes, spawn_child, timed_child  # bench/ is on sys.path
 
 SAMPLE = Path(__file__).resolve().parent.parent / "resources" / "samples" / "abu-beach-2.mat"
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "rslab-bench-peaks"
 STRIP_ROWS = 500  # rows written at a time while building (a multiple of beach-2's 100)
-MB = 1e6
+BASELINE_PASS = "value range (one read pass, baseline)"
 
 
 def build_scores(workdir: Path, size: int) -> Path:
@@ -67,17 +66,22 @@ def build_scores(workdir: Path, size: int) -> Path:
     return path
 
 
-def child(job: str, path: str) -> None:
-    from rslab.core.anomaly import score_bounds
+def _peaks(path: str) -> list:
     from rslab.core.anomaly_peaks import strongest_peaks
 
-    baseline = own_hwm_bytes()
-    t0 = time.perf_counter()
-    found = strongest_peaks(path) if job == "peaks" else score_bounds(path)
-    seconds = time.perf_counter() - t0
-    top = [found[0].row, found[0].col, found[0].score, len(found)] if job == "peaks" else list(found)
-    print(json.dumps({"seconds": seconds, "baseline": baseline, "peak": own_hwm_bytes(), "maxrss": max_rss_bytes(),
-                      "found": top}))
+    found = strongest_peaks(path)
+    return [found[0].row, found[0].col, found[0].score, len(found)]
+
+
+def read_pass(path: str) -> list:
+    """One plain read pass over a score raster (its value range): the baseline pass."""
+    from rslab.core.anomaly import score_bounds
+
+    return list(score_bounds(path))
+
+
+def child(job: str, path: str) -> None:
+    timed_child(_peaks if job == "peaks" else read_pass, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -98,11 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           f"built or found in {time.perf_counter() - t0:.0f} s)", flush=True)
     figures = {job: spawn_child(__file__, ["--child", job, "--path", str(path)]) for job in ("bounds", "peaks")}
     megapixels = args.size * args.size / 1e6
-    print(f"  {'pass':<34} {'s':>7} {'MP/s':>7} {'base MB':>8} {'peak MB':>8} {'job MB':>7}")
-    for job, label in (("bounds", "value range (one read pass, baseline)"), ("peaks", "strongest 20 peaks")):
-        f = figures[job]
-        print(f"  {label:<34} {f['seconds']:>7.1f} {megapixels / f['seconds']:>7.1f} {f['baseline'] / MB:>8.0f} "
-              f"{f['peak'] / MB:>8.0f} {(f['peak'] - f['baseline']) / MB:>7.0f}")
+    print_passes(figures, (("bounds", BASELINE_PASS), ("peaks", "strongest 20 peaks")), megapixels)
     print(f"  peaks / read pass: {figures['peaks']['seconds'] / figures['bounds']['seconds']:.2f}x; "
           f"uncompressed scores {4 * megapixels:.0f} MB; strongest {figures['peaks']['found'][:3]}, "
           f"{figures['peaks']['found'][3]} listed")

@@ -39,3 +39,30 @@ def spawn_child(script: str, options: Sequence[str], env: Optional[Dict[str, str
     if proc.returncode != 0:
         raise SystemExit(f"child {' '.join(options)} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+MB = 1e6
+
+
+def timed_child(job, *args: Any) -> None:
+    """In a child: run `job(*args)` and print its seconds, memory (before, peak) and what it found as the JSON line
+    `spawn_child` returns. `job` returns a JSON-able summary of its result."""
+    import time
+
+    baseline = own_hwm_bytes()
+    t0 = time.perf_counter()
+    found = job(*args)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "baseline": baseline, "peak": own_hwm_bytes(), "maxrss": max_rss_bytes(),
+                      "found": found}))
+
+
+def print_passes(figures: Dict[str, Dict[str, Any]], labels: Sequence[Sequence[str]], megapixels: float) -> None:
+    """A table of timed passes over one raster: seconds, megapixels per second, the child's memory before and at
+    its peak, and the job's share; `labels` pairs each figure's key with its row's label."""
+    width = max(len(label) for _, label in labels)
+    print(f"  {'pass':<{width}} {'s':>7} {'MP/s':>7} {'base MB':>8} {'peak MB':>8} {'job MB':>7}")
+    for job, label in labels:
+        f = figures[job]
+        print(f"  {label:<{width}} {f['seconds']:>7.1f} {megapixels / f['seconds']:>7.1f} {f['baseline'] / MB:>8.0f} "
+              f"{f['peak'] / MB:>8.0f} {(f['peak'] - f['baseline']) / MB:>7.0f}")
