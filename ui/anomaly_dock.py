@@ -98,8 +98,7 @@ METHOD_TIPS = {
     "lrx": "Local RX: each pixel against the ring between an outer and an inner (guard) window",
 }
 METHOD_PENS = {"bsdm_rx": (214, 39, 40), "rx": (31, 119, 180), "lrx": (44, 160, 44)}
-MASK_POINT_PEN = (20, 20, 20)  # the mask's operating point on the ROC: a ring (its false-alarm rate can be 0)
-CIRCLE = "&#9675;"
+CIRCLE = "&#9675;"  # the mask's operating point on the ROC is a ring in its method's colour
 PIXEL_PEN = (0, 150, 200)  # the anomaly mask's colour family (resources/styles/anomaly_mask.qml is #00e5ff)
 MEAN_PEN = (110, 110, 110)
 PLOT_HEIGHT = 200  # the ROC and spectrum plots' least height in pixels
@@ -448,8 +447,7 @@ class AnomalyDock(JobDock):
             plot.addItem(curve)
             self.roc_curves[method] = curve
         # the latest mask's operating point on its run's curve (a PlotDataItem: it follows the log axis)
-        self.mask_point = pg.PlotDataItem(pen=None, symbol="o", symbolSize=10, symbolBrush=pg.mkBrush(255, 255, 255),
-                                          symbolPen=pg.mkPen(MASK_POINT_PEN, width=2))
+        self.mask_point = pg.PlotDataItem(pen=None, symbol="o", symbolSize=10, symbolBrush=pg.mkBrush(255, 255, 255))
         self.mask_point.setVisible(False)
         plot.addItem(self.mask_point)
         return plot
@@ -715,9 +713,13 @@ class AnomalyDock(JobDock):
             smallest = min(smallest, 1.0 / roc.background_pixels)
         point = self._mask_point(layer, runs)
         self.mask_point.setVisible(point is not None)
-        self.mask_point.setData(*([[max(point[0], smallest)], [point[1]]] if point is not None else [[], []]))
-        if point is not None:
-            entries.append(f"{legend_mark(MASK_POINT_PEN, CIRCLE)}&nbsp;mask&nbsp;at&nbsp;{point[2]:g}")
+        if point is None:
+            self.mask_point.setData([], [])
+        else:  # a false-alarm rate of 0 sits at the axis' left end (a log axis cannot show 0)
+            false_alarm, detection, rate, method = point
+            self.mask_point.setData([max(false_alarm, smallest)], [detection],
+                                    symbolPen=pg.mkPen(METHOD_PENS[method], width=2.5))
+            entries.append(f"{legend_mark(METHOD_PENS[method], CIRCLE)}&nbsp;mask&nbsp;at&nbsp;{rate:g}")
         self.roc_legend.setText("&nbsp;&nbsp;&nbsp; ".join(entries))
         first = math.floor(math.log10(smallest))
         self.roc_plot.getAxis("bottom").setTicks([[(k, decade_label(k)) for k in range(first, 1)]])
@@ -727,8 +729,8 @@ class AnomalyDock(JobDock):
         self.roc_plot.setYRange(-0.1, 1.1, padding=0)
 
     def _mask_point(self, layer: Optional[QgsRasterLayer], runs: Dict[str, RocCurve]
-                    ) -> Optional[Tuple[float, float, float]]:
-        """(false-alarm rate, detection rate, rate asked) of the picked image's latest mask (a new one, else its
+                    ) -> Optional[Tuple[float, float, float, str]]:
+        """(false-alarm rate, detection rate, rate asked, method) of the picked image's latest mask (a new one, else its
         run's) against the reference of the curves shown; None when there is none, or when it was counted
         against another reference or on scores whose curve is not shown."""
         latest = self._latest.get(layer.id()) if layer is not None else None
@@ -744,7 +746,7 @@ class AnomalyDock(JobDock):
         if not found or found["false_alarm_rate"] is None or not reference or not shown or \
                 os.path.abspath(reference) != os.path.abspath(shown):
             return None
-        return found["false_alarm_rate"], found["detection_rate"], rate
+        return found["false_alarm_rate"], found["detection_rate"], rate, latest.result.method
 
     def _forget_results(self) -> None:
         """A reopened project has the same layer ids: its images showed the closed session's curves and readouts
