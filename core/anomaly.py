@@ -46,7 +46,7 @@ from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import EXACT_ROC_LIMIT, ROC_BINS, Roc, window_roc
 from .outputs import PendingOutputs, check_output_paths, work_folder, write_json
 from .overviews import add_overviews_to
-from .raster_io import gdal_env, open_raster, raster_info, read_label_window, read_window
+from .raster_io import RasterInfo, gdal_env, open_raster, raster_info, read_label_window, read_window
 from .seeding import pixel_uniforms, seeded_global_generator
 from .tiling import MASK_NODATA, OutputSpec, TileSpec, run_tiled, windows_for
 
@@ -611,6 +611,15 @@ def reference_classes(reference: str) -> Tuple[int, int, Optional[str]]:
     return anomalies, background, note
 
 
+def reference_on_grid(grid: RasterInfo, reference: str, workdir: str, onto: str) -> Tuple[str, List[str]]:
+    """The reference to read on `grid`'s pixels (itself, or resampled with nearest neighbour through a VRT in
+    `workdir`; an RSLabError when it cannot be aligned), checked for both classes (reference_classes), and the
+    notes to report (resampled; 0 read as background). `onto` names the grid's raster in messages."""
+    reference, note = align_to(grid, reference, workdir, role="reference", resampling="nearest", labels=True,
+                               onto=onto)
+    return reference, [n for n in (note, reference_classes(reference)[2]) if n]
+
+
 def anomaly_metrics(roc: Roc) -> Dict[str, Any]:
     """AUC(D,F), AUC(F,tau), AUC(D,tau) and AUC_BS of a ROC of min-max normalised scores.
 
@@ -670,7 +679,6 @@ class MaskSummary:
     """A mask at a false-alarm rate: the score it cuts at, the pixels above it, and with a reference what it
     finds (`detection`: see mask_detection)."""
 
-    rate: float
     threshold: float
     flagged: int  # valid pixels scoring above the threshold
     valid: int  # valid pixels
@@ -725,7 +733,7 @@ def mask_at_rate(scores: str, rate: float, score_range: Tuple[float, float], mas
     """
     monitor = monitor or JobMonitor()
     threshold, flagged, valid = false_alarm_threshold(scores, rate, *score_range, monitor=monitor.sub(0.0, 0.5))
-    summary = MaskSummary(rate, threshold, flagged, valid)
+    summary = MaskSummary(threshold, flagged, valid)
     if flagged_pixels(rate, valid) == 0:
         summary.notes.append(f"a false-alarm rate of {rate:g} flags no pixel of these {valid:,} (it takes a rate "
                              f"of at least 1/{valid:,} = {1 / valid:.2g} to flag one)")
@@ -796,13 +804,8 @@ def detect_anomalies(
             info = replace(info, count=len(good))
             result.bands = info.count
         if reference:  # on the cube's grid, or resampled onto it (nearest), or a clear error
-            reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest", labels=True,
-                                       onto="image")
-            if note:
-                result.notes.append(note)
-            note = reference_classes(reference)[2]
-            if note:
-                result.notes.append(note)
+            reference, notes = reference_on_grid(info, reference, workdir, onto="image")
+            result.notes.extend(notes)
         source, source_bands = cube, bands
         pixels = info.width * info.height
         bounds = [monitor.sub(*b) for b in stage_bounds(pixels, min(params.max_train_pixels, pixels),

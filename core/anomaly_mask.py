@@ -18,8 +18,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .alignment import align_to
-from .anomaly import check_false_alarm_rate, mask_at_rate, reference_classes, score_bounds
+from .anomaly import check_false_alarm_rate, mask_at_rate, reference_on_grid, score_bounds
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .outputs import PendingOutputs, check_output_paths, work_folder, write_json
@@ -69,9 +68,8 @@ def threshold_scores(scores: str, outputs: MaskOutputs, rate: float, reference: 
         mask = pending.temp(outputs.mask)
         if reference:  # on the scores' grid, or resampled onto it (a small VRT in the work folder)
             workdir = stack.enter_context(work_folder("rslab-mask-", 0, os.path.dirname(mask), "the mask"))
-            reference, note = align_to(info, reference, workdir, role="reference", resampling="nearest",
-                                       labels=True, onto="scores")
-            result.notes.extend(n for n in (note, reference_classes(reference)[2]) if n)
+            reference, notes = reference_on_grid(info, reference, workdir, onto="scores")
+            result.notes.extend(notes)
         with monitor.timed("threshold"):
             result.score_range = score_bounds(scores, monitor.sub(0.0, 0.25))
             summary = mask_at_rate(scores, rate, result.score_range, mask, reference, monitor.sub(0.25, 0.9))
