@@ -355,7 +355,8 @@ def run_method(scene: Dict[str, Any], method: str, iterations: int, output: Path
                precision: str = "auto") -> Dict[str, Any]:
     import numpy as np
 
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
     from rslab.core.raster_io import gdal_env, open_raster
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -488,7 +489,8 @@ def big_child(workdir: Path, method: str) -> Dict[str, Any]:
     else:  # RX and LRX need numpy only (torch would add ~140 MB to the baseline)
         import rslab.core.anomaly  # noqa: F401
     baseline, baseline_maxrss = own_hwm_bytes(), max_rss_bytes()
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
 
     output = workdir / f"big_{method}_scores.tif"
     t0 = time.perf_counter()

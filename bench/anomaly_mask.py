@@ -37,8 +37,10 @@ RATE, NEW_RATE = 0.01, 0.003
 
 
 def scene_part(scene: str, method: str) -> None:
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, describe_mask_detection, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_mask import describe_mask_detection
     from rslab.core.anomaly_mask import MaskOutputs, threshold_scores
+    from rslab.core.anomaly_params import AnomalyParams
     from rslab.core.import_cube import import_cube
 
     with tempfile.TemporaryDirectory(prefix="rslab-bench-mask-") as folder:

@@ -41,7 +41,8 @@ BASELINE_PASS = "value range (one read pass, baseline)"
 
 def build_scores(workdir: Path, size: int) -> Path:
     """RX scores of beach-2 repeated to size x size (cached)."""
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
     from rslab.core.import_cube import import_cube
     from rslab.core.outputs import PendingOutputs
 
@@ -75,7 +76,7 @@ def _peaks(path: str) -> list:
 
 def read_pass(path: str) -> list:
     """One plain read pass over a score raster (its value range): the baseline pass."""
-    from rslab.core.anomaly import score_bounds
+    from rslab.core.rx import score_bounds
 
     return list(score_bounds(path))
 

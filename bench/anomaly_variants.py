@@ -84,7 +84,7 @@ COMPONENTS = 10
 
 def rx_scores(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
     """The plugin's RX scorer, with the mean and covariance of `background` (all pixels for plain RX)."""
-    from rslab.core.anomaly import RxScorer
+    from rslab.core.rx import RxScorer
 
     return RxScorer(background.mean(axis=0), np.cov(background, rowvar=False))(pixels)
 
@@ -105,10 +105,10 @@ def purified_rx(pixels: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def local_rx(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    from rslab.core.anomaly import _principal_components, local_rx_tile
+    from rslab.core.local_rx import local_rx_tile, principal_components
 
     mean = pixels.mean(axis=0)
-    basis, variances = _principal_components(np.cov(pixels, rowvar=False), COMPONENTS)
+    basis, variances = principal_components(np.cov(pixels, rowvar=False), COMPONENTS)
     projected = ((pixels - mean) @ basis).T.reshape(COMPONENTS, height, width)
     inner, outer = LRX_WINDOWS
     return local_rx_tile(projected, np.ones((height, width), bool), inner, outer, np.diag(variances)).ravel()
@@ -118,7 +118,8 @@ def suppressed(pixels: np.ndarray, iterations: int) -> np.ndarray:
     """BSDM's x0_hat of the normalised pixels, with a denoiser trained on them for `iterations`."""
     import torch
 
-    from rslab.core.anomaly import AnomalyParams, train_bsdm
+    from rslab.core.anomaly_params import AnomalyParams
+    from rslab.core.bsdm_suppression import train_bsdm
     from rslab.core.job import JobMonitor
     from rslab.models.bsdm import suppress_background
 

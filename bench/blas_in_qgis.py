@@ -50,8 +50,9 @@ WAYS = {"python": "plain Python, shipped engine", "gsl": "GSL's CBLAS loaded fir
 def child(workdir: Path, way: str) -> None:
     if way.startswith("gsl"):
         ctypes.CDLL(GSL, mode=ctypes.RTLD_GLOBAL)  # before numpy, as in qgis.bin's link order
-    import rslab.core.anomaly as engine
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    import rslab.core.rx as engine  # RX's statistics (gram) and scores (matmul)
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
 
     if way == "gsl_numpy":
         engine.gram = lambda x: x.T @ x

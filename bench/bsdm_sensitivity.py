@@ -84,8 +84,10 @@ def bsdm_rx_auc(x: np.ndarray, truth: np.ndarray, seed: int, layout: str) -> Tup
     import torch
 
     import rslab.models.bsdm as bsdm
-    from rslab.core.anomaly import AnomalyParams, RxScorer, train_bsdm
+    from rslab.core.anomaly_params import AnomalyParams
+    from rslab.core.bsdm_suppression import train_bsdm
     from rslab.core.job import JobMonitor
+    from rslab.core.rx import RxScorer
 
     if layout == "authors":  # train_bsdm builds the denoiser it imports from models.bsdm
         bsdm.BSDMDenoiser = authors_denoiser

@@ -131,7 +131,8 @@ def run_change(epochs: float, out_dir: str, ship: bool, generations: int):
 
 
 def run_bsdm(epochs: float, out_dir: str):
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
     from rslab.core.import_cube import import_cube
 
     scene = SHARED / "anomaly" / "abu" / "abu-beach-2.mat"

@@ -83,7 +83,9 @@ def scene_file(data: Path, scene: str) -> Optional[Path]:
 
 
 def anomaly_section(data: Path, scenes: Sequence[str], work: Path) -> None:
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies, normalised_scores
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_metrics import normalised_scores
+    from rslab.core.anomaly_params import AnomalyParams
     from rslab.core.import_cube import import_cube
 
     print("\n1. BSDM + RX (500 iterations, seed 0)")

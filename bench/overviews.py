@@ -49,7 +49,8 @@ def _link_package() -> None:
 
 
 def _score_pattern(work: Path) -> np.ndarray:
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
     from rslab.core.import_cube import import_cube
 
     import_cube(str(ROOT / "resources" / "samples" / "abu-beach-2.mat"), str(work / "beach2.tif"))

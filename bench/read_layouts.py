@@ -121,7 +121,8 @@ def run_child(workdir: Path, name: str, baseline: bool) -> Dict[str, Any]:
     import numpy as np
 
     import rslab.core.raster_io as raster_io
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
 
     if baseline:  # the read path before 2026-12-02: rasterio's dataset mask, which reads every band's mask band
         raster_io._dataset_mask = lambda ds, bands, data, **where: ds.dataset_mask(**where) > 0

@@ -55,7 +55,8 @@ def child(args: argparse.Namespace) -> None:
 
     app = QgsApplication([], False)
     app.initQgis()
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
     from rslab.core.device import job_niceness, run_at_job_priority
     from rslab.core.errors import JobCancelled
     from rslab.core.import_cube import import_cube

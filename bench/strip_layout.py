@@ -109,8 +109,8 @@ def good_bands_child(workdir: Path, baseline: bool) -> Dict[str, Any]:
 
     import numpy as np
 
-    from rslab.core.anomaly import scene_statistics
     from rslab.core.bands import band_subset
+    from rslab.core.rx import scene_statistics
 
     path = str(crop_path(workdir))
     with open(path, "rb") as handle:
@@ -144,7 +144,8 @@ def run_child(workdir: Path, layout: str, baseline: bool) -> Dict[str, Any]:
     import rasterio
 
     import rslab.core.tiling as tiling
-    from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+    from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+    from rslab.core.anomaly_params import AnomalyParams
 
     if baseline:  # the windows before 2026-12-03: 256 x 256 squares whatever the file's storage
         tiling.strip_rows = lambda ds, size: None

@@ -351,7 +351,7 @@ class AnomalyTask(CompressionTask):
         import torch.nn.functional as F
 
         from ..models.bsdm import suppress_background
-        from .anomaly import global_rx
+        from .rx import global_rx
 
         was_training = model.training
         model.eval()

@@ -23,8 +23,9 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.anomaly import (LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyOutputs, AnomalyParams, AnomalyResult,
-                            check_anomaly_outputs, describe_mask_detection, detect_anomalies)
+from ..core.anomaly import AnomalyOutputs, AnomalyResult, check_anomaly_outputs, detect_anomalies
+from ..core.anomaly_mask import describe_mask_detection
+from ..core.anomaly_params import LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyParams
 from ..core.anomaly_peaks import PEAK_COUNT, PEAK_SEPARATION
 from ..ui.layers import MASK_STYLE, PEAKS_STYLE, SCORES_STYLE, fit_score_stretch
 from .base import RSLabAlgorithm, StyleFromQml, checkpoint_parameter, feedback_callbacks, method_options

@@ -9,8 +9,9 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ..core.anomaly import check_false_alarm_rate, describe_mask_detection
+from ..core.anomaly_mask import describe_mask_detection
 from ..core.anomaly_mask import MaskOutputs, MaskResult, threshold_scores
+from ..core.anomaly_params import check_false_alarm_rate
 from ..ui.layers import MASK_STYLE
 from .base import RSLabAlgorithm, feedback_callbacks
 

@@ -14,23 +14,14 @@ import scipy.stats
 import spectral
 import torch
 
-from rslab.core.anomaly import (
-    LRX_COMPONENTS,
-    LRX_MAX_OUTER,
-    METHODS,
-    AnomalyOutputs,
-    AnomalyParams,
-    _principal_components,
-    _training_sample,
-    anomaly_roc,
-    detect_anomalies,
-    flagged_pixels,
-    local_rx_tile,
-    save_denoiser,
-    train_bsdm,
-)
+from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+from rslab.core.anomaly_mask import flagged_pixels
+from rslab.core.anomaly_metrics import anomaly_roc
+from rslab.core.anomaly_params import LRX_MAX_OUTER, METHODS, AnomalyParams
+from rslab.core.bsdm_suppression import save_denoiser, train_bsdm, training_sample
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import import_cube
+from rslab.core.local_rx import LRX_COMPONENTS, local_rx_tile, principal_components
 from rslab.core.metrics import rank_auc, window_roc
 from rslab.models.bsdm import BSDMDenoiser, pixel_statistics, schedule, suppress_background
 
@@ -69,7 +60,7 @@ def test_bsdm_training_stops_at_the_next_iteration_after_a_cancel(beach2):
     from rslab.core.job import JobMonitor
 
     cube, _ = beach2
-    sample = _training_sample(str(cube), *_cube_range(cube), 300, 100 * 100, 0)
+    sample = training_sample(str(cube), *_cube_range(cube), 300, 100 * 100, 0)
     checks = []
 
     def cancelled():
@@ -179,7 +170,7 @@ def test_a_seed_gives_the_same_denoiser_while_another_job_trains(beach2, tmp_pat
     from rslab.core.job import JobMonitor
 
     cube, _ = beach2
-    sample = _training_sample(str(cube), *_cube_range(cube), 300, 100 * 100, 0)
+    sample = training_sample(str(cube), *_cube_range(cube), 300, 100 * 100, 0)
     cpu = torch.device("cpu")
 
     def weights(seed):
@@ -215,7 +206,7 @@ def test_an_onnx_export_in_another_thread_does_not_change_the_denoisers_arithmet
     from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
 
     cube, _ = beach2
-    sample = torch.from_numpy(_training_sample(str(cube), *_cube_range(cube), 500, 100 * 100, 0))
+    sample = torch.from_numpy(training_sample(str(cube), *_cube_range(cube), 500, 100 * 100, 0))
     torch.manual_seed(0)
     model = BSDMDenoiser(sample.shape[1]).eval()
     step = torch.tensor(500)
@@ -235,7 +226,7 @@ def test_bfloat16_training_follows_float32_on_a_real_scene(beach2):
     from rslab.core.job import JobMonitor
 
     cube, _ = beach2
-    sample = _training_sample(str(cube), *_cube_range(cube), 2000, 100 * 100, 0)
+    sample = training_sample(str(cube), *_cube_range(cube), 2000, 100 * 100, 0)
     cpu = torch.device("cpu")
     runs = {}
     for precision in ("float32", "bfloat16", "auto"):
@@ -371,13 +362,13 @@ def test_bsdm_trains_on_as_many_pixels_as_asked_when_much_of_the_scene_is_nodata
         dst.write(cube)
     valid = cube[:, :, 60:].reshape(cube.shape[0], -1).T  # 4000 valid pixels
     lo, hi = float(valid.min()), float(valid.max())
-    sample = _training_sample(str(path), lo, hi, 3000, len(valid), 0)
+    sample = training_sample(str(path), lo, hi, 3000, len(valid), 0)
     assert sample.shape == (3000, cube.shape[0])
     # valid pixels only, each at most once (ABU scenes repeat some spectra: count them as a multiset)
     available = Counter(row.tobytes() for row in ((valid.astype(np.float64) - lo) / (hi - lo)).astype(np.float32))
     drawn = Counter(row.tobytes() for row in sample)
     assert all(available[key] >= count for key, count in drawn.items())
-    everything = _training_sample(str(path), lo, hi, 5000, len(valid), 0)
+    everything = training_sample(str(path), lo, hi, 5000, len(valid), 0)
     assert len(everything) == len(valid)
 
 
@@ -399,12 +390,12 @@ def test_the_training_sample_is_the_same_however_the_file_is_stored(tmp_path, be
                            dtype=mosaic.dtype, **layout) as dst:
             dst.write(mosaic)
         with rasterio.open(path) as ds:
-            samples[name] = _training_sample(str(path), lo, hi, 5000, 600 * 300, 3)
+            samples[name] = training_sample(str(path), lo, hi, 5000, 600 * 300, 3)
             layouts[name] = [tuple(w.flatten()) for w in windows_for(ds, 256)]
     assert layouts["strips"] != layouts["tiles"]  # the two are read in different windows
     assert samples["strips"].shape == (5000, len(mosaic))
     assert np.array_equal(samples["strips"], samples["tiles"])
-    assert not np.array_equal(samples["strips"], _training_sample(str(tmp_path / "tiles.tif"), lo, hi, 5000,
+    assert not np.array_equal(samples["strips"], training_sample(str(tmp_path / "tiles.tif"), lo, hi, 5000,
                                                                   600 * 300, 4))
 
 
@@ -607,8 +598,8 @@ def test_trained_denoiser_is_saved_and_reused(tmp_path, beach2):
     card = read_card(str(tmp_path / "bsdm.pt"))
     assert card.task == "anomaly_detection" and card.arguments["bands"] == first.bands
     # the scores are global RX on the cube after METHODS.md's ten suppression rounds, recomputed here in memory
-    from rslab.core.anomaly import global_rx
     from rslab.core.checkpoint import build_model, load_checkpoint
+    from rslab.core.rx import global_rx
 
     model = build_model(load_checkpoint(str(tmp_path / "bsdm.pt"))).eval()
     lo, hi = card.normalisation["min"][0], card.normalisation["max"][0]
@@ -820,7 +811,7 @@ def test_local_rx_tiles_overlap_by_the_window_not_by_one_pixel_steps(tmp_path, b
     assert tiles and all(m.endswith(" of 2") for m in tiles)
     pixels = data.reshape(data.shape[0], -1).T.astype(np.float64)
     mean = pixels.mean(axis=0)
-    basis, variances = _principal_components(np.cov(pixels, rowvar=False), LRX_COMPONENTS)
+    basis, variances = principal_components(np.cov(pixels, rowvar=False), LRX_COMPONENTS)
     projected = ((pixels - mean) @ basis).T.reshape(LRX_COMPONENTS, 1, 700)
     whole = local_rx_tile(projected, np.ones((1, 700), bool), 5, LRX_MAX_OUTER, np.diag(variances))
     assert np.allclose(_scores(tmp_path / "s.tif"), whole, rtol=1e-4)

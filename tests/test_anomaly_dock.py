@@ -29,7 +29,8 @@ from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
 import rslab
-from rslab.core.anomaly import LRX_MAX_OUTER, METHOD_LABELS, AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+from rslab.core.anomaly_params import LRX_MAX_OUTER, METHOD_LABELS, AnomalyParams
 from rslab.core.anomaly_peaks import PEAK_COUNT
 from rslab.core.import_cube import ImportCubeParams, import_cube
 from rslab.ui.anomaly_dock import NO_PEAKS_TEXT, ZOOM_PIXELS, AnomalyDock, output_paths, pixel_at

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
 from rslab.core.anomaly_mask import MaskOutputs, threshold_scores
+from rslab.core.anomaly_params import AnomalyParams
 from rslab.core.errors import JobCancelled, RSLabError
 
 

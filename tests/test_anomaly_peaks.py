@@ -10,7 +10,8 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from rslab.core import anomaly_peaks
-from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+from rslab.core.anomaly_params import AnomalyParams
 from rslab.core.anomaly_peaks import PEAK_COUNT, PEAK_LAYER, PEAK_SEPARATION, strongest_peaks, write_peaks
 from rslab.core.errors import RSLabError
 

@@ -9,7 +9,8 @@ import pytest
 import rasterio
 from osgeo import gdal
 
-from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+from rslab.core.anomaly_params import AnomalyParams
 from rslab.core.bands import bad_bands, band_ranges, good_bands
 from rslab.core.checkpoint import read_card
 from rslab.core.errors import RSLabError

@@ -11,7 +11,8 @@ import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.transform import Affine
 
-from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+from rslab.core.anomaly_params import AnomalyParams
 from rslab.core.errors import RSLabError
 from rslab.core.import_cube import ImportCubeParams, import_cube
 from rslab.core.raster_io import pixel_of

@@ -8,7 +8,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from rslab.core.anomaly import AnomalyOutputs, AnomalyParams, detect_anomalies
+from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
+from rslab.core.anomaly_params import AnomalyParams
 from rslab.core.change_detection import ChangeOutputs, ChangeParams, detect_changes
 from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.import_cube import import_cube

@@ -57,22 +57,16 @@ from qgis.PyQt.QtWidgets import (
 )
 from rasterio.windows import Window
 
-from ..core.anomaly import (
-    LRX_MAX_OUTER,
-    METHOD_LABELS,
-    AnomalyOutputs,
-    AnomalyParams,
-    AnomalyResult,
-    describe_mask_detection,
-    detect_anomalies,
-    valid_summary,
-)
+from ..core.anomaly import AnomalyOutputs, AnomalyResult, detect_anomalies
+from ..core.anomaly_mask import describe_mask_detection
 from ..core.anomaly_mask import MaskOutputs, MaskResult, threshold_scores
+from ..core.anomaly_params import LRX_MAX_OUTER, METHOD_LABELS, AnomalyParams
 from ..core.anomaly_peaks import PEAK_SEPARATION, Peak
 from ..core.bands import bad_bands, good_bands, true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
 from ..core.metrics import Roc
+from ..core.rx import valid_summary
 from ..core.raster_io import (band_wavelengths, centres_of, data_bands, gdal_env, open_raster, pixel_of,
                               raster_info, read_bands)
 from . import task as tasks
