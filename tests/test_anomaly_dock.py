@@ -33,7 +33,8 @@ from rslab.core.anomaly import AnomalyOutputs, detect_anomalies
 from rslab.core.anomaly_params import LRX_MAX_OUTER, METHOD_LABELS, AnomalyParams
 from rslab.core.anomaly_peaks import PEAK_COUNT
 from rslab.core.import_cube import ImportCubeParams, import_cube
-from rslab.ui.anomaly_dock import NO_PEAKS_TEXT, ZOOM_PIXELS, AnomalyDock, output_paths, pixel_at
+from rslab.ui.anomaly_dock import NO_PEAKS_TEXT, ZOOM_PIXELS, AnomalyDock, output_paths
+from rslab.ui.map_pixels import pixel_at
 
 BANDS = 193  # ABU beach-2: 100 x 100 x 193
 
@@ -73,14 +74,14 @@ def map_point(layer: QgsRasterLayer, row: int, col: int) -> QgsPointXY:
 
 def legend_texts(dock):
     """The ROC legend's entries as plain text."""
-    text = re.sub(r"<[^>]+>", "", dock.roc_legend.text()).replace("&nbsp;", " ").replace("&#9644;", "")
+    text = re.sub(r"<[^>]+>", "", dock.roc.legend.text()).replace("&nbsp;", " ").replace("&#9644;", "")
     text = html.unescape(text)  # the mask's ring, ○
     return [entry.strip() for entry in text.split("    ") if entry.strip()]
 
 
 def roc_ticks(dock):
     """The labels under the ROC plot's logarithmic false-alarm axis."""
-    return [label for _, label in dock.roc_plot.getAxis("bottom")._tickLevels[0]]
+    return [label for _, label in dock.roc.plot.getAxis("bottom")._tickLevels[0]]
 
 
 DECADES = ["10⁻⁴", "10⁻³", "10⁻²", "10⁻¹", "1"]
@@ -124,7 +125,7 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     assert f"AUC(F,τ)&nbsp;<b>{rx.metrics['auc_ftau']:.4f}</b>" in text
     assert f"AUC_BS&nbsp;<b>{rx.metrics['auc_bs']:.4f}</b>" in text
     assert "false-alarm rate 0.01" in text and str(tmp_path) in dock.status_label.text()
-    assert list(dock.visible_roc_curves()) == ["rx"] and roc_ticks(dock) == DECADES  # 1 / 9,9xx background pixels
+    assert list(dock.roc.visible_curves()) == ["rx"] and roc_ticks(dock) == DECADES  # 1 / 9,9xx background pixels
     assert dock.progress_bar.value() == 100 and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
 
     choose(dock, cube, "lrx", reference)
@@ -133,7 +134,7 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     assert group_names(project) == ["Anomalies: beach-2 (Local RX)", "Anomalies: beach-2 (RX)"]
     assert [node.layer().name() for node in dock.group.findLayers()] == ["Local RX strongest anomalies",
                                                                           "Local RX scores"]
-    curves = dock.visible_roc_curves()
+    curves = dock.roc.visible_curves()
     assert set(curves) == {"rx", "lrx"}
     assert legend_texts(dock) == [f"RX AUC {rx.metrics['auc_df']:.4f}", f"Local RX AUC {lrx.metrics['auc_df']:.4f}"]
     for method, result in (("rx", rx), ("lrx", lrx)):
@@ -145,9 +146,9 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
         assert np.allclose(x, np.log10(roc.false_alarm)) and np.array_equal(y, roc.detection)
 
     dock.layer_combo.setLayer(reference)  # another image: its own (empty) comparison
-    assert dock.visible_roc_curves() == {} and legend_texts(dock) == [] and roc_ticks(dock) == DECADES
+    assert dock.roc.visible_curves() == {} and legend_texts(dock) == [] and roc_ticks(dock) == DECADES
     dock.layer_combo.setLayer(cube)
-    assert set(dock.visible_roc_curves()) == {"rx", "lrx"}
+    assert set(dock.roc.visible_curves()) == {"rx", "lrx"}
 
     with rasterio.open(beach2[1]) as ds:
         rows, cols = np.nonzero(ds.read(1))
@@ -156,16 +157,16 @@ def test_rx_then_lrx_are_compared_on_one_roc_and_spectra_show(qtbot, dock, scene
     with rasterio.open(beach2[0]) as ds:
         data = ds.read().astype(np.float64)
     assert np.array_equal(spectrum, data[:, row, col])
-    pixel_x, pixel_y = dock.pixel_curve.getData()
-    mean_x, mean_y = dock.mean_curve.getData()
+    pixel_x, pixel_y = dock.spectrum.pixel_curve.getData()
+    mean_x, mean_y = dock.spectrum.mean_curve.getData()
     assert len(pixel_x) == len(mean_x) == BANDS and np.array_equal(pixel_y, data[:, row, col])
     assert np.array_equal(pixel_x, np.arange(1, BANDS + 1))  # beach-2 has no wavelengths: band numbers
-    assert dock.spectrum_plot.getAxis("bottom").labelText == "band"
+    assert dock.spectrum.plot.getAxis("bottom").labelText == "band"
     assert np.allclose(mean_y, data.reshape(BANDS, -1).mean(axis=1))
     with rasterio.open(dock.result.outputs.scores) as ds:
         score = ds.read(1)[row, col]
     method = METHOD_LABELS[dock.result.method]  # the latest run's, named: the methods' score ranges differ
-    assert f"pixel (row {row}, col {col}) of beach-2 · {method} score {score:.4g}" in dock.spectrum_legend.text()
+    assert f"pixel (row {row}, col {col}) of beach-2 · {method} score {score:.4g}" in dock.spectrum.legend.text()
 
 
 def test_bsdm_reports_progress_and_only_its_widgets_are_enabled(qtbot, dock, scene, project, tmp_path):
@@ -182,7 +183,7 @@ def test_bsdm_reports_progress_and_only_its_widgets_are_enabled(qtbot, dock, sce
     assert error == "" and result.method == "bsdm_rx" and len(result.training_loss) == 20
     assert "BSDM iteration 11 of 20" in messages
     assert progress == sorted(progress) and 0 < progress[0] < 50 and progress[-1] == pytest.approx(100)
-    assert "Accuracy not computed" in dock.metrics_label.text() and dock.visible_roc_curves() == {}
+    assert "Accuracy not computed" in dock.metrics_label.text() and dock.roc.visible_curves() == {}
     assert result.notes[0].startswith("BSDM trained in ")
     assert result.notes[0] in dock.metrics_label.text()  # the run's notes are shown under its readouts
     assert group_names(project) == ["Anomalies: beach-2 (BSDM + RX)"]
@@ -363,7 +364,7 @@ def test_cancel_stops_the_run_and_leaves_nothing(qtbot, dock, scene, project, tm
     assert result is None and error.startswith("cancelled")
     assert dock.status_label.text() == "Cancelled; no output was written"
     assert dock.metrics_label.text() == readout  # the RX run's readout is back beside its ROC curve (it was blank)
-    assert list(dock.visible_roc_curves()) == ["rx"]
+    assert list(dock.roc.visible_curves()) == ["rx"]
     assert not out.exists() or os.listdir(out) == []
     assert group_names(project) == [] and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
 
@@ -386,12 +387,12 @@ def test_closing_the_project_between_runs_empties_the_dock(qtbot, dock, scene, p
     cube, reference = scene
     choose(dock, cube, "rx", reference=reference, rate=0.01, output=tmp_path)
     assert click_run(qtbot, dock)[1] == ""
-    assert "AUC(D,F)" in dock.metrics_label.text() and list(dock.visible_roc_curves()) == ["rx"]
-    assert dock.mask_button.isEnabled() and dock.mask_point.isVisible()
+    assert "AUC(D,F)" in dock.metrics_label.text() and list(dock.roc.visible_curves()) == ["rx"]
+    assert dock.mask_button.isEnabled() and dock.roc.mask_point.isVisible()
     project.clear()
     assert dock.status_label.text() == "" and dock.progress_bar.value() == 0
-    assert dock.metrics_label.text() == "" and dock.visible_roc_curves() == {} and dock.roc_runs == {}
-    assert not dock.mask_button.isEnabled() and not dock.mask_point.isVisible()  # no run of this project to cut
+    assert dock.metrics_label.text() == "" and dock.roc.visible_curves() == {} and dock.roc_runs == {}
+    assert not dock.mask_button.isEnabled() and not dock.roc.mask_point.isVisible()  # no run of this project to cut
 
 
 def test_a_dock_deleted_mid_run_leaves_no_temporary_folder(qtbot, iface, scene, project):
@@ -432,9 +433,9 @@ def test_pick_tool_and_a_canvas_in_another_crs(qtbot, dock, iface, project, beac
     assert dock.pick_button.isChecked() and canvas.mapTool() is dock.map_tool
     with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
         dock.map_tool.canvasClicked.emit(to_canvas.transform(map_point(cube, row, col)), Qt.LeftButton)
-    pixel_x, pixel_y = dock.pixel_curve.getData()
+    pixel_x, pixel_y = dock.spectrum.pixel_curve.getData()
     assert np.array_equal(pixel_y, data[:, row, col].astype(np.float64)) and len(pixel_x) == BANDS
-    assert np.allclose(dock.mean_curve.getData()[1], data.reshape(BANDS, -1).mean(axis=1))
+    assert np.allclose(dock.spectrum.mean_curve.getData()[1], data.reshape(BANDS, -1).mean(axis=1))
 
     assert dock.show_spectrum_at(to_canvas.transform(QgsPointXY(400000, 4650000))) is None
     assert "outside utm cube" in dock.status_label.text()
@@ -466,8 +467,8 @@ def test_a_pick_on_a_south_up_or_rotated_image_reads_the_pixel_under_the_click(q
                 dock.map_tool.canvasClicked.emit(click, Qt.LeftButton)
         else:
             dock.map_tool.canvasClicked.emit(click, Qt.LeftButton)
-        assert np.array_equal(dock.pixel_curve.getData()[1], data[:, row, col].astype(np.float64))
-        assert f"pixel (row {row}, col {col}) of placed" in dock.spectrum_legend.text()
+        assert np.array_equal(dock.spectrum.pixel_curve.getData()[1], data[:, row, col].astype(np.float64))
+        assert f"pixel (row {row}, col {col}) of placed" in dock.spectrum.legend.text()
     assert dock.show_spectrum_at(QgsPointXY(*(transform * (-0.5, 50)))) is None
     assert "outside placed" in dock.status_label.text()
 
@@ -487,7 +488,7 @@ def test_a_band_all_nodata_is_a_gap_in_the_spectra(qtbot, dock, project, beach2,
         spectrum = dock.show_spectrum_at(map_point(cube, row, col))
     assert spectrum is not None and np.isnan(spectrum[50])
     assert np.array_equal(np.delete(spectrum, 50), np.delete(data[:, row, col], 50))
-    mean = dock.mean_curve.getData()[1]
+    mean = dock.spectrum.mean_curve.getData()[1]
     assert np.isnan(mean[50]) and np.allclose(np.delete(mean, 50), np.delete(data, 50, axis=0).reshape(BANDS - 1, -1).mean(axis=1))
 
 
@@ -527,10 +528,10 @@ def test_spectra_plot_against_the_wavelengths_a_cube_carries(qtbot, dock, iface,
     with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
         spectrum = dock.show_spectrum_at(map_point(cube, row, col))
     assert np.allclose(spectrum, mat["hsi_img_sub"][row, col])
-    pixel_x, _ = dock.pixel_curve.getData()
+    pixel_x, _ = dock.spectrum.pixel_curve.getData()
     assert np.allclose(pixel_x, mat["wavelengths"].ravel(), atol=1e-3)  # written as %g: 6 significant digits
-    assert np.array_equal(dock.mean_curve.getData()[0], pixel_x)
-    assert dock.spectrum_plot.getAxis("bottom").labelText == "wavelength (nm)"
+    assert np.array_equal(dock.spectrum.mean_curve.getData()[0], pixel_x)
+    assert dock.spectrum.plot.getAxis("bottom").labelText == "wavelength (nm)"
     if os.environ.get("RSLAB_SCREENSHOTS"):  # for looking at the plot under Xvfb
         dock.resize(420, 1200)
         dock.grab().save(os.path.join(os.environ["RSLAB_SCREENSHOTS"], "anomaly_dock_wavelengths.png"))
@@ -548,7 +549,7 @@ def test_the_mean_spectrum_of_a_crop_with_fewer_pixels_than_bands(qtbot, dock, p
     dock.layer_combo.setLayer(cube)
     with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
         dock.show_spectrum_at(map_point(cube, 4, 5))
-    assert np.allclose(dock.mean_curve.getData()[1], crop.reshape(224, -1).mean(axis=1))
+    assert np.allclose(dock.spectrum.mean_curve.getData()[1], crop.reshape(224, -1).mean(axis=1))
     assert dock.status_label.text() == ""
 
 
@@ -568,8 +569,8 @@ def test_bands_flagged_bad_are_gaps_in_the_spectra_and_left_out_of_a_run(qtbot, 
     with qtbot.waitSignal(dock.meanReady, timeout=RUN_TIMEOUT_MS):
         dock.show_spectrum_at(map_point(cube, row, col))
     flagged = np.isin(np.arange(1, BANDS + 1), bad)
-    _, pixel = dock.pixel_curve.getData()
-    _, mean = dock.mean_curve.getData()
+    _, pixel = dock.spectrum.pixel_curve.getData()
+    _, mean = dock.spectrum.mean_curve.getData()
     assert np.isnan(pixel[flagged]).all() and np.array_equal(pixel[~flagged], data[~flagged, row, col])
     assert np.isnan(mean[flagged]).all() and np.allclose(mean[~flagged], data[~flagged].reshape(-1, 100 * 100).mean(1))
     choose(dock, cube, "rx", output=tmp_path / "out")
@@ -679,21 +680,21 @@ def test_readouts_and_curves_belong_to_the_image_and_reference_picked(qtbot, doc
     rx, error = click_run(qtbot, dock)
     assert error == "" and "beach-2" in dock.metrics_label.text() and "AUC(D,F)" in dock.metrics_label.text()
     qtbot.wait(100)
-    assert drawn_labels(dock.roc_plot.getAxis("bottom")) == DECADES
-    assert {"0", "1"} <= set(drawn_labels(dock.roc_plot.getAxis("left")))
+    assert drawn_labels(dock.roc.plot.getAxis("bottom")) == DECADES
+    assert {"0", "1"} <= set(drawn_labels(dock.roc.plot.getAxis("left")))
 
     other = add_raster(project, beach2[0], "beach-2 again")
     dock.layer_combo.setLayer(other)
-    assert dock.metrics_label.text() == "" and not dock.visible_roc_curves()
+    assert dock.metrics_label.text() == "" and not dock.roc.visible_curves()
     dock.layer_combo.setLayer(cube)  # back: its readout and curve again
-    assert "AUC(D,F)" in dock.metrics_label.text() and list(dock.visible_roc_curves()) == ["rx"]
+    assert "AUC(D,F)" in dock.metrics_label.text() and list(dock.roc.visible_curves()) == ["rx"]
     dock.reference_combo.setLayer(None)
-    assert not dock.visible_roc_curves()
+    assert not dock.roc.visible_curves()
     _, error = click_run(qtbot, dock)
-    assert error == "" and "Accuracy not computed" in dock.metrics_label.text() and not dock.visible_roc_curves()
+    assert error == "" and "Accuracy not computed" in dock.metrics_label.text() and not dock.roc.visible_curves()
 
     assert dock.show_spectrum_at(map_point(cube, 10, 10)) is not None
-    assert len(dock.pixel_curve.getData()[0]) > 0
+    assert len(dock.spectrum.pixel_curve.getData()[0]) > 0
     with rasterio.open(beach2[0]) as src:
         profile, data = src.profile, src.read()
     data[:, 0, :3] = -9999
@@ -703,9 +704,9 @@ def test_readouts_and_curves_belong_to_the_image_and_reference_picked(qtbot, doc
     holed_layer = add_raster(project, holed, "holed")
     dock.layer_combo.setLayer(holed_layer)
     assert dock.show_spectrum_at(map_point(holed_layer, 0, 1)) is None and "nodata" in dock.status_label.text()
-    assert dock.pixel_curve.getData()[0] is None or len(dock.pixel_curve.getData()[0]) == 0
-    assert dock.spectrum_legend.text() == ""
-    assert dock.mean_curve.getData()[0] is None or len(dock.mean_curve.getData()[0]) == 0  # not beach-2's mean
+    assert dock.spectrum.pixel_curve.getData()[0] is None or len(dock.spectrum.pixel_curve.getData()[0]) == 0
+    assert dock.spectrum.legend.text() == ""
+    assert dock.spectrum.mean_curve.getData()[0] is None or len(dock.spectrum.mean_curve.getData()[0]) == 0  # not beach-2's mean
 
 
 def test_pick_pixel_after_the_canvas_is_gone_does_nothing(dock, iface, monkeypatch):
@@ -730,10 +731,10 @@ def test_another_image_picked_during_a_run_keeps_its_own_readout(qtbot, dock, sc
     with qtbot.waitSignal(dock.runFinished, timeout=RUN_TIMEOUT_MS):
         qtbot.mouseClick(dock.run_button, Qt.LeftButton)
         dock.layer_combo.setLayer(cube)  # picked while local RX runs on 'other'
-    assert dock.metrics_label.text() == first and list(dock.visible_roc_curves()) == ["rx"]
+    assert dock.metrics_label.text() == first and list(dock.roc.visible_curves()) == ["rx"]
     assert "a run on other: pick it to see its readout" in dock.status_label.text()
     dock.layer_combo.setLayer(other)
-    assert "other" in dock.metrics_label.text() and list(dock.visible_roc_curves()) == ["lrx"]
+    assert "other" in dock.metrics_label.text() and list(dock.roc.visible_curves()) == ["lrx"]
 
 
 def test_a_run_queued_behind_busy_threads_says_so_until_it_begins(qtbot, dock, scene, project, tmp_path):
@@ -814,10 +815,10 @@ def test_the_strongest_anomalies_are_listed_and_each_takes_the_map_to_its_pixel(
     centre = map_point(cube, peak.row, peak.col)
     assert canvas.center().distance(centre) < 0.01 * pixel
     assert ZOOM_PIXELS * pixel <= canvas.extent().width() < 4 * ZOOM_PIXELS * pixel
-    assert np.array_equal(dock.pixel_curve.getData()[1], data[:, peak.row, peak.col])
-    assert np.allclose(dock.mean_curve.getData()[1], data.reshape(BANDS, -1).mean(axis=1))  # the run computed it
+    assert np.array_equal(dock.spectrum.pixel_curve.getData()[1], data[:, peak.row, peak.col])
+    assert np.allclose(dock.spectrum.mean_curve.getData()[1], data.reshape(BANDS, -1).mean(axis=1))  # the run computed it
     assert f"pixel (row {peak.row}, col {peak.col}) of beach-2 · RX score {peak.score:.4g}" in \
-        dock.spectrum_legend.text()
+        dock.spectrum.legend.text()
     width = canvas.extent().width()
 
     canvas.setCenter(QgsPointXY(centre.x() + 30 * pixel, centre.y()))  # panned away, then the same row again
@@ -827,7 +828,7 @@ def test_the_strongest_anomalies_are_listed_and_each_takes_the_map_to_its_pixel(
     qtbot.keyClick(table, Qt.Key_Down)  # the next anomaly
     following = rx.peaks[8]
     assert canvas.center().distance(map_point(cube, following.row, following.col)) < 0.01 * pixel
-    assert np.array_equal(dock.pixel_curve.getData()[1], data[:, following.row, following.col])
+    assert np.array_equal(dock.spectrum.pixel_curve.getData()[1], data[:, following.row, following.col])
 
     dock.layer_combo.setLayer(reference)  # another image: not this one's anomalies
     assert table.rowCount() == 0 and dock.peak_caption.text() == NO_PEAKS_TEXT
@@ -858,7 +859,7 @@ def test_going_to_an_anomaly_of_a_utm_image_on_a_wgs84_map(qtbot, dock, iface, p
     expected = QgsCoordinateTransform(cube.crs(), wgs84, project).transform(QgsPointXY(peak.x, peak.y))
     assert canvas.center().distance(expected) < 1e-7  # degrees: about 1 cm
     assert np.array_equal(spectrum, data[:, peak.row, peak.col].astype(np.float64))
-    assert f"pixel (row {peak.row}, col {peak.col}) of utm cube" in dock.spectrum_legend.text()
+    assert f"pixel (row {peak.row}, col {peak.col}) of utm cube" in dock.spectrum.legend.text()
     points = dock.group.findLayers()[0].layer()  # the strongest anomalies as points in the image's CRS
     assert points.crs().authid() == "EPSG:32633"
     assert next(points.getFeatures()).geometry().asPoint() == QgsPointXY(peak.x, peak.y)
@@ -883,8 +884,8 @@ def test_a_new_mask_cuts_the_latest_scores_at_another_rate(qtbot, dock, scene, p
     assert error == "" and dock.mask_button.isEnabled()
 
     def ring():  # the mask's operating point on the ROC: (false-alarm rate, detection rate), the x axis logarithmic
-        x, y = dock.mask_point.getData()
-        return (10 ** x[0], y[0]) if dock.mask_point.isVisible() else None
+        x, y = dock.roc.mask_point.getData()
+        return (10 ** x[0], y[0]) if dock.roc.mask_point.isVisible() else None
 
     found = rx.mask_detection  # the run's own mask at 1 %, on its curve
     assert ring() == pytest.approx((found["false_alarm_rate"], found["detection_rate"]))

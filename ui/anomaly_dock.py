@@ -4,15 +4,13 @@
     -> detect_anomalies (metrics and exact ROC), scene mean spectrum  [QgsTask worker, files only]
     -> one layer group above the input, metrics, ROC, spectrum        [GUI thread]
 
-The ROC is the one the core's metrics come from (core.anomaly.anomaly_roc, on
-the reference as resampled onto the image), thinned in the worker to
-ROC_POINTS log-spaced false-alarm rates. ROC curves are kept per input layer
-and method (the latest run of each), so runs of different methods on one
-layer can be compared in one plot.
+ROC curves (ui/roc_plot.py) are kept per input layer and method (the latest
+run of each), so runs of different methods on one layer can be compared in
+one plot.
 
-The spectrum plot shows a picked pixel's spectrum (one pixel window read from
-the layer's file) beside the scene's mean spectrum (computed once per file by
-windows, in the worker).
+The spectrum plot (ui/spectrum_plot.py) shows a picked pixel's spectrum (one
+pixel window read from the layer's file, core/spectra.py) beside the scene's
+mean spectrum (computed once per file by windows, in the worker).
 
 Each run also lists the strongest anomalies (core/anomaly_peaks.py, found in
 the worker); choosing one takes the map there, flashes its pixel and shows
@@ -21,7 +19,6 @@ its spectrum, so an analyst can walk through the candidates strongest first.
 from __future__ import annotations
 
 import html
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,10 +26,7 @@ from functools import partial
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import pyqtgraph as pg
 from qgis.core import (
-    QgsCoordinateTransform,
-    QgsCsException,
     QgsGeometry,
     QgsLayerTreeGroup,
     QgsLayerTreeLayer,
@@ -55,80 +49,37 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from rasterio.windows import Window
 
 from ..core.anomaly import AnomalyOutputs, AnomalyResult, detect_anomalies
-from ..core.anomaly_mask import describe_mask_detection
-from ..core.anomaly_mask import MaskOutputs, MaskResult, threshold_scores
+from ..core.anomaly_mask import MaskOutputs, MaskResult, describe_mask_detection, threshold_scores
 from ..core.anomaly_params import LRX_MAX_OUTER, METHOD_LABELS, AnomalyParams
 from ..core.anomaly_peaks import PEAK_SEPARATION, Peak
-from ..core.bands import bad_bands, good_bands, true_colour_bands
+from ..core.bands import true_colour_bands
 from ..core.errors import RSLabError
 from ..core.job import JobMonitor
-from ..core.metrics import Roc
-from ..core.rx import valid_summary
-from ..core.raster_io import (band_wavelengths, centres_of, data_bands, gdal_env, open_raster, pixel_of,
-                              raster_info, read_bands)
+from ..core.spectra import mean_spectrum_job, read_pixel, read_spectrum, scene_mean
 from . import task as tasks
 from .job_dock import JobDock, layer_file, safe_name, unused_stem
 from .layers import MASK_STYLE, PEAKS_STYLE, SCORES_STYLE, LayerSpec, fit_score_stretch, make_layer, show_true_colour
+from .map_pixels import canvas_to_layer, layer_to_canvas, pixel_at, pixel_rectangle, release_map_tool
 from .peak_table import PeakTable
+from .roc_plot import MaskPoint, RocCurve, RocPlot, thinned_roc
 from .settings import remember
-from .widgets import (
-    MultibandRasterCombo,
-    decade_label,
-    double_spin_box,
-    folder_widget,
-    legend_mark,
-    odd_spin_box,
-    result_plot,
-    scroll_body,
-    spin_box,
-)
+from .spectrum_plot import SpectrumPlot
+from .widgets import MultibandRasterCombo, double_spin_box, folder_widget, odd_spin_box, scroll_body, spin_box
 
 METHOD_TIPS = {
     "bsdm_rx": "A spectral diffusion denoiser trained on the scene removes the background, then global RX",
     "rx": "Global RX: Mahalanobis distance of each pixel to the scene mean",
     "lrx": "Local RX: each pixel against the ring between an outer and an inner (guard) window",
 }
-METHOD_PENS = {"bsdm_rx": (214, 39, 40), "rx": (31, 119, 180), "lrx": (44, 160, 44)}
-CIRCLE = "&#9675;"  # the mask's operating point on the ROC is a ring in its method's colour
-PIXEL_PEN = (0, 150, 200)  # the anomaly mask's colour family (resources/styles/anomaly_mask.qml is #00e5ff)
-MEAN_PEN = (110, 110, 110)
-PLOT_HEIGHT = 200  # the ROC and spectrum plots' least height in pixels
-EMPTY_ROC_FLOOR = 1e-4  # the false-alarm axis before a run: 1 / the pixels of a 100 x 100 scene
 TRUE_COLOUR_TIP = "Draw the image from its bands nearest red, green and blue light (640, 550, 470 nm)"
-ROC_POINTS = 600  # points kept per ROC curve (enough for a smooth line, few for pyqtgraph)
 ZOOM_PIXELS = 64  # going to an anomaly on a map that shows over 4 times this many pixels across zooms to this many
 NO_PEAKS_TEXT = "Run a method to list this image's strongest anomalies."
 MASK_OF = "rslab/mask_of"  # on a mask layer: the scores file it cuts (a new mask hides the others of those scores)
 
 
 # --- the part that runs in the worker: files in, numbers out (no Qt) ---------------------------------
-
-
-@dataclass(frozen=True)
-class RocCurve:
-    """Detection rate against false-alarm rate, thinned to at most ROC_POINTS points with false alarms > 0."""
-
-    false_alarm: np.ndarray
-    detection: np.ndarray
-    auc: float
-    anomaly_pixels: int
-    background_pixels: int
-
-
-def thinned_roc(roc: Roc) -> RocCurve:
-    """The core's exact ROC thinned for the plot (every threshold of a large scene is too many points)."""
-    pf, pd = _thin(roc.false_alarm, roc.detection, 1.0 / roc.negatives)
-    return RocCurve(pf, pd, roc.auc, roc.positives, roc.negatives)
-
-
-def _thin(false_alarm: np.ndarray, detection: np.ndarray, smallest: float) -> Tuple[np.ndarray, np.ndarray]:
-    """The best detection rate reached at ROC_POINTS log-spaced false-alarm rates (a log axis cannot show 0)."""
-    targets = np.geomspace(smallest, 1.0, ROC_POINTS)
-    last = np.searchsorted(false_alarm, targets, side="right") - 1  # the last threshold with PF <= target
-    return targets, detection[last]
 
 
 @dataclass
@@ -214,120 +165,12 @@ def mask_paragraph(rate: float, threshold: float, pixels: int, detection: Dict[s
     return "<p>" + "<br>".join(html.escape(line) for line in [*lines, *notes]) + "</p>"
 
 
-def scene_mean(cube: str, monitor: JobMonitor) -> np.ndarray:
-    """The scene mean spectrum of `cube` over the pixels detection scores (valid in its good bands, by
-    windows), with gaps at the bands detection leaves out (core/bands.good_bands: flagged bad, or empty)."""
-    good, count, _ = good_bands(cube, monitor.check)
-    with gdal_env(), open_raster(cube) as ds:
-        position = {band: i for i, band in enumerate(data_bands(ds))}  # file band numbers: an alpha may lead
-    mean = np.full(count, np.nan)
-    mean[[position[band] for band in good]] = valid_summary(cube, monitor, good).mean
-    return mean
-
-
-def mean_spectrum_job(cube: str) -> Callable[[Callable[[float, str], None], Callable[[], bool]], np.ndarray]:
-    """A JobTask job computing the scene mean spectrum of `cube` by windows."""
-    return lambda progress, cancelled: scene_mean(cube, JobMonitor(progress, cancelled))
-
-
-def gap_bad_bands(values: np.ndarray, path: str) -> np.ndarray:
-    """`values` (one per band) with NaN at the bands the file's ENVI header flags bad (core/bands.py):
-    the spectrum plot leaves gaps there, as the detectors leave those bands out."""
-    bad = bad_bands(path)
-    if not bad:
-        return values
-    values = values.astype(np.float64, copy=True)
-    values[np.asarray(bad) - 1] = np.nan
-    return values
-
-
-def _pixel_values(ds, row: int, col: int) -> Optional[np.ndarray]:
-    """One pixel's values with NaN at the bands where it is nodata (or NaN); None when every band is."""
-    window = Window(col, row, 1, 1)
-    bands = data_bands(ds)
-    values = read_bands(ds, bands, window=window)[:, 0, 0].astype(np.float64)
-    valid = (ds.read_masks(bands, window=window)[:, 0, 0] > 0) & np.isfinite(values)
-    if not valid.any():
-        return None
-    values[~valid] = np.nan  # a gap in the plot: a band all nodata pressed the rest of the spectrum flat
-    return values
-
-
-def read_pixel(path: str, row: int, col: int) -> Optional[np.ndarray]:
-    """The values (data bands) of one pixel, or None where the pixel is nodata."""
-    with gdal_env(), open_raster(path) as ds:
-        return _pixel_values(ds, row, col)
-
-
-def read_spectrum(path: str, row: int, col: int) -> Optional[Tuple[np.ndarray, np.ndarray, str]]:
-    """One pixel's spectrum with the plot's x values and axis title (None where the pixel is nodata).
-
-    x is the bands' wavelengths where the file has them (both come from the
-    same data bands, so they pair one to one), else the band numbers.
-    """
-    with gdal_env(), open_raster(path) as ds:
-        spectrum = _pixel_values(ds, row, col)
-        wavelengths = band_wavelengths(ds) if spectrum is not None else None
-    if spectrum is None:
-        return None
-    spectrum = gap_bad_bands(spectrum, path)
-    if wavelengths is not None:
-        values, unit = wavelengths
-        return spectrum, values, f"wavelength ({unit})" if unit else "wavelength"
-    return spectrum, np.arange(1, len(spectrum) + 1, dtype=np.float64), "band"
-
-
 def output_paths(folder: str, layer_name: str, method: str, with_mask: bool) -> AnomalyOutputs:
     """Output file names in `folder` that do not overwrite an earlier run's files."""
     base = unused_stem(folder, f"{safe_name(layer_name)}_{method}",
                        ("scores.tif", "mask.tif", "report.json", "peaks.gpkg"))
     return AnomalyOutputs(scores=f"{base}_scores.tif", mask=f"{base}_mask.tif" if with_mask else None,
                           report=f"{base}_report.json", peaks=f"{base}_peaks.gpkg")
-
-
-def pixel_at(layer: QgsRasterLayer, point: QgsPointXY) -> Optional[Tuple[int, int]]:
-    """(row, col) of the file pixel under `point` (in the layer's CRS), or None outside the image.
-
-    A georeferenced file is placed by its own geotransform (or control points):
-    QGIS shows a rotated or south-up image through a north-up warped view of
-    another size, whose rows and columns are not the file's (a click on a
-    south-up image read the mirrored pixel; on a rotated one, a pixel past the
-    file's edge). Images without georeferencing, which QGIS places at y = -row,
-    use the extent and size QGIS shows them with.
-    """
-    path = layer_file(layer, "hyperspectral")
-    if raster_info(path).georeferenced:
-        return pixel_of(path, point.x(), point.y())
-    extent = layer.extent()
-    if not extent.contains(point) or layer.width() < 1 or layer.height() < 1:
-        return None
-    col = int((point.x() - extent.xMinimum()) / extent.width() * layer.width())
-    row = int((extent.yMaximum() - point.y()) / extent.height() * layer.height())
-    return min(row, layer.height() - 1), min(col, layer.width() - 1)
-
-
-def pixel_rectangle(layer: QgsRasterLayer, row: int, col: int) -> QgsRectangle:
-    """The file pixel (row, col) as a rectangle in the layer's CRS, placed as `pixel_at` reads clicks (the
-    other way): by the file's georeferencing, else by the extent QGIS shows the image with."""
-    path = layer_file(layer, "hyperspectral")
-    width, height = layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()
-    centres = centres_of(path, [(row, col)])
-    if centres is not None:
-        x, y = centres[0]
-    else:
-        extent = layer.extent()
-        x = extent.xMinimum() + (col + 0.5) * width
-        y = extent.yMaximum() - (row + 0.5) * height
-    return QgsRectangle(x - width / 2, y - height / 2, x + width / 2, y + height / 2)
-
-
-def release_map_tool(canvas: QgsMapCanvas, tool: QgsMapToolEmitPoint) -> None:
-    """Take the dock's pick tool off the canvas and delete it (the dock is gone); for `destroyed` signals."""
-    if sip.isdeleted(canvas) or sip.isdeleted(tool):
-        return
-    if canvas.mapTool() is tool:
-        canvas.unsetMapTool(tool)
-    tool.deleteLater()
 
 
 # --- the widget ---------------------------------------------------------------------------------------
@@ -364,15 +207,15 @@ class AnomalyDock(JobDock):
                              "mask": self.far_check, "false_alarm_rate": self.far_spin, "output_folder": self.output_dir})
         self._connect()
         self._update_method_widgets()
-        self._show_roc_of_current_layer()  # decade ticks on the empty plot, not pyqtgraph's bare 2 3 4 ... 9
+        self._show_roc_of_current_layer()
         self._set_running(False)
 
     # construction -----------------------------------------------------------------------------------
     def _build(self) -> None:
         self._build_inputs()
         self._build_run_widgets()
-        self.roc_plot = self._make_roc_plot()
-        self.spectrum_plot = self._make_spectrum_plot()
+        self.roc = RocPlot(self)
+        self.spectrum = SpectrumPlot(self)
         self._layout()
 
     def _build_inputs(self) -> None:
@@ -407,54 +250,16 @@ class AnomalyDock(JobDock):
         self.metrics_label = QLabel(self)
         self.metrics_label.setWordWrap(True)
         self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.roc_legend = QLabel(self)
-        self.roc_legend.setWordWrap(True)
-        self.roc_legend.setTextFormat(Qt.RichText)
         # made before the spectrum's buttons: Tab follows the order widgets are made in, which is their layout's
         self.peak_caption = QLabel(NO_PEAKS_TEXT, self)
         self.peak_caption.setWordWrap(True)
         self.peak_table = PeakTable(self)
-        self.spectrum_legend = QLabel(self)
-        self.spectrum_legend.setWordWrap(True)
-        self.spectrum_legend.setTextFormat(Qt.RichText)
-        self.spectrum_legend.setText("Pick pixel, then click the image on the map to see its spectrum.")
         self.pick_button = QPushButton("Pick pixel", self)
         self.pick_button.setCheckable(True)
         self.pick_button.setToolTip("Click a pixel on the map to plot its spectrum beside the scene mean")
         self.pick_button.setEnabled(self.iface is not None)
         self.true_colour_button = QPushButton("True colour", self)
         self.true_colour_button.setToolTip(TRUE_COLOUR_TIP)
-
-    def _make_roc_plot(self) -> pg.PlotWidget:
-        """One curve per method, made once and only hidden: pyqtgraph under QGIS's PyQt fails when items are removed.
-
-        The legend is a label under the plot (roc_legend): inside the plot it
-        would hide part of some curve wherever it sat.
-        """
-        plot = result_plot(self, "false-alarm rate", "detection rate", PLOT_HEIGHT)
-        plot.setLogMode(x=True, y=False)
-        plot.setYRange(-0.1, 1.1, padding=0)  # room for the 0 and 1 tick labels (see _show_roc_of_current_layer)
-        self.roc_curves: Dict[str, pg.PlotDataItem] = {}
-        for method, colour in METHOD_PENS.items():
-            curve = pg.PlotDataItem(pen=pg.mkPen(colour, width=2))
-            curve.setVisible(False)
-            plot.addItem(curve)
-            self.roc_curves[method] = curve
-        # the latest mask's operating point on its run's curve (a PlotDataItem: it follows the log axis)
-        self.mask_point = pg.PlotDataItem(pen=None, symbol="o", symbolSize=10, symbolBrush=pg.mkBrush(255, 255, 255))
-        self.mask_point.setVisible(False)
-        plot.addItem(self.mask_point)
-        return plot
-
-    def _make_spectrum_plot(self) -> pg.PlotWidget:
-        """The picked pixel's spectrum and the scene mean; their legend is a label under the plot (spectrum_legend)."""
-        plot = result_plot(self, "band", "value", PLOT_HEIGHT)
-        # connect="finite": a gap at NaN (the bands an ENVI header flags bad) instead of a line across it
-        self.mean_curve = pg.PlotDataItem(pen=pg.mkPen(MEAN_PEN, width=2, style=Qt.DashLine), connect="finite")
-        self.pixel_curve = pg.PlotDataItem(pen=pg.mkPen(PIXEL_PEN, width=2), connect="finite")
-        for curve in (self.mean_curve, self.pixel_curve):
-            plot.addItem(curve)
-        return plot
 
     def _layout(self) -> None:
         inputs = QFormLayout()
@@ -484,8 +289,7 @@ class AnomalyDock(JobDock):
         results = QGroupBox("Result", self)
         result_layout = QVBoxLayout(results)
         result_layout.addWidget(self.metrics_label)
-        result_layout.addWidget(self.roc_plot, 1)
-        result_layout.addWidget(self.roc_legend)
+        result_layout.addWidget(self.roc, 1)
         peaks = QGroupBox("Strongest anomalies", self)
         peak_layout = QVBoxLayout(peaks)
         peak_layout.addWidget(self.peak_caption)
@@ -496,8 +300,7 @@ class AnomalyDock(JobDock):
         view_buttons.addWidget(self.pick_button, 1)
         view_buttons.addWidget(self.true_colour_button)
         spectrum_layout.addLayout(view_buttons)
-        spectrum_layout.addWidget(self.spectrum_plot, 1)
-        spectrum_layout.addWidget(self.spectrum_legend)
+        spectrum_layout.addWidget(self.spectrum, 1)
         body = QWidget(self)
         layout = QVBoxLayout(body)
         layout.addLayout(inputs)
@@ -693,40 +496,12 @@ class AnomalyDock(JobDock):
         runs = self.roc_runs.get(layer.id(), {}) if layer is not None else {}
         if runs and self._roc_reference.get(layer.id()) != self._current_reference():
             runs = {}
-        entries = []
-        smallest = 1.0 if runs else EMPTY_ROC_FLOOR
-        for method, curve in self.roc_curves.items():
-            roc = runs.get(method)
-            curve.setVisible(roc is not None)
-            if roc is None:
-                curve.setData([], [])
-                continue
-            curve.setData(roc.false_alarm, roc.detection)
-            entries.append(f"{legend_mark(METHOD_PENS[method])}&nbsp;"
-                           f"{METHOD_LABELS[method].replace(' ', '&nbsp;')}&nbsp;AUC&nbsp;<b>{roc.auc:.4f}</b>")
-            smallest = min(smallest, 1.0 / roc.background_pixels)
-        point = self._mask_point(layer, runs)
-        self.mask_point.setVisible(point is not None)
-        if point is None:
-            self.mask_point.setData([], [])
-        else:  # a false-alarm rate of 0 sits at the axis' left end (a log axis cannot show 0)
-            false_alarm, detection, rate, method = point
-            self.mask_point.setData([max(false_alarm, smallest)], [detection],
-                                    symbolPen=pg.mkPen(METHOD_PENS[method], width=2.5))
-            entries.append(f"{legend_mark(METHOD_PENS[method], CIRCLE)}&nbsp;mask&nbsp;at&nbsp;{rate:g}")
-        self.roc_legend.setText("&nbsp;&nbsp;&nbsp; ".join(entries))
-        first = math.floor(math.log10(smallest))
-        self.roc_plot.getAxis("bottom").setTicks([[(k, decade_label(k)) for k in range(first, 1)]])
-        # margins in axis units, not a share of the range: pyqtgraph leaves out an end label that would
-        # stick out of its axis (the first decade and the 0 and 1 of a short plot were not drawn)
-        self.roc_plot.setXRange(min(first, math.log10(smallest)) - 0.35, 0.2, padding=0)
-        self.roc_plot.setYRange(-0.1, 1.1, padding=0)
+        self.roc.show_runs(runs, self._mask_point(layer, runs))
 
-    def _mask_point(self, layer: Optional[QgsRasterLayer], runs: Dict[str, RocCurve]
-                    ) -> Optional[Tuple[float, float, float, str]]:
-        """(false-alarm rate, detection rate, rate asked, method) of the picked image's latest mask (a new one, else its
-        run's) against the reference of the curves shown; None when there is none, or when it was counted
-        against another reference or on scores whose curve is not shown."""
+    def _mask_point(self, layer: Optional[QgsRasterLayer], runs: Dict[str, RocCurve]) -> Optional[MaskPoint]:
+        """Where the picked image's latest mask (a new one, else its run's) lies on the curves shown, against their
+        reference; None when there is none, or when it was counted against another reference or on scores whose
+        curve is not shown."""
         latest = self._latest.get(layer.id()) if layer is not None else None
         if latest is None or latest.roc is None or latest.result.method not in runs:
             return None
@@ -740,7 +515,7 @@ class AnomalyDock(JobDock):
         if not found or found["false_alarm_rate"] is None or not reference or not shown or \
                 os.path.abspath(reference) != os.path.abspath(shown):
             return None
-        return found["false_alarm_rate"], found["detection_rate"], rate, latest.result.method
+        return MaskPoint(found["false_alarm_rate"], found["detection_rate"], rate, latest.result.method)
 
     def _forget_results(self) -> None:
         """A reopened project has the same layer ids: its images showed the closed session's curves and readouts
@@ -751,10 +526,6 @@ class AnomalyDock(JobDock):
         self._show_roc_of_current_layer()
         self._show_peaks_of_current_layer()
         self._update_mask_button()
-
-    def visible_roc_curves(self) -> Dict[str, pg.PlotDataItem]:
-        """The ROC curves shown now, by method."""
-        return {method: curve for method, curve in self.roc_curves.items() if curve.isVisible()}
 
     # a new mask of the latest scores ---------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:
@@ -864,7 +635,7 @@ class AnomalyDock(JobDock):
             return None
         try:
             pixel = pixel_rectangle(layer, peak.row, peak.col)
-            on_canvas = self._layer_to_canvas(pixel, layer)
+            on_canvas = layer_to_canvas(self._canvas(), pixel, layer)
         except RSLabError as exc:
             self._pick_message(str(exc))
             return None
@@ -931,32 +702,8 @@ class AnomalyDock(JobDock):
     def _map_tool_deactivated(self) -> None:
         self.pick_button.setChecked(False)
 
-    def _canvas_transform(self, layer: QgsRasterLayer) -> Optional[QgsCoordinateTransform]:
-        """Map canvas CRS -> the layer's CRS; None when no change is needed (no canvas, either CRS unset, the
-        same CRS)."""
-        if self.iface is None:
-            return None
-        canvas_crs = self.iface.mapCanvas().mapSettings().destinationCrs()
-        if not canvas_crs.isValid() or not layer.crs().isValid() or canvas_crs == layer.crs():
-            return None
-        return QgsCoordinateTransform(canvas_crs, layer.crs(), QgsProject.instance())
-
-    def _canvas_to_layer(self, point: QgsPointXY, layer: QgsRasterLayer) -> QgsPointXY:
-        """`point` from the map canvas CRS into the layer's CRS."""
-        transform = self._canvas_transform(layer)
-        try:
-            return transform.transform(point) if transform is not None else point
-        except QgsCsException as exc:
-            raise RSLabError(f"that point cannot be placed in the CRS of {layer.name()}: {exc}") from exc
-
-    def _layer_to_canvas(self, rectangle: QgsRectangle, layer: QgsRasterLayer) -> QgsRectangle:
-        """`rectangle` from the layer's CRS into the map canvas CRS (its bounding box there)."""
-        transform = self._canvas_transform(layer)
-        try:
-            return (transform.transformBoundingBox(rectangle, QgsCoordinateTransform.ReverseTransform)
-                    if transform is not None else QgsRectangle(rectangle))
-        except QgsCsException as exc:
-            raise RSLabError(f"that pixel of {layer.name()} cannot be placed in the map's CRS: {exc}") from exc
+    def _canvas(self) -> Optional[QgsMapCanvas]:
+        return self.iface.mapCanvas() if self.iface is not None else None
 
     def show_spectrum_at(self, point: QgsPointXY) -> Optional[np.ndarray]:
         """Plot the spectrum of the image pixel under `point` (map canvas coordinates) beside the scene mean.
@@ -971,7 +718,7 @@ class AnomalyDock(JobDock):
             self._report_failure(str(exc))
             return None
         try:
-            cell = pixel_at(layer, self._canvas_to_layer(point, layer))
+            cell = pixel_at(layer, canvas_to_layer(self._canvas(), point, layer))
         except RSLabError as exc:
             self._pick_message(str(exc))
             return None
@@ -982,19 +729,17 @@ class AnomalyDock(JobDock):
         picked = read_spectrum(path, row, col)
         if picked is None:
             self._pick_message(f"Pixel (row {row}, column {col}) of {layer.name()} is nodata.")
-            self.pixel_curve.setData([], [])  # not the spectrum picked before, under this status
-            self.mean_curve.setData([], [])  # nor the mean of the image picked before (another image's, unnamed)
-            self.spectrum_legend.setText("")
+            self.spectrum.clear()  # not the spectrum picked before under this status, nor another image's mean
             return None
         spectrum, bands, axis_title = picked
         if self._pick_status and self.status_label.text() == self._pick_status:
             self._set_status("")  # an earlier pick's 'is nodata' stood under this pixel's spectrum
         self._pick_status = ""
         self._clear_refusal()  # A refused run's reason, if any, was about the form.
-        self.spectrum_plot.setLabel("bottom", axis_title)
-        self.pixel_curve.setData(bands, spectrum)
-        self._plot_mean(path, bands)
-        self.spectrum_legend.setText(self._spectrum_legend(layer, row, col))
+        self.spectrum.show_pixel(bands, spectrum, axis_title, self._pixel_name(layer, row, col))
+        if not self.spectrum.show_mean(self.mean_spectra.get(path)):
+            self.spectrum.clear_mean()
+            self._start_mean_task(path)
         return spectrum
 
     def _pick_message(self, text: str) -> None:
@@ -1002,25 +747,16 @@ class AnomalyDock(JobDock):
         self._pick_status = text
         self._set_status(text)
 
-    def _spectrum_legend(self, layer: QgsRasterLayer, row: int, col: int) -> str:
-        """'▬ pixel (row, col) of <layer> · <method> score s   ▬ scene mean' (the latest run on this layer: its
-        method named, as the runs' score ranges differ by orders of magnitude)."""
+    def _pixel_name(self, layer: QgsRasterLayer, row: int, col: int) -> str:
+        """'pixel (row, col) of <layer> · <method> score s' (the latest run on this layer: its method named, as the
+        runs' score ranges differ by orders of magnitude)."""
         pixel = f"pixel (row {row}, col {col}) of {layer.name()}"
         latest = self._latest.get(layer.id())
         scores = latest.result.outputs.scores if latest is not None else ""
         score = read_pixel(scores, row, col) if scores and os.path.isfile(scores) else None
         if score is not None:
             pixel += f" · {METHOD_LABELS[latest.result.method]} score {score[0]:.4g}"
-        return (f"{legend_mark(PIXEL_PEN)}&nbsp;{html.escape(pixel)}&nbsp;&nbsp;&nbsp; "
-                f"{legend_mark(MEAN_PEN)}&nbsp;scene&nbsp;mean")
-
-    def _plot_mean(self, path: str, bands: np.ndarray) -> None:
-        mean = self.mean_spectra.get(path)
-        if mean is not None and len(mean) == len(bands):
-            self.mean_curve.setData(bands, mean)
-            return
-        self.mean_curve.setData([], [])
-        self._start_mean_task(path)
+        return pixel
 
     def _start_mean_task(self, path: str) -> None:
         """Compute the scene mean in the background (a pixel was picked before any run on this image)."""
@@ -1041,9 +777,7 @@ class AnomalyDock(JobDock):
                 self._report_failure(error, "mean spectrum")
             return
         self.mean_spectra[path] = mean
-        x, _ = self.pixel_curve.getData()
-        if x is not None and len(x) == len(mean):
-            self.mean_curve.setData(x, mean)
+        self.spectrum.show_mean(mean)
         self.meanReady.emit(path)
 
     # messages -------------------------------------------------------------------------------------------

@@ -362,6 +362,19 @@ def decade_label(exponent: int) -> str:
     return "10" + ("⁻" if exponent < 0 else "") + str(abs(exponent)).translate(SUPERSCRIPTS)
 
 
+def legend_below(owner: QWidget, plot: QWidget, text: str = "") -> QLabel:
+    """Lay out `plot` over a word-wrapped rich-text legend label filling `owner`, and return the label. A legend
+    inside the plot would hide part of some curve wherever it sat."""
+    legend = QLabel(text, owner)
+    legend.setWordWrap(True)
+    legend.setTextFormat(Qt.RichText)
+    layout = QVBoxLayout(owner)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(plot, 1)
+    layout.addWidget(legend)
+    return legend
+
+
 def legend_mark(colour: Tuple[int, int, int], glyph: str = BAR) -> str:
     """A coloured mark for a legend written as rich text (in a QLabel or a plot title)."""
     return "<span style='color:#%02x%02x%02x'>%s</span>" % (*colour, glyph)

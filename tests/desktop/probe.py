@@ -199,7 +199,7 @@ def go_to_strongest(result):
         "centre": [centre.x(), centre.y()],
         "pixel_centre": [extent.xMinimum() + (peak.col + 0.5) * layer.rasterUnitsPerPixelX(),
                          extent.yMaximum() - (peak.row + 0.5) * layer.rasterUnitsPerPixelY()],
-        "legend": f"pixel (row {peak.row}, col {peak.col}) of beach-2" in body.spectrum_legend.text(),
+        "legend": f"pixel (row {peak.row}, col {peak.col}) of beach-2" in body.spectrum.legend.text(),
     }
 
 
