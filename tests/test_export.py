@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from rslab.core import export
+from rslab.core import export, onnx_check
 from rslab.core.checkpoint import ModelCard, build_model, load_checkpoint
 from rslab.core.compression_tasks import example_inputs_for
 from rslab.core.errors import JobCancelled, RSLabError
@@ -155,7 +155,7 @@ def test_resnet_onnx_matches_pytorch_on_real_images(resnet, resnet_onnx, cifar):
     path, _ = resnet_onnx
     _, test = cifar
     samples = [(test[:16],), (test[16:32],)]  # batch 16, exported with batch 1: the batch axis is dynamic
-    result = export.check_onnx(resnet, samples, path, baseline=True)
+    result = onnx_check.check_onnx(resnet, samples, path, baseline=True)
     # Forced: every stretch between quantisers matches PyTorch from the same codes.
     assert result["agrees_within_one_step"] == 1.0
     assert result["forced.output.steps"] <= 0.05
@@ -185,7 +185,7 @@ def test_check_onnx_catches_a_wrong_scale(resnet, resnet_onnx, cifar, tmp_path):
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.05), init.name))
     bad = str(tmp_path / "bad.onnx")
     onnx.save(proto, bad)
-    result = export.check_onnx(resnet, [(cifar[1][:16],)], bad)
+    result = onnx_check.check_onnx(resnet, [(cifar[1][:16],)], bad)
     assert result["agrees_within_one_step"] == 0.0
     assert result["forced.codes.max_diff"] > 1
 
@@ -202,7 +202,7 @@ def test_check_onnx_stops_between_samples_on_cancel(resnet, resnet_onnx, cifar):
         return len(asked) > 1  # after the first sample
 
     with pytest.raises(JobCancelled):
-        export.check_onnx(resnet, [(cifar[1][:2],), (cifar[1][2:4],), (cifar[1][4:6],)], path, cancelled=cancelled)
+        onnx_check.check_onnx(resnet, [(cifar[1][:2],), (cifar[1][2:4],), (cifar[1][4:6],)], path, cancelled=cancelled)
     assert len(asked) == 2
 
 
@@ -225,7 +225,7 @@ def test_arcdnet_onnx_two_inputs_named_outputs(arcdnet, tmp_path):
     top = 2 ** (stem.a_bits - 1) - 1
     assert inits[clip.input[1]].dtype == np.int8 and (int(inits[clip.input[1]]), int(inits[clip.input[2]])) == (-top, top)
     assert f"/input_int{stem.a_bits}/" in clip.name
-    result = export.check_onnx(model, [(before[:2], after[:2])], path)
+    result = onnx_check.check_onnx(model, [(before[:2], after[:2])], path)
     assert result["agrees_within_one_step"] == 1.0
     for name in ("change_logit", "uncertainty_logit"):
         assert result[f"forced.{name}.steps"] <= 0.05
@@ -265,7 +265,7 @@ def test_onnx_of_a_layer_used_twice_and_nested_outputs(tmp_path):
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     assert inits["c.weight"].dtype == np.float32 and inits["b.weight"].dtype == np.int8
     assert meta["a"]["signed"] and not meta["b"]["signed"]
-    result = export.check_onnx(model, [(x, y)], path)
+    result = onnx_check.check_onnx(model, [(x, y)], path)
     assert result["agrees_within_one_step"] == 1.0
     assert np.isnan(result["m2.step"])  # c keeps float weights: no accumulator step
     assert result["m2.max_abs_diff"] < 1e-4
@@ -337,7 +337,7 @@ def test_bsdm_onnx_quantises_the_statistical_offset_layer(samples, tmp_path):
     assert len(clips) == 1
     ops = [n.op_type for n in proto.graph.node]  # each activation one Tanh node (not its inference-time form)
     assert ops.count("Tanh") == 15 and "Sigmoid" not in ops
-    result = export.check_onnx(model, [(x[:256], step)], path)
+    result = onnx_check.check_onnx(model, [(x[:256], step)], path)
     assert result["agrees_within_one_step"] == 1.0
     assert result["forced.codes.fraction_differing"] < 1e-3
     # the export dialog's path: every format, from the example input a BSDM card gets (one token, a 0-dim step)
@@ -396,7 +396,7 @@ def test_checkpoint_round_trip_is_identical(resnet, cifar, tmp_path):
     assert len(packed) == 19
     for name, levels in packed.items():
         assert np.array_equal(inits[name], levels.numpy()), name
-    result = export.check_onnx(rebuilt, [(test[:4],)], onnx_path)
+    result = onnx_check.check_onnx(rebuilt, [(test[:4],)], onnx_path)
     assert result["agrees_within_one_step"] == 1.0
 
 

@@ -39,7 +39,8 @@ from qgis.PyQt.QtWidgets import (
 from ..core.checkpoint import task_label
 from ..core.errors import JobCancelled, RSLabError
 from ..core.dependencies import PLUGIN_DIR
-from ..core.export import CHECK_SAMPLES, SUFFIXES, export_paths, sample_inputs  # torch-free at import
+from ..core.export import SUFFIXES, export_paths  # torch-free at import
+from ..core.onnx_check import CHECK_SAMPLES, sample_inputs
 from . import task as tasks
 from .task import ERROR_STYLE, INFO_STYLE, failure_text
 from .job_dock import profile_folder, user_path
@@ -78,7 +79,8 @@ def onnx_check_job(model: Any, example: Tuple[Any, ...]) -> Callable[..., Dict[s
     """A JobTask job: export `model` to a temporary ONNX file and compare it with PyTorch."""
 
     def job(progress, cancelled) -> Dict[str, float]:
-        from ..core.export import check_onnx, export_onnx
+        from ..core.export import export_onnx
+        from ..core.onnx_check import check_onnx
 
         folder = tempfile.mkdtemp(prefix="rslab-onnx-check-")
         try:
