@@ -1,4 +1,4 @@
-"""PIC-PQ (core/pic_pq.py): bit rule, filter property, pruning, the whole job on ResNet-20 and AR-CDNet."""
+"""PIC-PQ (core/pic_pq.py, core/channel_pruning.py): bit rule, filter property, pruning, the whole job on ResNet-20 and AR-CDNet."""
 from __future__ import annotations
 
 import copy
@@ -13,14 +13,12 @@ import torch
 from torch import nn
 
 from rslab.core.bops import count_bops
+from rslab.core.channel_pruning import analyse_pruning, group_importance, max_reduction, prune_channels, select_channels
 from rslab.core.checkpoint import Checkpoint, ModelCard, build_model, load_checkpoint, save_checkpoint
 from rslab.core.compression_tasks import ChangeDetectionTask, ClassificationTask
 from rslab.core.errors import JobCancelled, RSLabError
 from rslab.core.job import JobMonitor
-from rslab.core.pic_pq import (
-    PicPqParams, analyse_pruning, assign_bits, bits_for_ratio, compress_pic_pq, filter_property, group_importance,
-    layer_stages, max_reduction, prune_channels, select_channels,
-)
+from rslab.core.pic_pq import PicPqParams, assign_bits, bits_for_ratio, compress_pic_pq, filter_property, layer_stages
 from rslab.core.quantization import bit_plan, compressed_state
 from rslab.models.arcdnet import ArcdNet
 from rslab.models.resnet_cifar import ResNetCifar
