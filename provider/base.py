@@ -8,6 +8,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from qgis.core import (
+    QgsMapLayer,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -105,7 +106,8 @@ class StyleFromQml(QgsProcessingLayerPostProcessorInterface):
         super().__init__()
         self.style = style
 
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt API)
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802 (Qt API)
+                         feedback: QgsProcessingFeedback) -> None:
         if layer is not None and layer.isValid():
             message, ok = layer.loadNamedStyle(str(style_path(self.style)))
             if not ok:
@@ -131,10 +133,11 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
     def icon(self) -> QIcon:
         return QIcon(str(ICON))
 
-    def createInstance(self):  # noqa: N802
+    def createInstance(self) -> "RSLabAlgorithm":  # noqa: N802
         return type(self)()
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         """QGIS 3.22 keeps every exception raised here, with its traceback, for good (its sip error handler
         never releases it), and with them the frames of the run and their locals (the image, its statistics,
         the model): each exception's frames are cleared before it leaves, and this frame and its callers (a
@@ -173,10 +176,12 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         thread (qgis_process, a batch or a model dialog), whose priority must stay QGIS's."""
         return job(*args) if on_gui_thread() else run_at_job_priority(job, *args)
 
-    def execute(self, parameters, context, feedback) -> Dict:
+    def execute(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         raise QgsProcessingException(f"{self.name()} does not implement execute()")
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
+    def checkParameterValues(self, parameters: Dict[str, Any],  # noqa: N802
+                             context: QgsProcessingContext) -> Tuple[bool, str]:
         """Processing's checks, then `check_parameters`: the dialog warns before a run starts, processing.run
         and qgis_process refuse before any work (QGIS 3.22's batch dialog calls this only as each row starts)."""
         ok, message = super().checkParameterValues(parameters, context)
@@ -188,7 +193,7 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
             return False, str(exc)
         return True, ""
 
-    def _not_a_raster(self, parameters) -> str:
+    def _not_a_raster(self, parameters: Dict[str, Any]) -> str:
         """For a raster parameter given a file that exists but is no raster (a vector mask as REFERENCE):
         Processing's own message says 'not found'."""
         for definition in self.parameterDefinitions():
@@ -206,16 +211,17 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
                                   else " (a vector layer)")
         return ""
 
-    def check_parameters(self, parameters, context) -> None:
+    def check_parameters(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
         """Cheap checks of parameter values and combinations (the engine's own), RSLabError when wrong; no file
         is read. Subclasses extend it."""
 
-    def output_file_path(self, parameters, name: str, context: QgsProcessingContext) -> str:
+    def output_file_path(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext) -> str:
         """A file output's path with ~ expanded ('' when not asked for): the path the engine writes, returned
         to a model's next step as it is."""
         return os.path.expanduser(self.parameterAsFileOutput(parameters, name, context) or "")
 
-    def raster_path(self, parameters, name: str, context, optional: bool = False) -> Optional[str]:
+    def raster_path(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext,
+                    optional: bool = False) -> Optional[str]:
         """The file behind a raster layer parameter; RSLabError if the layer is not a local file (None for an
         optional parameter left empty)."""
         layer = self.parameterAsRasterLayer(parameters, name, context)
@@ -225,7 +231,8 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
             raise RSLabError(f"{name}: no raster layer was given")
         return layer_file(layer, name)
 
-    def band_list(self, parameters, name: str, context) -> Optional[Tuple[int, ...]]:
+    def band_list(self, parameters: Dict[str, Any], name: str,
+                  context: QgsProcessingContext) -> Optional[Tuple[int, ...]]:
         """A multiple band parameter's bands in the order given (None when empty). Commas are read as QGIS
         reads semicolons: its own parser took '3,2,1' (as the messages write band lists) for band 0, and an empty
         value for band 0 too (`BANDS=` from a script's empty variable: '' from processing.run, a null QVariant
@@ -242,7 +249,7 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         return tuple(self.parameterAsInts(parameters, name, context)) or None
 
     @staticmethod
-    def output_asked(parameters, name: str) -> bool:
+    def output_asked(parameters: Dict[str, Any], name: str) -> bool:
         """Whether an optional output has a destination, read from its raw value for checks made before a run:
         parameterAsOutputLayer names a new temporary file at each call on TEMPORARY_OUTPUT and has Processing load
         it, so a check that called it left a layer that never came ('The following layers were not correctly
@@ -253,18 +260,19 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
         return value not in (None, "")
 
     @staticmethod
-    def given(parameters, name: str) -> bool:
+    def given(parameters: Dict[str, Any], name: str) -> bool:
         """Whether an optional parameter has a value (a layer, a path; not None or an empty string)."""
         return parameters.get(name) not in (None, "")
 
     @classmethod
-    def refuse_both(cls, parameters, first: str, second: str) -> None:
+    def refuse_both(cls, parameters: Dict[str, Any], first: str, second: str) -> None:
         """RSLabError when both of two alternative inputs are given (checked before a run and again in it: a
         model's child algorithm runs without the dialog's check)."""
         if cls.given(parameters, first) and cls.given(parameters, second):
             raise RSLabError(f"give {first} or {second}, not both")
 
-    def burnt_polygons(self, parameters, name: str, field_name: str, context, feedback, grid: str) -> str:
+    def burnt_polygons(self, parameters: Dict[str, Any], name: str, field_name: str, context: QgsProcessingContext,
+                       feedback: QgsProcessingFeedback, grid: str) -> str:
         """Label polygons (parameter `name`, values in `field_name`: 1 no change, 2 change) burnt onto `grid`
         as a partial label raster in the Processing temp folder (core/change_labels.py)."""
         source, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
@@ -278,7 +286,7 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
                           f"{burnt.no_change_pixels:,} no-change and {burnt.change_pixels:,} change pixels")
         return burnt.path
 
-    def output_layer_path(self, parameters, name: str, context: QgsProcessingContext) -> str:
+    def output_layer_path(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext) -> str:
         """An output layer's file, with ~ expanded ('' when not asked for).
 
         The engine expands ~ when it writes; the path Processing loads (and returns to a model) must be that

@@ -1,8 +1,11 @@
 """rslab:compress_model: PIC-PQ or GHOST compression of an RS Lab checkpoint."""
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
 
 from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
@@ -11,16 +14,15 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.compression import METHODS, parse_max_bits
+from ..core.compression import METHODS, CompressParams, parse_max_bits
 from ..core.errors import RSLabError
 from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
 from .base import RSLabAlgorithm, checkpoint_parameter, feedback_callbacks, method_options
 
-
-
 # the METHOD options, short so the algorithm dialog needs no sideways scrolling at QGIS's default size (its help
 # panel names each method in full)
 SHORT_LABELS = {"pic_pq": "PIC-PQ (pruning, mixed bits)", "ghost": "GHOST (hybrid quantisation)"}
+
 
 class CompressModelAlgorithm(RSLabAlgorithm):
     GROUP = "Model compression"
@@ -64,7 +66,7 @@ class CompressModelAlgorithm(RSLabAlgorithm):
             "model's next step can take."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         double, integer = QgsProcessingParameterNumber.Double, QgsProcessingParameterNumber.Integer
         self.addParameter(checkpoint_parameter(self.MODEL, "Checkpoint to compress"))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=method_options(METHODS, SHORT_LABELS),
@@ -92,9 +94,7 @@ class CompressModelAlgorithm(RSLabAlgorithm):
                                                                 "JSON files (*.json)", optional=True, createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber("BOPS_RATIO", "BOPs ratio (before / after)"))  # for a model's next step
 
-    def read_params(self, parameters, context):
-        from ..core.compression import CompressParams
-
+    def read_params(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> CompressParams:
         return CompressParams(
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             flops_reduction=self.parameterAsDouble(parameters, self.FLOPS_REDUCTION, context),
@@ -106,11 +106,11 @@ class CompressModelAlgorithm(RSLabAlgorithm):
             seed=self.parameterAsInt(parameters, self.SEED, context),
         )
 
-    def check_parameters(self, parameters, context) -> None:
+    def check_parameters(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
         self.read_params(parameters, context)
         self.data_path(parameters, context)
 
-    def data_path(self, parameters, context) -> str:
+    def data_path(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> str:
         """DATA or DATA_FOLDER, whichever was given; RSLabError unless exactly one was."""
         file = self.parameterAsFile(parameters, self.DATA, context)
         folder = self.parameterAsFile(parameters, self.DATA_FOLDER, context)
@@ -121,7 +121,8 @@ class CompressModelAlgorithm(RSLabAlgorithm):
                              "change pairs as DATA_FOLDER)")
         return file or folder
 
-    def execute(self, parameters, context, feedback):
+    def execute(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         from ..core.compression import compress_checkpoint
 
         model = self.parameterAsFile(parameters, self.MODEL, context)

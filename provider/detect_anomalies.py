@@ -11,8 +11,10 @@ import json
 from typing import Any, Dict, Optional
 
 from qgis.core import (
+    QgsMapLayer,
     QgsProcessing,
     QgsProcessingContext,
+    QgsProcessingFeedback,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -39,7 +41,8 @@ class ScoreStyle(StyleFromQml):
     def __init__(self) -> None:
         super().__init__(SCORES_STYLE)
 
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt API)
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802 (Qt API)
+                         feedback: QgsProcessingFeedback) -> None:
         super().postProcessLayer(layer, context, feedback)
         if layer is not None and layer.isValid():
             fit_score_stretch(layer)
@@ -110,7 +113,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             "which rslab:compress_model can compress."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         integer = QgsProcessingParameterNumber.Integer
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Hyperspectral image"))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=method_options(METHODS, METHOD_LABELS),
@@ -144,14 +147,15 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
                                                                   createByDefault=True))
 
     # parameters ---------------------------------------------------------------------------------------
-    def optional_number(self, parameters: Dict[str, Any], name: str, context) -> Optional[float]:
+    def optional_number(self, parameters: Dict[str, Any], name: str,
+                        context: QgsProcessingContext) -> Optional[float]:
         """A number parameter that may be absent: None when not given (Processing has no 'unset' double)."""
         value = parameters.get(name)
         if value is None or value == "" or (isinstance(value, QVariant) and value.isNull()):
             return None
         return self.parameterAsDouble(parameters, name, context)
 
-    def read_params(self, parameters, context) -> AnomalyParams:
+    def read_params(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> AnomalyParams:
         return AnomalyParams(
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             iterations=self.parameterAsInt(parameters, self.ITERATIONS, context),
@@ -162,7 +166,8 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
         )
 
-    def read_outputs(self, parameters, context, params: AnomalyParams) -> AnomalyOutputs:
+    def read_outputs(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                     params: AnomalyParams) -> AnomalyOutputs:
         """Output paths; with a false-alarm rate but the mask output skipped, the mask goes to a temporary file."""
         mask = self.output_layer_path(parameters, self.OUTPUT_MASK, context) or None
         if mask is None and params.false_alarm_rate is not None:
@@ -175,7 +180,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
             peaks=self.output_layer_path(parameters, self.OUTPUT_PEAKS, context) or None,
         )
 
-    def check_parameters(self, parameters, context) -> None:
+    def check_parameters(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
         params = self.read_params(parameters, context)  # windows, rate (above 0, below 1), iterations
         asked = {name: name if self.output_asked(parameters, name) else None  # which outputs, not their files
                  for name in (self.OUTPUT_MASK, self.OUTPUT_MODEL)}
@@ -183,7 +188,8 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
                                                      model=asked[self.OUTPUT_MODEL]))
 
     # running ------------------------------------------------------------------------------------------
-    def execute(self, parameters, context, feedback):
+    def execute(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         cube = self.raster_path(parameters, self.INPUT, context)
         reference = self.raster_path(parameters, self.REFERENCE, context, optional=True)
         params = self.read_params(parameters, context)
@@ -214,7 +220,7 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         return out
 
     @staticmethod
-    def log_result(result: AnomalyResult, feedback) -> None:
+    def log_result(result: AnomalyResult, feedback: QgsProcessingFeedback) -> None:
         seconds = sum(result.timings.values())
         feedback.pushInfo(f"{result.method} on {result.device}: {result.width} x {result.height} pixels, "
                           f"{result.bands} bands in {seconds:.1f} s; scores {result.score_range[0]:.4g} to "

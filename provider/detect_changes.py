@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any, Dict, Optional
 
 from qgis.core import (
     QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
     QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
@@ -71,7 +74,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             "OUTPUT_REPORT: JSON with metrics, timings, device and the model card summary."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before image"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After image"))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=method_options(METHODS, METHOD_LABELS),
@@ -99,7 +102,7 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Report", "JSON files (*.json)",
                                                                 optional=True, createByDefault=True))
 
-    def read_params(self, parameters, context, coding: str) -> ChangeParams:
+    def read_params(self, parameters: Dict[str, Any], context: QgsProcessingContext, coding: str) -> ChangeParams:
         return ChangeParams(
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
@@ -108,11 +111,12 @@ class DetectChangesAlgorithm(RSLabAlgorithm):
             bands=self.band_list(parameters, self.BANDS, context),
         )
 
-    def check_parameters(self, parameters, context) -> None:
+    def check_parameters(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
         self.read_params(parameters, context, "binary")
         self.refuse_both(parameters, self.REFERENCE, self.REFERENCE_POLYGONS)
 
-    def execute(self, parameters, context, feedback):
+    def execute(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         before = self.raster_path(parameters, self.BEFORE, context)
         after = self.raster_path(parameters, self.AFTER, context)
         self.refuse_both(parameters, self.REFERENCE, self.REFERENCE_POLYGONS)

@@ -1,9 +1,12 @@
 """rslab:import_cube: a MATLAB .mat hyperspectral cube (and ground truth) to GeoTIFFs."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from qgis.core import (
+    QgsMapLayer,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterFile,
     QgsProcessingParameterRasterDestination,
@@ -23,7 +26,8 @@ class TrueColour(QgsProcessingLayerPostProcessorInterface):
         super().__init__()
         self.bands = bands
 
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (Qt API)
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802 (Qt API)
+                         feedback: QgsProcessingFeedback) -> None:
         if layer is not None and layer.isValid():
             show_true_colour(layer, self.bands)
             feedback.pushInfo(f"drawn in true colour from bands {', '.join(map(str, self.bands))} "
@@ -61,7 +65,7 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
             "OUTPUT_GT is set."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(self.INPUT, "MATLAB file", extension="mat"))
         self.addParameter(QgsProcessingParameterString(self.CUBE_KEY, "Cube variable", defaultValue="data"))
         self.addParameter(QgsProcessingParameterString(self.GT_KEY, "Ground-truth variable", defaultValue="map", optional=True))
@@ -70,7 +74,8 @@ class ImportCubeAlgorithm(RSLabAlgorithm):
             QgsProcessingParameterRasterDestination(self.OUTPUT_GT, "Ground truth", optional=True, createByDefault=False)
         )
 
-    def execute(self, parameters, context, feedback):
+    def execute(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         source = self.parameterAsFile(parameters, self.INPUT, context)
         params = ImportCubeParams(
             cube_key=self.parameterAsString(parameters, self.CUBE_KEY, context),

@@ -1,7 +1,10 @@
 """rslab:model_bops: bit operations, MACs, size and per-layer figures of a checkpoint."""
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
 from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
@@ -41,7 +44,7 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
             "Returns TOTAL_BOPS and SIZE_MB, numbers a model's next step can take."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         self.addParameter(checkpoint_parameter(self.MODEL, "Checkpoint"))
         self.addParameter(QgsProcessingParameterEnum(self.MODE, "Counting convention", options=list(MODES), defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.INPUT_SIZE, "Input size (pixels, 0 = task default)",
@@ -52,10 +55,11 @@ class ModelBopsAlgorithm(RSLabAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("TOTAL_BOPS", "Total BOPs"))
         self.addOutput(QgsProcessingOutputNumber("SIZE_MB", "Model size (MB)"))
 
-    def check_parameters(self, parameters, context) -> None:
+    def check_parameters(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
         check_input_size(self.parameterAsInt(parameters, self.INPUT_SIZE, context))
 
-    def execute(self, parameters, context, feedback):
+    def execute(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         from ..core.compression import model_bops_report
         from ..core.outputs import PendingOutputs, check_output_paths, write_json
 

@@ -2,7 +2,10 @@
 (core/anomaly_mask.py): seconds, where running rslab:detect_anomalies again retrains BSDM for minutes."""
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
 from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -50,7 +53,7 @@ class ThresholdAnomaliesAlgorithm(RSLabAlgorithm):
             "reference, the detection counts."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Anomaly scores"))
         self.addParameter(QgsProcessingParameterNumber(self.FALSE_ALARM_RATE, "False-alarm rate (0..1)",
                                                        QgsProcessingParameterNumber.Double, defaultValue=0.01,
@@ -61,10 +64,11 @@ class ThresholdAnomaliesAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Report", "JSON files (*.json)",
                                                                 optional=True, createByDefault=False))
 
-    def check_parameters(self, parameters, context) -> None:
+    def check_parameters(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
         check_false_alarm_rate(self.parameterAsDouble(parameters, self.FALSE_ALARM_RATE, context))
 
-    def execute(self, parameters, context, feedback):
+    def execute(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         scores = self.raster_path(parameters, self.INPUT, context)
         reference = self.raster_path(parameters, self.REFERENCE, context, optional=True)
         rate = self.parameterAsDouble(parameters, self.FALSE_ALARM_RATE, context)
@@ -80,7 +84,7 @@ class ThresholdAnomaliesAlgorithm(RSLabAlgorithm):
         return out
 
     @staticmethod
-    def log_result(result: MaskResult, feedback) -> None:
+    def log_result(result: MaskResult, feedback: QgsProcessingFeedback) -> None:
         feedback.pushInfo(f"threshold at a false-alarm rate of {result.false_alarm_rate:g}: {result.threshold:.6g}; "
                           f"pixels above it: {result.mask_pixels:,} of {result.valid_pixels:,} scored")
         found = describe_mask_detection(result.mask_detection)

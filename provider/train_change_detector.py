@@ -1,8 +1,11 @@
 """rslab:train_change_detector: train AR-CDNet on change pairs, keep the best checkpoint."""
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
 from qgis.core import (
     QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
     QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
@@ -80,7 +83,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             "OUTPUT_REPORT: JSON with the loss and validation F1 per epoch."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config: Optional[Dict[str, Any]] = None) -> None:  # noqa: N802
         folder = QgsProcessingParameterFile.Folder
         self.addParameter(QgsProcessingParameterFile(self.TRAIN_FOLDER, "Training folder (A/, B/, label/)",
                                                      behavior=folder, optional=True))
@@ -113,7 +116,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Training report",
                                                                 "JSON files (*.json)", optional=True, createByDefault=False))
 
-    def read_params(self, parameters, context, burnt: bool = False) -> TrainChangeParams:
+    def read_params(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                    burnt: bool = False) -> TrainChangeParams:
         _, base, channels = WIDTHS[self.parameterAsEnum(parameters, self.WIDTH, context)]
         return TrainChangeParams(
             iterations=self.parameterAsInt(parameters, self.ITERATIONS, context),
@@ -128,7 +132,7 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             bands=self.band_list(parameters, self.BANDS, context),
         )
 
-    def check_parameters(self, parameters, context) -> None:
+    def check_parameters(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
         self.read_params(parameters, context)  # crop a multiple of 32, a batch of one with 64-pixel crops, ...
         self.refuse_both(parameters, self.LABEL, self.LABEL_POLYGONS)
 
@@ -151,7 +155,8 @@ class TrainChangeDetectorAlgorithm(RSLabAlgorithm):
             raise RSLabError("give a training folder (A/, B/, label/) or BEFORE, AFTER and LABEL (or LABEL_POLYGONS)")
         return [ChangePair(*paths)], f"rasters {', '.join(paths)}", polygons
 
-    def execute(self, parameters, context, feedback):
+    def execute(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+                feedback: QgsProcessingFeedback) -> Dict[str, Any]:
         pairs, description, burnt = self._pairs(parameters, context, feedback)
         seed = self.parameterAsInt(parameters, self.SEED, context)
         val_folder = self.parameterAsFile(parameters, self.VALIDATION_FOLDER, context)

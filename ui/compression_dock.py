@@ -25,6 +25,7 @@ import pyqtgraph as pg
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
+from qgis.PyQt.QtGui import QShowEvent
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -218,7 +219,7 @@ class CompressionDock(JobDock):
         self.model_file.setEnabled(self.model_combo.currentData() is None)
         self.model_info.setText("The checkpoint is read when the panel is shown.")
 
-    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt API)
         """Read the default checkpoint the first time the panel is shown (not when it is only created)."""
         super().showEvent(event)
         if not self._summary_path and self.summary_task is None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QCloseEvent
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -381,7 +382,7 @@ class ExportDialog(QDialog, tasks.TaskOwner):
         self._set_status("")
         self.checked.emit(check, "")
 
-    def closeEvent(self, event) -> None:  # noqa: N802
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         """Closing the dialog cancels a running export or check: it would otherwise write files unseen."""
         self._cancel_running()
         super().closeEvent(event)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QMouseEvent
 from qgis.PyQt.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
 from ..core.anomaly_peaks import Peak
@@ -58,7 +59,7 @@ class PeakTable(QTableWidget):
         finally:
             self.blockSignals(False)
 
-    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt API)
         self._row_before_press = self.currentRow()
         super().mousePressEvent(event)
 

@@ -12,7 +12,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyqtgraph as pg
-from qgis.core import QgsRasterLayer
+from qgis.core import QgsMapLayer, QgsRasterLayer
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -253,7 +253,8 @@ class TrainChangeDialog(QDialog, tasks.TaskOwner):
     def from_layers(self) -> bool:
         return self.source_combo.currentData() == "layers"
 
-    def use_layers(self, before, after, label, coding: Optional[str] = None, field: str = "") -> None:
+    def use_layers(self, before: Optional[QgsRasterLayer], after: Optional[QgsRasterLayer],
+                   label: Optional[QgsMapLayer], coding: Optional[str] = None, field: str = "") -> None:
         """Train on these layers of the project (the change dock's before, after and reference, read as `coding`;
         for reference polygons, their `field`)."""
         if coding is not None:  # first: label polygons then impose the partial coding

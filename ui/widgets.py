@@ -8,7 +8,7 @@ from qgis.core import QgsFieldProxyModel, QgsMapLayer, QgsMapLayerProxyModel, Qg
 from qgis.gui import QgsCheckableComboBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QEvent, QObject, QSignalBlocker, Qt, QTimer
-from qgis.PyQt.QtGui import QValidator
+from qgis.PyQt.QtGui import QResizeEvent, QValidator
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -239,7 +239,7 @@ class BandChooser(QgsCheckableComboBox):
         self.lineEdit().setCursorPosition(0)  # the first band read shows when the list is longer than the box
         self.setToolTip(f"Read in this order: {text}\n\n{self._tip}")
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API): QGIS redraws its own text on resize
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt API): QGIS redraws its own text on resize
         super().resizeEvent(event)
         self._show_order()
 
