@@ -11,7 +11,8 @@ from qgis.PyQt.QtCore import Qt
 import rslab
 from rslab.core.checkpoint import build_model, load_checkpoint
 from rslab.core.weights import SHIPPED, shipped_checkpoints
-from rslab.ui.compression_dock import CUSTOM_CHECKPOINT, DASH, TABLE_HEADERS, CompressionDock, si
+from rslab.ui.compression_dock import CUSTOM_CHECKPOINT, CompressionDock
+from rslab.ui.compression_figures import DASH, TABLE_HEADERS, si
 from rslab.ui.export_dialog import ExportDialog
 from resnet_cards import untrained_resnet
 
@@ -53,7 +54,7 @@ def click_run(qtbot, dock):
 
 
 def readout(dock, key, column):
-    return dock.readouts[(key, column)].text()
+    return dock.readout.values[(key, column)].text()
 
 
 def test_shown_panel_lists_the_shipped_checkpoints_and_reads_the_default(qtbot, dock):
@@ -69,7 +70,7 @@ def test_shown_panel_lists_the_shipped_checkpoints_and_reads_the_default(qtbot, 
     assert readout(dock, "bops", "before") != DASH and readout(dock, "bops", "after") == DASH
     assert readout(dock, "size", "before")[-3:] in (" MB", " kB") and readout(dock, "params", "before") != DASH
     assert dock.layer_table.rowCount() == len(summary.report["layers"])
-    assert len(dock.bars["before"].opts["height"]) == len(summary.report["layers"])
+    assert len(dock.chart.bars["before"].opts["height"]) == len(summary.report["layers"])
     assert summary.architecture in dock.model_info.text()
     folder = summary.task == "change_detection"
     assert (dock.data_file.storageMode() == QgsFileWidget.GetDirectory) == folder
@@ -107,9 +108,9 @@ def test_a_tiny_ghost_run_fills_the_after_readouts_table_chart_and_curves(qtbot,
     assert readout(dock, "bops", "before") != DASH and readout(dock, "bops", "after") != DASH
     assert readout(dock, "bops", "change") == f"{result.bops_ratio:.1f}× fewer" and result.bops_ratio > 1
     qtbot.wait(100)
-    assert all(label.width() >= label.sizeHint().width() for label in dock.readouts.values())
+    assert all(label.width() >= label.sizeHint().width() for label in dock.readout.values.values())
     assert readout(dock, "size", "change").endswith("× smaller")
-    assert dock.readout_names["metric"].text() == "Accuracy (%)"
+    assert dock.readout.names["metric"].text() == "Accuracy (%)"
     assert readout(dock, "metric", "before") == f"{result.scores_before['accuracy']:.2f}"
     assert readout(dock, "metric", "after") == f"{result.scores_after['accuracy']:.2f}"
 
@@ -128,9 +129,9 @@ def test_a_tiny_ghost_run_fills_the_after_readouts_table_chart_and_curves(qtbot,
         assert table.item(row, 3).text() == str(after[name]["activation_bits"])
         assert "→" in table.item(row, 4).text()
     for name in ("before", "after"):
-        heights = dock.bars[name].opts["height"]
+        heights = dock.chart.bars[name].opts["height"]
         assert len(heights) == 20 and all(h > 0 for h in heights)
-    assert list(dock.bars["before"].opts["height"]) > list(dock.bars["after"].opts["height"])  # fewer bits
+    assert list(dock.chart.bars["before"].opts["height"]) > list(dock.chart.bars["after"].opts["height"])  # fewer bits
 
     _, losses = dock.loss_curve.getData()
     _, scores = dock.metric_curve.getData()
@@ -243,7 +244,7 @@ def test_a_compressed_checkpoint_shows_its_record_and_can_be_exported_not_recomp
     assert readout(dock, "bops", "before") == si(40e9) == "40\u2009G"
     assert readout(dock, "bops", "change") == "7.5× fewer"
     assert readout(dock, "params", "change") == "-50 %"  # its card records the parameters before ('—' before)
-    legend = dock.chart.getPlotItem().titleLabel.text  # no per-layer figures before: 'before' is not listed
+    legend = dock.chart.plot.getPlotItem().titleLabel.text  # no per-layer figures before: 'before' is not listed
     assert "after" in legend and "before" not in legend
     assert readout(dock, "bops", "after") != DASH and readout(dock, "metric", "change") == "-0.80 pt"
     assert dock.layer_table.item(1, 2).text() == "4" and dock.layer_table.item(1, 3).text() == "8"

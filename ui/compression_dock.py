@@ -18,28 +18,21 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-import pyqtgraph as pg
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QShowEvent
 from qgis.PyQt.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QFormLayout,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
     QSizePolicy,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -54,16 +47,13 @@ from ..core.errors import RSLabError
 from ..core.pic_pq import MAX_PENALTY, MAX_REDUCTION
 from ..core.weights import SHIPPED, shipped_checkpoints
 from . import task as tasks
+from .compression_figures import DASH, BopsChart, LayerTable, ReadoutGrid, si, size_text
 from .job_dock import CUSTOM_CHECKPOINT, NEW_CHECKPOINT_HINT, JobDock, new_checkpoint_path, user_path
 from .settings import remember
 from .widgets import (
-    SQUARE,
     checkpoint_widget,
-    decade_label,
     double_spin_box,
-    legend_mark,
     live_curve,
-    result_plot,
     scroll_body,
     spin_box,
     tab_in_order,
@@ -71,46 +61,11 @@ from .widgets import (
 
 METRIC_LABELS = {"accuracy": "Accuracy", "f1": "F1", "auc": "AUC", "iou": "IoU", "kappa": "Kappa",
                  "fit": "Denoising fit"}
-BEFORE_PEN = (120, 130, 150)
-AFTER_PEN = (230, 120, 20)
-CHART_PENS = {"before": BEFORE_PEN, "after": AFTER_PEN}  # the per-layer chart's series
 LOSS_PEN = (200, 80, 40)
 METRIC_PEN = (40, 110, 200)
-DASH = "—"
-# readout rows: key -> label (the metric row's label follows the checkpoint's task)
-READOUT_ROWS = (("bops", "BOPs"), ("params", "Parameters"), ("size", "Size at its bits"), ("metric", "Score"))
-READOUT_TIPS = {
-    "bops": "Bit operations of one inference: MACs x weight bits x activation bits, summed over the layers",
-    "size": "The weights at their assigned bits (and what pruning removed): what a runtime that packs bits would "
-            "store. The RS Lab checkpoint and ONNX files Export writes keep each quantised weight in a byte "
-            "(int8), so they are larger: about 4x smaller than full precision, more where pruning removed weights, "
-            "less where layers stay float. The TorchScript file keeps float32 weights behind fake quantisers",
-}
-NAME_COLUMN_MIN = 110  # px of the per-layer table's name column ('layer.8.conv2', 'encoder.stem.0.0')
-READOUT_COLUMNS = ("Before", "After", "Change")
-TABLE_HEADERS = ("Layer", "Channels\nkept", "W\nbits", "A\nbits", "BOPs\nbefore→after")
-TABLE_TIPS = ("Conv or linear layer (hover a name for its shape and MACs)",
-              "Output channels kept by pruning / before (one number before a run)",
-              "Weight bits of the layer (32 = full precision)",
-              "Activation bits: bits of the layer's input (32 = full precision)",
-              "Bit operations of the layer, MACs x weight bits x activation bits, before → after")
 
 
 # --- formatting -----------------------------------------------------------------------------------
-
-
-def si(value: float, unit: str = "") -> str:
-    """1234567 -> '1.23 M'; three significant digits with k, M, G, T (a thin space before the prefix)."""
-    value = float(value)
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g}\u2009{prefix}{unit}"
-    return f"{value:.3g}\u2009{unit}".rstrip("\u2009")
-
-
-def size_text(mb: float) -> str:
-    """Model storage: '14.4 MB', or '44.7 kB' below one megabyte."""
-    return f"{mb:.3g} MB" if mb >= 1 else f"{mb * 1000:.3g} kB"
 
 
 def metric_label(metric: str) -> str:
@@ -297,45 +252,9 @@ class CompressionDock(JobDock):
         self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
 
     def _build_results(self) -> None:
-        self.readout_box = QGroupBox("Before and after", self)
-        grid = QGridLayout(self.readout_box)
-        grid.setHorizontalSpacing(12)
-        self.readouts: Dict[Tuple[str, str], QLabel] = {}
-        self.readout_names: Dict[str, QLabel] = {}
-        for col, title in enumerate(READOUT_COLUMNS, start=1):
-            header = QLabel(f"<b>{title}</b>", self)
-            header.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
-            grid.addWidget(header, 0, col)
-        for row, (key, label) in enumerate(READOUT_ROWS, start=1):
-            name = QLabel(label, self)
-            name.setToolTip(READOUT_TIPS.get(key, ""))
-            self.readout_names[key] = name
-            grid.addWidget(name, row, 0)
-            for col, column in enumerate(READOUT_COLUMNS, start=1):
-                value = QLabel(DASH, self)
-                value.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                value.setTextInteractionFlags(Qt.TextSelectableByMouse)
-                self.readouts[(key, column.lower())] = value
-                grid.addWidget(value, row, col)
-        grid.setColumnStretch(0, 1)
-
-        self.layer_table = QTableWidget(0, len(TABLE_HEADERS), self)
-        self.layer_table.setHorizontalHeaderLabels(TABLE_HEADERS)
-        for col, tip in enumerate(TABLE_TIPS):
-            self.layer_table.horizontalHeaderItem(col).setToolTip(tip)
-        self.layer_table.setTextElideMode(Qt.ElideLeft)  # the end of a module path names the layer best
-        self.layer_table.setWordWrap(False)
-        self.layer_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.layer_table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.layer_table.verticalHeader().setDefaultSectionSize(22)
-        self.layer_table.verticalHeader().setToolTip("Row number: the layer's position in the BOPs chart")
-        header = self.layer_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.Stretch)  # the names take what the figures leave (elided)
-        for col in range(1, len(TABLE_HEADERS)):
-            header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
-        self._keep_names_readable()  # also while empty: its 'Layer' header read '.aye' until a checkpoint was read
-
-        self.chart = self._make_chart()
+        self.readout = ReadoutGrid(self)
+        self.layer_table = LayerTable(self)
+        self.chart = BopsChart(self)
         self.loss_plot, self.loss_curve = self._curve_plot("Training loss", "loss", LOSS_PEN)
         self.metric_plot, self.metric_curve = self._curve_plot("Score", "%", METRIC_PEN)
         curves = QWidget(self)
@@ -347,26 +266,6 @@ class CompressionDock(JobDock):
         self.tabs.addTab(self.layer_table, "Layers")
         self.tabs.addTab(self.chart, "BOPs per layer")
         self.tabs.addTab(curves, "Training")
-
-    def _make_chart(self):
-        """The per-layer BOPs bars (before and after side by side, log scale), made once and updated."""
-        plot = result_plot(self, "layer (row of the Layers table)", "BOPs (log scale)", 180, grid_x=False)
-        plot.hideButtons()
-        self._chart_plot = plot
-        self._set_chart_legend(("before", "after"))
-        self.bars: Dict[str, pg.BarGraphItem] = {}
-        for name, colour in CHART_PENS.items():
-            bars = pg.BarGraphItem(x=[], height=[], width=0.4, brush=pg.mkBrush(*colour),
-                                   pen=pg.mkPen(*colour), name=name)
-            plot.addItem(bars)
-            self.bars[name] = bars
-        return plot
-
-    def _set_chart_legend(self, shown: Sequence[str]) -> None:
-        """The legend is the title (a legend inside the plot would hide the tallest bars), naming the series drawn
-        (a compressed checkpoint has no per-layer figures before: 'before' was listed and never drawn)."""
-        self._chart_plot.setTitle(" &nbsp; ".join(f"{legend_mark(CHART_PENS[name], SQUARE)} {name}" for name in shown),
-                                  size="9pt", color="#333")
 
     def _curve_plot(self, title: str, label: str, colour: Tuple[int, int, int]):
         plot, curve = live_curve(self, title, "training step", label, colour)
@@ -398,7 +297,7 @@ class CompressionDock(JobDock):
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
-        layout.addWidget(self.readout_box)
+        layout.addWidget(self.readout)
         layout.addWidget(self.tabs, 1)
         scroll_body(self, body)
         tab_in_order([self.model_combo, self.model_file, self.method_combo, self.flops_spin, self.bits_edit,
@@ -650,18 +549,13 @@ class CompressionDock(JobDock):
 
     # readouts, table and chart ---------------------------------------------------------------------
     def _clear_results(self) -> None:
-        for label in self.readouts.values():
-            label.setText(DASH)
-        self.readout_names["metric"].setText("Score")
+        self.readout.clear()
         self.layer_table.setRowCount(0)
-        for bars in self.bars.values():
-            bars.setOpts(x=[], height=[], y0=0)
+        self.chart.clear()
         self._clear_curves()
 
     def _clear_after(self) -> None:
-        for (key, column), label in self.readouts.items():
-            if column != "before":
-                label.setText(DASH)
+        self.readout.clear_after()
         if self.summary is not None and not self.summary.compressed:
             self._fill_layers(self.summary.report, None)
 
@@ -674,132 +568,62 @@ class CompressionDock(JobDock):
         for plot in (self.loss_plot, self.metric_plot):  # not the last run's ranges around empty curves
             plot.enableAutoRange()
 
-    def _set_readout(self, key: str, column: str, text: str) -> None:
-        label = self.readouts[(key, column)]
-        label.setText(text)
-        label.setMinimumWidth(label.sizeHint().width())  # a narrow dock widens to it, not cut it ('25.5x s')
-
-    def _fill_totals(self, column: str, report: Dict[str, Any]) -> None:
-        self._set_readout("bops", column, si(report["total_bops"]))
-        self._set_readout("params", column, si(report["params"]))
-        self._set_readout("size", column, size_text(report["size_mb"]))
-
     def _show_summary(self, summary: CheckpointSummary) -> None:
         """The chosen checkpoint's figures: the before column, or for a compressed one its recorded history."""
         report = summary.report
         metric = summary.compression.get("metric") or task_metric(summary.task)  # recorded since 2026-12-03
-        self.readout_names["metric"].setText(metric_label(metric) + " (%)")
+        self.readout.set_metric_name(metric_label(metric) + " (%)")
         if not summary.compressed:
-            self._fill_totals("before", report)
-            self._set_readout("metric", "before", "after a run")
+            self.readout.fill_totals("before", report)
+            self.readout.set("metric", "before", "after a run")
             self._fill_layers(report, None)
             return
         record = summary.compression
-        self._fill_totals("after", report)
+        self.readout.fill_totals("after", report)
         if "gbops_before" in record:
-            self._set_readout("bops", "before", si(record["gbops_before"] * 1e9))
+            self.readout.set("bops", "before", si(record["gbops_before"] * 1e9))
         if "size_mb_before" in record:
-            self._set_readout("size", "before", size_text(record["size_mb_before"]))
+            self.readout.set("size", "before", size_text(record["size_mb_before"]))
             ratio = record["size_mb_before"] / max(report["size_mb"], 1e-12)
-            self._set_readout("size", "change", f"{ratio:.1f}× smaller")
+            self.readout.set("size", "change", f"{ratio:.1f}× smaller")
         if "bops_ratio" in record:
-            self._set_readout("bops", "change", f"{record['bops_ratio']:.1f}× fewer")
+            self.readout.set("bops", "change", f"{record['bops_ratio']:.1f}× fewer")
         if "params_before" in record:  # recorded since 2026-12-03 (and added to the shipped compressed card)
-            self._set_readout("params", "before", si(record["params_before"]))
-            self._set_readout("params", "change",
+            self.readout.set("params", "before", si(record["params_before"]))
+            self.readout.set("params", "change",
                               f"{100.0 * (report['params'] / max(record['params_before'], 1) - 1):+.0f} %")
         before, after = (record.get("scores_before") or {}), (record.get("scores_after") or {})
         if metric in before:
-            self._set_readout("metric", "before", f"{before[metric]:.2f}")
+            self.readout.set("metric", "before", f"{before[metric]:.2f}")
         if metric in after:
-            self._set_readout("metric", "after", f"{after[metric]:.2f}")
+            self.readout.set("metric", "after", f"{after[metric]:.2f}")
         if metric in before and metric in after:
-            self._set_readout("metric", "change", f"{after[metric] - before[metric]:+.2f} pt")
+            self.readout.set("metric", "change", f"{after[metric] - before[metric]:+.2f} pt")
         self._fill_layers(None, report)
 
     def _show_result(self, result: CompressResult) -> None:
         before, after = result.before, result.after
-        self._fill_totals("before", before)
-        self._fill_totals("after", after)
-        self._set_readout("bops", "change", f"{result.bops_ratio:.1f}× fewer")
-        self._set_readout("params", "change", f"{100.0 * (after['params'] / max(before['params'], 1) - 1):+.0f} %")
-        self._set_readout("size", "change", f"{before['size_mb'] / max(after['size_mb'], 1e-12):.1f}× smaller")
+        self.readout.fill_totals("before", before)
+        self.readout.fill_totals("after", after)
+        self.readout.set("bops", "change", f"{result.bops_ratio:.1f}× fewer")
+        self.readout.set("params", "change", f"{100.0 * (after['params'] / max(before['params'], 1) - 1):+.0f} %")
+        self.readout.set("size", "change", f"{before['size_mb'] / max(after['size_mb'], 1e-12):.1f}× smaller")
         metric = result.metric
-        self.readout_names["metric"].setText(metric_label(metric) + " (%)")
+        self.readout.set_metric_name(metric_label(metric) + " (%)")
         b, a = result.scores_before.get(metric), result.scores_after.get(metric)
-        self._set_readout("metric", "before", DASH if b is None else f"{b:.2f}")
-        self._set_readout("metric", "after", DASH if a is None else f"{a:.2f}")
+        self.readout.set("metric", "before", DASH if b is None else f"{b:.2f}")
+        self.readout.set("metric", "after", DASH if a is None else f"{a:.2f}")
         if a is not None and b is not None:
-            self._set_readout("metric", "change", f"{a - b:+.2f} pt")
+            self.readout.set("metric", "change", f"{a - b:+.2f} pt")
         self._fill_layers(before, after)
 
     def _fill_layers(self, before: Optional[Dict[str, Any]], after: Optional[Dict[str, Any]]) -> None:
-        """One row per conv/linear layer; with both reports, kept channels, bits and BOPs before → after."""
-        main = before or after or {"layers": []}
+        """One row and bar per conv/linear layer; with both reports, before → after."""
+        rows = self.layer_table.fill(before, after)
         after_by_name = {layer["name"]: layer for layer in (after or {}).get("layers", [])}
-        rows = main["layers"]
-        self.layer_table.setRowCount(len(rows))
-        for row, layer in enumerate(rows):
-            done = after_by_name.get(layer["name"]) if before is not None and after is not None else None
-            shown = done or layer
-            if done is not None:
-                channels = f"{done['out_channels']} / {layer['out_channels']}"
-                bops = f"{si(layer['bops'])}→{si(done['bops'])}"
-            elif before is not None and after is not None:  # the layer is gone from the compressed model
-                channels, bops = f"0 / {layer['out_channels']}", f"{si(layer['bops'])}→0"
-            else:
-                channels, bops = str(layer["out_channels"]), si(layer["bops"])
-            cells = (layer["name"], channels, str(shown["weight_bits"]), str(shown["activation_bits"]), bops)
-            for col, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if col:
-                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                if col == 0:
-                    item.setToolTip(f"{layer['name']}: {layer['kind']}, {layer['in_channels']} → "
-                                    f"{layer['out_channels']} channels, "
-                                    f"{si(layer['macs'])} MACs")
-                self.layer_table.setItem(row, col, item)
-        self._keep_names_readable()
-        self._plot_bars([layer["bops"] for layer in rows] if before is not None else None,
-                        [after_by_name.get(layer["name"], {}).get("bops", 0) for layer in rows]
-                        if after is not None else None)
-
-    def _keep_names_readable(self) -> None:
-        """The table asks for room for NAME_COLUMN_MIN px of layer names beside its figures: the names took what
-        the figures left, 36 px at a usual dock width ('…0', '…1')."""
-        table = self.layer_table
-        figures = sum(max(table.sizeHintForColumn(col), table.horizontalHeader().sectionSizeHint(col))
-                      for col in range(1, table.columnCount()))
-        chrome = table.verticalHeader().sizeHint().width() + table.frameWidth() * 2 + \
-            table.verticalScrollBar().sizeHint().width()
-        table.setMinimumWidth(figures + NAME_COLUMN_MIN + chrome)
-
-    def _plot_bars(self, before: Optional[Sequence[float]], after: Optional[Sequence[float]]) -> None:
-        """log10 BOPs per layer, before (left) and after (right) of each row's position."""
-        self._set_chart_legend([name for name, series in (("before", before), ("after", after)) if series is not None]
-                               or ("before", "after"))
-        values = [v for series in (before, after) if series for v in series if v > 0]
-        if not values:
-            for bars in self.bars.values():
-                bars.setOpts(x=[], height=[], y0=0)
-            return
-        low = math.floor(math.log10(min(values))) - 0.5
-        high = math.log10(max(values))
-        both = before is not None and after is not None
-        for name, series, shift in (("before", before, -0.2 if both else 0.0), ("after", after, 0.2 if both else 0.0)):
-            if series is None:
-                self.bars[name].setOpts(x=[], height=[], y0=low)
-                continue
-            x = np.arange(1, len(series) + 1) + shift
-            heights = np.array([math.log10(v) - low if v > 0 else 0.0 for v in series])
-            self.bars[name].setOpts(x=x, height=heights, y0=low, width=0.4 if both else 0.6)
-        count = len(before if before is not None else after)
-        axis = self.chart.getAxis("left")
-        axis.setTicks([[(k, decade_label(k)) for k in range(math.ceil(low), math.floor(high) + 1)]])
-        step = max(1, math.ceil(count / 12))
-        self.chart.getAxis("bottom").setTicks([[(i, str(i)) for i in range(1, count + 1, step)]])
-        self.chart.setXRange(0.4, count + 0.6, padding=0)
-        self.chart.setYRange(low, high + 0.1, padding=0)
+        self.chart.show_bops([layer["bops"] for layer in rows] if before is not None else None,
+                             [after_by_name.get(layer["name"], {}).get("bops", 0) for layer in rows]
+                             if after is not None else None)
 
     # export -----------------------------------------------------------------------------------------
     def exportable_checkpoint(self) -> Optional[str]:
