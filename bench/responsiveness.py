@@ -42,7 +42,7 @@ REGION = 5000  # pixels square of each draw: 16 regions, none drawn twice in a p
 ALONE_DRAWS = 4  # after one unmeasured draw (QGIS's first opens the file)
 BESIDE_DRAWS = 11  # 16 regions in all
 IDLE_S = 25.0  # seconds the jobs train on with QGIS idle, after the draws
-REPORT_EVERY = 10  # training iterations per progress report (core/anomaly.train_bsdm)
+REPORT_EVERY = 10  # training iterations per progress report (core/bsdm_suppression.train_bsdm)
 TRAINING_ITERATIONS = 100_000  # far more than the draws last: the jobs are cancelled once they are done
 SCENE = REPO / "resources" / "samples" / "abu-beach-2.mat"
 
