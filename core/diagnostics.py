@@ -12,17 +12,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from . import dependencies
+from .resources import metadata_value
 
 Row = Tuple[str, str]
 
 
 def plugin_version() -> str:
     """The version line of metadata.txt."""
-    metadata = dependencies.PLUGIN_DIR / "metadata.txt"
-    for line in metadata.read_text().splitlines():
-        if line.startswith("version="):
-            return line.split("=", 1)[1].strip()
-    return "unknown"
+    return metadata_value("version") or "unknown"
 
 
 def _module_version(name: str) -> str:

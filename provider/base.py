@@ -28,11 +28,13 @@ from ..core.change_labels import burn_labels
 from ..core.dependencies import missing_package_message
 from ..core.device import run_at_job_priority
 from ..core.errors import CANCELLED_MESSAGE, JobCancelled, RSLabError
+from ..core.help_links import help_url
 from ..core.resources import ICON_DIR
 from ..ui.layers import layer_file, style_path
 from .leaked_frames import clear_when_returned
 
 ICON = ICON_DIR / "rslab.svg"
+PROVIDER_ID = "rslab"  # RSLabProvider.id(): scripts and models call the algorithms 'rslab:<name>'
 
 CHECKPOINT_FILTER = "RS Lab checkpoints (*.pt);;All files (*)"
 
@@ -132,6 +134,12 @@ class RSLabAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self) -> QIcon:
         return QIcon(str(ICON))
+
+    def helpUrl(self) -> str:  # noqa: N802
+        """The dialog's Help button: this algorithm's README section (QGIS's fallback, a page of its own
+        manual for the provider, does not exist). Named from the provider's id, which the algorithm has only
+        once the provider holds it."""
+        return help_url(f"{PROVIDER_ID}:{self.name()}")
 
     def createInstance(self) -> "RSLabAlgorithm":  # noqa: N802
         return type(self)()

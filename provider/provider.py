@@ -13,7 +13,7 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QApplication
 
 from ..core.anomaly_peaks import PEAK_FORMATS
-from .base import ICON, RUNNING
+from .base import ICON, PROVIDER_ID, RUNNING
 from .compress_model import CompressModelAlgorithm
 from .detect_anomalies import DetectAnomaliesAlgorithm
 from .detect_changes import DetectChangesAlgorithm
@@ -30,7 +30,7 @@ ALGORITHMS = (ImportCubeAlgorithm, DetectChangesAlgorithm, TrainChangeDetectorAl
 
 class RSLabProvider(QgsProcessingProvider):
     def id(self) -> str:
-        return "rslab"
+        return PROVIDER_ID
 
     def name(self) -> str:
         return "RS Lab"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import scipy.io
 
 REPO = Path(__file__).resolve().parent.parent
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"
+ALGORITHM_NAMES = ("import_cube", "detect_changes", "train_change_detector", "detect_anomalies", "threshold_anomalies",
+                   "model_bops", "compress_model")
 
 
 def _qgis_process(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -64,6 +67,15 @@ def test_package_zip_is_clean_and_small(tmp_path):
     assert "](docs/screenshots/" not in readme and "docs/screenshots/change-dock.png" in readme
     assert readme.startswith("> This copy of the README comes in the plugin zip")
     assert readme.count("\n") == (REPO / "README.md").read_text(encoding="utf-8").count("\n") + 2
+    # the Help buttons of the installed plugin find each algorithm's section in the zip's README
+    zipfile.ZipFile(zip_path).extractall(tmp_path / "installed")
+    code = ("from rslab.core.help_links import help_url; "
+            "print('\\n'.join(help_url('rslab:' + n) for n in " + repr(ALGORITHM_NAMES) + "))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tmp_path / "installed")})
+    assert done.returncode == 0, done.stderr
+    urls = done.stdout.split()
+    assert len(set(urls)) == len(ALGORITHM_NAMES) and all("#rslab" in url for url in urls), urls
     metadata = zipfile.ZipFile(zip_path).read("rslab/metadata.txt").decode()
     for field in ("name=RS Lab", "qgisMinimumVersion=3.22", "description=", "about=", "version=", "author=",
                   "email=", "repository=", "tracker=", "category=Raster", "hasProcessingProvider=yes", "icon=",
