@@ -13,6 +13,9 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the plugin's `core` (standard library only here) reads metadata.txt
+from core.resources import metadata_value  # noqa: E402
+
 NAME = "rslab"
 LIMIT_MB = 25
 INCLUDE = ["metadata.txt", "__init__.py", "plugin.py", "LICENSE", "README.md", "requirements.txt",
@@ -34,10 +37,10 @@ def readme_for_zip(text: str) -> str:
 
 
 def version() -> str:
-    for line in (ROOT / "metadata.txt").read_text().splitlines():
-        if line.startswith("version="):
-            return line.split("=", 1)[1].strip()
-    raise SystemExit("metadata.txt has no version")
+    found = metadata_value("version")
+    if not found:
+        raise SystemExit("metadata.txt has no version")
+    return found
 
 
 def files() -> list:
