@@ -27,8 +27,11 @@ def github_anchor(heading: str) -> str:
 @functools.lru_cache(maxsize=1)
 def readme_sections() -> Dict[str, str]:
     """Each algorithm id a README heading names (the first heading that does) -> that heading's anchor.
-    Fenced code is skipped: a '#' comment in a shell block is not a heading."""
+    Fenced code is skipped: a '#' comment in a shell block is not a heading. No README (a copy of the plugin
+    without it): none, and Help opens the homepage."""
     sections: Dict[str, str] = {}
+    if not README.is_file():
+        return sections
     fenced = False
     for line in README.read_text(encoding="utf-8").splitlines():
         if line.lstrip().startswith("```"):

@@ -47,6 +47,9 @@ def test_headings_in_fenced_code_are_not_sections(tmp_path, monkeypatch):
     help_links.readme_sections.cache_clear()
     try:
         assert help_links.readme_sections() == {"rslab:detect_changes": "detect-rslabdetect_changes"}
+        monkeypatch.setattr(help_links, "README", tmp_path / "absent.md")
+        help_links.readme_sections.cache_clear()
+        assert help_links.help_url("rslab:detect_changes") == _homepage()  # no section to go to: the homepage
     finally:
         help_links.readme_sections.cache_clear()
 
