@@ -61,6 +61,7 @@ class AnomalyResult(JobResult):
     metrics: Dict[str, Any] = field(default_factory=dict)
     threshold: Optional[float] = None
     mask_pixels: Optional[int] = None  # with a false-alarm rate: the pixels scoring above the threshold
+    valid_pixels: Optional[int] = None  # with a false-alarm rate: the pixels with a score (the rate's base)
     mask_detection: Dict[str, Any] = field(default_factory=dict)  # with a rate and a reference (MaskSummary)
     score_range: Tuple[float, float] = (0.0, 0.0)
     training_loss: List[float] = field(default_factory=list)
@@ -233,6 +234,7 @@ def detect_anomalies(
             mask = mask_at_rate(scores_path, params.false_alarm_rate, lo_hi, mask_path, reference,
                                 tail.sub(0.4, 0.8))
             result.threshold, result.mask_pixels, result.mask_detection = mask.threshold, mask.flagged, mask.detection
+            result.valid_pixels = mask.valid
             result.notes.extend(mask.notes)
             if mask_path:
                 rasters.append(mask_path)

@@ -121,6 +121,12 @@ def mask_detection(scores: str, reference: str, threshold: float,
             "false_alarm_rate": false_alarms / background if background else None}
 
 
+def describe_threshold(rate: float, threshold: float, flagged: int, valid: int) -> str:
+    """A mask's cut in words, for the logs of both algorithms that write one."""
+    return (f"threshold at a false-alarm rate of {rate:g}: {threshold:.6g}; pixels above it: {flagged:,} of "
+            f"{valid:,} scored")
+
+
 def describe_mask_detection(detection: Dict[str, Any]) -> str:
     """mask_detection's counts in words, for logs and the dock ('' when there are none)."""
     if not detection or not detection.get("anomaly_pixels") or not detection.get("background_pixels"):

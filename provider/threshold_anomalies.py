@@ -12,7 +12,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ..core.anomaly_mask import describe_mask_detection
+from ..core.anomaly_mask import describe_mask_detection, describe_threshold
 from ..core.anomaly_mask import MaskOutputs, MaskResult, threshold_scores
 from ..core.anomaly_params import check_false_alarm_rate
 from ..ui.layers import MASK_STYLE
@@ -85,8 +85,8 @@ class ThresholdAnomaliesAlgorithm(RSLabAlgorithm):
 
     @staticmethod
     def log_result(result: MaskResult, feedback: QgsProcessingFeedback) -> None:
-        feedback.pushInfo(f"threshold at a false-alarm rate of {result.false_alarm_rate:g}: {result.threshold:.6g}; "
-                          f"pixels above it: {result.mask_pixels:,} of {result.valid_pixels:,} scored")
+        feedback.pushInfo(describe_threshold(result.false_alarm_rate, result.threshold, result.mask_pixels,
+                                             result.valid_pixels))
         found = describe_mask_detection(result.mask_detection)
         if found:
             feedback.pushInfo(found)

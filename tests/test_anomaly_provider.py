@@ -107,6 +107,9 @@ def test_rx_with_reference_and_false_alarm_rate(tmp_path, scene, provider):
     assert report["method"] == "rx" and report["params"] == {"method": "rx", "false_alarm_rate": 0.01}  # no
     # BSDM iterations or windows, as if RX had used them
     assert np.array_equal(mask == 1, scores > report["threshold"]) and report["mask_pixels"] == mask.sum()
+    assert report["valid_pixels"] == 10_000  # the rate's base, in the log as rslab:threshold_anomalies words it
+    assert f"threshold at a false-alarm rate of 0.01: {report['threshold']:.6g}; pixels above it: " \
+           f"{report['mask_pixels']:,} of 10,000 scored" in log.lines
     metrics = report["metrics"]
     assert {"auc_df", "auc_ftau", "auc_bs", "anomaly_pixels"} <= set(metrics)
     assert metrics["auc_df"] > 0.95 and metrics["anomaly_pixels"] == 67  # RX finds urban-1's targets
