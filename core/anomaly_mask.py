@@ -37,6 +37,7 @@ from .rx import STATS_TILE, score_bounds, stats_windows
 from .tiling import MASK_NODATA, OutputSpec, TileSpec, run_tiled
 
 SCORE_BINS = 1 << 16
+MASK_DESCRIPTION = "anomaly (1) / background (0)"  # the band description of every anomaly mask RS Lab writes
 
 
 def flagged_pixels(rate: float, total: int) -> int:
@@ -157,7 +158,7 @@ def mask_at_rate(scores: str, rate: float, score_range: Tuple[float, float], mas
         def to_mask(arrays, _valid):
             return [(arrays[0][0] > threshold).astype(np.uint8)]
 
-        run_tiled([scores], [OutputSpec(mask, 1, "uint8", MASK_NODATA, ("anomaly (1) / background (0)",))], to_mask,
+        run_tiled([scores], [OutputSpec(mask, 1, "uint8", MASK_NODATA, (MASK_DESCRIPTION,))], to_mask,
                   TileSpec(STATS_TILE, 0, "partition"), monitor.sub(0.5, 0.8))
     if reference:
         summary.detection = mask_detection(scores, reference, threshold, monitor.sub(0.8, 1.0))
@@ -199,6 +200,11 @@ def threshold_scores(scores: str, outputs: MaskOutputs, rate: float, reference: 
     if info.count != 1:
         raise RSLabError(f"{os.path.basename(scores)} has {info.count} bands; give the one-band scores raster "
                          "an anomaly detection wrote (…_scores.tif), not the image")
+    with gdal_env(), open_raster(scores) as ds:
+        is_mask = ds.descriptions[0] == MASK_DESCRIPTION
+    if is_mask:  # cutting a 0/1 mask again flags its ones or nothing, whatever the rate
+        raise RSLabError(f"{os.path.basename(scores)} is an anomaly mask, not scores; give the scores raster the "
+                         "detection wrote beside it (…_scores.tif)")
     result = MaskResult(outputs=outputs, false_alarm_rate=rate, timings=monitor.timings, device="cpu (numpy)",
                         inputs=absolute_paths({"scores": scores, "reference": reference}))
     with PendingOutputs() as pending, ExitStack() as stack:

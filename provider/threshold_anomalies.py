@@ -41,7 +41,7 @@ class ThresholdAnomaliesAlgorithm(RSLabAlgorithm):
             "scores do not depend on the rate, so trying another one takes seconds (BSDM + RX would train its "
             "denoiser again). The mask is the one 'Detect hyperspectral anomalies' writes at that rate.\n\n"
             "INPUT: the one-band anomaly scores of a detection run (its OUTPUT_SCORES; NaN or nodata = not "
-            "scored).\n"
+            "scored), not the image nor a mask.\n"
             "FALSE_ALARM_RATE: the share of scored pixels to flag, above 0 and below 1 (e.g. 0.005): the mask "
             "flags the pixels scoring above the (k+1)-th highest score, k = floor(rate x scored pixels); fewer "
             "where scores tie at the cut.\n"

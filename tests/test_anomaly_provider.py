@@ -159,6 +159,9 @@ def test_a_mask_at_another_rate_from_the_scores_alone(tmp_path, scene, provider)
     with pytest.raises(QgsProcessingException, match="204 bands; give the one-band scores"):
         processing.run("rslab:threshold_anomalies", {"INPUT": cube, "FALSE_ALARM_RATE": 0.01,
                                                      "OUTPUT_MASK": str(tmp_path / "bad.tif")})
+    with pytest.raises(QgsProcessingException, match="mask.tif is an anomaly mask, not scores; give the scores"):
+        processing.run("rslab:threshold_anomalies", {"INPUT": str(tmp_path / "mask.tif"), "FALSE_ALARM_RATE": 0.01,
+                                                     "OUTPUT_MASK": str(tmp_path / "bad.tif")})
     for rate in (0, 1):
         with pytest.raises(QgsProcessingException, match="above 0 and below 1"):
             processing.run("rslab:threshold_anomalies", {"INPUT": detected["OUTPUT_SCORES"], "FALSE_ALARM_RATE": rate,
