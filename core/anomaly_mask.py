@@ -27,6 +27,7 @@ import numpy as np
 
 from .anomaly_metrics import normalised_scores, reference_on_grid, reference_window
 from .anomaly_params import check_false_alarm_rate
+from .bands import band_descriptions
 from .errors import RSLabError
 from .job import CancelledFn, JobMonitor, JobResult, ProgressFn, absolute_paths
 from .metrics import EXACT_ROC_LIMIT
@@ -200,9 +201,7 @@ def threshold_scores(scores: str, outputs: MaskOutputs, rate: float, reference: 
     if info.count != 1:
         raise RSLabError(f"{os.path.basename(scores)} has {info.count} bands; give the one-band scores raster "
                          "an anomaly detection wrote (…_scores.tif), not the image")
-    with gdal_env(), open_raster(scores) as ds:
-        is_mask = ds.descriptions[0] == MASK_DESCRIPTION
-    if is_mask:  # cutting a 0/1 mask again flags its ones or nothing, whatever the rate
+    if band_descriptions(scores) == [MASK_DESCRIPTION]:  # a 0/1 mask cut again flags its ones or nothing, any rate
         raise RSLabError(f"{os.path.basename(scores)} is an anomaly mask, not scores; give the scores raster the "
                          "detection wrote beside it (…_scores.tif)")
     result = MaskResult(outputs=outputs, false_alarm_rate=rate, timings=monitor.timings, device="cpu (numpy)",
