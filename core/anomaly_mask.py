@@ -123,12 +123,6 @@ def mask_detection(scores: str, reference: str, threshold: float,
             "false_alarm_rate": false_alarms / background if background else None}
 
 
-def describe_threshold(rate: float, threshold: float, flagged: int, valid: int) -> str:
-    """A mask's cut in words, for the logs of both algorithms that write one."""
-    return (f"threshold at a false-alarm rate of {rate:g}: {threshold:.6g}; pixels above it: {flagged:,} of "
-            f"{valid:,} scored")
-
-
 def describe_mask_detection(detection: Dict[str, Any]) -> str:
     """mask_detection's counts in words, for logs and the dock ('' when there are none)."""
     if not detection or not detection.get("anomaly_pixels") or not detection.get("background_pixels"):
@@ -136,6 +130,14 @@ def describe_mask_detection(detection: Dict[str, Any]) -> str:
     return (f"the mask flags {detection['anomalies_flagged']:,} of the reference's {detection['anomaly_pixels']:,} "
             f"anomaly pixels ({detection['detection_rate']:.1%}) and {detection['false_alarms']:,} of its "
             f"{detection['background_pixels']:,} background pixels ({detection['false_alarm_rate']:.2%})")
+
+
+def describe_mask(rate: float, threshold: float, flagged: int, valid: int, detection: Dict[str, Any]) -> List[str]:
+    """A mask in words, for the logs of both algorithms that write one: its cut and, with a reference, what it
+    finds (describe_mask_detection)."""
+    found = describe_mask_detection(detection)
+    return [f"threshold at a false-alarm rate of {rate:g}: {threshold:.6g}; pixels above it: {flagged:,} of "
+            f"{valid:,} scored", *([found] if found else [])]
 
 
 def mask_at_rate(scores: str, rate: float, score_range: Tuple[float, float], mask: Optional[str] = None,

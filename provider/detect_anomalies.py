@@ -26,7 +26,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ..core.anomaly import AnomalyOutputs, AnomalyResult, check_anomaly_outputs, detect_anomalies
-from ..core.anomaly_mask import describe_mask_detection, describe_threshold
+from ..core.anomaly_mask import describe_mask
 from ..core.anomaly_params import LRX_MAX_OUTER, METHOD_LABELS, METHODS, AnomalyParams
 from ..core.anomaly_peaks import PEAK_COUNT, PEAK_SEPARATION
 from ..ui.layers import MASK_STYLE, PEAKS_STYLE, SCORES_STYLE, fit_score_stretch
@@ -234,11 +234,9 @@ class DetectAnomaliesAlgorithm(RSLabAlgorithm):
         for note in result.notes:
             feedback.pushInfo(f"note: {note}")
         if result.threshold is not None:
-            feedback.pushInfo(describe_threshold(result.params["false_alarm_rate"], result.threshold,
-                                                 result.mask_pixels, result.valid_pixels))
-            found = describe_mask_detection(result.mask_detection)
-            if found:
-                feedback.pushInfo(found)
+            for line in describe_mask(result.params["false_alarm_rate"], result.threshold, result.mask_pixels,
+                                      result.valid_pixels, result.mask_detection):
+                feedback.pushInfo(line)
         if result.peaks:
             feedback.pushInfo("strongest anomalies (row, column: score): " + "; ".join(
                 f"{peak.row}, {peak.col}: {peak.score:.4g}" for peak in result.peaks[:LOGGED_PEAKS])

@@ -12,7 +12,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ..core.anomaly_mask import describe_mask_detection, describe_threshold
+from ..core.anomaly_mask import describe_mask
 from ..core.anomaly_mask import MaskOutputs, MaskResult, threshold_scores
 from ..core.anomaly_params import check_false_alarm_rate
 from ..ui.layers import MASK_STYLE
@@ -85,10 +85,8 @@ class ThresholdAnomaliesAlgorithm(RSLabAlgorithm):
 
     @staticmethod
     def log_result(result: MaskResult, feedback: QgsProcessingFeedback) -> None:
-        feedback.pushInfo(describe_threshold(result.false_alarm_rate, result.threshold, result.mask_pixels,
-                                             result.valid_pixels))
-        found = describe_mask_detection(result.mask_detection)
-        if found:
-            feedback.pushInfo(found)
+        for line in describe_mask(result.false_alarm_rate, result.threshold, result.mask_pixels, result.valid_pixels,
+                                  result.mask_detection):
+            feedback.pushInfo(line)
         for note in result.notes:
             feedback.pushInfo(f"note: {note}")
