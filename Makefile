@@ -24,10 +24,12 @@ help:
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt requirements-dev.txt constraints.txt core/dependencies.py scripts/system_packages.sh
+# constraints-lock.txt: the versions of what the requirements pull in unnamed, so a fresh machine gets the
+# set the suite passes with (the plugin's own installer keeps to constraints.txt alone)
+$(VENV)/.setup-done: requirements.txt requirements-dev.txt constraints.txt constraints-lock.txt core/dependencies.py scripts/system_packages.sh
 	bash scripts/system_packages.sh
-	$(PYTHON_SYSTEM) core/dependencies.py install $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt -c constraints.txt
+	RSLAB_PIP_ARGS="-c constraints-lock.txt $${RSLAB_PIP_ARGS:-}" $(PYTHON_SYSTEM) core/dependencies.py install $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt -c constraints.txt -c constraints-lock.txt
 	ln -sfn "$(CURDIR)" "$(SITE)/$(PLUGIN_NAME)"
 	$(PY) -c "import numpy, sys; assert numpy.__version__.startswith('1.'), numpy.__version__; import torch, qgis.core, rasterio, $(PLUGIN_NAME).core"
 	touch $@

@@ -5,9 +5,12 @@ import json
 import subprocess
 import sys
 import textwrap
+from importlib import metadata
 from pathlib import Path
 
 import numpy
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from rslab.core import dependencies
 from wheels import build_wheel
@@ -182,3 +185,48 @@ def test_output_that_is_not_utf8_and_subprocesses_holding_the_pipe_do_not_hang_a
     assert code == dependencies.CANCELLED
     time.sleep(4)
     assert not marker.exists()  # the command's own subprocess was stopped with it
+
+
+def _pins(*files: Path) -> dict:
+    """name (normalised as pip does) -> version, of every `name==version` line of the files."""
+    pins = {}
+    for path in files:
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "==" in line:
+                name, version = line.split("==", 1)
+                pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_setup_pins_every_package_it_installs_at_the_installed_version():
+    """make setup installs requirements.txt and requirements-dev.txt with constraints-lock.txt: the three
+    must pin, at the version this env has, every package pip put into the env for them (their
+    dependencies' dependencies too), so a fresh machine gets the set the suite passes with. Debian's
+    packages (numpy, jinja2, ...) are the system's and are not pinned here."""
+    root = dependencies.PLUGIN_DIR
+    pins = _pins(root / "requirements.txt", root / "requirements-dev.txt", root / "constraints-lock.txt")
+    environment = {"extra": ""}
+    todo = [canonicalize_name(Requirement(line.split("#", 1)[0]).name)
+            for name in ("requirements.txt", "requirements-dev.txt")
+            for line in (root / name).read_text().splitlines() if line.split("#", 1)[0].strip()]
+    seen, unpinned = set(), []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # a marker-less requirement this platform does not install
+        if not str(dist.locate_file("")).startswith(sys.prefix):
+            continue  # Debian's copy (the venv sees the system's site-packages)
+        installed = dist.version.split("+", 1)[0]  # torch's "+cpu": the pin 2.13.0 matches it (PEP 440)
+        if pins.get(name) != installed:
+            unpinned.append(f"{name}=={installed} (pinned: {pins.get(name)})")
+        for requirement in map(Requirement, dist.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                todo.append(canonicalize_name(requirement.name))
+    assert "torch" in seen and "protobuf" in seen, seen
+    assert unpinned == [], "write these into constraints-lock.txt: " + ", ".join(sorted(unpinned))
