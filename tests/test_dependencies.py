@@ -187,29 +187,18 @@ def test_output_that_is_not_utf8_and_subprocesses_holding_the_pipe_do_not_hang_a
     assert not marker.exists()  # the command's own subprocess was stopped with it
 
 
-def _pins(*files: Path) -> dict:
-    """name (normalised as pip does) -> version, of every `name==version` line of the files."""
-    pins = {}
-    for path in files:
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if "==" in line:
-                name, version = line.split("==", 1)
-                pins[canonicalize_name(name)] = version.strip()
-    return pins
-
-
 def test_setup_pins_every_package_it_installs_at_the_installed_version():
     """make setup installs requirements.txt and requirements-dev.txt with constraints-lock.txt: the three
     must pin, at the version this env has, every package pip put into the env for them (their
     dependencies' dependencies too), so a fresh machine gets the set the suite passes with. Debian's
     packages (numpy, jinja2, ...) are the system's and are not pinned here."""
     root = dependencies.PLUGIN_DIR
-    pins = _pins(root / "requirements.txt", root / "requirements-dev.txt", root / "constraints-lock.txt")
+    files = {name: dependencies.read_requirements(root / name)
+             for name in ("requirements.txt", "requirements-dev.txt", "constraints-lock.txt")}
+    pins = {canonicalize_name(r.name): r.spec.split("==", 1)[1].strip()
+            for listed in files.values() for r in listed if "==" in r.spec}
+    todo = [canonicalize_name(r.name) for name in ("requirements.txt", "requirements-dev.txt") for r in files[name]]
     environment = {"extra": ""}
-    todo = [canonicalize_name(Requirement(line.split("#", 1)[0]).name)
-            for name in ("requirements.txt", "requirements-dev.txt")
-            for line in (root / name).read_text().splitlines() if line.split("#", 1)[0].strip()]
     seen, unpinned = set(), []
     while todo:
         name = todo.pop()
