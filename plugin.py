@@ -1,17 +1,19 @@
 """The RS Lab plugin object: menu, toolbar, lazily created docks, Processing provider."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
-from qgis.core import Qgis
+from qgis.core import Qgis, QgsApplication
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtCore import Qt, QUrl
+from qgis.PyQt.QtGui import QDesktopServices, QIcon
 from qgis.PyQt.QtWidgets import QAction, QDockWidget, QPushButton
 
 from .core import dependencies
+from .core.help_links import guide_url
 from .core.resources import ICON_DIR
 from .ui.environment import activate_environments
+from .ui.help_button import HELP_ICON
 
 if TYPE_CHECKING:  # the dialog needs packages the plugin may be loading without (Diagnostics installs them)
     from .ui.diagnostics_dialog import DiagnosticsDialog
@@ -29,6 +31,7 @@ class RSLabPlugin:
         self.provider = None
         self.toolbar = None
         self.actions: List[QAction] = []
+        self.help_action: Optional[QAction] = None  # also in Help > Plugins
         self.docks: Dict[str, QDockWidget] = {}
         self.dialogs: list = []
         self._missing_message = None  # the load-time warning about missing Python packages, while shown
@@ -52,6 +55,7 @@ class RSLabPlugin:
         system = dependencies.missing_system(dependencies.LOAD_MODULES)
         if system:  # no tool can load without them: only Diagnostics, and what to install
             self._add_action("Diagnostics…", "diagnostics.svg", self.show_diagnostics)
+            self._add_help_action()  # the manual's install steps
             self.iface.messageBar().pushCritical(
                 "RS Lab", "cannot start: the Debian packages " + ", ".join(system) + " are not installed. Install "
                 f"them ({dependencies.apt_command(system)}) and restart QGIS.")
@@ -62,10 +66,12 @@ class RSLabPlugin:
         self._add_action("Detect anomalies…", "anomaly.svg", self.show_anomaly_dock)
         self._add_action("Compress a model…", "rslab.svg", self.show_compression_dock, toolbar=False)
         self._add_action("Diagnostics…", "diagnostics.svg", self.show_diagnostics)
+        self._add_help_action()
         self._warn_missing_packages()
 
-    def _add_action(self, text: str, icon_name: str, slot: Callable, toolbar: bool = True) -> QAction:
-        action = QAction(icon(icon_name), text, self.iface.mainWindow())
+    def _add_action(self, text: str, image: Union[str, QIcon], slot: Callable, toolbar: bool = True) -> QAction:
+        """An entry of the RS Lab menu (and of its toolbar); `image`: an icon, or an SVG file's name in ICON_DIR."""
+        action = QAction(icon(image) if isinstance(image, str) else image, text, self.iface.mainWindow())
         action.setObjectName("rslab_" + "".join(c for c in text.lower() if c.isalnum()))
         action.triggered.connect(slot)
         self.iface.addPluginToRasterMenu(MENU, action)
@@ -73,6 +79,17 @@ class RSLabPlugin:
             self.toolbar.addAction(action)
         self.actions.append(action)
         return action
+
+    def _add_help_action(self) -> None:
+        """The manual (the README, core/help_links.guide_url) from the RS Lab menu, and from Help > Plugins where
+        QGIS users look for a plugin's help."""
+        action = self._add_action("RS Lab Help", QgsApplication.getThemeIcon(HELP_ICON),
+                                  self.open_manual, toolbar=False)
+        self.iface.pluginHelpMenu().addAction(action)
+        self.help_action = action
+
+    def open_manual(self) -> None:
+        QDesktopServices.openUrl(QUrl(guide_url()))
 
     def _warn_missing_packages(self) -> None:
         absent = dependencies.missing()
@@ -149,6 +166,9 @@ class RSLabPlugin:
 
     # Teardown -------------------------------------------------------------
     def unload(self) -> None:
+        if self.help_action is not None:
+            self.iface.pluginHelpMenu().removeAction(self.help_action)
+            self.help_action = None
         for action in self.actions:
             self.iface.removePluginRasterMenu(MENU, action)
             if self.toolbar is not None:

@@ -183,6 +183,7 @@ class DesktopIface:
         self._window.setCentralWidget(self._canvas)
         self._bar = QgsMessageBar(self._window)
         self.raster_menu = self._window.menuBar().addMenu("&Raster")
+        self.plugin_help_menu = self._window.menuBar().addMenu("&Help").addMenu("Plugins")
 
     def mainWindow(self):  # noqa: N802
         return self._window
@@ -192,6 +193,9 @@ class DesktopIface:
 
     def messageBar(self):  # noqa: N802
         return self._bar
+
+    def pluginHelpMenu(self):  # noqa: N802 (Help > Plugins)
+        return self.plugin_help_menu
 
     def addToolBar(self, name):  # noqa: N802
         return self._window.addToolBar(name)

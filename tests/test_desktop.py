@@ -59,9 +59,9 @@ def test_real_qgis_desktop_loads_unloads_and_reloads(tmp_path, display):
     assert report["errors"] == []
     assert report["loaded"] and report["unloaded"] and report["reloaded"]
     assert report["optimiser_step"]  # torch trains inside QGIS's own Python (core/dependencies.py)
-    menu = ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Compress a model…", "Diagnostics…"]
-    assert report["after_load"] == {"menu": menu, "rslab_menus": 1, "toolbars": 1, "provider": True}
-    assert report["after_unload"] == {"menu": [], "rslab_menus": 0, "toolbars": 0, "provider": False}
+    menu = ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Compress a model…", "Diagnostics…", "RS Lab Help"]
+    assert report["after_load"] == {"menu": menu, "rslab_menus": 1, "toolbars": 1, "provider": True, "help": 1}
+    assert report["after_unload"] == {"menu": [], "rslab_menus": 0, "toolbars": 0, "provider": False, "help": 0}
     assert report["after_reload"] == report["after_load"]
     assert report["anomaly_dock_after_reload"] == ["lrx", 21]  # the choices made before the unload (ui/settings.py)
     # BSDM + RX through the anomaly dock in QGIS's own Python and task manager

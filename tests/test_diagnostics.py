@@ -145,7 +145,7 @@ def test_without_its_debian_packages_the_plugin_offers_diagnostics_and_the_apt_c
     plugin = rslab.classFactory(iface)
     plugin.initGui()
     try:
-        assert [a.text() for a in plugin.actions] == ["Diagnostics…"] and plugin.provider is None
+        assert [a.text() for a in plugin.actions] == ["Diagnostics…", "RS Lab Help"] and plugin.provider is None
         assert len(QgsApplication.processingRegistry().providers()) == providers
         item = iface.messageBar().currentItem()
         assert item.level() == Qgis.Critical
@@ -154,7 +154,7 @@ def test_without_its_debian_packages_the_plugin_offers_diagnostics_and_the_apt_c
         assert row(dialog.text.toPlainText(), "missing Debian packages") == "sudo apt-get install python3-rslab-absent"
     finally:
         plugin.unload()
-    assert plugin.actions == [] and plugin.dialogs == []
+    assert plugin.actions == [] and plugin.dialogs == [] and iface.pluginHelpMenu().actions() == []
 
 
 def test_a_job_that_needs_a_package_not_installed_says_which_and_how(monkeypatch):

@@ -21,7 +21,8 @@ def test_load_unload_load_leaves_no_duplicates(iface, qtbot):
     for _ in range(2):
         plugin = rslab.classFactory(iface)
         plugin.initGui()
-        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Compress a model…", "Diagnostics…"]}
+        assert iface.plugin_menu_texts() == {"RS &Lab": ["Import hyperspectral cube…", "Detect changes…", "Train a change detector…", "Detect anomalies…", "Compress a model…", "Diagnostics…", "RS Lab Help"]}
+        assert [a.text() for a in iface.pluginHelpMenu().actions()] == ["RS Lab Help"]  # Help > Plugins
         assert len(_toolbars(iface)) == 1
         assert [a.text() for a in _toolbars(iface)[0].actions()] == ["Detect changes…", "Detect anomalies…", "Diagnostics…"]
         assert registry.providerById("rslab") is plugin.provider
@@ -30,6 +31,7 @@ def test_load_unload_load_leaves_no_duplicates(iface, qtbot):
         plugin.unload()
         qtbot.wait(10)  # let deleteLater run
         assert iface.plugin_menu_texts() == {}
+        assert iface.pluginHelpMenu().actions() == []
         assert _toolbars(iface) == []
         assert registry.providerById("rslab") is None
 

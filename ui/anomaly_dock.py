@@ -180,6 +180,7 @@ class AnomalyDock(JobDock):
     """Dock body for hyperspectral anomaly detection (the plugin wraps it in a QDockWidget)."""
 
     MESSAGE_TITLE = "RS Lab: anomaly detection"
+    HELP_SECTION = "Hyperspectral anomaly detection"
     TEMP_PREFIX = "rslab-anomalies-"
 
     runFinished = pyqtSignal(object, str)  # AnomalyResult (None on failure), error text ("" on success)
@@ -286,6 +287,7 @@ class AnomalyDock(JobDock):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.help_button)
         results = QGroupBox("Result", self)
         result_layout = QVBoxLayout(results)
         result_layout.addWidget(self.metrics_label)

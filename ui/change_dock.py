@@ -174,6 +174,7 @@ class ChangeDetectionDock(JobDock):
     """Dock body for change detection (the plugin wraps it in a QDockWidget)."""
 
     MESSAGE_TITLE = "RS Lab: change detection"
+    HELP_SECTION = "Change detection"
     TEMP_PREFIX = "rslab-changes-"
 
     runFinished = pyqtSignal(object, str)  # ChangeResult (None on failure), error text ("" on success)
@@ -283,6 +284,7 @@ class ChangeDetectionDock(JobDock):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.help_button)
         results = QGroupBox("Result", self)
         result_layout = QVBoxLayout(results)
         result_layout.addWidget(self.metrics_label)
@@ -298,7 +300,8 @@ class ChangeDetectionDock(JobDock):
         scroll_body(self, body)
         tab_in_order([self.before_combo, self.after_combo, self.method_combo, self.bands_combo, self.model_combo,
                       self.train_button, self.model_file, self.threshold_spin, self.reference_combo,
-                      self.reference_field, self.coding_combo, self.output_dir, self.run_button, self.cancel_button])
+                      self.reference_field, self.coding_combo, self.output_dir, self.run_button, self.cancel_button,
+                      self.help_button])
 
     def _connect(self) -> None:
         self.method_combo.currentIndexChanged.connect(self._update_model_widgets)

@@ -144,6 +144,7 @@ class CompressionDock(JobDock):
     """Compress a checkpoint with PIC-PQ or GHOST and compare BOPs, size and score before and after."""
 
     MESSAGE_TITLE = "RS Lab compression"
+    HELP_SECTION = "Model compression"
     runFinished = pyqtSignal(object, str)  # CompressResult (None on failure), error text
     summaryReady = pyqtSignal(object, str)  # CheckpointSummary (None on failure), error text
 
@@ -288,6 +289,7 @@ class CompressionDock(JobDock):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.help_button)
         buttons.addWidget(self.export_button)
         body = QWidget(self)
         layout = QVBoxLayout(body)
@@ -303,7 +305,7 @@ class CompressionDock(JobDock):
         tab_in_order([self.model_combo, self.model_file, self.method_combo, self.flops_spin, self.bits_edit,
                       self.penalty_spin, self.generations_spin, self.threshold_spin, self.distillation_spin,
                       self.ghost_bits_spin, self.epochs_spin, self.data_file, self.output_file, self.run_button,
-                      self.cancel_button, self.export_button])
+                      self.cancel_button, self.help_button, self.export_button])
 
     def _connect(self) -> None:
         self.model_combo.currentIndexChanged.connect(self._checkpoint_changed)

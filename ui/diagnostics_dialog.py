@@ -13,6 +13,7 @@ from qgis.PyQt.QtWidgets import QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QP
 from ..core import dependencies, diagnostics
 from . import task as tasks
 from .environment import activate_environments, private_env_dir
+from .help_button import help_button
 
 
 def qgis_rows() -> dict:
@@ -36,10 +37,12 @@ class DiagnosticsDialog(QDialog):
         self.copy_button = QPushButton("Copy to clipboard", self)
         self.install_button = QPushButton("Install missing packages", self)
         self.close_button = QPushButton("Close", self)
+        self.help_button = help_button(self, "Python packages inside QGIS")  # what is installed where, and how
         buttons = QHBoxLayout()
         buttons.addWidget(self.copy_button)
         buttons.addWidget(self.install_button)
         buttons.addStretch(1)
+        buttons.addWidget(self.help_button)
         buttons.addWidget(self.close_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.text)

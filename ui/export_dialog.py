@@ -45,6 +45,7 @@ from ..core.onnx_check import CHECK_SAMPLES, sample_inputs
 from . import task as tasks
 from .task import ERROR_STYLE, INFO_STYLE, failure_text
 from .job_dock import profile_folder, user_path
+from .help_button import help_button
 from .widgets import TimedProgressBar, checkpoint_widget, folder_widget, message_label
 
 # (format key of core.export, label); the file suffixes come from core.export.SUFFIXES
@@ -179,6 +180,7 @@ class ExportDialog(QDialog, tasks.TaskOwner):
         self.save_button = QPushButton("Save", self)
         self.save_button.setDefault(True)
         self.close_button = QPushButton("Close", self)
+        self.help_button = help_button(self, "Model compression")  # its Export… paragraph
         self.progress_bar = TimedProgressBar(self)
         self.status_label = message_label(self)
 
@@ -191,6 +193,7 @@ class ExportDialog(QDialog, tasks.TaskOwner):
         check.addWidget(self.check_button)
         check.addStretch(1)
         buttons = QHBoxLayout()
+        buttons.addWidget(self.help_button)
         buttons.addStretch(1)
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.close_button)

@@ -26,6 +26,7 @@ from ..core.change_labels import burn_labels
 from ..core.errors import RSLabError
 from . import task as tasks
 from .layers import layer_file
+from .help_button import help_button
 from .widgets import TimedProgressBar, message_label, raster_combo
 
 
@@ -140,8 +141,9 @@ class JobDock(QWidget, tasks.TaskOwner):
 
     MESSAGE_TITLE = "RS Lab"
     TEMP_PREFIX = "rslab-"
+    HELP_SECTION = ""  # the start of the README heading the dock's Help button opens
 
-    # set by subclasses: iface, output_dir; run_button, cancel_button, progress_bar, status_label
+    # set by subclasses: iface, output_dir; run_button, cancel_button, help_button, progress_bar, status_label
     # come from _build_job_widgets
     iface: Any
     task: Optional[tasks.JobTask]
@@ -149,9 +151,10 @@ class JobDock(QWidget, tasks.TaskOwner):
     _refusal = ""  # the status line of a run refused before it started, until the form changes
 
     def _build_job_widgets(self, run_text: str) -> None:
-        """The run and cancel buttons, the progress bar and the status line of a job dock."""
+        """The run, cancel and help buttons, the progress bar and the status line of a job dock."""
         self.run_button = QPushButton(run_text, self)
         self.cancel_button = QPushButton("Cancel", self)
+        self.help_button = help_button(self, self.HELP_SECTION)
         self.progress_bar = TimedProgressBar(self)
         self.status_label = message_label(self)
         QgsProject.instance().cleared.connect(self._project_cleared)

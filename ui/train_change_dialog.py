@@ -42,6 +42,7 @@ from .job_dock import (
     user_path,
 )
 from .settings import remember
+from .help_button import help_button
 from .widgets import (
     BandChooser,
     TimedProgressBar,
@@ -153,6 +154,7 @@ class TrainChangeDialog(QDialog, tasks.TaskOwner):
         self.start_button = QPushButton("Start", self)
         self.cancel_button = QPushButton("Cancel", self)
         self.close_button = QPushButton("Close", self)
+        self.help_button = help_button(self, "`rslab:train_change_detector`")
         self.progress_bar = TimedProgressBar(self)
         self.status_label = message_label(self)
         self.log = QPlainTextEdit(self)
@@ -196,6 +198,7 @@ class TrainChangeDialog(QDialog, tasks.TaskOwner):
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.cancel_button)
         buttons.addStretch(1)
+        buttons.addWidget(self.help_button)
         buttons.addWidget(self.close_button)
         # the settings beside the plots and the log: stacked, the dialog needed 887 px of height and its
         # buttons fell off a 1366 x 768 laptop screen

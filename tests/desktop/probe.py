@@ -39,6 +39,7 @@ def state(tag):
         "rslab_menus": sum(1 for a in iface.rasterMenu().actions() if a.text().replace("&", "") == "RS Lab"),
         "toolbars": sum(1 for t in iface.mainWindow().findChildren(QToolBar) if t.objectName() == "RSLabToolbar"),
         "provider": QgsApplication.processingRegistry().providerById("rslab") is not None,
+        "help": sum(1 for a in iface.pluginHelpMenu().actions() if a.text() == "RS Lab Help"),  # Help > Plugins
     }
 
 
