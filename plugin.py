@@ -5,15 +5,14 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 from qgis.core import Qgis, QgsApplication
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import Qt, QUrl
-from qgis.PyQt.QtGui import QDesktopServices, QIcon
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QDockWidget, QPushButton
 
 from .core import dependencies
-from .core.help_links import guide_url
 from .core.resources import ICON_DIR
 from .ui.environment import activate_environments
-from .ui.help_button import HELP_ICON
+from .ui.help_button import HELP_ICON, open_guide
 
 if TYPE_CHECKING:  # the dialog needs packages the plugin may be loading without (Diagnostics installs them)
     from .ui.diagnostics_dialog import DiagnosticsDialog
@@ -84,12 +83,9 @@ class RSLabPlugin:
         """The manual (the README, core/help_links.guide_url) from the RS Lab menu, and from Help > Plugins where
         QGIS users look for a plugin's help."""
         action = self._add_action("RS Lab Help", QgsApplication.getThemeIcon(HELP_ICON),
-                                  self.open_manual, toolbar=False)
+                                  lambda: open_guide(), toolbar=False)  # not triggered(checked) as the section
         self.iface.pluginHelpMenu().addAction(action)
         self.help_action = action
-
-    def open_manual(self) -> None:
-        QDesktopServices.openUrl(QUrl(guide_url()))
 
     def _warn_missing_packages(self) -> None:
         absent = dependencies.missing()

@@ -23,5 +23,10 @@ def help_button(parent: QWidget, section: str) -> QPushButton:
     button.setObjectName("help_button")
     button.setToolTip(f"This tool's section of the RS Lab manual (\"{section}\") in a web browser")
     button.setAutoDefault(False)  # Enter in a dialog's field runs its default button, never Help
-    button.clicked.connect(lambda: QDesktopServices.openUrl(QUrl(guide_url(section))))
+    button.clicked.connect(lambda: open_guide(section))
     return button
+
+
+def open_guide(section: str = "") -> None:
+    """The README section whose heading starts with `section` (its top for "") in the desktop's browser."""
+    QDesktopServices.openUrl(QUrl(guide_url(section)))
