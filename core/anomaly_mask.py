@@ -167,6 +167,7 @@ def mask_at_rate(scores: str, rate: float, score_range: Tuple[float, float], mas
         summary.detection = mask_detection(scores, reference, threshold, monitor.sub(0.8, 1.0))
     return summary
 
+
 @dataclass(frozen=True)
 class MaskOutputs:
     mask: str

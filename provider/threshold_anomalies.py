@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
+
 from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
@@ -12,8 +13,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ..core.anomaly_mask import describe_mask
-from ..core.anomaly_mask import MaskOutputs, MaskResult, threshold_scores
+from ..core.anomaly_mask import MaskOutputs, MaskResult, describe_mask, threshold_scores
 from ..core.anomaly_params import check_false_alarm_rate
 from ..ui.layers import MASK_STYLE
 from .base import RSLabAlgorithm, feedback_callbacks
